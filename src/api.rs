@@ -1,0 +1,479 @@
+//! The `DatabaseBackup` resource (group `dbbackup.io`, version `v1alpha1`).
+//!
+//! Every rule the apiserver can check is in the schema (types, ranges, enums)
+//! or a CEL rule, so that bad input is refused at `kubectl apply` with the
+//! field named. What needs other objects (Secrets, storage classes) is checked
+//! at reconcile time and reported as a condition.
+
+use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// `x-kubernetes-validations` for a schema node: `(rule, message)` pairs.
+fn cel(rules: &[(&str, &str)]) -> serde_json::Value {
+    rules
+        .iter()
+        .map(|(rule, message)| serde_json::json!({ "rule": rule, "message": message }))
+        .collect()
+}
+
+/// Five cron fields of the characters robfig/cron (the CronJob controller's parser)
+/// accepts, or one of its @-macros. Value ranges are checked again at reconcile.
+pub const CRON_RULE: &str = r"self.matches('^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|[0-9A-Za-z*/,?-]+( +[0-9A-Za-z*/,?-]+){4})$')";
+const CRON_MESSAGE: &str = "must be a standard 5-field cron expression (minute hour day-of-month month day-of-week) or a macro such as @daily; seconds are not supported";
+const CRON_TZ_RULE: &str = "!self.contains('TZ=')";
+const CRON_TZ_MESSAGE: &str = "must not set CRON_TZ or TZ; use spec.timeZone";
+
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "dbbackup.io",
+    version = "v1alpha1",
+    kind = "DatabaseBackup",
+    plural = "databasebackups",
+    shortname = "dbb",
+    category = "backups",
+    namespaced,
+    status = "DatabaseBackupStatus",
+    derive = "PartialEq",
+    doc = "A scheduled, verified dump of one database into S3-compatible storage.",
+    printcolumn(name = "Engine", type_ = "string", json_path = ".spec.database.engine"),
+    printcolumn(name = "Schedule", type_ = "string", json_path = ".spec.schedule"),
+    printcolumn(name = "Last Upload", type_ = "string", json_path = ".status.lastUploadKey"),
+    printcolumn(name = "Uploaded", type_ = "date", json_path = ".status.lastUploadTime"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseBackupSpec {
+    /// The database to dump.
+    pub database: DatabaseSpec,
+
+    /// When to dump, in standard 5-field cron syntax (for example "0 3 * * *"),
+    /// interpreted in spec.timeZone.
+    #[schemars(length(min = 1, max = 128))]
+    #[schemars(extend("x-kubernetes-validations" = cel(&[(CRON_RULE, CRON_MESSAGE), (CRON_TZ_RULE, CRON_TZ_MESSAGE)])))]
+    pub schedule: String,
+
+    /// IANA time zone of both schedules, and of the dates in object keys and log
+    /// lines. Defaults to UTC.
+    #[serde(default = "default_time_zone")]
+    #[schemars(length(min = 1, max = 64))]
+    #[schemars(extend("x-kubernetes-validations" = cel(&[(
+        "self == 'UTC' || timestamp('2000-01-01T00:00:00Z').getHours(self) >= 0",
+        "must be a valid IANA time zone name, such as Europe/Paris"
+    )])))]
+    pub time_zone: String,
+
+    /// How often the uploader looks for a finished dump (cron). The original
+    /// pipeline polled every minute; the default is every 5 minutes.
+    #[serde(default = "default_upload_schedule")]
+    #[schemars(length(min = 1, max = 128))]
+    #[schemars(extend("x-kubernetes-validations" = cel(&[(CRON_RULE, CRON_MESSAGE), (CRON_TZ_RULE, CRON_TZ_MESSAGE)])))]
+    pub upload_schedule: String,
+
+    /// Pauses both the dump and the upload schedules.
+    #[serde(default)]
+    pub suspend: bool,
+
+    /// Where the dumps go.
+    pub bucket: BucketSpec,
+
+    /// Compression applied once, while dumping. The object key ends in .gz or .zst accordingly.
+    #[serde(default)]
+    pub compression: Compression,
+
+    /// The volume the dump job writes to and the upload job reads from.
+    #[serde(default)]
+    pub staging: StagingSpec,
+
+    /// Settings applied to the pods of both jobs.
+    #[serde(default)]
+    pub jobs: JobSettings,
+}
+
+fn default_time_zone() -> String {
+    "UTC".into()
+}
+
+fn default_upload_schedule() -> String {
+    "*/5 * * * *".into()
+}
+
+/// Database engines the dump step knows how to dump.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    Postgres,
+    Mariadb,
+    Mysql,
+}
+
+impl Engine {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Postgres => "postgres",
+            Engine::Mariadb => "mariadb",
+            Engine::Mysql => "mysql",
+        }
+    }
+
+    pub fn default_port(self) -> u16 {
+        match self {
+            Engine::Postgres => 5432,
+            Engine::Mariadb | Engine::Mysql => 3306,
+        }
+    }
+
+    /// The official image whose dump tool matches the server's major version.
+    pub fn default_image(self) -> &'static str {
+        match self {
+            Engine::Postgres => "docker.io/library/postgres:17",
+            Engine::Mariadb => "docker.io/library/mariadb:11.8",
+            Engine::Mysql => "docker.io/library/mysql:8.4",
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseSpec {
+    /// Database engine: postgres, mariadb or mysql.
+    pub engine: Engine,
+
+    /// Host name or address of the database server, as seen from the dump pod.
+    #[schemars(length(min = 1, max = 253))]
+    pub host: String,
+
+    /// TCP port. Defaults to 5432 for postgres and 3306 for mariadb and mysql.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+
+    /// Name of the database to dump.
+    #[schemars(length(min = 1, max = 255))]
+    pub name: String,
+
+    /// Secret (in this namespace) with the user name and password to connect with.
+    pub credentials_secret: CredentialsSecretRef,
+
+    /// Image that runs the dump tool. Defaults per engine to the official image
+    /// (postgres:17, mariadb:11.8, mysql:8.4); its dump tool must not be older than the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub image: Option<String>,
+}
+
+/// A Secret in the resource's own namespace. There is no namespace field:
+/// cross-namespace references are impossible by construction.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsSecretRef {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key holding the user name.
+    #[serde(default = "default_username_key")]
+    pub username_key: String,
+    /// Key holding the password.
+    #[serde(default = "default_password_key")]
+    pub password_key: String,
+}
+
+fn default_username_key() -> String {
+    "username".into()
+}
+fn default_password_key() -> String {
+    "password".into()
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BucketSpec {
+    /// Secret (in this namespace) with the bucket name and the access keys, as
+    /// the original pipeline kept them. It may also hold endpoint and region.
+    pub secret_ref: BucketSecretRef,
+
+    /// Bucket name; overrides the Secret's bucket key when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    #[schemars(extend("x-kubernetes-validations" = cel(&[(
+        "self.matches('^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$') && !self.contains('..')",
+        "must be a valid S3 bucket name: 3-63 lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit"
+    )])))]
+    pub name: Option<String>,
+
+    /// Key prefix. Defaults to "<namespace>/<name>/", so that resources sharing a
+    /// bucket never mix; "" gives the original layout, YYYY-MM-DD/datadumpN.sql.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    #[schemars(extend("x-kubernetes-validations" = cel(&[
+        ("!self.startsWith('/')", "must not start with '/'"),
+        ("self == '' || self.endsWith('/')", "must end with '/' (or be empty)"),
+    ])))]
+    pub prefix: Option<String>,
+
+    /// S3 endpoint URL, for MinIO and other S3-compatible stores. Overrides the
+    /// Secret's endpoint key. Unset means AWS S3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    #[schemars(extend("x-kubernetes-validations" = cel(&[(
+        "isURL(self) && (self.startsWith('http://') || self.startsWith('https://'))",
+        "must be an http:// or https:// URL"
+    )])))]
+    pub endpoint: Option<String>,
+
+    /// Region. Overrides the Secret's region key; defaults to us-east-1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub region: Option<String>,
+
+    /// Path-style addressing (endpoint/bucket/key), which MinIO needs.
+    /// Defaults to true when an endpoint is set, false for AWS S3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_path_style: Option<bool>,
+
+    /// Secret with a PEM CA bundle added to the system roots, for stores with a private CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<CaBundleRef>,
+
+    /// Create the bucket when it does not exist. Off by default: a missing bucket is
+    /// usually a typo, and the original pipeline's silent creation hid it.
+    #[serde(default)]
+    pub create_bucket: bool,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BucketSecretRef {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key holding the bucket name (unless spec.bucket.name is set).
+    #[serde(default = "default_bucket_key")]
+    pub bucket_key: String,
+    /// Key holding the access key id.
+    #[serde(default = "default_access_key_id_key")]
+    pub access_key_id_key: String,
+    /// Key holding the secret access key.
+    #[serde(default = "default_secret_access_key_key")]
+    pub secret_access_key_key: String,
+    /// Optional key holding the endpoint URL.
+    #[serde(default = "default_endpoint_key")]
+    pub endpoint_key: String,
+    /// Optional key holding the region.
+    #[serde(default = "default_region_key")]
+    pub region_key: String,
+}
+
+fn default_bucket_key() -> String {
+    "bucket".into()
+}
+fn default_access_key_id_key() -> String {
+    "accessKeyId".into()
+}
+fn default_secret_access_key_key() -> String {
+    "secretAccessKey".into()
+}
+fn default_endpoint_key() -> String {
+    "endpoint".into()
+}
+fn default_region_key() -> String {
+    "region".into()
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CaBundleRef {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key holding the PEM bundle.
+    #[serde(default = "default_ca_key")]
+    pub key: String,
+}
+
+fn default_ca_key() -> String {
+    "ca.crt".into()
+}
+
+/// Compression applied by the dump step.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    /// File name suffix after `.sql`.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Compression::None => "",
+            Compression::Gzip => ".gz",
+            Compression::Zstd => ".zst",
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StagingSpec {
+    /// Size of the staging volume; it must hold one dump (two while a new dump replaces an old one).
+    #[serde(default = "default_staging_size")]
+    #[schemars(length(min = 1, max = 64))]
+    #[schemars(extend("x-kubernetes-validations" = cel(&[(
+        "isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))",
+        "must be a positive quantity such as 10Gi"
+    )])))]
+    pub size: String,
+
+    /// Storage class of the staging PVC; the cluster default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+
+    /// Access modes of the staging PVC. ReadWriteOnce by default; the upload pod then
+    /// prefers the node of a running dump pod. Use ReadWriteMany where the store offers it.
+    #[serde(default = "default_access_modes")]
+    #[schemars(length(min = 1))]
+    pub access_modes: Vec<AccessMode>,
+}
+
+impl Default for StagingSpec {
+    fn default() -> Self {
+        StagingSpec {
+            size: default_staging_size(),
+            storage_class_name: None,
+            access_modes: default_access_modes(),
+        }
+    }
+}
+
+fn default_staging_size() -> String {
+    "1Gi".into()
+}
+fn default_access_modes() -> Vec<AccessMode> {
+    vec![AccessMode::ReadWriteOnce]
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum AccessMode {
+    ReadWriteOnce,
+    ReadWriteOncePod,
+    ReadWriteMany,
+}
+
+impl AccessMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessMode::ReadWriteOnce => "ReadWriteOnce",
+            AccessMode::ReadWriteOncePod => "ReadWriteOncePod",
+            AccessMode::ReadWriteMany => "ReadWriteMany",
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobSettings {
+    /// Resources of the dump and upload containers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Node selector of both pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Tolerations of both pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    /// Affinity of both pods. When unset, the upload pod prefers the node of a running dump pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Finished jobs kept per CronJob when they succeeded (default 3).
+    #[serde(default = "default_successful_history")]
+    #[schemars(range(min = 0, max = 100))]
+    pub successful_jobs_history_limit: i32,
+    /// Finished jobs kept per CronJob when they failed (default 3).
+    #[serde(default = "default_failed_history")]
+    #[schemars(range(min = 0, max = 100))]
+    pub failed_jobs_history_limit: i32,
+    /// Seconds a job may run before it is stopped (default 6 hours).
+    #[serde(default = "default_deadline")]
+    #[schemars(range(min = 60))]
+    pub active_deadline_seconds: i64,
+    /// Seconds after a missed schedule time within which the job may still start (default 300).
+    #[serde(default = "default_starting_deadline")]
+    #[schemars(range(min = 10))]
+    pub starting_deadline_seconds: i64,
+    /// Retries of a failed pod before the job counts as failed (default 0: the next
+    /// scheduled run is the retry, and a failed upload keeps its dump for it).
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 10))]
+    pub backoff_limit: i32,
+}
+
+fn default_successful_history() -> i32 {
+    3
+}
+fn default_failed_history() -> i32 {
+    3
+}
+fn default_deadline() -> i64 {
+    6 * 3600
+}
+fn default_starting_deadline() -> i64 {
+    300
+}
+
+/// What the operator last saw of this backup.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseBackupStatus {
+    /// The spec generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, DumpSucceeded, UploadSucceeded and Stale.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Object key of the last confirmed upload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_upload_key: Option<String>,
+    /// When the last confirmed upload finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_upload_time: Option<Time>,
+    /// Size in bytes of the last uploaded object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_upload_size: Option<i64>,
+    /// When the last successful dump finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_dump_time: Option<Time>,
+    /// The most recent log lines, oldest first, as "<date>,<time>,<message>".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log: Vec<String>,
+}
+
+/// The CRD, with the rules that apply to the whole object.
+pub fn crd() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    use kube::CustomResourceExt;
+    let mut crd = DatabaseBackup::crd();
+    let root = crd.spec.versions[0]
+        .schema
+        .as_mut()
+        .and_then(|s| s.open_api_v3_schema.as_mut())
+        .expect("derived CRDs have a schema");
+    // Only the root may see metadata.name.
+    root.x_kubernetes_validations = Some(vec![
+        k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::ValidationRule {
+            rule: "self.metadata.name.size() <= 63".into(),
+            message: Some(
+                "metadata.name must be at most 63 characters: it is used as a label value on the children"
+                    .into(),
+            ),
+            ..Default::default()
+        },
+    ]);
+    crd
+}

@@ -1,0 +1,191 @@
+//! What admission cannot check: cron value ranges, and the objects the spec
+//! refers to. Each problem carries a condition reason and a message that
+//! names what to fix, and never a Secret's value.
+
+use crate::api::DatabaseBackup;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::{Api, Client, ResourceExt};
+use std::str::FromStr;
+
+/// A user-fixable problem with a `DatabaseBackup`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}: {message}")]
+pub struct Problem {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(reason: &'static str, message: impl Into<String>) -> Self {
+        Problem {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// Parses a 5-field cron expression the way the CronJob controller must accept it.
+pub fn parse_schedule(expr: &str) -> Result<croner::Cron, String> {
+    if expr.split_whitespace().count() != 5 && !expr.trim_start().starts_with('@') {
+        return Err("must have exactly 5 fields".into());
+    }
+    croner::Cron::from_str(expr).map_err(|e| e.to_string())
+}
+
+/// Checks the spec on its own: what CEL cannot express.
+pub fn validate_spec(db: &DatabaseBackup) -> Result<(), Problem> {
+    let spec = &db.spec;
+    for (field, expr) in [
+        ("spec.schedule", &spec.schedule),
+        ("spec.uploadSchedule", &spec.upload_schedule),
+    ] {
+        parse_schedule(expr).map_err(|e| {
+            Problem::new("InvalidSchedule", format!("{field} {expr:?} is not a valid cron expression: {e}"))
+        })?;
+    }
+    chrono_tz::Tz::from_str(&spec.time_zone).map_err(|_| {
+        Problem::new(
+            "InvalidTimeZone",
+            format!("spec.timeZone {:?} is not an IANA time zone", spec.time_zone),
+        )
+    })?;
+    Ok(())
+}
+
+/// True for names S3 accepts as a bucket name (the rules AWS documents for new buckets).
+pub fn valid_bucket_name(name: &str) -> bool {
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+    let edges = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    (3..=63).contains(&name.len())
+        && ok_chars
+        && edges(name.as_bytes().first())
+        && edges(name.as_bytes().last())
+        && !name.contains("..")
+        && name.parse::<std::net::Ipv4Addr>().is_err()
+}
+
+async fn get_secret(client: &Client, ns: &str, name: &str) -> Result<Secret, CheckError> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    secrets.get_opt(name).await?.ok_or_else(|| {
+        Problem::new(
+            "SecretNotFound",
+            format!("secret {name:?} not found in namespace {ns:?}"),
+        )
+        .into()
+    })
+}
+
+/// The value of `key` in `secret`, or a problem naming the Secret and key.
+fn secret_value<'a>(secret: &'a Secret, key: &str) -> Result<&'a [u8], Problem> {
+    let value = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|v| v.0.as_slice());
+    match value {
+        Some(v) if !v.is_empty() => Ok(v),
+        _ => Err(Problem::new(
+            "SecretKeyMissing",
+            format!("secret {:?} has no key {key:?}", secret.name_any()),
+        )),
+    }
+}
+
+/// Either a user-fixable problem, or the API failing us.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error(transparent)]
+    Problem(#[from] Problem),
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+}
+
+/// Checks every object the spec refers to. Secrets are read by name in the
+/// resource's own namespace, never listed.
+pub async fn check_references(db: &DatabaseBackup, client: &Client) -> Result<(), CheckError> {
+    let ns = db.namespace().unwrap_or_default();
+    let spec = &db.spec;
+
+    let creds = &spec.database.credentials_secret;
+    let secret = get_secret(client, &ns, &creds.name).await?;
+    secret_value(&secret, &creds.username_key)?;
+    secret_value(&secret, &creds.password_key)?;
+
+    let bucket = &spec.bucket;
+    let secret = get_secret(client, &ns, &bucket.secret_ref.name).await?;
+    if bucket.name.is_none() {
+        let name = secret_value(&secret, &bucket.secret_ref.bucket_key)?;
+        let name = String::from_utf8_lossy(name);
+        if !valid_bucket_name(name.trim()) {
+            return Err(Problem::new(
+                "InvalidBucketName",
+                format!(
+                    "secret {:?} key {:?} does not hold a valid S3 bucket name",
+                    bucket.secret_ref.name, bucket.secret_ref.bucket_key
+                ),
+            )
+            .into());
+        }
+    }
+    secret_value(&secret, &bucket.secret_ref.access_key_id_key)?;
+    secret_value(&secret, &bucket.secret_ref.secret_access_key_key)?;
+
+    if let Some(ca) = &bucket.ca_bundle {
+        let secret = get_secret(client, &ns, &ca.name).await?;
+        let pem = secret_value(&secret, &ca.key)?;
+        if !String::from_utf8_lossy(pem).contains("-----BEGIN CERTIFICATE-----") {
+            return Err(Problem::new(
+                "InvalidCABundle",
+                format!(
+                    "secret {:?} key {:?} is not a PEM certificate bundle",
+                    ca.name, ca.key
+                ),
+            )
+            .into());
+        }
+    }
+
+    if let Some(class) = &spec.staging.storage_class_name {
+        let classes: Api<StorageClass> = Api::all(client.clone());
+        if classes.get_opt(class).await?.is_none() {
+            return Err(Problem::new(
+                "StorageClassNotFound",
+                format!("spec.staging.storageClassName: storage class {class:?} does not exist"),
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn five_field_cron_and_macros_parse() {
+        for ok in ["0 3 * * *", "*/5 * * * *", "@daily", "0 0 1 JAN MON-FRI"] {
+            assert!(parse_schedule(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn seconds_and_out_of_range_values_are_refused() {
+        for bad in ["0 0 3 * * *", "61 * * * *", "0 25 * * *", "* * *"] {
+            assert!(parse_schedule(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bucket_names() {
+        for ok in ["backups", "my.bucket-01", "abc"] {
+            assert!(valid_bucket_name(ok), "{ok}");
+        }
+        for bad in ["ab", "Backups", "-x-", "a..b", "192.168.1.1", "under_score"] {
+            assert!(!valid_bucket_name(bad), "{bad}");
+        }
+    }
+}

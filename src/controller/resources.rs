@@ -1,0 +1,424 @@
+//! Desired children of a `DatabaseBackup`, built from its spec alone.
+//!
+//! Pure functions: the same spec always gives the same objects, so they can be
+//! server-side applied on every reconcile and golden-tested.
+
+use crate::api::{DatabaseBackup, Engine};
+use crate::dump::{self, DumpTarget};
+use crate::names;
+use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, JobSpec, JobTemplateSpec};
+use k8s_openapi::api::core::v1::{
+    Affinity, Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
+    PodAffinity, PodAffinityTerm, PodSecurityContext, PodSpec, PodTemplateSpec,
+    SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    VolumeResourceRequirements, WeightedPodAffinityTerm,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use kube::{Resource, ResourceExt};
+use std::collections::BTreeMap;
+
+pub const MANAGED_BY: &str = "dbbackup-operator";
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const LABEL_BACKUP: &str = "dbbackup.io/backup";
+pub const LABEL_STEP: &str = "dbbackup.io/step";
+
+/// Where the staging volume is mounted in both pods.
+pub const STAGING_MOUNT: &str = "/staging";
+pub const TERMINATION_LOG: &str = "/dev/termination-log";
+const CA_MOUNT: &str = "/etc/dbbackup/ca";
+
+/// UID of the `postgres`, `mysql` and `mariadb` users in the official images.
+const DUMP_UID: i64 = 999;
+/// The distroless `nonroot` user our own image runs as.
+const UPLOAD_UID: i64 = 65532;
+/// Shared group of both pods, so the uploader may delete what the dump wrote.
+const STAGING_GID: i64 = 65532;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    Dump,
+    Upload,
+}
+
+impl Step {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Dump => "dump",
+            Step::Upload => "upload",
+        }
+    }
+}
+
+/// Operator-wide settings that shape the children.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Image of this operator, which runs the `upload` subcommand.
+    pub uploader_image: String,
+}
+
+pub fn labels(owner: &str, step: Option<Step>) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::from([
+        (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
+        (LABEL_BACKUP.to_string(), owner.to_string()),
+    ]);
+    if let Some(step) = step {
+        labels.insert(LABEL_STEP.to_string(), step.as_str().to_string());
+    }
+    labels
+}
+
+fn child_meta(db: &DatabaseBackup, name: String, step: Option<Step>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: db.namespace(),
+        labels: Some(labels(&db.name_any(), step)),
+        owner_references: Some(vec![
+            db.controller_owner_ref(&())
+                .expect("a DatabaseBackup read from the API has a name and uid"),
+        ]),
+        ..Default::default()
+    }
+}
+
+/// The object key prefix: `<namespace>/<name>/` unless the spec sets one.
+pub fn key_prefix(db: &DatabaseBackup) -> String {
+    match &db.spec.bucket.prefix {
+        Some(prefix) => prefix.clone(),
+        None => format!(
+            "{}/{}/",
+            db.namespace().unwrap_or_default(),
+            db.name_any()
+        ),
+    }
+}
+
+pub fn database_port(db: &DatabaseBackup) -> u16 {
+    db.spec
+        .database
+        .port
+        .and_then(|p| u16::try_from(p).ok())
+        .unwrap_or_else(|| db.spec.database.engine.default_port())
+}
+
+pub fn staging_pvc(db: &DatabaseBackup) -> PersistentVolumeClaim {
+    let staging = &db.spec.staging;
+    PersistentVolumeClaim {
+        metadata: child_meta(db, names::staging_pvc_name(&db.name_any()), None),
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(
+                staging
+                    .access_modes
+                    .iter()
+                    .map(|m| m.as_str().to_string())
+                    .collect(),
+            ),
+            storage_class_name: staging.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity(staging.size.clone()),
+                )])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+fn secret_env(name: &str, secret: &str, key: &str, optional: bool) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.to_string(),
+                key: key.to_string(),
+                optional: optional.then_some(true),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn plain_env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value: Some(value.to_string()),
+        ..Default::default()
+    }
+}
+
+/// Pod and container security that passes the `restricted` Pod Security Standard.
+fn pod_security(uid: i64) -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(uid),
+        run_as_group: Some(uid),
+        fs_group: Some(STAGING_GID),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn volumes(db: &DatabaseBackup, with_ca: bool) -> (Vec<Volume>, Vec<VolumeMount>) {
+    let mut volumes = vec![
+        Volume {
+            name: "staging".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: names::staging_pvc_name(&db.name_any()),
+                read_only: None,
+            }),
+            ..Default::default()
+        },
+        // Scratch space, since the root filesystem is read-only.
+        Volume {
+            name: "tmp".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        },
+    ];
+    let mut mounts = vec![
+        VolumeMount {
+            name: "staging".into(),
+            mount_path: STAGING_MOUNT.into(),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: "tmp".into(),
+            mount_path: "/tmp".into(),
+            ..Default::default()
+        },
+    ];
+    if let (true, Some(ca)) = (with_ca, &db.spec.bucket.ca_bundle) {
+        volumes.push(Volume {
+            name: "ca-bundle".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(ca.name.clone()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: "ca-bundle".into(),
+            mount_path: CA_MOUNT.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+    (volumes, mounts)
+}
+
+fn cronjob(
+    db: &DatabaseBackup,
+    step: Step,
+    schedule: &str,
+    pod: PodSpec,
+) -> CronJob {
+    let jobs = &db.spec.jobs;
+    let owner = db.name_any();
+    let name = match step {
+        Step::Dump => names::dump_cronjob_name(&owner),
+        Step::Upload => names::upload_cronjob_name(&owner),
+    };
+    let pod_labels = labels(&owner, Some(step));
+    CronJob {
+        metadata: child_meta(db, name, Some(step)),
+        spec: CronJobSpec {
+            schedule: schedule.to_string(),
+            time_zone: Some(db.spec.time_zone.clone()),
+            suspend: Some(db.spec.suspend),
+            concurrency_policy: Some("Forbid".into()),
+            starting_deadline_seconds: Some(jobs.starting_deadline_seconds),
+            successful_jobs_history_limit: Some(jobs.successful_jobs_history_limit),
+            failed_jobs_history_limit: Some(jobs.failed_jobs_history_limit),
+            job_template: JobTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels.clone()),
+                    ..Default::default()
+                }),
+                spec: Some(JobSpec {
+                    backoff_limit: Some(jobs.backoff_limit),
+                    active_deadline_seconds: Some(jobs.active_deadline_seconds),
+                    template: PodTemplateSpec {
+                        metadata: Some(ObjectMeta {
+                            labels: Some(pod_labels),
+                            ..Default::default()
+                        }),
+                        spec: Some(pod),
+                    },
+                    ..Default::default()
+                }),
+            },
+        },
+        status: None,
+    }
+}
+
+fn base_pod(db: &DatabaseBackup, uid: i64, container: Container, volumes: Vec<Volume>) -> PodSpec {
+    let jobs = &db.spec.jobs;
+    PodSpec {
+        restart_policy: Some("Never".into()),
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        security_context: Some(pod_security(uid)),
+        containers: vec![container],
+        volumes: Some(volumes),
+        node_selector: jobs.node_selector.clone(),
+        tolerations: jobs.tolerations.clone(),
+        affinity: jobs.affinity.clone(),
+        ..Default::default()
+    }
+}
+
+pub fn dump_cronjob(db: &DatabaseBackup) -> CronJob {
+    let spec = &db.spec;
+    let engine = spec.database.engine;
+    let script = dump::dump_script(&DumpTarget {
+        engine,
+        host: &spec.database.host,
+        port: database_port(db),
+        database: &spec.database.name,
+        compression: spec.compression,
+    });
+    let creds = &spec.database.credentials_secret;
+    let (volumes, mounts) = volumes(db, false);
+    let mut env = vec![
+        secret_env(dump::USER_ENV, &creds.name, &creds.username_key, false),
+        secret_env(dump::password_env(engine), &creds.name, &creds.password_key, false),
+        plain_env("TZ", &spec.time_zone),
+        plain_env("HOME", "/tmp"),
+    ];
+    if engine != Engine::Postgres {
+        // The client reads no option files from HOME.
+        env.push(plain_env("MYSQL_HOME", "/tmp"));
+    }
+    let container = Container {
+        name: "dump".into(),
+        image: Some(
+            spec.database
+                .image
+                .clone()
+                .unwrap_or_else(|| engine.default_image().to_string()),
+        ),
+        command: Some(vec!["/bin/sh".into(), "-c".into(), script]),
+        args: Some(vec![
+            "dump".into(),
+            STAGING_MOUNT.into(),
+            TERMINATION_LOG.into(),
+        ]),
+        env: Some(env),
+        volume_mounts: Some(mounts),
+        resources: spec.jobs.resources.clone(),
+        security_context: Some(container_security()),
+        termination_message_path: Some(TERMINATION_LOG.into()),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Default::default()
+    };
+    let pod = base_pod(db, DUMP_UID, container, volumes);
+    cronjob(db, Step::Dump, &spec.schedule, pod)
+}
+
+pub fn upload_cronjob(db: &DatabaseBackup, settings: &Settings) -> CronJob {
+    let spec = &db.spec;
+    let bucket = &spec.bucket;
+    let secret = &bucket.secret_ref;
+    let mut args = vec![
+        "upload".to_string(),
+        format!("--staging-dir={STAGING_MOUNT}"),
+        format!("--termination-log={TERMINATION_LOG}"),
+        format!("--prefix={}", key_prefix(db)),
+        format!("--time-zone={}", spec.time_zone),
+    ];
+    if let Some(path_style) = bucket.force_path_style {
+        args.push(format!("--force-path-style={path_style}"));
+    }
+    if let Some(ca) = &bucket.ca_bundle {
+        args.push(format!("--ca-bundle={CA_MOUNT}/{}", ca.key));
+    }
+    if bucket.create_bucket {
+        args.push("--create-bucket".into());
+    }
+    let mut env = vec![
+        match &bucket.name {
+            Some(name) => plain_env("DBBACKUP_BUCKET", name),
+            None => secret_env("DBBACKUP_BUCKET", &secret.name, &secret.bucket_key, false),
+        },
+        secret_env("AWS_ACCESS_KEY_ID", &secret.name, &secret.access_key_id_key, false),
+        secret_env(
+            "AWS_SECRET_ACCESS_KEY",
+            &secret.name,
+            &secret.secret_access_key_key,
+            false,
+        ),
+        match &bucket.endpoint {
+            Some(url) => plain_env("DBBACKUP_ENDPOINT", url),
+            None => secret_env("DBBACKUP_ENDPOINT", &secret.name, &secret.endpoint_key, true),
+        },
+        match &bucket.region {
+            Some(region) => plain_env("AWS_REGION", region),
+            None => secret_env("AWS_REGION", &secret.name, &secret.region_key, true),
+        },
+    ];
+    env.push(plain_env("HOME", "/tmp"));
+    let (volumes, mounts) = volumes(db, true);
+    let container = Container {
+        name: "upload".into(),
+        image: Some(settings.uploader_image.clone()),
+        args: Some(args),
+        env: Some(env),
+        volume_mounts: Some(mounts),
+        resources: spec.jobs.resources.clone(),
+        security_context: Some(container_security()),
+        termination_message_path: Some(TERMINATION_LOG.into()),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Default::default()
+    };
+    let mut pod = base_pod(db, UPLOAD_UID, container, volumes);
+    if pod.affinity.is_none() {
+        pod.affinity = Some(prefer_dump_node(&db.name_any()));
+    }
+    cronjob(db, Step::Upload, &spec.upload_schedule, pod)
+}
+
+/// With a ReadWriteOnce volume, an upload pod on another node than a running
+/// dump pod would hit Multi-Attach; prefer the dump pod's node.
+fn prefer_dump_node(owner: &str) -> Affinity {
+    Affinity {
+        pod_affinity: Some(PodAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                WeightedPodAffinityTerm {
+                    weight: 100,
+                    pod_affinity_term: PodAffinityTerm {
+                        label_selector: Some(LabelSelector {
+                            match_labels: Some(labels(owner, Some(Step::Dump))),
+                            ..Default::default()
+                        }),
+                        topology_key: "kubernetes.io/hostname".into(),
+                        ..Default::default()
+                    },
+                },
+            ]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}

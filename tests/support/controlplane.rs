@@ -1,0 +1,316 @@
+//! A real Kubernetes control plane on loopback: etcd, kube-apiserver and,
+//! optionally, kube-controller-manager, started the way envtest starts them.
+
+use super::process::{ServerProcess, bin, free_port, port_open, wait_until};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use tempfile::TempDir;
+
+pub struct ControlPlane {
+    // Field order is drop order: controller manager and apiserver stop before etcd,
+    // and the directory goes last.
+    controller_manager: Option<ServerProcess>,
+    apiserver: ServerProcess,
+    etcd: ServerProcess,
+    apiserver_args: Vec<String>,
+    pub url: String,
+    pub kubeconfig: PathBuf,
+    dir: TempDir,
+}
+
+/// PEM files of the control plane's PKI.
+struct Pki {
+    ca_cert: PathBuf,
+    serving_cert: PathBuf,
+    serving_key: PathBuf,
+    sa_key: PathBuf,
+    sa_pub: PathBuf,
+    admin_cert: String,
+    admin_key: String,
+    ca_pem: String,
+}
+
+fn write_pki(dir: &Path) -> Pki {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "dbbackup-testenv-ca");
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let serving_key = KeyPair::generate().unwrap();
+    let mut serving = CertificateParams::new(vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "kubernetes.default.svc".to_string(),
+    ])
+    .unwrap();
+    serving
+        .distinguished_name
+        .push(DnType::CommonName, "kube-apiserver");
+    serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let serving_cert = serving.signed_by(&serving_key, &issuer).unwrap();
+
+    // Admin client: the apiserver maps O to groups, and system:masters bypasses RBAC.
+    let admin_key = KeyPair::generate().unwrap();
+    let mut admin = CertificateParams::new(Vec::<String>::new()).unwrap();
+    admin.distinguished_name.push(DnType::CommonName, "admin");
+    admin
+        .distinguished_name
+        .push(DnType::OrganizationName, "system:masters");
+    admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let admin_cert = admin.signed_by(&admin_key, &issuer).unwrap();
+
+    let sa_key = KeyPair::generate().unwrap();
+
+    let write = |name: &str, pem: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).unwrap();
+        path
+    };
+    Pki {
+        ca_cert: write("ca.crt", &ca_cert.pem()),
+        serving_cert: write("apiserver.crt", &serving_cert.pem()),
+        serving_key: write("apiserver.key", &serving_key.serialize_pem()),
+        sa_key: write("sa.key", &sa_key.serialize_pem()),
+        sa_pub: write("sa.pub", &sa_key.public_key_pem()),
+        admin_cert: admin_cert.pem(),
+        admin_key: admin_key.serialize_pem(),
+        ca_pem: ca_cert.pem(),
+    }
+}
+
+fn b64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn kubeconfig_yaml(url: &str, pki: &Pki) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Config
+clusters:
+- name: testenv
+  cluster:
+    server: {url}
+    certificate-authority-data: {ca}
+users:
+- name: admin
+  user:
+    client-certificate-data: {cert}
+    client-key-data: {key}
+contexts:
+- name: testenv
+  context:
+    cluster: testenv
+    user: admin
+    namespace: default
+current-context: testenv
+"#,
+        ca = b64(&pki.ca_pem),
+        cert = b64(&pki.admin_cert),
+        key = b64(&pki.admin_key),
+    )
+}
+
+#[derive(Default, Clone, Copy)]
+pub struct Options {
+    /// Also run kube-controller-manager (garbage collector, CronJob and Job controllers).
+    pub controller_manager: bool,
+}
+
+impl ControlPlane {
+    pub async fn start() -> ControlPlane {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn with_controller_manager() -> ControlPlane {
+        Self::start_with(Options {
+            controller_manager: true,
+        })
+        .await
+    }
+
+    pub async fn start_with(opts: Options) -> ControlPlane {
+        let dir = tempfile::Builder::new()
+            .prefix("dbbackup-controlplane-")
+            .tempdir()
+            .unwrap();
+        let pki = write_pki(dir.path());
+
+        let etcd_port = free_port();
+        let peer_port = free_port();
+        let mut etcd_cmd = Command::new(bin("etcd"));
+        let client_url = format!("http://127.0.0.1:{etcd_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        etcd_cmd
+            .arg(format!("--data-dir={}", dir.path().join("etcd").display()))
+            .arg(format!("--listen-client-urls={client_url}"))
+            .arg(format!("--advertise-client-urls={client_url}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster=default={peer_url}"))
+            .arg("--unsafe-no-fsync=true")
+            .arg("--log-level=warn");
+        let mut etcd = ServerProcess::spawn("etcd", etcd_cmd, dir.path(), libc::SIGTERM);
+        wait_until("etcd to listen", Duration::from_secs(30), || {
+            etcd.assert_running();
+            port_open(etcd_port)
+        });
+
+        let port = free_port();
+        let url = format!("https://127.0.0.1:{port}");
+        let apiserver_args: Vec<String> = vec![
+            format!("--etcd-servers={client_url}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            // Loopback may not back the kubernetes Service; nothing here needs it.
+            "--endpoint-reconciler-type=none".into(),
+            format!("--secure-port={port}"),
+            format!("--cert-dir={}", dir.path().display()),
+            format!("--tls-cert-file={}", pki.serving_cert.display()),
+            format!("--tls-private-key-file={}", pki.serving_key.display()),
+            format!("--client-ca-file={}", pki.ca_cert.display()),
+            format!("--service-account-key-file={}", pki.sa_pub.display()),
+            format!("--service-account-signing-key-file={}", pki.sa_key.display()),
+            "--service-account-issuer=https://kubernetes.default.svc".into(),
+            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            "--authorization-mode=RBAC".into(),
+            "--allow-privileged=true".into(),
+            // As envtest: no ServiceAccount admission, since no kubelet mounts tokens here.
+            "--disable-admission-plugins=ServiceAccount".into(),
+            "--v=0".into(),
+        ];
+        let mut apiserver = spawn_apiserver(&apiserver_args, dir.path());
+
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(&kubeconfig, kubeconfig_yaml(&url, &pki)).unwrap();
+
+        let mut cp = ControlPlane {
+            controller_manager: None,
+            apiserver: {
+                // Wait outside the struct so a timeout still drops etcd through `etcd`.
+                wait_until("kube-apiserver to listen", Duration::from_secs(60), || {
+                    apiserver.assert_running();
+                    port_open(port)
+                });
+                apiserver
+            },
+            etcd,
+            apiserver_args,
+            url,
+            kubeconfig,
+            dir,
+        };
+        cp.wait_ready().await;
+
+        if opts.controller_manager {
+            let mut kcm = Command::new(bin("kube-controller-manager"));
+            kcm.arg(format!("--kubeconfig={}", cp.kubeconfig.display()))
+                .arg(format!("--authentication-kubeconfig={}", cp.kubeconfig.display()))
+                .arg(format!("--authorization-kubeconfig={}", cp.kubeconfig.display()))
+                .arg("--leader-elect=false")
+                .arg("--bind-address=127.0.0.1")
+                .arg(format!("--secure-port={}", free_port()))
+                .arg(format!("--cert-dir={}", cp.dir.path().join("kcm").display()))
+                .arg(format!(
+                    "--service-account-private-key-file={}",
+                    pki.sa_key.display()
+                ))
+                .arg(format!("--root-ca-file={}", pki.ca_cert.display()))
+                .arg("--use-service-account-credentials=false")
+                // Garbage collection and the workload controllers the operator relies on.
+                .arg("--controllers=garbage-collector-controller,cronjob-controller,job-controller,serviceaccount-controller,namespace-controller")
+                .arg("--concurrent-gc-syncs=5")
+                .arg("--v=0");
+            cp.controller_manager = Some(ServerProcess::spawn(
+                "kube-controller-manager",
+                kcm,
+                cp.dir.path(),
+                libc::SIGTERM,
+            ));
+        }
+        cp
+    }
+
+    async fn wait_ready(&mut self) {
+        let client = self.client().await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            self.apiserver.assert_running();
+            let req = http::Request::get("/readyz").body(Vec::new()).unwrap();
+            match client.request_text(req).await {
+                Ok(body) if body.trim() == "ok" => return,
+                _ if std::time::Instant::now() > deadline => panic!(
+                    "kube-apiserver not ready after 60s; last output:\n{}",
+                    self.apiserver.log_tail()
+                ),
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// A client authenticated as cluster admin (system:masters).
+    pub async fn client(&self) -> kube::Client {
+        let kc = Kubeconfig::read_from(&self.kubeconfig).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .unwrap();
+        kube::Client::try_from(config).unwrap()
+    }
+
+    /// A command for the real kubectl, pointed at this control plane.
+    pub fn kubectl(&self) -> Command {
+        let mut cmd = Command::new(bin("kubectl"));
+        cmd.env("KUBECONFIG", &self.kubeconfig);
+        cmd
+    }
+
+    /// A command for the real helm, pointed at this control plane, with its
+    /// caches kept in this control plane's directory.
+    pub fn helm(&self) -> Command {
+        let mut cmd = Command::new(bin("helm"));
+        let home = self.dir.path().join("helm");
+        cmd.env("KUBECONFIG", &self.kubeconfig)
+            .env("HELM_CACHE_HOME", home.join("cache"))
+            .env("HELM_CONFIG_HOME", home.join("config"))
+            .env("HELM_DATA_HOME", home.join("data"));
+        cmd
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids = vec![self.etcd.pid(), self.apiserver.pid()];
+        pids.extend(self.controller_manager.as_ref().map(|p| p.pid()));
+        pids
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Restarts kube-apiserver on the same port and etcd data, as a crash or upgrade would.
+    pub async fn restart_apiserver(&mut self) {
+        self.apiserver.kill();
+        self.apiserver = spawn_apiserver(&self.apiserver_args, self.dir.path());
+        self.wait_ready().await;
+    }
+}
+
+fn spawn_apiserver(args: &[String], dir: &Path) -> ServerProcess {
+    let mut cmd = Command::new(bin("kube-apiserver"));
+    cmd.args(args);
+    ServerProcess::spawn("kube-apiserver", cmd, dir, libc::SIGTERM)
+}

