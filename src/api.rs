@@ -41,10 +41,26 @@ const CRON_TZ_MESSAGE: &str = "must not set CRON_TZ or TZ; use spec.timeZone";
     doc = "A scheduled, verified dump of one database into S3-compatible storage.",
     printcolumn(name = "Engine", type_ = "string", json_path = ".spec.database.engine"),
     printcolumn(name = "Schedule", type_ = "string", json_path = ".spec.schedule"),
-    printcolumn(name = "Last Upload", type_ = "string", json_path = ".status.lastUploadKey"),
-    printcolumn(name = "Uploaded", type_ = "date", json_path = ".status.lastUploadTime"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Last Upload",
+        type_ = "string",
+        json_path = ".status.lastUploadKey"
+    ),
+    printcolumn(
+        name = "Uploaded",
+        type_ = "date",
+        json_path = ".status.lastUploadTime"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseBackupSpec {
@@ -456,7 +472,8 @@ pub struct DatabaseBackupStatus {
 }
 
 /// The CRD, with the rules that apply to the whole object.
-pub fn crd() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+pub fn crd()
+-> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
     use kube::CustomResourceExt;
     let mut crd = DatabaseBackup::crd();
     let root = crd.spec.versions[0]

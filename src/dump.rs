@@ -46,11 +46,7 @@ pub fn shell_quote(s: &str) -> String {
 
 /// The dump tool's command line, with the user read from `$DB_USER`.
 fn dump_command(t: &DumpTarget) -> String {
-    let (host, port, db) = (
-        shell_quote(t.host),
-        t.port,
-        shell_quote(t.database),
-    );
+    let (host, port, db) = (shell_quote(t.host), t.port, shell_quote(t.database));
     match t.engine {
         // Plain SQL, restorable with psql; --no-password fails fast instead of prompting.
         Engine::Postgres => format!(

@@ -4,7 +4,10 @@ use dbbackup_operator::metrics::Metrics;
 use std::sync::Arc;
 
 #[derive(Parser)]
-#[command(version, about = "Scheduled, verified database dumps in S3-compatible storage")]
+#[command(
+    version,
+    about = "Scheduled, verified database dumps in S3-compatible storage"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

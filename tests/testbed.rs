@@ -27,7 +27,10 @@ async fn apiserver_reports_v1_37_2_and_serves_namespaces() {
         metadata: object_meta("smoke"),
         ..Default::default()
     };
-    namespaces.create(&PostParams::default(), &ns).await.unwrap();
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
     assert!(namespaces.get("smoke").await.is_ok());
     namespaces
         .delete("smoke", &DeleteParams::default())

@@ -41,13 +41,19 @@ pub fn validate_spec(db: &DatabaseBackup) -> Result<(), Problem> {
         ("spec.uploadSchedule", &spec.upload_schedule),
     ] {
         parse_schedule(expr).map_err(|e| {
-            Problem::new("InvalidSchedule", format!("{field} {expr:?} is not a valid cron expression: {e}"))
+            Problem::new(
+                "InvalidSchedule",
+                format!("{field} {expr:?} is not a valid cron expression: {e}"),
+            )
         })?;
     }
     chrono_tz::Tz::from_str(&spec.time_zone).map_err(|_| {
         Problem::new(
             "InvalidTimeZone",
-            format!("spec.timeZone {:?} is not an IANA time zone", spec.time_zone),
+            format!(
+                "spec.timeZone {:?} is not an IANA time zone",
+                spec.time_zone
+            ),
         )
     })?;
     Ok(())

@@ -194,9 +194,8 @@ async fn update_status(db: &DatabaseBackup, ctx: &Context, ready: &Observed) -> 
     .await?;
 
     let was = status::find(&old.conditions, READY);
-    let changed = was.is_none_or(|c| {
-        c.reason != ready.reason || (c.status == "True") != ready.status
-    });
+    let changed =
+        was.is_none_or(|c| c.reason != ready.reason || (c.status == "True") != ready.status);
     if changed {
         let type_ = if ready.status {
             EventType::Normal

@@ -10,8 +10,8 @@ use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, JobSpec, JobTemplateSpec
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
-    PodAffinity, PodAffinityTerm, PodSecurityContext, PodSpec, PodTemplateSpec,
-    SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    PodAffinity, PodAffinityTerm, PodSecurityContext, PodSpec, PodTemplateSpec, SeccompProfile,
+    SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
     VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -86,11 +86,7 @@ fn child_meta(db: &DatabaseBackup, name: String, step: Option<Step>) -> ObjectMe
 pub fn key_prefix(db: &DatabaseBackup) -> String {
     match &db.spec.bucket.prefix {
         Some(prefix) => prefix.clone(),
-        None => format!(
-            "{}/{}/",
-            db.namespace().unwrap_or_default(),
-            db.name_any()
-        ),
+        None => format!("{}/{}/", db.namespace().unwrap_or_default(), db.name_any()),
     }
 }
 
@@ -227,12 +223,7 @@ fn volumes(db: &DatabaseBackup, with_ca: bool) -> (Vec<Volume>, Vec<VolumeMount>
     (volumes, mounts)
 }
 
-fn cronjob(
-    db: &DatabaseBackup,
-    step: Step,
-    schedule: &str,
-    pod: PodSpec,
-) -> CronJob {
+fn cronjob(db: &DatabaseBackup, step: Step, schedule: &str, pod: PodSpec) -> CronJob {
     let jobs = &db.spec.jobs;
     let owner = db.name_any();
     let name = match step {
@@ -303,7 +294,12 @@ pub fn dump_cronjob(db: &DatabaseBackup) -> CronJob {
     let (volumes, mounts) = volumes(db, false);
     let mut env = vec![
         secret_env(dump::USER_ENV, &creds.name, &creds.username_key, false),
-        secret_env(dump::password_env(engine), &creds.name, &creds.password_key, false),
+        secret_env(
+            dump::password_env(engine),
+            &creds.name,
+            &creds.password_key,
+            false,
+        ),
         plain_env("TZ", &spec.time_zone),
         plain_env("HOME", "/tmp"),
     ];
@@ -362,7 +358,12 @@ pub fn upload_cronjob(db: &DatabaseBackup, settings: &Settings) -> CronJob {
             Some(name) => plain_env("DBBACKUP_BUCKET", name),
             None => secret_env("DBBACKUP_BUCKET", &secret.name, &secret.bucket_key, false),
         },
-        secret_env("AWS_ACCESS_KEY_ID", &secret.name, &secret.access_key_id_key, false),
+        secret_env(
+            "AWS_ACCESS_KEY_ID",
+            &secret.name,
+            &secret.access_key_id_key,
+            false,
+        ),
         secret_env(
             "AWS_SECRET_ACCESS_KEY",
             &secret.name,
@@ -371,7 +372,12 @@ pub fn upload_cronjob(db: &DatabaseBackup, settings: &Settings) -> CronJob {
         ),
         match &bucket.endpoint {
             Some(url) => plain_env("DBBACKUP_ENDPOINT", url),
-            None => secret_env("DBBACKUP_ENDPOINT", &secret.name, &secret.endpoint_key, true),
+            None => secret_env(
+                "DBBACKUP_ENDPOINT",
+                &secret.name,
+                &secret.endpoint_key,
+                true,
+            ),
         },
         match &bucket.region {
             Some(region) => plain_env("AWS_REGION", region),

@@ -14,7 +14,12 @@ pub struct Observed {
 }
 
 impl Observed {
-    pub fn new(type_: &'static str, status: bool, reason: &str, message: impl Into<String>) -> Self {
+    pub fn new(
+        type_: &'static str,
+        status: bool,
+        reason: &str,
+        message: impl Into<String>,
+    ) -> Self {
         Observed {
             type_,
             status,

@@ -124,15 +124,19 @@ impl Postgres {
     fn wait_ready(&mut self) {
         let port = self.port;
         let process = &mut self.process;
-        wait_until("PostgreSQL to accept connections", Duration::from_secs(60), || {
-            process.assert_running();
-            port_open(port)
-                && Command::new(bin("pg_isready"))
-                    .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-                    .output()
-                    .map(|o| o.status.success())
-                    .unwrap_or(false)
-        });
+        wait_until(
+            "PostgreSQL to accept connections",
+            Duration::from_secs(60),
+            || {
+                process.assert_running();
+                port_open(port)
+                    && Command::new(bin("pg_isready"))
+                        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+                        .output()
+                        .map(|o| o.status.success())
+                        .unwrap_or(false)
+            },
+        );
     }
 
     /// psql against `database` as the superuser over TCP, password from the environment.
@@ -207,10 +211,14 @@ impl MariaDb {
         };
         let socket = db.socket.clone();
         let process = &mut db.process;
-        wait_until("MariaDB to accept connections", Duration::from_secs(60), || {
-            process.assert_running();
-            port_open(port) && socket.exists()
-        });
+        wait_until(
+            "MariaDB to accept connections",
+            Duration::from_secs(60),
+            || {
+                process.assert_running();
+                port_open(port) && socket.exists()
+            },
+        );
         db.admin_sql(&format!(
             "CREATE USER '{u}'@'%' IDENTIFIED BY '{p}'; GRANT ALL ON *.* TO '{u}'@'%' WITH GRANT OPTION;",
             u = db.user,
@@ -227,7 +235,10 @@ impl MariaDb {
             .arg(format!("--socket={}", socket.display()))
             .arg(format!("--port={port}"))
             .arg("--bind-address=127.0.0.1")
-            .arg(format!("--pid-file={}", data.join("mariadbd.pid").display()))
+            .arg(format!(
+                "--pid-file={}",
+                data.join("mariadbd.pid").display()
+            ))
             .arg("--skip-name-resolve")
             .arg("--innodb-flush-log-at-trx-commit=0")
             .arg("--innodb-buffer-pool-size=64M");
