@@ -27,6 +27,8 @@ const CRON_MESSAGE: &str = "must be a standard 5-field cron expression (minute h
 const CRON_TZ_RULE: &str = "!self.contains('TZ=')";
 const CRON_TZ_MESSAGE: &str = "must not set CRON_TZ or TZ; use spec.timeZone";
 
+// Each printcolumn(...) names its type_, which clippy takes for a repeated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "dbbackup.io",
@@ -393,7 +395,7 @@ impl AccessMode {
     }
 }
 
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JobSettings {
     /// Resources of the dump and upload containers.
@@ -429,6 +431,22 @@ pub struct JobSettings {
     #[serde(default)]
     #[schemars(range(min = 0, max = 10))]
     pub backoff_limit: i32,
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        JobSettings {
+            resources: None,
+            node_selector: None,
+            tolerations: None,
+            affinity: None,
+            successful_jobs_history_limit: default_successful_history(),
+            failed_jobs_history_limit: default_failed_history(),
+            active_deadline_seconds: default_deadline(),
+            starting_deadline_seconds: default_starting_deadline(),
+            backoff_limit: 0,
+        }
+    }
 }
 
 fn default_successful_history() -> i32 {

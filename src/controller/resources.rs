@@ -428,3 +428,151 @@ fn prefer_dump_node(owner: &str) -> Affinity {
         ..Default::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(engine: &str, extra: serde_json::Value) -> DatabaseBackup {
+        let mut manifest = serde_json::json!({
+            "apiVersion": "dbbackup.io/v1alpha1",
+            "kind": "DatabaseBackup",
+            "metadata": {
+                "name": "orders",
+                "namespace": "shop",
+                "uid": "0b5c3a56-7f0e-4c43-9d0a-3c2b1e9f8a11"
+            },
+            "spec": {
+                "database": {
+                    "engine": engine,
+                    "host": "db.shop.svc",
+                    "name": "orders",
+                    "credentialsSecret": { "name": "db-creds" }
+                },
+                "schedule": "0 3 * * *",
+                "timeZone": "Europe/Paris",
+                "bucket": { "secretRef": { "name": "s3-creds" } }
+            }
+        });
+        json_merge(&mut manifest["spec"], extra);
+        serde_json::from_value(manifest).unwrap()
+    }
+
+    fn json_merge(into: &mut serde_json::Value, from: serde_json::Value) {
+        match (into, from) {
+            (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+                for (k, v) in b {
+                    json_merge(a.entry(k).or_insert(serde_json::Value::Null), v);
+                }
+            }
+            (slot, v) => *slot = v,
+        }
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            uploader_image: "ghcr.io/dbbackup-operator/dbbackup-operator:0.1.0".into(),
+        }
+    }
+
+    fn children_yaml(db: &DatabaseBackup) -> String {
+        [
+            serde_yaml::to_string(&staging_pvc(db)).unwrap(),
+            serde_yaml::to_string(&dump_cronjob(db)).unwrap(),
+            serde_yaml::to_string(&upload_cronjob(db, &settings())).unwrap(),
+        ]
+        .join("---\n")
+    }
+
+    /// Compares with `tests/golden/<name>`; `UPDATE_GOLDEN=1` rewrites it.
+    fn assert_golden(name: &str, actual: &str) {
+        let path = format!("{}/tests/golden/{name}", env!("CARGO_MANIFEST_DIR"));
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(&path, actual).unwrap();
+        }
+        let expected = std::fs::read_to_string(&path)
+            .unwrap_or_else(|_| panic!("{path} missing: run with UPDATE_GOLDEN=1"));
+        assert!(
+            expected == actual,
+            "{name} differs from the golden file; review and rerun with UPDATE_GOLDEN=1\n{actual}"
+        );
+    }
+
+    #[test]
+    fn golden_mariadb_children() {
+        let db = fixture(
+            "mariadb",
+            serde_json::json!({
+                "compression": "gzip",
+                "bucket": { "endpoint": "http://minio.shop.svc:9000", "forcePathStyle": true },
+                "staging": { "size": "5Gi", "storageClassName": "standard" }
+            }),
+        );
+        assert_golden("mariadb-children.yaml", &children_yaml(&db));
+    }
+
+    #[test]
+    fn golden_postgres_children() {
+        let db = fixture(
+            "postgres",
+            serde_json::json!({
+                "bucket": { "name": "team-backups", "prefix": "", "region": "eu-west-3",
+                            "caBundle": { "name": "corp-ca" } },
+                "database": { "port": 6432 },
+                "jobs": { "nodeSelector": { "disk": "ssd" } }
+            }),
+        );
+        assert_golden("postgres-children.yaml", &children_yaml(&db));
+    }
+
+    #[test]
+    fn default_prefix_is_namespace_and_name() {
+        assert_eq!(
+            key_prefix(&fixture("mariadb", serde_json::json!({}))),
+            "shop/orders/"
+        );
+        let original = fixture("mariadb", serde_json::json!({"bucket": {"prefix": ""}}));
+        assert_eq!(key_prefix(&original), "");
+    }
+
+    #[test]
+    fn ports_default_per_engine() {
+        assert_eq!(
+            database_port(&fixture("postgres", serde_json::json!({}))),
+            5432
+        );
+        assert_eq!(
+            database_port(&fixture("mysql", serde_json::json!({}))),
+            3306
+        );
+        let custom = fixture("postgres", serde_json::json!({"database": {"port": 6432}}));
+        assert_eq!(database_port(&custom), 6432);
+    }
+
+    #[test]
+    fn user_affinity_replaces_the_dump_node_preference() {
+        let db = fixture("mariadb", serde_json::json!({}));
+        let pod = upload_cronjob(&db, &settings())
+            .spec
+            .job_template
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        assert!(pod.affinity.unwrap().pod_affinity.is_some());
+        let db = fixture(
+            "mariadb",
+            serde_json::json!({"jobs": {"affinity": {"nodeAffinity": {}}}}),
+        );
+        let pod = upload_cronjob(&db, &settings())
+            .spec
+            .job_template
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        assert!(pod.affinity.unwrap().pod_affinity.is_none());
+    }
+}

@@ -1,10 +1,11 @@
 //! Test bed: real servers started by the tests themselves (see README, "Testing").
 //! Each server is a value; dropping it kills the process and removes its directory.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod controlplane;
 pub mod databases;
 pub mod minio;
+pub mod operator;
 pub mod process;
 
 pub use controlplane::ControlPlane;

@@ -1,0 +1,548 @@
+//! The controller against a real kube-apiserver: children, drift, garbage
+//! collection, Pod Security, admission, missing Secrets and idle resyncs.
+
+mod support;
+
+use dbbackup_operator::api::DatabaseBackup;
+use k8s_openapi::api::batch::v1::CronJob;
+use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use std::time::Duration;
+use support::operator::*;
+use support::*;
+
+async fn setup(ns: &str) -> (ControlPlane, Client) {
+    let cp = ControlPlane::start().await;
+    let client = cp.client().await;
+    install_crd(&client).await;
+    create_namespace(&client, ns, &[]).await;
+    (cp, client)
+}
+
+async fn get_cronjob(client: &Client, ns: &str, name: &str) -> Option<CronJob> {
+    Api::<CronJob>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn valid_resource_gets_pvc_and_both_cronjobs() {
+    let (_cp, client) = setup("shop").await;
+    create_sample_secrets(&client, "shop").await;
+    let _op = RunningOperator::start(&client);
+    let db = create_backup(&client, "shop", backup_manifest("orders", "mariadb")).await;
+    let backups: Api<DatabaseBackup> = Api::namespaced(client.clone(), "shop");
+    let ready = wait_ready(&backups, "orders", "True", "Reconciled").await;
+    assert_eq!(
+        ready.status.as_ref().unwrap().observed_generation,
+        ready.metadata.generation
+    );
+
+    let pvc = Api::<PersistentVolumeClaim>::namespaced(client.clone(), "shop")
+        .get("orders-staging")
+        .await
+        .unwrap();
+    let dump = get_cronjob(&client, "shop", "orders-dump").await.unwrap();
+    let upload = get_cronjob(&client, "shop", "orders-upload").await.unwrap();
+
+    for (meta, step) in [
+        (&pvc.metadata, None),
+        (&dump.metadata, Some("dump")),
+        (&upload.metadata, Some("upload")),
+    ] {
+        let owner = &meta.owner_references.as_ref().unwrap()[0];
+        assert_eq!(owner.uid, db.uid().unwrap());
+        assert_eq!(owner.controller, Some(true));
+        assert_eq!(owner.kind, "DatabaseBackup");
+        let labels = meta.labels.as_ref().unwrap();
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "dbbackup-operator");
+        assert_eq!(labels["dbbackup.io/backup"], "orders");
+        assert_eq!(labels.get("dbbackup.io/step").map(String::as_str), step);
+        let managers: Vec<_> = meta
+            .managed_fields
+            .iter()
+            .flatten()
+            .filter_map(|m| m.manager.clone())
+            .collect();
+        assert_eq!(managers, ["dbbackup-operator"], "one field manager");
+    }
+    assert_eq!(
+        pvc.spec.as_ref().unwrap().access_modes.as_deref(),
+        Some(&["ReadWriteOnce".to_string()][..])
+    );
+
+    for (cj, schedule) in [(&dump, "0 3 * * *"), (&upload, "*/5 * * * *")] {
+        let spec = &cj.spec;
+        assert_eq!(spec.schedule, schedule);
+        assert_eq!(spec.time_zone.as_deref(), Some("UTC"));
+        assert_eq!(spec.concurrency_policy.as_deref(), Some("Forbid"));
+        assert!(spec.starting_deadline_seconds.is_some());
+        let job = spec.job_template.spec.as_ref().unwrap();
+        let pod = job.template.spec.as_ref().unwrap();
+        assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        let psc = pod.security_context.as_ref().unwrap();
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert!(psc.fs_group.is_some());
+        assert_eq!(
+            psc.seccomp_profile.as_ref().unwrap().type_,
+            "RuntimeDefault"
+        );
+        let c = &pod.containers[0];
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(
+            sc.capabilities.as_ref().unwrap().drop.as_deref(),
+            Some(&["ALL".to_string()][..])
+        );
+        // Credentials only through secretKeyRef; no value of theirs anywhere in the spec.
+        let text = serde_json::to_string(cj).unwrap();
+        assert!(
+            !text.contains("dbPASSsample"),
+            "DB password leaked into {}",
+            cj.name_any()
+        );
+        assert!(
+            !text.contains("s3SECRETsample"),
+            "S3 secret leaked into {}",
+            cj.name_any()
+        );
+    }
+    let dump_container = &dump
+        .spec
+        .job_template
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0];
+    assert_eq!(
+        dump_container.image.as_deref(),
+        Some("docker.io/library/mariadb:11.8")
+    );
+    let env = dump_container.env.as_ref().unwrap();
+    let pw = env.iter().find(|e| e.name == "MYSQL_PWD").unwrap();
+    let key_ref = pw
+        .value_from
+        .as_ref()
+        .unwrap()
+        .secret_key_ref
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        (key_ref.name.as_str(), key_ref.key.as_str()),
+        ("db-creds", "password")
+    );
+
+    let upload_container = &upload
+        .spec
+        .job_template
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0];
+    assert_eq!(upload_container.image.as_deref(), Some(UPLOADER_IMAGE));
+    assert_eq!(upload_container.args.as_ref().unwrap()[0], "upload");
+    let env = upload_container.env.as_ref().unwrap();
+    let secret = env
+        .iter()
+        .find(|e| e.name == "AWS_SECRET_ACCESS_KEY")
+        .unwrap();
+    let key_ref = secret
+        .value_from
+        .as_ref()
+        .unwrap()
+        .secret_key_ref
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        (key_ref.name.as_str(), key_ref.key.as_str()),
+        ("s3-creds", "secretAccessKey")
+    );
+}
+
+#[tokio::test]
+async fn spec_edits_reach_children_and_deleted_children_come_back() {
+    let (_cp, client) = setup("shop").await;
+    create_sample_secrets(&client, "shop").await;
+    let _op = RunningOperator::start(&client);
+    create_backup(&client, "shop", backup_manifest("orders", "postgres")).await;
+    let backups: Api<DatabaseBackup> = Api::namespaced(client.clone(), "shop");
+    wait_ready(&backups, "orders", "True", "Reconciled").await;
+
+    let patch = serde_json::json!({"spec": {
+        "schedule": "30 1 * * *",
+        "suspend": true,
+        "database": {"image": "registry.test/postgres:18"}
+    }});
+    backups
+        .patch("orders", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    wait_for(
+        "dump CronJob to follow the spec",
+        Duration::from_secs(30),
+        || async {
+            let cj = get_cronjob(&client, "shop", "orders-dump").await?;
+            let pod = cj.spec.job_template.spec.as_ref()?.template.spec.clone()?;
+            (cj.spec.schedule == "30 1 * * *"
+                && cj.spec.suspend == Some(true)
+                && pod.containers[0].image.as_deref() == Some("registry.test/postgres:18"))
+            .then_some(())
+        },
+    )
+    .await;
+    let upload = get_cronjob(&client, "shop", "orders-upload").await.unwrap();
+    assert_eq!(upload.spec.suspend, Some(true), "suspend pauses both");
+
+    let cronjobs: Api<CronJob> = Api::namespaced(client.clone(), "shop");
+    let old_uid = cronjobs.get("orders-upload").await.unwrap().uid();
+    cronjobs
+        .delete("orders-upload", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for(
+        "deleted upload CronJob to be recreated",
+        Duration::from_secs(30),
+        || async {
+            let cj = get_cronjob(&client, "shop", "orders-upload").await?;
+            (cj.uid() != old_uid).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn deleting_the_resource_garbage_collects_its_children() {
+    let cp = ControlPlane::with_controller_manager().await;
+    let client = cp.client().await;
+    install_crd(&client).await;
+    create_namespace(&client, "shop", &[]).await;
+    create_sample_secrets(&client, "shop").await;
+    let _op = RunningOperator::start(&client);
+    create_backup(&client, "shop", backup_manifest("orders", "mariadb")).await;
+    let backups: Api<DatabaseBackup> = Api::namespaced(client.clone(), "shop");
+    wait_ready(&backups, "orders", "True", "Reconciled").await;
+
+    backups
+        .delete("orders", &DeleteParams::background())
+        .await
+        .unwrap();
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "shop");
+    wait_for(
+        "children to be garbage-collected",
+        Duration::from_secs(60),
+        || async {
+            let left = get_cronjob(&client, "shop", "orders-dump").await.is_some()
+            || get_cronjob(&client, "shop", "orders-upload").await.is_some()
+            // The PVC may linger with its protection finalizer, but it is being deleted.
+            || pvcs
+                .get_opt("orders-staging")
+                .await
+                .unwrap()
+                .is_some_and(|p| p.metadata.deletion_timestamp.is_none());
+            (!left).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn restricted_namespace_accepts_the_children_without_warnings() {
+    let cp = ControlPlane::start().await;
+    let client = cp.client().await;
+    install_crd(&client).await;
+    create_namespace(
+        &client,
+        "locked",
+        &[
+            ("pod-security.kubernetes.io/enforce", "restricted"),
+            ("pod-security.kubernetes.io/warn", "restricted"),
+        ],
+    )
+    .await;
+    create_sample_secrets(&client, "locked").await;
+    let _op = RunningOperator::start(&client);
+    for engine in ["mariadb", "postgres"] {
+        create_backup(&client, "locked", backup_manifest(engine, engine)).await;
+    }
+    let backups: Api<DatabaseBackup> = Api::namespaced(client.clone(), "locked");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "locked");
+    for engine in ["mariadb", "postgres"] {
+        wait_ready(&backups, engine, "True", "Reconciled").await;
+        for step in ["dump", "upload"] {
+            let name = format!("{engine}-{step}");
+            let mut cj = get_cronjob(&client, "locked", &name).await.unwrap();
+            // Re-submitting the CronJob through kubectl shows any PodSecurity warning.
+            cj.metadata.managed_fields = None;
+            cj.metadata.resource_version = None;
+            let out = cp
+                .kubectl()
+                .args([
+                    "apply",
+                    "--dry-run=server",
+                    "--server-side",
+                    "--force-conflicts",
+                ])
+                .args([
+                    "--field-manager=dbbackup-operator",
+                    "-n",
+                    "locked",
+                    "-f",
+                    "-",
+                ])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .map(|mut child| {
+                    use std::io::Write;
+                    child
+                        .stdin
+                        .take()
+                        .unwrap()
+                        .write_all(serde_json::to_string(&cj).unwrap().as_bytes())
+                        .unwrap();
+                    child.wait_with_output().unwrap()
+                })
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{name}: {stderr}");
+            assert!(!stderr.contains("Warning"), "{name} warns: {stderr}");
+
+            // Enforcement applies to Pods: one from the job template must be admitted.
+            let template = cj.spec.job_template.spec.unwrap().template;
+            let pod = Pod {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(format!("{name}-probe")),
+                    labels: template.metadata.and_then(|m| m.labels),
+                    ..Default::default()
+                },
+                spec: template.spec,
+                status: None,
+            };
+            pods.create(&PostParams::default(), &pod)
+                .await
+                .unwrap_or_else(|e| panic!("restricted namespace refused a {name} pod: {e}"));
+        }
+    }
+}
+
+/// Creates `manifest` and returns the apiserver's refusal.
+async fn rejection(client: &Client, manifest: serde_json::Value) -> String {
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "shop",
+        &kube::api::ApiResource::erase::<DatabaseBackup>(&()),
+    );
+    let obj: kube::api::DynamicObject = serde_json::from_value(manifest).unwrap();
+    match api.create(&PostParams::default(), &obj).await {
+        Ok(_) => panic!("accepted: {obj:?}"),
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 422, "{status:?}");
+            status.message
+        }
+        Err(other) => panic!("unexpected error {other}"),
+    }
+}
+
+#[tokio::test]
+async fn admission_rejects_bad_input_and_names_the_field() {
+    let (_cp, client) = setup("shop").await;
+    let with = |path: &[&str], value: serde_json::Value| {
+        let mut m = backup_manifest("bad", "mariadb");
+        let mut node = &mut m["spec"];
+        for p in &path[..path.len() - 1] {
+            node = &mut node[*p];
+        }
+        node[path[path.len() - 1]] = value;
+        m
+    };
+    let cases = [
+        (
+            with(&["schedule"], "not a cron".into()),
+            "spec.schedule",
+            "5-field cron",
+        ),
+        (
+            with(&["schedule"], "0 0 3 * * *".into()),
+            "spec.schedule",
+            "seconds are not supported",
+        ),
+        (
+            with(&["schedule"], "CRON_TZ=UTC 0 3 * * *".into()),
+            "spec.schedule",
+            "CRON_TZ",
+        ),
+        (
+            with(&["timeZone"], "Mars/Olympus_Mons".into()),
+            "spec.timeZone",
+            "",
+        ),
+        (
+            with(&["database", "engine"], "oracle".into()),
+            "spec.database.engine",
+            "Unsupported value",
+        ),
+        (
+            with(&["database", "port"], 0.into()),
+            "spec.database.port",
+            "greater than or equal to 1",
+        ),
+        (
+            with(&["database", "port"], 70000.into()),
+            "spec.database.port",
+            "less than or equal to 65535",
+        ),
+        (
+            with(&["database", "name"], "".into()),
+            "spec.database.name",
+            "",
+        ),
+        (
+            with(&["bucket", "name"], "Not_A_Bucket".into()),
+            "spec.bucket.name",
+            "valid S3 bucket name",
+        ),
+        (
+            with(&["bucket", "prefix"], "/abs/".into()),
+            "spec.bucket.prefix",
+            "must not start with '/'",
+        ),
+        (
+            with(&["staging"], serde_json::json!({"size": "lots"})),
+            "spec.staging.size",
+            "quantity",
+        ),
+    ];
+    for (manifest, field, text) in cases {
+        let message = rejection(&client, manifest.clone()).await;
+        assert!(message.contains(field), "{field}: {message}");
+        assert!(message.contains(text), "{field}: {message}");
+    }
+    let mut long = backup_manifest(&"x".repeat(64), "mariadb");
+    long["metadata"]["name"] = "x".repeat(64).into();
+    assert!(
+        rejection(&client, long)
+            .await
+            .contains("at most 63 characters")
+    );
+}
+
+#[tokio::test]
+async fn missing_secret_is_reported_and_heals_once_the_secret_appears() {
+    let (_cp, client) = setup("shop").await;
+    let _op = RunningOperator::start(&client);
+    create_backup(&client, "shop", backup_manifest("orders", "mariadb")).await;
+    let backups: Api<DatabaseBackup> = Api::namespaced(client.clone(), "shop");
+    let db = wait_ready(&backups, "orders", "False", "SecretNotFound").await;
+    let ready = &db.status.unwrap().conditions[0];
+    assert_eq!(
+        ready.message,
+        r#"secret "db-creds" not found in namespace "shop""#
+    );
+
+    let events: Api<Event> = Api::namespaced(client.clone(), "shop");
+    wait_for(
+        "a SecretNotFound Event on the resource",
+        Duration::from_secs(30),
+        || async {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            list.items
+                .iter()
+                .any(|e| {
+                    e.reason.as_deref() == Some("SecretNotFound")
+                        && e.involved_object.name.as_deref() == Some("orders")
+                        && e.type_.as_deref() == Some("Warning")
+                })
+                .then_some(())
+        },
+    )
+    .await;
+
+    // The Secret appears without its password key.
+    create_secret(&client, "shop", "db-creds", &[("username", "backup")]).await;
+    let db = wait_ready(&backups, "orders", "False", "SecretKeyMissing").await;
+    assert_eq!(
+        db.status.unwrap().conditions[0].message,
+        r#"secret "db-creds" has no key "password""#
+    );
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), "shop")
+        .delete("db-creds", &DeleteParams::default())
+        .await
+        .unwrap();
+    create_sample_secrets(&client, "shop").await;
+    // No user action on the DatabaseBackup: the retry with backoff picks it up.
+    wait_ready(&backups, "orders", "True", "Reconciled").await;
+    assert!(get_cronjob(&client, "shop", "orders-dump").await.is_some());
+}
+
+#[tokio::test]
+async fn a_forced_resync_after_convergence_writes_nothing() {
+    let (_cp, client) = setup("shop").await;
+    create_sample_secrets(&client, "shop").await;
+    let first = RunningOperator::start(&client);
+    for name in ["orders", "users"] {
+        create_backup(&client, "shop", backup_manifest(name, "postgres")).await;
+    }
+    let backups: Api<DatabaseBackup> = Api::namespaced(client.clone(), "shop");
+    for name in ["orders", "users"] {
+        wait_ready(&backups, name, "True", "Reconciled").await;
+    }
+    // Let the watch events of our own writes settle.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    drop(first);
+
+    let versions = |client: Client| async move {
+        let mut v = vec![];
+        for db in Api::<DatabaseBackup>::namespaced(client.clone(), "shop")
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+        {
+            v.push((db.name_any(), db.resource_version()));
+        }
+        for cj in Api::<CronJob>::namespaced(client.clone(), "shop")
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+        {
+            v.push((cj.name_any(), cj.resource_version()));
+        }
+        for pvc in Api::<PersistentVolumeClaim>::namespaced(client.clone(), "shop")
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+        {
+            v.push((pvc.name_any(), pvc.resource_version()));
+        }
+        v
+    };
+    let before = versions(client.clone()).await;
+    assert_eq!(before.len(), 2 + 4 + 2);
+
+    // A fresh controller reconciles everything it finds: a full resync.
+    let second = RunningOperator::start(&client);
+    wait_for(
+        "the second controller to reconcile both",
+        Duration::from_secs(30),
+        || async { (second.metrics().reconciles() >= 2).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        versions(client.clone()).await,
+        before,
+        "a resync wrote something"
+    );
+    assert_eq!(second.metrics().failures("APIError"), 0);
+}

@@ -1,0 +1,210 @@
+//! The operator under test, run in-process against a real control plane, and
+//! helpers to set up what a user would create with kubectl.
+
+use dbbackup_operator::api::DatabaseBackup;
+use dbbackup_operator::controller::{self, Context, resources::Settings};
+use dbbackup_operator::metrics::Metrics;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ObjectMeta, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Client, ResourceExt};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub const UPLOADER_IMAGE: &str = "registry.test/dbbackup-operator:test";
+
+/// Installs the checked-in CRD from `crds/`, as `kubectl apply -f crds/` would, and
+/// waits until it is established.
+pub async fn install_crd(client: &Client) {
+    let yaml = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/crds/databasebackups.yaml"
+    ))
+    .unwrap();
+    let crd: CustomResourceDefinition = serde_yaml::from_str(&yaml).unwrap();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.create(&PostParams::default(), &crd).await.unwrap();
+    let name = crd.name_any();
+    let established = await_condition(crds, &name, conditions::is_crd_established());
+    tokio::time::timeout(Duration::from_secs(30), established)
+        .await
+        .expect("CRD established within 30s")
+        .unwrap();
+}
+
+/// A controller running in this test process; stopped on drop.
+pub struct RunningOperator {
+    pub ctx: Arc<Context>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl RunningOperator {
+    pub fn start(client: &Client) -> RunningOperator {
+        let ctx = Arc::new(Context::new(
+            client.clone(),
+            Settings {
+                uploader_image: UPLOADER_IMAGE.into(),
+            },
+            Arc::new(Metrics::default()),
+        ));
+        let handle = tokio::spawn(controller::run(ctx.clone(), None));
+        RunningOperator { ctx, handle }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.ctx.metrics
+    }
+}
+
+impl Drop for RunningOperator {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
+pub async fn create_namespace(client: &Client, name: &str, labels: &[(&str, &str)]) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let labels: BTreeMap<String, String> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    namespaces
+        .create(
+            &PostParams::default(),
+            &Namespace {
+                metadata: ObjectMeta {
+                    name: Some(name.into()),
+                    labels: Some(labels),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+}
+
+pub fn secret(name: &str, data: &[(&str, &str)]) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        data: Some(
+            data.iter()
+                .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                .collect(),
+        ),
+        ..Default::default()
+    }
+}
+
+pub async fn create_secret(client: &Client, ns: &str, name: &str, data: &[(&str, &str)]) {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    secrets
+        .create(&PostParams::default(), &secret(name, data))
+        .await
+        .unwrap();
+}
+
+/// A DatabaseBackup manifest as a user would write it.
+pub fn backup_manifest(name: &str, engine: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "dbbackup.io/v1alpha1",
+        "kind": "DatabaseBackup",
+        "metadata": { "name": name },
+        "spec": {
+            "database": {
+                "engine": engine,
+                "host": "db.example.svc",
+                "name": "shop",
+                "credentialsSecret": { "name": "db-creds" }
+            },
+            "schedule": "0 3 * * *",
+            "bucket": { "secretRef": { "name": "s3-creds" } }
+        }
+    })
+}
+
+pub async fn create_backup(
+    client: &Client,
+    ns: &str,
+    manifest: serde_json::Value,
+) -> DatabaseBackup {
+    let api: Api<DatabaseBackup> = Api::namespaced(client.clone(), ns);
+    let db: DatabaseBackup = serde_json::from_value(manifest).unwrap();
+    api.create(&PostParams::default(), &db).await.unwrap()
+}
+
+/// The Secrets the sample manifest refers to, with distinctive values.
+pub async fn create_sample_secrets(client: &Client, ns: &str) {
+    create_secret(
+        client,
+        ns,
+        "db-creds",
+        &[
+            ("username", "backup"),
+            ("password", "dbPASSsample0123456789"),
+        ],
+    )
+    .await;
+    create_secret(
+        client,
+        ns,
+        "s3-creds",
+        &[
+            ("bucket", "backups"),
+            ("accessKeyId", "AKSAMPLE"),
+            ("secretAccessKey", "s3SECRETsample0123456789"),
+        ],
+    )
+    .await;
+}
+
+/// Polls `check` until it yields a value, panicking with `what` after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the resource's Ready condition has `status` and returns the resource.
+pub async fn wait_ready(
+    api: &Api<DatabaseBackup>,
+    name: &str,
+    status: &str,
+    reason: &str,
+) -> DatabaseBackup {
+    wait_for(
+        &format!("{name} Ready={status} reason={reason}"),
+        Duration::from_secs(60),
+        || async {
+            let db = api.get(name).await.ok()?;
+            let ready = db
+                .status
+                .as_ref()?
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Ready")?
+                .clone();
+            (ready.status == status && ready.reason == reason).then_some(db)
+        },
+    )
+    .await
+}
