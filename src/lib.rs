@@ -4,8 +4,11 @@
 pub mod api;
 pub mod controller;
 pub mod dump;
+pub mod jobresult;
+pub mod logline;
 pub mod metrics;
 pub mod names;
+pub mod upload;
 
 pub use api::{DatabaseBackup, DatabaseBackupSpec, DatabaseBackupStatus};
 

@@ -32,6 +32,8 @@ enum Command {
         #[arg(long, value_enum, default_value = "text", env = "DBBACKUP_LOG_FORMAT")]
         log_format: LogFormat,
     },
+    /// Upload the staged dump, if any (run by the upload CronJob).
+    Upload(dbbackup_operator::upload::UploadArgs),
     /// Print the DatabaseBackup CRD as YAML.
     Crd,
 }
@@ -50,6 +52,11 @@ fn init_tracing(format: LogFormat) {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crd => print!("{}", dbbackup_operator::crd_yaml()),
+        Command::Upload(args) => {
+            init_tracing(LogFormat::Text);
+            let code = dbbackup_operator::upload::run(args).await;
+            std::process::exit(code);
+        }
         Command::Run {
             uploader_image,
             namespace,

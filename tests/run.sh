@@ -18,6 +18,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
+echo "== cargo build --release (the memory test measures the shipped binary)"
+cargo build --release --locked --bin dbbackup-operator
 echo "== cargo test"
 cargo test --all-targets --locked
 

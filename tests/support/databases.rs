@@ -51,10 +51,12 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("cannot run {:?}: {e}", cmd.get_program()));
+    // Program and args only: the environment may hold passwords.
     assert!(
         out.status.success(),
-        "{:?} failed with {}:\nstdout: {}\nstderr: {}",
-        cmd,
+        "{:?} {:?} failed with {}:\nstdout: {}\nstderr: {}",
+        cmd.get_program(),
+        cmd.get_args().collect::<Vec<_>>(),
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
@@ -240,6 +242,7 @@ impl MariaDb {
                 data.join("mariadbd.pid").display()
             ))
             .arg("--skip-name-resolve")
+            .arg("--character-set-server=utf8mb4")
             .arg("--innodb-flush-log-at-trx-commit=0")
             .arg("--innodb-buffer-pool-size=64M");
         ServerProcess::spawn("mariadbd", cmd, dir, libc::SIGTERM)
@@ -262,7 +265,13 @@ impl MariaDb {
         let mut cmd = Command::new(bin("mariadb"));
         cmd.arg("--no-defaults")
             .args(["-h", "127.0.0.1", "-P", &self.port.to_string()])
-            .args(["-u", &self.user, "-N", "-B"])
+            .args([
+                "-u",
+                &self.user,
+                "-N",
+                "-B",
+                "--default-character-set=utf8mb4",
+            ])
             .arg(database)
             .env("MYSQL_PWD", &self.password);
         cmd

@@ -6,6 +6,7 @@ pub mod controlplane;
 pub mod databases;
 pub mod minio;
 pub mod operator;
+pub mod pipeline;
 pub mod process;
 
 pub use controlplane::ControlPlane;

@@ -27,6 +27,8 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_pkgs+=(postgresql)
 command -v psql >/dev/null 2>&1 || need_pkgs+=(postgresql-client)
 command -v shellcheck >/dev/null 2>&1 || need_pkgs+=(shellcheck)
 [ -x /usr/bin/time ] || need_pkgs+=(time)
+command -v zstd >/dev/null 2>&1 || need_pkgs+=(zstd)
+command -v gzip >/dev/null 2>&1 || need_pkgs+=(gzip)
 command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "apt-get install ${need_pkgs[*]}"

@@ -1,0 +1,113 @@
+//! The log format of the original pipeline: `<date>,<time>,<message>`.
+
+use chrono::{DateTime, NaiveDate, NaiveTime, TimeZone};
+use std::fmt;
+
+pub const DUMP_COMPLETED: &str = "database dump completed";
+pub const NOTHING_TO_UPLOAD: &str = "there is no file to upload";
+pub const UPLOADED: &str = "file successfully uploaded";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogLine {
+    pub date: NaiveDate,
+    pub time: NaiveTime,
+    pub message: String,
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("not a log line (want <YYYY-MM-DD>,<HH:MM:SS>,<message>): {0:?}")]
+pub struct ParseError(pub String);
+
+impl LogLine {
+    /// A line stamped with `now` in its own time zone. Newlines in the message are
+    /// folded to spaces so one event stays one line.
+    pub fn at<Tz: TimeZone>(now: &DateTime<Tz>, message: &str) -> LogLine {
+        let local = now.naive_local();
+        LogLine {
+            date: local.date(),
+            time: local.time().with_nanosecond(0).unwrap_or(local.time()),
+            message: message.replace(['\n', '\r'], " ").trim().to_string(),
+        }
+    }
+
+    /// The per-day log file name, `YYYY-MM-DD.txt`.
+    pub fn file_name(&self) -> String {
+        format!("{}.txt", self.date.format("%Y-%m-%d"))
+    }
+
+    pub fn parse(line: &str) -> Result<LogLine, ParseError> {
+        let err = || ParseError(line.to_string());
+        let mut parts = line.splitn(3, ',');
+        let (date, time, message) = (
+            parts.next().ok_or_else(err)?,
+            parts.next().ok_or_else(err)?,
+            parts.next().ok_or_else(err)?,
+        );
+        if date.len() != 10 || time.len() != 8 || message.is_empty() {
+            return Err(err());
+        }
+        Ok(LogLine {
+            date: NaiveDate::parse_from_str(date, "%Y-%m-%d").map_err(|_| err())?,
+            time: NaiveTime::parse_from_str(time, "%H:%M:%S").map_err(|_| err())?,
+            message: message.to_string(),
+        })
+    }
+}
+
+use chrono::Timelike;
+
+impl fmt::Display for LogLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{},{},{}",
+            self.date.format("%Y-%m-%d"),
+            self.time.format("%H:%M:%S"),
+            self.message
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+
+    #[test]
+    fn prints_and_parses_the_original_format() {
+        let line = LogLine::parse("2026-11-25,03:00:07,database dump completed").unwrap();
+        assert_eq!(line.message, DUMP_COMPLETED);
+        assert_eq!(
+            line.to_string(),
+            "2026-11-25,03:00:07,database dump completed"
+        );
+        assert_eq!(line.file_name(), "2026-11-25.txt");
+    }
+
+    #[test]
+    fn messages_may_contain_commas() {
+        let line = LogLine::parse("2026-11-25,03:00:07,upload failed: a, b").unwrap();
+        assert_eq!(line.message, "upload failed: a, b");
+    }
+
+    #[test]
+    fn rejects_other_shapes() {
+        for bad in [
+            "",
+            "2026-11-25,03:00:07,",
+            "2026-11-25 03:00:07 x",
+            "25-11-2026,03:00:07,x",
+            "2026-11-25,3:00:07,x",
+        ] {
+            assert!(LogLine::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn stamps_in_the_given_zone_and_folds_newlines() {
+        let utc = Utc.with_ymd_and_hms(2026, 11, 25, 23, 30, 0).unwrap();
+        let paris = utc.with_timezone(&chrono_tz::Europe::Paris);
+        let line = LogLine::at(&paris, "a\nb");
+        assert_eq!(line.to_string(), "2026-11-26,00:30:00,a b");
+    }
+}

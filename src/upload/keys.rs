@@ -1,0 +1,91 @@
+//! Object key naming: `<prefix>YYYY-MM-DD/datadumpN.sql[.gz|.zst]`.
+
+use chrono::NaiveDate;
+
+/// Staged dump names the uploader looks for, newest format first.
+pub const DUMP_FILES: [&str; 3] = ["datadump.sql.zst", "datadump.sql.gz", "datadump.sql"];
+
+/// `<prefix>YYYY-MM-DD/`: the folder for one date.
+pub fn date_folder(prefix: &str, date: NaiveDate) -> String {
+    format!("{prefix}{}/", date.format("%Y-%m-%d"))
+}
+
+/// The N of `<folder>datadumpN.sql[.gz|.zst]`, or None for any other key.
+pub fn dump_index(folder: &str, key: &str) -> Option<u64> {
+    let name = key.strip_prefix(folder)?.strip_prefix("datadump")?;
+    let digits = name.len() - name.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+    let (n, rest) = name.split_at(digits);
+    if !matches!(rest, ".sql" | ".sql.gz" | ".sql.zst") || n.is_empty() || n.starts_with('0') {
+        return None;
+    }
+    n.parse().ok()
+}
+
+/// The key after every existing dump of that date: one above the highest index,
+/// so a gap (a pruned object) is never filled with a different dump.
+pub fn next_object_key<'a>(
+    folder: &str,
+    existing: impl IntoIterator<Item = &'a str>,
+    staged_name: &str,
+) -> String {
+    let next = existing
+        .into_iter()
+        .filter_map(|k| dump_index(folder, k))
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let ext = staged_name.strip_prefix("datadump").unwrap_or(".sql");
+    format!("{folder}datadump{next}{ext}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn day() -> NaiveDate {
+        NaiveDate::from_ymd_opt(2026, 11, 25).unwrap()
+    }
+
+    #[test]
+    fn first_dump_of_a_date_is_one() {
+        let folder = date_folder("", day());
+        assert_eq!(folder, "2026-11-25/");
+        assert_eq!(
+            next_object_key(&folder, [], "datadump.sql"),
+            "2026-11-25/datadump1.sql"
+        );
+    }
+
+    #[test]
+    fn next_index_follows_the_highest_whatever_the_order_or_gaps() {
+        let folder = date_folder("shop/orders/", day());
+        let existing = [
+            "shop/orders/2026-11-25/datadump2.sql",
+            "shop/orders/2026-11-25/datadump10.sql.gz",
+            "shop/orders/2026-11-25/datadump3.sql",
+        ];
+        assert_eq!(
+            next_object_key(&folder, existing, "datadump.sql.gz"),
+            "shop/orders/2026-11-25/datadump11.sql.gz"
+        );
+    }
+
+    #[test]
+    fn foreign_keys_do_not_count() {
+        let folder = date_folder("p/", day());
+        for key in [
+            "p/2026-11-25/notes.txt",
+            "p/2026-11-25/datadump.sql",
+            "p/2026-11-25/datadump07.sql",
+            "p/2026-11-25/datadump5.sql.bak",
+            "p/2026-11-26/datadump9.sql",
+            "q/2026-11-25/datadump9.sql",
+        ] {
+            assert_eq!(dump_index(&folder, key), None, "{key}");
+        }
+        assert_eq!(
+            dump_index(&folder, "p/2026-11-25/datadump12.sql.zst"),
+            Some(12)
+        );
+    }
+}

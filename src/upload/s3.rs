@@ -1,0 +1,486 @@
+//! S3 side of the upload: client setup for AWS and S3-compatible stores, and a
+//! streaming, verifiable, never-overwriting put of one file.
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use base64::Engine as _;
+use bytes::Bytes;
+use futures::stream::{FuturesUnordered, StreamExt};
+use md5::{Digest as _, Md5};
+use sha2::Sha256;
+use std::path::Path;
+use tokio::io::AsyncReadExt;
+
+/// Largest part count S3 accepts in one multipart upload.
+pub const MAX_PARTS: u64 = 10_000;
+const MIB: u64 = 1024 * 1024;
+
+/// How the store is reached.
+#[derive(Clone, Debug, Default)]
+pub struct StoreSettings {
+    /// Custom endpoint (MinIO and other S3-compatible stores); None for AWS.
+    pub endpoint: Option<String>,
+    pub region: String,
+    /// Path-style addressing; defaults to true with a custom endpoint.
+    pub force_path_style: Option<bool>,
+    /// PEM CA bundle added to the system roots.
+    pub ca_bundle: Option<Vec<u8>>,
+}
+
+/// Throughput knobs; memory stays near `part_size × (concurrency + 1)`.
+#[derive(Clone, Copy, Debug)]
+pub struct Tuning {
+    pub min_part_size: u64,
+    pub concurrency: usize,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            min_part_size: 8 * MIB,
+            concurrency: 4,
+        }
+    }
+}
+
+/// Part size for a file: at least `min`, large enough for ≤ 10,000 parts, whole MiB.
+pub fn part_size(file_size: u64, min: u64) -> u64 {
+    let needed = file_size.div_ceil(MAX_PARTS);
+    needed.max(min).div_ceil(MIB) * MIB
+}
+
+/// A store error, reduced to text that names the problem and holds no credential.
+pub fn describe<E>(err: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match err {
+        SdkError::ServiceError(service) => {
+            let e = service.err();
+            let status = service.raw().status();
+            match (e.code(), e.message()) {
+                (Some(code), Some(msg)) => format!("{code}: {msg}"),
+                (Some(code), None) => code.to_string(),
+                // HEAD responses carry no error body, only the status.
+                _ => format!(
+                    "HTTP {} {}",
+                    status.as_u16(),
+                    http::StatusCode::from_u16(status.as_u16())
+                        .ok()
+                        .and_then(|s| s.canonical_reason())
+                        .unwrap_or("")
+                )
+                .trim_end()
+                .to_string(),
+            }
+        }
+        _ => DisplayErrorContext(err).to_string(),
+    }
+}
+
+fn http_status<E, R>(err: &SdkError<E, R>) -> Option<u16>
+where
+    R: HasStatus,
+{
+    err.raw_response().map(|r| r.status_code())
+}
+
+pub trait HasStatus {
+    fn status_code(&self) -> u16;
+}
+
+impl HasStatus for aws_sdk_s3::config::http::HttpResponse {
+    fn status_code(&self) -> u16 {
+        self.status().as_u16()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PutError {
+    /// Somebody else wrote the key first (If-None-Match refused).
+    #[error("object {0} already exists")]
+    KeyTaken(String),
+    /// The store does not implement conditional writes.
+    #[error("the store does not support If-None-Match")]
+    ConditionalUnsupported,
+    #[error("{0}")]
+    Failed(String),
+}
+
+fn classify<E>(err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>, key: &str) -> PutError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match (http_status(&err), err.code()) {
+        (Some(412), _) | (_, Some("PreconditionFailed")) => PutError::KeyTaken(key.to_string()),
+        // A concurrent conditional write to the same key.
+        (Some(409), Some("ConditionalRequestConflict")) => PutError::KeyTaken(key.to_string()),
+        (Some(501), _) | (_, Some("NotImplemented")) => PutError::ConditionalUnsupported,
+        _ => PutError::Failed(describe(&err)),
+    }
+}
+
+pub async fn client(settings: &StoreSettings) -> Result<Client, String> {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(Region::new(settings.region.clone()));
+    if let Some(pem) = &settings.ca_bundle {
+        use aws_smithy_http_client::tls;
+        let trust = tls::TrustStore::default().with_pem_certificate(pem.clone());
+        let ctx = tls::TlsContext::builder()
+            .with_trust_store(trust)
+            .build()
+            .map_err(|e| format!("invalid CA bundle: {e}"))?;
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(
+                tls::rustls_provider::CryptoMode::AwsLc,
+            ))
+            .tls_context(ctx)
+            .build_https();
+        loader = loader.http_client(http);
+    }
+    let shared = loader.load().await;
+    let mut config = aws_sdk_s3::config::Builder::from(&shared);
+    match &settings.endpoint {
+        Some(endpoint) => {
+            // Since 2025 the SDK adds CRC checksums to every request by default, which
+            // several S3-compatible stores reject; send them only where S3 requires them.
+            config = config
+                .endpoint_url(endpoint)
+                .force_path_style(settings.force_path_style.unwrap_or(true))
+                .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+                .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        }
+        None => {
+            if let Some(path_style) = settings.force_path_style {
+                config = config.force_path_style(path_style);
+            }
+        }
+    }
+    Ok(Client::from_conf(config.build()))
+}
+
+/// Every key under `prefix`, following continuation tokens past 1,000 keys.
+pub async fn list_keys(client: &Client, bucket: &str, prefix: &str) -> Result<Vec<String>, String> {
+    let mut pages = client
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .into_paginator()
+        .send();
+    let mut keys = vec![];
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| describe(&e))?;
+        keys.extend(
+            page.contents()
+                .iter()
+                .filter_map(|o| o.key().map(str::to_string)),
+        );
+    }
+    Ok(keys)
+}
+
+pub async fn object_exists(client: &Client, bucket: &str, key: &str) -> Result<bool, String> {
+    match client.head_object().bucket(bucket).key(key).send().await {
+        Ok(_) => Ok(true),
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(false),
+        Err(e) => Err(describe(&e)),
+    }
+}
+
+/// What a successful put wrote, for verification.
+#[derive(Clone, Debug)]
+pub struct Written {
+    pub size: u64,
+    pub sha256: String,
+    /// The ETag S3 must report: MD5 of the object, or for multipart the MD5 of
+    /// the parts' MD5s followed by `-<parts>`.
+    pub expected_etag: String,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Reads up to `buf.capacity()` bytes; fewer only at end of file.
+async fn read_part(file: &mut tokio::fs::File, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    buf.clear();
+    let want = buf.capacity();
+    while buf.len() < want {
+        let n = (&mut *file)
+            .take((want - buf.len()) as u64)
+            .read_buf(buf)
+            .await?;
+        if n == 0 {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Called with the multipart upload id as soon as it exists, so an interrupted
+/// run can be cleaned up by the next one.
+pub type OnStart<'a> = &'a (dyn Fn(&str) -> std::io::Result<()> + Sync);
+
+/// Uploads `path` to `key` without ever replacing an existing object (with
+/// `conditional`, through `If-None-Match: *`). Each part carries its Content-MD5,
+/// which the store checks on receipt. On any error a multipart upload is aborted.
+#[allow(clippy::too_many_arguments)]
+pub async fn put_file(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    path: &Path,
+    size: u64,
+    tuning: Tuning,
+    conditional: bool,
+    on_start: OnStart<'_>,
+) -> Result<Written, PutError> {
+    let io = |e: std::io::Error| PutError::Failed(format!("cannot read {}: {e}", path.display()));
+    let mut file = tokio::fs::File::open(path).await.map_err(io)?;
+    let part_size = part_size(size, tuning.min_part_size);
+    let mut sha = Sha256::new();
+
+    if size <= part_size {
+        let mut buf = Vec::with_capacity(size as usize);
+        read_part(&mut file, &mut buf).await.map_err(io)?;
+        sha.update(&buf);
+        let md5 = Md5::digest(&buf);
+        let mut put = client
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .content_md5(base64::engine::general_purpose::STANDARD.encode(md5))
+            .content_length(buf.len() as i64)
+            .body(ByteStream::from(buf));
+        if conditional {
+            put = put.if_none_match("*");
+        }
+        put.send().await.map_err(|e| classify(e, key))?;
+        return Ok(Written {
+            size,
+            sha256: hex(&sha.finalize()),
+            expected_etag: hex(&md5),
+        });
+    }
+
+    let created = client
+        .create_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .metadata("dbbackup-part-size", part_size.to_string())
+        .send()
+        .await
+        .map_err(|e| classify(e, key))?;
+    let upload_id = created
+        .upload_id()
+        .ok_or_else(|| PutError::Failed("store returned no upload id".into()))?
+        .to_string();
+    if let Err(e) = on_start(&upload_id) {
+        abort(client, bucket, key, &upload_id).await;
+        return Err(PutError::Failed(format!("cannot record the upload: {e}")));
+    }
+
+    let result = upload_parts(
+        client, bucket, key, &upload_id, &mut file, size, part_size, tuning, &mut sha,
+    )
+    .await;
+    let (parts, md5s) = match result {
+        Ok(done) => done,
+        Err(e) => {
+            abort(client, bucket, key, &upload_id).await;
+            return Err(e);
+        }
+    };
+    let mut complete = client
+        .complete_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(&upload_id)
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .set_parts(Some(parts))
+                .build(),
+        );
+    if conditional {
+        complete = complete.if_none_match("*");
+    }
+    if let Err(e) = complete.send().await {
+        abort(client, bucket, key, &upload_id).await;
+        return Err(classify(e, key));
+    }
+    let etag = format!("{}-{}", hex(&Md5::digest(md5s.concat())), md5s.len());
+    Ok(Written {
+        size,
+        sha256: hex(&sha.finalize()),
+        expected_etag: etag,
+    })
+}
+
+/// Reads parts in order (hashing them) and keeps up to `concurrency` in flight.
+/// Part buffers are reused once their upload is done.
+#[allow(clippy::too_many_arguments)]
+async fn upload_parts(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    upload_id: &str,
+    file: &mut tokio::fs::File,
+    size: u64,
+    part_size: u64,
+    tuning: Tuning,
+    sha: &mut Sha256,
+) -> Result<(Vec<CompletedPart>, Vec<Vec<u8>>), PutError> {
+    let count = size.div_ceil(part_size);
+    let mut in_flight = FuturesUnordered::new();
+    let mut pool: Vec<Vec<u8>> = vec![];
+    let mut parts = Vec::with_capacity(count as usize);
+    let mut md5s = vec![Vec::new(); count as usize];
+    for number in 1..=count {
+        if in_flight.len() >= tuning.concurrency.max(1) {
+            let (part, bytes): (CompletedPart, Bytes) =
+                in_flight.next().await.expect("non-empty")?;
+            parts.push(part);
+            if let Ok(buf) = bytes.try_into_mut() {
+                pool.push(buf.into());
+            }
+        }
+        let mut buf = pool
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(part_size as usize));
+        read_part(file, &mut buf)
+            .await
+            .map_err(|e| PutError::Failed(format!("cannot read the dump: {e}")))?;
+        if buf.is_empty() {
+            return Err(PutError::Failed("the dump shrank while uploading".into()));
+        }
+        sha.update(&buf);
+        let md5 = Md5::digest(&buf);
+        md5s[number as usize - 1] = md5.to_vec();
+        let bytes = Bytes::from(buf);
+        let request = client
+            .upload_part()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(number as i32)
+            .content_md5(base64::engine::general_purpose::STANDARD.encode(md5))
+            .content_length(bytes.len() as i64)
+            .body(ByteStream::from(bytes.clone()));
+        in_flight.push(async move {
+            let out = request
+                .send()
+                .await
+                .map_err(|e| PutError::Failed(format!("part {number}: {}", describe(&e))))?;
+            let part = CompletedPart::builder()
+                .part_number(number as i32)
+                .set_e_tag(out.e_tag().map(str::to_string))
+                .build();
+            Ok::<_, PutError>((part, bytes))
+        });
+    }
+    while let Some(done) = in_flight.next().await {
+        parts.push(done?.0);
+    }
+    parts.sort_by_key(|p| p.part_number());
+    Ok((parts, md5s))
+}
+
+/// Best effort: a failed abort leaves an upload that the next run, or a bucket
+/// lifecycle rule, cleans up.
+pub async fn abort(client: &Client, bucket: &str, key: &str, upload_id: &str) {
+    if let Err(e) = client
+        .abort_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(upload_id)
+        .send()
+        .await
+    {
+        tracing::warn!(key, error = %describe(&e), "cannot abort multipart upload");
+    }
+}
+
+/// Confirms the object is there with the size and ETag we computed locally.
+pub async fn verify(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    written: &Written,
+) -> Result<(), String> {
+    let head = client
+        .head_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map_err(|e| format!("cannot confirm the upload of {key}: {}", describe(&e)))?;
+    let size = head.content_length().unwrap_or(-1);
+    if size != written.size as i64 {
+        return Err(format!(
+            "upload of {key} not confirmed: the store holds {size} bytes, expected {}",
+            written.size
+        ));
+    }
+    let etag = head
+        .e_tag()
+        .unwrap_or_default()
+        .trim_matches('"')
+        .to_string();
+    // Stores with KMS encryption report ETags that are no MD5; size and the
+    // per-part Content-MD5 checks the store made on receipt are then the proof.
+    let md5_style = etag
+        .split('-')
+        .next()
+        .is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+    if md5_style && etag != written.expected_etag {
+        return Err(format!(
+            "upload of {key} not confirmed: ETag {etag} differs from the expected {}",
+            written.expected_etag
+        ));
+    }
+    Ok(())
+}
+
+pub async fn ensure_bucket(client: &Client, bucket: &str) -> Result<(), String> {
+    match client.head_bucket().bucket(bucket).send().await {
+        Ok(_) => Ok(()),
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => {
+            match client.create_bucket().bucket(bucket).send().await {
+                Ok(_) => Ok(()),
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|s| s.is_bucket_already_owned_by_you()) =>
+                {
+                    Ok(())
+                }
+                Err(e) => Err(format!("cannot create bucket {bucket}: {}", describe(&e))),
+            }
+        }
+        Err(e) => Err(format!("cannot reach bucket {bucket}: {}", describe(&e))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_size_keeps_within_ten_thousand_parts() {
+        assert_eq!(part_size(100 * MIB, 8 * MIB), 8 * MIB);
+        let huge = 5 * 1024 * 1024 * MIB; // 5 TiB, the largest S3 object
+        let p = part_size(huge, 8 * MIB);
+        assert!(huge.div_ceil(p) <= MAX_PARTS);
+        assert_eq!(p % MIB, 0);
+    }
+
+    #[test]
+    fn part_size_rounds_to_whole_mib() {
+        let size = 200 * 1024 * MIB + 1; // just over 200 GiB
+        let p = part_size(size, 8 * MIB);
+        assert_eq!(p % MIB, 0);
+        assert!(size.div_ceil(p) <= MAX_PARTS);
+    }
+}

@@ -1,0 +1,653 @@
+//! The dump and upload steps on real MariaDB, PostgreSQL and MinIO: the
+//! original pipeline's four cases, the round trip, key naming, races and faults.
+
+mod support;
+
+use dbbackup_operator::api::{Compression, Engine};
+use dbbackup_operator::jobresult::Outcome;
+use std::time::Duration;
+use support::pipeline::*;
+use support::*;
+
+/// A database server of either engine with the shop data in database "shop".
+enum Server {
+    Maria(MariaDb),
+    Pg(Postgres),
+}
+
+impl Server {
+    fn start(engine: Engine) -> Server {
+        match engine {
+            Engine::Postgres => {
+                let pg = Postgres::start();
+                load_shop_postgres(&pg, "shop");
+                Server::Pg(pg)
+            }
+            _ => {
+                let db = MariaDb::start();
+                load_shop_mariadb(&db, "shop");
+                Server::Maria(db)
+            }
+        }
+    }
+
+    fn source(&self) -> Source {
+        match self {
+            Server::Maria(db) => Source::mariadb(db, "shop"),
+            Server::Pg(pg) => Source::postgres(pg, "shop"),
+        }
+    }
+
+    fn exec(&self, sql: &str) {
+        match self {
+            Server::Maria(db) => {
+                db.query("shop", sql);
+            }
+            Server::Pg(pg) => {
+                pg.query("shop", sql);
+            }
+        }
+    }
+
+    fn fingerprint(&self, database: &str) -> Vec<(String, String)> {
+        match self {
+            Server::Maria(db) => fingerprint_mariadb(db, database),
+            Server::Pg(pg) => fingerprint_postgres(pg, database),
+        }
+    }
+
+    fn restore(&self, database: &str, sql: &[u8]) {
+        match self {
+            Server::Maria(db) => restore_mariadb(db, database, sql),
+            Server::Pg(pg) => restore_postgres(pg, database, sql),
+        }
+    }
+}
+
+fn dump_ok(src: &Source, staging: &Staging, compression: Compression) {
+    let run = run_dump(src, staging, compression);
+    assert!(run.succeeded(), "dump failed: {}", run.text());
+    let result = run.result.expect("dump wrote its termination log");
+    assert_eq!(result.outcome, Outcome::Succeeded);
+    assert!(
+        result.log.ends_with(",database dump completed"),
+        "{}",
+        result.log
+    );
+}
+
+fn upload_ok(minio: &Minio, staging: &Staging, opts: &UploadOpts) -> String {
+    let run = run_upload(minio, staging, opts);
+    assert!(run.succeeded(), "upload failed: {}", run.text());
+    let result = run.result.expect("upload wrote its termination log");
+    assert_eq!(result.outcome, Outcome::Succeeded, "{result:?}");
+    assert!(result.log.ends_with(",file successfully uploaded"));
+    result.key.unwrap()
+}
+
+// 1. Dump done, folder empty: the dump is stored.
+fn dump_into_empty_folder(engine: Engine) {
+    let server = Server::start(engine);
+    let staging = Staging::new();
+    dump_ok(&server.source(), &staging, Compression::None);
+    let files = staging.dumps();
+    assert_eq!(
+        files,
+        [staging.path().join("dumps/datadump.sql")],
+        "only the dump, no .partial left"
+    );
+    let sql = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(sql.contains("CREATE TABLE") && sql.contains("order_items"));
+    let lines = staging.log_lines();
+    assert_eq!(lines.len(), 1);
+    assert!(lines[0].ends_with(",database dump completed"));
+    staging.assert_log_format();
+}
+
+#[test]
+fn contract_1_dump_into_empty_folder_mariadb() {
+    dump_into_empty_folder(Engine::Mariadb);
+}
+
+#[test]
+fn contract_1_dump_into_empty_folder_postgres() {
+    dump_into_empty_folder(Engine::Postgres);
+}
+
+// 2. Dump done, folder holds one: it is replaced.
+fn second_dump_replaces_the_first(engine: Engine) {
+    let server = Server::start(engine);
+    let staging = Staging::new();
+    dump_ok(&server.source(), &staging, Compression::None);
+    server.exec("INSERT INTO products VALUES (9999, 'Added later', 1.00)");
+    dump_ok(&server.source(), &staging, Compression::None);
+    let files = staging.dumps();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(
+        std::fs::read_to_string(&files[0])
+            .unwrap()
+            .contains("Added later")
+    );
+    assert_eq!(staging.log_lines().len(), 2);
+    staging.assert_log_format();
+}
+
+#[test]
+fn contract_2_second_dump_replaces_the_first_mariadb() {
+    second_dump_replaces_the_first(Engine::Mariadb);
+}
+
+#[test]
+fn contract_2_second_dump_replaces_the_first_postgres() {
+    second_dump_replaces_the_first(Engine::Postgres);
+}
+
+// 3. The uploader finds a dump: uploads it, then deletes it.
+async fn uploader_uploads_then_deletes(engine: Engine) {
+    let server = Server::start(engine);
+    let minio = Minio::start();
+    create_bucket(&minio).await;
+    let staging = Staging::new();
+    dump_ok(&server.source(), &staging, Compression::None);
+    let local = std::fs::read(staging.path().join("dumps/datadump.sql")).unwrap();
+
+    // The original layout: an empty prefix.
+    let key = upload_ok(&minio, &staging, &UploadOpts::default());
+    assert_eq!(key, format!("{}/datadump1.sql", today()));
+    assert_eq!(bucket_keys(&minio).await, std::slice::from_ref(&key));
+    assert_eq!(get_object(&minio, &key).await, local);
+    assert!(
+        staging.dumps().is_empty(),
+        "dump not deleted: {:?}",
+        staging.dumps()
+    );
+    let lines = staging.log_lines();
+    assert!(
+        lines[1].ends_with(",file successfully uploaded"),
+        "{lines:?}"
+    );
+    staging.assert_log_format();
+}
+
+#[tokio::test]
+async fn contract_3_uploader_uploads_then_deletes_mariadb() {
+    uploader_uploads_then_deletes(Engine::Mariadb).await;
+}
+
+#[tokio::test]
+async fn contract_3_uploader_uploads_then_deletes_postgres() {
+    uploader_uploads_then_deletes(Engine::Postgres).await;
+}
+
+// 4. The uploader finds none: it logs and does nothing.
+async fn nothing_to_upload(engine: Engine) {
+    let server = Server::start(engine);
+    let minio = Minio::start();
+    create_bucket(&minio).await;
+    let staging = Staging::new();
+    dump_ok(&server.source(), &staging, Compression::None);
+    upload_ok(&minio, &staging, &UploadOpts::default());
+    let before = bucket_keys(&minio).await;
+
+    let run = run_upload(&minio, &staging, &UploadOpts::default());
+    assert!(run.succeeded(), "{}", run.text());
+    let result = run.result.unwrap();
+    assert_eq!(result.outcome, Outcome::Nothing);
+    assert!(result.log.ends_with(",there is no file to upload"));
+    assert_eq!(bucket_keys(&minio).await, before, "nothing written");
+    assert!(
+        staging
+            .log_lines()
+            .last()
+            .unwrap()
+            .ends_with(",there is no file to upload")
+    );
+    staging.assert_log_format();
+}
+
+#[tokio::test]
+async fn contract_4_no_dump_logs_and_does_nothing_mariadb() {
+    nothing_to_upload(Engine::Mariadb).await;
+}
+
+#[tokio::test]
+async fn contract_4_no_dump_logs_and_does_nothing_postgres() {
+    nothing_to_upload(Engine::Postgres).await;
+}
+
+async fn round_trip(engine: Engine, compression: Compression) {
+    let server = Server::start(engine);
+    let minio = Minio::start();
+    create_bucket(&minio).await;
+    let staging = Staging::new();
+    dump_ok(&server.source(), &staging, compression);
+    let opts = UploadOpts {
+        prefix: "team/shop/".into(),
+        ..Default::default()
+    };
+    let key = upload_ok(&minio, &staging, &opts);
+    let ext = match compression {
+        Compression::None => "",
+        Compression::Gzip => ".gz",
+        Compression::Zstd => ".zst",
+    };
+    assert_eq!(key, format!("team/shop/{}/datadump1.sql{ext}", today()));
+
+    let object = get_object(&minio, &key).await;
+    let sql = match compression {
+        Compression::None => object,
+        Compression::Gzip | Compression::Zstd => {
+            let tool = if compression == Compression::Gzip {
+                "gzip"
+            } else {
+                "zstd"
+            };
+            let mut child = std::process::Command::new(tool)
+                .args(["-d", "-c"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut stdin = child.stdin.take().unwrap();
+            let writer = std::thread::spawn(move || {
+                use std::io::Write;
+                stdin.write_all(&object).unwrap();
+            });
+            let out = child.wait_with_output().unwrap();
+            writer.join().unwrap();
+            assert!(out.status.success(), "{tool} -d failed");
+            out.stdout
+        }
+    };
+    server.restore("restored", &sql);
+    let source = server.fingerprint("shop");
+    assert_eq!(server.fingerprint("restored"), source);
+    assert!(
+        source
+            .iter()
+            .any(|(t, v)| t == "order_items" && v.starts_with("5000/"))
+    );
+}
+
+#[tokio::test]
+async fn round_trip_restores_identical_data_mariadb() {
+    round_trip(Engine::Mariadb, Compression::None).await;
+}
+
+#[tokio::test]
+async fn round_trip_restores_identical_data_postgres() {
+    round_trip(Engine::Postgres, Compression::None).await;
+}
+
+#[tokio::test]
+async fn round_trip_with_gzip_mariadb() {
+    round_trip(Engine::Mariadb, Compression::Gzip).await;
+}
+
+#[tokio::test]
+async fn round_trip_with_zstd_postgres() {
+    round_trip(Engine::Postgres, Compression::Zstd).await;
+}
+
+#[tokio::test]
+async fn three_dumps_on_one_date_get_three_indices_and_nothing_is_overwritten() {
+    let server = Server::start(Engine::Mariadb);
+    let minio = Minio::start();
+    create_bucket(&minio).await;
+    let staging = Staging::new();
+    let mut contents = vec![];
+    for i in 1..=3 {
+        server.exec(&format!(
+            "INSERT INTO products VALUES ({}, 'Run {i}', 1.00)",
+            10_000 + i
+        ));
+        dump_ok(&server.source(), &staging, Compression::None);
+        contents.push(std::fs::read(staging.path().join("dumps/datadump.sql")).unwrap());
+        upload_ok(&minio, &staging, &UploadOpts::default());
+    }
+    let day = today();
+    let keys = bucket_keys(&minio).await;
+    assert_eq!(keys, [1, 2, 3].map(|i| format!("{day}/datadump{i}.sql")));
+    for (i, content) in contents.iter().enumerate() {
+        assert_eq!(
+            &get_object(&minio, &keys[i]).await,
+            content,
+            "{} was overwritten",
+            keys[i]
+        );
+    }
+}
+
+#[tokio::test]
+async fn next_index_counts_past_the_first_thousand_keys() {
+    let minio = Minio::start();
+    create_bucket(&minio).await;
+    let s3 = minio.s3_client().await;
+    let day = today();
+    // 1,005 existing dumps: more than one list page.
+    let puts = (1..=1005).map(|i| {
+        let s3 = s3.clone();
+        let key = format!("{day}/datadump{i}.sql");
+        async move {
+            s3.put_object()
+                .bucket(BUCKET)
+                .key(key)
+                .body(b"x".to_vec().into())
+                .send()
+                .await
+                .unwrap();
+        }
+    });
+    futures::stream::iter(puts)
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    let staging = Staging::new();
+    std::fs::create_dir_all(staging.path().join("dumps")).unwrap();
+    std::fs::write(staging.path().join("dumps/datadump.sql"), "select 1;\n").unwrap();
+    let key = upload_ok(&minio, &staging, &UploadOpts::default());
+    assert_eq!(key, format!("{day}/datadump1006.sql"));
+}
+
+use futures::StreamExt;
+
+#[tokio::test]
+async fn two_concurrent_uploaders_write_two_distinct_objects() {
+    let minio = Minio::start();
+    create_bucket(&minio).await;
+    for round in 0..3 {
+        let a = Staging::new();
+        let b = Staging::new();
+        for (s, body) in [(&a, "-- dump A\n"), (&b, "-- dump B\n")] {
+            std::fs::create_dir_all(s.path().join("dumps")).unwrap();
+            std::fs::write(s.path().join("dumps/datadump.sql"), body.repeat(1000)).unwrap();
+        }
+        let (mut ca, ta) = upload_command(&minio, &a, &UploadOpts::default());
+        let (mut cb, tb) = upload_command(&minio, &b, &UploadOpts::default());
+        let pa = ca.spawn().unwrap();
+        let pb = cb.spawn().unwrap();
+        let (oa, ob) = (
+            pa.wait_with_output().unwrap(),
+            pb.wait_with_output().unwrap(),
+        );
+        assert!(
+            oa.status.success(),
+            "{}",
+            String::from_utf8_lossy(&oa.stderr)
+        );
+        assert!(
+            ob.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ob.stderr)
+        );
+        let _ = (std::fs::remove_file(ta), std::fs::remove_file(tb));
+        let keys = bucket_keys(&minio).await;
+        assert_eq!(keys.len(), 2 * (round + 1), "{keys:?}");
+    }
+    // Every object holds exactly one of the two dumps, and both dumps are there each round.
+    let keys = bucket_keys(&minio).await;
+    let mut a_count = 0;
+    for key in &keys {
+        let body = String::from_utf8(get_object(&minio, key).await).unwrap();
+        if body.starts_with("-- dump A") {
+            a_count += 1;
+        } else {
+            assert!(body.starts_with("-- dump B"));
+        }
+    }
+    assert_eq!(a_count, 3);
+}
+
+#[tokio::test]
+async fn minio_stopped_mid_upload_keeps_the_dump_and_the_next_run_uploads_it_once() {
+    let mut minio = Minio::start();
+    create_bucket(&minio).await;
+    let staging = Staging::new();
+    std::fs::create_dir_all(staging.path().join("dumps")).unwrap();
+    let dump = staging.path().join("dumps/datadump.sql");
+    write_big_file(&dump, 600 * 1024 * 1024);
+    let (mut cmd, _termlog) = upload_command(
+        &minio,
+        &staging,
+        &UploadOpts {
+            // Slow enough to be caught in the middle.
+            extra_args: vec!["--concurrency=1".into(), "--part-size-mib=5".into()],
+            ..Default::default()
+        },
+    );
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let s3 = minio.s3_client().await;
+    support::operator::wait_for(
+        "a multipart upload in progress",
+        Duration::from_secs(30),
+        || async {
+            let uploads = s3
+                .list_multipart_uploads()
+                .bucket(BUCKET)
+                .send()
+                .await
+                .ok()?;
+            (!uploads.uploads().is_empty()).then_some(())
+        },
+    )
+    .await;
+    minio.kill();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        !out.status.success(),
+        "the upload claimed success with MinIO down"
+    );
+    assert!(
+        dump.exists(),
+        "the dump was deleted although the upload failed"
+    );
+    let last = staging.log_lines().pop().unwrap();
+    assert!(last.contains(",upload failed: "), "{last}");
+
+    minio.restart();
+    let key = upload_ok(&minio, &staging, &UploadOpts::default());
+    assert_eq!(
+        bucket_keys(&minio).await,
+        std::slice::from_ref(&key),
+        "uploaded exactly once"
+    );
+    let head = minio
+        .s3_client()
+        .await
+        .head_object()
+        .bucket(BUCKET)
+        .key(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.content_length(), Some(600 * 1024 * 1024));
+    assert!(!dump.exists());
+    // The interrupted run's multipart upload was aborted by the next run.
+    let pending = minio
+        .s3_client()
+        .await
+        .list_multipart_uploads()
+        .bucket(BUCKET)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        pending.uploads().is_empty(),
+        "orphan multipart uploads: {:?}",
+        pending.uploads()
+    );
+    staging.assert_log_format();
+}
+
+/// The release build of the operator, next to the debug one the tests use.
+fn release_binary() -> std::path::PathBuf {
+    let debug = std::path::Path::new(env!("CARGO_BIN_EXE_dbbackup-operator"));
+    let release = debug
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("release/dbbackup-operator");
+    assert!(
+        release.exists(),
+        "{} is missing: run `cargo build --release` (tests/run.sh does)",
+        release.display()
+    );
+    release
+}
+
+/// Writes `size` bytes of incompressible-looking data without holding them in memory.
+fn write_big_file(path: &std::path::Path, size: u64) {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut block = vec![0u8; 1024 * 1024];
+    let mut x: u64 = 0x9E3779B97F4A7C15;
+    let mut written = 0;
+    while written < size {
+        for chunk in block.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+        }
+        let n = (size - written).min(block.len() as u64) as usize;
+        f.write_all(&block[..n]).unwrap();
+        written += n as u64;
+    }
+    f.flush().unwrap();
+}
+
+#[tokio::test]
+async fn wrong_s3_credentials_keep_the_dump_and_leak_nothing() {
+    let minio = Minio::start();
+    create_bucket(&minio).await;
+    let staging = Staging::new();
+    std::fs::create_dir_all(staging.path().join("dumps")).unwrap();
+    std::fs::write(staging.path().join("dumps/datadump.sql"), "select 1;\n").unwrap();
+    let wrong = format!("s3WRONGSECRET{}", support::minio::random_token(20));
+    let run = run_upload(
+        &minio,
+        &staging,
+        &UploadOpts {
+            secret_key: Some(wrong.clone()),
+            ..Default::default()
+        },
+    );
+    assert!(!run.succeeded());
+    let result = run.result.clone().unwrap();
+    assert_eq!(result.outcome, Outcome::Failed);
+    assert!(
+        result.log.contains("SignatureDoesNotMatch"),
+        "{}",
+        result.log
+    );
+    assert!(staging.path().join("dumps/datadump.sql").exists());
+    assert!(bucket_keys(&minio).await.is_empty());
+    let everything = format!(
+        "{}{}{:?}",
+        run.text(),
+        staging.log_lines().join("\n"),
+        result
+    );
+    for secret in [&wrong, &minio.secret_key] {
+        assert!(
+            !everything.contains(secret.as_str()),
+            "a secret leaked: {everything}"
+        );
+    }
+    staging.assert_log_format();
+}
+
+#[tokio::test]
+async fn wrong_db_password_leaves_no_file_and_uploads_nothing() {
+    for engine in [Engine::Mariadb, Engine::Postgres] {
+        let server = Server::start(engine);
+        let minio = Minio::start();
+        create_bucket(&minio).await;
+        let staging = Staging::new();
+        let mut src = server.source();
+        let real = src.password.clone();
+        src.password = "not-the-password".into();
+        let run = run_dump(&src, &staging, Compression::Gzip);
+        assert!(
+            !run.succeeded(),
+            "{engine:?} dump succeeded with a wrong password"
+        );
+        let result = run.result.clone().expect("a failed dump still reports");
+        assert_eq!(result.outcome, Outcome::Failed);
+        assert!(
+            result
+                .log
+                .contains("database dump failed: dump tool exited with status"),
+            "{}",
+            result.log
+        );
+        assert!(
+            staging.dumps().is_empty(),
+            "{engine:?} left {:?}",
+            staging.dumps()
+        );
+        assert!(!run.text().contains(&real));
+        let up = run_upload(&minio, &staging, &UploadOpts::default());
+        assert_eq!(up.result.unwrap().outcome, Outcome::Nothing);
+        assert!(bucket_keys(&minio).await.is_empty());
+        staging.assert_log_format();
+    }
+}
+
+#[tokio::test]
+async fn one_gib_dump_uploads_with_bounded_memory() {
+    let minio = Minio::start();
+    create_bucket(&minio).await;
+    let staging = Staging::new();
+    std::fs::create_dir_all(staging.path().join("dumps")).unwrap();
+    let size = 1024 * 1024 * 1024;
+    write_big_file(&staging.path().join("dumps/datadump.sql"), size);
+    let (cmd, termlog) = upload_command(&minio, &staging, &UploadOpts::default());
+    // Memory is a property of the shipped (release) binary; tests/run.sh builds it.
+    let release = release_binary();
+    // GNU time reports the child's peak RSS in KiB.
+    let mut timed = std::process::Command::new("/usr/bin/time");
+    timed
+        .arg("-f")
+        .arg("maxrss_kib=%M")
+        .arg(&release)
+        .args(cmd.get_args());
+    timed.env_clear();
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            timed.env(k, v);
+        }
+    }
+    let out = timed.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let _ = std::fs::remove_file(termlog);
+    let kib: u64 = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("maxrss_kib="))
+        .expect("time printed maxrss")
+        .trim()
+        .parse()
+        .unwrap();
+    println!(
+        "uploader peak RSS for a 1 GiB dump: {:.1} MiB",
+        kib as f64 / 1024.0
+    );
+    assert!(kib < 64 * 1024, "peak RSS {kib} KiB exceeds 64 MiB");
+    let keys = bucket_keys(&minio).await;
+    let head = minio
+        .s3_client()
+        .await
+        .head_object()
+        .bucket(BUCKET)
+        .key(&keys[0])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.content_length(), Some(size as i64));
+}
