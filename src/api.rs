@@ -487,6 +487,13 @@ pub struct DatabaseBackupStatus {
     /// The most recent log lines, oldest first, as "<date>,<time>,<message>".
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub log: Vec<String>,
+    /// The last "back up now" token (annotation dbbackup.io/run-now) acted upon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run_now: Option<String>,
+    /// UIDs of finished pods already reflected in this status, so that an operator
+    /// restart neither repeats nor loses log lines.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub processed_pods: Vec<String>,
 }
 
 /// The CRD, with the rules that apply to the whole object.

@@ -29,6 +29,12 @@ fn short_hash(s: &str) -> String {
     digest[..4].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The id of one "back up now" request: 6 hex digits of its token, so that
+/// `<cronjob>-now-<id>` stays within 63 characters for a 52-character CronJob name.
+pub fn run_now_id(token: &str) -> String {
+    short_hash(token)[..6].to_string()
+}
+
 pub fn staging_pvc_name(owner: &str) -> String {
     child_name(owner, "staging", DNS_LABEL_MAX)
 }
@@ -67,6 +73,14 @@ mod tests {
         }
         assert_ne!(dump_cronjob_name(&a), dump_cronjob_name(&b));
         assert_eq!(dump_cronjob_name(&a), dump_cronjob_name(&a), "stable");
+    }
+
+    #[test]
+    fn run_now_jobs_fit_in_a_label_value() {
+        let cj = dump_cronjob_name(&"z".repeat(63));
+        let job = format!("{cj}-now-{}", run_now_id("any token at all"));
+        assert!(job.len() <= DNS_LABEL_MAX, "{job}");
+        assert_ne!(run_now_id("a"), run_now_id("b"));
     }
 
     #[test]

@@ -546,3 +546,42 @@ async fn a_forced_resync_after_convergence_writes_nothing() {
     );
     assert_eq!(second.metrics().failures("APIError"), 0);
 }
+
+#[tokio::test]
+async fn a_backup_without_uploads_becomes_stale_after_twice_its_interval() {
+    let (_cp, client) = setup("shop").await;
+    create_sample_secrets(&client, "shop").await;
+    let _op = RunningOperator::start(&client);
+    let mut manifest = backup_manifest("orders", "mariadb");
+    manifest["spec"]["schedule"] = "* * * * *".into();
+    create_backup(&client, "shop", manifest).await;
+    let backups: Api<DatabaseBackup> = Api::namespaced(client.clone(), "shop");
+    let stale_status = |db: &DatabaseBackup| {
+        db.status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Stale")
+            .map(|c| (c.status.clone(), c.reason.clone()))
+    };
+    let db = wait_ready(&backups, "orders", "True", "Reconciled").await;
+    assert_eq!(
+        stale_status(&db),
+        Some(("False".into(), "UploadsCurrent".into()))
+    );
+    // Every minute, no upload: stale two minutes after creation, with no user action.
+    wait_for("Stale=True", Duration::from_secs(150), || async {
+        let db = backups.get("orders").await.ok()?;
+        (stale_status(&db) == Some(("True".into(), "NoRecentUpload".into()))).then_some(())
+    })
+    .await;
+    let events: Api<Event> = Api::namespaced(client.clone(), "shop");
+    wait_for("a BackupStale Event", Duration::from_secs(10), || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("BackupStale"))
+            .then_some(())
+    })
+    .await;
+}

@@ -11,8 +11,10 @@ export DBBACKUP_TESTENV_BIN=$CACHE/bin
 # Compiled dependencies are cached beside the tools, so a fresh clone builds in minutes.
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/target}
 
-servers='^(etcd|kube-apiserver|kube-controller-manager|minio|postgres|mariadbd)$'
-before=$(pgrep -d ' ' "$servers" || true)
+# Process names as the kernel keeps them (15 characters: kube-controller-manager is cut).
+servers=(etcd kube-apiserver kube-controller minio postgres mariadbd)
+server_pids() { for s in "${servers[@]}"; do pgrep -x "$s" || true; done; }
+before=" $(server_pids | tr '\n' ' ') "
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -25,8 +27,8 @@ cargo test --all-targets --locked
 
 echo "== no test server left running"
 left=()
-for pid in $(pgrep "$servers" || true); do
-  case " $before " in *" $pid "*) ;; *) left+=("$pid $(cat /proc/"$pid"/comm 2>/dev/null)") ;; esac
+for pid in $(server_pids); do
+  case "$before" in *" $pid "*) ;; *) left+=("$pid $(cat /proc/"$pid"/comm 2>/dev/null)") ;; esac
 done
 if [ ${#left[@]} -gt 0 ]; then
   printf 'test servers still running after the suite:\n' >&2

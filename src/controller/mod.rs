@@ -4,23 +4,25 @@ pub mod checks;
 pub mod resources;
 pub mod status;
 
-use crate::api::DatabaseBackup;
+use crate::api::{DatabaseBackup, DatabaseBackupStatus};
+use crate::jobresult::{Outcome, Step};
 use crate::metrics::Metrics;
+use crate::names;
 use checks::{CheckError, Problem};
 use futures::StreamExt;
-use k8s_openapi::api::batch::v1::CronJob;
-use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Patch, PatchParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, Predicate, WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use resources::Settings;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use status::{Observed, READY};
+use status::{Note, Observed, PodReport, READY};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -74,6 +76,9 @@ pub struct Context {
     pub client: Client,
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
+    /// Pods of our jobs, kept current by the controller's pod watch.
+    pods: Store<Pod>,
+    pods_writer: Mutex<Option<reflector::store::Writer<Pod>>>,
     reporter: Reporter,
     /// Consecutive failures per resource, for exponential backoff.
     failures: Mutex<HashMap<ObjectRef<DatabaseBackup>, u32>>,
@@ -81,10 +86,13 @@ pub struct Context {
 
 impl Context {
     pub fn new(client: Client, settings: Settings, metrics: Arc<Metrics>) -> Self {
+        let (pods, writer) = reflector::store_shared(1024);
         Context {
             client,
             settings,
             metrics,
+            pods,
+            pods_writer: Mutex::new(Some(writer)),
             reporter: Reporter {
                 controller: FIELD_MANAGER.into(),
                 instance: std::env::var("POD_NAME").ok(),
@@ -115,7 +123,7 @@ pub fn backoff(attempt: u32) -> Duration {
         .min(BACKOFF_MAX)
 }
 
-async fn apply<K>(api: Api<K>, obj: &K) -> Result<(), Error>
+async fn apply<K>(api: Api<K>, obj: &K) -> Result<K, Error>
 where
     K: Resource + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
     K::DynamicType: Default,
@@ -128,21 +136,67 @@ where
             kind: K::kind(&Default::default()).to_string(),
             name,
             source,
-        })?;
-    Ok(())
+        })
 }
 
-async fn apply_children(db: &DatabaseBackup, ctx: &Context) -> Result<(), Error> {
+/// The applied CronJobs, as the apiserver returned them.
+struct Children {
+    dump: CronJob,
+    upload: CronJob,
+}
+
+async fn apply_children(db: &DatabaseBackup, ctx: &Context) -> Result<Children, Error> {
     let ns = db.namespace().unwrap_or_default();
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
     let cronjobs: Api<CronJob> = Api::namespaced(ctx.client.clone(), &ns);
     apply(pvcs, &resources::staging_pvc(db)).await?;
-    apply(cronjobs.clone(), &resources::dump_cronjob(db)).await?;
-    apply(cronjobs, &resources::upload_cronjob(db, &ctx.settings)).await?;
-    Ok(())
+    Ok(Children {
+        dump: apply(cronjobs.clone(), &resources::dump_cronjob(db)).await?,
+        upload: apply(cronjobs, &resources::upload_cronjob(db, &ctx.settings)).await?,
+    })
+}
+
+/// Creates a Job from a CronJob's template; one that already exists is fine.
+async fn start_job(ctx: &Context, cronjob: &CronJob, run: &str) -> Result<(), Error> {
+    let job = resources::job_from_cronjob(cronjob, run);
+    let jobs: Api<Job> =
+        Api::namespaced(ctx.client.clone(), &cronjob.namespace().unwrap_or_default());
+    match jobs.create(&PostParams::default(), &job).await {
+        Ok(_) => {
+            info!(job = %job.name_any(), "started job");
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(Error::Kube(e)),
+    }
+}
+
+/// Finished pods of this backup, from the operator's pod cache.
+fn pod_reports(
+    db: &DatabaseBackup,
+    ctx: &Context,
+    tz: chrono_tz::Tz,
+) -> (Vec<PodReport>, Vec<String>) {
+    let ns = db.namespace();
+    let name = db.name_any();
+    let pods: Vec<_> = ctx
+        .pods
+        .state()
+        .into_iter()
+        .filter(|p| p.namespace() == ns && p.labels().get(resources::LABEL_BACKUP) == Some(&name))
+        .collect();
+    let present = pods.iter().filter_map(|p| p.uid()).collect();
+    let reports = pods
+        .iter()
+        .filter_map(|p| status::pod_report(p, tz))
+        .collect();
+    (reports, present)
 }
 
 async fn reconcile(db: Arc<DatabaseBackup>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // The pod watch is driven by the controller itself; results count only once
+    // its first list is in, so a restart never mistakes an unlisted pod for a gone one.
+    let _ = ctx.pods.wait_until_ready().await;
     let _timer = ctx.metrics.reconcile_started();
     let outcome = async {
         checks::validate_spec(&db)?;
@@ -151,40 +205,124 @@ async fn reconcile(db: Arc<DatabaseBackup>, ctx: Arc<Context>) -> Result<Action,
     }
     .await;
 
+    let generation = db.metadata.generation;
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let tz: chrono_tz::Tz = db.spec.time_zone.parse().unwrap_or(chrono_tz::UTC);
+    let old = db.status.clone().unwrap_or_default();
+    let mut new = old.clone();
+    new.observed_generation = generation;
     let ready = match &outcome {
-        Ok(()) => Observed::new(READY, true, "Reconciled", "children are up to date"),
+        Ok(_) => Observed::new(READY, true, "Reconciled", "children are up to date"),
         Err(Error::Invalid(p)) => Observed::new(READY, false, p.reason, p.message.clone()),
         Err(e) => Observed::new(READY, false, e.reason(), e.to_string()),
     };
-    update_status(&db, &ctx, &ready).await?;
+    status::set_condition(&mut new.conditions, &ready, generation, &now);
+
+    let mut notes = vec![];
+    let (reports, present) = pod_reports(&db, &ctx, tz);
+    if let Ok(children) = &outcome {
+        let token = db.annotations().get(resources::RUN_NOW_ANNOTATION);
+        if let Some(token) = token.filter(|t| new.last_run_now.as_ref() != Some(*t)) {
+            start_job(&ctx, &children.dump, &names::run_now_id(token)).await?;
+            new.last_run_now = Some(token.clone());
+            notes.push(Note {
+                warning: false,
+                reason: "BackupRequested",
+                message: format!("started a dump for run-now request {token:?}"),
+            });
+        }
+        // A requested backup does not wait for the upload schedule.
+        for r in &reports {
+            let chained = r.step == Step::Dump
+                && r.result.outcome == Outcome::Succeeded
+                && !new.processed_pods.contains(&r.uid);
+            if let (true, Some(run)) = (chained, &r.run_now) {
+                start_job(&ctx, &children.upload, run).await?;
+            }
+        }
+    }
+    notes.extend(status::record_reports(
+        &mut new, reports, &present, generation, &now,
+    ));
+
+    let mut recheck = RESYNC;
+    if let Ok(schedule) = checks::parse_schedule(&db.spec.schedule) {
+        let (stale, due) = status::staleness(
+            &schedule,
+            new.last_upload_time.as_ref(),
+            db.metadata.creation_timestamp.as_ref(),
+            chrono::Utc::now(),
+        );
+        let was_stale =
+            status::find(&old.conditions, status::STALE).is_some_and(|c| c.status == "True");
+        if stale.status && !was_stale {
+            notes.push(Note {
+                warning: true,
+                reason: "BackupStale",
+                message: stale.message.clone(),
+            });
+        }
+        status::set_condition(&mut new.conditions, &stale, generation, &now);
+        if let Some(due) = due {
+            recheck = recheck.min(due + Duration::from_secs(1));
+        }
+    }
+
+    if new != old {
+        write_status(&db, &ctx, &new).await?;
+        let was = status::find(&old.conditions, READY);
+        if was.is_none_or(|c| c.reason != ready.reason || (c.status == "True") != ready.status) {
+            notes.push(Note {
+                warning: !ready.status,
+                reason: if ready.status {
+                    "Reconciled"
+                } else {
+                    "NotReady"
+                },
+                message: if ready.status {
+                    ready.message.clone()
+                } else {
+                    format!("{}: {}", ready.reason, ready.message)
+                },
+            });
+        }
+        for note in &notes {
+            let type_ = if note.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            };
+            let reason = if note.reason == "NotReady" {
+                ready.reason.as_str()
+            } else {
+                note.reason
+            };
+            ctx.publish(&db, type_, reason, &note.message).await;
+        }
+    }
 
     let key = ObjectRef::from_obj(&*db);
     match outcome {
-        Ok(()) => {
+        Ok(_) => {
             ctx.failures.lock().unwrap().remove(&key);
-            Ok(Action::requeue(RESYNC))
+            Ok(Action::requeue(recheck))
         }
         Err(e) => Err(e),
     }
 }
 
-/// Writes the status through the status subresource, only when it changed.
-async fn update_status(db: &DatabaseBackup, ctx: &Context, ready: &Observed) -> Result<(), Error> {
-    let old = db.status.clone().unwrap_or_default();
-    let mut new = old.clone();
-    let now = Time(k8s_openapi::jiff::Timestamp::now());
-    new.observed_generation = db.metadata.generation;
-    status::set_condition(&mut new.conditions, ready, db.metadata.generation, &now);
-    if new == old {
-        return Ok(());
-    }
-
+/// Writes the status through the status subresource.
+async fn write_status(
+    db: &DatabaseBackup,
+    ctx: &Context,
+    status: &DatabaseBackupStatus,
+) -> Result<(), Error> {
     let api: Api<DatabaseBackup> =
         Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());
     let patch = serde_json::json!({
         "apiVersion": DatabaseBackup::api_version(&()),
         "kind": DatabaseBackup::kind(&()),
-        "status": new,
+        "status": status,
     });
     api.patch_status(
         &db.name_any(),
@@ -192,18 +330,6 @@ async fn update_status(db: &DatabaseBackup, ctx: &Context, ready: &Observed) -> 
         &Patch::Apply(&patch),
     )
     .await?;
-
-    let was = status::find(&old.conditions, READY);
-    let changed =
-        was.is_none_or(|c| c.reason != ready.reason || (c.status == "True") != ready.status);
-    if changed {
-        let type_ = if ready.status {
-            EventType::Normal
-        } else {
-            EventType::Warning
-        };
-        ctx.publish(db, type_, &ready.reason, &ready.message).await;
-    }
     Ok(())
 }
 
@@ -253,9 +379,29 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
             Default::default(),
         );
 
-    Controller::for_stream(triggers, reader)
+    // Pods of our jobs, mapped back to their DatabaseBackup by label. The pod
+    // cache is driven by its own task, so a reconcile can wait for its first list
+    // (a restart must not mistake a not-yet-listed pod for a gone one).
+    let pod_writer = ctx
+        .pods_writer
+        .lock()
+        .unwrap()
+        .take()
+        .expect("a Context runs one controller");
+    let pod_events = pod_writer.subscribe().expect("a shared store");
+    let pod_cache = watcher(api::<Pod>(&client, ns), children.clone())
+        .default_backoff()
+        .reflect_shared(pod_writer)
+        .for_each(|_| async {});
+    let to_backup = |pod: Arc<Pod>| {
+        let name = pod.labels().get(resources::LABEL_BACKUP)?.clone();
+        Some(ObjectRef::new(&name).within(&pod.namespace()?))
+    };
+
+    let controller = Controller::for_stream(triggers, reader)
         .owns(api::<CronJob>(&client, ns), children.clone())
         .owns(api::<PersistentVolumeClaim>(&client, ns), children)
+        .watches_shared_stream(pod_events, to_backup)
         .shutdown_on_signal()
         .run(
             |db, ctx| {
@@ -272,8 +418,12 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
                     other => warn!(error = %other, "controller error"),
                 }
             }
-        })
-        .await;
+        });
+    // The pod cache lives exactly as long as the controller.
+    tokio::select! {
+        _ = controller => {}
+        _ = pod_cache => {}
+    }
     info!("controller stopped");
 }
 

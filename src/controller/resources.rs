@@ -6,7 +6,7 @@
 use crate::api::{DatabaseBackup, Engine};
 use crate::dump::{self, DumpTarget};
 use crate::names;
-use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, JobSpec, JobTemplateSpec};
+use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
@@ -23,6 +23,10 @@ pub const MANAGED_BY: &str = "dbbackup-operator";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const LABEL_BACKUP: &str = "dbbackup.io/backup";
 pub const LABEL_STEP: &str = "dbbackup.io/step";
+/// On the jobs and pods of a "back up now" run: a hash of the request's token.
+pub const LABEL_RUN_NOW: &str = "dbbackup.io/run-now";
+/// Setting this annotation to a new value requests one backup now.
+pub const RUN_NOW_ANNOTATION: &str = "dbbackup.io/run-now";
 
 /// Where the staging volume is mounted in both pods.
 pub const STAGING_MOUNT: &str = "/staging";
@@ -403,6 +407,43 @@ pub fn upload_cronjob(db: &DatabaseBackup, settings: &Settings) -> CronJob {
         pod.affinity = Some(prefer_dump_node(&db.name_any()));
     }
     cronjob(db, Step::Upload, &spec.upload_schedule, pod)
+}
+
+/// A Job from `cronjob`'s template, as `kubectl create job --from=cronjob/…`
+/// makes it: owned by the CronJob, so its history limits clean it up. The name
+/// and the run-now label derive from `run` (a hash), so creating it twice is a no-op.
+pub fn job_from_cronjob(cronjob: &CronJob, run: &str) -> Job {
+    let cj_name = cronjob.name_any();
+    let name = format!("{cj_name}-now-{run}");
+    let mut spec = cronjob.spec.job_template.spec.clone().unwrap_or_default();
+    let mut labels = cronjob
+        .spec
+        .job_template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    labels.insert(LABEL_RUN_NOW.into(), run.into());
+    let pod_meta = spec.template.metadata.get_or_insert_with(Default::default);
+    pod_meta
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert(LABEL_RUN_NOW.into(), run.into());
+    Job {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: cronjob.namespace(),
+            labels: Some(labels),
+            annotations: Some(BTreeMap::from([(
+                "cronjob.kubernetes.io/instantiate".to_string(),
+                "manual".to_string(),
+            )])),
+            owner_references: cronjob.controller_owner_ref(&()).map(|o| vec![o]),
+            ..Default::default()
+        },
+        spec: Some(spec),
+        status: None,
+    }
 }
 
 /// With a ReadWriteOnce volume, an upload pod on another node than a running

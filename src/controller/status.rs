@@ -119,3 +119,426 @@ mod tests {
         assert_eq!(conds[0].observed_generation, Some(2));
     }
 }
+
+// ---------------------------------------------------------------------------
+// Pod results → status.
+
+use crate::api::DatabaseBackupStatus;
+use crate::jobresult::{JobResult, Outcome, Step};
+use crate::logline::LogLine;
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+
+pub const DUMP_SUCCEEDED: &str = "DumpSucceeded";
+pub const UPLOAD_SUCCEEDED: &str = "UploadSucceeded";
+pub const STALE: &str = "Stale";
+/// Log lines kept in status; older ones stay in the per-day files on the volume.
+pub const LOG_LINES_KEPT: usize = 50;
+
+/// What one finished pod of ours reported.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PodReport {
+    pub uid: String,
+    pub step: Step,
+    pub finished: Time,
+    pub result: JobResult,
+    /// Set on the pods of a "back up now" job.
+    pub run_now: Option<String>,
+}
+
+fn to_chrono(t: &Time) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp(t.0.as_second(), t.0.subsec_nanosecond() as u32)
+        .unwrap_or_default()
+}
+
+/// The report of a finished pod, or None while it runs. A pod that died without
+/// writing its result (OOM, deadline, missing tool) still gets a failure line.
+pub fn pod_report(pod: &Pod, tz: chrono_tz::Tz) -> Option<PodReport> {
+    let status = pod.status.as_ref()?;
+    let phase = status.phase.as_deref()?;
+    if phase != "Succeeded" && phase != "Failed" {
+        return None;
+    }
+    let step = match pod.labels().get(super::resources::LABEL_STEP)?.as_str() {
+        "dump" => Step::Dump,
+        "upload" => Step::Upload,
+        _ => return None,
+    };
+    let terminated = status
+        .container_statuses
+        .as_ref()
+        .and_then(|cs| cs.first())
+        .and_then(|c| c.state.as_ref())
+        .and_then(|s| s.terminated.as_ref());
+    let finished = terminated
+        .and_then(|t| t.finished_at.clone())
+        .or_else(|| pod.metadata.deletion_timestamp.clone())
+        .or_else(|| pod.metadata.creation_timestamp.clone())?;
+    let parsed = terminated
+        .and_then(|t| t.message.as_deref())
+        .and_then(JobResult::parse)
+        .filter(|r| r.step == step);
+    let result = parsed.unwrap_or_else(|| {
+        let cause = match terminated {
+            Some(t) => format!(
+                "container exited with code {}{}",
+                t.exit_code,
+                t.reason
+                    .as_ref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            ),
+            None => format!(
+                "pod failed: {}",
+                status
+                    .reason
+                    .clone()
+                    .or(status.message.clone())
+                    .unwrap_or_else(|| "unknown reason".into())
+            ),
+        };
+        let verb = match step {
+            Step::Dump => "database dump failed",
+            Step::Upload => "upload failed",
+        };
+        let when = to_chrono(&finished).with_timezone(&tz);
+        JobResult {
+            step,
+            outcome: Outcome::Failed,
+            key: None,
+            size: None,
+            sha256: None,
+            log: LogLine::at(&when, &format!("{verb}: {cause}")).to_string(),
+        }
+    });
+    Some(PodReport {
+        uid: pod.uid()?,
+        step,
+        finished,
+        result,
+        run_now: pod.labels().get(super::resources::LABEL_RUN_NOW).cloned(),
+    })
+}
+
+/// An Event to publish once the status that records it is written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Note {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// Folds new pod reports into the status: log lines (oldest first, bounded),
+/// last dump and upload, conditions. Each pod counts once: its UID is recorded
+/// in the same write as its lines, so a restart neither repeats nor loses any.
+pub fn record_reports(
+    status: &mut DatabaseBackupStatus,
+    mut reports: Vec<PodReport>,
+    present: &[String],
+    generation: Option<i64>,
+    now: &Time,
+) -> Vec<Note> {
+    // Pods that no longer exist cannot be reported again.
+    status.processed_pods.retain(|uid| present.contains(uid));
+    reports.retain(|r| !status.processed_pods.contains(&r.uid));
+    reports.sort_by(|a, b| a.finished.0.cmp(&b.finished.0).then(a.uid.cmp(&b.uid)));
+    let mut notes = vec![];
+    for r in reports {
+        status.processed_pods.push(r.uid.clone());
+        status.log.push(r.result.log.clone());
+        let message = r
+            .result
+            .log
+            .splitn(3, ',')
+            .nth(2)
+            .unwrap_or_default()
+            .to_string();
+        let (type_, observed, note) = match (r.step, r.result.outcome) {
+            (Step::Dump, Outcome::Succeeded) => {
+                status.last_dump_time = Some(r.finished.clone());
+                (
+                    DUMP_SUCCEEDED,
+                    Observed::new(DUMP_SUCCEEDED, true, "DumpCompleted", message.clone()),
+                    Note {
+                        warning: false,
+                        reason: "DumpCompleted",
+                        message,
+                    },
+                )
+            }
+            (Step::Dump, _) => (
+                DUMP_SUCCEEDED,
+                Observed::new(DUMP_SUCCEEDED, false, "DumpFailed", message.clone()),
+                Note {
+                    warning: true,
+                    reason: "DumpFailed",
+                    message,
+                },
+            ),
+            (Step::Upload, Outcome::Succeeded) => {
+                status.last_upload_key = r.result.key.clone();
+                status.last_upload_time = Some(r.finished.clone());
+                status.last_upload_size = r.result.size.map(|s| s as i64);
+                let key = r.result.key.clone().unwrap_or_default();
+                (
+                    UPLOAD_SUCCEEDED,
+                    Observed::new(
+                        UPLOAD_SUCCEEDED,
+                        true,
+                        "Uploaded",
+                        format!("uploaded {key}"),
+                    ),
+                    Note {
+                        warning: false,
+                        reason: "Uploaded",
+                        message: format!("uploaded {key}"),
+                    },
+                )
+            }
+            (Step::Upload, Outcome::Nothing) => continue,
+            (Step::Upload, Outcome::Failed) => (
+                UPLOAD_SUCCEEDED,
+                Observed::new(UPLOAD_SUCCEEDED, false, "UploadFailed", message.clone()),
+                Note {
+                    warning: true,
+                    reason: "UploadFailed",
+                    message,
+                },
+            ),
+        };
+        debug_assert_eq!(type_, observed.type_);
+        set_condition(&mut status.conditions, &observed, generation, now);
+        notes.push(note);
+    }
+    let excess = status.log.len().saturating_sub(LOG_LINES_KEPT);
+    status.log.drain(..excess);
+    notes
+}
+
+/// Stale when no upload succeeded within twice the dump schedule's interval
+/// (counted from creation until the first upload). Also returns when to look again.
+pub fn staleness(
+    schedule: &croner::Cron,
+    last_upload: Option<&Time>,
+    created: Option<&Time>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> (Observed, Option<std::time::Duration>) {
+    let interval = schedule
+        .find_next_occurrence(&now, false)
+        .ok()
+        .and_then(|a| schedule.find_next_occurrence(&a, false).ok().map(|b| b - a))
+        .unwrap_or_else(|| chrono::Duration::days(1));
+    let since = last_upload.or(created).map(to_chrono).unwrap_or(now);
+    let deadline = since + interval * 2;
+    if now >= deadline {
+        let what = match last_upload {
+            Some(_) => format!(
+                "the last successful upload was at {}",
+                since.format("%Y-%m-%dT%H:%M:%SZ")
+            ),
+            None => "no upload has succeeded since the resource was created".to_string(),
+        };
+        let o = Observed::new(
+            STALE,
+            true,
+            "NoRecentUpload",
+            format!(
+                "{what}; expected one every {} minutes",
+                interval.num_minutes()
+            ),
+        );
+        (o, None)
+    } else {
+        let o = Observed::new(
+            STALE,
+            false,
+            "UploadsCurrent",
+            "a recent upload exists or is not yet due",
+        );
+        (o, (deadline - now).to_std().ok())
+    }
+}
+
+#[cfg(test)]
+mod report_tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{
+        ContainerState, ContainerStateTerminated, ContainerStatus, PodStatus,
+    };
+    use std::str::FromStr;
+
+    fn at(secs: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap())
+    }
+
+    fn pod(uid: &str, step: &str, phase: &str, exit: i32, message: &str, finished: i64) -> Pod {
+        let mut p = Pod::default();
+        p.metadata.uid = Some(uid.into());
+        p.metadata.labels = Some([("dbbackup.io/step".to_string(), step.to_string())].into());
+        p.status = Some(PodStatus {
+            phase: Some(phase.into()),
+            container_statuses: Some(vec![ContainerStatus {
+                name: step.into(),
+                state: Some(ContainerState {
+                    terminated: Some(ContainerStateTerminated {
+                        exit_code: exit,
+                        message: Some(message.into()),
+                        finished_at: Some(at(finished)),
+                        reason: Some(if exit == 0 { "Completed" } else { "OOMKilled" }.into()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        p
+    }
+
+    fn dump_ok(uid: &str, t: i64) -> Pod {
+        pod(
+            uid,
+            "dump",
+            "Succeeded",
+            0,
+            r#"{"step":"dump","outcome":"succeeded","size":10,"log":"2026-11-25,03:00:00,database dump completed"}"#,
+            t,
+        )
+    }
+
+    fn upload_ok(uid: &str, t: i64, key: &str) -> Pod {
+        let msg = format!(
+            r#"{{"step":"upload","outcome":"succeeded","key":"{key}","size":10,"log":"2026-11-25,03:05:00,file successfully uploaded"}}"#
+        );
+        pod(uid, "upload", "Succeeded", 0, &msg, t)
+    }
+
+    fn reports(pods: &[Pod]) -> (Vec<PodReport>, Vec<String>) {
+        let r = pods
+            .iter()
+            .filter_map(|p| pod_report(p, chrono_tz::UTC))
+            .collect();
+        let uids = pods.iter().filter_map(|p| p.metadata.uid.clone()).collect();
+        (r, uids)
+    }
+
+    #[test]
+    fn running_pods_are_not_reported() {
+        let mut p = dump_ok("a", 1);
+        p.status.as_mut().unwrap().phase = Some("Running".into());
+        assert_eq!(pod_report(&p, chrono_tz::UTC), None);
+    }
+
+    #[test]
+    fn each_pod_counts_once_in_finish_order() {
+        let pods = [upload_ok("u1", 20, "k1"), dump_ok("d1", 10)];
+        let mut status = DatabaseBackupStatus::default();
+        let (r, present) = reports(&pods);
+        let notes = record_reports(&mut status, r.clone(), &present, Some(1), &at(30));
+        assert_eq!(notes.len(), 2);
+        assert_eq!(status.log.len(), 2);
+        assert!(status.log[0].ends_with("database dump completed"));
+        assert_eq!(status.last_upload_key.as_deref(), Some("k1"));
+        assert_eq!(status.last_upload_time, Some(at(20)));
+        assert_eq!(status.last_dump_time, Some(at(10)));
+        // The same pods again (a resync, a restart): nothing changes.
+        let before = status.clone();
+        let notes = record_reports(&mut status, r, &present, Some(1), &at(40));
+        assert!(notes.is_empty());
+        assert_eq!(status, before);
+    }
+
+    #[test]
+    fn gone_pods_leave_the_processed_list() {
+        let mut status = DatabaseBackupStatus::default();
+        let (r, present) = reports(&[dump_ok("d1", 10)]);
+        record_reports(&mut status, r, &present, None, &at(11));
+        assert_eq!(status.processed_pods, ["d1"]);
+        record_reports(&mut status, vec![], &[], None, &at(12));
+        assert!(status.processed_pods.is_empty());
+        assert_eq!(status.log.len(), 1, "the line stays");
+    }
+
+    #[test]
+    fn a_pod_without_a_result_still_reports_its_failure() {
+        let p = pod("x", "dump", "Failed", 137, "", 1_764_039_600);
+        let r = pod_report(&p, chrono_tz::Tz::from_str("Europe/Paris").unwrap()).unwrap();
+        assert_eq!(r.result.outcome, Outcome::Failed);
+        assert_eq!(
+            r.result.log,
+            "2025-11-25,04:00:00,database dump failed: container exited with code 137 (OOMKilled)"
+        );
+        let mut status = DatabaseBackupStatus::default();
+        let notes = record_reports(&mut status, vec![r], &["x".into()], None, &at(1));
+        assert!(notes[0].warning);
+        let c = find(&status.conditions, DUMP_SUCCEEDED).unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "DumpFailed")
+        );
+    }
+
+    #[test]
+    fn nothing_to_upload_logs_without_touching_conditions() {
+        let p = pod(
+            "n",
+            "upload",
+            "Succeeded",
+            0,
+            r#"{"step":"upload","outcome":"nothing","log":"2026-11-25,03:05:00,there is no file to upload"}"#,
+            5,
+        );
+        let mut status = DatabaseBackupStatus::default();
+        let (r, present) = reports(&[p]);
+        let notes = record_reports(&mut status, r, &present, None, &at(6));
+        assert!(notes.is_empty());
+        assert!(status.conditions.is_empty());
+        assert_eq!(
+            status.log,
+            ["2026-11-25,03:05:00,there is no file to upload"]
+        );
+    }
+
+    #[test]
+    fn log_keeps_the_newest_lines() {
+        let pods: Vec<Pod> = (0..60).map(|i| dump_ok(&format!("p{i:02}"), i)).collect();
+        let mut status = DatabaseBackupStatus::default();
+        let (r, present) = reports(&pods);
+        record_reports(&mut status, r, &present, None, &at(100));
+        assert_eq!(status.log.len(), LOG_LINES_KEPT);
+        assert_eq!(status.processed_pods.len(), 60);
+    }
+
+    #[test]
+    fn stale_after_twice_the_interval() {
+        let hourly = crate::controller::checks::parse_schedule("0 * * * *").unwrap();
+        let t0 = chrono::DateTime::from_timestamp(1_764_039_600, 0).unwrap();
+        let created = Time(k8s_openapi::jiff::Timestamp::from_second(t0.timestamp()).unwrap());
+        let (fresh, due) = staleness(
+            &hourly,
+            None,
+            Some(&created),
+            t0 + chrono::Duration::minutes(90),
+        );
+        assert!(!fresh.status);
+        assert_eq!(due, Some(std::time::Duration::from_secs(30 * 60)));
+        let (stale, _) = staleness(
+            &hourly,
+            None,
+            Some(&created),
+            t0 + chrono::Duration::minutes(121),
+        );
+        assert!(stale.status);
+        assert_eq!(stale.reason, "NoRecentUpload");
+        let uploaded =
+            Time(k8s_openapi::jiff::Timestamp::from_second(t0.timestamp() + 7200).unwrap());
+        let (after, _) = staleness(
+            &hourly,
+            Some(&uploaded),
+            Some(&created),
+            t0 + chrono::Duration::minutes(150),
+        );
+        assert!(!after.status);
+    }
+}

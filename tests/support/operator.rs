@@ -44,6 +44,14 @@ pub struct RunningOperator {
 
 impl RunningOperator {
     pub fn start(client: &Client) -> RunningOperator {
+        // Operator logs go to the test's output (shown for failing tests).
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "info,kube=warn".into()),
+            )
+            .try_init();
         let ctx = Arc::new(Context::new(
             client.clone(),
             Settings {
