@@ -5,9 +5,11 @@ pub mod api;
 pub mod controller;
 pub mod dump;
 pub mod jobresult;
+pub mod leader;
 pub mod logline;
 pub mod metrics;
 pub mod names;
+pub mod server;
 pub mod upload;
 
 pub use api::{DatabaseBackup, DatabaseBackupSpec, DatabaseBackupStatus};

@@ -1,7 +1,16 @@
 use clap::{Parser, Subcommand, ValueEnum};
 use dbbackup_operator::controller::{self, Context, resources::Settings};
+use dbbackup_operator::leader::LeaseLock;
 use dbbackup_operator::metrics::Metrics;
+use dbbackup_operator::server;
 use std::sync::Arc;
+use std::time::Duration;
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "dbbackup-operator".into())
+}
 
 #[derive(Parser)]
 #[command(
@@ -31,6 +40,21 @@ enum Command {
         namespace: Option<String>,
         #[arg(long, value_enum, default_value = "text", env = "DBBACKUP_LOG_FORMAT")]
         log_format: LogFormat,
+        /// Address of the /metrics, /healthz and /readyz endpoints.
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        listen: std::net::SocketAddr,
+        /// Reconcile only while holding a Lease, so that one of several replicas works.
+        #[arg(long)]
+        leader_election: bool,
+        /// Seconds a Lease stays valid without renewal.
+        #[arg(long, default_value_t = 15)]
+        lease_duration_seconds: u64,
+        /// Name of the Lease.
+        #[arg(long, default_value = "dbbackup-operator")]
+        lease_name: String,
+        /// Namespace of the Lease (the operator's own).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        lease_namespace: String,
     },
     /// Upload the staged dump, if any (run by the upload CronJob).
     Upload(dbbackup_operator::upload::UploadArgs),
@@ -61,15 +85,49 @@ async fn main() -> anyhow::Result<()> {
             uploader_image,
             namespace,
             log_format,
+            listen,
+            leader_election,
+            lease_duration_seconds,
+            lease_name,
+            lease_namespace,
         } => {
             init_tracing(log_format);
+            let metrics = Arc::new(Metrics::default());
+            let health = Arc::new(server::Health::default());
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            tokio::spawn(server::serve(listener, metrics.clone(), health.clone()));
+
             let client = kube::Client::try_default().await?;
+            let version = client.apiserver_version().await?;
+            tracing::info!(apiserver = %version.git_version, "connected");
+            health.set_ready();
             let ctx = Arc::new(Context::new(
-                client,
+                client.clone(),
                 Settings { uploader_image },
-                Arc::new(Metrics::default()),
+                metrics,
             ));
-            controller::run(ctx, namespace).await;
+            if !leader_election {
+                controller::run(ctx, namespace).await;
+                return Ok(());
+            }
+            let identity = std::env::var("POD_NAME")
+                .unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id()));
+            let lock = LeaseLock::new(
+                client,
+                &lease_namespace,
+                &lease_name,
+                &identity,
+                Duration::from_secs(lease_duration_seconds.max(5)),
+            );
+            lock.acquire().await;
+            tokio::select! {
+                _ = controller::run(ctx, namespace) => {}
+                _ = lock.hold() => {
+                    // Another replica may already be reconciling: stop at once.
+                    tracing::error!("lost leadership; exiting so that the pod restarts as a follower");
+                    std::process::exit(1);
+                }
+            }
         }
     }
     Ok(())

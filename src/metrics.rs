@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::time::Instant;
@@ -12,11 +13,18 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackupLabel {
+    pub namespace: String,
+    pub name: String,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     reconciles: Counter,
     failures: Family<ReasonLabel, Counter>,
     duration: Histogram,
+    stale: Family<BackupLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -36,11 +44,18 @@ impl Default for Metrics {
             "Time spent in one reconcile",
             duration.clone(),
         );
+        let stale = Family::<BackupLabel, Gauge>::default();
+        registry.register(
+            "backup_stale",
+            "1 while a DatabaseBackup has had no successful upload within twice its schedule interval",
+            stale.clone(),
+        );
         Metrics {
             registry,
             reconciles,
             failures,
             duration,
+            stale,
         }
     }
 }
@@ -72,6 +87,15 @@ impl Metrics {
                 reason: reason.to_string(),
             })
             .inc();
+    }
+
+    pub fn set_stale(&self, namespace: &str, name: &str, stale: bool) {
+        self.stale
+            .get_or_create(&BackupLabel {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+            })
+            .set(i64::from(stale));
     }
 
     pub fn reconciles(&self) -> u64 {

@@ -263,6 +263,11 @@ async fn reconcile(db: Arc<DatabaseBackup>, ctx: Arc<Context>) -> Result<Action,
             });
         }
         status::set_condition(&mut new.conditions, &stale, generation, &now);
+        ctx.metrics.set_stale(
+            &db.namespace().unwrap_or_default(),
+            &db.name_any(),
+            stale.status,
+        );
         if let Some(due) = due {
             recheck = recheck.min(due + Duration::from_secs(1));
         }

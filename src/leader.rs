@@ -1,0 +1,133 @@
+//! Leader election with a coordination.k8s.io Lease, so that of several
+//! replicas exactly one reconciles. The Lease's resourceVersion makes every
+//! takeover and renewal a compare-and-swap.
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{ObjectMeta, PostParams};
+use kube::{Api, Client};
+use std::time::Duration;
+use tracing::{info, warn};
+
+pub struct LeaseLock {
+    api: Api<Lease>,
+    name: String,
+    identity: String,
+    duration: Duration,
+}
+
+fn now() -> MicroTime {
+    MicroTime(k8s_openapi::jiff::Timestamp::now())
+}
+
+impl LeaseLock {
+    pub fn new(
+        client: Client,
+        namespace: &str,
+        name: &str,
+        identity: &str,
+        duration: Duration,
+    ) -> Self {
+        LeaseLock {
+            api: Api::namespaced(client, namespace),
+            name: name.into(),
+            identity: identity.into(),
+            duration,
+        }
+    }
+
+    /// Takes the lease if it is free or expired, or renews it if ours.
+    /// Returns whether we hold it now.
+    pub async fn try_acquire_or_renew(&self) -> Result<bool, kube::Error> {
+        let seconds = self.duration.as_secs() as i32;
+        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(self.name.clone()),
+                    ..Default::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(self.identity.clone()),
+                    lease_duration_seconds: Some(seconds),
+                    acquire_time: Some(now()),
+                    renew_time: Some(now()),
+                    lease_transitions: Some(0),
+                    ..Default::default()
+                }),
+            };
+            return match self.api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(true),
+                Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+                Err(e) => Err(e),
+            };
+        };
+        let spec = lease.spec.get_or_insert_with(Default::default);
+        let ours = spec.holder_identity.as_deref() == Some(&self.identity);
+        let held_for =
+            Duration::from_secs(spec.lease_duration_seconds.unwrap_or(seconds).max(1) as u64);
+        let expired = match &spec.renew_time {
+            Some(t) => {
+                let age = k8s_openapi::jiff::Timestamp::now().duration_since(t.0);
+                age.as_secs() >= held_for.as_secs() as i64
+            }
+            None => true,
+        };
+        if !ours && !expired && spec.holder_identity.is_some() {
+            return Ok(false);
+        }
+        if !ours {
+            spec.acquire_time = Some(now());
+            spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+            spec.holder_identity = Some(self.identity.clone());
+        }
+        spec.renew_time = Some(now());
+        spec.lease_duration_seconds = Some(seconds);
+        // replace carries the resourceVersion we read: a concurrent writer makes it fail.
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Waits until this replica holds the lease.
+    pub async fn acquire(&self) {
+        loop {
+            match self.try_acquire_or_renew().await {
+                Ok(true) => {
+                    info!(lease = %self.name, identity = %self.identity, "became leader");
+                    return;
+                }
+                Ok(false) => {}
+                Err(e) => warn!(error = %e, "cannot take the lease"),
+            }
+            tokio::time::sleep(self.duration / 3).await;
+        }
+    }
+
+    /// Renews the lease until it is lost; returns then. Renewal every third of the
+    /// duration leaves two attempts before another replica may take over.
+    pub async fn hold(&self) {
+        let mut last_renewal = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(self.duration / 3).await;
+            match self.try_acquire_or_renew().await {
+                Ok(true) => last_renewal = tokio::time::Instant::now(),
+                Ok(false) => {
+                    warn!(lease = %self.name, "lost the lease to another replica");
+                    return;
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot renew the lease");
+                    if last_renewal.elapsed() >= self.duration {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}

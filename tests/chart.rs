@@ -1,0 +1,487 @@
+//! The Helm chart, the examples and the scripts, against the real apiserver
+//! with the real helm and kubectl.
+
+mod support;
+
+use dbbackup_operator::api::DatabaseBackup;
+use kube::api::Api;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+use support::operator::*;
+use support::process::{ServerProcess, free_port};
+use support::*;
+
+const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/dbbackup-operator");
+const RELEASE_NS: &str = "dbbackup-system";
+/// The ServiceAccount the chart creates for release "dbb".
+const SA: &str = "dbb-dbbackup-operator";
+
+fn output(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {:?}: {e}", cmd.get_program()))
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn helm_lint_strict_passes() {
+    let out = output(Command::new(bin("helm")).args(["lint", "--strict", CHART]));
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn chart_ships_the_generated_crd() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let top = std::fs::read_to_string(format!("{root}/crds/databasebackups.yaml")).unwrap();
+    let chart = std::fs::read_to_string(format!("{CHART}/crds/databasebackups.yaml")).unwrap();
+    assert!(
+        top == chart,
+        "charts/dbbackup-operator/crds/ is stale: run `make crds`"
+    );
+}
+
+/// Minimal stand-ins for the Prometheus Operator's CRDs, so that ServiceMonitor
+/// and PrometheusRule objects can be validated by the apiserver.
+const MONITORING_CRDS: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: servicemonitors.monitoring.coreos.com}
+spec:
+  group: monitoring.coreos.com
+  scope: Namespaced
+  names: {kind: ServiceMonitor, plural: servicemonitors, singular: servicemonitor, listKind: ServiceMonitorList}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
+---
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: prometheusrules.monitoring.coreos.com}
+spec:
+  group: monitoring.coreos.com
+  scope: Namespaced
+  names: {kind: PrometheusRule, plural: prometheusrules, singular: prometheusrule, listKind: PrometheusRuleList}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
+"#;
+
+fn kubectl_stdin(cp: &ControlPlane, args: &[&str], input: &str) -> Output {
+    use std::io::Write;
+    let mut child = cp
+        .kubectl()
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+async fn cluster() -> ControlPlane {
+    let cp = ControlPlane::start().await;
+    let client = cp.client().await;
+    install_crd(&client).await;
+    for ns in [RELEASE_NS, "shop"] {
+        create_namespace(&client, ns, &[]).await;
+    }
+    cp
+}
+
+#[tokio::test]
+async fn helm_template_applies_cleanly_with_each_documented_switch() {
+    let cp = cluster().await;
+    let out = kubectl_stdin(&cp, &["apply", "-f", "-"], MONITORING_CRDS);
+    assert!(out.status.success(), "{}", text(&out));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let switches: &[&[&str]] = &[
+        &[],
+        &["watchNamespace=shop"],
+        &["replicas=2"],
+        &["leaderElection.enabled=true,leaderElection.leaseDurationSeconds=30"],
+        &["metrics.serviceMonitor.enabled=true,metrics.prometheusRule.enabled=true"],
+        &["metrics.service.enabled=false"],
+        &["serviceAccount.create=false,serviceAccount.name=existing"],
+        &["logFormat=text,image.tag=1.2.3,image.pullPolicy=Always"],
+    ];
+    for set in switches {
+        let mut helm = cp.helm();
+        helm.args(["template", "dbb", CHART, "-n", RELEASE_NS]);
+        for s in *set {
+            helm.args(["--set", s]);
+        }
+        let rendered = output(&mut helm);
+        assert!(rendered.status.success(), "{set:?}: {}", text(&rendered));
+        let manifest = String::from_utf8(rendered.stdout).unwrap();
+        let out = kubectl_stdin(&cp, &["apply", "--dry-run=server", "-f", "-"], &manifest);
+        let all = text(&out);
+        assert!(out.status.success(), "{set:?}: {all}");
+        assert!(!all.contains("Warning"), "{set:?} warns: {all}");
+        if set
+            .iter()
+            .any(|s| s.contains("replicas=2") || s.contains("leaderElection.enabled=true"))
+        {
+            assert!(manifest.contains("--leader-election"), "{set:?}");
+            assert!(manifest.contains("coordination.k8s.io"), "{set:?}");
+        }
+        if set.iter().any(|s| s.contains("watchNamespace")) {
+            assert!(
+                !manifest.contains(
+                    "kind: ClusterRoleBinding\nmetadata:\n  name: dbb-dbbackup-operator\n"
+                )
+            );
+            assert!(manifest.contains("kind: RoleBinding"));
+        }
+    }
+}
+
+fn helm_install(cp: &ControlPlane, verb: &str, extra: &[&str]) {
+    let out = output(
+        cp.helm()
+            .args([verb, "dbb", CHART, "-n", RELEASE_NS])
+            .args(["--set", "image.repository=registry.test/dbbackup-operator"])
+            .args(extra),
+    );
+    assert!(out.status.success(), "helm {verb}: {}", text(&out));
+}
+
+fn kubectl_ok(cp: &ControlPlane, args: &[&str]) -> String {
+    let out = output(cp.kubectl().args(args));
+    assert!(out.status.success(), "kubectl {args:?}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[tokio::test]
+async fn helm_install_and_upgrade_create_the_expected_objects() {
+    let cp = cluster().await;
+    helm_install(&cp, "install", &[]);
+    let ns = ["-n", RELEASE_NS];
+    for (kind, name) in [
+        ("deployment", "dbb-dbbackup-operator"),
+        ("serviceaccount", SA),
+        ("service", "dbb-dbbackup-operator-metrics"),
+        ("clusterrole", "dbb-dbbackup-operator"),
+        ("clusterrolebinding", "dbb-dbbackup-operator"),
+        ("clusterrole", "dbb-dbbackup-operator-storageclasses"),
+    ] {
+        kubectl_ok(&cp, &[&["get", kind, name][..], &ns[..]].concat());
+    }
+    let args = kubectl_ok(
+        &cp,
+        &[
+            &[
+                "get",
+                "deployment",
+                "dbb-dbbackup-operator",
+                "-o",
+                "jsonpath={.spec.template.spec.containers[0].args}",
+            ][..],
+            &ns[..],
+        ]
+        .concat(),
+    );
+    assert!(!args.contains("--leader-election"), "{args}");
+    kubectl_ok(&cp, &["get", "crd", "databasebackups.dbbackup.io"]);
+
+    helm_install(&cp, "upgrade", &["--set", "replicas=2"]);
+    let deploy = kubectl_ok(
+        &cp,
+        &[
+            &[
+                "get",
+                "deployment",
+                "dbb-dbbackup-operator",
+                "-o",
+                "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].args}",
+            ][..],
+            &ns[..],
+        ]
+        .concat(),
+    );
+    assert!(
+        deploy.starts_with("2 ") && deploy.contains("--leader-election"),
+        "{deploy}"
+    );
+    kubectl_ok(
+        &cp,
+        &[
+            &["get", "role", "dbb-dbbackup-operator-leader-election"][..],
+            &ns[..],
+        ]
+        .concat(),
+    );
+}
+
+fn can_i(cp: &ControlPlane, args: &[&str]) -> bool {
+    let who = format!("--as=system:serviceaccount:{RELEASE_NS}:{SA}");
+    let out = output(cp.kubectl().args(["auth", "can-i"]).args(args).arg(&who));
+    match String::from_utf8_lossy(&out.stdout).trim() {
+        "yes" => true,
+        "no" => false,
+        other => panic!("kubectl auth can-i {args:?}: {other} {}", text(&out)),
+    }
+}
+
+#[tokio::test]
+async fn rbac_allows_exactly_what_the_controller_needs() {
+    let cp = cluster().await;
+    helm_install(&cp, "install", &["--set", "replicas=2"]);
+    let allowed: &[&[&str]] = &[
+        &["get", "databasebackups.dbbackup.io", "-n", "shop"],
+        &["list", "databasebackups.dbbackup.io", "-A"],
+        &["watch", "databasebackups.dbbackup.io", "-A"],
+        &[
+            "patch",
+            "databasebackups.dbbackup.io",
+            "--subresource=status",
+            "-n",
+            "shop",
+        ],
+        &["create", "cronjobs.batch", "-n", "shop"],
+        &["patch", "cronjobs.batch", "-n", "shop"],
+        &["watch", "cronjobs.batch", "-A"],
+        &["create", "jobs.batch", "-n", "shop"],
+        &["create", "persistentvolumeclaims", "-n", "shop"],
+        &["patch", "persistentvolumeclaims", "-n", "shop"],
+        &["list", "pods", "-A"],
+        &["watch", "pods", "-A"],
+        &["get", "secrets", "-n", "shop"],
+        &["create", "events.events.k8s.io", "-n", "shop"],
+        &["get", "storageclasses.storage.k8s.io"],
+        &["update", "leases.coordination.k8s.io", "-n", RELEASE_NS],
+    ];
+    let denied: &[&[&str]] = &[
+        &["list", "secrets", "-A"],
+        &["watch", "secrets", "-A"],
+        &["list", "secrets", "-n", "shop"],
+        &["create", "secrets", "-n", "shop"],
+        &["create", "pods", "--subresource=exec", "-n", "shop"],
+        &["create", "pods", "-n", "shop"],
+        &["delete", "pods", "-n", "shop"],
+        &["delete", "cronjobs.batch", "-n", "shop"],
+        &["delete", "persistentvolumeclaims", "-n", "shop"],
+        &["patch", "databasebackups.dbbackup.io", "-n", "shop"],
+        &["delete", "databasebackups.dbbackup.io", "-n", "shop"],
+        &["create", "configmaps", "-n", "shop"],
+        &["patch", "deployments.apps", "-n", RELEASE_NS],
+        &["create", "clusterrolebindings.rbac.authorization.k8s.io"],
+        &["update", "leases.coordination.k8s.io", "-n", "shop"],
+    ];
+    for a in allowed {
+        assert!(can_i(&cp, a), "should be allowed: {a:?}");
+    }
+    for d in denied {
+        assert!(!can_i(&cp, d), "should be denied: {d:?}");
+    }
+
+    // Watching one namespace: namespaced rights there, none elsewhere.
+    helm_install(&cp, "upgrade", &["--set", "watchNamespace=shop"]);
+    assert!(can_i(&cp, &["get", "secrets", "-n", "shop"]));
+    assert!(can_i(&cp, &["create", "cronjobs.batch", "-n", "shop"]));
+    assert!(!can_i(&cp, &["get", "secrets", "-n", "default"]));
+    assert!(!can_i(&cp, &["list", "pods", "-A"]));
+}
+
+/// A kubeconfig that authenticates with the chart's ServiceAccount token.
+fn service_account_kubeconfig(cp: &ControlPlane) -> PathBuf {
+    let token = kubectl_ok(
+        cp,
+        &["create", "token", SA, "-n", RELEASE_NS, "--duration=1h"],
+    );
+    let admin = std::fs::read_to_string(&cp.kubeconfig).unwrap();
+    let ca = admin
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("certificate-authority-data: "))
+        .unwrap();
+    let path = cp.dir().join("operator-sa.kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\nusers:\n- name: sa\n  user:\n    token: {}\ncontexts:\n- name: c\n  context: {{cluster: c, user: sa}}\ncurrent-context: c\n",
+            cp.url,
+            token.trim()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((code, body))
+}
+
+#[tokio::test]
+async fn the_operator_with_the_charts_service_account_reconciles() {
+    let cp = cluster().await;
+    helm_install(&cp, "install", &["--set", "replicas=2"]);
+    let client = cp.client().await;
+    create_sample_secrets(&client, "shop").await;
+    create_backup(&client, "shop", backup_manifest("orders", "postgres")).await;
+
+    let port = free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dbbackup-operator"));
+    cmd.args([
+        "run",
+        "--log-format=json",
+        "--leader-election",
+        "--lease-namespace",
+        RELEASE_NS,
+    ])
+    .arg(format!("--listen=127.0.0.1:{port}"))
+    .env_clear()
+    .env("KUBECONFIG", service_account_kubeconfig(&cp))
+    .env("POD_NAME", "operator-0")
+    .env("DBBACKUP_UPLOADER_IMAGE", UPLOADER_IMAGE);
+    let log_dir = tempfile::tempdir().unwrap();
+    let mut operator = ServerProcess::spawn("operator", cmd, log_dir.path(), libc::SIGTERM);
+
+    let backups: Api<DatabaseBackup> = Api::namespaced(client.clone(), "shop");
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(60),
+        wait_ready(&backups, "orders", "True", "Reconciled"),
+    )
+    .await;
+    operator.assert_running();
+    assert!(
+        outcome.is_ok(),
+        "not reconciled; operator log:\n{}",
+        operator.log_tail()
+    );
+    assert!(
+        !operator.log_tail().contains("forbidden"),
+        "a call was forbidden:\n{}",
+        operator.log_tail()
+    );
+    kubectl_ok(
+        &cp,
+        &[
+            "get",
+            "cronjob",
+            "orders-dump",
+            "orders-upload",
+            "-n",
+            "shop",
+        ],
+    );
+    kubectl_ok(
+        &cp,
+        &["get", "lease", "dbbackup-operator", "-n", RELEASE_NS],
+    );
+
+    assert_eq!(http_get(port, "/healthz").map(|r| r.0), Some(200));
+    assert_eq!(http_get(port, "/readyz").map(|r| r.0), Some(200));
+    let (code, metrics) = http_get(port, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert!(metrics.contains("dbbackup_reconciles_total"), "{metrics}");
+    assert!(metrics.contains("dbbackup_backup_stale"), "{metrics}");
+    // JSON logs, one object per line.
+    let first = operator
+        .log_tail()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&first).is_ok(),
+        "{first}"
+    );
+}
+
+fn files_under(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_dir() {
+            if !p.ends_with("target") && !p.ends_with(".git") {
+                out.extend(files_under(&p, ext));
+            }
+        } else if p.extension().is_some_and(|e| e == ext) {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn every_example_applies_with_server_dry_run() {
+    let cp = cluster().await;
+    let examples = files_under(
+        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples")),
+        "yaml",
+    );
+    assert!(examples.len() >= 5, "{examples:?}");
+    for file in examples {
+        let out = output(
+            cp.kubectl()
+                .args(["apply", "--dry-run=server", "-n", "shop", "-f"])
+                .arg(&file),
+        );
+        let all = text(&out);
+        assert!(out.status.success(), "{}: {all}", file.display());
+        assert!(!all.contains("Warning"), "{}: {all}", file.display());
+    }
+}
+
+#[test]
+fn every_script_passes_bash_n_and_shellcheck() {
+    let mut scripts = files_under(Path::new(env!("CARGO_MANIFEST_DIR")), "sh");
+    scripts.push(PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/.ci/run"
+    )));
+    assert!(scripts.len() >= 4, "{scripts:?}");
+    for s in &scripts {
+        let out = output(Command::new("bash").arg("-n").arg(s));
+        assert!(
+            out.status.success(),
+            "bash -n {}: {}",
+            s.display(),
+            text(&out)
+        );
+    }
+    let shellcheck =
+        which("shellcheck").expect("shellcheck is installed by tests/testenv/install.sh");
+    let out = output(Command::new(shellcheck).args(&scripts));
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(tool))
+            .find(|p| p.exists())
+    })
+}
