@@ -490,8 +490,8 @@ pub struct DatabaseBackupStatus {
     /// The last "back up now" token (annotation dbbackup.io/run-now) acted upon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_run_now: Option<String>,
-    /// UIDs of finished pods already reflected in this status, so that an operator
-    /// restart neither repeats nor loses log lines.
+    /// UIDs of finished pods (and their Jobs) already reflected in this status, so
+    /// that an operator restart neither repeats nor loses log lines.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub processed_pods: Vec<String>,
 }

@@ -16,6 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, Predicate, WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -76,9 +77,10 @@ pub struct Context {
     pub client: Client,
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
-    /// Pods of our jobs, kept current by the controller's pod watch.
+    /// Pods and Jobs of our CronJobs, kept current by watches `run` drives.
     pods: Store<Pod>,
-    pods_writer: Mutex<Option<reflector::store::Writer<Pod>>>,
+    jobs: Store<Job>,
+    writers: Mutex<Option<(Writer<Pod>, Writer<Job>)>>,
     reporter: Reporter,
     /// Consecutive failures per resource, for exponential backoff.
     failures: Mutex<HashMap<ObjectRef<DatabaseBackup>, u32>>,
@@ -86,13 +88,15 @@ pub struct Context {
 
 impl Context {
     pub fn new(client: Client, settings: Settings, metrics: Arc<Metrics>) -> Self {
-        let (pods, writer) = reflector::store_shared(1024);
+        let (pods, pod_writer) = reflector::store_shared(1024);
+        let (jobs, job_writer) = reflector::store_shared(1024);
         Context {
             client,
             settings,
             metrics,
             pods,
-            pods_writer: Mutex::new(Some(writer)),
+            jobs,
+            writers: Mutex::new(Some((pod_writer, job_writer))),
             reporter: Reporter {
                 controller: FIELD_MANAGER.into(),
                 instance: std::env::var("POD_NAME").ok(),
@@ -171,32 +175,45 @@ async fn start_job(ctx: &Context, cronjob: &CronJob, run: &str) -> Result<(), Er
     }
 }
 
-/// Finished pods of this backup, from the operator's pod cache.
-fn pod_reports(
-    db: &DatabaseBackup,
-    ctx: &Context,
-    tz: chrono_tz::Tz,
-) -> (Vec<PodReport>, Vec<String>) {
+/// Finished pods and failed Jobs of this backup, from the operator's caches,
+/// and the UIDs of all of them that still exist.
+fn reports(db: &DatabaseBackup, ctx: &Context, tz: chrono_tz::Tz) -> (Vec<PodReport>, Vec<String>) {
     let ns = db.namespace();
     let name = db.name_any();
+    let ours = |meta: &kube::api::ObjectMeta| {
+        meta.namespace == ns
+            && meta
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(resources::LABEL_BACKUP))
+                == Some(&name)
+    };
     let pods: Vec<_> = ctx
         .pods
         .state()
         .into_iter()
-        .filter(|p| p.namespace() == ns && p.labels().get(resources::LABEL_BACKUP) == Some(&name))
+        .filter(|p| ours(&p.metadata))
         .collect();
-    let present = pods.iter().filter_map(|p| p.uid()).collect();
+    let jobs: Vec<_> = ctx
+        .jobs
+        .state()
+        .into_iter()
+        .filter(|j| ours(&j.metadata))
+        .collect();
+    let present = pods
+        .iter()
+        .filter_map(|p| p.uid())
+        .chain(jobs.iter().filter_map(|j| j.uid()))
+        .collect();
     let reports = pods
         .iter()
         .filter_map(|p| status::pod_report(p, tz))
+        .chain(jobs.iter().filter_map(|j| status::job_report(j, tz)))
         .collect();
     (reports, present)
 }
 
 async fn reconcile(db: Arc<DatabaseBackup>, ctx: Arc<Context>) -> Result<Action, Error> {
-    // The pod watch is driven by the controller itself; results count only once
-    // its first list is in, so a restart never mistakes an unlisted pod for a gone one.
-    let _ = ctx.pods.wait_until_ready().await;
     let _timer = ctx.metrics.reconcile_started();
     let outcome = async {
         checks::validate_spec(&db)?;
@@ -219,7 +236,7 @@ async fn reconcile(db: Arc<DatabaseBackup>, ctx: Arc<Context>) -> Result<Action,
     status::set_condition(&mut new.conditions, &ready, generation, &now);
 
     let mut notes = vec![];
-    let (reports, present) = pod_reports(&db, &ctx, tz);
+    let (reports, present) = reports(&db, &ctx, tz);
     if let Ok(children) = &outcome {
         let token = db.annotations().get(resources::RUN_NOW_ANNOTATION);
         if let Some(token) = token.filter(|t| new.last_run_now.as_ref() != Some(*t)) {
@@ -384,29 +401,39 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
             Default::default(),
         );
 
-    // Pods of our jobs, mapped back to their DatabaseBackup by label. The pod
-    // cache is driven by its own task, so a reconcile can wait for its first list
-    // (a restart must not mistake a not-yet-listed pod for a gone one).
-    let pod_writer = ctx
-        .pods_writer
+    // Pods and Jobs of our CronJobs, mapped back to their DatabaseBackup by label.
+    // Each cache is driven by its own watch, so a reconcile can wait for its
+    // first list.
+    let (pod_writer, job_writer) = ctx
+        .writers
         .lock()
         .unwrap()
         .take()
         .expect("a Context runs one controller");
     let pod_events = pod_writer.subscribe().expect("a shared store");
+    let job_events = job_writer.subscribe().expect("a shared store");
     let pod_cache = watcher(api::<Pod>(&client, ns), children.clone())
         .default_backoff()
         .reflect_shared(pod_writer)
         .for_each(|_| async {});
-    let to_backup = |pod: Arc<Pod>| {
-        let name = pod.labels().get(resources::LABEL_BACKUP)?.clone();
-        Some(ObjectRef::new(&name).within(&pod.namespace()?))
-    };
+    let job_cache = watcher(api::<Job>(&client, ns), children.clone())
+        .default_backoff()
+        .reflect_shared(job_writer)
+        .for_each(|_| async {});
+    fn to_backup<K: Resource>(obj: Arc<K>) -> Option<ObjectRef<DatabaseBackup>> {
+        let name = obj.labels().get(resources::LABEL_BACKUP)?.clone();
+        Some(ObjectRef::new(&name).within(&obj.namespace()?))
+    }
 
+    // Results count only once both caches hold their first list, so a restart
+    // never mistakes a not-yet-listed pod for a gone one. The wait is here, once:
+    // awaited inside concurrent reconciles, a second waiter was seen never to wake.
+    let (pods, jobs) = (ctx.pods.clone(), ctx.jobs.clone());
     let controller = Controller::for_stream(triggers, reader)
         .owns(api::<CronJob>(&client, ns), children.clone())
         .owns(api::<PersistentVolumeClaim>(&client, ns), children)
-        .watches_shared_stream(pod_events, to_backup)
+        .watches_shared_stream(pod_events, to_backup::<Pod>)
+        .watches_shared_stream(job_events, to_backup::<Job>)
         .shutdown_on_signal()
         .run(
             |db, ctx| {
@@ -424,10 +451,16 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
                 }
             }
         });
-    // The pod cache lives exactly as long as the controller.
+    let controller = async {
+        let _ = pods.wait_until_ready().await;
+        let _ = jobs.wait_until_ready().await;
+        controller.await
+    };
+    // The caches live exactly as long as the controller.
     tokio::select! {
         _ = controller => {}
         _ = pod_cache => {}
+        _ = job_cache => {}
     }
     info!("controller stopped");
 }

@@ -126,6 +126,7 @@ mod tests {
 use crate::api::DatabaseBackupStatus;
 use crate::jobresult::{JobResult, Outcome, Step};
 use crate::logline::LogLine;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
@@ -144,6 +145,9 @@ pub struct PodReport {
     pub result: JobResult,
     /// Set on the pods of a "back up now" job.
     pub run_now: Option<String>,
+    /// The UID of the Job the pod belongs to: once a pod of a Job is reported,
+    /// that Job's own failure adds no second line.
+    pub job: Option<String>,
 }
 
 fn to_chrono(t: &Time) -> chrono::DateTime<chrono::Utc> {
@@ -159,11 +163,7 @@ pub fn pod_report(pod: &Pod, tz: chrono_tz::Tz) -> Option<PodReport> {
     if phase != "Succeeded" && phase != "Failed" {
         return None;
     }
-    let step = match pod.labels().get(super::resources::LABEL_STEP)?.as_str() {
-        "dump" => Step::Dump,
-        "upload" => Step::Upload,
-        _ => return None,
-    };
+    let step = step_of(pod.labels())?;
     let terminated = status
         .container_statuses
         .as_ref()
@@ -217,6 +217,61 @@ pub fn pod_report(pod: &Pod, tz: chrono_tz::Tz) -> Option<PodReport> {
         finished,
         result,
         run_now: pod.labels().get(super::resources::LABEL_RUN_NOW).cloned(),
+        job: pod
+            .owner_references()
+            .iter()
+            .find(|o| o.kind == "Job")
+            .map(|o| o.uid.clone()),
+    })
+}
+
+fn step_of(labels: &std::collections::BTreeMap<String, String>) -> Option<Step> {
+    match labels.get(super::resources::LABEL_STEP)?.as_str() {
+        "dump" => Some(Step::Dump),
+        "upload" => Some(Step::Upload),
+        _ => None,
+    }
+}
+
+/// A Job that failed as a whole (deadline exceeded, pods deleted) reports
+/// itself, in case none of its pods can.
+pub fn job_report(job: &Job, tz: chrono_tz::Tz) -> Option<PodReport> {
+    let failed = job
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Failed" && c.status == "True")?;
+    let step = step_of(job.labels())?;
+    let finished = failed
+        .last_transition_time
+        .clone()
+        .or_else(|| job.metadata.creation_timestamp.clone())?;
+    let verb = match step {
+        Step::Dump => "database dump failed",
+        Step::Upload => "upload failed",
+    };
+    let cause = match (&failed.reason, &failed.message) {
+        (Some(r), Some(m)) => format!("job failed: {r}: {m}"),
+        (Some(r), None) => format!("job failed: {r}"),
+        _ => "job failed".to_string(),
+    };
+    let when = to_chrono(&finished).with_timezone(&tz);
+    Some(PodReport {
+        uid: job.uid()?,
+        step,
+        finished,
+        result: JobResult {
+            step,
+            outcome: Outcome::Failed,
+            key: None,
+            size: None,
+            sha256: None,
+            log: LogLine::at(&when, &format!("{verb}: {cause}")).to_string(),
+        },
+        run_now: None,
+        job: None,
     })
 }
 
@@ -238,13 +293,19 @@ pub fn record_reports(
     generation: Option<i64>,
     now: &Time,
 ) -> Vec<Note> {
-    // Pods that no longer exist cannot be reported again.
+    // Pods and Jobs that no longer exist cannot be reported again.
     status.processed_pods.retain(|uid| present.contains(uid));
-    reports.retain(|r| !status.processed_pods.contains(&r.uid));
+    let covered: Vec<String> = reports.iter().filter_map(|r| r.job.clone()).collect();
+    reports.retain(|r| !status.processed_pods.contains(&r.uid) && !covered.contains(&r.uid));
     reports.sort_by(|a, b| a.finished.0.cmp(&b.finished.0).then(a.uid.cmp(&b.uid)));
     let mut notes = vec![];
     for r in reports {
         status.processed_pods.push(r.uid.clone());
+        if let Some(job) = &r.job
+            && !status.processed_pods.contains(job)
+        {
+            status.processed_pods.push(job.clone());
+        }
         status.log.push(r.result.log.clone());
         let message = r
             .result
@@ -498,6 +559,68 @@ mod report_tests {
             status.log,
             ["2026-11-25,03:05:00,there is no file to upload"]
         );
+    }
+
+    fn failed_job(uid: &str, reason: &str) -> Job {
+        use k8s_openapi::api::batch::v1::{JobCondition, JobStatus};
+        let mut j = Job::default();
+        j.metadata.uid = Some(uid.into());
+        j.metadata.labels = Some([("dbbackup.io/step".to_string(), "dump".to_string())].into());
+        j.status = Some(JobStatus {
+            conditions: Some(vec![JobCondition {
+                type_: "Failed".into(),
+                status: "True".into(),
+                reason: Some(reason.into()),
+                message: Some("Job was active longer than specified deadline".into()),
+                last_transition_time: Some(at(1_764_039_600)),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        j
+    }
+
+    #[test]
+    fn a_job_that_failed_without_a_pod_report_reports_itself() {
+        let r = job_report(&failed_job("j1", "DeadlineExceeded"), chrono_tz::UTC).unwrap();
+        assert_eq!(
+            r.result.log,
+            "2025-11-25,03:00:00,database dump failed: job failed: DeadlineExceeded: Job was active longer than specified deadline"
+        );
+        let mut status = DatabaseBackupStatus::default();
+        record_reports(&mut status, vec![r.clone()], &["j1".into()], None, &at(2));
+        assert_eq!(status.log.len(), 1);
+        record_reports(&mut status, vec![r], &["j1".into()], None, &at(3));
+        assert_eq!(status.log.len(), 1, "once");
+    }
+
+    #[test]
+    fn a_job_whose_pod_reported_adds_no_second_line() {
+        let mut p = pod("p1", "dump", "Failed", 2, "", 10);
+        p.metadata.owner_references = Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                kind: "Job".into(),
+                uid: "j1".into(),
+                ..Default::default()
+            },
+        ]);
+        let pod_r = pod_report(&p, chrono_tz::UTC).unwrap();
+        let job_r = job_report(&failed_job("j1", "BackoffLimitExceeded"), chrono_tz::UTC).unwrap();
+        let present = vec!["p1".to_string(), "j1".to_string()];
+        // In one batch, and in a later one after the pod was recorded.
+        let mut status = DatabaseBackupStatus::default();
+        record_reports(
+            &mut status,
+            vec![job_r.clone(), pod_r.clone()],
+            &present,
+            None,
+            &at(20),
+        );
+        assert_eq!(status.log.len(), 1, "{:?}", status.log);
+        let mut status = DatabaseBackupStatus::default();
+        record_reports(&mut status, vec![pod_r], &present, None, &at(20));
+        record_reports(&mut status, vec![job_r], &present, None, &at(21));
+        assert_eq!(status.log.len(), 1, "{:?}", status.log);
     }
 
     #[test]
