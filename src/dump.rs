@@ -119,11 +119,15 @@ fail() {{
 mkdir -p "$dumps" "$logs" || {{ line="$(date +%Y-%m-%d,%H:%M:%S),database dump failed: cannot create $dumps"; result failed "$line"; exit 1; }}
 rm -f "$dumps"/.partial-*
 {run}
+# A full volume also swallows the tool's stderr, so say it while the partial
+# file still holds the space.
+full=$(df -P "$dumps" 2>/dev/null | awk 'NR == 2 && $4 == 0 {{ print "; no space left on the staging volume" }}')
 if [ "$status" -ne 0 ]; then
-  detail=$(grep -v '^[[:space:]]*$' "$errfile" 2>/dev/null | tail -n 1)
-  fail "dump tool exited with status $status${{detail:+: $detail}}"
+  # The tool's first error line names the cause; later lines are hints.
+  detail=$(grep -i -m 1 'error' "$errfile" 2>/dev/null || grep -v '^[[:space:]]*$' "$errfile" 2>/dev/null | tail -n 1)
+  fail "dump tool exited with status $status${{detail:+: $detail}}$full"
 fi
-[ "$zstatus" -eq 0 ] || fail "compressor exited with status $zstatus"
+[ "$zstatus" -eq 0 ] || fail "compressor exited with status $zstatus$full"
 [ -s "$partial" ] || fail "dump tool wrote nothing"
 sync "$partial" 2>/dev/null || sync
 mv -f "$partial" "$dumps/{final_name}" || fail "cannot rename the dump into place"

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 use support::operator::*;
-use support::process::{ServerProcess, free_port};
+use support::process::{ServerProcess, free_port, http_get};
 use support::*;
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/dbbackup-operator");
@@ -259,6 +259,7 @@ async fn rbac_allows_exactly_what_the_controller_needs() {
         &["patch", "cronjobs.batch", "-n", "shop"],
         &["watch", "cronjobs.batch", "-A"],
         &["create", "jobs.batch", "-n", "shop"],
+        &["watch", "jobs.batch", "-A"],
         &["create", "persistentvolumeclaims", "-n", "shop"],
         &["patch", "persistentvolumeclaims", "-n", "shop"],
         &["list", "pods", "-A"],
@@ -277,6 +278,7 @@ async fn rbac_allows_exactly_what_the_controller_needs() {
         &["create", "pods", "-n", "shop"],
         &["delete", "pods", "-n", "shop"],
         &["delete", "cronjobs.batch", "-n", "shop"],
+        &["delete", "jobs.batch", "-n", "shop"],
         &["delete", "persistentvolumeclaims", "-n", "shop"],
         &["patch", "databasebackups.dbbackup.io", "-n", "shop"],
         &["delete", "databasebackups.dbbackup.io", "-n", "shop"],
@@ -322,24 +324,6 @@ fn service_account_kubeconfig(cp: &ControlPlane) -> PathBuf {
     )
     .unwrap();
     path
-}
-
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Some((code, body))
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@
 mod support;
 
 use dbbackup_operator::api::{DatabaseBackup, Engine};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
@@ -407,4 +408,415 @@ async fn operator_restart_neither_repeats_nor_loses_log_lines() {
             .map(String::as_str),
         Some("first")
     );
+}
+
+async fn wait_condition(
+    client: &Client,
+    type_: &str,
+    status: &str,
+    reason: &str,
+) -> dbbackup_operator::api::DatabaseBackupStatus {
+    wait_for(
+        &format!("{type_}={status} ({reason})"),
+        Duration::from_secs(60),
+        || async {
+            let s = status_of(client).await;
+            let c = s.conditions.iter().find(|c| c.type_ == type_)?;
+            (c.status == status && c.reason == reason).then_some(s.clone())
+        },
+    )
+    .await
+}
+
+async fn event_reasons(client: &Client) -> Vec<(String, String)> {
+    let events: Api<Event> = Api::namespaced(client.clone(), NS);
+    events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.involved_object.name.as_deref() == Some("orders"))
+        .map(|e| (e.type_.unwrap_or_default(), e.reason.unwrap_or_default()))
+        .collect()
+}
+
+/// Failed dumps, failed uploads and jobs that fail as a whole each show as a
+/// condition, a Warning Event and a log line in status.
+#[tokio::test]
+async fn failures_show_as_conditions_events_and_log_lines() {
+    let b = bed(Engine::Mariadb).await;
+    let _op = RunningOperator::start(&b.client);
+    apply_backup(&b);
+    let backups: Api<DatabaseBackup> = Api::namespaced(b.client.clone(), NS);
+    wait_ready(&backups, "orders", "True", "Reconciled").await;
+    let mut kubelet = FakeKubelet::new(&b.client, NS);
+    let (_, user, password) = b.db.login();
+    let set_secret = |name: &str, pairs: &[(&str, &str)]| {
+        let mut args = vec![
+            "create",
+            "secret",
+            "generic",
+            name,
+            "-n",
+            NS,
+            "--dry-run=client",
+            "-o",
+            "yaml",
+        ];
+        let literals: Vec<String> = pairs
+            .iter()
+            .map(|(k, v)| format!("--from-literal={k}={v}"))
+            .collect();
+        args.extend(literals.iter().map(String::as_str));
+        let yaml = kubectl(&b.cp, &args);
+        let path = b.cp.dir().join(format!("{name}.yaml"));
+        std::fs::write(&path, yaml).unwrap();
+        kubectl(&b.cp, &["apply", "-f", path.to_str().unwrap()]);
+    };
+
+    // A wrong database password.
+    set_secret(
+        "db-creds",
+        &[("username", &user), ("password", "wrong-password")],
+    );
+    kubectl(
+        &b.cp,
+        &[
+            "create",
+            "job",
+            "-n",
+            NS,
+            "--from=cronjob/orders-dump",
+            "bad-password",
+        ],
+    );
+    let pod = kubelet.run_pods(1, Duration::from_secs(60)).await.remove(0);
+    assert_ne!(pod.exit_code, 0);
+    let s = wait_condition(&b.client, "DumpSucceeded", "False", "DumpFailed").await;
+    let line = s.log.last().unwrap();
+    assert!(
+        line.contains(",database dump failed: dump tool exited with status"),
+        "{line}"
+    );
+    assert!(line.contains("Access denied"), "{line}");
+    assert!(!line.contains("wrong-password"));
+
+    // A missing bucket, once a dump exists.
+    set_secret("db-creds", &[("username", &user), ("password", &password)]);
+    kubectl(
+        &b.cp,
+        &[
+            "create",
+            "job",
+            "-n",
+            NS,
+            "--from=cronjob/orders-dump",
+            "good-dump",
+        ],
+    );
+    assert_eq!(
+        kubelet.run_pods(1, Duration::from_secs(60)).await[0].exit_code,
+        0
+    );
+    wait_condition(&b.client, "DumpSucceeded", "True", "DumpCompleted").await;
+    set_secret(
+        "s3-creds",
+        &[
+            ("bucket", "no-such-bucket"),
+            ("accessKeyId", &b.minio.access_key),
+            ("secretAccessKey", &b.minio.secret_key),
+            ("endpoint", &b.minio.endpoint),
+        ],
+    );
+    kubectl(
+        &b.cp,
+        &[
+            "create",
+            "job",
+            "-n",
+            NS,
+            "--from=cronjob/orders-upload",
+            "missing-bucket",
+        ],
+    );
+    assert_ne!(
+        kubelet.run_pods(1, Duration::from_secs(60)).await[0].exit_code,
+        0
+    );
+    let s = wait_condition(&b.client, "UploadSucceeded", "False", "UploadFailed").await;
+    let line = s.log.last().unwrap();
+    assert!(line.contains(",upload failed: NoSuchBucket"), "{line}");
+    assert!(!line.contains(&b.minio.secret_key));
+    assert!(
+        kubelet
+            .pvc_dir("orders-staging")
+            .join("dumps/datadump.sql")
+            .exists(),
+        "dump kept"
+    );
+
+    // A job that never got to run its pod and exceeded its deadline.
+    kubectl(
+        &b.cp,
+        &[
+            "create",
+            "job",
+            "-n",
+            NS,
+            "--from=cronjob/orders-dump",
+            "too-slow",
+        ],
+    );
+    kubectl(
+        &b.cp,
+        &[
+            "patch",
+            "job",
+            "too-slow",
+            "-n",
+            NS,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"activeDeadlineSeconds":1}}"#,
+        ],
+    );
+    wait_for(
+        "the deadline failure in status",
+        Duration::from_secs(60),
+        || async {
+            let s = status_of(&b.client).await;
+            s.log
+                .last()
+                .filter(|l| l.contains(",database dump failed: job failed: DeadlineExceeded"))
+                .map(|_| ())
+        },
+    )
+    .await;
+
+    let events = event_reasons(&b.client).await;
+    for reason in ["DumpFailed", "UploadFailed"] {
+        assert!(
+            events.iter().any(|(t, r)| t == "Warning" && r == reason),
+            "no Warning {reason} in {events:?}"
+        );
+    }
+}
+
+/// The operator killed in the middle of acting on a "back up now" request,
+/// then the apiserver restarted: the restarted operator finishes the request
+/// once, and the status holds each line once.
+#[tokio::test]
+async fn operator_killed_mid_reconcile_and_apiserver_restarted_converge() {
+    let mut b = bed(Engine::Mariadb).await;
+    let op = RunningOperator::start(&b.client);
+    apply_backup(&b);
+    let backups: Api<DatabaseBackup> = Api::namespaced(b.client.clone(), NS);
+    wait_ready(&backups, "orders", "True", "Reconciled").await;
+    let mut kubelet = FakeKubelet::new(&b.client, NS);
+    backup_now(&b, &mut kubelet, "first", &mut vec![]).await;
+
+    // Killed as soon as it created the Job, before it could record the request.
+    let jobs: Api<Job> = Api::namespaced(b.client.clone(), NS);
+    let run_now_jobs = || async {
+        jobs.list(&ListParams::default().labels("dbbackup.io/step=dump"))
+            .await
+            .unwrap()
+            .items
+            .len()
+    };
+    let before = run_now_jobs().await;
+    kubectl(
+        &b.cp,
+        &[
+            "annotate",
+            "--overwrite",
+            "-n",
+            NS,
+            "dbb",
+            "orders",
+            "dbbackup.io/run-now=second",
+        ],
+    );
+    wait_for("the second dump Job", Duration::from_secs(30), || async {
+        (run_now_jobs().await > before).then_some(())
+    })
+    .await;
+    drop(op);
+    b.cp.restart_apiserver().await;
+
+    let _op = RunningOperator::start(&b.client);
+    let dump = kubelet.run_pods(1, Duration::from_secs(60)).await.remove(0);
+    assert_eq!(
+        (dump.step.as_str(), dump.exit_code),
+        ("dump", 0),
+        "{}",
+        dump.output
+    );
+    let upload = kubelet.run_pods(1, Duration::from_secs(60)).await.remove(0);
+    assert_eq!(
+        (upload.step.as_str(), upload.exit_code),
+        ("upload", 0),
+        "{}",
+        upload.output
+    );
+    status_latency(&b.client, &upload).await;
+    let status = status_of(&b.client).await;
+    assert_eq!(status.last_run_now.as_deref(), Some("second"));
+    assert_eq!(run_now_jobs().await, before + 1, "the request ran twice");
+    assert_eq!(
+        count(&status.log, "database dump completed"),
+        2,
+        "{:?}",
+        status.log
+    );
+    assert_eq!(
+        count(&status.log, "file successfully uploaded"),
+        2,
+        "{:?}",
+        status.log
+    );
+    assert_eq!(status.log.len(), 4, "{:?}", status.log);
+    assert_eq!(bucket_keys(&b.minio).await.len(), 2);
+}
+
+/// Everything the suite's chain produces, scanned for the secret values it
+/// used: operator logs, pod output, the staging log files, status, Events and
+/// the children's and pods' specs.
+#[tokio::test]
+async fn no_secret_value_appears_in_logs_status_events_or_specs() {
+    let b = bed(Engine::Mariadb).await;
+    let operator = OperatorProcess::start(&b.cp, "operator-0", &[]);
+    apply_backup(&b);
+    let backups: Api<DatabaseBackup> = Api::namespaced(b.client.clone(), NS);
+    wait_ready(&backups, "orders", "True", "Reconciled").await;
+    let mut kubelet = FakeKubelet::new(&b.client, NS);
+    let mut outputs = vec![];
+    let mut latencies = vec![];
+    backup_now(&b, &mut kubelet, "first", &mut latencies).await;
+
+    // Failures too: their error texts are where a secret would slip out.
+    let (_, user, password) = b.db.login();
+    let wrong_db = format!("dbWRONG{}", support::minio::random_token(20));
+    let wrong_s3 = format!("s3WRONG{}", support::minio::random_token(20));
+    let put_secret = |name: &str, pairs: &[(&str, &str)]| {
+        let mut s = support::operator::secret(name, pairs);
+        s.metadata.namespace = Some(NS.into());
+        let path = b.cp.dir().join(format!("{name}.json"));
+        std::fs::write(&path, serde_json::to_string(&s).unwrap()).unwrap();
+        kubectl(&b.cp, &["apply", "-f", path.to_str().unwrap()]);
+        std::fs::remove_file(&path).unwrap();
+    };
+    put_secret("db-creds", &[("username", &user), ("password", &wrong_db)]);
+    kubectl(
+        &b.cp,
+        &[
+            "create",
+            "job",
+            "-n",
+            NS,
+            "--from=cronjob/orders-dump",
+            "bad-dump",
+        ],
+    );
+    outputs.extend(kubelet.run_pods(1, Duration::from_secs(60)).await);
+    put_secret("db-creds", &[("username", &user), ("password", &password)]);
+    kubectl(
+        &b.cp,
+        &[
+            "create",
+            "job",
+            "-n",
+            NS,
+            "--from=cronjob/orders-dump",
+            "good-dump",
+        ],
+    );
+    outputs.extend(kubelet.run_pods(1, Duration::from_secs(60)).await);
+    put_secret(
+        "s3-creds",
+        &[
+            ("bucket", BUCKET),
+            ("accessKeyId", &b.minio.access_key),
+            ("secretAccessKey", &wrong_s3),
+            ("endpoint", &b.minio.endpoint),
+        ],
+    );
+    kubectl(
+        &b.cp,
+        &[
+            "create",
+            "job",
+            "-n",
+            NS,
+            "--from=cronjob/orders-upload",
+            "bad-upload",
+        ],
+    );
+    outputs.extend(kubelet.run_pods(1, Duration::from_secs(60)).await);
+    assert_eq!(
+        outputs.iter().map(|p| p.exit_code == 0).collect::<Vec<_>>(),
+        [false, true, false]
+    );
+    wait_for(
+        "the failed upload in status",
+        Duration::from_secs(30),
+        || async {
+            let s = status_of(&b.client).await;
+            s.log
+                .last()
+                .filter(|l| l.contains("upload failed: "))
+                .map(|_| ())
+        },
+    )
+    .await;
+
+    let mut scanned = vec![
+        ("operator log", operator.log()),
+        (
+            "status",
+            serde_json::to_string(&status_of(&b.client).await).unwrap(),
+        ),
+        (
+            "events",
+            kubectl(&b.cp, &["get", "events", "-n", NS, "-o", "yaml"]),
+        ),
+        (
+            "objects",
+            kubectl(
+                &b.cp,
+                &["get", "dbb,cronjobs,jobs,pods,pvc", "-n", NS, "-o", "yaml"],
+            ),
+        ),
+    ];
+    for p in &outputs {
+        scanned.push(("pod output", p.output.clone()));
+    }
+    let logs = kubelet.pvc_dir("orders-staging").join("logs");
+    for f in std::fs::read_dir(logs).unwrap() {
+        scanned.push((
+            "log file",
+            std::fs::read_to_string(f.unwrap().path()).unwrap(),
+        ));
+    }
+    // The scan reads what matters: the chain's own lines and objects are there.
+    let all: String = scanned.iter().map(|(_, t)| t.as_str()).collect();
+    for expected in [
+        "file successfully uploaded",
+        "database dump failed",
+        "upload failed",
+        "orders-dump",
+        "secretKeyRef",
+    ] {
+        assert!(all.contains(expected), "the scan misses {expected:?}");
+    }
+    for secret in [&password, &b.minio.secret_key, &wrong_db, &wrong_s3] {
+        assert!(secret.len() >= 20);
+        for (what, text) in &scanned {
+            assert!(
+                !text.contains(secret.as_str()),
+                "a secret value appears in the {what}:\n{text}"
+            );
+        }
+    }
 }

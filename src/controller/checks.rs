@@ -73,6 +73,14 @@ pub fn valid_bucket_name(name: &str) -> bool {
         && name.parse::<std::net::Ipv4Addr>().is_err()
 }
 
+/// True for PEM text holding at least one certificate, all of them well formed:
+/// what the uploader will add to its trust roots.
+pub fn valid_ca_bundle(pem: &[u8]) -> bool {
+    use rustls_pki_types::{CertificateDer, pem::PemObject};
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem).collect();
+    certs.is_ok_and(|certs| !certs.is_empty())
+}
+
 async fn get_secret(client: &Client, ns: &str, name: &str) -> Result<Secret, CheckError> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     secrets.get_opt(name).await?.ok_or_else(|| {
@@ -142,7 +150,7 @@ pub async fn check_references(db: &DatabaseBackup, client: &Client) -> Result<()
     if let Some(ca) = &bucket.ca_bundle {
         let secret = get_secret(client, &ns, &ca.name).await?;
         let pem = secret_value(&secret, &ca.key)?;
-        if !String::from_utf8_lossy(pem).contains("-----BEGIN CERTIFICATE-----") {
+        if !valid_ca_bundle(pem) {
             return Err(Problem::new(
                 "InvalidCABundle",
                 format!(
@@ -182,6 +190,18 @@ mod tests {
     fn seconds_and_out_of_range_values_are_refused() {
         for bad in ["0 0 3 * * *", "61 * * * *", "0 25 * * *", "* * *"] {
             assert!(parse_schedule(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ca_bundles() {
+        let cert = rcgen::generate_simple_self_signed(vec!["minio.local".into()]).unwrap();
+        let pem = cert.cert.pem();
+        assert!(valid_ca_bundle(pem.as_bytes()));
+        assert!(valid_ca_bundle(format!("{pem}{pem}").as_bytes()));
+        let broken = pem.replacen("MII", "M!I", 1);
+        for bad in ["not a certificate", "", broken.as_str()] {
+            assert!(!valid_ca_bundle(bad.as_bytes()), "{bad}");
         }
     }
 

@@ -4,6 +4,7 @@
 
 pub mod controlplane;
 pub mod databases;
+pub mod faultproxy;
 pub mod kubelet;
 pub mod minio;
 pub mod operator;

@@ -216,3 +216,65 @@ pub async fn wait_ready(
     )
     .await
 }
+
+/// The real operator binary (`run`), as a process against a control plane,
+/// with its output kept for scans and failure messages.
+pub struct OperatorProcess {
+    pub process: super::process::ServerProcess,
+    pub port: u16,
+    _logs: tempfile::TempDir,
+}
+
+impl OperatorProcess {
+    pub fn start(
+        cp: &super::ControlPlane,
+        pod_name: &str,
+        extra_args: &[String],
+    ) -> OperatorProcess {
+        Self::start_with_kubeconfig(&cp.kubeconfig, pod_name, extra_args)
+    }
+
+    pub fn start_with_kubeconfig(
+        kubeconfig: &std::path::Path,
+        pod_name: &str,
+        extra_args: &[String],
+    ) -> OperatorProcess {
+        let port = super::process::free_port();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_dbbackup-operator"));
+        cmd.arg("run")
+            .arg(format!("--listen=127.0.0.1:{port}"))
+            .args(extra_args)
+            .env_clear()
+            .env("KUBECONFIG", kubeconfig)
+            .env("POD_NAME", pod_name)
+            .env("RUST_LOG", "info,kube=warn")
+            .env("DBBACKUP_UPLOADER_IMAGE", UPLOADER_IMAGE);
+        let logs = tempfile::tempdir().unwrap();
+        let process =
+            super::process::ServerProcess::spawn(pod_name, cmd, logs.path(), libc::SIGTERM);
+        OperatorProcess {
+            process,
+            port,
+            _logs: logs,
+        }
+    }
+
+    /// `dbbackup_reconciles_total` from its /metrics, once it serves them.
+    pub fn reconciles(&self) -> Option<u64> {
+        let (_, body) = super::process::http_get(self.port, "/metrics")?;
+        body.lines()
+            .find_map(|l| l.strip_prefix("dbbackup_reconciles_total "))?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Everything it logged so far.
+    pub fn log(&self) -> String {
+        self.process.log()
+    }
+
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+}

@@ -158,8 +158,13 @@ fn finish(mut cmd: Command, termlog: &Path) -> StepRun {
     StepRun { output, result }
 }
 
-/// Runs the dump CronJob's script, exactly as built for the pod, against `src`.
-pub fn run_dump(src: &Source, staging: &Staging, compression: Compression) -> StepRun {
+/// The dump CronJob's script, exactly as built for the pod, against `src`,
+/// and the path of its termination log.
+pub fn dump_command(
+    src: &Source,
+    staging: &Staging,
+    compression: Compression,
+) -> (Command, PathBuf) {
     // The dump tools of the test bed, found by the names the script uses.
     bin(if src.engine == Engine::Postgres {
         "pg_dump"
@@ -186,6 +191,12 @@ pub fn run_dump(src: &Source, staging: &Staging, compression: Compression) -> St
         .env("TZ", "UTC")
         .env(dump::USER_ENV, &src.user)
         .env(dump::password_env(src.engine), &src.password);
+    (cmd, termlog)
+}
+
+/// Runs the dump CronJob's script against `src`.
+pub fn run_dump(src: &Source, staging: &Staging, compression: Compression) -> StepRun {
+    let (cmd, termlog) = dump_command(src, staging, compression);
     finish(cmd, &termlog)
 }
 

@@ -1,0 +1,355 @@
+//! What goes wrong inside the jobs, on real MariaDB, PostgreSQL and MinIO:
+//! each case fails with its own error text in the log, keeps what must be
+//! kept, and never claims a success it did not have.
+
+mod support;
+
+use dbbackup_operator::api::{Compression, Engine};
+use dbbackup_operator::jobresult::{JobResult, Outcome};
+use std::path::Path;
+use std::time::Duration;
+use support::faultproxy::{self, FaultProxy};
+use support::pipeline::*;
+use support::process::free_port;
+use support::*;
+
+fn source(engine: Engine) -> (Box<dyn std::any::Any>, Source) {
+    match engine {
+        Engine::Postgres => {
+            let pg = Postgres::start();
+            load_shop_postgres(&pg, "shop");
+            let src = Source::postgres(&pg, "shop");
+            (Box::new(pg), src)
+        }
+        _ => {
+            let db = MariaDb::start();
+            load_shop_mariadb(&db, "shop");
+            let src = Source::mariadb(&db, "shop");
+            (Box::new(db), src)
+        }
+    }
+}
+
+/// Runs a dump that must fail, and returns its reported log line after
+/// checking what a failed dump must leave behind: no dump, no partial file,
+/// the line in the log file, exit status non-zero.
+fn failed_dump(src: &Source, staging: &Staging) -> String {
+    let run = run_dump(src, staging, Compression::None);
+    assert!(!run.succeeded(), "the dump claimed success: {}", run.text());
+    let result = run.result.clone().expect("a failed dump still reports");
+    assert_eq!(result.outcome, Outcome::Failed, "{result:?}");
+    assert!(
+        staging.dumps().is_empty(),
+        "a failed dump left {:?}",
+        staging.dumps()
+    );
+    assert_eq!(staging.log_lines().last(), Some(&result.log));
+    assert!(!run.text().contains(&src.password), "the password leaked");
+    staging.assert_log_format();
+    result.log
+}
+
+#[test]
+fn unreachable_database_fails_the_dump_with_the_tools_error() {
+    for engine in [Engine::Mariadb, Engine::Postgres] {
+        let (_server, mut src) = source(engine);
+        src.port = free_port();
+        let line = failed_dump(&src, &Staging::new());
+        let expected = match engine {
+            Engine::Postgres => "Connection refused",
+            _ => "Can't connect to server",
+        };
+        assert!(
+            line.contains("database dump failed: dump tool exited with status")
+                && line.contains(expected),
+            "{engine:?}: {line}"
+        );
+    }
+}
+
+#[test]
+fn missing_database_fails_the_dump_with_the_tools_error() {
+    for engine in [Engine::Mariadb, Engine::Postgres] {
+        let (_server, mut src) = source(engine);
+        src.database = "no_such_db".into();
+        let line = failed_dump(&src, &Staging::new());
+        let expected = match engine {
+            Engine::Postgres => r#"database "no_such_db" does not exist"#,
+            _ => "Unknown database 'no_such_db'",
+        };
+        assert!(line.contains(expected), "{engine:?}: {line}");
+    }
+}
+
+/// A staging volume of a few KiB: a tmpfs mounted over the staging folder.
+struct TinyVolume<'a>(&'a Path);
+
+impl<'a> TinyVolume<'a> {
+    fn mount(dir: &'a Path, size: &str) -> TinyVolume<'a> {
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mounting a small tmpfs needs root (CI runs as root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        TinyVolume(dir)
+    }
+}
+
+impl Drop for TinyVolume<'_> {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_the_dump_and_leaves_no_partial_file() {
+    for engine in [Engine::Mariadb, Engine::Postgres] {
+        let (_server, src) = source(engine);
+        let staging = Staging::new();
+        let _volume = TinyVolume::mount(staging.path(), "64k");
+        let line = failed_dump(&src, &staging);
+        assert!(
+            line.contains("database dump failed: ")
+                && line.ends_with("; no space left on the staging volume"),
+            "{engine:?}: {line}"
+        );
+    }
+}
+
+#[test]
+fn the_database_killed_mid_dump_renames_nothing_and_uploads_nothing() {
+    let mut db = MariaDb::start();
+    db.create_database("shop");
+    // About 200 MB, so that the dump is still streaming when the server dies.
+    db.query(
+        "shop",
+        "CREATE TABLE big (id INT PRIMARY KEY, body TEXT); \
+         INSERT INTO big SELECT seq, REPEAT(MD5(seq), 32) FROM seq_1_to_200000;",
+    );
+    let src = Source::mariadb(&db, "shop");
+    let staging = Staging::new();
+    let (mut cmd, termlog) = dump_command(&src, &staging, Compression::None);
+    let child = cmd.spawn().unwrap();
+    let partial = staging.path().join("dumps/.partial-datadump.sql");
+    process::wait_until("the dump to be streaming", Duration::from_secs(30), || {
+        std::fs::metadata(&partial).is_ok_and(|m| m.len() > 1024 * 1024)
+    });
+    db.kill();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "the dump claimed success");
+    let result = JobResult::parse(&std::fs::read_to_string(termlog).unwrap()).unwrap();
+    assert_eq!(result.outcome, Outcome::Failed);
+    assert!(
+        result
+            .log
+            .contains("database dump failed: dump tool exited with status")
+            && result.log.contains("Lost connection"),
+        "{}",
+        result.log
+    );
+    assert!(staging.dumps().is_empty(), "{:?}", staging.dumps());
+
+    let minio = Minio::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(create_bucket(&minio));
+    let up = run_upload(&minio, &staging, &UploadOpts::default());
+    assert_eq!(up.result.unwrap().outcome, Outcome::Nothing);
+    assert!(rt.block_on(bucket_keys(&minio)).is_empty());
+}
+
+/// Stages a small dump and returns its path.
+fn stage(staging: &Staging, body: &[u8]) -> std::path::PathBuf {
+    std::fs::create_dir_all(staging.path().join("dumps")).unwrap();
+    let dump = staging.path().join("dumps/datadump.sql");
+    std::fs::write(&dump, body).unwrap();
+    dump
+}
+
+/// Runs an upload that must fail; checks the dump is kept and returns the line.
+fn failed_upload(minio: &Minio, staging: &Staging, opts: &UploadOpts) -> String {
+    let dump = staging.path().join("dumps/datadump.sql");
+    let before = std::fs::read(&dump).unwrap();
+    let run = run_upload(minio, staging, opts);
+    assert!(
+        !run.succeeded(),
+        "the upload claimed success: {}",
+        run.text()
+    );
+    let result = run.result.clone().expect("a failed upload still reports");
+    assert_eq!(result.outcome, Outcome::Failed, "{result:?}");
+    assert!(result.log.contains(",upload failed: "), "{}", result.log);
+    assert_eq!(
+        std::fs::read(&dump).unwrap(),
+        before,
+        "the dump was not kept"
+    );
+    assert_eq!(staging.log_lines().last(), Some(&result.log));
+    let everything = format!("{}{}", run.text(), result.log);
+    assert!(
+        !everything.contains(&minio.secret_key),
+        "the secret key leaked"
+    );
+    result.log
+}
+
+#[tokio::test]
+async fn a_missing_bucket_keeps_the_dump() {
+    let minio = Minio::start();
+    let staging = Staging::new();
+    stage(&staging, b"select 1;\n");
+    let line = failed_upload(&minio, &staging, &UploadOpts::default());
+    assert!(line.contains("NoSuchBucket"), "{line}");
+    // With createBucket the same run succeeds.
+    let run = run_upload(
+        &minio,
+        &staging,
+        &UploadOpts {
+            extra_args: vec!["--create-bucket".into()],
+            ..Default::default()
+        },
+    );
+    assert!(run.succeeded(), "{}", run.text());
+    assert_eq!(bucket_keys(&minio).await.len(), 1);
+}
+
+#[tokio::test]
+async fn an_unknown_access_key_is_denied_and_keeps_the_dump() {
+    let minio = Minio::start();
+    create_bucket(&minio).await;
+    let staging = Staging::new();
+    stage(&staging, b"select 1;\n");
+    let run = {
+        let (mut cmd, termlog) = upload_command(&minio, &staging, &UploadOpts::default());
+        cmd.env("AWS_ACCESS_KEY_ID", "AKNOSUCHKEY0000000000");
+        let out = cmd.output().unwrap();
+        let result = JobResult::parse(&std::fs::read_to_string(termlog).unwrap()).unwrap();
+        (out, result)
+    };
+    assert!(!run.0.status.success());
+    assert_eq!(run.1.outcome, Outcome::Failed);
+    assert!(
+        run.1.log.contains("upload failed: InvalidAccessKeyId"),
+        "{}",
+        run.1.log
+    );
+    assert!(staging.path().join("dumps/datadump.sql").exists());
+    assert!(bucket_keys(&minio).await.is_empty());
+}
+
+#[tokio::test]
+async fn an_unreachable_endpoint_keeps_the_dump() {
+    let minio = Minio::start();
+    let staging = Staging::new();
+    stage(&staging, b"select 1;\n");
+    let line = failed_upload(
+        &minio,
+        &staging,
+        &UploadOpts {
+            endpoint: Some(format!("http://127.0.0.1:{}", free_port())),
+            ..Default::default()
+        },
+    );
+    assert!(line.to_lowercase().contains("connect"), "{line}");
+}
+
+// The proxy serves from this runtime while the uploader runs as a blocking child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_rejects_checksums_still_gets_the_dump() {
+    let minio = Minio::start();
+    create_bucket(&minio).await;
+    let proxy = FaultProxy::start(&minio.endpoint, faultproxy::reject_checksums()).await;
+
+    // The store really refuses what the SDK sends by default…
+    let default_client = {
+        let creds = aws_sdk_s3::config::Credentials::new(
+            &minio.access_key,
+            &minio.secret_key,
+            None,
+            None,
+            "test",
+        );
+        let config = aws_sdk_s3::config::Builder::new()
+            .behavior_version_latest()
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .endpoint_url(&proxy.endpoint)
+            .force_path_style(true)
+            .credentials_provider(creds)
+            .build();
+        aws_sdk_s3::Client::from_conf(config)
+    };
+    let refused = default_client
+        .put_object()
+        .bucket(BUCKET)
+        .key("probe")
+        .body(b"x".to_vec().into())
+        .send()
+        .await;
+    assert!(refused.is_err(), "the proxy let a default checksum through");
+    assert_eq!(proxy.rejected(), 1);
+
+    // …and ours, with a custom endpoint, sends none, in one part and in many.
+    for size in [1024, 20 * 1024 * 1024] {
+        let staging = Staging::new();
+        stage(&staging, &vec![b'x'; size]);
+        let run = run_upload(
+            &minio,
+            &staging,
+            &UploadOpts {
+                endpoint: Some(proxy.endpoint.clone()),
+                extra_args: vec!["--part-size-mib=5".into()],
+                ..Default::default()
+            },
+        );
+        assert!(run.succeeded(), "{size} bytes: {}", run.text());
+        assert_eq!(proxy.rejected(), 1, "a request carried a checksum");
+    }
+    assert_eq!(bucket_keys(&minio).await.len(), 2);
+}
+
+// The proxy serves from this runtime while the uploader runs as a blocking child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_5xx_in_the_middle_of_a_multipart_upload_keeps_the_dump_and_aborts() {
+    let minio = Minio::start();
+    create_bucket(&minio).await;
+    let proxy = FaultProxy::start(&minio.endpoint, faultproxy::fail_part(3)).await;
+    let staging = Staging::new();
+    let body: Vec<u8> = (0..40 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let dump = stage(&staging, &body);
+    let line = failed_upload(
+        &minio,
+        &staging,
+        &UploadOpts {
+            endpoint: Some(proxy.endpoint.clone()),
+            extra_args: vec!["--part-size-mib=5".into(), "--concurrency=1".into()],
+            ..Default::default()
+        },
+    );
+    assert!(line.contains("InternalError"), "{line}");
+    assert!(proxy.rejected() >= 1);
+    let s3 = minio.s3_client().await;
+    let pending = s3
+        .list_multipart_uploads()
+        .bucket(BUCKET)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        pending.uploads().is_empty(),
+        "orphans: {:?}",
+        pending.uploads()
+    );
+    assert!(bucket_keys(&minio).await.is_empty(), "no object on failure");
+
+    // The store recovers: the next run uploads the kept dump, once.
+    let run = run_upload(&minio, &staging, &UploadOpts::default());
+    assert!(run.succeeded(), "{}", run.text());
+    let keys = bucket_keys(&minio).await;
+    assert_eq!(keys.len(), 1);
+    assert_eq!(get_object(&minio, &keys[0]).await, body);
+    assert!(!dump.exists());
+}

@@ -1,0 +1,313 @@
+//! The operator on a bad day, against the real apiserver: problems only a
+//! reconcile can see, backoff on a broken resource, long names, and leader
+//! election between two operator processes.
+
+mod support;
+
+use dbbackup_operator::api::DatabaseBackup;
+use dbbackup_operator::names;
+use k8s_openapi::api::batch::v1::CronJob;
+use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, ObjectMeta, PostParams};
+use kube::{Client, ResourceExt};
+use std::time::{Duration, Instant};
+use support::operator::*;
+use support::*;
+
+async fn setup(ns: &str) -> (ControlPlane, Client) {
+    let cp = ControlPlane::start().await;
+    let client = cp.client().await;
+    install_crd(&client).await;
+    create_namespace(&client, ns, &[]).await;
+    (cp, client)
+}
+
+/// Waits for a Warning Event with `reason` on the resource `name`.
+async fn warning_event(client: &Client, ns: &str, name: &str, reason: &str) -> Event {
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    wait_for(
+        &format!("a Warning {reason} Event on {name}"),
+        Duration::from_secs(30),
+        || async {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            list.items.into_iter().find(|e| {
+                e.reason.as_deref() == Some(reason)
+                    && e.involved_object.name.as_deref() == Some(name)
+                    && e.type_.as_deref() == Some("Warning")
+            })
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_ca_bundle_that_is_not_pem_is_reported_and_heals_when_fixed() {
+    let (_cp, client) = setup("shop").await;
+    create_sample_secrets(&client, "shop").await;
+    create_secret(&client, "shop", "s3-ca", &[("ca.crt", "not a certificate")]).await;
+    let _op = RunningOperator::start(&client);
+    let mut manifest = backup_manifest("orders", "mariadb");
+    manifest["spec"]["bucket"]["caBundle"] = serde_json::json!({"name": "s3-ca"});
+    create_backup(&client, "shop", manifest).await;
+    let backups: Api<DatabaseBackup> = Api::namespaced(client.clone(), "shop");
+    let db = wait_ready(&backups, "orders", "False", "InvalidCABundle").await;
+    let ready = db.status.unwrap().conditions[0].clone();
+    assert_eq!(
+        ready.message,
+        r#"secret "s3-ca" key "ca.crt" is not a PEM certificate bundle"#
+    );
+    let event = warning_event(&client, "shop", "orders", "InvalidCABundle").await;
+    assert!(event.message.unwrap_or_default().contains("s3-ca"));
+    assert!(
+        Api::<CronJob>::namespaced(client.clone(), "shop")
+            .get_opt("orders-dump")
+            .await
+            .unwrap()
+            .is_none(),
+        "children were applied for a broken spec"
+    );
+
+    // A real certificate, as a user would paste it: the resource heals by itself.
+    let cert = rcgen::generate_simple_self_signed(vec!["minio.local".into()]).unwrap();
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), "shop");
+    secrets
+        .replace("s3-ca", &PostParams::default(), &{
+            let mut s = secret("s3-ca", &[("ca.crt", &cert.cert.pem())]);
+            s.metadata.resource_version = secrets.get("s3-ca").await.unwrap().resource_version();
+            s
+        })
+        .await
+        .unwrap();
+    wait_ready(&backups, "orders", "True", "Reconciled").await;
+}
+
+#[tokio::test]
+async fn a_missing_storage_class_is_reported_and_heals_once_it_exists() {
+    let (_cp, client) = setup("shop").await;
+    create_sample_secrets(&client, "shop").await;
+    let _op = RunningOperator::start(&client);
+    let mut manifest = backup_manifest("orders", "postgres");
+    manifest["spec"]["staging"] = serde_json::json!({"storageClassName": "fast-ssd"});
+    create_backup(&client, "shop", manifest).await;
+    let backups: Api<DatabaseBackup> = Api::namespaced(client.clone(), "shop");
+    let db = wait_ready(&backups, "orders", "False", "StorageClassNotFound").await;
+    assert_eq!(
+        db.status.unwrap().conditions[0].message,
+        r#"spec.staging.storageClassName: storage class "fast-ssd" does not exist"#
+    );
+    warning_event(&client, "shop", "orders", "StorageClassNotFound").await;
+
+    let classes: Api<StorageClass> = Api::all(client.clone());
+    classes
+        .create(
+            &PostParams::default(),
+            &StorageClass {
+                metadata: ObjectMeta {
+                    name: Some("fast-ssd".into()),
+                    ..Default::default()
+                },
+                provisioner: "example.com/ssd".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    wait_ready(&backups, "orders", "True", "Reconciled").await;
+    let pvc = Api::<PersistentVolumeClaim>::namespaced(client.clone(), "shop")
+        .get("orders-staging")
+        .await
+        .unwrap();
+    assert_eq!(
+        pvc.spec.unwrap().storage_class_name.as_deref(),
+        Some("fast-ssd")
+    );
+}
+
+#[tokio::test]
+async fn sixty_three_character_names_give_valid_distinct_children() {
+    let (_cp, client) = setup("shop").await;
+    create_sample_secrets(&client, "shop").await;
+    let _op = RunningOperator::start(&client);
+    // Two names that differ only after the part a child name can keep.
+    let stem = "a".repeat(61);
+    let long = [format!("{stem}-1"), format!("{stem}-2")];
+    assert_eq!(long[0].len(), 63);
+    for name in &long {
+        create_backup(&client, "shop", backup_manifest(name, "mariadb")).await;
+    }
+    let backups: Api<DatabaseBackup> = Api::namespaced(client.clone(), "shop");
+    let cronjobs: Api<CronJob> = Api::namespaced(client.clone(), "shop");
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "shop");
+    let mut children = vec![];
+    for name in &long {
+        wait_ready(&backups, name, "True", "Reconciled").await;
+        for cj in [
+            names::dump_cronjob_name(name),
+            names::upload_cronjob_name(name),
+        ] {
+            assert!(cj.len() <= names::CRONJOB_NAME_MAX, "{cj}");
+            let got = cronjobs.get(&cj).await.unwrap();
+            let owner = &got.owner_references()[0];
+            assert_eq!(&owner.name, name, "{cj} is owned by the wrong resource");
+            children.push(cj);
+        }
+        let pvc = names::staging_pvc_name(name);
+        assert!(pvc.len() <= names::DNS_LABEL_MAX, "{pvc}");
+        assert_eq!(
+            &pvcs.get(&pvc).await.unwrap().owner_references()[0].name,
+            name
+        );
+        children.push(pvc);
+    }
+    let mut unique = children.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        children.len(),
+        "colliding names: {children:?}"
+    );
+}
+
+/// A resource that cannot be reconciled is retried on the backoff schedule
+/// (2 s, 4 s, 8 s, …), not in a hot loop; the count comes from the
+/// operator's own reconcile metric.
+#[tokio::test]
+async fn a_broken_resource_is_retried_with_backoff_not_in_a_loop() {
+    let (_cp, client) = setup("shop").await;
+    let op = RunningOperator::start(&client);
+    create_backup(&client, "shop", backup_manifest("orders", "mariadb")).await;
+    let backups: Api<DatabaseBackup> = Api::namespaced(client.clone(), "shop");
+    wait_ready(&backups, "orders", "False", "SecretNotFound").await;
+    let start = op.metrics().reconciles();
+    let window = Duration::from_secs(20);
+    let began = Instant::now();
+    tokio::time::sleep(window).await;
+    let count = op.metrics().reconciles() - start;
+    let failures = op.metrics().failures("SecretNotFound");
+    println!(
+        "broken resource: {count} reconciles in {:?} ({:.2}/s); {failures} SecretNotFound failures in all",
+        began.elapsed(),
+        count as f64 / began.elapsed().as_secs_f64()
+    );
+    // Attempts at 2, 4, 8, 16 s after the previous one: at most 4 fit in any
+    // 20 s window once the first failure is in.
+    assert!(
+        count <= 4,
+        "{count} reconciles in {window:?}: not backing off"
+    );
+    assert!(count >= 1, "the broken resource was not retried at all");
+    // Nothing in between: status and Events are written once per change.
+    let events: Api<Event> = Api::namespaced(client.clone(), "shop");
+    let warnings: Vec<_> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("SecretNotFound"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+}
+
+#[tokio::test]
+async fn only_the_leader_reconciles_and_the_other_takes_over_when_it_dies() {
+    let (cp, client) = setup("shop").await;
+    create_namespace(&client, "dbbackup-system", &[]).await;
+    create_sample_secrets(&client, "shop").await;
+    let lease = Duration::from_secs(6);
+    let args = [
+        "--leader-election".to_string(),
+        format!("--lease-duration-seconds={}", lease.as_secs()),
+        "--lease-namespace=dbbackup-system".to_string(),
+    ];
+    let mut first = OperatorProcess::start(&cp, "operator-a", &args);
+    let backups: Api<DatabaseBackup> = Api::namespaced(client.clone(), "shop");
+    create_backup(&client, "shop", backup_manifest("orders", "mariadb")).await;
+    wait_ready(&backups, "orders", "True", "Reconciled").await;
+    let second = OperatorProcess::start(&cp, "operator-b", &args);
+    wait_for(
+        "the follower to serve metrics",
+        Duration::from_secs(30),
+        || async { second.reconciles() },
+    )
+    .await;
+
+    // While the leader lives, the follower does nothing, even with work to do.
+    create_backup(&client, "shop", backup_manifest("users", "mariadb")).await;
+    wait_ready(&backups, "users", "True", "Reconciled").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(first.reconciles().unwrap() >= 2);
+    assert_eq!(second.reconciles(), Some(0), "the follower reconciled");
+
+    // The leader dies without releasing the lease.
+    first.kill();
+    let died = Instant::now();
+    create_backup(&client, "shop", backup_manifest("payments", "mariadb")).await;
+    wait_ready(&backups, "payments", "True", "Reconciled").await;
+    let takeover = died.elapsed();
+    println!("takeover after the leader died: {takeover:?} (lease {lease:?})");
+    assert!(second.reconciles().unwrap() >= 1);
+    // The follower retries every lease/3, so it holds the lease at most one
+    // retry period after it expired; reconciling takes well under a second.
+    assert!(
+        takeover < lease + lease / 3 + Duration::from_secs(5),
+        "takeover took {takeover:?}"
+    );
+    let holder = kube::Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
+        client.clone(),
+        "dbbackup-system",
+    )
+    .get("dbbackup-operator")
+    .await
+    .unwrap()
+    .spec
+    .unwrap()
+    .holder_identity;
+    assert_eq!(holder.as_deref(), Some("operator-b"));
+}
+
+/// Cross-namespace Secret references are impossible by construction: the
+/// reference types have no namespace field, so kubectl's strict validation
+/// refuses one, and a lax client's is pruned away before it is stored.
+#[tokio::test]
+async fn a_secret_reference_cannot_name_another_namespace() {
+    let (cp, client) = setup("shop").await;
+    for path in [["database", "credentialsSecret"], ["bucket", "secretRef"]] {
+        let mut manifest = backup_manifest("other-ns", "mariadb");
+        manifest["metadata"]["namespace"] = "shop".into();
+        manifest["spec"][path[0]][path[1]]["namespace"] = "kube-system".into();
+        let file = cp.dir().join("other-ns.json");
+        std::fs::write(&file, manifest.to_string()).unwrap();
+        let out = cp
+            .kubectl()
+            .args(["apply", "-f"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "kubectl accepted {path:?}.namespace");
+        assert!(
+            stderr.contains(&format!(
+                r#"unknown field "spec.{}.{}.namespace""#,
+                path[0], path[1]
+            )),
+            "{stderr}"
+        );
+
+        // Sent as is, without kubectl's client-side strictness.
+        let raw: Api<DynamicObject> = Api::namespaced_with(
+            client.clone(),
+            "shop",
+            &ApiResource::erase::<DatabaseBackup>(&()),
+        );
+        let obj: DynamicObject = serde_json::from_value(manifest).unwrap();
+        raw.create(&PostParams::default(), &obj).await.unwrap();
+        let stored = raw.get("other-ns").await.unwrap();
+        let reference = &stored.data["spec"][path[0]][path[1]];
+        assert!(reference["name"].is_string(), "{reference}");
+        assert!(reference.get("namespace").is_none(), "stored: {reference}");
+        raw.delete("other-ns", &Default::default()).await.unwrap();
+    }
+}

@@ -1,0 +1,148 @@
+//! A reverse proxy in front of the real MinIO that refuses chosen requests.
+//! It stands in only for what a healthy MinIO never does: a store that
+//! rejects the SDK's default request checksums, or one that answers 5xx in
+//! the middle of a multipart upload. Every other request reaches MinIO as sent
+//! (the Host header is kept, so signatures still verify).
+
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::{Bytes, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Decides per request: `Some((status, S3 error code))` refuses it.
+pub type Rule =
+    Arc<dyn Fn(&http::request::Parts) -> Option<(StatusCode, &'static str)> + Send + Sync>;
+
+pub struct FaultProxy {
+    pub endpoint: String,
+    rejected: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FaultProxy {
+    pub async fn start(upstream: &str, rule: Rule) -> FaultProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let upstream: Uri = upstream.parse().unwrap();
+        let rejected = Arc::new(AtomicUsize::new(0));
+        let client: Client<_, Incoming> = Client::builder(TokioExecutor::new()).build_http();
+        let counter = rejected.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (client, upstream, rule, counter) = (
+                    client.clone(),
+                    upstream.clone(),
+                    rule.clone(),
+                    counter.clone(),
+                );
+                let service = service_fn(move |req| {
+                    forward(
+                        req,
+                        client.clone(),
+                        upstream.clone(),
+                        rule.clone(),
+                        counter.clone(),
+                    )
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+        FaultProxy {
+            endpoint,
+            rejected,
+            task,
+        }
+    }
+
+    /// How many requests the rule refused so far.
+    pub fn rejected(&self) -> usize {
+        self.rejected.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+async fn forward(
+    req: Request<Incoming>,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Incoming>,
+    upstream: Uri,
+    rule: Rule,
+    rejected: Arc<AtomicUsize>,
+) -> Result<Response<Body>, Infallible> {
+    let (mut parts, body) = req.into_parts();
+    if let Some((status, code)) = rule(&parts) {
+        rejected.fetch_add(1, Ordering::SeqCst);
+        // Read the body, as a store would, before answering with S3's error shape.
+        let _ = body.collect().await;
+        let xml = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>refused by the test store</Message></Error>"
+        );
+        return Ok(Response::builder()
+            .status(status)
+            .header("content-type", "application/xml")
+            .body(full(xml))
+            .unwrap());
+    }
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    parts.uri = format!("{upstream}{}", path.trim_start_matches('/'))
+        .parse()
+        .unwrap();
+    match client.request(Request::from_parts(parts, body)).await {
+        Ok(resp) => Ok(resp.map(|b| b.boxed())),
+        Err(e) => Ok(Response::builder()
+            .status(StatusCode::BAD_GATEWAY)
+            .body(full(e.to_string()))
+            .unwrap()),
+    }
+}
+
+/// Refuses every request that carries one of the SDK's flexible checksums,
+/// as several S3-compatible stores do.
+pub fn reject_checksums() -> Rule {
+    Arc::new(|parts| {
+        let has_checksum = parts.headers.keys().any(|h| {
+            let h = h.as_str();
+            h.starts_with("x-amz-checksum-")
+                || h == "x-amz-sdk-checksum-algorithm"
+                || h == "x-amz-trailer"
+        });
+        has_checksum.then_some((StatusCode::BAD_REQUEST, "InvalidArgument"))
+    })
+}
+
+/// Answers 500 to every upload of multipart part `n`.
+pub fn fail_part(n: u32) -> Rule {
+    Arc::new(move |parts| {
+        let query = parts.uri.query().unwrap_or_default();
+        let is_part = query.split('&').any(|kv| kv == format!("partNumber={n}"));
+        (parts.method == http::Method::PUT && is_part)
+            .then_some((StatusCode::INTERNAL_SERVER_ERROR, "InternalError"))
+    })
+}
