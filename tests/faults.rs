@@ -353,3 +353,32 @@ async fn a_5xx_in_the_middle_of_a_multipart_upload_keeps_the_dump_and_aborts() {
     assert_eq!(get_object(&minio, &keys[0]).await, body);
     assert!(!dump.exists());
 }
+
+/// Even at trace level, the uploader's own logs and the SDK's show no
+/// credential: they travel Secret → environment → the SDK's credential
+/// provider, whose Debug output is redacted.
+#[tokio::test]
+async fn the_uploader_logs_no_credential_even_at_trace_level() {
+    let minio = Minio::start();
+    create_bucket(&minio).await;
+    let staging = Staging::new();
+    stage(&staging, &vec![b'x'; 12 * 1024 * 1024]);
+    let (mut cmd, _termlog) = upload_command(&minio, &staging, &UploadOpts::default());
+    let out = cmd.env("RUST_LOG", "trace").output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    // The scan reads a real trace: requests, signing and responses are in it.
+    assert!(
+        text.contains("UploadPart") && text.contains("authorization"),
+        "{}",
+        &text[..text.len().min(2000)]
+    );
+    assert!(
+        !text.contains(&minio.secret_key),
+        "the secret key is in the trace"
+    );
+}
