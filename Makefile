@@ -1,4 +1,4 @@
-.PHONY: test crds testenv kind-demo
+.PHONY: test crds testenv kind-demo bench
 
 # Set up the test bed and run every check and test.
 test:
@@ -16,3 +16,12 @@ testenv:
 # Try it on kind with MinIO and a sample MariaDB (needs docker, kind, kubectl, helm).
 kind-demo:
 	bash scripts/kind-demo.sh
+
+# Upload, dump and operator-scale benchmarks against boto3 and awscli (PyPI);
+# writes bench/results.md. Takes about half an hour on 2 cores.
+BENCH_VENV ?= $(HOME)/.cache/dbbackup-operator/bench-venv
+bench:
+	bash tests/testenv/install.sh
+	test -x $(BENCH_VENV)/bin/aws || { python3 -m venv $(BENCH_VENV) && $(BENCH_VENV)/bin/pip install -q boto3 awscli; }
+	DBBACKUP_TESTENV_BIN=$${DBBACKUP_CACHE:-$(HOME)/.cache/dbbackup-operator}/bin BENCH_PYTHON=$(BENCH_VENV)/bin/python \
+	  CARGO_TARGET_DIR=$${CARGO_TARGET_DIR:-$(HOME)/.cache/dbbackup-operator/target} cargo bench --locked --bench bench

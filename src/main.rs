@@ -97,7 +97,10 @@ async fn main() -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(listen).await?;
             tokio::spawn(server::serve(listener, metrics.clone(), health.clone()));
 
-            let client = kube::Client::try_default().await?;
+            let client = dbbackup_operator::metrics::counting_client(
+                kube::Client::try_default().await?,
+                metrics.clone(),
+            );
             let version = client.apiserver_version().await?;
             tracing::info!(apiserver = %version.git_version, "connected");
             health.set_ready();

@@ -14,6 +14,11 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerbLabel {
+    pub verb: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BackupLabel {
     pub namespace: String,
     pub name: String,
@@ -25,6 +30,7 @@ pub struct Metrics {
     failures: Family<ReasonLabel, Counter>,
     duration: Histogram,
     stale: Family<BackupLabel, Gauge>,
+    requests: Family<VerbLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -50,12 +56,19 @@ impl Default for Metrics {
             "1 while a DatabaseBackup has had no successful upload within twice its schedule interval",
             stale.clone(),
         );
+        let requests = Family::<VerbLabel, Counter>::default();
+        registry.register(
+            "kube_requests",
+            "Requests the operator sent to the Kubernetes API, by HTTP method",
+            requests.clone(),
+        );
         Metrics {
             registry,
             reconciles,
             failures,
             duration,
             stale,
+            requests,
         }
     }
 }
@@ -89,6 +102,29 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts one request to the Kubernetes API (watches count once, when opened).
+    pub fn kube_request(&self, method: &http::Method) {
+        self.requests
+            .get_or_create(&VerbLabel {
+                verb: method.as_str().to_string(),
+            })
+            .inc();
+    }
+
+    /// Requests that change something: every method but GET (watches included).
+    pub fn kube_writes(&self) -> u64 {
+        ["POST", "PUT", "PATCH", "DELETE"]
+            .iter()
+            .map(|verb| {
+                self.requests
+                    .get_or_create(&VerbLabel {
+                        verb: verb.to_string(),
+                    })
+                    .get()
+            })
+            .sum()
+    }
+
     pub fn set_stale(&self, namespace: &str, name: &str, stale: bool) {
         self.stale
             .get_or_create(&BackupLabel {
@@ -117,4 +153,16 @@ impl Metrics {
             .expect("writing to a String cannot fail");
         out
     }
+}
+
+/// `client`, with every request it sends counted in `metrics`, so that "an
+/// idle resync writes nothing" can be read from /metrics.
+pub fn counting_client(client: kube::Client, metrics: std::sync::Arc<Metrics>) -> kube::Client {
+    let namespace = client.default_namespace().to_string();
+    let counted = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+        metrics.kube_request(req.method());
+        let client = client.clone();
+        async move { client.send(req).await }
+    });
+    kube::client::ClientBuilder::new(counted, namespace).build()
 }

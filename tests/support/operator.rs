@@ -3,7 +3,7 @@
 
 use dbbackup_operator::api::DatabaseBackup;
 use dbbackup_operator::controller::{self, Context, resources::Settings};
-use dbbackup_operator::metrics::Metrics;
+use dbbackup_operator::metrics::{Metrics, counting_client};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -52,12 +52,15 @@ impl RunningOperator {
                     .unwrap_or_else(|_| "info,kube=warn".into()),
             )
             .try_init();
+        let metrics = Arc::new(Metrics::default());
+        // Requests counted as the binary counts them.
+        let client = counting_client(client.clone(), metrics.clone());
         let ctx = Arc::new(Context::new(
-            client.clone(),
+            client,
             Settings {
                 uploader_image: UPLOADER_IMAGE.into(),
             },
-            Arc::new(Metrics::default()),
+            metrics,
         ));
         let handle = tokio::spawn(controller::run(ctx.clone(), None));
         RunningOperator { ctx, handle }

@@ -1,0 +1,473 @@
+//! Benchmarks with printed figures, written to `bench/results.md`:
+//!
+//! 1. upload: our `upload` subcommand against boto3's `upload_file` and
+//!    `aws s3 cp`, interleaved, on the loopback MinIO, with peak RSS;
+//! 2. dump: the dump CronJob's script against a bare `mariadb-dump > file`;
+//! 3. scale: the operator binary against the test-bed apiserver with 100,
+//!    1,000 and 3,000 resources: convergence time, RSS, and the writes of a
+//!    forced full resync, from the operator's own request counter.
+//!
+//! Run with `make bench` (which installs boto3 and awscli first), or
+//! `cargo bench --bench bench` with `BENCH_PYTHON` pointing at a Python that
+//! has both. `BENCH_SIZES` (MiB, default `256,2048,4096`), `BENCH_REPS`
+//! (default 5), `BENCH_SCALES` (default `100,1000,3000`) and `BENCH_ONLY`
+//! (`upload`, `dump` or `scale`) narrow a run; the report holds what ran.
+//! Nothing here asserts a timing.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use dbbackup_operator::api::Compression;
+use k8s_openapi::api::batch::v1::CronJob;
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use kube::Client;
+use kube::api::{Api, ListParams, PostParams};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use support::operator::*;
+use support::pipeline::*;
+use support::*;
+
+fn env_list(name: &str, default: &str) -> Vec<u64> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.into())
+        .split(',')
+        .map(|s| s.trim().parse().expect("a number"))
+        .collect()
+}
+
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Runs `cmd` under GNU time; returns (wall seconds, peak RSS in MiB).
+fn timed(cmd: &Command) -> (f64, f64) {
+    let mut t = Command::new("/usr/bin/time");
+    t.arg("-f").arg("maxrss_kib=%M").arg(cmd.get_program());
+    t.args(cmd.get_args());
+    t.env_clear();
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            t.env(k, v);
+        }
+    }
+    let start = Instant::now();
+    let out = t.output().expect("run /usr/bin/time");
+    let secs = start.elapsed().as_secs_f64();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{:?} failed:\n{}{stderr}",
+        cmd.get_program(),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let kib: f64 = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("maxrss_kib="))
+        .expect("time printed maxrss")
+        .trim()
+        .parse()
+        .unwrap();
+    (secs, kib / 1024.0)
+}
+
+fn release_binary() -> PathBuf {
+    // The bench profile builds the binary next to this benchmark.
+    PathBuf::from(env!("CARGO_BIN_EXE_dbbackup-operator"))
+}
+
+fn python() -> String {
+    std::env::var("BENCH_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+fn aws_cli() -> PathBuf {
+    let py = PathBuf::from(python());
+    let aws = py.with_file_name("aws");
+    assert!(
+        aws.exists(),
+        "{} not found: `make bench` installs boto3 and awscli",
+        aws.display()
+    );
+    aws
+}
+
+fn write_file(path: &Path, size: u64) {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut block = vec![0u8; 1 << 20];
+    let mut x: u64 = 0x9E3779B97F4A7C15;
+    for _ in 0..size >> 20 {
+        for chunk in block.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            chunk.copy_from_slice(&x.to_le_bytes());
+        }
+        f.write_all(&block).unwrap();
+    }
+    f.flush().unwrap();
+}
+
+async fn empty_bucket(minio: &Minio) {
+    let s3 = minio.s3_client().await;
+    for key in bucket_keys(minio).await {
+        s3.delete_object()
+            .bucket(BUCKET)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
+struct Row {
+    label: String,
+    values: Vec<String>,
+}
+
+async fn bench_upload(report: &mut String) {
+    let sizes = env_list("BENCH_SIZES", "256,2048,4096");
+    let reps = env_list("BENCH_REPS", "5")[0] as usize;
+    let minio = Minio::start();
+    create_bucket(&minio).await;
+    let work = tempfile::tempdir().unwrap();
+    let tools = ["ours", "boto3", "awscli"];
+    let mut rows = vec![];
+    for size in sizes {
+        let source = work.path().join(format!("dump-{size}.sql"));
+        write_file(&source, size << 20);
+        let mut secs = vec![vec![]; tools.len()];
+        let mut rss = vec![vec![]; tools.len()];
+        for rep in 0..reps {
+            for (i, tool) in tools.iter().enumerate() {
+                let staging = Staging::new();
+                std::fs::create_dir_all(staging.path().join("dumps")).unwrap();
+                let dump = staging.path().join("dumps/datadump.sql");
+                std::fs::hard_link(&source, &dump).unwrap();
+                let cmd = match *tool {
+                    "ours" => {
+                        let (ours, _) = upload_command(&minio, &staging, &UploadOpts::default());
+                        let mut cmd = Command::new(release_binary());
+                        cmd.args(ours.get_args());
+                        for (k, v) in ours.get_envs() {
+                            if let Some(v) = v {
+                                cmd.env(k, v);
+                            }
+                        }
+                        cmd
+                    }
+                    "boto3" => {
+                        let mut cmd = Command::new(python());
+                        cmd.arg("-c")
+                            .arg(
+                                "import boto3, sys\n\
+                                 s3 = boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1')\n\
+                                 s3.upload_file(sys.argv[2], sys.argv[3], sys.argv[4])",
+                            )
+                            .arg(&minio.endpoint)
+                            .arg(&dump)
+                            .arg(BUCKET)
+                            .arg(format!("boto3/{size}-{rep}.sql"));
+                        cmd
+                    }
+                    _ => {
+                        let mut cmd = Command::new(aws_cli());
+                        cmd.args(["s3", "cp", "--only-show-errors", "--endpoint-url"])
+                            .arg(&minio.endpoint)
+                            .arg(&dump)
+                            .arg(format!("s3://{BUCKET}/awscli/{size}-{rep}.sql"));
+                        cmd
+                    }
+                };
+                let mut cmd = cmd;
+                cmd.env("AWS_ACCESS_KEY_ID", &minio.access_key)
+                    .env("AWS_SECRET_ACCESS_KEY", &minio.secret_key)
+                    .env("AWS_DEFAULT_REGION", "us-east-1")
+                    .env("AWS_EC2_METADATA_DISABLED", "true")
+                    .env("HOME", work.path());
+                let (s, r) = timed(&cmd);
+                println!(
+                    "upload {size} MiB {tool} run {}: {s:.2} s, {r:.1} MiB RSS",
+                    rep + 1
+                );
+                secs[i].push(s);
+                rss[i].push(r);
+                empty_bucket(&minio).await;
+            }
+        }
+        std::fs::remove_file(&source).unwrap();
+        let med: Vec<f64> = secs.iter().map(|s| median(s)).collect();
+        let mibps: Vec<f64> = med.iter().map(|m| size as f64 / m).collect();
+        let peak: Vec<f64> = rss
+            .iter()
+            .map(|r| r.iter().cloned().fold(0.0, f64::max))
+            .collect();
+        rows.push(Row {
+            label: format!("{size} MiB"),
+            values: vec![
+                format!("{:.2} s ({:.0} MiB/s)", med[0], mibps[0]),
+                format!("{:.2} s ({:.0} MiB/s)", med[1], mibps[1]),
+                format!("{:.2} s ({:.0} MiB/s)", med[2], mibps[2]),
+                format!("{:.2}×", mibps[0] / mibps[1]),
+                format!("{:.2}×", mibps[0] / mibps[2]),
+                format!("{:.1} / {:.1} / {:.1}", peak[0], peak[1], peak[2]),
+            ],
+        });
+    }
+    writeln!(
+        report,
+        "## Upload to the loopback MinIO\n\n{reps} interleaved runs of each tool per size (ours, boto3, awscli, ours, …); medians; \
+         peak RSS is the largest over the runs (`/usr/bin/time`). Ours: default settings (8 MiB parts or larger, 4 in flight, MD5 per part \
+         and SHA-256 of the whole file). boto3 `upload_file` and `aws s3 cp` with their default transfer settings.\n\n\
+         | size | ours | boto3 | awscli | ours ÷ boto3 | ours ÷ awscli | peak RSS MiB (ours / boto3 / awscli) |\n\
+         | --- | --- | --- | --- | --- | --- | --- |"
+    )
+    .unwrap();
+    for r in rows {
+        writeln!(report, "| {} | {} |", r.label, r.values.join(" | ")).unwrap();
+    }
+    writeln!(report).unwrap();
+}
+
+fn bench_dump(report: &mut String) {
+    let reps = env_list("BENCH_REPS", "5")[0] as usize;
+    let db = MariaDb::start();
+    load_shop_mariadb(&db, "shop");
+    // About 300 MB of rows on top of the shop schema.
+    db.query(
+        "shop",
+        "CREATE TABLE big (id INT PRIMARY KEY, body TEXT); \
+         INSERT INTO big SELECT seq, REPEAT(MD5(seq), 32) FROM seq_1_to_300000;",
+    );
+    let src = Source::mariadb(&db, "shop");
+    let work = tempfile::tempdir().unwrap();
+    let (mut ours_secs, mut bare_secs) = (vec![], vec![]);
+    let mut size = 0;
+    for rep in 0..reps {
+        let staging = Staging::new();
+        let (cmd, _) = dump_command(&src, &staging, Compression::None);
+        let (s, _) = timed(&cmd);
+        size = std::fs::metadata(staging.path().join("dumps/datadump.sql"))
+            .unwrap()
+            .len();
+        ours_secs.push(s);
+        // The same tool and flags, straight into a file: no rename, fsync or log.
+        let out = work.path().join("bare.sql");
+        let mut bare = Command::new("/bin/sh");
+        bare.arg("-c")
+            .arg(format!(
+                "mariadb-dump --host=127.0.0.1 --port={} --user=\"$DB_USER\" --single-transaction --quick --routines --events --triggers -- shop > {}",
+                src.port,
+                out.display()
+            ))
+            .env("PATH", format!("{}:/usr/bin:/bin", process::bin_dir().display()))
+            .env("DB_USER", &src.user)
+            .env("MYSQL_PWD", &src.password);
+        let (b, _) = timed(&bare);
+        bare_secs.push(b);
+        println!("dump run {}: ours {s:.2} s, bare {b:.2} s", rep + 1);
+    }
+    let (o, b) = (median(&ours_secs), median(&bare_secs));
+    writeln!(
+        report,
+        "## Dump step\n\nThe dump CronJob's script (to `.partial`, fsync, rename, log line, termination message) against a bare \
+         `mariadb-dump > file` with the same flags, MariaDB on loopback, a {:.0} MiB dump, {reps} interleaved runs, medians.\n\n\
+         | ours | bare `mariadb-dump` | ratio |\n| --- | --- | --- |\n| {o:.2} s | {b:.2} s | {:.3}× |\n",
+        size as f64 / 1048576.0,
+        o / b
+    )
+    .unwrap();
+}
+
+fn metric(port: u16, name: &str) -> Option<f64> {
+    let (_, body) = process::http_get(port, "/metrics")?;
+    Some(
+        body.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum(),
+    )
+}
+
+fn writes(port: u16) -> f64 {
+    ["POST", "PUT", "PATCH", "DELETE"]
+        .iter()
+        .map(|v| {
+            metric(
+                port,
+                &format!("dbbackup_kube_requests_total{{verb=\"{v}\"}}"),
+            )
+            .unwrap_or(0.0)
+        })
+        .sum()
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap();
+    kib / 1024.0
+}
+
+async fn converged(client: &Client, total: usize) -> bool {
+    let backups: Api<dbbackup_operator::DatabaseBackup> = Api::all(client.clone());
+    let ready = backups
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|db| {
+            db.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+            })
+        })
+        .count();
+    if ready < total {
+        return false;
+    }
+    let cronjobs = Api::<CronJob>::all(client.clone())
+        .list_metadata(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .len();
+    let pvcs = Api::<PersistentVolumeClaim>::all(client.clone())
+        .list_metadata(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .len();
+    cronjobs + pvcs == 3 * total
+}
+
+async fn bench_scale(report: &mut String) {
+    let scales = env_list("BENCH_SCALES", "100,1000,3000");
+    writeln!(
+        report,
+        "## Operator scale\n\nThe release operator binary against the test-bed kube-apiserver (same machine), resources spread over 10 \
+         namespaces and created before the operator starts. Converged: every resource `Ready=True` and all 3 children per \
+         resource exist. Resync: a second operator process started on the converged state reconciles every resource; its writes \
+         are POST/PUT/PATCH/DELETE requests from its own `dbbackup_kube_requests_total`.\n\n\
+         | resources | converged after | operator RSS after convergence | reconciles in resync | writes in resync |\n\
+         | --- | --- | --- | --- | --- |"
+    )
+    .unwrap();
+    for total in scales {
+        let total = total as usize;
+        let cp = ControlPlane::start().await;
+        let client = cp.client().await;
+        install_crd(&client).await;
+        for n in 0..10 {
+            let ns = format!("team-{n}");
+            create_namespace(&client, &ns, &[]).await;
+            create_sample_secrets(&client, &ns).await;
+        }
+        let api =
+            |ns: &str| Api::<dbbackup_operator::DatabaseBackup>::namespaced(client.clone(), ns);
+        for i in 0..total {
+            let ns = format!("team-{}", i % 10);
+            let db: dbbackup_operator::DatabaseBackup =
+                serde_json::from_value(backup_manifest(&format!("db-{i}"), "postgres")).unwrap();
+            api(&ns).create(&PostParams::default(), &db).await.unwrap();
+        }
+        let start = Instant::now();
+        let mut op = OperatorProcess::start(&cp, "operator-0", &[]);
+        while !converged(&client, total).await {
+            op.process.assert_running();
+            assert!(start.elapsed() < Duration::from_secs(900), "not converged");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let took = start.elapsed();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let rss = rss_mib(op.process.pid());
+        op.kill();
+
+        let resync = OperatorProcess::start(&cp, "operator-1", &[]);
+        let began = Instant::now();
+        while metric(resync.port, "dbbackup_reconciles_total").unwrap_or(0.0) < total as f64 {
+            assert!(began.elapsed() < Duration::from_secs(900), "resync stalled");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let reconciles = metric(resync.port, "dbbackup_reconciles_total").unwrap_or(0.0);
+        let w = writes(resync.port);
+        println!(
+            "scale {total}: converged in {took:.1?}, RSS {rss:.1} MiB; resync {reconciles} reconciles, {w} writes"
+        );
+        writeln!(
+            report,
+            "| {total} | {:.1} s | {rss:.1} MiB | {reconciles} | {w} |",
+            took.as_secs_f64()
+        )
+        .unwrap();
+        drop(resync);
+    }
+    writeln!(report).unwrap();
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name\t: ").map(str::to_string))
+        .unwrap_or_default();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!(
+        "{cores} cores ({cpu}), {}",
+        mem.replace("MemTotal:", "memory")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    )
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    // `cargo bench` passes --bench; nothing else is taken from the command line.
+    let only = std::env::var("BENCH_ONLY").ok();
+    let wants = |part: &str| only.as_deref().is_none_or(|o| o == part);
+    let mut report = format!(
+        "# Benchmarks\n\nMachine: {}. Date: {}.\nReproduce: `make bench` (or `cargo bench --bench bench`; see `benches/bench.rs`).\n\n",
+        machine(),
+        chrono::Utc::now().format("%Y-%m-%d")
+    );
+    if wants("upload") {
+        bench_upload(&mut report).await;
+    }
+    if wants("dump") {
+        bench_dump(&mut report);
+    }
+    if wants("scale") {
+        bench_scale(&mut report).await;
+    }
+    println!("\n{report}");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results.md");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, &report).unwrap();
+    println!("written to {}", path.display());
+}
