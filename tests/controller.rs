@@ -545,6 +545,12 @@ async fn a_forced_resync_after_convergence_writes_nothing() {
         "a resync wrote something"
     );
     assert_eq!(second.metrics().failures("APIError"), 0);
+    // Not even a no-op apply: the cached children already hold the desired state.
+    assert_eq!(
+        second.metrics().kube_writes(),
+        0,
+        "a resync sent write requests"
+    );
 }
 
 #[tokio::test]

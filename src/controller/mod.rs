@@ -1,5 +1,6 @@
 //! The reconcile loop: spec → children (server-side apply) → status.
 
+pub mod applied;
 pub mod checks;
 pub mod resources;
 pub mod status;
@@ -77,26 +78,47 @@ pub struct Context {
     pub client: Client,
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
-    /// Pods and Jobs of our CronJobs, kept current by watches `run` drives.
+    /// Our children, and the Jobs and Pods of our CronJobs, kept current by
+    /// the watches `run` drives.
     pods: Store<Pod>,
     jobs: Store<Job>,
-    writers: Mutex<Option<(Writer<Pod>, Writer<Job>)>>,
+    cronjobs: Store<CronJob>,
+    pvcs: Store<PersistentVolumeClaim>,
+    writers: Mutex<Option<Writers>>,
     reporter: Reporter,
     /// Consecutive failures per resource, for exponential backoff.
     failures: Mutex<HashMap<ObjectRef<DatabaseBackup>, u32>>,
+}
+
+struct Writers {
+    pods: Writer<Pod>,
+    jobs: Writer<Job>,
+    cronjobs: Writer<CronJob>,
+    pvcs: Writer<PersistentVolumeClaim>,
 }
 
 impl Context {
     pub fn new(client: Client, settings: Settings, metrics: Arc<Metrics>) -> Self {
         let (pods, pod_writer) = reflector::store_shared(1024);
         let (jobs, job_writer) = reflector::store_shared(1024);
+        // Looked up by name only; their events reach the controller through
+        // `owns`, which, unlike a shared store's subscription, also sees deletions.
+        let (cronjobs, cronjob_writer) = reflector::store();
+        let (pvcs, pvc_writer) = reflector::store();
         Context {
             client,
             settings,
             metrics,
             pods,
             jobs,
-            writers: Mutex::new(Some((pod_writer, job_writer))),
+            cronjobs,
+            pvcs,
+            writers: Mutex::new(Some(Writers {
+                pods: pod_writer,
+                jobs: job_writer,
+                cronjobs: cronjob_writer,
+                pvcs: pvc_writer,
+            })),
             reporter: Reporter {
                 controller: FIELD_MANAGER.into(),
                 instance: std::env::var("POD_NAME").ok(),
@@ -127,14 +149,24 @@ pub fn backoff(attempt: u32) -> Duration {
         .min(BACKOFF_MAX)
 }
 
-async fn apply<K>(api: Api<K>, obj: &K) -> Result<K, Error>
+/// Server-side applies `obj`, unless the cached live object already holds it.
+async fn apply<K>(api: Api<K>, obj: &K, cache: &Store<K>) -> Result<K, Error>
 where
     K: Resource + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
-    K::DynamicType: Default,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
     let name = obj.meta().name.clone().unwrap_or_default();
+    let mut desired = serde_json::to_value(obj).expect("a child serializes");
+    applied::stamp(&mut desired);
+    let key = ObjectRef::new(&name).within(obj.meta().namespace.as_deref().unwrap_or_default());
+    if let Some(live) = cache.get(&key) {
+        let live_json = serde_json::to_value(&*live).expect("a child serializes");
+        if applied::contains(&live_json, &desired) {
+            return Ok((*live).clone());
+        }
+    }
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    api.patch(&name, &params, &Patch::Apply(obj))
+    api.patch(&name, &params, &Patch::Apply(&desired))
         .await
         .map_err(|source| Error::Apply {
             kind: K::kind(&Default::default()).to_string(),
@@ -153,10 +185,20 @@ async fn apply_children(db: &DatabaseBackup, ctx: &Context) -> Result<Children, 
     let ns = db.namespace().unwrap_or_default();
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
     let cronjobs: Api<CronJob> = Api::namespaced(ctx.client.clone(), &ns);
-    apply(pvcs, &resources::staging_pvc(db)).await?;
+    apply(pvcs, &resources::staging_pvc(db), &ctx.pvcs).await?;
     Ok(Children {
-        dump: apply(cronjobs.clone(), &resources::dump_cronjob(db)).await?,
-        upload: apply(cronjobs, &resources::upload_cronjob(db, &ctx.settings)).await?,
+        dump: apply(
+            cronjobs.clone(),
+            &resources::dump_cronjob(db),
+            &ctx.cronjobs,
+        )
+        .await?,
+        upload: apply(
+            cronjobs,
+            &resources::upload_cronjob(db, &ctx.settings),
+            &ctx.cronjobs,
+        )
+        .await?,
     })
 }
 
@@ -378,6 +420,20 @@ where
     }
 }
 
+/// The objects `config` selects, without their managedFields, which the
+/// operator never reads and which would double the memory of its caches.
+fn watch<K>(
+    api: Api<K>,
+    config: &watcher::Config,
+) -> impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + use<K>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    watcher(api, config.clone())
+        .default_backoff()
+        .modify(|obj| obj.managed_fields_mut().clear())
+}
+
 /// Runs the controller until the stream ends (shutdown).
 pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     let client = ctx.client.clone();
@@ -401,25 +457,31 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
             Default::default(),
         );
 
-    // Pods and Jobs of our CronJobs, mapped back to their DatabaseBackup by label.
-    // Each cache is driven by its own watch, so a reconcile can wait for its
-    // first list.
-    let (pod_writer, job_writer) = ctx
+    // Our children, and the Pods and Jobs of our CronJobs (mapped back to their
+    // DatabaseBackup by label). Each cache is driven by its own watch, so that
+    // the controller can start once all have their first list.
+    let writers = ctx
         .writers
         .lock()
         .unwrap()
         .take()
         .expect("a Context runs one controller");
-    let pod_events = pod_writer.subscribe().expect("a shared store");
-    let job_events = job_writer.subscribe().expect("a shared store");
-    let pod_cache = watcher(api::<Pod>(&client, ns), children.clone())
-        .default_backoff()
-        .reflect_shared(pod_writer)
-        .for_each(|_| async {});
-    let job_cache = watcher(api::<Job>(&client, ns), children.clone())
-        .default_backoff()
-        .reflect_shared(job_writer)
-        .for_each(|_| async {});
+    let pod_events = writers.pods.subscribe().expect("a shared store");
+    let job_events = writers.jobs.subscribe().expect("a shared store");
+    let caches = futures::future::join4(
+        watch(api::<Pod>(&client, ns), &children)
+            .reflect_shared(writers.pods)
+            .for_each(|_| async {}),
+        watch(api::<Job>(&client, ns), &children)
+            .reflect_shared(writers.jobs)
+            .for_each(|_| async {}),
+        watch(api::<CronJob>(&client, ns), &children)
+            .reflect(writers.cronjobs)
+            .for_each(|_| async {}),
+        watch(api::<PersistentVolumeClaim>(&client, ns), &children)
+            .reflect(writers.pvcs)
+            .for_each(|_| async {}),
+    );
     fn to_backup<K: Resource>(obj: Arc<K>) -> Option<ObjectRef<DatabaseBackup>> {
         let name = obj.labels().get(resources::LABEL_BACKUP)?.clone();
         Some(ObjectRef::new(&name).within(&obj.namespace()?))
@@ -428,7 +490,18 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     // Results count only once both caches hold their first list, so a restart
     // never mistakes a not-yet-listed pod for a gone one. The wait is here, once:
     // awaited inside concurrent reconciles, a second waiter was seen never to wake.
-    let (pods, jobs) = (ctx.pods.clone(), ctx.jobs.clone());
+    let stores = (
+        ctx.pods.clone(),
+        ctx.jobs.clone(),
+        ctx.cronjobs.clone(),
+        ctx.pvcs.clone(),
+    );
+    let ready = async move {
+        let _ = stores.0.wait_until_ready().await;
+        let _ = stores.1.wait_until_ready().await;
+        let _ = stores.2.wait_until_ready().await;
+        let _ = stores.3.wait_until_ready().await;
+    };
     let controller = Controller::for_stream(triggers, reader)
         .owns(api::<CronJob>(&client, ns), children.clone())
         .owns(api::<PersistentVolumeClaim>(&client, ns), children)
@@ -452,15 +525,13 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
             }
         });
     let controller = async {
-        let _ = pods.wait_until_ready().await;
-        let _ = jobs.wait_until_ready().await;
+        ready.await;
         controller.await
     };
     // The caches live exactly as long as the controller.
     tokio::select! {
         _ = controller => {}
-        _ = pod_cache => {}
-        _ = job_cache => {}
+        _ = caches => {}
     }
     info!("controller stopped");
 }
