@@ -409,7 +409,7 @@ async fn bench_scale(report: &mut String) {
         }
         tokio::time::sleep(Duration::from_secs(3)).await;
         let reconciles = metric(resync.port, "dbbackup_reconciles_total").unwrap_or(0.0);
-        let w = writes(resync.port);
+        let w = writes(resync.port) as u64;
         println!(
             "scale {total}: converged in {took:.1?}, RSS {rss:.1} MiB; resync {reconciles} reconciles, {w} writes"
         );
