@@ -12,6 +12,8 @@
 //! has both. `BENCH_SIZES` (MiB, default `256,2048,4096`), `BENCH_REPS`
 //! (default 5), `BENCH_SCALES` (default `100,1000,3000`) and `BENCH_ONLY`
 //! (`upload`, `dump` or `scale`) narrow a run; the report holds what ran.
+//! `BENCH_UPLOAD_ARGS` adds flags to our uploader (tuning runs, e.g.
+//! `--concurrency=8 --part-size-mib=16`).
 //! Nothing here asserts a timing.
 
 #[path = "../tests/support/mod.rs"]
@@ -155,7 +157,13 @@ async fn bench_upload(report: &mut String) {
                 std::fs::hard_link(&source, &dump).unwrap();
                 let cmd = match *tool {
                     "ours" => {
-                        let (ours, _) = upload_command(&minio, &staging, &UploadOpts::default());
+                        let opts = UploadOpts {
+                            extra_args: std::env::var("BENCH_UPLOAD_ARGS")
+                                .map(|a| a.split_whitespace().map(str::to_string).collect())
+                                .unwrap_or_default(),
+                            ..Default::default()
+                        };
+                        let (ours, _) = upload_command(&minio, &staging, &opts);
                         let mut cmd = Command::new(release_binary());
                         cmd.args(ours.get_args());
                         for (k, v) in ours.get_envs() {
