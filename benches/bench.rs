@@ -234,7 +234,7 @@ async fn bench_upload(report: &mut String) {
     writeln!(
         report,
         "## Upload to the loopback MinIO\n\n{reps} interleaved runs of each tool per size (ours, boto3, awscli, ours, …); medians; \
-         peak RSS is the largest over the runs (`/usr/bin/time`). Ours: default settings (8 MiB parts or larger, 4 in flight, MD5 per part \
+         peak RSS is the largest over the runs (`/usr/bin/time`). Ours: default settings (8 MiB parts or larger, 3 in flight, MD5 per part \
          and SHA-256 of the whole file). boto3 `upload_file` and `aws s3 cp` with their default transfer settings.\n\n\
          | size | ours | boto3 | awscli | ours ÷ boto3 | ours ÷ awscli | peak RSS MiB (ours / boto3 / awscli) |\n\
          | --- | --- | --- | --- | --- | --- | --- |"
