@@ -428,6 +428,29 @@ async fn wait_condition(
     .await
 }
 
+/// Creates or replaces a Secret with the real kubectl, as a user fixing one would.
+fn apply_secret(cp: &ControlPlane, name: &str, pairs: &[(&str, &str)]) {
+    let mut secret = support::operator::secret(name, pairs);
+    secret.metadata.namespace = Some(NS.into());
+    let path = cp.dir().join(format!("{name}.json"));
+    std::fs::write(&path, serde_json::to_string(&secret).unwrap()).unwrap();
+    kubectl(cp, &["apply", "-f", path.to_str().unwrap()]);
+    std::fs::remove_file(&path).unwrap();
+}
+
+/// Waits until the newest line in status contains `needle`.
+async fn wait_last_line(client: &Client, needle: &str) {
+    wait_for(
+        &format!("a last status line with {needle:?}"),
+        Duration::from_secs(60),
+        || async {
+            let s = status_of(client).await;
+            s.log.last().filter(|l| l.contains(needle)).map(|_| ())
+        },
+    )
+    .await
+}
+
 async fn event_reasons(client: &Client) -> Vec<(String, String)> {
     let events: Api<Event> = Api::namespaced(client.clone(), NS);
     events
@@ -452,31 +475,10 @@ async fn failures_show_as_conditions_events_and_log_lines() {
     wait_ready(&backups, "orders", "True", "Reconciled").await;
     let mut kubelet = FakeKubelet::new(&b.client, NS);
     let (_, user, password) = b.db.login();
-    let set_secret = |name: &str, pairs: &[(&str, &str)]| {
-        let mut args = vec![
-            "create",
-            "secret",
-            "generic",
-            name,
-            "-n",
-            NS,
-            "--dry-run=client",
-            "-o",
-            "yaml",
-        ];
-        let literals: Vec<String> = pairs
-            .iter()
-            .map(|(k, v)| format!("--from-literal={k}={v}"))
-            .collect();
-        args.extend(literals.iter().map(String::as_str));
-        let yaml = kubectl(&b.cp, &args);
-        let path = b.cp.dir().join(format!("{name}.yaml"));
-        std::fs::write(&path, yaml).unwrap();
-        kubectl(&b.cp, &["apply", "-f", path.to_str().unwrap()]);
-    };
 
     // A wrong database password.
-    set_secret(
+    apply_secret(
+        &b.cp,
         "db-creds",
         &[("username", &user), ("password", "wrong-password")],
     );
@@ -503,7 +505,11 @@ async fn failures_show_as_conditions_events_and_log_lines() {
     assert!(!line.contains("wrong-password"));
 
     // A missing bucket, once a dump exists.
-    set_secret("db-creds", &[("username", &user), ("password", &password)]);
+    apply_secret(
+        &b.cp,
+        "db-creds",
+        &[("username", &user), ("password", &password)],
+    );
     kubectl(
         &b.cp,
         &[
@@ -520,7 +526,8 @@ async fn failures_show_as_conditions_events_and_log_lines() {
         0
     );
     wait_condition(&b.client, "DumpSucceeded", "True", "DumpCompleted").await;
-    set_secret(
+    apply_secret(
+        &b.cp,
         "s3-creds",
         &[
             ("bucket", "no-such-bucket"),
@@ -581,16 +588,9 @@ async fn failures_show_as_conditions_events_and_log_lines() {
             r#"{"spec":{"activeDeadlineSeconds":1}}"#,
         ],
     );
-    wait_for(
-        "the deadline failure in status",
-        Duration::from_secs(60),
-        || async {
-            let s = status_of(&b.client).await;
-            s.log
-                .last()
-                .filter(|l| l.contains(",database dump failed: job failed: DeadlineExceeded"))
-                .map(|_| ())
-        },
+    wait_last_line(
+        &b.client,
+        ",database dump failed: job failed: DeadlineExceeded",
     )
     .await;
 
@@ -699,15 +699,11 @@ async fn no_secret_value_appears_in_logs_status_events_or_specs() {
     let (_, user, password) = b.db.login();
     let wrong_db = format!("dbWRONG{}", support::minio::random_token(20));
     let wrong_s3 = format!("s3WRONG{}", support::minio::random_token(20));
-    let put_secret = |name: &str, pairs: &[(&str, &str)]| {
-        let mut s = support::operator::secret(name, pairs);
-        s.metadata.namespace = Some(NS.into());
-        let path = b.cp.dir().join(format!("{name}.json"));
-        std::fs::write(&path, serde_json::to_string(&s).unwrap()).unwrap();
-        kubectl(&b.cp, &["apply", "-f", path.to_str().unwrap()]);
-        std::fs::remove_file(&path).unwrap();
-    };
-    put_secret("db-creds", &[("username", &user), ("password", &wrong_db)]);
+    apply_secret(
+        &b.cp,
+        "db-creds",
+        &[("username", &user), ("password", &wrong_db)],
+    );
     kubectl(
         &b.cp,
         &[
@@ -720,7 +716,11 @@ async fn no_secret_value_appears_in_logs_status_events_or_specs() {
         ],
     );
     outputs.extend(kubelet.run_pods(1, Duration::from_secs(60)).await);
-    put_secret("db-creds", &[("username", &user), ("password", &password)]);
+    apply_secret(
+        &b.cp,
+        "db-creds",
+        &[("username", &user), ("password", &password)],
+    );
     kubectl(
         &b.cp,
         &[
@@ -733,7 +733,8 @@ async fn no_secret_value_appears_in_logs_status_events_or_specs() {
         ],
     );
     outputs.extend(kubelet.run_pods(1, Duration::from_secs(60)).await);
-    put_secret(
+    apply_secret(
+        &b.cp,
         "s3-creds",
         &[
             ("bucket", BUCKET),
@@ -758,18 +759,7 @@ async fn no_secret_value_appears_in_logs_status_events_or_specs() {
         outputs.iter().map(|p| p.exit_code == 0).collect::<Vec<_>>(),
         [false, true, false]
     );
-    wait_for(
-        "the failed upload in status",
-        Duration::from_secs(30),
-        || async {
-            let s = status_of(&b.client).await;
-            s.log
-                .last()
-                .filter(|l| l.contains("upload failed: "))
-                .map(|_| ())
-        },
-    )
-    .await;
+    wait_last_line(&b.client, "upload failed: ").await;
 
     let mut scanned = vec![
         ("operator log", operator.log()),
