@@ -109,12 +109,15 @@ for b in mariadbd mariadb-install-db mariadb mariadb-dump mariadb-admin; do
 done
 
 # --- Report ----------------------------------------------------------------
+# First lines only, taken without `| head`: under pipefail a tool killed by
+# SIGPIPE when head exits early would fail the install at random.
+first_line() { local out; out=$("$@"); printf '%s\n' "${out%%$'\n'*}"; }
 echo "test bed binaries in $BIN:"
 "$BIN/kube-apiserver" --version
 "$BIN/kube-controller-manager" --version
-"$BIN/etcd" --version | head -n1
-echo "minio $MINIO_VERSION: $("$BIN/minio" --version | head -n1)"
+first_line "$BIN/etcd" --version
+echo "minio $MINIO_VERSION: $(first_line "$BIN/minio" --version)"
 "$BIN/helm" version --short
-"$BIN/kubectl" version --client | head -n1
+first_line "$BIN/kubectl" version --client
 "$BIN/postgres" --version
 "$BIN/mariadbd" --version
