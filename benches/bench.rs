@@ -53,33 +53,15 @@ fn median(xs: &[f64]) -> f64 {
 
 /// Runs `cmd` under GNU time; returns (wall seconds, peak RSS in MiB).
 fn timed(cmd: &Command) -> (f64, f64) {
-    let mut t = Command::new("/usr/bin/time");
-    t.arg("-f").arg("maxrss_kib=%M").arg(cmd.get_program());
-    t.args(cmd.get_args());
-    t.env_clear();
-    for (k, v) in cmd.get_envs() {
-        if let Some(v) = v {
-            t.env(k, v);
-        }
-    }
-    let start = Instant::now();
-    let out = t.output().expect("run /usr/bin/time");
-    let secs = start.elapsed().as_secs_f64();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (out, took, kib) = process::run_measured(Path::new(cmd.get_program()), cmd);
     assert!(
         out.status.success(),
-        "{:?} failed:\n{}{stderr}",
+        "{:?} failed:\n{}{}",
         cmd.get_program(),
-        String::from_utf8_lossy(&out.stdout)
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
-    let kib: f64 = stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("maxrss_kib="))
-        .expect("time printed maxrss")
-        .trim()
-        .parse()
-        .unwrap();
-    (secs, kib / 1024.0)
+    (took.as_secs_f64(), kib as f64 / 1024.0)
 }
 
 fn release_binary() -> PathBuf {

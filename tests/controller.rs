@@ -12,14 +12,6 @@ use std::time::Duration;
 use support::operator::*;
 use support::*;
 
-async fn setup(ns: &str) -> (ControlPlane, Client) {
-    let cp = ControlPlane::start().await;
-    let client = cp.client().await;
-    install_crd(&client).await;
-    create_namespace(&client, ns, &[]).await;
-    (cp, client)
-}
-
 async fn get_cronjob(client: &Client, ns: &str, name: &str) -> Option<CronJob> {
     Api::<CronJob>::namespaced(client.clone(), ns)
         .get_opt(name)

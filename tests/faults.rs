@@ -265,23 +265,7 @@ async fn a_store_that_rejects_checksums_still_gets_the_dump() {
     let proxy = FaultProxy::start(&minio.endpoint, faultproxy::reject_checksums()).await;
 
     // The store really refuses what the SDK sends by default…
-    let default_client = {
-        let creds = aws_sdk_s3::config::Credentials::new(
-            &minio.access_key,
-            &minio.secret_key,
-            None,
-            None,
-            "test",
-        );
-        let config = aws_sdk_s3::config::Builder::new()
-            .behavior_version_latest()
-            .region(aws_sdk_s3::config::Region::new("us-east-1"))
-            .endpoint_url(&proxy.endpoint)
-            .force_path_style(true)
-            .credentials_provider(creds)
-            .build();
-        aws_sdk_s3::Client::from_conf(config)
-    };
+    let default_client = minio.s3_client_at(&proxy.endpoint);
     let refused = default_client
         .put_object()
         .bucket(BUCKET)
@@ -331,18 +315,7 @@ async fn a_5xx_in_the_middle_of_a_multipart_upload_keeps_the_dump_and_aborts() {
     );
     assert!(line.contains("InternalError"), "{line}");
     assert!(proxy.rejected() >= 1);
-    let s3 = minio.s3_client().await;
-    let pending = s3
-        .list_multipart_uploads()
-        .bucket(BUCKET)
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        pending.uploads().is_empty(),
-        "orphans: {:?}",
-        pending.uploads()
-    );
+    assert_no_pending_uploads(&minio).await;
     assert!(bucket_keys(&minio).await.is_empty(), "no object on failure");
 
     // The store recovers: the next run uploads the kept dump, once.

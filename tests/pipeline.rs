@@ -467,19 +467,7 @@ async fn minio_stopped_mid_upload_keeps_the_dump_and_the_next_run_uploads_it_onc
     assert_eq!(head.content_length(), Some(600 * 1024 * 1024));
     assert!(!dump.exists());
     // The interrupted run's multipart upload was aborted by the next run.
-    let pending = minio
-        .s3_client()
-        .await
-        .list_multipart_uploads()
-        .bucket(BUCKET)
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        pending.uploads().is_empty(),
-        "orphan multipart uploads: {:?}",
-        pending.uploads()
-    );
+    assert_no_pending_uploads(&minio).await;
     staging.assert_log_format();
 }
 
@@ -610,30 +598,13 @@ async fn one_gib_dump_uploads_with_bounded_memory() {
     let (cmd, termlog) = upload_command(&minio, &staging, &UploadOpts::default());
     // Memory is a property of the shipped (release) binary; tests/run.sh builds it.
     let release = release_binary();
-    // GNU time reports the child's peak RSS in KiB.
-    let mut timed = std::process::Command::new("/usr/bin/time");
-    timed
-        .arg("-f")
-        .arg("maxrss_kib=%M")
-        .arg(&release)
-        .args(cmd.get_args());
-    timed.env_clear();
-    for (k, v) in cmd.get_envs() {
-        if let Some(v) = v {
-            timed.env(k, v);
-        }
-    }
-    let out = timed.output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let (out, _, kib) = support::process::run_measured(&release, &cmd);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let _ = std::fs::remove_file(termlog);
-    let kib: u64 = stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("maxrss_kib="))
-        .expect("time printed maxrss")
-        .trim()
-        .parse()
-        .unwrap();
     println!(
         "uploader peak RSS for a 1 GiB dump: {:.1} MiB",
         kib as f64 / 1024.0

@@ -13,15 +13,6 @@ use kube::api::{Api, ApiResource, DynamicObject, ListParams, ObjectMeta, PostPar
 use kube::{Client, ResourceExt};
 use std::time::{Duration, Instant};
 use support::operator::*;
-use support::*;
-
-async fn setup(ns: &str) -> (ControlPlane, Client) {
-    let cp = ControlPlane::start().await;
-    let client = cp.client().await;
-    install_crd(&client).await;
-    create_namespace(&client, ns, &[]).await;
-    (cp, client)
-}
 
 /// Waits for a Warning Event with `reason` on the resource `name`.
 async fn warning_event(client: &Client, ns: &str, name: &str, reason: &str) -> Event {

@@ -155,6 +155,23 @@ fn to_chrono(t: &Time) -> chrono::DateTime<chrono::Utc> {
         .unwrap_or_default()
 }
 
+/// The result of a step that could not report one itself.
+fn failure(step: Step, finished: &Time, tz: chrono_tz::Tz, cause: &str) -> JobResult {
+    let verb = match step {
+        Step::Dump => "database dump failed",
+        Step::Upload => "upload failed",
+    };
+    let when = to_chrono(finished).with_timezone(&tz);
+    JobResult {
+        step,
+        outcome: Outcome::Failed,
+        key: None,
+        size: None,
+        sha256: None,
+        log: LogLine::at(&when, &format!("{verb}: {cause}")).to_string(),
+    }
+}
+
 /// The report of a finished pod, or None while it runs. A pod that died without
 /// writing its result (OOM, deadline, missing tool) still gets a failure line.
 pub fn pod_report(pod: &Pod, tz: chrono_tz::Tz) -> Option<PodReport> {
@@ -197,19 +214,7 @@ pub fn pod_report(pod: &Pod, tz: chrono_tz::Tz) -> Option<PodReport> {
                     .unwrap_or_else(|| "unknown reason".into())
             ),
         };
-        let verb = match step {
-            Step::Dump => "database dump failed",
-            Step::Upload => "upload failed",
-        };
-        let when = to_chrono(&finished).with_timezone(&tz);
-        JobResult {
-            step,
-            outcome: Outcome::Failed,
-            key: None,
-            size: None,
-            sha256: None,
-            log: LogLine::at(&when, &format!("{verb}: {cause}")).to_string(),
-        }
+        failure(step, &finished, tz, &cause)
     });
     Some(PodReport {
         uid: pod.uid()?,
@@ -248,28 +253,16 @@ pub fn job_report(job: &Job, tz: chrono_tz::Tz) -> Option<PodReport> {
         .last_transition_time
         .clone()
         .or_else(|| job.metadata.creation_timestamp.clone())?;
-    let verb = match step {
-        Step::Dump => "database dump failed",
-        Step::Upload => "upload failed",
-    };
     let cause = match (&failed.reason, &failed.message) {
         (Some(r), Some(m)) => format!("job failed: {r}: {m}"),
         (Some(r), None) => format!("job failed: {r}"),
         _ => "job failed".to_string(),
     };
-    let when = to_chrono(&finished).with_timezone(&tz);
     Some(PodReport {
         uid: job.uid()?,
         step,
+        result: failure(step, &finished, tz, &cause),
         finished,
-        result: JobResult {
-            step,
-            outcome: Outcome::Failed,
-            key: None,
-            size: None,
-            sha256: None,
-            log: LogLine::at(&when, &format!("{verb}: {cause}")).to_string(),
-        },
         run_now: None,
         job: None,
     })

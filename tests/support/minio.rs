@@ -106,6 +106,12 @@ impl Minio {
 
     /// An aws-sdk-s3 client for this server: custom endpoint, path-style addressing.
     pub async fn s3_client(&self) -> aws_sdk_s3::Client {
+        self.s3_client_at(&self.endpoint)
+    }
+
+    /// A client with the SDK's default settings (request checksums included)
+    /// and this server's credentials, sent to `endpoint`.
+    pub fn s3_client_at(&self, endpoint: &str) -> aws_sdk_s3::Client {
         let creds = aws_sdk_s3::config::Credentials::new(
             &self.access_key,
             &self.secret_key,
@@ -116,7 +122,7 @@ impl Minio {
         let config = aws_sdk_s3::Config::builder()
             .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
             .region(aws_sdk_s3::config::Region::new("us-east-1"))
-            .endpoint_url(&self.endpoint)
+            .endpoint_url(endpoint)
             .force_path_style(true)
             .credentials_provider(creds)
             .build();

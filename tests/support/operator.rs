@@ -77,6 +77,15 @@ impl Drop for RunningOperator {
     }
 }
 
+/// A control plane with the CRD installed and namespace `ns` created.
+pub async fn setup(ns: &str) -> (super::ControlPlane, Client) {
+    let cp = super::ControlPlane::start().await;
+    let client = cp.client().await;
+    install_crd(&client).await;
+    create_namespace(&client, ns, &[]).await;
+    (cp, client)
+}
+
 pub async fn create_namespace(client: &Client, name: &str, labels: &[(&str, &str)]) {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let labels: BTreeMap<String, String> = labels

@@ -266,6 +266,23 @@ pub async fn bucket_keys(minio: &Minio) -> Vec<String> {
     keys
 }
 
+/// Asserts no multipart upload is left open in the bucket (every failure aborts its own).
+pub async fn assert_no_pending_uploads(minio: &Minio) {
+    let pending = minio
+        .s3_client()
+        .await
+        .list_multipart_uploads()
+        .bucket(BUCKET)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        pending.uploads().is_empty(),
+        "orphan multipart uploads: {:?}",
+        pending.uploads()
+    );
+}
+
 pub async fn create_bucket(minio: &Minio) {
     minio
         .s3_client()

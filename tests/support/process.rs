@@ -173,3 +173,31 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
         .unwrap_or_default();
     Some((code, body))
 }
+
+/// Runs `program` with `cmd`'s args and environment under GNU time; returns the
+/// output, the wall time and the peak RSS in KiB.
+pub fn run_measured(program: &Path, cmd: &Command) -> (std::process::Output, Duration, u64) {
+    let mut timed = Command::new("/usr/bin/time");
+    timed
+        .arg("-f")
+        .arg("maxrss_kib=%M")
+        .arg(program)
+        .args(cmd.get_args());
+    timed.env_clear();
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            timed.env(k, v);
+        }
+    }
+    let start = Instant::now();
+    let out = timed
+        .output()
+        .expect("run /usr/bin/time (Debian package time)");
+    let took = start.elapsed();
+    let kib = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .find_map(|l| l.strip_prefix("maxrss_kib="))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("time printed no maxrss: {out:?}"));
+    (out, took, kib)
+}
