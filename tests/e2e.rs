@@ -646,27 +646,22 @@ async fn operator_killed_mid_reconcile_and_apiserver_restarted_converge() {
     b.cp.restart_apiserver().await;
 
     let _op = RunningOperator::start(&b.client);
-    let dump = kubelet.run_pods(1, Duration::from_secs(60)).await.remove(0);
-    assert_eq!(
-        (dump.step.as_str(), dump.exit_code),
-        ("dump", 0),
-        "{}",
-        dump.output
-    );
-    let upload = kubelet.run_pods(1, Duration::from_secs(60)).await.remove(0);
-    assert_eq!(
-        (upload.step.as_str(), upload.exit_code),
-        ("upload", 0),
-        "{}",
-        upload.output
-    );
-    status_latency(&b.client, &upload).await;
+    // A pod create cut off by the restart can leave the Job controller with a
+    // second pod for the same Job; each pod that runs is reported once.
+    let mut ran: Vec<RanPod> = vec![];
+    while !ran.iter().any(|p| p.step == "upload") {
+        let pod = kubelet.run_pods(1, Duration::from_secs(60)).await.remove(0);
+        assert_eq!(pod.exit_code, 0, "{} {}", pod.step, pod.output);
+        ran.push(pod);
+    }
+    status_latency(&b.client, ran.last().unwrap()).await;
     let status = status_of(&b.client).await;
     assert_eq!(status.last_run_now.as_deref(), Some("second"));
     assert_eq!(run_now_jobs().await, before + 1, "the request ran twice");
+    let dumps = ran.iter().filter(|p| p.step == "dump").count();
     assert_eq!(
         count(&status.log, "database dump completed"),
-        2,
+        1 + dumps,
         "{:?}",
         status.log
     );
@@ -676,7 +671,7 @@ async fn operator_killed_mid_reconcile_and_apiserver_restarted_converge() {
         "{:?}",
         status.log
     );
-    assert_eq!(status.log.len(), 4, "{:?}", status.log);
+    assert_eq!(status.log.len(), 2 + ran.len(), "{:?}", status.log);
     assert_eq!(bucket_keys(&b.minio).await.len(), 2);
 }
 
