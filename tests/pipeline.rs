@@ -66,7 +66,12 @@ impl Server {
 
 fn dump_ok(src: &Source, staging: &Staging, compression: Compression) {
     let run = run_dump(src, staging, compression);
-    assert!(run.succeeded(), "dump failed: {}", run.text());
+    assert!(
+        run.succeeded(),
+        "dump failed: {}{:?}",
+        run.text(),
+        run.result
+    );
     let result = run.result.expect("dump wrote its termination log");
     assert_eq!(result.outcome, Outcome::Succeeded);
     assert!(
