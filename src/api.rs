@@ -110,6 +110,36 @@ pub struct DatabaseBackupSpec {
     /// Settings applied to the pods of both jobs.
     #[serde(default)]
     pub jobs: JobSettings,
+
+    /// Which uploaded dumps to keep. Unset keeps them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionSpec>,
+}
+
+/// A retention policy, applied by the upload job right after a confirmed upload
+/// (never after a failed one), to the dumps under this resource's prefix only.
+/// A dump is kept when either rule keeps it, and the newest dump is always kept.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = cel(&[(
+    "has(self.keepLast) || has(self.maxAge)",
+    "set keepLast, maxAge or both"
+)])))]
+pub struct RetentionSpec {
+    /// Keep the newest N dumps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub keep_last: Option<i32>,
+    /// Keep dumps younger than this: whole days, hours or minutes, such as 30d,
+    /// 12h or 1d12h. A dump's age counts from the end of the date in its key, or
+    /// from its upload if earlier, so no dump goes before its time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 16))]
+    #[schemars(extend("x-kubernetes-validations" = cel(&[(
+        "self.matches('^([0-9]{1,6}[dhm])+$')",
+        "must be an age in days, hours or minutes, such as 30d, 12h or 1d12h"
+    )])))]
+    pub max_age: Option<String>,
 }
 
 fn default_time_zone() -> String {

@@ -1,7 +1,10 @@
 //! The one-line JSON each job writes to its termination log, and the operator reads.
-//! Kubernetes keeps at most 4096 bytes of it; ours stays far below.
+//! Kubernetes keeps at most 4096 bytes of it; writers keep within `MAX_BYTES`.
 
 use serde::{Deserialize, Serialize};
+
+/// What a result may take of the 4096 bytes Kubernetes keeps.
+pub const MAX_BYTES: usize = 4000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -34,9 +37,36 @@ pub struct JobResult {
     pub sha256: Option<String>,
     /// The log line this run appended, `<date>,<time>,<message>`.
     pub log: String,
+    /// Further lines after `log`, such as the keys retention pruned.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_log: Vec<String>,
 }
 
 impl JobResult {
+    /// Drops trailing `more_log` lines until the JSON fits in `MAX_BYTES`, and
+    /// says how many went; the per-day log files on the volume keep them all.
+    pub fn fit(&mut self) {
+        let fits = |r: &JobResult| serde_json::to_string(r).map_or(true, |s| s.len() <= MAX_BYTES);
+        if fits(self) {
+            return;
+        }
+        let all = std::mem::take(&mut self.more_log);
+        // The summary line takes the date and time of the last line it stands for.
+        let stamp = all.last().map_or(String::new(), |l| {
+            l.splitn(3, ',').take(2).collect::<Vec<_>>().join(",")
+        });
+        for shown in (0..all.len()).rev() {
+            self.more_log = all[..shown].to_vec();
+            self.more_log.push(format!(
+                "{stamp},{} more lines are in the log file on the staging volume",
+                all.len() - shown
+            ));
+            if fits(self) {
+                return;
+            }
+        }
+    }
+
     /// Parses a termination message; `None` for anything else (such as the log
     /// tail Kubernetes substitutes when a container died before writing one).
     pub fn parse(message: &str) -> Option<JobResult> {
@@ -69,9 +99,38 @@ mod tests {
             size: Some(10),
             sha256: Some("ab".into()),
             log: "2026-11-25,03:05:00,file successfully uploaded".into(),
+            more_log: vec!["2026-11-25,03:05:01,retention pruned 2026-11-20/datadump1.sql".into()],
         };
         let text = serde_json::to_string(&r).unwrap();
         assert_eq!(JobResult::parse(&text), Some(r));
+    }
+
+    #[test]
+    fn long_results_fit_in_a_termination_message() {
+        let mut r = JobResult {
+            step: Step::Upload,
+            outcome: Outcome::Succeeded,
+            key: Some("k".into()),
+            size: None,
+            sha256: None,
+            log: "2026-11-25,03:05:00,file successfully uploaded".into(),
+            more_log: (0..200)
+                .map(|i| format!("2026-11-25,03:05:01,retention pruned p/2026-01-01/datadump{i}.sql"))
+                .collect(),
+        };
+        r.fit();
+        let text = serde_json::to_string(&r).unwrap();
+        assert!(text.len() <= MAX_BYTES, "{}", text.len());
+        let last = r.more_log.last().unwrap();
+        let shown = r.more_log.len() - 1;
+        assert_eq!(
+            last,
+            &format!(
+                "2026-11-25,03:05:01,{} more lines are in the log file on the staging volume",
+                200 - shown
+            )
+        );
+        assert!(r.more_log[0].ends_with("datadump0.sql"));
     }
 
     #[test]

@@ -357,6 +357,14 @@ pub fn upload_cronjob(db: &DatabaseBackup, settings: &Settings) -> CronJob {
     if bucket.create_bucket {
         args.push("--create-bucket".into());
     }
+    if let Some(retention) = &spec.retention {
+        if let Some(n) = retention.keep_last {
+            args.push(format!("--keep-last={n}"));
+        }
+        if let Some(age) = &retention.max_age {
+            args.push(format!("--max-age={age}"));
+        }
+    }
     let mut env = vec![
         match &bucket.name {
             Some(name) => plain_env("DBBACKUP_BUCKET", name),
@@ -560,7 +568,8 @@ mod tests {
                 "bucket": { "name": "team-backups", "prefix": "", "region": "eu-west-3",
                             "caBundle": { "name": "corp-ca" } },
                 "database": { "port": 6432 },
-                "jobs": { "nodeSelector": { "disk": "ssd" } }
+                "jobs": { "nodeSelector": { "disk": "ssd" } },
+                "retention": { "keepLast": 7, "maxAge": "30d" }
             }),
         );
         assert_golden("postgres-children.yaml", &children_yaml(&db));

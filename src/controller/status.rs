@@ -169,6 +169,7 @@ fn failure(step: Step, finished: &Time, tz: chrono_tz::Tz, cause: &str) -> JobRe
         size: None,
         sha256: None,
         log: LogLine::at(&when, &format!("{verb}: {cause}")).to_string(),
+        more_log: vec![],
     }
 }
 
@@ -300,6 +301,7 @@ pub fn record_reports(
             status.processed_pods.push(job.clone());
         }
         status.log.push(r.result.log.clone());
+        status.log.extend(r.result.more_log.iter().cloned());
         let message = r
             .result
             .log

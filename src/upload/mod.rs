@@ -7,6 +7,7 @@
 //! failure keeps the dump for the next run and exits non-zero.
 
 pub mod keys;
+pub mod retention;
 pub mod s3;
 
 use crate::jobresult::{JobResult, Outcome, Step};
@@ -60,6 +61,12 @@ pub struct UploadArgs {
     /// where hashing every byte (MD5 per part, SHA-256 of the file) is the limit.
     #[arg(long, default_value_t = 3, hide = true)]
     pub concurrency: usize,
+    /// Retention: after a confirmed upload, keep only the newest N dumps under the prefix.
+    #[arg(long)]
+    pub keep_last: Option<usize>,
+    /// Retention: after a confirmed upload, keep only dumps younger than this (30d, 12h, 1d12h).
+    #[arg(long, value_parser = retention::parse_age)]
+    pub max_age: Option<chrono::Duration>,
 }
 
 /// A staged dump ready for upload.
@@ -109,7 +116,8 @@ fn append_log(staging: &Path, tz: Tz, message: &str) -> LogLine {
     line
 }
 
-fn write_result(path: &Path, result: &JobResult) {
+fn write_result(path: &Path, result: &mut JobResult) {
+    result.fit();
     let json = serde_json::to_string(result).expect("a JobResult serializes");
     if let Err(e) = std::fs::write(path, json + "\n") {
         warn!(path = %path.display(), error = %e, "cannot write the termination log");
@@ -156,7 +164,7 @@ pub async fn run(args: UploadArgs) -> i32 {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024);
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
-    let (result, code) = match upload(&args).await {
+    let (mut result, code) = match upload(&args).await {
         Ok(result) => (result, 0),
         Err(message) => {
             let line = append_log(
@@ -172,11 +180,12 @@ pub async fn run(args: UploadArgs) -> i32 {
                 size: None,
                 sha256: None,
                 log: line.to_string(),
+                more_log: vec![],
             };
             (result, 1)
         }
     };
-    write_result(&args.termination_log, &result);
+    write_result(&args.termination_log, &mut result);
     code
 }
 
@@ -194,6 +203,7 @@ async fn upload(args: &UploadArgs) -> Result<JobResult, String> {
             size: None,
             sha256: None,
             log: line.to_string(),
+            more_log: vec![],
         });
     };
     if staged.size == 0 {
@@ -289,6 +299,11 @@ async fn upload(args: &UploadArgs) -> Result<JobResult, String> {
         }
         let line = append_log(&args.staging_dir, tz, logline::UPLOADED);
         info!(%key, size = written.size, sha256 = %written.sha256, "{line}");
+        let policy = retention::Policy {
+            keep_last: args.keep_last,
+            max_age: args.max_age,
+        };
+        let more_log = prune(&client, args, policy, &key).await;
         return Ok(JobResult {
             step: Step::Upload,
             outcome: Outcome::Succeeded,
@@ -296,9 +311,49 @@ async fn upload(args: &UploadArgs) -> Result<JobResult, String> {
             size: Some(written.size),
             sha256: Some(written.sha256),
             log: line.to_string(),
+            more_log,
         });
     }
     Err(format!(
         "no free key under {folder} after {MAX_KEY_ATTEMPTS} attempts"
     ))
+}
+
+/// Applies the retention policy after a confirmed upload of `uploaded`, and
+/// returns the log lines it wrote. A failure here is logged and leaves the
+/// upload a success: the dump is safe, and the next run prunes again.
+async fn prune(
+    client: &aws_sdk_s3::Client,
+    args: &UploadArgs,
+    policy: retention::Policy,
+    uploaded: &str,
+) -> Vec<String> {
+    if !policy.is_set() {
+        return vec![];
+    }
+    let log = |message: String| {
+        let line = append_log(&args.staging_dir, args.time_zone, &message);
+        info!("{line}");
+        line.to_string()
+    };
+    let objects = match s3::list_objects(client, &args.bucket, &args.prefix).await {
+        Ok(objects) => objects,
+        Err(e) => return vec![log(format!("retention skipped: cannot list the dumps: {e}"))],
+    };
+    let doomed = retention::to_prune(
+        &args.prefix,
+        &objects,
+        policy,
+        Utc::now(),
+        args.time_zone,
+        uploaded,
+    );
+    s3::delete_keys(client, &args.bucket, &doomed)
+        .await
+        .into_iter()
+        .map(|(key, outcome)| match outcome {
+            Ok(()) => log(format!("retention pruned {key}")),
+            Err(e) => log(format!("retention cannot prune {key}: {e}")),
+        })
+        .collect()
 }

@@ -162,24 +162,104 @@ pub async fn client(settings: &StoreSettings) -> Result<Client, String> {
     Ok(Client::from_conf(config.build()))
 }
 
-/// Every key under `prefix`, following continuation tokens past 1,000 keys.
-pub async fn list_keys(client: &Client, bucket: &str, prefix: &str) -> Result<Vec<String>, String> {
+/// Every object under `prefix`, following continuation tokens past 1,000 keys.
+pub async fn list_objects(
+    client: &Client,
+    bucket: &str,
+    prefix: &str,
+) -> Result<Vec<super::retention::Listed>, String> {
     let mut pages = client
         .list_objects_v2()
         .bucket(bucket)
         .prefix(prefix)
         .into_paginator()
         .send();
-    let mut keys = vec![];
+    let mut objects = vec![];
     while let Some(page) = pages.next().await {
         let page = page.map_err(|e| describe(&e))?;
-        keys.extend(
-            page.contents()
-                .iter()
-                .filter_map(|o| o.key().map(str::to_string)),
-        );
+        objects.extend(page.contents().iter().filter_map(|o| {
+            Some(super::retention::Listed {
+                key: o.key()?.to_string(),
+                last_modified: o
+                    .last_modified()
+                    .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())),
+            })
+        }));
     }
-    Ok(keys)
+    Ok(objects)
+}
+
+/// Every key under `prefix`.
+pub async fn list_keys(client: &Client, bucket: &str, prefix: &str) -> Result<Vec<String>, String> {
+    Ok(list_objects(client, bucket, prefix)
+        .await?
+        .into_iter()
+        .map(|o| o.key)
+        .collect())
+}
+
+/// Deletes `keys`, 1,000 per DeleteObjects request, one by one where the store
+/// refuses bulk deletes. Returns each key with the error that kept it, if any.
+pub async fn delete_keys(
+    client: &Client,
+    bucket: &str,
+    keys: &[String],
+) -> Vec<(String, Result<(), String>)> {
+    let mut results = vec![];
+    for chunk in keys.chunks(1000) {
+        match delete_bulk(client, bucket, chunk).await {
+            Ok(failed) => results.extend(chunk.iter().map(|k| {
+                let outcome = failed.iter().find(|(f, _)| f == k).map(|(_, e)| e.clone());
+                (k.clone(), outcome.map_or(Ok(()), Err))
+            })),
+            Err(e) => {
+                tracing::warn!(error = %e, "bulk delete refused; deleting one by one");
+                for key in chunk {
+                    let one = client.delete_object().bucket(bucket).key(key).send().await;
+                    results.push((key.clone(), one.map(|_| ()).map_err(|e| describe(&e))));
+                }
+            }
+        }
+    }
+    results
+}
+
+/// One DeleteObjects request: the keys it could not delete, or why the request failed.
+async fn delete_bulk(
+    client: &Client,
+    bucket: &str,
+    keys: &[String],
+) -> Result<Vec<(String, String)>, String> {
+    use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+    let objects = keys
+        .iter()
+        .map(|k| ObjectIdentifier::builder().key(k).build())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    let delete = Delete::builder()
+        .set_objects(Some(objects))
+        .quiet(true)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let out = client
+        .delete_objects()
+        .bucket(bucket)
+        .delete(delete)
+        .send()
+        .await
+        .map_err(|e| describe(&e))?;
+    Ok(out
+        .errors()
+        .iter()
+        .map(|e| {
+            let why = match (e.code(), e.message()) {
+                (Some(c), Some(m)) => format!("{c}: {m}"),
+                (Some(c), None) => c.to_string(),
+                _ => "not deleted".into(),
+            };
+            (e.key().unwrap_or_default().to_string(), why)
+        })
+        .collect())
 }
 
 pub async fn object_exists(client: &Client, bucket: &str, key: &str) -> Result<bool, String> {
