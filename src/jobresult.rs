@@ -115,7 +115,9 @@ mod tests {
             sha256: None,
             log: "2026-11-25,03:05:00,file successfully uploaded".into(),
             more_log: (0..200)
-                .map(|i| format!("2026-11-25,03:05:01,retention pruned p/2026-01-01/datadump{i}.sql"))
+                .map(|i| {
+                    format!("2026-11-25,03:05:01,retention pruned p/2026-01-01/datadump{i}.sql")
+                })
                 .collect(),
         };
         r.fit();

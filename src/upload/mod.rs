@@ -338,7 +338,11 @@ async fn prune(
     };
     let objects = match s3::list_objects(client, &args.bucket, &args.prefix).await {
         Ok(objects) => objects,
-        Err(e) => return vec![log(format!("retention skipped: cannot list the dumps: {e}"))],
+        Err(e) => {
+            return vec![log(format!(
+                "retention skipped: cannot list the dumps: {e}"
+            ))];
+        }
     };
     let doomed = retention::to_prune(
         &args.prefix,

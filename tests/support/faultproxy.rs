@@ -146,3 +146,25 @@ pub fn fail_part(n: u32) -> Rule {
             .then_some((StatusCode::INTERNAL_SERVER_ERROR, "InternalError"))
     })
 }
+
+/// Answers 500 to every object write (PUT), as a store in trouble would.
+pub fn fail_puts() -> Rule {
+    Arc::new(|parts| {
+        (parts.method == http::Method::PUT)
+            .then_some((StatusCode::INTERNAL_SERVER_ERROR, "InternalError"))
+    })
+}
+
+/// Refuses DeleteObjects (POST ?delete), as stores without bulk delete do.
+pub fn refuse_bulk_delete() -> Rule {
+    Arc::new(|parts| {
+        let bulk = parts
+            .uri
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .any(|kv| kv == "delete" || kv == "delete=");
+        (parts.method == http::Method::POST && bulk)
+            .then_some((StatusCode::NOT_IMPLEMENTED, "NotImplemented"))
+    })
+}

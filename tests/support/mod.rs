@@ -2,6 +2,7 @@
 //! Each server is a value; dropping it kills the process and removes its directory.
 #![allow(dead_code, unused_imports)]
 
+pub mod bed;
 pub mod controlplane;
 pub mod databases;
 pub mod faultproxy;

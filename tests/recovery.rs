@@ -1,0 +1,262 @@
+//! Retention and restore, with the real apiserver, kube-controller-manager,
+//! MinIO and databases, and the stand-in kubelet running each pod as its spec says.
+
+mod support;
+
+use chrono::{Duration as Days, Utc};
+use std::time::Duration;
+use support::bed::*;
+use support::faultproxy::{self, FaultProxy};
+use support::kubelet::FakeKubelet;
+use support::operator::*;
+use support::pipeline::*;
+use support::*;
+
+use dbbackup_operator::api::{DatabaseBackup, Engine};
+use kube::api::Api;
+
+/// The date folder `days` before today (UTC).
+fn days_ago(days: i64) -> String {
+    (Utc::now() - Days::days(days))
+        .format("%Y-%m-%d")
+        .to_string()
+}
+
+async fn put(minio: &Minio, key: &str) {
+    minio
+        .s3_client()
+        .await
+        .put_object()
+        .bucket(BUCKET)
+        .key(key)
+        .body(format!("-- {key}\n").into_bytes().into())
+        .send()
+        .await
+        .unwrap();
+}
+
+/// Keys no retention policy of ours may touch: other names, other prefixes.
+fn foreign_keys() -> Vec<String> {
+    vec![
+        format!("{}/datadump1.sql.bak", days_ago(30)),
+        format!("{}/notes.txt", days_ago(30)),
+        format!("other/{}/datadump1.sql", days_ago(30)),
+    ]
+}
+
+/// Seeds dumps `days` ago (index 1 each) and the foreign keys.
+async fn seed(minio: &Minio, days: &[i64]) -> Vec<String> {
+    let mut ours = vec![];
+    for d in days {
+        let key = format!("{}/datadump1.sql", days_ago(*d));
+        put(minio, &key).await;
+        ours.push(key);
+    }
+    for key in foreign_keys() {
+        put(minio, &key).await;
+    }
+    ours
+}
+
+fn sorted(mut keys: Vec<String>) -> Vec<String> {
+    keys.sort();
+    keys
+}
+
+fn pruned_lines(log: &[String]) -> Vec<String> {
+    log.iter()
+        .filter_map(|l| {
+            l.split_once(",retention pruned ")
+                .map(|(_, k)| k.to_string())
+        })
+        .collect()
+}
+
+async fn ready_bed(engine: Engine, retention: &str) -> (Bed, RunningOperator, FakeKubelet) {
+    let b = bed(engine).await;
+    let op = RunningOperator::start(&b.client);
+    apply_backup_with(&b, retention);
+    let backups: Api<DatabaseBackup> = Api::namespaced(b.client.clone(), NS);
+    wait_ready(&backups, "orders", "True", "Reconciled").await;
+    let kubelet = FakeKubelet::new(&b.client, NS);
+    (b, op, kubelet)
+}
+
+#[tokio::test]
+async fn keep_three_leaves_exactly_the_three_newest() {
+    let (b, _op, mut kubelet) = ready_bed(Engine::Mariadb, "  retention:\n    keepLast: 3\n").await;
+    let seeded = seed(&b.minio, &[10, 9, 8, 7]).await;
+
+    backup_now(&b, &mut kubelet, "first", &mut vec![]).await;
+    let first = format!("{}/datadump1.sql", today());
+    let mut want = vec![first.clone(), seeded[2].clone(), seeded[3].clone()];
+    want.extend(foreign_keys());
+    assert_eq!(bucket_keys(&b.minio).await, sorted(want));
+    let status = status_of(&b.client).await;
+    assert_eq!(pruned_lines(&status.log), seeded[..2], "{:?}", status.log);
+
+    backup_now(&b, &mut kubelet, "second", &mut vec![]).await;
+    let second = format!("{}/datadump2.sql", today());
+    let mut want = vec![first, second, seeded[3].clone()];
+    want.extend(foreign_keys());
+    assert_eq!(bucket_keys(&b.minio).await, sorted(want));
+    let status = status_of(&b.client).await;
+    assert_eq!(pruned_lines(&status.log), seeded[..3], "{:?}", status.log);
+}
+
+/// A dump that waited days for its upload is older than `maxAge` when it
+/// lands; as the newest, it stays, and everything older goes.
+#[tokio::test]
+async fn max_age_never_deletes_the_newest() {
+    let (b, _op, mut kubelet) = ready_bed(Engine::Mariadb, "  retention:\n    maxAge: 1d\n").await;
+    let seeded = seed(&b.minio, &[9, 8]).await;
+    let dumps = kubelet.pvc_dir("orders-staging").join("dumps");
+    std::fs::create_dir_all(&dumps).unwrap();
+    let staged = dumps.join("datadump.sql");
+    std::fs::write(&staged, "-- a dump from five days ago\n").unwrap();
+    let five_days_ago = std::time::SystemTime::now() - Duration::from_secs(5 * 86400);
+    std::fs::File::options()
+        .write(true)
+        .open(&staged)
+        .unwrap()
+        .set_modified(five_days_ago)
+        .unwrap();
+
+    kubectl(
+        &b.cp,
+        &[
+            "create",
+            "job",
+            "-n",
+            NS,
+            "--from=cronjob/orders-upload",
+            "late-upload",
+        ],
+    );
+    let upload = kubelet.run_pods(1, Duration::from_secs(60)).await.remove(0);
+    assert_eq!(upload.exit_code, 0, "{}", upload.output);
+    let newest = format!("{}/datadump1.sql", days_ago(5));
+    let mut want = vec![newest.clone()];
+    want.extend(foreign_keys());
+    assert_eq!(bucket_keys(&b.minio).await, sorted(want));
+    let status = wait_for("the upload in status", Duration::from_secs(30), || async {
+        let s = status_of(&b.client).await;
+        (s.last_upload_key.as_deref() == Some(newest.as_str())).then_some(s)
+    })
+    .await;
+    assert_eq!(pruned_lines(&status.log), seeded[..2], "{:?}", status.log);
+}
+
+fn bucket_secret(b: &Bed, endpoint: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("bucket", BUCKET.to_string()),
+        ("accessKeyId", b.minio.access_key.clone()),
+        ("secretAccessKey", b.minio.secret_key.clone()),
+        ("endpoint", endpoint.to_string()),
+    ]
+}
+
+async fn point_bucket_secret_at(b: &Bed, endpoint: &str) {
+    let pairs = bucket_secret(b, endpoint);
+    let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(b.client.clone(), NS);
+    secrets
+        .replace("s3-creds", &Default::default(), &{
+            let mut s = secret("s3-creds", &pairs);
+            s.metadata.resource_version = secrets
+                .get("s3-creds")
+                .await
+                .unwrap()
+                .metadata
+                .resource_version;
+            s
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_upload_prunes_nothing() {
+    let (b, _op, mut kubelet) = ready_bed(Engine::Mariadb, "  retention:\n    keepLast: 1\n").await;
+    let seeded = seed(&b.minio, &[3, 2, 1]).await;
+    let proxy = FaultProxy::start(&b.minio.endpoint, faultproxy::fail_puts()).await;
+    point_bucket_secret_at(&b, &proxy.endpoint).await;
+
+    kubectl(
+        &b.cp,
+        &[
+            "annotate",
+            "-n",
+            NS,
+            "dbb",
+            "orders",
+            "dbbackup.io/run-now=failing",
+        ],
+    );
+    let dump = kubelet.run_pods(1, Duration::from_secs(60)).await.remove(0);
+    assert_eq!(dump.exit_code, 0, "{}", dump.output);
+    let upload = kubelet.run_pods(1, Duration::from_secs(60)).await.remove(0);
+    assert_ne!(upload.exit_code, 0, "{}", upload.output);
+    assert!(proxy.rejected() > 0);
+    let mut want = seeded.clone();
+    want.extend(foreign_keys());
+    assert_eq!(bucket_keys(&b.minio).await, sorted(want.clone()));
+    let status = wait_for(
+        "the failed upload in status",
+        Duration::from_secs(30),
+        || async {
+            let s = status_of(&b.client).await;
+            s.log
+                .last()
+                .filter(|l| l.contains(",upload failed: "))
+                .map(|_| s.clone())
+        },
+    )
+    .await;
+    assert!(pruned_lines(&status.log).is_empty(), "{:?}", status.log);
+    assert!(
+        kubelet
+            .pvc_dir("orders-staging")
+            .join("dumps/datadump.sql")
+            .exists(),
+        "the dump stays for the next run"
+    );
+
+    // The store recovers: the kept dump uploads, and only then retention runs.
+    point_bucket_secret_at(&b, &b.minio.endpoint).await;
+    kubectl(
+        &b.cp,
+        &[
+            "create",
+            "job",
+            "-n",
+            NS,
+            "--from=cronjob/orders-upload",
+            "retry",
+        ],
+    );
+    let retry = kubelet.run_pods(1, Duration::from_secs(60)).await.remove(0);
+    assert_eq!(retry.exit_code, 0, "{}", retry.output);
+    let mut want = vec![format!("{}/datadump1.sql", today())];
+    want.extend(foreign_keys());
+    assert_eq!(bucket_keys(&b.minio).await, sorted(want));
+}
+
+/// Where DeleteObjects is refused, every key goes one request at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_bulk_delete_pruning_deletes_one_by_one() {
+    let (b, _op, mut kubelet) = ready_bed(Engine::Mariadb, "  retention:\n    keepLast: 1\n").await;
+    let seeded = seed(&b.minio, &[3, 2, 1]).await;
+    let proxy = FaultProxy::start(&b.minio.endpoint, faultproxy::refuse_bulk_delete()).await;
+    point_bucket_secret_at(&b, &proxy.endpoint).await;
+
+    backup_now(&b, &mut kubelet, "first", &mut vec![]).await;
+    assert_eq!(proxy.rejected(), 1, "one bulk delete was tried");
+    let mut want = vec![format!("{}/datadump1.sql", today())];
+    want.extend(foreign_keys());
+    assert_eq!(bucket_keys(&b.minio).await, sorted(want));
+    let status = status_of(&b.client).await;
+    let mut pruned = pruned_lines(&status.log);
+    pruned.sort();
+    assert_eq!(pruned, seeded, "{:?}", status.log);
+}
