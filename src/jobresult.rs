@@ -11,6 +11,10 @@ pub const MAX_BYTES: usize = 4000;
 pub enum Step {
     Dump,
     Upload,
+    /// The restore's download, check and decompression.
+    Fetch,
+    /// Loading the dump into the target database.
+    Restore,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +41,9 @@ pub struct JobResult {
     pub sha256: Option<String>,
     /// The log line this run appended, `<date>,<time>,<message>`.
     pub log: String,
+    /// Why a restore step failed, as a condition reason (TargetNotEmpty …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// Further lines after `log`, such as the keys retention pruned.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub more_log: Vec<String>,
@@ -99,6 +106,7 @@ mod tests {
             size: Some(10),
             sha256: Some("ab".into()),
             log: "2026-11-25,03:05:00,file successfully uploaded".into(),
+            reason: None,
             more_log: vec!["2026-11-25,03:05:01,retention pruned 2026-11-20/datadump1.sql".into()],
         };
         let text = serde_json::to_string(&r).unwrap();
@@ -114,6 +122,7 @@ mod tests {
             size: None,
             sha256: None,
             log: "2026-11-25,03:05:00,file successfully uploaded".into(),
+            reason: None,
             more_log: (0..200)
                 .map(|i| {
                     format!("2026-11-25,03:05:01,retention pruned p/2026-01-01/datadump{i}.sql")

@@ -23,6 +23,12 @@ struct Cli {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum CrdName {
+    Databasebackups,
+    Databaserestores,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
     Json,
@@ -58,8 +64,13 @@ enum Command {
     },
     /// Upload the staged dump, if any (run by the upload CronJob).
     Upload(dbbackup_operator::upload::UploadArgs),
-    /// Print the DatabaseBackup CRD as YAML.
-    Crd,
+    /// Download, verify and decompress a dump for a restore (run by the restore Job).
+    Fetch(dbbackup_operator::fetch::FetchArgs),
+    /// Print a CRD as YAML.
+    Crd {
+        #[arg(value_enum, default_value = "databasebackups")]
+        name: CrdName,
+    },
 }
 
 fn init_tracing(format: LogFormat) {
@@ -75,7 +86,17 @@ fn init_tracing(format: LogFormat) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Crd => print!("{}", dbbackup_operator::crd_yaml()),
+        Command::Crd {
+            name: CrdName::Databasebackups,
+        } => print!("{}", dbbackup_operator::crd_yaml()),
+        Command::Crd {
+            name: CrdName::Databaserestores,
+        } => print!("{}", dbbackup_operator::restore_crd_yaml()),
+        Command::Fetch(args) => {
+            init_tracing(LogFormat::Text);
+            let code = dbbackup_operator::fetch::run(args).await;
+            std::process::exit(code);
+        }
         Command::Upload(args) => {
             init_tracing(LogFormat::Text);
             let code = dbbackup_operator::upload::run(args).await;

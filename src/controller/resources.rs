@@ -3,7 +3,7 @@
 //! Pure functions: the same spec always gives the same objects, so they can be
 //! server-side applied on every reconcile and golden-tested.
 
-use crate::api::{DatabaseBackup, Engine};
+use crate::api::{BucketSpec, DatabaseBackup, Engine};
 use crate::dump::{self, DumpTarget};
 use crate::names;
 use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec};
@@ -31,12 +31,12 @@ pub const RUN_NOW_ANNOTATION: &str = "dbbackup.io/run-now";
 /// Where the staging volume is mounted in both pods.
 pub const STAGING_MOUNT: &str = "/staging";
 pub const TERMINATION_LOG: &str = "/dev/termination-log";
-const CA_MOUNT: &str = "/etc/dbbackup/ca";
+pub(crate) const CA_MOUNT: &str = "/etc/dbbackup/ca";
 
 /// UID of the `postgres`, `mysql` and `mariadb` users in the official images.
-const DUMP_UID: i64 = 999;
+pub(crate) const DUMP_UID: i64 = 999;
 /// The distroless `nonroot` user our own image runs as.
-const UPLOAD_UID: i64 = 65532;
+pub(crate) const UPLOAD_UID: i64 = 65532;
 /// Shared group of both pods, so the uploader may delete what the dump wrote.
 const STAGING_GID: i64 = 65532;
 
@@ -128,7 +128,7 @@ pub fn staging_pvc(db: &DatabaseBackup) -> PersistentVolumeClaim {
     }
 }
 
-fn secret_env(name: &str, secret: &str, key: &str, optional: bool) -> EnvVar {
+pub(crate) fn secret_env(name: &str, secret: &str, key: &str, optional: bool) -> EnvVar {
     EnvVar {
         name: name.to_string(),
         value_from: Some(EnvVarSource {
@@ -143,7 +143,7 @@ fn secret_env(name: &str, secret: &str, key: &str, optional: bool) -> EnvVar {
     }
 }
 
-fn plain_env(name: &str, value: &str) -> EnvVar {
+pub(crate) fn plain_env(name: &str, value: &str) -> EnvVar {
     EnvVar {
         name: name.to_string(),
         value: Some(value.to_string()),
@@ -152,7 +152,7 @@ fn plain_env(name: &str, value: &str) -> EnvVar {
 }
 
 /// Pod and container security that passes the `restricted` Pod Security Standard.
-fn pod_security(uid: i64) -> PodSecurityContext {
+pub(crate) fn pod_security(uid: i64) -> PodSecurityContext {
     PodSecurityContext {
         run_as_non_root: Some(true),
         run_as_user: Some(uid),
@@ -166,7 +166,7 @@ fn pod_security(uid: i64) -> PodSecurityContext {
     }
 }
 
-fn container_security() -> SecurityContext {
+pub(crate) fn container_security() -> SecurityContext {
     SecurityContext {
         allow_privilege_escalation: Some(false),
         read_only_root_filesystem: Some(true),
@@ -337,35 +337,22 @@ pub fn dump_cronjob(db: &DatabaseBackup) -> CronJob {
     cronjob(db, Step::Dump, &spec.schedule, pod)
 }
 
-pub fn upload_cronjob(db: &DatabaseBackup, settings: &Settings) -> CronJob {
-    let spec = &db.spec;
-    let bucket = &spec.bucket;
-    let secret = &bucket.secret_ref;
-    let mut args = vec![
-        "upload".to_string(),
-        format!("--staging-dir={STAGING_MOUNT}"),
-        format!("--termination-log={TERMINATION_LOG}"),
-        format!("--prefix={}", key_prefix(db)),
-        format!("--time-zone={}", spec.time_zone),
-    ];
+/// Flags of the store: addressing and CA bundle (mounted at `CA_MOUNT`).
+pub(crate) fn store_args(bucket: &BucketSpec) -> Vec<String> {
+    let mut args = vec![];
     if let Some(path_style) = bucket.force_path_style {
         args.push(format!("--force-path-style={path_style}"));
     }
     if let Some(ca) = &bucket.ca_bundle {
         args.push(format!("--ca-bundle={CA_MOUNT}/{}", ca.key));
     }
-    if bucket.create_bucket {
-        args.push("--create-bucket".into());
-    }
-    if let Some(retention) = &spec.retention {
-        if let Some(n) = retention.keep_last {
-            args.push(format!("--keep-last={n}"));
-        }
-        if let Some(age) = &retention.max_age {
-            args.push(format!("--max-age={age}"));
-        }
-    }
-    let mut env = vec![
+    args
+}
+
+/// Bucket, credentials, endpoint and region, from the spec or the bucket Secret.
+pub(crate) fn store_env(bucket: &BucketSpec) -> Vec<EnvVar> {
+    let secret = &bucket.secret_ref;
+    vec![
         match &bucket.name {
             Some(name) => plain_env("DBBACKUP_BUCKET", name),
             None => secret_env("DBBACKUP_BUCKET", &secret.name, &secret.bucket_key, false),
@@ -395,7 +382,32 @@ pub fn upload_cronjob(db: &DatabaseBackup, settings: &Settings) -> CronJob {
             Some(region) => plain_env("AWS_REGION", region),
             None => secret_env("AWS_REGION", &secret.name, &secret.region_key, true),
         },
+    ]
+}
+
+pub fn upload_cronjob(db: &DatabaseBackup, settings: &Settings) -> CronJob {
+    let spec = &db.spec;
+    let bucket = &spec.bucket;
+    let mut args = vec![
+        "upload".to_string(),
+        format!("--staging-dir={STAGING_MOUNT}"),
+        format!("--termination-log={TERMINATION_LOG}"),
+        format!("--prefix={}", key_prefix(db)),
+        format!("--time-zone={}", spec.time_zone),
     ];
+    args.extend(store_args(bucket));
+    if bucket.create_bucket {
+        args.push("--create-bucket".into());
+    }
+    if let Some(retention) = &spec.retention {
+        if let Some(n) = retention.keep_last {
+            args.push(format!("--keep-last={n}"));
+        }
+        if let Some(age) = &retention.max_age {
+            args.push(format!("--max-age={age}"));
+        }
+    }
+    let mut env = store_env(bucket);
     env.push(plain_env("HOME", "/tmp"));
     let (volumes, mounts) = volumes(db, true);
     let container = Container {

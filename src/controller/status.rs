@@ -150,16 +150,18 @@ pub struct PodReport {
     pub job: Option<String>,
 }
 
-fn to_chrono(t: &Time) -> chrono::DateTime<chrono::Utc> {
+pub fn to_chrono(t: &Time) -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::from_timestamp(t.0.as_second(), t.0.subsec_nanosecond() as u32)
         .unwrap_or_default()
 }
 
 /// The result of a step that could not report one itself.
-fn failure(step: Step, finished: &Time, tz: chrono_tz::Tz, cause: &str) -> JobResult {
+pub fn failure(step: Step, finished: &Time, tz: chrono_tz::Tz, cause: &str) -> JobResult {
     let verb = match step {
         Step::Dump => "database dump failed",
         Step::Upload => "upload failed",
+        Step::Fetch => "download failed",
+        Step::Restore => "database restore failed",
     };
     let when = to_chrono(finished).with_timezone(&tz);
     JobResult {
@@ -169,6 +171,7 @@ fn failure(step: Step, finished: &Time, tz: chrono_tz::Tz, cause: &str) -> JobRe
         size: None,
         sha256: None,
         log: LogLine::at(&when, &format!("{verb}: {cause}")).to_string(),
+        reason: None,
         more_log: vec![],
     }
 }
@@ -352,6 +355,7 @@ pub fn record_reports(
                 )
             }
             (Step::Upload, Outcome::Nothing) => continue,
+            (Step::Fetch | Step::Restore, _) => continue,
             (Step::Upload, Outcome::Failed) => (
                 UPLOAD_SUCCEEDED,
                 Observed::new(UPLOAD_SUCCEEDED, false, "UploadFailed", message.clone()),

@@ -35,21 +35,8 @@ pub struct UploadArgs {
     /// IANA time zone of the date folders and log lines.
     #[arg(long, default_value = "UTC")]
     pub time_zone: Tz,
-    /// Bucket name.
-    #[arg(long, env = "DBBACKUP_BUCKET")]
-    pub bucket: String,
-    /// Endpoint URL of an S3-compatible store; empty or unset for AWS S3.
-    #[arg(long, env = "DBBACKUP_ENDPOINT")]
-    pub endpoint: Option<String>,
-    /// Region; empty or unset means us-east-1.
-    #[arg(long, env = "AWS_REGION")]
-    pub region: Option<String>,
-    /// Path-style addressing (default: on with a custom endpoint).
-    #[arg(long)]
-    pub force_path_style: Option<bool>,
-    /// PEM CA bundle added to the system roots.
-    #[arg(long)]
-    pub ca_bundle: Option<PathBuf>,
+    #[command(flatten)]
+    pub store: s3::StoreArgs,
     /// Create the bucket when it does not exist.
     #[arg(long)]
     pub create_bucket: bool,
@@ -180,6 +167,7 @@ pub async fn run(args: UploadArgs) -> i32 {
                 size: None,
                 sha256: None,
                 log: line.to_string(),
+                reason: None,
                 more_log: vec![],
             };
             (result, 1)
@@ -203,6 +191,7 @@ async fn upload(args: &UploadArgs) -> Result<JobResult, String> {
             size: None,
             sha256: None,
             log: line.to_string(),
+            reason: None,
             more_log: vec![],
         });
     };
@@ -211,26 +200,10 @@ async fn upload(args: &UploadArgs) -> Result<JobResult, String> {
     }
     info!(file = %staged.path.display(), size = staged.size, "found a dump");
 
-    let ca_bundle = match &args.ca_bundle {
-        Some(p) => Some(
-            std::fs::read(p).map_err(|e| format!("cannot read CA bundle {}: {e}", p.display()))?,
-        ),
-        None => None,
-    };
-    let settings = s3::StoreSettings {
-        endpoint: args.endpoint.clone().filter(|e| !e.is_empty()),
-        region: args
-            .region
-            .clone()
-            .filter(|r| !r.is_empty())
-            .unwrap_or_else(|| "us-east-1".into()),
-        force_path_style: args.force_path_style,
-        ca_bundle,
-    };
-    let client = s3::client(&settings).await?;
+    let client = args.store.client().await?;
     abort_leftover(&client, &dumps).await;
     if args.create_bucket {
-        s3::ensure_bucket(&client, &args.bucket).await?;
+        s3::ensure_bucket(&client, &args.store.bucket).await?;
     }
 
     // The date of the dump (not of the upload) names the folder, in the resource's zone.
@@ -242,14 +215,14 @@ async fn upload(args: &UploadArgs) -> Result<JobResult, String> {
     };
     let mut conditional = true;
     for _ in 0..MAX_KEY_ATTEMPTS {
-        let existing = s3::list_keys(&client, &args.bucket, &folder).await?;
+        let existing = s3::list_keys(&client, &args.store.bucket, &folder).await?;
         let key = keys::next_object_key(&folder, existing.iter().map(String::as_str), staged.name);
-        if !conditional && s3::object_exists(&client, &args.bucket, &key).await? {
+        if !conditional && s3::object_exists(&client, &args.store.bucket, &key).await? {
             continue;
         }
         let record_key = |upload_id: &str| {
             let state = PendingUpload {
-                bucket: args.bucket.clone(),
+                bucket: args.store.bucket.clone(),
                 key: key.clone(),
                 upload_id: upload_id.to_string(),
             };
@@ -261,7 +234,7 @@ async fn upload(args: &UploadArgs) -> Result<JobResult, String> {
         info!(%key, "uploading");
         let put = s3::put_file(
             &client,
-            &args.bucket,
+            &args.store.bucket,
             &key,
             &staged.path,
             staged.size,
@@ -286,7 +259,7 @@ async fn upload(args: &UploadArgs) -> Result<JobResult, String> {
             }
             Err(e) => return Err(e.to_string()),
         };
-        s3::verify(&client, &args.bucket, &key, &written).await?;
+        s3::verify(&client, &args.store.bucket, &key, &written).await?;
         // Only now is the dump safe to drop.
         std::fs::remove_file(&staged.path).map_err(|e| {
             format!(
@@ -311,6 +284,7 @@ async fn upload(args: &UploadArgs) -> Result<JobResult, String> {
             size: Some(written.size),
             sha256: Some(written.sha256),
             log: line.to_string(),
+            reason: None,
             more_log,
         });
     }
@@ -336,7 +310,7 @@ async fn prune(
         info!("{line}");
         line.to_string()
     };
-    let objects = match s3::list_objects(client, &args.bucket, &args.prefix).await {
+    let objects = match s3::list_objects(client, &args.store.bucket, &args.prefix).await {
         Ok(objects) => objects,
         Err(e) => {
             return vec![log(format!(
@@ -352,7 +326,7 @@ async fn prune(
         args.time_zone,
         uploaded,
     );
-    s3::delete_keys(client, &args.bucket, &doomed)
+    s3::delete_keys(client, &args.store.bucket, &doomed)
         .await
         .into_iter()
         .map(|(key, outcome)| match outcome {

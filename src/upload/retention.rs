@@ -168,7 +168,16 @@ mod tests {
             parse_age("1d12h30m").unwrap(),
             Duration::minutes(36 * 60 + 30)
         );
-        for bad in ["", "d", "30", "0d", "3w", "1.5d", "-1d", "99999999999999999d"] {
+        for bad in [
+            "",
+            "d",
+            "30",
+            "0d",
+            "3w",
+            "1.5d",
+            "-1d",
+            "99999999999999999d",
+        ] {
             assert!(parse_age(bad).is_err(), "{bad}");
         }
     }

@@ -30,6 +30,50 @@ pub struct StoreSettings {
     pub ca_bundle: Option<Vec<u8>>,
 }
 
+/// Where the store is and how to reach it, as the job pods receive it.
+#[derive(clap::Args, Debug, Clone)]
+pub struct StoreArgs {
+    /// Bucket name.
+    #[arg(long, env = "DBBACKUP_BUCKET")]
+    pub bucket: String,
+    /// Endpoint URL of an S3-compatible store; empty or unset for AWS S3.
+    #[arg(long, env = "DBBACKUP_ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// Region; empty or unset means us-east-1.
+    #[arg(long, env = "AWS_REGION")]
+    pub region: Option<String>,
+    /// Path-style addressing (default: on with a custom endpoint).
+    #[arg(long)]
+    pub force_path_style: Option<bool>,
+    /// PEM CA bundle added to the system roots.
+    #[arg(long)]
+    pub ca_bundle: Option<std::path::PathBuf>,
+}
+
+impl StoreArgs {
+    /// A client for the store; credentials come from the environment.
+    pub async fn client(&self) -> Result<Client, String> {
+        let ca_bundle = match &self.ca_bundle {
+            Some(p) => Some(
+                std::fs::read(p)
+                    .map_err(|e| format!("cannot read CA bundle {}: {e}", p.display()))?,
+            ),
+            None => None,
+        };
+        client(&StoreSettings {
+            endpoint: self.endpoint.clone().filter(|e| !e.is_empty()),
+            region: self
+                .region
+                .clone()
+                .filter(|r| !r.is_empty())
+                .unwrap_or_else(|| "us-east-1".into()),
+            force_path_style: self.force_path_style,
+            ca_bundle,
+        })
+        .await
+    }
+}
+
 /// Throughput knobs; memory stays near `part_size × (concurrency + 1)`.
 #[derive(Clone, Copy, Debug)]
 pub struct Tuning {

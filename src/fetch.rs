@@ -1,0 +1,418 @@
+//! The download step of a restore (`dbbackup-operator fetch`), run as the
+//! restore pod's init container.
+//!
+//! It resolves "latest" to the newest dump under the prefix, streams the
+//! object to the scratch volume while checking it against the ETag the store
+//! computed on upload (MD5, per part for multipart uploads), decompresses on
+//! the way, and leaves `restore.sql` only when every byte checked out.
+
+use crate::jobresult::{JobResult, Outcome, Step};
+use crate::logline::LogLine;
+use crate::upload::{retention, s3};
+use md5::{Digest as _, Md5};
+use sha2::Sha256;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use tracing::{error, info};
+
+/// Part size assumed for multipart objects without our part-size metadata:
+/// our default, and boto3's and the AWS CLI's.
+const DEFAULT_PART_SIZE: u64 = 8 * 1024 * 1024;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct FetchArgs {
+    #[command(flatten)]
+    pub store: s3::StoreArgs,
+    /// Object key, or "latest" for the newest dump under --prefix.
+    #[arg(long, default_value = crate::api::LATEST)]
+    pub key: String,
+    /// Key prefix searched for "latest", ending in '/' or empty.
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+    /// Where the decompressed SQL goes.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Where to write the one-line JSON result for the operator.
+    #[arg(long, default_value = "/dev/termination-log")]
+    pub termination_log: PathBuf,
+}
+
+/// A failure, with the condition reason the operator shows for it.
+#[derive(Debug)]
+pub struct Failure {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+fn fail(reason: &'static str, message: impl Into<String>) -> Failure {
+    Failure {
+        reason,
+        message: message.into(),
+    }
+}
+
+fn line(message: &str) -> String {
+    LogLine::at(&chrono::Utc::now(), message).to_string()
+}
+
+/// Runs one download; returns the process exit code.
+pub async fn run(args: FetchArgs) -> i32 {
+    // SAFETY: umask only changes this process's file creation mask.
+    unsafe {
+        libc::umask(0o007);
+    }
+    let (result, code) = match fetch(&args).await {
+        Ok(result) => (result, 0),
+        Err(f) => {
+            let _ = std::fs::remove_file(&args.out);
+            let log = line(&format!("download failed: {}", f.message));
+            error!("{log}");
+            let result = JobResult {
+                step: Step::Fetch,
+                outcome: Outcome::Failed,
+                key: None,
+                size: None,
+                sha256: None,
+                log,
+                reason: Some(f.reason.into()),
+                more_log: vec![],
+            };
+            (result, 1)
+        }
+    };
+    let json = serde_json::to_string(&result).expect("a JobResult serializes");
+    if let Err(e) = std::fs::write(&args.termination_log, json + "\n") {
+        error!(error = %e, "cannot write the termination log");
+    }
+    code
+}
+
+async fn fetch(args: &FetchArgs) -> Result<JobResult, Failure> {
+    let client = args
+        .store
+        .client()
+        .await
+        .map_err(|e| fail("DownloadFailed", e))?;
+    let bucket = &args.store.bucket;
+    let key = if args.key == crate::api::LATEST {
+        latest(&client, bucket, &args.prefix).await?
+    } else {
+        args.key.clone()
+    };
+    info!(%key, "downloading");
+    let got = client
+        .get_object()
+        .bucket(bucket)
+        .key(&key)
+        .send()
+        .await
+        .map_err(|e| {
+            if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
+                fail(
+                    "ObjectNotFound",
+                    format!("object {key} not found in bucket {bucket}"),
+                )
+            } else {
+                fail(
+                    "DownloadFailed",
+                    format!("cannot download {key}: {}", s3::describe(&e)),
+                )
+            }
+        })?;
+    let etag = got
+        .e_tag()
+        .unwrap_or_default()
+        .trim_matches('"')
+        .to_string();
+    let part_size = got
+        .metadata()
+        .and_then(|m| m.get("dbbackup-part-size"))
+        .and_then(|v| v.parse().ok());
+    let expected_size = got.content_length().unwrap_or(-1);
+    let mut check = EtagCheck::new(&etag, part_size);
+    let mut sha = Sha256::new();
+    let mut out = Decompressor::create(&args.out, &key).map_err(|e| {
+        fail(
+            "DownloadFailed",
+            format!("cannot write {}: {e}", args.out.display()),
+        )
+    })?;
+    let mut body = got.body;
+    let mut size = 0u64;
+    while let Some(chunk) = body.try_next().await.map_err(|e| {
+        fail(
+            "DownloadFailed",
+            format!("download of {key} broke off: {e}"),
+        )
+    })? {
+        size += chunk.len() as u64;
+        check.update(&chunk);
+        sha.update(&chunk);
+        out.write_all(&chunk)
+            .map_err(|e| fail("CorruptDump", format!("cannot decompress {key}: {e}")))?;
+    }
+    if size as i64 != expected_size {
+        return Err(fail(
+            "DownloadFailed",
+            format!("{key}: received {size} bytes of {expected_size}"),
+        ));
+    }
+    let verified = check.verify().map_err(|e| {
+        fail(
+            "ChecksumMismatch",
+            format!("{key} does not match its checksum: {e}"),
+        )
+    })?;
+    out.finish()
+        .map_err(|e| fail("CorruptDump", format!("cannot decompress {key}: {e}")))?;
+    let how = if verified {
+        "checksum verified"
+    } else {
+        "the store's ETag is no MD5; decompression checks only"
+    };
+    let log = line(&format!("downloaded {key} ({size} bytes, {how})"));
+    info!("{log}");
+    Ok(JobResult {
+        step: Step::Fetch,
+        outcome: Outcome::Succeeded,
+        key: Some(key),
+        size: Some(size),
+        sha256: Some(sha.finalize().iter().map(|b| format!("{b:02x}")).collect()),
+        log,
+        reason: None,
+        more_log: vec![],
+    })
+}
+
+/// The newest of our dumps under `prefix`.
+async fn latest(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    prefix: &str,
+) -> Result<String, Failure> {
+    let objects = s3::list_objects(client, bucket, prefix)
+        .await
+        .map_err(|e| fail("DownloadFailed", format!("cannot list {prefix:?}: {e}")))?;
+    retention::newest_first(prefix, &objects)
+        .first()
+        .map(|(o, _)| o.key.clone())
+        .ok_or_else(|| {
+            fail(
+                "NoDumpFound",
+                format!("no dump under prefix {prefix:?} in bucket {bucket}"),
+            )
+        })
+}
+
+/// Recomputes the ETag S3 reports: the MD5 of the object, or for a multipart
+/// upload the MD5 of its parts' MD5s, suffixed with the part count.
+struct EtagCheck {
+    expected: String,
+    /// None: a single-part object, hashed whole.
+    part_size: Option<u64>,
+    /// Whether the part size is known (our metadata) or assumed.
+    part_size_known: bool,
+    current: Md5,
+    current_len: u64,
+    parts: Vec<u8>,
+    count: u64,
+}
+
+impl EtagCheck {
+    fn new(etag: &str, part_size: Option<u64>) -> EtagCheck {
+        let multipart = etag.contains('-');
+        EtagCheck {
+            expected: etag.to_string(),
+            part_size: multipart.then(|| part_size.unwrap_or(DEFAULT_PART_SIZE)),
+            part_size_known: part_size.is_some(),
+            current: Md5::new(),
+            current_len: 0,
+            parts: vec![],
+            count: 0,
+        }
+    }
+
+    fn update(&mut self, mut bytes: &[u8]) {
+        let Some(part) = self.part_size else {
+            self.current.update(bytes);
+            return;
+        };
+        while !bytes.is_empty() {
+            let take = ((part - self.current_len) as usize).min(bytes.len());
+            self.current.update(&bytes[..take]);
+            self.current_len += take as u64;
+            bytes = &bytes[take..];
+            if self.current_len == part {
+                self.end_part();
+            }
+        }
+    }
+
+    fn end_part(&mut self) {
+        self.parts.extend_from_slice(&self.current.finalize_reset());
+        self.current_len = 0;
+        self.count += 1;
+    }
+
+    /// Ok(true) when verified, Ok(false) when the ETag cannot be checked
+    /// (not an MD5, as with KMS encryption; or a part size we cannot know).
+    fn verify(mut self) -> Result<bool, String> {
+        let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let Some(_) = self.part_size else {
+            let is_md5 =
+                self.expected.len() == 32 && self.expected.bytes().all(|b| b.is_ascii_hexdigit());
+            if !is_md5 {
+                return Ok(false);
+            }
+            let got = hex(&self.current.finalize());
+            return match got == self.expected {
+                true => Ok(true),
+                false => Err(format!("MD5 {got}, the store's ETag is {}", self.expected)),
+            };
+        };
+        if self.current_len > 0 {
+            self.end_part();
+        }
+        let got = format!("{}-{}", hex(&Md5::digest(&self.parts)), self.count);
+        if got == self.expected {
+            return Ok(true);
+        }
+        let same_count = self.expected.ends_with(&format!("-{}", self.count));
+        if !self.part_size_known && !same_count {
+            // Uploaded by another tool with another part size.
+            return Ok(false);
+        }
+        Err(format!(
+            "computed ETag {got}, the store's is {}",
+            self.expected
+        ))
+    }
+}
+
+/// Writes the object to the output file, decompressing by its key's suffix.
+enum Decompressor {
+    Plain(std::io::BufWriter<std::fs::File>),
+    Gzip(flate2::write::MultiGzDecoder<std::io::BufWriter<std::fs::File>>),
+    Zstd(zstd::stream::write::Decoder<'static, std::io::BufWriter<std::fs::File>>),
+}
+
+impl Decompressor {
+    fn create(path: &Path, key: &str) -> std::io::Result<Decompressor> {
+        let file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+        Ok(if key.ends_with(".gz") {
+            Decompressor::Gzip(flate2::write::MultiGzDecoder::new(file))
+        } else if key.ends_with(".zst") {
+            Decompressor::Zstd(zstd::stream::write::Decoder::new(file)?)
+        } else {
+            Decompressor::Plain(file)
+        })
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Decompressor::Plain(w) => w.write_all(bytes),
+            Decompressor::Gzip(w) => w.write_all(bytes),
+            Decompressor::Zstd(w) => w.write_all(bytes),
+        }
+    }
+
+    /// Flushes everything and syncs the file: a truncated stream is an error here.
+    fn finish(self) -> std::io::Result<()> {
+        let file = match self {
+            Decompressor::Plain(w) => w,
+            Decompressor::Gzip(w) => w.finish()?,
+            Decompressor::Zstd(mut w) => {
+                w.flush()?;
+                w.into_inner()
+            }
+        };
+        let file = file.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn multipart_etag(data: &[u8], part: usize) -> String {
+        let md5s: Vec<u8> = data
+            .chunks(part)
+            .flat_map(|c| Md5::digest(c).to_vec())
+            .collect();
+        format!("{}-{}", hex(&Md5::digest(&md5s)), data.len().div_ceil(part))
+    }
+
+    /// Feeds `data` in uneven chunks, as a network stream would.
+    fn check(etag: &str, part: Option<u64>, data: &[u8]) -> Result<bool, String> {
+        let mut c = EtagCheck::new(etag, part);
+        for chunk in data.chunks(7777) {
+            c.update(chunk);
+        }
+        c.verify()
+    }
+
+    #[test]
+    fn single_part_md5() {
+        let data = vec![42u8; 100_000];
+        assert_eq!(check(&hex(&Md5::digest(&data)), None, &data), Ok(true));
+        let mut bad = data.clone();
+        bad[5] = 0;
+        assert!(check(&hex(&Md5::digest(&data)), None, &bad).is_err());
+        assert_eq!(check("not-an-md5-etag", None, &data), Ok(false));
+    }
+
+    #[test]
+    fn multipart_with_our_part_size() {
+        let data: Vec<u8> = (0..50_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let etag = multipart_etag(&data, 65_536);
+        assert_eq!(check(&etag, Some(65_536), &data), Ok(true));
+        let mut bad = data.clone();
+        bad[100_000] ^= 1;
+        assert!(check(&etag, Some(65_536), &bad).is_err());
+    }
+
+    #[test]
+    fn multipart_of_unknown_part_size_is_unverifiable_not_wrong() {
+        let data = vec![1u8; 3 * DEFAULT_PART_SIZE as usize / 2];
+        // Another tool's 5 MiB parts: 3 parts, where 8 MiB would give 2.
+        let etag = multipart_etag(&data, 5 * 1024 * 1024);
+        assert_eq!(check(&etag, None, &data), Ok(false));
+        // The default part size, as boto3 uses it: checked.
+        let etag = multipart_etag(&data, DEFAULT_PART_SIZE as usize);
+        assert_eq!(check(&etag, None, &data), Ok(true));
+    }
+
+    #[test]
+    fn decompresses_by_suffix_and_refuses_truncation() {
+        let dir = tempfile::tempdir().unwrap();
+        let sql = b"CREATE TABLE t (id int);\n".repeat(1000);
+        let gz = {
+            let mut e = flate2::write::GzEncoder::new(vec![], flate2::Compression::fast());
+            e.write_all(&sql).unwrap();
+            e.finish().unwrap()
+        };
+        let zst = zstd::encode_all(&sql[..], 3).unwrap();
+        for (key, data) in [
+            ("a.sql.gz", &gz),
+            ("a.sql.zst", &zst),
+            ("a.sql", &sql.to_vec()),
+        ] {
+            let out = dir.path().join("out.sql");
+            let mut d = Decompressor::create(&out, key).unwrap();
+            for c in data.chunks(100) {
+                d.write_all(c).unwrap();
+            }
+            d.finish().unwrap();
+            assert_eq!(std::fs::read(&out).unwrap(), sql, "{key}");
+        }
+        let out = dir.path().join("cut.sql");
+        let mut d = Decompressor::create(&out, "a.sql.gz").unwrap();
+        d.write_all(&gz[..gz.len() / 2]).unwrap();
+        assert!(d.finish().is_err(), "a truncated gzip stream");
+    }
+}
