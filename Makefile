@@ -6,8 +6,9 @@ test:
 
 # Regenerate the CRD from the Rust types (top level and the chart's copy).
 crds:
-	cargo run -q -- crd > crds/databasebackups.yaml
-	cp crds/databasebackups.yaml charts/dbbackup-operator/crds/databasebackups.yaml
+	cargo run -q -- crd databasebackups > crds/databasebackups.yaml
+	cargo run -q -- crd databaserestores > crds/databaserestores.yaml
+	cp crds/databasebackups.yaml crds/databaserestores.yaml charts/dbbackup-operator/crds/
 
 # Install (or check) the test-bed binaries.
 testenv:

@@ -100,7 +100,7 @@ fn engine_parts(t: &RestoreTarget) -> [String; 5] {
                 ))
             );
             let drop = format!(
-                "{{ echo 'SET FOREIGN_KEY_CHECKS=0;'; sql -e {}; }} >/tmp/drop.sql 2>\"$errfile\" && sql -- \"$db\" </tmp/drop.sql 2>>\"$errfile\"",
+                "{{ echo 'SET FOREIGN_KEY_CHECKS=0;'; sql -e {}; }} >\"$work/drop.sql\" 2>\"$errfile\" && sql -- \"$db\" <\"$work/drop.sql\" 2>>\"$errfile\"",
                 shell_quote(&format!(
                     "SELECT CONCAT('DROP ', IF(table_type = 'VIEW', 'VIEW', IF(table_type = 'SEQUENCE', 'SEQUENCE', 'TABLE')), ' IF EXISTS `', REPLACE(table_name, '`', '``'), '`;') FROM information_schema.tables WHERE {in_db}"
                 ))
@@ -129,7 +129,8 @@ pub fn restore_script(t: &RestoreTarget) -> String {
 umask 077
 file="$1"
 termlog="$2"
-errfile=/tmp/restore-stderr
+work=$(dirname "$file")
+errfile="$work/.restore-stderr"
 json_escape() {{ printf '%s' "$1" | tr -d '\000-\037' | sed 's/\\/\\\\/g; s/"/\\"/g'; }}
 # result OUTCOME REASON LINE: the one-line JSON the operator reads from the termination log.
 result() {{

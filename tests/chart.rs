@@ -39,12 +39,14 @@ fn helm_lint_strict_passes() {
 #[test]
 fn chart_ships_the_generated_crd() {
     let root = env!("CARGO_MANIFEST_DIR");
-    let top = std::fs::read_to_string(format!("{root}/crds/databasebackups.yaml")).unwrap();
-    let chart = std::fs::read_to_string(format!("{CHART}/crds/databasebackups.yaml")).unwrap();
-    assert!(
-        top == chart,
-        "charts/dbbackup-operator/crds/ is stale: run `make crds`"
-    );
+    for name in ["databasebackups", "databaserestores"] {
+        let top = std::fs::read_to_string(format!("{root}/crds/{name}.yaml")).unwrap();
+        let chart = std::fs::read_to_string(format!("{CHART}/crds/{name}.yaml")).unwrap();
+        assert!(
+            top == chart,
+            "charts/dbbackup-operator/crds/{name}.yaml is stale: run `make crds`"
+        );
+    }
 }
 
 /// Minimal stand-ins for the Prometheus Operator's CRDs, so that ServiceMonitor
@@ -255,6 +257,14 @@ async fn rbac_allows_exactly_what_the_controller_needs() {
             "-n",
             "shop",
         ],
+        &["watch", "databaserestores.dbbackup.io", "-A"],
+        &[
+            "patch",
+            "databaserestores.dbbackup.io",
+            "--subresource=status",
+            "-n",
+            "shop",
+        ],
         &["create", "cronjobs.batch", "-n", "shop"],
         &["patch", "cronjobs.batch", "-n", "shop"],
         &["watch", "cronjobs.batch", "-A"],
@@ -282,6 +292,7 @@ async fn rbac_allows_exactly_what_the_controller_needs() {
         &["delete", "persistentvolumeclaims", "-n", "shop"],
         &["patch", "databasebackups.dbbackup.io", "-n", "shop"],
         &["delete", "databasebackups.dbbackup.io", "-n", "shop"],
+        &["patch", "databaserestores.dbbackup.io", "-n", "shop"],
         &["create", "configmaps", "-n", "shop"],
         &["patch", "deployments.apps", "-n", RELEASE_NS],
         &["create", "clusterrolebindings.rbac.authorization.k8s.io"],

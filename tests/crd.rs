@@ -3,19 +3,43 @@
 use std::process::Command;
 
 #[test]
-fn checked_in_crd_matches_the_crd_subcommand() {
-    let out = Command::new(env!("CARGO_BIN_EXE_dbbackup-operator"))
-        .arg("crd")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let generated = String::from_utf8(out.stdout).unwrap();
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/databasebackups.yaml");
-    let checked_in = std::fs::read_to_string(path).unwrap();
+fn checked_in_crds_match_the_crd_subcommand() {
+    for name in ["databasebackups", "databaserestores"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_dbbackup-operator"))
+            .args(["crd", name])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let generated = String::from_utf8(out.stdout).unwrap();
+        let path = format!("{}/crds/{name}.yaml", env!("CARGO_MANIFEST_DIR"));
+        let checked_in = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            generated == checked_in,
+            "crds/{name}.yaml is stale: run `make crds`"
+        );
+    }
+}
+
+#[test]
+fn restore_crd_names_and_rules() {
+    let crd: serde_json::Value =
+        serde_yaml::from_str(&dbbackup_operator::restore_crd_yaml()).unwrap();
+    assert_eq!(crd["metadata"]["name"], "databaserestores.dbbackup.io");
+    assert_eq!(crd["spec"]["names"]["shortNames"][0], "dbr");
+    let version = &crd["spec"]["versions"][0];
+    assert_eq!(version["subresources"]["status"], serde_json::json!({}));
+    let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    let rules: Vec<&str> = spec["x-kubernetes-validations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["rule"].as_str().unwrap())
+        .collect();
     assert!(
-        generated == checked_in,
-        "crds/databasebackups.yaml is stale: run `make crds` (cargo run -- crd > crds/databasebackups.yaml)"
+        rules.contains(&"has(self.backup) != has(self.bucket)"),
+        "{rules:?}"
     );
+    assert!(rules.contains(&"self == oldSelf"), "{rules:?}");
 }
 
 #[test]

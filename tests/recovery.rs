@@ -260,3 +260,162 @@ async fn without_bulk_delete_pruning_deletes_one_by_one() {
     pruned.sort();
     assert_eq!(pruned, seeded, "{:?}", status.log);
 }
+
+// ---------------------------------------------------------------------------
+// Restore.
+
+use dbbackup_operator::api::{DatabaseRestore, DatabaseRestoreStatus, RestorePhase};
+
+/// A DatabaseRestore of the newest dump of backup "orders", applied with kubectl.
+fn apply_restore(b: &Bed, name: &str, target: &str, overwrite: bool) {
+    let (port, _, _) = b.db.login();
+    let manifest = format!(
+        r#"apiVersion: dbbackup.io/v1alpha1
+kind: DatabaseRestore
+metadata:
+  name: {name}
+  namespace: {NS}
+spec:
+  backup: orders
+  key: latest
+  target:
+    engine: {engine}
+    host: 127.0.0.1
+    port: {port}
+    name: {target}
+    credentialsSecret:
+      name: db-creds
+  overwrite: {overwrite}
+"#,
+        engine = b.engine.as_str()
+    );
+    let path = b.cp.dir().join(format!("{name}.yaml"));
+    std::fs::write(&path, manifest).unwrap();
+    kubectl(&b.cp, &["apply", "-f", path.to_str().unwrap()]);
+}
+
+/// Plays kubelet for the restore pod and waits until the status shows its end.
+async fn run_restore(b: &Bed, kubelet: &mut FakeKubelet, name: &str) -> DatabaseRestoreStatus {
+    let pod = kubelet.run_pods(1, Duration::from_secs(60)).await.remove(0);
+    assert_eq!(pod.step, "restore");
+    let api: Api<DatabaseRestore> = Api::namespaced(b.client.clone(), NS);
+    let status = wait_for("the restore to finish", Duration::from_secs(30), || async {
+        let s = api.get(name).await.ok()?.status?;
+        s.phase.filter(|p| p.finished()).map(|_| s)
+    })
+    .await;
+    println!("restore pod output:\n{}", pod.output);
+    status
+}
+
+fn restored(status: &DatabaseRestoreStatus) -> (String, String) {
+    let c = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Restored")
+        .expect("a Restored condition");
+    (c.status.clone(), c.reason.clone())
+}
+
+async fn restore_latest_into_a_fresh_database(engine: Engine) {
+    let (b, _op, mut kubelet) = ready_bed(engine, "").await;
+    backup_now(&b, &mut kubelet, "first", &mut vec![]).await;
+    // Only the second dump holds this row: a restore of the first would differ.
+    b.db.exec(
+        "shop",
+        "INSERT INTO products VALUES (201, 'Late product', 9.99)",
+    );
+    backup_now(&b, &mut kubelet, "second", &mut vec![]).await;
+    let latest = status_of(&b.client).await.last_upload_key.unwrap();
+    assert_eq!(latest, format!("{}/datadump2.sql", today()));
+
+    apply_restore(&b, "back", "restored", false);
+    let status = run_restore(&b, &mut kubelet, "back").await;
+    assert_eq!(status.phase, Some(RestorePhase::Succeeded), "{status:?}");
+    assert_eq!(status.key.as_deref(), Some(latest.as_str()));
+    assert_eq!(restored(&status), ("True".into(), "Restored".into()));
+    assert!(status.start_time.is_some() && status.completion_time.is_some());
+    assert!(
+        status.log[0].contains(&format!(",downloaded {latest} ("))
+            && status.log[0].ends_with("checksum verified)"),
+        "{:?}",
+        status.log
+    );
+    assert!(
+        status.log[1].ends_with(",database restore completed"),
+        "{:?}",
+        status.log
+    );
+    assert_eq!(b.db.fingerprint("restored"), b.db.fingerprint("shop"));
+    assert!(kubectl(&b.cp, &["get", "dbr", "-n", NS, "back"]).contains("Succeeded"));
+}
+
+#[tokio::test]
+async fn restore_latest_into_a_fresh_mariadb_database() {
+    restore_latest_into_a_fresh_database(Engine::Mariadb).await;
+}
+
+#[tokio::test]
+async fn restore_latest_into_a_fresh_postgres_database() {
+    restore_latest_into_a_fresh_database(Engine::Postgres).await;
+}
+
+/// Without `overwrite`, a database with tables is refused and left as it was;
+/// with it, its content is replaced by the dump's.
+async fn non_empty_target(engine: Engine) {
+    let (b, _op, mut kubelet) = ready_bed(engine, "").await;
+    backup_now(&b, &mut kubelet, "first", &mut vec![]).await;
+    let dumped = b.db.fingerprint("shop");
+    b.db.exec(
+        "shop",
+        "INSERT INTO products VALUES (202, 'After the dump', 1.00)",
+    );
+    let before = b.db.fingerprint("shop");
+    assert_ne!(before, dumped);
+
+    apply_restore(&b, "refused", "shop", false);
+    let status = run_restore(&b, &mut kubelet, "refused").await;
+    assert_eq!(status.phase, Some(RestorePhase::Failed), "{status:?}");
+    assert_eq!(restored(&status), ("False".into(), "TargetNotEmpty".into()));
+    let last = status.log.last().unwrap();
+    assert!(
+        last.contains(
+            ",database restore failed: database shop already has 6 tables; set spec.overwrite: true"
+        ),
+        "{last}"
+    );
+    assert_eq!(b.db.fingerprint("shop"), before, "nothing changed");
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(b.client.clone(), NS);
+    let warned = wait_for(
+        "a TargetNotEmpty event",
+        Duration::from_secs(10),
+        || async {
+            let list = events.list(&Default::default()).await.ok()?;
+            list.items.into_iter().find(|e| {
+                e.involved_object.name.as_deref() == Some("refused")
+                    && e.reason.as_deref() == Some("TargetNotEmpty")
+            })
+        },
+    )
+    .await;
+    assert_eq!(warned.type_.as_deref(), Some("Warning"));
+
+    apply_restore(&b, "replace", "shop", true);
+    let status = run_restore(&b, &mut kubelet, "replace").await;
+    assert_eq!(status.phase, Some(RestorePhase::Succeeded), "{status:?}");
+    assert_eq!(
+        b.db.fingerprint("shop"),
+        dumped,
+        "the dump's content, row 202 gone"
+    );
+}
+
+#[tokio::test]
+async fn non_empty_mariadb_target_needs_overwrite() {
+    non_empty_target(Engine::Mariadb).await;
+}
+
+#[tokio::test]
+async fn non_empty_postgres_target_needs_overwrite() {
+    non_empty_target(Engine::Postgres).await;
+}

@@ -2,7 +2,7 @@
 //! refers to. Each problem carries a condition reason and a message that
 //! names what to fix, and never a Secret's value.
 
-use crate::api::DatabaseBackup;
+use crate::api::{BucketSpec, CredentialsSecretRef, DatabaseBackup};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::{Api, Client, ResourceExt};
@@ -126,14 +126,40 @@ pub enum CheckError {
 pub async fn check_references(db: &DatabaseBackup, client: &Client) -> Result<(), CheckError> {
     let ns = db.namespace().unwrap_or_default();
     let spec = &db.spec;
+    check_credentials(client, &ns, &spec.database.credentials_secret).await?;
+    check_bucket(client, &ns, &spec.bucket).await?;
+    if let Some(class) = &spec.staging.storage_class_name {
+        let classes: Api<StorageClass> = Api::all(client.clone());
+        if classes.get_opt(class).await?.is_none() {
+            return Err(Problem::new(
+                "StorageClassNotFound",
+                format!("spec.staging.storageClassName: storage class {class:?} does not exist"),
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
 
-    let creds = &spec.database.credentials_secret;
-    let secret = get_secret(client, &ns, &creds.name).await?;
+/// The database credentials Secret holds both keys.
+pub async fn check_credentials(
+    client: &Client,
+    ns: &str,
+    creds: &CredentialsSecretRef,
+) -> Result<(), CheckError> {
+    let secret = get_secret(client, ns, &creds.name).await?;
     secret_value(&secret, &creds.username_key)?;
     secret_value(&secret, &creds.password_key)?;
+    Ok(())
+}
 
-    let bucket = &spec.bucket;
-    let secret = get_secret(client, &ns, &bucket.secret_ref.name).await?;
+/// The bucket Secret holds a valid bucket name and the keys; a CA bundle is PEM.
+pub async fn check_bucket(
+    client: &Client,
+    ns: &str,
+    bucket: &BucketSpec,
+) -> Result<(), CheckError> {
+    let secret = get_secret(client, ns, &bucket.secret_ref.name).await?;
     if bucket.name.is_none() {
         let name = secret_value(&secret, &bucket.secret_ref.bucket_key)?;
         let name = String::from_utf8_lossy(name);
@@ -152,7 +178,7 @@ pub async fn check_references(db: &DatabaseBackup, client: &Client) -> Result<()
     secret_value(&secret, &bucket.secret_ref.secret_access_key_key)?;
 
     if let Some(ca) = &bucket.ca_bundle {
-        let secret = get_secret(client, &ns, &ca.name).await?;
+        let secret = get_secret(client, ns, &ca.name).await?;
         let pem = secret_value(&secret, &ca.key)?;
         if !valid_ca_bundle(pem) {
             return Err(Problem::new(
@@ -166,16 +192,6 @@ pub async fn check_references(db: &DatabaseBackup, client: &Client) -> Result<()
         }
     }
 
-    if let Some(class) = &spec.staging.storage_class_name {
-        let classes: Api<StorageClass> = Api::all(client.clone());
-        if classes.get_opt(class).await?.is_none() {
-            return Err(Problem::new(
-                "StorageClassNotFound",
-                format!("spec.staging.storageClassName: storage class {class:?} does not exist"),
-            )
-            .into());
-        }
-    }
     Ok(())
 }
 

@@ -3,9 +3,10 @@
 pub mod applied;
 pub mod checks;
 pub mod resources;
+pub mod restore;
 pub mod status;
 
-use crate::api::{DatabaseBackup, DatabaseBackupStatus};
+use crate::api::{DatabaseBackup, DatabaseBackupStatus, DatabaseRestore};
 use crate::jobresult::{Outcome, Step};
 use crate::metrics::Metrics;
 use crate::names;
@@ -92,6 +93,7 @@ pub struct Context {
     reporter: Reporter,
     /// Consecutive failures per resource, for exponential backoff.
     failures: Mutex<HashMap<ObjectRef<DatabaseBackup>, u32>>,
+    restore_failures: Mutex<HashMap<ObjectRef<DatabaseRestore>, u32>>,
 }
 
 struct Writers {
@@ -128,10 +130,14 @@ impl Context {
                 instance: std::env::var("POD_NAME").ok(),
             },
             failures: Mutex::new(HashMap::new()),
+            restore_failures: Mutex::new(HashMap::new()),
         }
     }
 
-    async fn publish(&self, db: &DatabaseBackup, type_: EventType, reason: &str, note: &str) {
+    async fn publish<K>(&self, obj: &K, type_: EventType, reason: &str, note: &str)
+    where
+        K: Resource<DynamicType = ()>,
+    {
         let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
         let event = Event {
             type_,
@@ -140,7 +146,7 @@ impl Context {
             action: "Reconcile".into(),
             secondary: None,
         };
-        if let Err(e) = recorder.publish(&event, &db.object_ref(&())).await {
+        if let Err(e) = recorder.publish(&event, &obj.object_ref(&())).await {
             warn!(error = %e, "cannot publish event");
         }
     }
@@ -365,7 +371,7 @@ async fn reconcile(db: Arc<DatabaseBackup>, ctx: Arc<Context>) -> Result<Action,
             } else {
                 note.reason
             };
-            ctx.publish(&db, type_, reason, &note.message).await;
+            ctx.publish(&*db, type_, reason, &note.message).await;
         }
     }
 
@@ -471,6 +477,8 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
         .expect("a Context runs one controller");
     let pod_events = writers.pods.subscribe().expect("a shared store");
     let job_events = writers.jobs.subscribe().expect("a shared store");
+    let restore_pod_events = writers.pods.subscribe().expect("a shared store");
+    let restore_job_events = writers.jobs.subscribe().expect("a shared store");
     let caches = futures::future::join4(
         watch(api::<Pod>(&client, ns), &children)
             .reflect_shared(writers.pods)
@@ -518,7 +526,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
                 reconcile(db, ctx).instrument(span)
             },
             error_policy,
-            ctx,
+            ctx.clone(),
         )
         .for_each(|result| async move {
             if let Err(e) = result {
@@ -528,9 +536,34 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
                 }
             }
         });
+    fn to_restore<K: Resource>(obj: Arc<K>) -> Option<ObjectRef<DatabaseRestore>> {
+        let name = obj.labels().get(restore::LABEL_RESTORE)?.clone();
+        Some(ObjectRef::new(&name).within(&obj.namespace()?))
+    }
+    let restores = Controller::new(api::<DatabaseRestore>(&client, ns), Default::default())
+        .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
+        .watches_shared_stream(restore_job_events, to_restore::<Job>)
+        .watches_shared_stream(restore_pod_events, to_restore::<Pod>)
+        .shutdown_on_signal()
+        .run(
+            |r, ctx| {
+                let span = info_span!("restore", namespace = r.namespace().unwrap_or_default(), name = %r.name_any());
+                restore::reconcile(r, ctx).instrument(span)
+            },
+            restore::error_policy,
+            ctx.clone(),
+        )
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                match e {
+                    kube::runtime::controller::Error::ReconcilerFailed(..) => {}
+                    other => warn!(error = %other, "restore controller error"),
+                }
+            }
+        });
     let controller = async {
         ready.await;
-        controller.await
+        futures::future::join(controller, restores).await
     };
     // The caches live exactly as long as the controller.
     tokio::select! {

@@ -34,6 +34,22 @@ impl Db {
         }
     }
 
+    /// Runs SQL in `database` as the backup user.
+    pub fn exec(&self, database: &str, sql: &str) -> String {
+        match self {
+            Db::Maria(d) => d.query(database, sql),
+            Db::Pg(p) => p.query(database, sql),
+        }
+    }
+
+    /// Row counts and content checksums of the shop tables in `database`.
+    pub fn fingerprint(&self, database: &str) -> Vec<(String, String)> {
+        match self {
+            Db::Maria(d) => fingerprint_mariadb(d, database),
+            Db::Pg(p) => fingerprint_postgres(p, database),
+        }
+    }
+
     pub fn login(&self) -> (u16, String, String) {
         match self {
             Db::Maria(d) => (d.port, d.user.clone(), d.password.clone()),

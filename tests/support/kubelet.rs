@@ -9,7 +9,8 @@
 //! - volume mounts mapped to host directories (one per PVC, shared between
 //!   pods), rewritten wherever a mount path appears in args or env values;
 //! - the termination message read from the mapped terminationMessagePath,
-//!   falling back to the output's tail under FallbackToLogsOnError.
+//!   falling back to the output's tail under FallbackToLogsOnError;
+//! - init containers first, in order; the first that fails fails the pod.
 
 use super::process::bin_dir;
 use k8s_openapi::api::core::v1::{Container, Pod, Secret, Volume};
@@ -170,16 +171,86 @@ impl FakeKubelet {
         env
     }
 
+    /// Runs the pod's init containers in order, then (if all succeeded) its
+    /// first container, and reports every container's state as a kubelet does.
     async fn run(&self, pod: &Pod) -> RanPod {
         let spec = pod.spec.as_ref().unwrap();
-        let c = &spec.containers[0];
+        let mut init_statuses = vec![];
+        let mut output = String::new();
+        let mut init_failed = None;
+        for c in spec.init_containers.iter().flatten() {
+            let ran = self.run_container(pod, c).await;
+            output += &ran.output;
+            init_statuses.push(ran.status());
+            if ran.code != 0 {
+                init_failed = Some(ran.code);
+                break;
+            }
+        }
+        let main = &spec.containers[0];
+        let (code, main_status, started) = match init_failed {
+            Some(code) => (
+                code,
+                serde_json::json!({
+                    "name": main.name,
+                    "image": main.image.clone().unwrap_or_default(),
+                    "imageID": "",
+                    "ready": false,
+                    "restartCount": 0,
+                    "started": false,
+                    "state": { "waiting": { "reason": "PodInitializing" } }
+                }),
+                k8s_openapi::jiff::Timestamp::now(),
+            ),
+            None => {
+                let ran = self.run_container(pod, main).await;
+                output += &ran.output;
+                (ran.code, ran.status(), ran.started)
+            }
+        };
+        let mut status = serde_json::json!({ "status": {
+            "phase": if code == 0 { "Succeeded" } else { "Failed" },
+            "startTime": started,
+            "containerStatuses": [main_status]
+        }});
+        if !init_statuses.is_empty() {
+            status["status"]["initContainerStatuses"] = init_statuses.into();
+        }
+        Api::<Pod>::namespaced(self.client.clone(), &self.namespace)
+            .patch_status(
+                &pod.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&status),
+            )
+            .await
+            .unwrap();
+        RanPod {
+            name: pod.name_any(),
+            uid: pod.uid().unwrap(),
+            step: pod
+                .labels()
+                .get("dbbackup.io/step")
+                .cloned()
+                .unwrap_or_default(),
+            exit_code: code,
+            output,
+            reported: Instant::now(),
+        }
+    }
+
+    async fn run_container(&self, pod: &Pod, c: &Container) -> ContainerRun {
         let uid = pod.uid().unwrap();
         let mut mounts = self.mounts(pod, c).await;
         let term_path = c
             .termination_message_path
             .clone()
             .unwrap_or("/dev/termination-log".into());
-        let term_host = self.root.path().join("termination").join(&uid);
+        let term_host = self
+            .root
+            .path()
+            .join("termination")
+            .join(&uid)
+            .join(&c.name);
         std::fs::create_dir_all(term_host.parent().unwrap()).unwrap();
         mounts.push((term_path, term_host.clone()));
         let map = |s: &str| -> String {
@@ -247,46 +318,46 @@ impl FakeKubelet {
                 .rev()
                 .collect();
         }
-        let finished = k8s_openapi::jiff::Timestamp::now();
-        let status = serde_json::json!({ "status": {
-            "phase": if code == 0 { "Succeeded" } else { "Failed" },
-            "startTime": started,
-            "containerStatuses": [{
-                "name": c.name,
-                "image": c.image.clone().unwrap_or_default(),
-                "imageID": "",
-                "ready": false,
-                "restartCount": 0,
-                "started": false,
-                "state": { "terminated": {
-                    "exitCode": code,
-                    "reason": if code == 0 { "Completed" } else { "Error" },
-                    "message": message,
-                    "startedAt": started,
-                    "finishedAt": finished,
-                }}
-            }]
-        }});
-        Api::<Pod>::namespaced(self.client.clone(), &self.namespace)
-            .patch_status(
-                &pod.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&status),
-            )
-            .await
-            .unwrap();
-        RanPod {
-            name: pod.name_any(),
-            uid,
-            step: pod
-                .labels()
-                .get("dbbackup.io/step")
-                .cloned()
-                .unwrap_or_default(),
-            exit_code: code,
+        ContainerRun {
+            name: c.name.clone(),
+            image: c.image.clone().unwrap_or_default(),
+            code,
             output,
-            reported: Instant::now(),
+            message,
+            started,
+            finished: k8s_openapi::jiff::Timestamp::now(),
         }
+    }
+}
+
+/// One container's run, as its status reports it.
+struct ContainerRun {
+    name: String,
+    image: String,
+    code: i32,
+    output: String,
+    message: String,
+    started: k8s_openapi::jiff::Timestamp,
+    finished: k8s_openapi::jiff::Timestamp,
+}
+
+impl ContainerRun {
+    fn status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "name": self.name,
+            "image": self.image,
+            "imageID": "",
+            "ready": false,
+            "restartCount": 0,
+            "started": false,
+            "state": { "terminated": {
+                "exitCode": self.code,
+                "reason": if self.code == 0 { "Completed" } else { "Error" },
+                "message": self.message,
+                "startedAt": self.started,
+                "finishedAt": self.finished,
+            }}
+        })
     }
 }
 

@@ -17,23 +17,22 @@ use std::time::{Duration, Instant};
 
 pub const UPLOADER_IMAGE: &str = "registry.test/dbbackup-operator:test";
 
-/// Installs the checked-in CRD from `crds/`, as `kubectl apply -f crds/` would, and
-/// waits until it is established.
+/// Installs the checked-in CRDs from `crds/`, as `kubectl apply -f crds/` would, and
+/// waits until they are established.
 pub async fn install_crd(client: &Client) {
-    let yaml = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/crds/databasebackups.yaml"
-    ))
-    .unwrap();
-    let crd: CustomResourceDefinition = serde_yaml::from_str(&yaml).unwrap();
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.create(&PostParams::default(), &crd).await.unwrap();
-    let name = crd.name_any();
-    let established = await_condition(crds, &name, conditions::is_crd_established());
-    tokio::time::timeout(Duration::from_secs(30), established)
-        .await
-        .expect("CRD established within 30s")
-        .unwrap();
+    for file in ["databasebackups.yaml", "databaserestores.yaml"] {
+        let path = format!("{}/crds/{file}", env!("CARGO_MANIFEST_DIR"));
+        let yaml = std::fs::read_to_string(path).unwrap();
+        let crd: CustomResourceDefinition = serde_yaml::from_str(&yaml).unwrap();
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        crds.create(&PostParams::default(), &crd).await.unwrap();
+        let name = crd.name_any();
+        let established = await_condition(crds, &name, conditions::is_crd_established());
+        tokio::time::timeout(Duration::from_secs(30), established)
+            .await
+            .expect("CRD established within 30s")
+            .unwrap();
+    }
 }
 
 /// A controller running in this test process; stopped on drop.

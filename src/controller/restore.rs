@@ -1,0 +1,505 @@
+//! DatabaseRestore: one Job per restore, and its status from that Job's pod.
+//!
+//! The Job's init container (our image) downloads, verifies and decompresses
+//! the dump onto a scratch volume; its main container (the database image)
+//! loads it. Each writes a one-line JSON result to its termination log, as
+//! the backup jobs do. A restore runs once: a finished one is never looked at again.
+
+use super::checks::{self, CheckError, Problem};
+use super::resources::{
+    self, CA_MOUNT, DUMP_UID, LABEL_MANAGED_BY, LABEL_STEP, MANAGED_BY, Settings, TERMINATION_LOG,
+    UPLOAD_UID, container_security, plain_env, pod_security, secret_env, store_args, store_env,
+};
+use super::status::{self, Observed};
+use super::{Context, Error, FIELD_MANAGER};
+use crate::api::{
+    BucketSpec, DatabaseBackup, DatabaseRestore, DatabaseRestoreStatus, Engine, RestorePhase,
+};
+use crate::jobresult::{JobResult, Outcome, Step};
+use crate::{dump, names, restore};
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerStatus, EmptyDirVolumeSource, Pod, PodSpec, PodTemplateSpec,
+    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Resource, ResourceExt};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::info;
+
+/// On a restore's Job and pod: the DatabaseRestore's name.
+pub const LABEL_RESTORE: &str = "dbbackup.io/restore";
+/// The condition a restore reports.
+pub const RESTORED: &str = "Restored";
+const WORK_MOUNT: &str = "/work";
+const DUMP_FILE: &str = "/work/restore.sql";
+
+/// Where the dump is: the bucket, and the prefix "latest" searches.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Source {
+    pub bucket: BucketSpec,
+    pub prefix: String,
+}
+
+pub fn job_name(restore: &str) -> String {
+    names::child_name(restore, "restore", names::DNS_LABEL_MAX)
+}
+
+fn labels(restore: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
+        (LABEL_RESTORE.to_string(), restore.to_string()),
+        (LABEL_STEP.to_string(), "restore".to_string()),
+    ])
+}
+
+/// The restore Job, built from the spec and its resolved source alone.
+pub fn restore_job(r: &DatabaseRestore, source: &Source, settings: &Settings) -> Job {
+    let spec = &r.spec;
+    let name = r.name_any();
+    let target = &spec.target;
+    let engine = target.engine;
+    let mount = |name: &str, path: &str| VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        ..Default::default()
+    };
+    let mut volumes = vec![
+        Volume {
+            name: "work".into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: spec.scratch_size.clone().map(Quantity),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: "tmp".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        },
+    ];
+    let mut fetch_mounts = vec![mount("work", WORK_MOUNT), mount("tmp", "/tmp")];
+    if let Some(ca) = &source.bucket.ca_bundle {
+        volumes.push(Volume {
+            name: "ca-bundle".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(ca.name.clone()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        fetch_mounts.push(VolumeMount {
+            read_only: Some(true),
+            ..mount("ca-bundle", CA_MOUNT)
+        });
+    }
+
+    let mut fetch_args = vec![
+        "fetch".to_string(),
+        format!("--key={}", spec.key),
+        format!("--prefix={}", source.prefix),
+        format!("--out={DUMP_FILE}"),
+        format!("--termination-log={TERMINATION_LOG}"),
+    ];
+    fetch_args.extend(store_args(&source.bucket));
+    let mut fetch_env = store_env(&source.bucket);
+    fetch_env.push(plain_env("HOME", "/tmp"));
+    let fetch = Container {
+        name: "fetch".into(),
+        image: Some(settings.uploader_image.clone()),
+        args: Some(fetch_args),
+        env: Some(fetch_env),
+        volume_mounts: Some(fetch_mounts),
+        resources: spec.resources.clone(),
+        security_context: Some(SecurityContext {
+            run_as_user: Some(UPLOAD_UID),
+            run_as_group: Some(UPLOAD_UID),
+            ..container_security()
+        }),
+        termination_message_path: Some(TERMINATION_LOG.into()),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Default::default()
+    };
+
+    let script = restore::restore_script(&restore::RestoreTarget {
+        engine,
+        host: &target.host,
+        port: target
+            .port
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or_else(|| engine.default_port()),
+        database: &target.name,
+        overwrite: spec.overwrite,
+    });
+    let creds = &target.credentials_secret;
+    let mut env = vec![
+        secret_env(dump::USER_ENV, &creds.name, &creds.username_key, false),
+        secret_env(
+            dump::password_env(engine),
+            &creds.name,
+            &creds.password_key,
+            false,
+        ),
+        plain_env("HOME", "/tmp"),
+    ];
+    if engine != Engine::Postgres {
+        env.push(plain_env("MYSQL_HOME", "/tmp"));
+    }
+    let load = Container {
+        name: "restore".into(),
+        image: Some(
+            target
+                .image
+                .clone()
+                .unwrap_or_else(|| engine.default_image().to_string()),
+        ),
+        command: Some(vec!["/bin/sh".into(), "-c".into(), script]),
+        args: Some(vec![
+            "restore".into(),
+            DUMP_FILE.into(),
+            TERMINATION_LOG.into(),
+        ]),
+        env: Some(env),
+        volume_mounts: Some(vec![mount("work", WORK_MOUNT), mount("tmp", "/tmp")]),
+        resources: spec.resources.clone(),
+        security_context: Some(container_security()),
+        termination_message_path: Some(TERMINATION_LOG.into()),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Default::default()
+    };
+
+    let labels = labels(&name);
+    Job {
+        metadata: ObjectMeta {
+            name: Some(job_name(&name)),
+            namespace: r.namespace(),
+            labels: Some(labels.clone()),
+            owner_references: Some(vec![
+                r.controller_owner_ref(&())
+                    .expect("a DatabaseRestore read from the API has a name and uid"),
+            ]),
+            ..Default::default()
+        },
+        spec: Some(JobSpec {
+            // A half-done restore is not retried blindly: the next attempt is a new resource.
+            backoff_limit: Some(0),
+            active_deadline_seconds: Some(spec.active_deadline_seconds),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    restart_policy: Some("Never".into()),
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    security_context: Some(pod_security(DUMP_UID)),
+                    init_containers: Some(vec![fetch]),
+                    containers: vec![load],
+                    volumes: Some(volumes),
+                    node_selector: spec.node_selector.clone(),
+                    tolerations: spec.tolerations.clone(),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// The bucket and prefix the spec points at, or what is missing.
+async fn resolve_source(r: &DatabaseRestore, ctx: &Context) -> Result<Source, CheckError> {
+    let ns = r.namespace().unwrap_or_default();
+    let source = match (&r.spec.backup, &r.spec.bucket) {
+        (Some(name), _) => {
+            let backups: Api<DatabaseBackup> = Api::namespaced(ctx.client.clone(), &ns);
+            let backup = backups.get_opt(name).await?.ok_or_else(|| {
+                Problem::new(
+                    "BackupNotFound",
+                    format!("spec.backup: DatabaseBackup {name:?} not found in namespace {ns:?}"),
+                )
+            })?;
+            Source {
+                prefix: resources::key_prefix(&backup),
+                bucket: backup.spec.bucket,
+            }
+        }
+        (None, Some(bucket)) => Source {
+            prefix: bucket.prefix.clone().unwrap_or_default(),
+            bucket: bucket.clone(),
+        },
+        (None, None) => {
+            return Err(Problem::new("NoSource", "set spec.backup or spec.bucket").into());
+        }
+    };
+    checks::check_bucket(&ctx.client, &ns, &source.bucket).await?;
+    checks::check_credentials(&ctx.client, &ns, &r.spec.target.credentials_secret).await?;
+    Ok(source)
+}
+
+/// The result a container reported, or a failure line for one that died without one.
+fn container_result(c: &ContainerStatus, step: Step) -> Option<(JobResult, Option<Time>)> {
+    let t = c.state.as_ref()?.terminated.as_ref()?;
+    let result = t
+        .message
+        .as_deref()
+        .and_then(JobResult::parse)
+        .filter(|r| r.step == step)
+        .or_else(|| {
+            let finished = t.finished_at.clone()?;
+            let cause = format!(
+                "container exited with code {}{}",
+                t.exit_code,
+                t.reason
+                    .as_ref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            );
+            (t.exit_code != 0).then(|| status::failure(step, &finished, chrono_tz::UTC, &cause))
+        })?;
+    Some((result, t.finished_at.clone()))
+}
+
+/// The status the Job and its pod show, from `old` (which holds the start time).
+pub fn observe(
+    old: &DatabaseRestoreStatus,
+    job: Option<&Job>,
+    pod: Option<&Pod>,
+) -> (DatabaseRestoreStatus, Observed) {
+    let mut s = old.clone();
+    s.start_time = s.start_time.clone().or_else(|| {
+        job.and_then(|j| j.status.as_ref())
+            .and_then(|st| st.start_time.clone())
+    });
+    let pod_status = pod.and_then(|p| p.status.as_ref());
+    let fetched = pod_status
+        .and_then(|st| st.init_container_statuses.as_ref())
+        .and_then(|cs| cs.first())
+        .and_then(|c| container_result(c, Step::Fetch));
+    let loaded = pod_status
+        .and_then(|st| st.container_statuses.as_ref())
+        .and_then(|cs| cs.first())
+        .and_then(|c| container_result(c, Step::Restore));
+    s.log.clear();
+    let mut failed = None;
+    if let Some((f, finished)) = &fetched {
+        s.log.push(f.log.clone());
+        if f.outcome == Outcome::Succeeded {
+            s.key = f.key.clone();
+            s.size = f.size.map(|n| n as i64);
+        } else {
+            failed = Some((f.clone(), "DownloadFailed", finished.clone()));
+        }
+    }
+    if let Some((l, finished)) = &loaded {
+        s.log.push(l.log.clone());
+        if l.outcome == Outcome::Succeeded {
+            s.phase = Some(RestorePhase::Succeeded);
+            s.completion_time = finished.clone();
+            let into = s.key.clone().unwrap_or_default();
+            return (
+                s,
+                Observed::new(RESTORED, true, "Restored", format!("restored {into}")),
+            );
+        }
+        failed = failed.or(Some((l.clone(), "RestoreFailed", finished.clone())));
+    }
+    let job_failed = job
+        .and_then(|j| j.status.as_ref())
+        .and_then(|st| st.conditions.as_ref())
+        .and_then(|cs| {
+            cs.iter()
+                .find(|c| c.type_ == "Failed" && c.status == "True")
+        });
+    if failed.is_none()
+        && let Some(c) = job_failed
+    {
+        let when = c
+            .last_transition_time
+            .clone()
+            .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now()));
+        let reason = c.reason.clone().unwrap_or_else(|| "JobFailed".into());
+        let cause = format!(
+            "job failed: {reason}{}",
+            c.message
+                .as_ref()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default()
+        );
+        let r = status::failure(Step::Restore, &when, chrono_tz::UTC, &cause);
+        s.log.push(r.log.clone());
+        s.phase = Some(RestorePhase::Failed);
+        s.completion_time = Some(when);
+        let message = r.log.splitn(3, ',').nth(2).unwrap_or_default().to_string();
+        let reason: &'static str = match reason.as_str() {
+            "DeadlineExceeded" => "DeadlineExceeded",
+            _ => "JobFailed",
+        };
+        return (s, Observed::new(RESTORED, false, reason, message));
+    }
+    if let Some((r, default_reason, finished)) = failed {
+        s.phase = Some(RestorePhase::Failed);
+        s.completion_time = finished;
+        let message = r.log.splitn(3, ',').nth(2).unwrap_or_default().to_string();
+        let reason = known_reason(r.reason.as_deref()).unwrap_or(default_reason);
+        return (s, Observed::new(RESTORED, false, reason, message));
+    }
+    let (phase, reason, message) = match job {
+        Some(_) => (
+            RestorePhase::Running,
+            "Running",
+            "the restore job is running",
+        ),
+        None => (
+            RestorePhase::Pending,
+            "Pending",
+            "the restore job is being created",
+        ),
+    };
+    s.phase = Some(phase);
+    (s, Observed::new(RESTORED, false, reason, message))
+}
+
+/// Condition reasons the restore containers may report.
+fn known_reason(reason: Option<&str>) -> Option<&'static str> {
+    const KNOWN: [&str; 8] = [
+        "TargetNotEmpty",
+        "ConnectionFailed",
+        "RestoreFailed",
+        "DownloadFailed",
+        "ObjectNotFound",
+        "NoDumpFound",
+        "ChecksumMismatch",
+        "CorruptDump",
+    ];
+    let reason = reason?;
+    KNOWN.into_iter().find(|k| *k == reason)
+}
+
+pub async fn reconcile(r: Arc<DatabaseRestore>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let old = r.status.clone().unwrap_or_default();
+    if old.phase.is_some_and(RestorePhase::finished) {
+        return Ok(Action::await_change());
+    }
+    let ns = r.namespace().unwrap_or_default();
+    let name = r.name_any();
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let generation = r.metadata.generation;
+
+    let source = match resolve_source(&r, &ctx).await {
+        Ok(source) => source,
+        Err(CheckError::Kube(e)) => return Err(Error::Kube(e)),
+        Err(CheckError::Problem(p)) => {
+            let mut new = old.clone();
+            new.observed_generation = generation;
+            new.phase = Some(RestorePhase::Pending);
+            let observed = Observed::new(RESTORED, false, p.reason, p.message.clone());
+            status::set_condition(&mut new.conditions, &observed, generation, &now);
+            if new != old {
+                write_status(&r, &ctx, &new).await?;
+                ctx.publish(&*r, EventType::Warning, p.reason, &p.message)
+                    .await;
+            }
+            return Err(Error::Invalid(p));
+        }
+    };
+
+    ctx.restore_failures
+        .lock()
+        .unwrap()
+        .remove(&ObjectRef::from_obj(&*r));
+    let job_key = ObjectRef::new(&job_name(&name)).within(&ns);
+    let job = match ctx.jobs.get(&job_key) {
+        Some(job) => Some(job),
+        None => {
+            let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+            let desired = restore_job(&r, &source, &ctx.settings);
+            match jobs.create(&PostParams::default(), &desired).await {
+                Ok(created) => {
+                    info!(job = %created.name_any(), "started restore job");
+                    Some(Arc::new(created))
+                }
+                Err(kube::Error::Api(e)) if e.code == 409 => None,
+                Err(e) => return Err(Error::Kube(e)),
+            }
+        }
+    };
+    let pod = ctx
+        .pods
+        .state()
+        .into_iter()
+        .filter(|p| {
+            p.namespace().as_deref() == Some(ns.as_str())
+                && p.labels().get(LABEL_RESTORE) == Some(&name)
+        })
+        .max_by_key(|p| p.metadata.creation_timestamp.clone().map(|t| t.0));
+
+    let (mut new, observed) = observe(&old, job.as_deref(), pod.as_deref());
+    new.observed_generation = generation;
+    status::set_condition(&mut new.conditions, &observed, generation, &now);
+    if new != old {
+        write_status(&r, &ctx, &new).await?;
+        if new.phase != old.phase {
+            let (type_, reason, message) = match new.phase {
+                Some(RestorePhase::Succeeded) => (EventType::Normal, "Restored", observed.message),
+                Some(RestorePhase::Failed) => (
+                    EventType::Warning,
+                    observed.reason.as_str(),
+                    observed.message.clone(),
+                ),
+                Some(RestorePhase::Running) => (
+                    EventType::Normal,
+                    "RestoreStarted",
+                    format!("started job {}", job_name(&name)),
+                ),
+                _ => (EventType::Normal, "Pending", observed.message),
+            };
+            ctx.publish(&*r, type_, reason, &message).await;
+        }
+    }
+    Ok(match new.phase {
+        Some(p) if p.finished() => Action::await_change(),
+        _ => Action::requeue(Duration::from_secs(300)),
+    })
+}
+
+async fn write_status(
+    r: &DatabaseRestore,
+    ctx: &Context,
+    status: &DatabaseRestoreStatus,
+) -> Result<(), Error> {
+    let api: Api<DatabaseRestore> =
+        Api::namespaced(ctx.client.clone(), &r.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": DatabaseRestore::api_version(&()),
+        "kind": DatabaseRestore::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &r.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+pub fn error_policy(r: Arc<DatabaseRestore>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_failed(error.reason());
+    let key = ObjectRef::from_obj(&*r);
+    let mut failures = ctx.restore_failures.lock().unwrap();
+    let attempt = failures.entry(key).or_insert(0);
+    *attempt += 1;
+    let delay = super::backoff(*attempt);
+    tracing::warn!(name = %r.name_any(), namespace = ?r.namespace(), reason = error.reason(), %error, ?delay, "restore reconcile failed");
+    Action::requeue(delay)
+}
