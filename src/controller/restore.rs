@@ -503,3 +503,222 @@ pub fn error_policy(r: Arc<DatabaseRestore>, error: &Error, ctx: Arc<Context>) -
     tracing::warn!(name = %r.name_any(), namespace = ?r.namespace(), reason = error.reason(), %error, ?delay, "restore reconcile failed");
     Action::requeue(delay)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::batch::v1::{JobCondition, JobStatus};
+    use k8s_openapi::api::core::v1::{ContainerState, ContainerStateTerminated, PodStatus};
+
+    fn at(secs: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap())
+    }
+
+    fn terminated(name: &str, exit: i32, message: &str, finished: i64) -> ContainerStatus {
+        ContainerStatus {
+            name: name.into(),
+            state: Some(ContainerState {
+                terminated: Some(ContainerStateTerminated {
+                    exit_code: exit,
+                    message: Some(message.into()),
+                    finished_at: Some(at(finished)),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn pod(init: Option<ContainerStatus>, main: Option<ContainerStatus>) -> Pod {
+        Pod {
+            status: Some(PodStatus {
+                init_container_statuses: init.map(|c| vec![c]),
+                container_statuses: main.map(|c| vec![c]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    const FETCHED: &str = r#"{"step":"fetch","outcome":"succeeded","key":"2026-11-25/datadump2.sql","size":42,"log":"2026-11-25,10:00:01,downloaded 2026-11-25/datadump2.sql (42 bytes, checksum verified)"}"#;
+
+    fn job() -> Job {
+        Job {
+            status: Some(JobStatus {
+                start_time: Some(at(100)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn success_records_key_times_and_both_lines() {
+        let done = r#"{"step":"restore","outcome":"succeeded","reason":"","log":"2026-11-25,10:00:09,database restore completed"}"#;
+        let p = pod(
+            Some(terminated("fetch", 0, FETCHED, 101)),
+            Some(terminated("restore", 0, done, 109)),
+        );
+        let (s, c) = observe(&Default::default(), Some(&job()), Some(&p));
+        assert_eq!(s.phase, Some(RestorePhase::Succeeded));
+        assert_eq!(s.key.as_deref(), Some("2026-11-25/datadump2.sql"));
+        assert_eq!(s.size, Some(42));
+        assert_eq!(
+            (s.start_time, s.completion_time),
+            (Some(at(100)), Some(at(109)))
+        );
+        assert_eq!(s.log.len(), 2);
+        assert!(c.status);
+    }
+
+    #[test]
+    fn the_load_steps_reason_becomes_the_condition_reason() {
+        let refused = r#"{"step":"restore","outcome":"failed","reason":"TargetNotEmpty","log":"2026-11-25,10:00:02,database restore failed: database shop already has 6 tables; set spec.overwrite: true to replace its content"}"#;
+        let p = pod(
+            Some(terminated("fetch", 0, FETCHED, 101)),
+            Some(terminated("restore", 1, refused, 102)),
+        );
+        let (s, c) = observe(&Default::default(), Some(&job()), Some(&p));
+        assert_eq!(s.phase, Some(RestorePhase::Failed));
+        assert_eq!((c.status, c.reason.as_str()), (false, "TargetNotEmpty"));
+        assert!(
+            c.message
+                .starts_with("database restore failed: database shop")
+        );
+    }
+
+    #[test]
+    fn a_failed_download_stops_there() {
+        let bad = r#"{"step":"fetch","outcome":"failed","reason":"ChecksumMismatch","log":"2026-11-25,10:00:01,download failed: k does not match its checksum"}"#;
+        let p = pod(Some(terminated("fetch", 1, bad, 101)), None);
+        let (s, c) = observe(&Default::default(), Some(&job()), Some(&p));
+        assert_eq!(s.phase, Some(RestorePhase::Failed));
+        assert_eq!(c.reason, "ChecksumMismatch");
+        assert_eq!(s.key, None);
+        // A container that died without a result still fails the restore, by exit code.
+        let p = pod(Some(terminated("fetch", 137, "", 101)), None);
+        let (s, c) = observe(&Default::default(), Some(&job()), Some(&p));
+        assert_eq!(
+            (s.phase, c.reason.as_str()),
+            (Some(RestorePhase::Failed), "DownloadFailed")
+        );
+        assert!(
+            s.log[0].ends_with("download failed: container exited with code 137"),
+            "{:?}",
+            s.log
+        );
+        // Reasons are ours only: anything else is the step's generic one.
+        let odd = bad.replace("ChecksumMismatch", "Whatever");
+        let p = pod(Some(terminated("fetch", 1, &odd, 101)), None);
+        assert_eq!(
+            observe(&Default::default(), None, Some(&p)).1.reason,
+            "DownloadFailed"
+        );
+    }
+
+    #[test]
+    fn a_job_past_its_deadline_fails_the_restore() {
+        let mut j = job();
+        j.status.as_mut().unwrap().conditions = Some(vec![JobCondition {
+            type_: "Failed".into(),
+            status: "True".into(),
+            reason: Some("DeadlineExceeded".into()),
+            message: Some("Job was active longer than specified deadline".into()),
+            last_transition_time: Some(at(200)),
+            ..Default::default()
+        }]);
+        let (s, c) = observe(&Default::default(), Some(&j), None);
+        assert_eq!(
+            (s.phase, c.reason.as_str()),
+            (Some(RestorePhase::Failed), "DeadlineExceeded")
+        );
+        assert_eq!(s.completion_time, Some(at(200)));
+    }
+
+    #[test]
+    fn pending_then_running() {
+        let (s, c) = observe(&Default::default(), None, None);
+        assert_eq!(
+            (s.phase, c.reason.as_str()),
+            (Some(RestorePhase::Pending), "Pending")
+        );
+        let (s, c) = observe(&Default::default(), Some(&job()), Some(&pod(None, None)));
+        assert_eq!(
+            (s.phase, c.reason.as_str()),
+            (Some(RestorePhase::Running), "Running")
+        );
+        assert_eq!(s.start_time, Some(at(100)));
+    }
+
+    fn restore(extra: serde_json::Value) -> DatabaseRestore {
+        let mut manifest = serde_json::json!({
+            "apiVersion": "dbbackup.io/v1alpha1",
+            "kind": "DatabaseRestore",
+            "metadata": { "name": "back", "namespace": "shop", "uid": "5d2c0e0e-1f6b-4f55-9a51-0c7b0d7e4a21" },
+            "spec": {
+                "target": {
+                    "engine": "postgres",
+                    "host": "db.shop.svc",
+                    "name": "orders_copy",
+                    "credentialsSecret": { "name": "db-creds" }
+                }
+            }
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            manifest["spec"][k] = v.clone();
+        }
+        serde_json::from_value(manifest).unwrap()
+    }
+
+    #[test]
+    fn the_job_fetches_with_our_image_and_loads_with_the_database_image() {
+        let r = restore(serde_json::json!({ "backup": "orders", "scratchSize": "20Gi" }));
+        let bucket: BucketSpec =
+            serde_json::from_value(serde_json::json!({ "secretRef": { "name": "s3-creds" }, "caBundle": { "name": "ca" } }))
+                .unwrap();
+        let source = Source {
+            bucket,
+            prefix: "shop/orders/".into(),
+        };
+        let settings = Settings {
+            uploader_image: "ghcr.io/dbbackup-operator/dbbackup-operator:0.1.0".into(),
+        };
+        let job = restore_job(&r, &source, &settings);
+        assert_eq!(job.metadata.name.as_deref(), Some("back-restore"));
+        let spec = job.spec.unwrap();
+        assert_eq!(spec.backoff_limit, Some(0));
+        let pod = spec.template.spec.unwrap();
+        let fetch = &pod.init_containers.as_ref().unwrap()[0];
+        let args = fetch.args.clone().unwrap();
+        for want in [
+            "fetch",
+            "--key=latest",
+            "--prefix=shop/orders/",
+            "--out=/work/restore.sql",
+            "--ca-bundle=/etc/dbbackup/ca/ca.crt",
+        ] {
+            assert!(args.contains(&want.to_string()), "{want} in {args:?}");
+        }
+        assert_eq!(fetch.image, Some(settings.uploader_image.clone()));
+        let load = &pod.containers[0];
+        assert_eq!(load.image.as_deref(), Some("docker.io/library/postgres:17"));
+        assert_eq!(load.args.clone().unwrap()[1], "/work/restore.sql");
+        let env: Vec<&str> = load.env.iter().flatten().map(|e| e.name.as_str()).collect();
+        assert!(
+            env.contains(&"PGPASSWORD") && env.contains(&"DB_USER"),
+            "{env:?}"
+        );
+        assert!(
+            load.env
+                .iter()
+                .flatten()
+                .all(|e| e.value.as_deref().is_none_or(|v| !v.contains("secret")))
+        );
+        let work = &pod.volumes.unwrap()[0];
+        assert_eq!(
+            work.empty_dir.as_ref().unwrap().size_limit,
+            Some(Quantity("20Gi".into()))
+        );
+    }
+}
