@@ -419,3 +419,113 @@ async fn non_empty_mariadb_target_needs_overwrite() {
 async fn non_empty_postgres_target_needs_overwrite() {
     non_empty_target(Engine::Postgres).await;
 }
+
+/// Uploads `parts` × 5 MiB of `byte` to `key` as a multipart upload, recording
+/// `declared` as the part size the way our uploader does.
+async fn put_multipart(minio: &Minio, key: &str, parts: i32, declared: usize, byte: u8) {
+    use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+    let s3 = minio.s3_client().await;
+    let created = s3
+        .create_multipart_upload()
+        .bucket(BUCKET)
+        .key(key)
+        .metadata("dbbackup-part-size", declared.to_string())
+        .send()
+        .await
+        .unwrap();
+    let id = created.upload_id().unwrap();
+    let mut done = vec![];
+    for n in 1..=parts {
+        let out = s3
+            .upload_part()
+            .bucket(BUCKET)
+            .key(key)
+            .upload_id(id)
+            .part_number(n)
+            .body(vec![byte; 5 << 20].into())
+            .send()
+            .await
+            .unwrap();
+        done.push(
+            CompletedPart::builder()
+                .part_number(n)
+                .set_e_tag(out.e_tag().map(str::to_string))
+                .build(),
+        );
+    }
+    s3.complete_multipart_upload()
+        .bucket(BUCKET)
+        .key(key)
+        .upload_id(id)
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .set_parts(Some(done))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+}
+
+/// The restore's `fetch` step checks every byte against the store's ETag: an
+/// object whose parts do not hash to it under its declared part size is
+/// refused and leaves no file; the true layout passes.
+#[tokio::test]
+async fn fetch_refuses_an_object_that_does_not_match_its_etag() {
+    let minio = Minio::start();
+    create_bucket(&minio).await;
+    put_multipart(&minio, "p/2026-11-25/datadump1.sql", 2, 6 << 20, b'a').await;
+    put_multipart(&minio, "p/2026-11-24/datadump1.sql", 2, 5 << 20, b'b').await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("restore.sql");
+    let termlog = dir.path().join("termination-log");
+    let fetch = |key: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_dbbackup-operator"))
+            .arg("fetch")
+            .arg(format!("--key={key}"))
+            .arg("--prefix=p/")
+            .arg(format!("--out={}", out.display()))
+            .arg(format!("--termination-log={}", termlog.display()))
+            .env("DBBACKUP_BUCKET", BUCKET)
+            .env("DBBACKUP_ENDPOINT", &minio.endpoint)
+            .env("AWS_ACCESS_KEY_ID", &minio.access_key)
+            .env("AWS_SECRET_ACCESS_KEY", &minio.secret_key)
+            .output()
+            .unwrap()
+    };
+    let result = || -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(&termlog).unwrap()).unwrap()
+    };
+
+    // "latest" is the 11-25 object, whose declared part size is wrong.
+    let run = fetch("latest");
+    assert!(!run.status.success());
+    let r = result();
+    assert_eq!(r["reason"], "ChecksumMismatch", "{r}");
+    assert!(
+        r["log"]
+            .as_str()
+            .unwrap()
+            .contains("download failed: p/2026-11-25/datadump1.sql does not match its checksum"),
+        "{r}"
+    );
+    assert!(!out.exists(), "no file is left behind");
+
+    let run = fetch("p/2026-11-24/datadump1.sql");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        result()["log"]
+            .as_str()
+            .unwrap()
+            .ends_with("checksum verified)")
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), vec![b'b'; 10 << 20]);
+
+    let run = fetch("p/2026-11-23/datadump1.sql");
+    assert!(!run.status.success());
+    assert_eq!(result()["reason"], "ObjectNotFound");
+}
