@@ -258,7 +258,7 @@ impl EtagCheck {
     /// (not an MD5, as with KMS encryption; or a part size we cannot know).
     fn verify(mut self) -> Result<bool, String> {
         let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
-        let Some(_) = self.part_size else {
+        if self.part_size.is_none() {
             let is_md5 =
                 self.expected.len() == 32 && self.expected.bytes().all(|b| b.is_ascii_hexdigit());
             if !is_md5 {
@@ -269,7 +269,7 @@ impl EtagCheck {
                 true => Ok(true),
                 false => Err(format!("MD5 {got}, the store's ETag is {}", self.expected)),
             };
-        };
+        }
         if self.current_len > 0 {
             self.end_part();
         }

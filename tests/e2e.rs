@@ -15,15 +15,9 @@ use support::bed::*;
 use support::kubelet::{FakeKubelet, RanPod};
 use support::operator::*;
 use support::pipeline::*;
-use support::*;
 
 async fn end_to_end(engine: Engine) {
-    let b = bed(engine).await;
-    let op = RunningOperator::start(&b.client);
-    apply_backup(&b);
-    let backups: Api<DatabaseBackup> = Api::namespaced(b.client.clone(), NS);
-    wait_ready(&backups, "orders", "True", "Reconciled").await;
-    let mut kubelet = FakeKubelet::new(&b.client, NS);
+    let (b, op, mut kubelet) = ready_bed(engine, "").await;
     let mut latencies = vec![];
     let day = today();
 
@@ -62,18 +56,7 @@ async fn end_to_end(engine: Engine) {
     assert_eq!(bucket_keys(&b.minio).await, [key.clone(), second.clone()]);
 
     // An upload run with no dump, started the way a user would.
-    kubectl(
-        &b.cp,
-        &[
-            "create",
-            "job",
-            "-n",
-            NS,
-            "--from=cronjob/orders-upload",
-            "manual-upload",
-        ],
-    );
-    let empty = kubelet.run_pods(1, Duration::from_secs(60)).await.remove(0);
+    let empty = run_job_from(&b, &mut kubelet, "orders-upload", "manual-upload").await;
     assert_eq!(empty.exit_code, 0, "{}", empty.output);
     latencies.push(status_latency(&b.client, &empty).await);
     let status = status_of(&b.client).await;
@@ -131,42 +114,15 @@ async fn end_to_end_postgres() {
 /// and a further restart repeats nothing.
 #[tokio::test]
 async fn operator_restart_neither_repeats_nor_loses_log_lines() {
-    let b = bed(Engine::Mariadb).await;
-    let op = RunningOperator::start(&b.client);
-    apply_backup(&b);
-    let backups: Api<DatabaseBackup> = Api::namespaced(b.client.clone(), NS);
-    wait_ready(&backups, "orders", "True", "Reconciled").await;
-    let mut kubelet = FakeKubelet::new(&b.client, NS);
+    let (b, op, mut kubelet) = ready_bed(Engine::Mariadb, "").await;
     let mut latencies = vec![];
     backup_now(&b, &mut kubelet, "first", &mut latencies).await;
     drop(op);
 
     // While the operator is down: a dump and an upload run and finish.
-    kubectl(
-        &b.cp,
-        &[
-            "create",
-            "job",
-            "-n",
-            NS,
-            "--from=cronjob/orders-dump",
-            "while-down-dump",
-        ],
-    );
-    let dump = kubelet.run_pods(1, Duration::from_secs(60)).await.remove(0);
+    let dump = run_job_from(&b, &mut kubelet, "orders-dump", "while-down-dump").await;
     assert_eq!(dump.exit_code, 0, "{}", dump.output);
-    kubectl(
-        &b.cp,
-        &[
-            "create",
-            "job",
-            "-n",
-            NS,
-            "--from=cronjob/orders-upload",
-            "while-down-upload",
-        ],
-    );
-    let upload = kubelet.run_pods(1, Duration::from_secs(60)).await.remove(0);
+    let upload = run_job_from(&b, &mut kubelet, "orders-upload", "while-down-upload").await;
     assert_eq!(upload.exit_code, 0, "{}", upload.output);
     assert_eq!(
         status_of(&b.client).await.log.len(),
@@ -206,6 +162,7 @@ async fn operator_restart_neither_repeats_nor_loses_log_lines() {
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(status_of(&b.client).await.log, status.log);
+    let backups: Api<DatabaseBackup> = Api::namespaced(b.client.clone(), NS);
     let db = backups.get("orders").await.unwrap();
     assert_eq!(
         db.annotations()
@@ -231,16 +188,6 @@ async fn wait_condition(
         },
     )
     .await
-}
-
-/// Creates or replaces a Secret with the real kubectl, as a user fixing one would.
-fn apply_secret(cp: &ControlPlane, name: &str, pairs: &[(&str, &str)]) {
-    let mut secret = support::operator::secret(name, pairs);
-    secret.metadata.namespace = Some(NS.into());
-    let path = cp.dir().join(format!("{name}.json"));
-    std::fs::write(&path, serde_json::to_string(&secret).unwrap()).unwrap();
-    kubectl(cp, &["apply", "-f", path.to_str().unwrap()]);
-    std::fs::remove_file(&path).unwrap();
 }
 
 /// Waits until the newest line in status contains `needle`.
@@ -273,12 +220,7 @@ async fn event_reasons(client: &Client) -> Vec<(String, String)> {
 /// condition, a Warning Event and a log line in status.
 #[tokio::test]
 async fn failures_show_as_conditions_events_and_log_lines() {
-    let b = bed(Engine::Mariadb).await;
-    let _op = RunningOperator::start(&b.client);
-    apply_backup(&b);
-    let backups: Api<DatabaseBackup> = Api::namespaced(b.client.clone(), NS);
-    wait_ready(&backups, "orders", "True", "Reconciled").await;
-    let mut kubelet = FakeKubelet::new(&b.client, NS);
+    let (b, _op, mut kubelet) = ready_bed(Engine::Mariadb, "").await;
     let (_, user, password) = b.db.login();
 
     // A wrong database password.
@@ -287,18 +229,7 @@ async fn failures_show_as_conditions_events_and_log_lines() {
         "db-creds",
         &[("username", &user), ("password", "wrong-password")],
     );
-    kubectl(
-        &b.cp,
-        &[
-            "create",
-            "job",
-            "-n",
-            NS,
-            "--from=cronjob/orders-dump",
-            "bad-password",
-        ],
-    );
-    let pod = kubelet.run_pods(1, Duration::from_secs(60)).await.remove(0);
+    let pod = run_job_from(&b, &mut kubelet, "orders-dump", "bad-password").await;
     assert_ne!(pod.exit_code, 0);
     let s = wait_condition(&b.client, "DumpSucceeded", "False", "DumpFailed").await;
     let line = s.log.last().unwrap();
@@ -315,45 +246,18 @@ async fn failures_show_as_conditions_events_and_log_lines() {
         "db-creds",
         &[("username", &user), ("password", &password)],
     );
-    kubectl(
-        &b.cp,
-        &[
-            "create",
-            "job",
-            "-n",
-            NS,
-            "--from=cronjob/orders-dump",
-            "good-dump",
-        ],
-    );
     assert_eq!(
-        kubelet.run_pods(1, Duration::from_secs(60)).await[0].exit_code,
+        run_job_from(&b, &mut kubelet, "orders-dump", "good-dump")
+            .await
+            .exit_code,
         0
     );
     wait_condition(&b.client, "DumpSucceeded", "True", "DumpCompleted").await;
-    apply_secret(
-        &b.cp,
-        "s3-creds",
-        &[
-            ("bucket", "no-such-bucket"),
-            ("accessKeyId", &b.minio.access_key),
-            ("secretAccessKey", &b.minio.secret_key),
-            ("endpoint", &b.minio.endpoint),
-        ],
-    );
-    kubectl(
-        &b.cp,
-        &[
-            "create",
-            "job",
-            "-n",
-            NS,
-            "--from=cronjob/orders-upload",
-            "missing-bucket",
-        ],
-    );
+    apply_bucket_secret(&b, "no-such-bucket", &b.minio.secret_key, &b.minio.endpoint);
     assert_ne!(
-        kubelet.run_pods(1, Duration::from_secs(60)).await[0].exit_code,
+        run_job_from(&b, &mut kubelet, "orders-upload", "missing-bucket")
+            .await
+            .exit_code,
         0
     );
     let s = wait_condition(&b.client, "UploadSucceeded", "False", "UploadFailed").await;
@@ -369,17 +273,7 @@ async fn failures_show_as_conditions_events_and_log_lines() {
     );
 
     // A job that never got to run its pod and exceeded its deadline.
-    kubectl(
-        &b.cp,
-        &[
-            "create",
-            "job",
-            "-n",
-            NS,
-            "--from=cronjob/orders-dump",
-            "too-slow",
-        ],
-    );
+    create_job_from(&b, "orders-dump", "too-slow");
     kubectl(
         &b.cp,
         &[
@@ -431,18 +325,7 @@ async fn operator_killed_mid_reconcile_and_apiserver_restarted_converge() {
             .len()
     };
     let before = run_now_jobs().await;
-    kubectl(
-        &b.cp,
-        &[
-            "annotate",
-            "--overwrite",
-            "-n",
-            NS,
-            "dbb",
-            "orders",
-            "dbbackup.io/run-now=second",
-        ],
-    );
+    request_backup(&b, "second");
     wait_for("the second dump Job", Duration::from_secs(30), || async {
         (run_now_jobs().await > before).then_some(())
     })
@@ -504,57 +387,15 @@ async fn no_secret_value_appears_in_logs_status_events_or_specs() {
         "db-creds",
         &[("username", &user), ("password", &wrong_db)],
     );
-    kubectl(
-        &b.cp,
-        &[
-            "create",
-            "job",
-            "-n",
-            NS,
-            "--from=cronjob/orders-dump",
-            "bad-dump",
-        ],
-    );
-    outputs.extend(kubelet.run_pods(1, Duration::from_secs(60)).await);
+    outputs.push(run_job_from(&b, &mut kubelet, "orders-dump", "bad-dump").await);
     apply_secret(
         &b.cp,
         "db-creds",
         &[("username", &user), ("password", &password)],
     );
-    kubectl(
-        &b.cp,
-        &[
-            "create",
-            "job",
-            "-n",
-            NS,
-            "--from=cronjob/orders-dump",
-            "good-dump",
-        ],
-    );
-    outputs.extend(kubelet.run_pods(1, Duration::from_secs(60)).await);
-    apply_secret(
-        &b.cp,
-        "s3-creds",
-        &[
-            ("bucket", BUCKET),
-            ("accessKeyId", &b.minio.access_key),
-            ("secretAccessKey", &wrong_s3),
-            ("endpoint", &b.minio.endpoint),
-        ],
-    );
-    kubectl(
-        &b.cp,
-        &[
-            "create",
-            "job",
-            "-n",
-            NS,
-            "--from=cronjob/orders-upload",
-            "bad-upload",
-        ],
-    );
-    outputs.extend(kubelet.run_pods(1, Duration::from_secs(60)).await);
+    outputs.push(run_job_from(&b, &mut kubelet, "orders-dump", "good-dump").await);
+    apply_bucket_secret(&b, BUCKET, &wrong_s3, &b.minio.endpoint);
+    outputs.push(run_job_from(&b, &mut kubelet, "orders-upload", "bad-upload").await);
     assert_eq!(
         outputs.iter().map(|p| p.exit_code == 0).collect::<Vec<_>>(),
         [false, true, false]

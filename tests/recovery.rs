@@ -12,7 +12,7 @@ use support::operator::*;
 use support::pipeline::*;
 use support::*;
 
-use dbbackup_operator::api::{DatabaseBackup, Engine};
+use dbbackup_operator::api::Engine;
 use kube::api::Api;
 
 /// The date folder `days` before today (UTC).
@@ -72,16 +72,6 @@ fn pruned_lines(log: &[String]) -> Vec<String> {
         .collect()
 }
 
-async fn ready_bed(engine: Engine, retention: &str) -> (Bed, RunningOperator, FakeKubelet) {
-    let b = bed(engine).await;
-    let op = RunningOperator::start(&b.client);
-    apply_backup_with(&b, retention);
-    let backups: Api<DatabaseBackup> = Api::namespaced(b.client.clone(), NS);
-    wait_ready(&backups, "orders", "True", "Reconciled").await;
-    let kubelet = FakeKubelet::new(&b.client, NS);
-    (b, op, kubelet)
-}
-
 #[tokio::test]
 async fn keep_three_leaves_exactly_the_three_newest() {
     let (b, _op, mut kubelet) = ready_bed(Engine::Mariadb, "  retention:\n    keepLast: 3\n").await;
@@ -122,18 +112,7 @@ async fn max_age_never_deletes_the_newest() {
         .set_modified(five_days_ago)
         .unwrap();
 
-    kubectl(
-        &b.cp,
-        &[
-            "create",
-            "job",
-            "-n",
-            NS,
-            "--from=cronjob/orders-upload",
-            "late-upload",
-        ],
-    );
-    let upload = kubelet.run_pods(1, Duration::from_secs(60)).await.remove(0);
+    let upload = run_job_from(&b, &mut kubelet, "orders-upload", "late-upload").await;
     assert_eq!(upload.exit_code, 0, "{}", upload.output);
     let newest = format!("{}/datadump1.sql", days_ago(5));
     let mut want = vec![newest.clone()];
@@ -147,52 +126,14 @@ async fn max_age_never_deletes_the_newest() {
     assert_eq!(pruned_lines(&status.log), seeded[..2], "{:?}", status.log);
 }
 
-fn bucket_secret(b: &Bed, endpoint: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("bucket", BUCKET.to_string()),
-        ("accessKeyId", b.minio.access_key.clone()),
-        ("secretAccessKey", b.minio.secret_key.clone()),
-        ("endpoint", endpoint.to_string()),
-    ]
-}
-
-async fn point_bucket_secret_at(b: &Bed, endpoint: &str) {
-    let pairs = bucket_secret(b, endpoint);
-    let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(b.client.clone(), NS);
-    secrets
-        .replace("s3-creds", &Default::default(), &{
-            let mut s = secret("s3-creds", &pairs);
-            s.metadata.resource_version = secrets
-                .get("s3-creds")
-                .await
-                .unwrap()
-                .metadata
-                .resource_version;
-            s
-        })
-        .await
-        .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_upload_prunes_nothing() {
     let (b, _op, mut kubelet) = ready_bed(Engine::Mariadb, "  retention:\n    keepLast: 1\n").await;
     let seeded = seed(&b.minio, &[3, 2, 1]).await;
     let proxy = FaultProxy::start(&b.minio.endpoint, faultproxy::fail_puts()).await;
-    point_bucket_secret_at(&b, &proxy.endpoint).await;
+    apply_bucket_secret(&b, BUCKET, &b.minio.secret_key, &proxy.endpoint);
 
-    kubectl(
-        &b.cp,
-        &[
-            "annotate",
-            "-n",
-            NS,
-            "dbb",
-            "orders",
-            "dbbackup.io/run-now=failing",
-        ],
-    );
+    request_backup(&b, "failing");
     let dump = kubelet.run_pods(1, Duration::from_secs(60)).await.remove(0);
     assert_eq!(dump.exit_code, 0, "{}", dump.output);
     let upload = kubelet.run_pods(1, Duration::from_secs(60)).await.remove(0);
@@ -223,19 +164,8 @@ async fn a_failed_upload_prunes_nothing() {
     );
 
     // The store recovers: the kept dump uploads, and only then retention runs.
-    point_bucket_secret_at(&b, &b.minio.endpoint).await;
-    kubectl(
-        &b.cp,
-        &[
-            "create",
-            "job",
-            "-n",
-            NS,
-            "--from=cronjob/orders-upload",
-            "retry",
-        ],
-    );
-    let retry = kubelet.run_pods(1, Duration::from_secs(60)).await.remove(0);
+    apply_bucket_secret(&b, BUCKET, &b.minio.secret_key, &b.minio.endpoint);
+    let retry = run_job_from(&b, &mut kubelet, "orders-upload", "retry").await;
     assert_eq!(retry.exit_code, 0, "{}", retry.output);
     let mut want = vec![format!("{}/datadump1.sql", today())];
     want.extend(foreign_keys());
@@ -248,7 +178,7 @@ async fn without_bulk_delete_pruning_deletes_one_by_one() {
     let (b, _op, mut kubelet) = ready_bed(Engine::Mariadb, "  retention:\n    keepLast: 1\n").await;
     let seeded = seed(&b.minio, &[3, 2, 1]).await;
     let proxy = FaultProxy::start(&b.minio.endpoint, faultproxy::refuse_bulk_delete()).await;
-    point_bucket_secret_at(&b, &proxy.endpoint).await;
+    apply_bucket_secret(&b, BUCKET, &b.minio.secret_key, &proxy.endpoint);
 
     backup_now(&b, &mut kubelet, "first", &mut vec![]).await;
     assert_eq!(proxy.rejected(), 1, "one bulk delete was tried");
@@ -480,16 +410,11 @@ async fn fetch_refuses_an_object_that_does_not_match_its_etag() {
     let out = dir.path().join("restore.sql");
     let termlog = dir.path().join("termination-log");
     let fetch = |key: &str| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_dbbackup-operator"))
-            .arg("fetch")
+        store_command(&minio, "fetch")
             .arg(format!("--key={key}"))
             .arg("--prefix=p/")
             .arg(format!("--out={}", out.display()))
             .arg(format!("--termination-log={}", termlog.display()))
-            .env("DBBACKUP_BUCKET", BUCKET)
-            .env("DBBACKUP_ENDPOINT", &minio.endpoint)
-            .env("AWS_ACCESS_KEY_ID", &minio.access_key)
-            .env("AWS_SECRET_ACCESS_KEY", &minio.secret_key)
             .output()
             .unwrap()
     };

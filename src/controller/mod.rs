@@ -6,7 +6,7 @@ pub mod resources;
 pub mod restore;
 pub mod status;
 
-use crate::api::{DatabaseBackup, DatabaseBackupStatus, DatabaseRestore};
+use crate::api::{DatabaseBackup, DatabaseRestore};
 use crate::jobresult::{Outcome, Step};
 use crate::metrics::Metrics;
 use crate::names;
@@ -93,7 +93,7 @@ pub struct Context {
     reporter: Reporter,
     /// Consecutive failures per resource, for exponential backoff.
     failures: Mutex<HashMap<ObjectRef<DatabaseBackup>, u32>>,
-    restore_failures: Mutex<HashMap<ObjectRef<DatabaseRestore>, u32>>,
+    pub(crate) restore_failures: Mutex<HashMap<ObjectRef<DatabaseRestore>, u32>>,
 }
 
 struct Writers {
@@ -343,7 +343,7 @@ async fn reconcile(db: Arc<DatabaseBackup>, ctx: Arc<Context>) -> Result<Action,
     }
 
     if new != old {
-        write_status(&db, &ctx, &new).await?;
+        write_status(&*db, &ctx, &new).await?;
         let was = status::find(&old.conditions, READY);
         if was.is_none_or(|c| c.reason != ready.reason || (c.status == "True") != ready.status) {
             notes.push(Note {
@@ -385,21 +385,22 @@ async fn reconcile(db: Arc<DatabaseBackup>, ctx: Arc<Context>) -> Result<Action,
     }
 }
 
-/// Writes the status through the status subresource.
-async fn write_status(
-    db: &DatabaseBackup,
-    ctx: &Context,
-    status: &DatabaseBackupStatus,
-) -> Result<(), Error> {
-    let api: Api<DatabaseBackup> =
-        Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());
+/// Writes `status` through the status subresource of `obj`, with our field manager.
+async fn write_status<K>(obj: &K, ctx: &Context, status: &impl Serialize) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
     let patch = serde_json::json!({
-        "apiVersion": DatabaseBackup::api_version(&()),
-        "kind": DatabaseBackup::kind(&()),
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
         "status": status,
     });
     api.patch_status(
-        &db.name_any(),
+        &obj.name_any(),
         &PatchParams::apply(FIELD_MANAGER).force(),
         &Patch::Apply(&patch),
     )
@@ -407,15 +408,41 @@ async fn write_status(
     Ok(())
 }
 
-fn error_policy(db: Arc<DatabaseBackup>, error: &Error, ctx: Arc<Context>) -> Action {
+/// Counts the failure and requeues with backoff by the resource's consecutive failures.
+fn backoff_after<K>(
+    obj: &K,
+    error: &Error,
+    ctx: &Context,
+    failures: &Mutex<HashMap<ObjectRef<K>, u32>>,
+) -> Action
+where
+    K: Resource<DynamicType = ()>,
+{
     ctx.metrics.reconcile_failed(error.reason());
-    let key = ObjectRef::from_obj(&*db);
-    let mut failures = ctx.failures.lock().unwrap();
-    let attempt = failures.entry(key).or_insert(0);
+    let mut failures = failures.lock().unwrap();
+    let attempt = failures.entry(ObjectRef::from_obj(obj)).or_insert(0);
     *attempt += 1;
     let delay = backoff(*attempt);
-    warn!(name = %db.name_any(), namespace = ?db.namespace(), reason = error.reason(), %error, ?delay, "reconcile failed");
+    warn!(kind = %K::kind(&()), name = %obj.name_any(), namespace = ?obj.namespace(), reason = error.reason(), %error, ?delay, "reconcile failed");
     Action::requeue(delay)
+}
+
+fn error_policy(db: Arc<DatabaseBackup>, error: &Error, ctx: Arc<Context>) -> Action {
+    backoff_after(&*db, error, &ctx, &ctx.failures)
+}
+
+/// Logs what a controller's stream yields other than a reconcile error
+/// (those are logged by the error policies).
+async fn log_controller_error<K, E>(
+    result: Result<(ObjectRef<K>, Action), kube::runtime::controller::Error<E, watcher::Error>>,
+) where
+    K: Resource,
+    E: std::error::Error + 'static,
+{
+    match result {
+        Ok(_) | Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+        Err(other) => warn!(error = %other, "controller error"),
+    }
 }
 
 /// Where the controller looks: the whole cluster, or one namespace.
@@ -528,14 +555,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
             error_policy,
             ctx.clone(),
         )
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                match e {
-                    kube::runtime::controller::Error::ReconcilerFailed(..) => {}
-                    other => warn!(error = %other, "controller error"),
-                }
-            }
-        });
+        .for_each(log_controller_error);
     fn to_restore<K: Resource>(obj: Arc<K>) -> Option<ObjectRef<DatabaseRestore>> {
         let name = obj.labels().get(restore::LABEL_RESTORE)?.clone();
         Some(ObjectRef::new(&name).within(&obj.namespace()?))
@@ -553,14 +573,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
             restore::error_policy,
             ctx.clone(),
         )
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                match e {
-                    kube::runtime::controller::Error::ReconcilerFailed(..) => {}
-                    other => warn!(error = %other, "restore controller error"),
-                }
-            }
-        });
+        .for_each(log_controller_error);
     let controller = async {
         ready.await;
         futures::future::join(controller, restores).await

@@ -3,7 +3,7 @@
 //! Pure functions: the same spec always gives the same objects, so they can be
 //! server-side applied on every reconcile and golden-tested.
 
-use crate::api::{BucketSpec, DatabaseBackup, Engine};
+use crate::api::{BucketSpec, CaBundleRef, DatabaseBackup, DatabaseSpec, Engine};
 use crate::dump::{self, DumpTarget};
 use crate::names;
 use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec};
@@ -94,12 +94,40 @@ pub fn key_prefix(db: &DatabaseBackup) -> String {
     }
 }
 
-pub fn database_port(db: &DatabaseBackup) -> u16 {
-    db.spec
-        .database
-        .port
+pub fn database_port(db: &DatabaseSpec) -> u16 {
+    db.port
         .and_then(|p| u16::try_from(p).ok())
-        .unwrap_or_else(|| db.spec.database.engine.default_port())
+        .unwrap_or_else(|| db.engine.default_port())
+}
+
+/// The image that runs the database's own tools.
+pub(crate) fn database_image(db: &DatabaseSpec) -> String {
+    db.image
+        .clone()
+        .unwrap_or_else(|| db.engine.default_image().to_string())
+}
+
+/// The user name and password, from the credentials Secret, where the tools read them.
+pub(crate) fn credentials_env(db: &DatabaseSpec) -> Vec<EnvVar> {
+    let creds = &db.credentials_secret;
+    vec![
+        secret_env(dump::USER_ENV, &creds.name, &creds.username_key, false),
+        secret_env(
+            dump::password_env(db.engine),
+            &creds.name,
+            &creds.password_key,
+            false,
+        ),
+    ]
+}
+
+/// A writable HOME; the MariaDB/MySQL client then reads no option files from it.
+pub(crate) fn client_home_env(engine: Engine) -> Vec<EnvVar> {
+    let mut env = vec![plain_env("HOME", "/tmp")];
+    if engine != Engine::Postgres {
+        env.push(plain_env("MYSQL_HOME", "/tmp"));
+    }
+    env
 }
 
 pub fn staging_pvc(db: &DatabaseBackup) -> PersistentVolumeClaim {
@@ -209,22 +237,30 @@ fn volumes(db: &DatabaseBackup, with_ca: bool) -> (Vec<Volume>, Vec<VolumeMount>
         },
     ];
     if let (true, Some(ca)) = (with_ca, &db.spec.bucket.ca_bundle) {
-        volumes.push(Volume {
-            name: "ca-bundle".into(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(ca.name.clone()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
-        mounts.push(VolumeMount {
-            name: "ca-bundle".into(),
-            mount_path: CA_MOUNT.into(),
-            read_only: Some(true),
-            ..Default::default()
-        });
+        let (volume, mount) = ca_volume(ca);
+        volumes.push(volume);
+        mounts.push(mount);
     }
     (volumes, mounts)
+}
+
+/// The CA bundle Secret as a volume, and its read-only mount at `CA_MOUNT`.
+pub(crate) fn ca_volume(ca: &CaBundleRef) -> (Volume, VolumeMount) {
+    let volume = Volume {
+        name: "ca-bundle".into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(ca.name.clone()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mount = VolumeMount {
+        name: "ca-bundle".into(),
+        mount_path: CA_MOUNT.into(),
+        read_only: Some(true),
+        ..Default::default()
+    };
+    (volume, mount)
 }
 
 fn cronjob(db: &DatabaseBackup, step: Step, schedule: &str, pod: PodSpec) -> CronJob {
@@ -290,35 +326,17 @@ pub fn dump_cronjob(db: &DatabaseBackup) -> CronJob {
     let script = dump::dump_script(&DumpTarget {
         engine,
         host: &spec.database.host,
-        port: database_port(db),
+        port: database_port(&spec.database),
         database: &spec.database.name,
         compression: spec.compression,
     });
-    let creds = &spec.database.credentials_secret;
     let (volumes, mounts) = volumes(db, false);
-    let mut env = vec![
-        secret_env(dump::USER_ENV, &creds.name, &creds.username_key, false),
-        secret_env(
-            dump::password_env(engine),
-            &creds.name,
-            &creds.password_key,
-            false,
-        ),
-        plain_env("TZ", &spec.time_zone),
-        plain_env("HOME", "/tmp"),
-    ];
-    if engine != Engine::Postgres {
-        // The client reads no option files from HOME.
-        env.push(plain_env("MYSQL_HOME", "/tmp"));
-    }
+    let mut env = credentials_env(&spec.database);
+    env.push(plain_env("TZ", &spec.time_zone));
+    env.extend(client_home_env(engine));
     let container = Container {
         name: "dump".into(),
-        image: Some(
-            spec.database
-                .image
-                .clone()
-                .unwrap_or_else(|| engine.default_image().to_string()),
-        ),
+        image: Some(database_image(&spec.database)),
         command: Some(vec!["/bin/sh".into(), "-c".into(), script]),
         args: Some(vec![
             "dump".into(),
@@ -600,15 +618,15 @@ mod tests {
     #[test]
     fn ports_default_per_engine() {
         assert_eq!(
-            database_port(&fixture("postgres", serde_json::json!({}))),
+            database_port(&fixture("postgres", serde_json::json!({})).spec.database),
             5432
         );
         assert_eq!(
-            database_port(&fixture("mysql", serde_json::json!({}))),
+            database_port(&fixture("mysql", serde_json::json!({})).spec.database),
             3306
         );
         let custom = fixture("postgres", serde_json::json!({"database": {"port": 6432}}));
-        assert_eq!(database_port(&custom), 6432);
+        assert_eq!(database_port(&custom.spec.database), 6432);
     }
 
     #[test]

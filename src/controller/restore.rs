@@ -7,24 +7,24 @@
 
 use super::checks::{self, CheckError, Problem};
 use super::resources::{
-    self, CA_MOUNT, DUMP_UID, LABEL_MANAGED_BY, LABEL_STEP, MANAGED_BY, Settings, TERMINATION_LOG,
-    UPLOAD_UID, container_security, plain_env, pod_security, secret_env, store_args, store_env,
+    self, DUMP_UID, LABEL_MANAGED_BY, LABEL_STEP, MANAGED_BY, Settings, TERMINATION_LOG,
+    UPLOAD_UID, ca_volume, container_security, plain_env, pod_security, store_args, store_env,
 };
 use super::status::{self, Observed};
-use super::{Context, Error, FIELD_MANAGER};
+use super::{Context, Error, write_status};
 use crate::api::{
-    BucketSpec, DatabaseBackup, DatabaseRestore, DatabaseRestoreStatus, Engine, RestorePhase,
+    BucketSpec, DatabaseBackup, DatabaseRestore, DatabaseRestoreStatus, RestorePhase,
 };
 use crate::jobresult::{JobResult, Outcome, Step};
-use crate::{dump, names, restore};
+use crate::{names, restore};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Container, ContainerStatus, EmptyDirVolumeSource, Pod, PodSpec, PodTemplateSpec,
-    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::PostParams;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
@@ -88,18 +88,9 @@ pub fn restore_job(r: &DatabaseRestore, source: &Source, settings: &Settings) ->
     ];
     let mut fetch_mounts = vec![mount("work", WORK_MOUNT), mount("tmp", "/tmp")];
     if let Some(ca) = &source.bucket.ca_bundle {
-        volumes.push(Volume {
-            name: "ca-bundle".into(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(ca.name.clone()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
-        fetch_mounts.push(VolumeMount {
-            read_only: Some(true),
-            ..mount("ca-bundle", CA_MOUNT)
-        });
+        let (volume, mount) = ca_volume(ca);
+        volumes.push(volume);
+        fetch_mounts.push(mount);
     }
 
     let mut fetch_args = vec![
@@ -132,35 +123,15 @@ pub fn restore_job(r: &DatabaseRestore, source: &Source, settings: &Settings) ->
     let script = restore::restore_script(&restore::RestoreTarget {
         engine,
         host: &target.host,
-        port: target
-            .port
-            .and_then(|p| u16::try_from(p).ok())
-            .unwrap_or_else(|| engine.default_port()),
+        port: resources::database_port(target),
         database: &target.name,
         overwrite: spec.overwrite,
     });
-    let creds = &target.credentials_secret;
-    let mut env = vec![
-        secret_env(dump::USER_ENV, &creds.name, &creds.username_key, false),
-        secret_env(
-            dump::password_env(engine),
-            &creds.name,
-            &creds.password_key,
-            false,
-        ),
-        plain_env("HOME", "/tmp"),
-    ];
-    if engine != Engine::Postgres {
-        env.push(plain_env("MYSQL_HOME", "/tmp"));
-    }
+    let mut env = resources::credentials_env(target);
+    env.extend(resources::client_home_env(engine));
     let load = Container {
         name: "restore".into(),
-        image: Some(
-            target
-                .image
-                .clone()
-                .unwrap_or_else(|| engine.default_image().to_string()),
-        ),
+        image: Some(resources::database_image(target)),
         command: Some(vec!["/bin/sh".into(), "-c".into(), script]),
         args: Some(vec![
             "restore".into(),
@@ -256,15 +227,8 @@ fn container_result(c: &ContainerStatus, step: Step) -> Option<(JobResult, Optio
         .filter(|r| r.step == step)
         .or_else(|| {
             let finished = t.finished_at.clone()?;
-            let cause = format!(
-                "container exited with code {}{}",
-                t.exit_code,
-                t.reason
-                    .as_ref()
-                    .map(|r| format!(" ({r})"))
-                    .unwrap_or_default()
-            );
-            (t.exit_code != 0).then(|| status::failure(step, &finished, chrono_tz::UTC, &cause))
+            (t.exit_code != 0)
+                .then(|| status::failure(step, &finished, chrono_tz::UTC, &status::exit_cause(t)))
         })?;
     Some((result, t.finished_at.clone()))
 }
@@ -405,7 +369,7 @@ pub async fn reconcile(r: Arc<DatabaseRestore>, ctx: Arc<Context>) -> Result<Act
             let observed = Observed::new(RESTORED, false, p.reason, p.message.clone());
             status::set_condition(&mut new.conditions, &observed, generation, &now);
             if new != old {
-                write_status(&r, &ctx, &new).await?;
+                write_status(&*r, &ctx, &new).await?;
                 ctx.publish(&*r, EventType::Warning, p.reason, &p.message)
                     .await;
             }
@@ -447,7 +411,7 @@ pub async fn reconcile(r: Arc<DatabaseRestore>, ctx: Arc<Context>) -> Result<Act
     new.observed_generation = generation;
     status::set_condition(&mut new.conditions, &observed, generation, &now);
     if new != old {
-        write_status(&r, &ctx, &new).await?;
+        write_status(&*r, &ctx, &new).await?;
         if new.phase != old.phase {
             let (type_, reason, message) = match new.phase {
                 Some(RestorePhase::Succeeded) => (EventType::Normal, "Restored", observed.message),
@@ -472,36 +436,8 @@ pub async fn reconcile(r: Arc<DatabaseRestore>, ctx: Arc<Context>) -> Result<Act
     })
 }
 
-async fn write_status(
-    r: &DatabaseRestore,
-    ctx: &Context,
-    status: &DatabaseRestoreStatus,
-) -> Result<(), Error> {
-    let api: Api<DatabaseRestore> =
-        Api::namespaced(ctx.client.clone(), &r.namespace().unwrap_or_default());
-    let patch = serde_json::json!({
-        "apiVersion": DatabaseRestore::api_version(&()),
-        "kind": DatabaseRestore::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        &r.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
-}
-
 pub fn error_policy(r: Arc<DatabaseRestore>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.reconcile_failed(error.reason());
-    let key = ObjectRef::from_obj(&*r);
-    let mut failures = ctx.restore_failures.lock().unwrap();
-    let attempt = failures.entry(key).or_insert(0);
-    *attempt += 1;
-    let delay = super::backoff(*attempt);
-    tracing::warn!(name = %r.name_any(), namespace = ?r.namespace(), reason = error.reason(), %error, ?delay, "restore reconcile failed");
-    Action::requeue(delay)
+    super::backoff_after(&*r, error, &ctx, &ctx.restore_failures)
 }
 
 #[cfg(test)]

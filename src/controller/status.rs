@@ -176,6 +176,18 @@ pub fn failure(step: Step, finished: &Time, tz: chrono_tz::Tz, cause: &str) -> J
     }
 }
 
+/// Why a container that wrote no result ended: its exit code and the kubelet's reason.
+pub fn exit_cause(t: &k8s_openapi::api::core::v1::ContainerStateTerminated) -> String {
+    format!(
+        "container exited with code {}{}",
+        t.exit_code,
+        t.reason
+            .as_ref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default()
+    )
+}
+
 /// The report of a finished pod, or None while it runs. A pod that died without
 /// writing its result (OOM, deadline, missing tool) still gets a failure line.
 pub fn pod_report(pod: &Pod, tz: chrono_tz::Tz) -> Option<PodReport> {
@@ -201,14 +213,7 @@ pub fn pod_report(pod: &Pod, tz: chrono_tz::Tz) -> Option<PodReport> {
         .filter(|r| r.step == step);
     let result = parsed.unwrap_or_else(|| {
         let cause = match terminated {
-            Some(t) => format!(
-                "container exited with code {}{}",
-                t.exit_code,
-                t.reason
-                    .as_ref()
-                    .map(|r| format!(" ({r})"))
-                    .unwrap_or_default()
-            ),
+            Some(t) => exit_cause(t),
             None => format!(
                 "pod failed: {}",
                 status

@@ -184,13 +184,20 @@ pub async fn status_latency(client: &Client, pod: &RanPod) -> Duration {
     }
 }
 
-/// Asks for a backup now and plays kubelet for the dump and the chained upload.
-pub async fn backup_now(
-    b: &Bed,
-    kubelet: &mut FakeKubelet,
-    token: &str,
-    latencies: &mut Vec<Duration>,
-) {
+/// A bed with the operator running and backup "orders" applied (with
+/// `more_spec`) and Ready, and a kubelet for its pods.
+pub async fn ready_bed(engine: Engine, more_spec: &str) -> (Bed, RunningOperator, FakeKubelet) {
+    let b = bed(engine).await;
+    let op = RunningOperator::start(&b.client);
+    apply_backup_with(&b, more_spec);
+    let backups: Api<DatabaseBackup> = Api::namespaced(b.client.clone(), NS);
+    wait_ready(&backups, "orders", "True", "Reconciled").await;
+    let kubelet = FakeKubelet::new(&b.client, NS);
+    (b, op, kubelet)
+}
+
+/// Asks for a backup now, as a user would.
+pub fn request_backup(b: &Bed, token: &str) {
     kubectl(
         &b.cp,
         &[
@@ -203,6 +210,16 @@ pub async fn backup_now(
             &format!("dbbackup.io/run-now={token}"),
         ],
     );
+}
+
+/// Asks for a backup now and plays kubelet for the dump and the chained upload.
+pub async fn backup_now(
+    b: &Bed,
+    kubelet: &mut FakeKubelet,
+    token: &str,
+    latencies: &mut Vec<Duration>,
+) {
+    request_backup(b, token);
     let dump = kubelet.run_pods(1, Duration::from_secs(60)).await.remove(0);
     assert_eq!(
         (dump.step.as_str(), dump.exit_code),
@@ -226,4 +243,50 @@ pub fn count(lines: &[String], message: &str) -> usize {
         .iter()
         .filter(|l| l.ends_with(&format!(",{message}")))
         .count()
+}
+
+/// Starts a Job from `cronjob` with the real kubectl, as a user would, and
+/// plays kubelet for its pod.
+pub async fn run_job_from(b: &Bed, kubelet: &mut FakeKubelet, cronjob: &str, job: &str) -> RanPod {
+    create_job_from(b, cronjob, job);
+    kubelet.run_pods(1, Duration::from_secs(60)).await.remove(0)
+}
+
+/// `kubectl create job --from=cronjob/<cronjob> <job>`.
+pub fn create_job_from(b: &Bed, cronjob: &str, job: &str) {
+    kubectl(
+        &b.cp,
+        &[
+            "create",
+            "job",
+            "-n",
+            NS,
+            &format!("--from=cronjob/{cronjob}"),
+            job,
+        ],
+    );
+}
+
+/// Creates or replaces a Secret with the real kubectl, as a user fixing one would.
+pub fn apply_secret(cp: &ControlPlane, name: &str, pairs: &[(&str, &str)]) {
+    let mut secret = secret(name, pairs);
+    secret.metadata.namespace = Some(NS.into());
+    let path = cp.dir().join(format!("{name}.json"));
+    std::fs::write(&path, serde_json::to_string(&secret).unwrap()).unwrap();
+    kubectl(cp, &["apply", "-f", path.to_str().unwrap()]);
+    std::fs::remove_file(&path).unwrap();
+}
+
+/// Replaces the bucket Secret "s3-creds" with kubectl, as a user would.
+pub fn apply_bucket_secret(b: &Bed, bucket: &str, secret_key: &str, endpoint: &str) {
+    apply_secret(
+        &b.cp,
+        "s3-creds",
+        &[
+            ("bucket", bucket),
+            ("accessKeyId", &b.minio.access_key),
+            ("secretAccessKey", secret_key),
+            ("endpoint", endpoint),
+        ],
+    );
 }

@@ -213,30 +213,35 @@ pub fn upload_command(minio: &Minio, staging: &Staging, opts: &UploadOpts) -> (C
     let termlog = staging
         .path()
         .with_extension(format!("upload-termination-log-{}", rand_suffix()));
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dbbackup-operator"));
-    cmd.arg("upload")
-        .arg(format!("--staging-dir={}", staging.path().display()))
+    let mut cmd = store_command(minio, "upload");
+    cmd.arg(format!("--staging-dir={}", staging.path().display()))
         .arg(format!("--termination-log={}", termlog.display()))
         .arg(format!("--prefix={}", opts.prefix))
         .arg("--time-zone=UTC")
-        .args(&opts.extra_args)
+        .args(&opts.extra_args);
+    if let Some(endpoint) = &opts.endpoint {
+        cmd.env("DBBACKUP_ENDPOINT", endpoint);
+    }
+    if let Some(key) = &opts.secret_key {
+        cmd.env("AWS_SECRET_ACCESS_KEY", key);
+    }
+    (cmd, termlog)
+}
+
+/// The operator binary's `subcommand` with the environment its job pods get
+/// for `minio`'s bucket (bucket, endpoint, keys), and nothing else.
+pub fn store_command(minio: &Minio, subcommand: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dbbackup-operator"));
+    cmd.arg(subcommand)
         .env_clear()
         .env("PATH", path_env())
         .env("HOME", "/tmp")
         .env("DBBACKUP_BUCKET", BUCKET)
-        .env(
-            "DBBACKUP_ENDPOINT",
-            opts.endpoint
-                .clone()
-                .unwrap_or_else(|| minio.endpoint.clone()),
-        )
+        .env("DBBACKUP_ENDPOINT", &minio.endpoint)
         .env("AWS_ACCESS_KEY_ID", &minio.access_key)
-        .env(
-            "AWS_SECRET_ACCESS_KEY",
-            opts.secret_key.as_deref().unwrap_or(&minio.secret_key),
-        )
+        .env("AWS_SECRET_ACCESS_KEY", &minio.secret_key)
         .env("AWS_EC2_METADATA_DISABLED", "true");
-    (cmd, termlog)
+    cmd
 }
 
 fn rand_suffix() -> String {
