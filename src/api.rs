@@ -366,6 +366,14 @@ impl Compression {
             Compression::Zstd => ".zst",
         }
     }
+
+    /// The compression a file name or object key ends in.
+    pub fn of_name(name: &str) -> Compression {
+        [Compression::Gzip, Compression::Zstd]
+            .into_iter()
+            .find(|c| name.ends_with(c.extension()))
+            .unwrap_or(Compression::None)
+    }
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]

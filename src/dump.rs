@@ -39,6 +39,12 @@ pub struct DumpTarget<'a> {
     pub compression: Compression,
 }
 
+/// Shell functions of both job scripts (dump and restore); each sets `$errfile`
+/// to where its client's stderr goes.
+pub(crate) const SHELL_HELPERS: &str = r#"json_escape() { printf '%s' "$1" | tr -d '\000-\037' | sed 's/\\/\\\\/g; s/"/\\"/g'; }
+# The client's first error line names the cause; later lines are hints.
+first_error() { grep -i -m 1 'error' "$errfile" 2>/dev/null || grep -v '^[[:space:]]*$' "$errfile" 2>/dev/null | tail -n 1; }"#;
+
 /// Quotes `s` as one POSIX shell word.
 pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
@@ -100,7 +106,7 @@ logs="$staging/logs"
 partial="$dumps/.partial-{final_name}"
 statusfile="$dumps/.partial-status"
 errfile="$dumps/.partial-stderr"
-json_escape() {{ printf '%s' "$1" | tr -d '\000-\037' | sed 's/\\/\\\\/g; s/"/\\"/g'; }}
+{SHELL_HELPERS}
 # result OUTCOME LINE [SIZE]: the one-line JSON the operator reads from the termination log.
 result() {{
   printf '{{"step":"dump","outcome":"%s","file":"%s","size":%s,"log":"%s"}}\n' "$1" "{final_name}" "${{3:-0}}" "$(json_escape "$2")" >"$termlog" 2>/dev/null || true
@@ -123,8 +129,7 @@ rm -f "$dumps"/.partial-*
 # file still holds the space.
 full=$(df -P "$dumps" 2>/dev/null | awk 'NR == 2 && $4 == 0 {{ print "; no space left on the staging volume" }}')
 if [ "$status" -ne 0 ]; then
-  # The tool's first error line names the cause; later lines are hints.
-  detail=$(grep -i -m 1 'error' "$errfile" 2>/dev/null || grep -v '^[[:space:]]*$' "$errfile" 2>/dev/null | tail -n 1)
+  detail=$(first_error)
   fail "dump tool exited with status $status${{detail:+: $detail}}$full"
 fi
 [ "$zstatus" -eq 0 ] || fail "compressor exited with status $zstatus$full"

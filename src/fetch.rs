@@ -6,6 +6,7 @@
 //! computed on upload (MD5, per part for multipart uploads), decompresses on
 //! the way, and leaves `restore.sql` only when every byte checked out.
 
+use crate::api::Compression;
 use crate::jobresult::{JobResult, Outcome, Step};
 use crate::logline::LogLine;
 use crate::upload::{retention, s3};
@@ -15,9 +16,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use tracing::{error, info};
 
-/// Part size assumed for multipart objects without our part-size metadata:
-/// our default, and boto3's and the AWS CLI's.
-const DEFAULT_PART_SIZE: u64 = 8 * 1024 * 1024;
+/// Part size assumed for multipart objects without our part-size metadata.
+const DEFAULT_PART_SIZE: u64 = s3::DEFAULT_PART_SIZE;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct FetchArgs {
@@ -61,27 +61,18 @@ pub async fn run(args: FetchArgs) -> i32 {
     unsafe {
         libc::umask(0o007);
     }
-    let (result, code) = match fetch(&args).await {
+    let (mut result, code) = match fetch(&args).await {
         Ok(result) => (result, 0),
         Err(f) => {
             let _ = std::fs::remove_file(&args.out);
             let log = line(&format!("download failed: {}", f.message));
             error!("{log}");
-            let result = JobResult {
-                step: Step::Fetch,
-                outcome: Outcome::Failed,
-                key: None,
-                size: None,
-                sha256: None,
-                log,
-                reason: Some(f.reason.into()),
-                more_log: vec![],
-            };
+            let mut result = JobResult::new(Step::Fetch, Outcome::Failed, log);
+            result.reason = Some(f.reason.into());
             (result, 1)
         }
     };
-    let json = serde_json::to_string(&result).expect("a JobResult serializes");
-    if let Err(e) = std::fs::write(&args.termination_log, json + "\n") {
+    if let Err(e) = result.write_to(&args.termination_log) {
         error!(error = %e, "cannot write the termination log");
     }
     code
@@ -126,7 +117,7 @@ async fn fetch(args: &FetchArgs) -> Result<JobResult, Failure> {
         .to_string();
     let part_size = got
         .metadata()
-        .and_then(|m| m.get("dbbackup-part-size"))
+        .and_then(|m| m.get(s3::PART_SIZE_META))
         .and_then(|v| v.parse().ok());
     let expected_size = got.content_length().unwrap_or(-1);
     let mut check = EtagCheck::new(&etag, part_size);
@@ -257,14 +248,11 @@ impl EtagCheck {
     /// Ok(true) when verified, Ok(false) when the ETag cannot be checked
     /// (not an MD5, as with KMS encryption; or a part size we cannot know).
     fn verify(mut self) -> Result<bool, String> {
-        let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        if !s3::md5_style(&self.expected) {
+            return Ok(false);
+        }
         if self.part_size.is_none() {
-            let is_md5 =
-                self.expected.len() == 32 && self.expected.bytes().all(|b| b.is_ascii_hexdigit());
-            if !is_md5 {
-                return Ok(false);
-            }
-            let got = hex(&self.current.finalize());
+            let got = s3::hex(&self.current.finalize());
             return match got == self.expected {
                 true => Ok(true),
                 false => Err(format!("MD5 {got}, the store's ETag is {}", self.expected)),
@@ -273,7 +261,7 @@ impl EtagCheck {
         if self.current_len > 0 {
             self.end_part();
         }
-        let got = format!("{}-{}", hex(&Md5::digest(&self.parts)), self.count);
+        let got = s3::multipart_etag(&self.parts, self.count as usize);
         if got == self.expected {
             return Ok(true);
         }
@@ -299,12 +287,10 @@ enum Decompressor {
 impl Decompressor {
     fn create(path: &Path, key: &str) -> std::io::Result<Decompressor> {
         let file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
-        Ok(if key.ends_with(".gz") {
-            Decompressor::Gzip(flate2::write::MultiGzDecoder::new(file))
-        } else if key.ends_with(".zst") {
-            Decompressor::Zstd(zstd::stream::write::Decoder::new(file)?)
-        } else {
-            Decompressor::Plain(file)
+        Ok(match Compression::of_name(key) {
+            Compression::Gzip => Decompressor::Gzip(flate2::write::MultiGzDecoder::new(file)),
+            Compression::Zstd => Decompressor::Zstd(zstd::stream::write::Decoder::new(file)?),
+            Compression::None => Decompressor::Plain(file),
         })
     }
 
@@ -335,9 +321,7 @@ impl Decompressor {
 mod tests {
     use super::*;
 
-    fn hex(b: &[u8]) -> String {
-        b.iter().map(|b| format!("{b:02x}")).collect()
-    }
+    use crate::upload::s3::hex;
 
     fn multipart_etag(data: &[u8], part: usize) -> String {
         let md5s: Vec<u8> = data

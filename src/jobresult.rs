@@ -50,6 +50,34 @@ pub struct JobResult {
 }
 
 impl JobResult {
+    /// A result of `step` with its log line and nothing else.
+    pub fn new(step: Step, outcome: Outcome, log: String) -> JobResult {
+        JobResult {
+            step,
+            outcome,
+            key: None,
+            size: None,
+            sha256: None,
+            log,
+            reason: None,
+            more_log: vec![],
+        }
+    }
+
+    /// The message of `log`, without its date and time.
+    pub fn message(&self) -> String {
+        crate::logline::LogLine::parse(&self.log)
+            .map(|l| l.message)
+            .unwrap_or_else(|_| self.log.clone())
+    }
+
+    /// Writes the result, fitted, as the one-line termination message at `path`.
+    pub fn write_to(&mut self, path: &std::path::Path) -> std::io::Result<()> {
+        self.fit();
+        let json = serde_json::to_string(self).expect("a JobResult serializes");
+        std::fs::write(path, json + "\n")
+    }
+
     /// Drops trailing `more_log` lines until the JSON fits in `MAX_BYTES`, and
     /// says how many went; the per-day log files on the volume keep them all.
     pub fn fit(&mut self) {

@@ -124,6 +124,7 @@ pub fn restore_script(t: &RestoreTarget) -> String {
             "fail TargetNotEmpty \"database {shown} already has $tables tables; set spec.overwrite: true to replace its content\""
         )
     };
+    let helpers = crate::dump::SHELL_HELPERS;
     format!(
         r#"set -u
 umask 077
@@ -131,14 +132,12 @@ file="$1"
 termlog="$2"
 work=$(dirname "$file")
 errfile="$work/.restore-stderr"
-json_escape() {{ printf '%s' "$1" | tr -d '\000-\037' | sed 's/\\/\\\\/g; s/"/\\"/g'; }}
+{helpers}
 # result OUTCOME REASON LINE: the one-line JSON the operator reads from the termination log.
 result() {{
   printf '{{"step":"restore","outcome":"%s","reason":"%s","log":"%s"}}\n' "$1" "$2" "$(json_escape "$3")" >"$termlog" 2>/dev/null || true
 }}
 log() {{ printf '%s,%s\n' "$(date +%Y-%m-%d,%H:%M:%S)" "$1"; }}
-# The client's first error line names the cause; later lines are context.
-first_error() {{ grep -i -m 1 'error' "$errfile" 2>/dev/null || grep -v '^[[:space:]]*$' "$errfile" 2>/dev/null | head -n 1; }}
 fail() {{
   line="$(date +%Y-%m-%d,%H:%M:%S),database restore failed: $2"
   printf '%s\n' "$line"

@@ -227,30 +227,31 @@ async fn start_job(ctx: &Context, cronjob: &CronJob, run: &str) -> Result<(), Er
     }
 }
 
+/// The resource a Pod or Job of ours belongs to: named by its `label`, in its namespace.
+pub(crate) fn labelled_owner<K, O>(obj: &K, label: &str) -> Option<ObjectRef<O>>
+where
+    K: Resource,
+    O: Resource<DynamicType = ()>,
+{
+    let name = obj.labels().get(label)?;
+    Some(ObjectRef::new(name).within(&obj.namespace()?))
+}
+
 /// Finished pods and failed Jobs of this backup, from the operator's caches,
 /// and the UIDs of all of them that still exist.
 fn reports(db: &DatabaseBackup, ctx: &Context, tz: chrono_tz::Tz) -> (Vec<PodReport>, Vec<String>) {
-    let ns = db.namespace();
-    let name = db.name_any();
-    let ours = |meta: &kube::api::ObjectMeta| {
-        meta.namespace == ns
-            && meta
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(resources::LABEL_BACKUP))
-                == Some(&name)
-    };
+    let key = Some(ObjectRef::from_obj(db));
     let pods: Vec<_> = ctx
         .pods
         .state()
         .into_iter()
-        .filter(|p| ours(&p.metadata))
+        .filter(|p| labelled_owner(&**p, resources::LABEL_BACKUP) == key)
         .collect();
     let jobs: Vec<_> = ctx
         .jobs
         .state()
         .into_iter()
-        .filter(|j| ours(&j.metadata))
+        .filter(|j| labelled_owner(&**j, resources::LABEL_BACKUP) == key)
         .collect();
     let present = pods
         .iter()
@@ -521,8 +522,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
             .for_each(|_| async {}),
     );
     fn to_backup<K: Resource>(obj: Arc<K>) -> Option<ObjectRef<DatabaseBackup>> {
-        let name = obj.labels().get(resources::LABEL_BACKUP)?.clone();
-        Some(ObjectRef::new(&name).within(&obj.namespace()?))
+        labelled_owner(&*obj, resources::LABEL_BACKUP)
     }
 
     // Results count only once both caches hold their first list, so a restart
@@ -557,8 +557,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
         )
         .for_each(log_controller_error);
     fn to_restore<K: Resource>(obj: Arc<K>) -> Option<ObjectRef<DatabaseRestore>> {
-        let name = obj.labels().get(restore::LABEL_RESTORE)?.clone();
-        Some(ObjectRef::new(&name).within(&obj.namespace()?))
+        labelled_owner(&*obj, restore::LABEL_RESTORE)
     }
     let restores = Controller::new(api::<DatabaseRestore>(&client, ns), Default::default())
         .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))

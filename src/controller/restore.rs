@@ -277,45 +277,24 @@ pub fn observe(
         }
         failed = failed.or(Some((l.clone(), "RestoreFailed", finished.clone())));
     }
-    let job_failed = job
-        .and_then(|j| j.status.as_ref())
-        .and_then(|st| st.conditions.as_ref())
-        .and_then(|cs| {
-            cs.iter()
-                .find(|c| c.type_ == "Failed" && c.status == "True")
-        });
     if failed.is_none()
-        && let Some(c) = job_failed
+        && let Some((when, reason, cause)) = job.and_then(status::job_failure)
     {
-        let when = c
-            .last_transition_time
-            .clone()
-            .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now()));
-        let reason = c.reason.clone().unwrap_or_else(|| "JobFailed".into());
-        let cause = format!(
-            "job failed: {reason}{}",
-            c.message
-                .as_ref()
-                .map(|m| format!(": {m}"))
-                .unwrap_or_default()
-        );
         let r = status::failure(Step::Restore, &when, chrono_tz::UTC, &cause);
         s.log.push(r.log.clone());
         s.phase = Some(RestorePhase::Failed);
         s.completion_time = Some(when);
-        let message = r.log.splitn(3, ',').nth(2).unwrap_or_default().to_string();
-        let reason: &'static str = match reason.as_str() {
-            "DeadlineExceeded" => "DeadlineExceeded",
+        let reason = match reason.as_deref() {
+            Some("DeadlineExceeded") => "DeadlineExceeded",
             _ => "JobFailed",
         };
-        return (s, Observed::new(RESTORED, false, reason, message));
+        return (s, Observed::new(RESTORED, false, reason, r.message()));
     }
     if let Some((r, default_reason, finished)) = failed {
         s.phase = Some(RestorePhase::Failed);
         s.completion_time = finished;
-        let message = r.log.splitn(3, ',').nth(2).unwrap_or_default().to_string();
         let reason = known_reason(r.reason.as_deref()).unwrap_or(default_reason);
-        return (s, Observed::new(RESTORED, false, reason, message));
+        return (s, Observed::new(RESTORED, false, reason, r.message()));
     }
     let (phase, reason, message) = match job {
         Some(_) => (
@@ -401,10 +380,7 @@ pub async fn reconcile(r: Arc<DatabaseRestore>, ctx: Arc<Context>) -> Result<Act
         .pods
         .state()
         .into_iter()
-        .filter(|p| {
-            p.namespace().as_deref() == Some(ns.as_str())
-                && p.labels().get(LABEL_RESTORE) == Some(&name)
-        })
+        .filter(|p| super::labelled_owner(&**p, LABEL_RESTORE) == Some(ObjectRef::from_obj(&*r)))
         .max_by_key(|p| p.metadata.creation_timestamp.clone().map(|t| t.0));
 
     let (mut new, observed) = observe(&old, job.as_deref(), pod.as_deref());

@@ -164,16 +164,11 @@ pub fn failure(step: Step, finished: &Time, tz: chrono_tz::Tz, cause: &str) -> J
         Step::Restore => "database restore failed",
     };
     let when = to_chrono(finished).with_timezone(&tz);
-    JobResult {
+    JobResult::new(
         step,
-        outcome: Outcome::Failed,
-        key: None,
-        size: None,
-        sha256: None,
-        log: LogLine::at(&when, &format!("{verb}: {cause}")).to_string(),
-        reason: None,
-        more_log: vec![],
-    }
+        Outcome::Failed,
+        LogLine::at(&when, &format!("{verb}: {cause}")).to_string(),
+    )
 }
 
 /// Why a container that wrote no result ended: its exit code and the kubelet's reason.
@@ -247,9 +242,9 @@ fn step_of(labels: &std::collections::BTreeMap<String, String>) -> Option<Step> 
     }
 }
 
-/// A Job that failed as a whole (deadline exceeded, pods deleted) reports
-/// itself, in case none of its pods can.
-pub fn job_report(job: &Job, tz: chrono_tz::Tz) -> Option<PodReport> {
+/// When and why a Job failed as a whole (deadline exceeded, pods deleted):
+/// its Failed condition's time, reason, and "job failed: <reason>: <message>".
+pub fn job_failure(job: &Job) -> Option<(Time, Option<String>, String)> {
     let failed = job
         .status
         .as_ref()?
@@ -257,7 +252,6 @@ pub fn job_report(job: &Job, tz: chrono_tz::Tz) -> Option<PodReport> {
         .as_ref()?
         .iter()
         .find(|c| c.type_ == "Failed" && c.status == "True")?;
-    let step = step_of(job.labels())?;
     let finished = failed
         .last_transition_time
         .clone()
@@ -267,6 +261,13 @@ pub fn job_report(job: &Job, tz: chrono_tz::Tz) -> Option<PodReport> {
         (Some(r), None) => format!("job failed: {r}"),
         _ => "job failed".to_string(),
     };
+    Some((finished, failed.reason.clone(), cause))
+}
+
+/// A Job that failed as a whole reports itself, in case none of its pods can.
+pub fn job_report(job: &Job, tz: chrono_tz::Tz) -> Option<PodReport> {
+    let step = step_of(job.labels())?;
+    let (finished, _, cause) = job_failure(job)?;
     Some(PodReport {
         uid: job.uid()?,
         step,
@@ -310,13 +311,7 @@ pub fn record_reports(
         }
         status.log.push(r.result.log.clone());
         status.log.extend(r.result.more_log.iter().cloned());
-        let message = r
-            .result
-            .log
-            .splitn(3, ',')
-            .nth(2)
-            .unwrap_or_default()
-            .to_string();
+        let message = r.result.message();
         let (type_, observed, note) = match (r.step, r.result.outcome) {
             (Step::Dump, Outcome::Succeeded) => {
                 status.last_dump_time = Some(r.finished.clone());

@@ -103,14 +103,6 @@ fn append_log(staging: &Path, tz: Tz, message: &str) -> LogLine {
     line
 }
 
-fn write_result(path: &Path, result: &mut JobResult) {
-    result.fit();
-    let json = serde_json::to_string(result).expect("a JobResult serializes");
-    if let Err(e) = std::fs::write(path, json + "\n") {
-        warn!(path = %path.display(), error = %e, "cannot write the termination log");
-    }
-}
-
 /// What the `.multipart` state file holds: an upload to abort if we die mid-way.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct PendingUpload {
@@ -160,20 +152,15 @@ pub async fn run(args: UploadArgs) -> i32 {
                 &format!("upload failed: {message}"),
             );
             error!("{line}");
-            let result = JobResult {
-                step: Step::Upload,
-                outcome: Outcome::Failed,
-                key: None,
-                size: None,
-                sha256: None,
-                log: line.to_string(),
-                reason: None,
-                more_log: vec![],
-            };
-            (result, 1)
+            (
+                JobResult::new(Step::Upload, Outcome::Failed, line.to_string()),
+                1,
+            )
         }
     };
-    write_result(&args.termination_log, &mut result);
+    if let Err(e) = result.write_to(&args.termination_log) {
+        warn!(path = %args.termination_log.display(), error = %e, "cannot write the termination log");
+    }
     code
 }
 
@@ -184,16 +171,11 @@ async fn upload(args: &UploadArgs) -> Result<JobResult, String> {
     let Some(staged) = staged else {
         let line = append_log(&args.staging_dir, tz, logline::NOTHING_TO_UPLOAD);
         info!("{line}");
-        return Ok(JobResult {
-            step: Step::Upload,
-            outcome: Outcome::Nothing,
-            key: None,
-            size: None,
-            sha256: None,
-            log: line.to_string(),
-            reason: None,
-            more_log: vec![],
-        });
+        return Ok(JobResult::new(
+            Step::Upload,
+            Outcome::Nothing,
+            line.to_string(),
+        ));
     };
     if staged.size == 0 {
         return Err(format!("{} is empty", staged.path.display()));

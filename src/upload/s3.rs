@@ -14,6 +14,12 @@ use sha2::Sha256;
 use std::path::Path;
 use tokio::io::AsyncReadExt;
 
+/// Object metadata holding the part size of a multipart upload, so that a
+/// download can recompute its ETag.
+pub const PART_SIZE_META: &str = "dbbackup-part-size";
+/// Smallest part we upload; boto3 and the AWS CLI default to it too.
+pub const DEFAULT_PART_SIZE: u64 = 8 * MIB;
+
 /// Largest part count S3 accepts in one multipart upload.
 pub const MAX_PARTS: u64 = 10_000;
 const MIB: u64 = 1024 * 1024;
@@ -84,7 +90,7 @@ pub struct Tuning {
 impl Default for Tuning {
     fn default() -> Self {
         Tuning {
-            min_part_size: 8 * MIB,
+            min_part_size: DEFAULT_PART_SIZE,
             concurrency: 4,
         }
     }
@@ -324,8 +330,21 @@ pub struct Written {
     pub expected_etag: String,
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The ETag S3 gives a multipart upload: the MD5 of its parts' MD5s, then the part count.
+pub fn multipart_etag(part_md5s: &[u8], parts: usize) -> String {
+    format!("{}-{parts}", hex(&Md5::digest(part_md5s)))
+}
+
+/// Whether an ETag is an MD5 (or multipart MD5) at all. Stores with KMS
+/// encryption report others, which no local hash can match.
+pub fn md5_style(etag: &str) -> bool {
+    etag.split('-')
+        .next()
+        .is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// Reads up to `buf.capacity()` bytes; fewer only at end of file.
@@ -394,7 +413,7 @@ pub async fn put_file(
         .create_multipart_upload()
         .bucket(bucket)
         .key(key)
-        .metadata("dbbackup-part-size", part_size.to_string())
+        .metadata(PART_SIZE_META, part_size.to_string())
         .send()
         .await
         .map_err(|e| classify(e, key))?;
@@ -435,7 +454,7 @@ pub async fn put_file(
         abort(client, bucket, key, &upload_id).await;
         return Err(classify(e, key));
     }
-    let etag = format!("{}-{}", hex(&Md5::digest(md5s.concat())), md5s.len());
+    let etag = multipart_etag(&md5s.concat(), md5s.len());
     Ok(Written {
         size,
         sha256: hex(&sha.finalize()),
@@ -553,13 +572,9 @@ pub async fn verify(
         .unwrap_or_default()
         .trim_matches('"')
         .to_string();
-    // Stores with KMS encryption report ETags that are no MD5; size and the
-    // per-part Content-MD5 checks the store made on receipt are then the proof.
-    let md5_style = etag
-        .split('-')
-        .next()
-        .is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()));
-    if md5_style && etag != written.expected_etag {
+    // Where the ETag is no MD5, size and the per-part Content-MD5 checks the
+    // store made on receipt are the proof.
+    if md5_style(&etag) && etag != written.expected_etag {
         return Err(format!(
             "upload of {key} not confirmed: ETag {etag} differs from the expected {}",
             written.expected_etag
