@@ -454,3 +454,62 @@ async fn fetch_refuses_an_object_that_does_not_match_its_etag() {
     assert!(!run.status.success());
     assert_eq!(result()["reason"], "ObjectNotFound");
 }
+
+/// A restore naming a DatabaseBackup that does not exist waits, says why in
+/// its condition and an Event, and starts once the backup appears.
+#[tokio::test]
+async fn a_restore_of_a_missing_backup_waits_and_says_why() {
+    let (_cp, client) = setup(NS).await;
+    create_sample_secrets(&client, NS).await;
+    let _op = RunningOperator::start(&client);
+    let restore: DatabaseRestore = serde_json::from_value(serde_json::json!({
+        "apiVersion": "dbbackup.io/v1alpha1",
+        "kind": "DatabaseRestore",
+        "metadata": { "name": "orphan" },
+        "spec": {
+            "backup": "orders",
+            "target": {
+                "engine": "mariadb",
+                "host": "db.example.svc",
+                "name": "copy",
+                "credentialsSecret": { "name": "db-creds" }
+            }
+        }
+    }))
+    .unwrap();
+    let api: Api<DatabaseRestore> = Api::namespaced(client.clone(), NS);
+    api.create(&Default::default(), &restore).await.unwrap();
+    let status = wait_for(
+        "Restored=False BackupNotFound",
+        Duration::from_secs(30),
+        || async {
+            let s = api.get("orphan").await.ok()?.status?;
+            (restored(&s).1 == "BackupNotFound").then_some(s)
+        },
+    )
+    .await;
+    assert_eq!(status.phase, Some(RestorePhase::Pending));
+    let c = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Restored")
+        .unwrap();
+    assert_eq!(
+        c.message,
+        r#"spec.backup: DatabaseBackup "orders" not found in namespace "shop""#
+    );
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), NS);
+    assert!(
+        jobs.list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+
+    create_backup(&client, NS, backup_manifest("orders", "mariadb")).await;
+    wait_for("the restore job", Duration::from_secs(60), || async {
+        jobs.get_opt("orphan-restore").await.ok()?
+    })
+    .await;
+}

@@ -338,32 +338,29 @@ pub async fn reconcile(r: Arc<DatabaseRestore>, ctx: Arc<Context>) -> Result<Act
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let generation = r.metadata.generation;
 
-    let source = match resolve_source(&r, &ctx).await {
-        Ok(source) => source,
-        Err(CheckError::Kube(e)) => return Err(Error::Kube(e)),
-        Err(CheckError::Problem(p)) => {
-            let mut new = old.clone();
-            new.observed_generation = generation;
-            new.phase = Some(RestorePhase::Pending);
-            let observed = Observed::new(RESTORED, false, p.reason, p.message.clone());
-            status::set_condition(&mut new.conditions, &observed, generation, &now);
-            if new != old {
-                write_status(&*r, &ctx, &new).await?;
-                ctx.publish(&*r, EventType::Warning, p.reason, &p.message)
-                    .await;
-            }
-            return Err(Error::Invalid(p));
-        }
-    };
-
-    ctx.restore_failures
-        .lock()
-        .unwrap()
-        .remove(&ObjectRef::from_obj(&*r));
+    // The source is looked up once, to create the Job; a Job that runs needs
+    // nothing more from it, even if the Secrets change meanwhile.
     let job_key = ObjectRef::new(&job_name(&name)).within(&ns);
     let job = match ctx.jobs.get(&job_key) {
         Some(job) => Some(job),
         None => {
+            let source = match resolve_source(&r, &ctx).await {
+                Ok(source) => source,
+                Err(CheckError::Kube(e)) => return Err(Error::Kube(e)),
+                Err(CheckError::Problem(p)) => {
+                    let mut new = old.clone();
+                    new.observed_generation = generation;
+                    new.phase = Some(RestorePhase::Pending);
+                    let observed = Observed::new(RESTORED, false, p.reason, p.message.clone());
+                    status::set_condition(&mut new.conditions, &observed, generation, &now);
+                    if new != old {
+                        write_status(&*r, &ctx, &new).await?;
+                        ctx.publish(&*r, EventType::Warning, p.reason, &p.message)
+                            .await;
+                    }
+                    return Err(Error::Invalid(p));
+                }
+            };
             let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
             let desired = restore_job(&r, &source, &ctx.settings);
             match jobs.create(&PostParams::default(), &desired).await {
@@ -376,6 +373,10 @@ pub async fn reconcile(r: Arc<DatabaseRestore>, ctx: Arc<Context>) -> Result<Act
             }
         }
     };
+    ctx.restore_failures
+        .lock()
+        .unwrap()
+        .remove(&ObjectRef::from_obj(&*r));
     let pod = ctx
         .pods
         .state()
