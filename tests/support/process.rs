@@ -30,13 +30,33 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// A free TCP port on loopback. The listener is dropped before the server
-/// binds, which is racy in theory and fine for a single test machine.
+/// A free TCP port on loopback for a server to bind. Ports come from below
+/// the kernel's ephemeral range, which the outgoing connections of the tests
+/// draw from (an apiserver client once took etcd's port between this check
+/// and etcd's bind), and this process never hands out one port twice.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral loopback port")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 10_000;
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral.saturating_sub(FIRST).max(1_000);
+    // Test binaries running at once start at different places.
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7_919) % span,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..span {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {FIRST} and {ephemeral}");
 }
 
 /// A server process killed (and reaped) on drop, including when the test panics.
