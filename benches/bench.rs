@@ -12,7 +12,8 @@
 //! has both. `BENCH_SIZES` (MiB, default `256,2048,4096`), `BENCH_REPS`
 //! (default 5), `BENCH_SCALES` (default `100,1000,3000`) and `BENCH_ONLY`
 //! (`upload`, `dump` or `scale`) narrow a run; the report holds what ran.
-//! `BENCH_UPLOAD_ARGS` adds flags to our uploader (tuning runs, e.g.
+//! `BENCH_STORES` (default `disk,tmpfs`) says where MinIO keeps its data for
+//! the upload runs. `BENCH_UPLOAD_ARGS` adds flags to our uploader (tuning runs, e.g.
 //! `--concurrency=8 --part-size-mib=16`).
 //! Nothing here asserts a timing.
 
@@ -51,17 +52,28 @@ fn median(xs: &[f64]) -> f64 {
     }
 }
 
-/// Runs `cmd` under GNU time; returns (wall seconds, peak RSS in MiB).
-fn timed(cmd: &Command) -> (f64, f64) {
-    let (out, took, kib) = process::run_measured(Path::new(cmd.get_program()), cmd);
+/// One measured run: wall seconds, peak RSS in MiB, user + system CPU seconds.
+struct Run {
+    secs: f64,
+    rss_mib: f64,
+    cpu_secs: f64,
+}
+
+/// Runs `cmd` under GNU time; panics with its output if it fails.
+fn timed(cmd: &Command) -> Run {
+    let m = process::run_measured(Path::new(cmd.get_program()), cmd);
     assert!(
-        out.status.success(),
+        m.output.status.success(),
         "{:?} failed:\n{}{}",
         cmd.get_program(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&m.output.stdout),
+        String::from_utf8_lossy(&m.output.stderr)
     );
-    (took.as_secs_f64(), kib as f64 / 1024.0)
+    Run {
+        secs: m.wall.as_secs_f64(),
+        rss_mib: m.max_rss_kib as f64 / 1024.0,
+        cpu_secs: m.cpu_secs,
+    }
 }
 
 fn release_binary() -> PathBuf {
@@ -118,10 +130,49 @@ struct Row {
     values: Vec<String>,
 }
 
-async fn bench_upload(report: &mut String) {
+/// Where MinIO keeps its data. On this machine's virtual disk every tool
+/// runs at the disk's (varying) write speed, which hides the uploaders'
+/// differences; on tmpfs the uploader and MinIO share only the CPU.
+#[derive(Clone, Copy)]
+enum StoreOn {
+    Disk,
+    Tmpfs,
+}
+
+impl StoreOn {
+    fn all() -> Vec<StoreOn> {
+        std::env::var("BENCH_STORES")
+            .unwrap_or_else(|_| "disk,tmpfs".into())
+            .split(',')
+            .map(|s| match s.trim() {
+                "disk" => StoreOn::Disk,
+                "tmpfs" => StoreOn::Tmpfs,
+                other => panic!("BENCH_STORES: unknown store {other:?} (disk, tmpfs)"),
+            })
+            .collect()
+    }
+
+    fn parent(self) -> PathBuf {
+        match self {
+            StoreOn::Disk => std::env::temp_dir(),
+            StoreOn::Tmpfs => PathBuf::from("/dev/shm"),
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            StoreOn::Disk => "MinIO's data on the machine's disk (the temp directory)",
+            StoreOn::Tmpfs => {
+                "MinIO's data on tmpfs (`/dev/shm`), so that the disk is out of the measurement"
+            }
+        }
+    }
+}
+
+async fn bench_upload(report: &mut String, store: StoreOn) {
     let sizes = env_list("BENCH_SIZES", "256,2048,4096");
     let reps = env_list("BENCH_REPS", "5")[0] as usize;
-    let minio = Minio::start();
+    let minio = Minio::start_in(&store.parent());
     create_bucket(&minio).await;
     let work = tempfile::tempdir().unwrap();
     let tools = ["ours", "boto3", "awscli"];
@@ -131,6 +182,7 @@ async fn bench_upload(report: &mut String) {
         write_file(&source, size << 20);
         let mut secs = vec![vec![]; tools.len()];
         let mut rss = vec![vec![]; tools.len()];
+        let mut cpu = vec![vec![]; tools.len()];
         for rep in 0..reps {
             for (i, tool) in tools.iter().enumerate() {
                 let staging = Staging::new();
@@ -184,19 +236,28 @@ async fn bench_upload(report: &mut String) {
                     .env("AWS_DEFAULT_REGION", "us-east-1")
                     .env("AWS_EC2_METADATA_DISABLED", "true")
                     .env("HOME", work.path());
-                let (s, r) = timed(&cmd);
+                let run = timed(&cmd);
                 println!(
-                    "upload {size} MiB {tool} run {}: {s:.2} s, {r:.1} MiB RSS",
-                    rep + 1
+                    "upload ({}) {size} MiB {tool} run {}: {:.2} s, {:.1} MiB RSS, {:.2} s CPU",
+                    match store {
+                        StoreOn::Disk => "disk",
+                        StoreOn::Tmpfs => "tmpfs",
+                    },
+                    rep + 1,
+                    run.secs,
+                    run.rss_mib,
+                    run.cpu_secs
                 );
-                secs[i].push(s);
-                rss[i].push(r);
+                secs[i].push(run.secs);
+                rss[i].push(run.rss_mib);
+                cpu[i].push(run.cpu_secs);
                 empty_bucket(&minio).await;
             }
         }
         std::fs::remove_file(&source).unwrap();
         let med: Vec<f64> = secs.iter().map(|s| median(s)).collect();
         let mibps: Vec<f64> = med.iter().map(|m| size as f64 / m).collect();
+        let cpu: Vec<f64> = cpu.iter().map(|c| median(c)).collect();
         let peak: Vec<f64> = rss
             .iter()
             .map(|r| r.iter().cloned().fold(0.0, f64::max))
@@ -210,16 +271,20 @@ async fn bench_upload(report: &mut String) {
                 format!("{:.2}×", mibps[0] / mibps[1]),
                 format!("{:.2}×", mibps[0] / mibps[2]),
                 format!("{:.1} / {:.1} / {:.1}", peak[0], peak[1], peak[2]),
+                format!("{:.1} / {:.1} / {:.1}", cpu[0], cpu[1], cpu[2]),
             ],
         });
     }
     writeln!(
         report,
-        "## Upload to the loopback MinIO\n\n{reps} interleaved runs of each tool per size (ours, boto3, awscli, ours, …); medians; \
-         peak RSS is the largest over the runs (`/usr/bin/time`). Ours: default settings (8 MiB parts or larger, 3 in flight, MD5 per part \
-         and SHA-256 of the whole file). boto3 `upload_file` and `aws s3 cp` with their default transfer settings.\n\n\
-         | size | ours | boto3 | awscli | ours ÷ boto3 | ours ÷ awscli | peak RSS MiB (ours / boto3 / awscli) |\n\
-         | --- | --- | --- | --- | --- | --- | --- |"
+        "## Upload to the loopback MinIO, {}\n\n{reps} interleaved runs of each tool per size (ours, boto3, awscli, ours, …); medians; \
+         peak RSS is the largest over the runs, CPU is user + system time of the tool alone (`/usr/bin/time`). \
+         Ours: default settings (8 MiB parts or larger, 3 in flight, each part with its CRC64/NVME and the object's full CRC64/NVME \
+         confirmed afterwards, unsigned payload, SHA-256 of the whole file for the job result). \
+         boto3 `upload_file` and `aws s3 cp` with their default transfer settings.\n\n\
+         | size | ours | boto3 | awscli | ours ÷ boto3 | ours ÷ awscli | peak RSS MiB (ours / boto3 / awscli) | CPU s (ours / boto3 / awscli) |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- |",
+        store.describe()
     )
     .unwrap();
     for r in rows {
@@ -245,7 +310,7 @@ fn bench_dump(report: &mut String) {
     for rep in 0..reps {
         let staging = Staging::new();
         let (cmd, _) = dump_command(&src, &staging, Compression::None);
-        let (s, _) = timed(&cmd);
+        let s = timed(&cmd).secs;
         size = std::fs::metadata(staging.path().join("dumps/datadump.sql"))
             .unwrap()
             .len();
@@ -262,7 +327,7 @@ fn bench_dump(report: &mut String) {
             .env("PATH", format!("{}:/usr/bin:/bin", process::bin_dir().display()))
             .env("DB_USER", &src.user)
             .env("MYSQL_PWD", &src.password);
-        let (b, _) = timed(&bare);
+        let b = timed(&bare).secs;
         bare_secs.push(b);
         println!("dump run {}: ours {s:.2} s, bare {b:.2} s", rep + 1);
     }
@@ -452,7 +517,9 @@ async fn main() {
         chrono::Utc::now().format("%Y-%m-%d")
     );
     if wants("upload") {
-        bench_upload(&mut report).await;
+        for store in StoreOn::all() {
+            bench_upload(&mut report, store).await;
+        }
     }
     if wants("dump") {
         bench_dump(&mut report);

@@ -603,7 +603,11 @@ async fn one_gib_dump_uploads_with_bounded_memory() {
     let (cmd, termlog) = upload_command(&minio, &staging, &UploadOpts::default());
     // Memory is a property of the shipped (release) binary; tests/run.sh builds it.
     let release = release_binary();
-    let (out, _, kib) = support::process::run_measured(&release, &cmd);
+    let support::process::Measured {
+        output: out,
+        max_rss_kib: kib,
+        ..
+    } = support::process::run_measured(&release, &cmd);
     assert!(
         out.status.success(),
         "{}",

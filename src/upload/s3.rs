@@ -5,14 +5,14 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{
+    ChecksumAlgorithm, ChecksumMode, ChecksumType, CompletedMultipartUpload, CompletedPart,
+};
 use base64::Engine as _;
 use bytes::Bytes;
-use futures::stream::{FuturesUnordered, StreamExt};
 use md5::{Digest as _, Md5};
 use sha2::Sha256;
 use std::path::Path;
-use tokio::io::AsyncReadExt;
 
 /// Object metadata holding the part size of a multipart upload, so that a
 /// download can recompute its ETag.
@@ -325,9 +325,22 @@ pub async fn object_exists(client: &Client, bucket: &str, key: &str) -> Result<b
 pub struct Written {
     pub size: u64,
     pub sha256: String,
-    /// The ETag S3 must report: MD5 of the object, or for multipart the MD5 of
-    /// the parts' MD5s followed by `-<parts>`.
-    pub expected_etag: String,
+    pub proof: Proof,
+}
+
+/// What the store must report for the object we sent.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Proof {
+    /// The ETag: MD5 of the object, or for multipart the MD5 of the parts'
+    /// MD5s followed by `-<parts>`.
+    ETag(String),
+    /// The full-object CRC64/NVME checksum, base64 as S3 reports it.
+    Crc64Nvme(String),
+}
+
+/// CRC64/NVME as S3 writes it: the big-endian bytes, base64.
+pub fn crc64nvme_base64(crc: u64) -> String {
+    base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes())
 }
 
 pub fn hex(bytes: &[u8]) -> String {
@@ -348,19 +361,58 @@ pub fn md5_style(etag: &str) -> bool {
 }
 
 /// Reads up to `buf.capacity()` bytes; fewer only at end of file.
-async fn read_part(file: &mut tokio::fs::File, buf: &mut Vec<u8>) -> std::io::Result<()> {
+fn read_part(file: &mut std::fs::File, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    use std::io::Read as _;
     buf.clear();
-    let want = buf.capacity();
-    while buf.len() < want {
-        let n = (&mut *file)
-            .take((want - buf.len()) as u64)
-            .read_buf(buf)
-            .await?;
-        if n == 0 {
-            break;
-        }
-    }
+    let want = buf.capacity() as u64;
+    file.take(want).read_to_end(buf)?;
     Ok(())
+}
+
+/// The next part of the file, read into a reused buffer, with its checksums;
+/// the file's SHA-256 moves past it.
+struct Part {
+    file: std::fs::File,
+    buf: Vec<u8>,
+    sha: Sha256,
+    /// Only where the store's ETag is the proof: MD5 costs more CPU than the
+    /// rest of the upload together.
+    md5: Option<[u8; 16]>,
+    crc64nvme: u64,
+}
+
+/// Reads and checksums the next part on a blocking thread, so the uploads in
+/// flight keep the runtime to themselves. SHA-256 runs beside the part's own
+/// checksums.
+async fn next_part(
+    mut file: std::fs::File,
+    mut buf: Vec<u8>,
+    mut sha: Sha256,
+    with_md5: bool,
+) -> std::io::Result<Part> {
+    tokio::task::spawn_blocking(move || {
+        read_part(&mut file, &mut buf)?;
+        let (md5, crc64nvme) = std::thread::scope(|s| {
+            let data = &buf[..];
+            let sha = &mut sha;
+            s.spawn(move || sha.update(data));
+            let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, data);
+            (with_md5.then(|| Md5::digest(data).into()), crc)
+        });
+        Ok(Part {
+            file,
+            buf,
+            sha,
+            md5,
+            crc64nvme,
+        })
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+fn content_md5(md5: &[u8; 16]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(md5)
 }
 
 /// Called with the multipart upload id as soon as it exists, so an interrupted
@@ -368,8 +420,10 @@ async fn read_part(file: &mut tokio::fs::File, buf: &mut Vec<u8>) -> std::io::Re
 pub type OnStart<'a> = &'a (dyn Fn(&str) -> std::io::Result<()> + Sync);
 
 /// Uploads `path` to `key` without ever replacing an existing object (with
-/// `conditional`, through `If-None-Match: *`). Each part carries its Content-MD5,
-/// which the store checks on receipt. On any error a multipart upload is aborted.
+/// `conditional`, through `If-None-Match: *`). Each part carries a checksum the
+/// store checks on receipt: CRC64/NVME where the store keeps a full-object
+/// CRC64/NVME (S3 and MinIO do), else Content-MD5. A single-request put always
+/// sends Content-MD5. On any error a multipart upload is aborted.
 #[allow(clippy::too_many_arguments)]
 pub async fn put_file(
     client: &Client,
@@ -382,30 +436,35 @@ pub async fn put_file(
     on_start: OnStart<'_>,
 ) -> Result<Written, PutError> {
     let io = |e: std::io::Error| PutError::Failed(format!("cannot read {}: {e}", path.display()));
-    let mut file = tokio::fs::File::open(path).await.map_err(io)?;
+    let file = std::fs::File::open(path).map_err(io)?;
     let part_size = part_size(size, tuning.min_part_size);
-    let mut sha = Sha256::new();
 
     if size <= part_size {
-        let mut buf = Vec::with_capacity(size as usize);
-        read_part(&mut file, &mut buf).await.map_err(io)?;
-        sha.update(&buf);
-        let md5 = Md5::digest(&buf);
+        let part = next_part(file, Vec::with_capacity(size as usize), Sha256::new(), true)
+            .await
+            .map_err(io)?;
+        let md5 = part.md5.expect("asked for");
         let mut put = client
             .put_object()
             .bucket(bucket)
             .key(key)
-            .content_md5(base64::engine::general_purpose::STANDARD.encode(md5))
-            .content_length(buf.len() as i64)
-            .body(ByteStream::from(buf));
+            .content_md5(content_md5(&md5))
+            .content_length(part.buf.len() as i64)
+            .body(ByteStream::from(part.buf));
         if conditional {
             put = put.if_none_match("*");
         }
-        put.send().await.map_err(|e| classify(e, key))?;
+        // Content-MD5, a signed header, already guards the body; signing the
+        // payload too would hash it twice more (here and at the store).
+        put.customize()
+            .disable_payload_signing()
+            .send()
+            .await
+            .map_err(|e| classify(e, key))?;
         return Ok(Written {
             size,
-            sha256: hex(&sha.finalize()),
-            expected_etag: hex(&md5),
+            sha256: hex(&part.sha.finalize()),
+            proof: Proof::ETag(hex(&md5)),
         });
     }
 
@@ -414,9 +473,14 @@ pub async fn put_file(
         .bucket(bucket)
         .key(key)
         .metadata(PART_SIZE_META, part_size.to_string())
+        .checksum_algorithm(ChecksumAlgorithm::Crc64Nvme)
+        .checksum_type(ChecksumType::FullObject)
         .send()
         .await
         .map_err(|e| classify(e, key))?;
+    // A store that does not name the algorithm back ignored it (older
+    // S3-compatible stores); its ETag is the proof there.
+    let crc = created.checksum_algorithm() == Some(&ChecksumAlgorithm::Crc64Nvme);
     let upload_id = created
         .upload_id()
         .ok_or_else(|| PutError::Failed("store returned no upload id".into()))?
@@ -426,11 +490,15 @@ pub async fn put_file(
         return Err(PutError::Failed(format!("cannot record the upload: {e}")));
     }
 
-    let result = upload_parts(
-        client, bucket, key, &upload_id, &mut file, size, part_size, tuning, &mut sha,
-    )
-    .await;
-    let (parts, md5s) = match result {
+    let target = Target {
+        client: client.clone(),
+        bucket: bucket.to_string(),
+        key: key.to_string(),
+        upload_id: upload_id.clone(),
+        crc,
+    };
+    let result = upload_parts(target, file, size, part_size, tuning).await;
+    let (parts, sums, sha) = match result {
         Ok(done) => done,
         Err(e) => {
             abort(client, bucket, key, &upload_id).await;
@@ -447,6 +515,16 @@ pub async fn put_file(
                 .set_parts(Some(parts))
                 .build(),
         );
+    let proof = match sums {
+        PartSums::Md5(md5s) => Proof::ETag(multipart_etag(&md5s.concat(), md5s.len())),
+        PartSums::Crc64Nvme(whole) => {
+            let whole = crc64nvme_base64(whole);
+            complete = complete
+                .checksum_crc64_nvme(&whole)
+                .checksum_type(ChecksumType::FullObject);
+            Proof::Crc64Nvme(whole)
+        }
+    };
     if conditional {
         complete = complete.if_none_match("*");
     }
@@ -454,81 +532,139 @@ pub async fn put_file(
         abort(client, bucket, key, &upload_id).await;
         return Err(classify(e, key));
     }
-    let etag = multipart_etag(&md5s.concat(), md5s.len());
     Ok(Written {
         size,
         sha256: hex(&sha.finalize()),
-        expected_etag: etag,
+        proof,
     })
 }
 
-/// Reads parts in order (hashing them) and keeps up to `concurrency` in flight.
-/// Part buffers are reused once their upload is done.
-#[allow(clippy::too_many_arguments)]
+/// Where the parts of one multipart upload go.
+#[derive(Clone)]
+struct Target {
+    client: Client,
+    bucket: String,
+    key: String,
+    upload_id: String,
+    /// Parts carry CRC64/NVME instead of Content-MD5.
+    crc: bool,
+}
+
+/// The parts' MD5s, or the CRC64/NVME of the whole file.
+enum PartSums {
+    Md5(Vec<[u8; 16]>),
+    Crc64Nvme(u64),
+}
+
+impl Target {
+    /// Uploads one part; hands back its buffer for reuse.
+    async fn send(
+        self,
+        number: i32,
+        md5: Option<[u8; 16]>,
+        crc64nvme: u64,
+        bytes: Bytes,
+    ) -> Result<(CompletedPart, Bytes), PutError> {
+        let mut request = self
+            .client
+            .upload_part()
+            .bucket(self.bucket)
+            .key(self.key)
+            .upload_id(self.upload_id)
+            .part_number(number)
+            .content_length(bytes.len() as i64)
+            .body(ByteStream::from(bytes.clone()));
+        let crc = self.crc.then(|| crc64nvme_base64(crc64nvme));
+        request = match (&crc, md5) {
+            (Some(crc), _) => request.checksum_crc64_nvme(crc),
+            (None, Some(md5)) => request.content_md5(content_md5(&md5)),
+            (None, None) => unreachable!("a part without a checksum"),
+        };
+        // The part's checksum is a signed header and guards the body; signing
+        // the payload too would hash it once more here and once at the store.
+        let out = request
+            .customize()
+            .disable_payload_signing()
+            .send()
+            .await
+            .map_err(|e| PutError::Failed(format!("part {number}: {}", describe(&e))))?;
+        let part = CompletedPart::builder()
+            .part_number(number)
+            .set_e_tag(out.e_tag().map(str::to_string))
+            .set_checksum_crc64_nvme(crc)
+            .build();
+        Ok((part, bytes))
+    }
+}
+
+/// Reads parts in order and keeps up to `concurrency` uploads in flight, each
+/// its own task, while the next part is read and checksummed. Memory stays at
+/// `concurrency + 1` part buffers, reused once their upload is done. Returns
+/// the parts, their checksums and the SHA-256 of the whole file.
 async fn upload_parts(
-    client: &Client,
-    bucket: &str,
-    key: &str,
-    upload_id: &str,
-    file: &mut tokio::fs::File,
+    target: Target,
+    mut file: std::fs::File,
     size: u64,
     part_size: u64,
     tuning: Tuning,
-    sha: &mut Sha256,
-) -> Result<(Vec<CompletedPart>, Vec<Vec<u8>>), PutError> {
+) -> Result<(Vec<CompletedPart>, PartSums, Sha256), PutError> {
     let count = size.div_ceil(part_size);
-    let mut in_flight = FuturesUnordered::new();
+    let mut in_flight = tokio::task::JoinSet::new();
     let mut pool: Vec<Vec<u8>> = vec![];
     let mut parts = Vec::with_capacity(count as usize);
-    let mut md5s = vec![Vec::new(); count as usize];
+    let mut md5s = Vec::with_capacity(count as usize);
+    let mut whole_crc = None;
+    let mut sha = Sha256::new();
+    let joined = |r: Result<_, tokio::task::JoinError>| {
+        r.map_err(|e| PutError::Failed(format!("part upload stopped: {e}")))?
+    };
     for number in 1..=count {
         if in_flight.len() >= tuning.concurrency.max(1) {
             let (part, bytes): (CompletedPart, Bytes) =
-                in_flight.next().await.expect("non-empty")?;
+                joined(in_flight.join_next().await.expect("non-empty"))?;
             parts.push(part);
             if let Ok(buf) = bytes.try_into_mut() {
                 pool.push(buf.into());
             }
         }
-        let mut buf = pool
+        let buf = pool
             .pop()
             .unwrap_or_else(|| Vec::with_capacity(part_size as usize));
-        read_part(file, &mut buf)
+        let mut part = next_part(file, buf, sha, !target.crc)
             .await
             .map_err(|e| PutError::Failed(format!("cannot read the dump: {e}")))?;
-        if buf.is_empty() {
+        if part.buf.is_empty() {
             return Err(PutError::Failed("the dump shrank while uploading".into()));
         }
-        sha.update(&buf);
-        let md5 = Md5::digest(&buf);
-        md5s[number as usize - 1] = md5.to_vec();
-        let bytes = Bytes::from(buf);
-        let request = client
-            .upload_part()
-            .bucket(bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .part_number(number as i32)
-            .content_md5(base64::engine::general_purpose::STANDARD.encode(md5))
-            .content_length(bytes.len() as i64)
-            .body(ByteStream::from(bytes.clone()));
-        in_flight.push(async move {
-            let out = request
-                .send()
-                .await
-                .map_err(|e| PutError::Failed(format!("part {number}: {}", describe(&e))))?;
-            let part = CompletedPart::builder()
-                .part_number(number as i32)
-                .set_e_tag(out.e_tag().map(str::to_string))
-                .build();
-            Ok::<_, PutError>((part, bytes))
+        let len = part.buf.len() as u64;
+        whole_crc = Some(match whole_crc {
+            None => part.crc64nvme,
+            Some(before) => crc_fast::checksum_combine(
+                crc_fast::CrcAlgorithm::Crc64Nvme,
+                before,
+                part.crc64nvme,
+                len,
+            ),
         });
+        md5s.extend(part.md5);
+        let bytes = Bytes::from(std::mem::take(&mut part.buf));
+        in_flight.spawn(
+            target
+                .clone()
+                .send(number as i32, part.md5, part.crc64nvme, bytes),
+        );
+        (file, sha) = (part.file, part.sha);
     }
-    while let Some(done) = in_flight.next().await {
-        parts.push(done?.0);
+    while let Some(done) = in_flight.join_next().await {
+        parts.push(joined(done)?.0);
     }
     parts.sort_by_key(|p| p.part_number());
-    Ok((parts, md5s))
+    let sums = if target.crc {
+        PartSums::Crc64Nvme(whole_crc.expect("at least one part"))
+    } else {
+        PartSums::Md5(md5s)
+    };
+    Ok((parts, sums, sha))
 }
 
 /// Best effort: a failed abort leaves an upload that the next run, or a bucket
@@ -546,17 +682,19 @@ pub async fn abort(client: &Client, bucket: &str, key: &str, upload_id: &str) {
     }
 }
 
-/// Confirms the object is there with the size and ETag we computed locally.
+/// Confirms the object is there with the size and the ETag or full-object
+/// checksum we computed locally.
 pub async fn verify(
     client: &Client,
     bucket: &str,
     key: &str,
     written: &Written,
 ) -> Result<(), String> {
-    let head = client
-        .head_object()
-        .bucket(bucket)
-        .key(key)
+    let mut head = client.head_object().bucket(bucket).key(key);
+    if matches!(written.proof, Proof::Crc64Nvme(_)) {
+        head = head.checksum_mode(ChecksumMode::Enabled);
+    }
+    let head = head
         .send()
         .await
         .map_err(|e| format!("cannot confirm the upload of {key}: {}", describe(&e)))?;
@@ -567,18 +705,30 @@ pub async fn verify(
             written.size
         ));
     }
-    let etag = head
-        .e_tag()
-        .unwrap_or_default()
-        .trim_matches('"')
-        .to_string();
-    // Where the ETag is no MD5, size and the per-part Content-MD5 checks the
-    // store made on receipt are the proof.
-    if md5_style(&etag) && etag != written.expected_etag {
-        return Err(format!(
-            "upload of {key} not confirmed: ETag {etag} differs from the expected {}",
-            written.expected_etag
-        ));
+    match &written.proof {
+        Proof::ETag(expected) => {
+            let etag = head.e_tag().unwrap_or_default().trim_matches('"');
+            // Where the ETag is no MD5, size and the per-part Content-MD5 checks the
+            // store made on receipt are the proof.
+            if md5_style(etag) && etag != expected {
+                return Err(format!(
+                    "upload of {key} not confirmed: ETag {etag} differs from the expected {expected}"
+                ));
+            }
+        }
+        Proof::Crc64Nvme(expected) => match head.checksum_crc64_nvme() {
+            Some(crc) if crc == expected => {}
+            Some(crc) => {
+                return Err(format!(
+                    "upload of {key} not confirmed: CRC64/NVME {crc} differs from the expected {expected}"
+                ));
+            }
+            None => {
+                return Err(format!(
+                    "upload of {key} not confirmed: the store reports no CRC64/NVME checksum"
+                ));
+            }
+        },
     }
     Ok(())
 }

@@ -27,9 +27,14 @@ pub fn random_token(len: usize) -> String {
 
 impl Minio {
     pub fn start() -> Minio {
+        Self::start_in(&std::env::temp_dir())
+    }
+
+    /// A server whose data lives under `parent` (a tmpfs takes the disk out of a benchmark).
+    pub fn start_in(parent: &std::path::Path) -> Minio {
         let dir = tempfile::Builder::new()
             .prefix("dbbackup-minio-")
-            .tempdir()
+            .tempdir_in(parent)
             .unwrap();
         let port = free_port();
         let access_key = format!("AK{}", random_token(18));

@@ -194,13 +194,21 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((code, body))
 }
 
-/// Runs `program` with `cmd`'s args and environment under GNU time; returns the
-/// output, the wall time and the peak RSS in KiB.
-pub fn run_measured(program: &Path, cmd: &Command) -> (std::process::Output, Duration, u64) {
+/// What GNU time measured of one run.
+pub struct Measured {
+    pub output: std::process::Output,
+    pub wall: Duration,
+    pub max_rss_kib: u64,
+    /// User plus system CPU seconds.
+    pub cpu_secs: f64,
+}
+
+/// Runs `program` with `cmd`'s args and environment under GNU time.
+pub fn run_measured(program: &Path, cmd: &Command) -> Measured {
     let mut timed = Command::new("/usr/bin/time");
     timed
         .arg("-f")
-        .arg("maxrss_kib=%M")
+        .arg("maxrss_kib=%M\ncpu_secs=%U %S")
         .arg(program)
         .args(cmd.get_args());
     timed.env_clear();
@@ -214,10 +222,27 @@ pub fn run_measured(program: &Path, cmd: &Command) -> (std::process::Output, Dur
         .output()
         .expect("run /usr/bin/time (Debian package time)");
     let took = start.elapsed();
-    let kib = String::from_utf8_lossy(&out.stderr)
-        .lines()
-        .find_map(|l| l.strip_prefix("maxrss_kib="))
-        .and_then(|v| v.trim().parse().ok())
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let field = |name: &str| {
+        stderr
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+    };
+    let kib = field("maxrss_kib=")
+        .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("time printed no maxrss: {out:?}"));
-    (out, took, kib)
+    let cpu_secs = field("cpu_secs=")
+        .map(|v| {
+            v.split_whitespace()
+                .filter_map(|x| x.parse::<f64>().ok())
+                .sum()
+        })
+        .unwrap_or_else(|| panic!("time printed no CPU time: {out:?}"));
+    Measured {
+        output: out,
+        wall: took,
+        max_rss_kib: kib,
+        cpu_secs,
+    }
 }
