@@ -631,3 +631,46 @@ async fn one_gib_dump_uploads_with_bounded_memory() {
         .unwrap();
     assert_eq!(head.content_length(), Some(size as i64));
 }
+
+/// MinIO, like S3, keeps a full-object CRC64/NVME of a multipart upload when
+/// asked; the uploader sends each part's and the whole object's, and the
+/// store's figure is the one a download can check.
+#[tokio::test]
+async fn a_multipart_upload_carries_the_full_object_crc64nvme() {
+    use aws_sdk_s3::types::{ChecksumMode, ChecksumType};
+    let minio = Minio::start();
+    create_bucket(&minio).await;
+    let staging = Staging::new();
+    std::fs::create_dir_all(staging.path().join("dumps")).unwrap();
+    let dump = staging.path().join("dumps/datadump.sql");
+    write_big_file(&dump, 23 * 1024 * 1024);
+    let expected = dbbackup_operator::upload::s3::crc64nvme_base64(crc_fast::checksum(
+        crc_fast::CrcAlgorithm::Crc64Nvme,
+        &std::fs::read(&dump).unwrap(),
+    ));
+    let key = upload_ok(
+        &minio,
+        &staging,
+        &UploadOpts {
+            extra_args: vec!["--part-size-mib=5".into()],
+            ..Default::default()
+        },
+    );
+    let head = minio
+        .s3_client()
+        .await
+        .head_object()
+        .bucket(BUCKET)
+        .key(&key)
+        .checksum_mode(ChecksumMode::Enabled)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.checksum_crc64_nvme(), Some(expected.as_str()));
+    assert_eq!(head.checksum_type(), Some(&ChecksumType::FullObject));
+    assert!(
+        head.e_tag().unwrap().ends_with("-5\""),
+        "{:?}",
+        head.e_tag()
+    );
+}
