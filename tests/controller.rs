@@ -52,13 +52,28 @@ async fn valid_resource_gets_pvc_and_both_cronjobs() {
         assert_eq!(labels["app.kubernetes.io/managed-by"], "dbbackup-operator");
         assert_eq!(labels["dbbackup.io/backup"], "orders");
         assert_eq!(labels.get("dbbackup.io/step").map(String::as_str), step);
-        let managers: Vec<_> = meta
-            .managed_fields
-            .iter()
-            .flatten()
-            .filter_map(|m| m.manager.clone())
-            .collect();
-        assert_eq!(managers, ["dbbackup-operator"], "one field manager");
+        // One field manager: it applies the object, and CronJobs also get an
+        // update that records their generation, which owns nothing else.
+        for entry in meta.managed_fields.iter().flatten() {
+            assert_eq!(entry.manager.as_deref(), Some("dbbackup-operator"));
+            if entry.operation.as_deref() == Some("Update") {
+                assert!(step.is_some(), "a PVC has no generation to record");
+                let owned = serde_json::to_value(&entry.fields_v1).unwrap();
+                assert_eq!(
+                    owned,
+                    serde_json::json!({"f:metadata": {"f:annotations": {
+                        "f:dbbackup.io/applied-generation": {}
+                    }}}),
+                );
+            }
+        }
+        if step.is_some() {
+            let annotations = meta.annotations.as_ref().unwrap();
+            assert_eq!(
+                annotations["dbbackup.io/applied-generation"],
+                meta.generation.unwrap().to_string()
+            );
+        }
     }
     assert_eq!(
         pvc.spec.as_ref().unwrap().access_modes.as_deref(),
@@ -196,7 +211,30 @@ async fn spec_edits_reach_children_and_deleted_children_come_back() {
     let upload = get_cronjob(&client, "shop", "orders-upload").await.unwrap();
     assert_eq!(upload.spec.suspend, Some(true), "suspend pauses both");
 
+    // A hand edit of a child's spec, by another field manager, is undone.
     let cronjobs: Api<CronJob> = Api::namespaced(client.clone(), "shop");
+    let hand_edit = serde_json::json!({"spec": {"schedule": "0 0 * * *", "suspend": false}});
+    cronjobs
+        .patch(
+            "orders-dump",
+            &PatchParams {
+                field_manager: Some("someone".into()),
+                ..Default::default()
+            },
+            &Patch::Merge(&hand_edit),
+        )
+        .await
+        .unwrap();
+    wait_for(
+        "hand-edited dump CronJob to be repaired",
+        Duration::from_secs(30),
+        || async {
+            let cj = get_cronjob(&client, "shop", "orders-dump").await?;
+            (cj.spec.schedule == "30 1 * * *" && cj.spec.suspend == Some(true)).then_some(())
+        },
+    )
+    .await;
+
     let old_uid = cronjobs.get("orders-upload").await.unwrap().uid();
     cronjobs
         .delete("orders-upload", &DeleteParams::default())

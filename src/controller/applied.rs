@@ -2,16 +2,42 @@
 //! resource costs no write at all on resync.
 //!
 //! A server-side apply that changes nothing still is a PATCH request. We skip
-//! it when the cached live object contains every field of the desired one
-//! (the server adds defaults; it never removes ours) and carries the hash of
-//! the desired object: the hash catches a field we stopped setting, the
-//! field-by-field check catches a hand edit of one we set.
+//! it when the child's metadata shows three things: the hash of the desired
+//! object (which changes with any field we set or stop setting), our labels
+//! and annotations, and, for kinds that count spec changes in
+//! `metadata.generation` (CronJobs), the generation our last apply left. A hand
+//! edit of the spec raises the generation, so it is repaired. Only metadata is
+//! needed, so the operator caches only the children's metadata.
+//!
+//! PersistentVolumeClaims count no generation. The fields we set in their spec
+//! are immutable once created, except the storage request, which can only grow.
 
-use serde_json::Value;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 /// Annotation holding the hash of the desired object last applied.
 pub const HASH_ANNOTATION: &str = "dbbackup.io/applied-hash";
+/// Annotation holding the child's generation right after our last apply.
+pub const GENERATION_ANNOTATION: &str = "dbbackup.io/applied-generation";
+
+/// True when the live child's metadata shows it holds `desired` (stamped) unchanged.
+pub fn unchanged(live: &ObjectMeta, desired: &Value) -> bool {
+    let live_json = serde_json::to_value(live).expect("metadata serializes");
+    contains(&live_json, &desired["metadata"]) && generation_record(live).is_none()
+}
+
+/// The merge patch that records the child's current generation, when the
+/// record differs; None for kinds without a generation.
+pub fn generation_record(live: &ObjectMeta) -> Option<Value> {
+    let generation = live.generation?.to_string();
+    let recorded = live
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(GENERATION_ANNOTATION));
+    (recorded != Some(&generation))
+        .then(|| json!({"metadata": {"annotations": {GENERATION_ANNOTATION: generation}}}))
+}
 
 /// Adds the hash of `desired` (without the annotation) to its annotations.
 pub fn stamp(desired: &mut Value) {
@@ -62,14 +88,10 @@ mod tests {
     }
 
     #[test]
-    fn server_defaults_do_not_count_as_drift() {
+    fn server_added_fields_do_not_count_as_drift() {
         assert!(contains(&live(), &desired()));
-    }
-
-    #[test]
-    fn a_hand_edit_of_our_field_is_drift() {
         let mut l = live();
-        l["spec"]["schedule"] = "0 4 * * *".into();
+        l["metadata"]["labels"]["a"] = "2".into();
         assert!(!contains(&l, &desired()));
         let mut l = live();
         l["spec"]["containers"][0]["args"] = json!(["x", "y"]);
@@ -84,7 +106,52 @@ mod tests {
             "spec": {"schedule": "0 3 * * *", "containers": [{"name": "dump", "args": ["x"]}]}
         });
         stamp(&mut d);
-        assert!(!contains(&live(), &d));
+        let live: ObjectMeta = serde_json::from_value(live()["metadata"].clone()).unwrap();
+        assert!(!unchanged(&live, &d));
+    }
+
+    fn live_meta(generation: Option<i64>, recorded: Option<&str>) -> ObjectMeta {
+        let mut meta: ObjectMeta =
+            serde_json::from_value(live()["metadata"].clone()).expect("metadata");
+        meta.generation = generation;
+        if let Some(r) = recorded {
+            meta.annotations
+                .get_or_insert_with(Default::default)
+                .insert(GENERATION_ANNOTATION.into(), r.into());
+        }
+        meta
+    }
+
+    #[test]
+    fn metadata_shows_an_unchanged_child() {
+        assert!(unchanged(&live_meta(Some(3), Some("3")), &desired()));
+        // Kinds without a generation (PersistentVolumeClaims) need no record.
+        assert!(unchanged(&live_meta(None, None), &desired()));
+    }
+
+    #[test]
+    fn a_spec_edit_since_our_apply_shows_in_the_generation() {
+        let edited = live_meta(Some(4), Some("3"));
+        assert!(!unchanged(&edited, &desired()));
+        assert_eq!(
+            generation_record(&edited),
+            Some(json!({"metadata": {"annotations": {GENERATION_ANNOTATION: "4"}}}))
+        );
+        assert!(!unchanged(&live_meta(Some(1), None), &desired()));
+    }
+
+    #[test]
+    fn a_new_desired_object_or_a_lost_label_shows_in_the_metadata() {
+        let live = live_meta(Some(3), Some("3"));
+        let mut d = json!({
+            "metadata": {"name": "orders-dump", "labels": {"a": "1"}},
+            "spec": {"schedule": "0 4 * * *", "containers": [{"name": "dump", "args": ["x"]}]}
+        });
+        stamp(&mut d);
+        assert!(!unchanged(&live, &d), "another hash");
+        let mut unlabelled = live.clone();
+        unlabelled.labels = None;
+        assert!(!unchanged(&unlabelled, &desired()));
     }
 
     #[test]

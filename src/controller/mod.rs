@@ -15,7 +15,7 @@ use futures::StreamExt;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{PartialObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::store::Writer;
@@ -87,8 +87,8 @@ pub struct Context {
     /// the watches `run` drives.
     pods: Store<Pod>,
     jobs: Store<Job>,
-    cronjobs: Store<CronJob>,
-    pvcs: Store<PersistentVolumeClaim>,
+    cronjobs: Store<PartialObjectMeta<CronJob>>,
+    pvcs: Store<PartialObjectMeta<PersistentVolumeClaim>>,
     writers: Mutex<Option<Writers>>,
     reporter: Reporter,
     /// Consecutive failures per resource, for exponential backoff.
@@ -99,8 +99,8 @@ pub struct Context {
 struct Writers {
     pods: Writer<Pod>,
     jobs: Writer<Job>,
-    cronjobs: Writer<CronJob>,
-    pvcs: Writer<PersistentVolumeClaim>,
+    cronjobs: Writer<PartialObjectMeta<CronJob>>,
+    pvcs: Writer<PartialObjectMeta<PersistentVolumeClaim>>,
 }
 
 impl Context {
@@ -109,6 +109,8 @@ impl Context {
         let (jobs, job_writer) = reflector::store_shared(1024);
         // Looked up by name only; their events reach the controller through
         // `owns`, which, unlike a shared store's subscription, also sees deletions.
+        // Metadata only: whether a child is ours, unchanged, shows there (see
+        // `applied`), and whole CronJobs were most of the operator's memory.
         let (cronjobs, cronjob_writer) = reflector::store();
         let (pvcs, pvc_writer) = reflector::store();
         Context {
@@ -159,8 +161,10 @@ pub fn backoff(attempt: u32) -> Duration {
         .min(BACKOFF_MAX)
 }
 
-/// Server-side applies `obj`, unless the cached live object already holds it.
-async fn apply<K>(api: Api<K>, obj: &K, cache: &Store<K>) -> Result<K, Error>
+/// Server-side applies `obj`, unless the child's cached metadata shows that it
+/// holds `obj` unchanged. Returns the child: the apiserver's answer, or `obj`
+/// with the live metadata.
+async fn apply<K>(api: Api<K>, obj: &K, cache: &Store<PartialObjectMeta<K>>) -> Result<K, Error>
 where
     K: Resource + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
@@ -170,19 +174,37 @@ where
     applied::stamp(&mut desired);
     let key = ObjectRef::new(&name).within(obj.meta().namespace.as_deref().unwrap_or_default());
     if let Some(live) = cache.get(&key) {
-        let live_json = serde_json::to_value(&*live).expect("a child serializes");
-        if applied::contains(&live_json, &desired) {
-            return Ok((*live).clone());
+        if applied::unchanged(&live.metadata, &desired) {
+            let mut child = obj.clone();
+            *child.meta_mut() = live.metadata.clone();
+            return Ok(child);
         }
     }
+    let failed = |source| Error::Apply {
+        kind: K::kind(&Default::default()).to_string(),
+        name: name.clone(),
+        source,
+    };
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    api.patch(&name, &params, &Patch::Apply(&desired))
+    let child = api
+        .patch(&name, &params, &Patch::Apply(&desired))
         .await
-        .map_err(|source| Error::Apply {
-            kind: K::kind(&Default::default()).to_string(),
-            name,
-            source,
-        })
+        .map_err(failed)?;
+    match applied::generation_record(child.meta()) {
+        None => Ok(child),
+        // A metadata change leaves the generation as it is.
+        Some(record) => api
+            .patch(
+                &name,
+                &PatchParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..Default::default()
+                },
+                &Patch::Merge(&record),
+            )
+            .await
+            .map_err(failed),
+    }
 }
 
 /// The applied CronJobs, as the apiserver returned them.
@@ -514,12 +536,15 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
         watch(api::<Job>(&client, ns), &children)
             .reflect_shared(writers.jobs)
             .for_each(|_| async {}),
-        watch(api::<CronJob>(&client, ns), &children)
+        watch(api::<PartialObjectMeta<CronJob>>(&client, ns), &children)
             .reflect(writers.cronjobs)
             .for_each(|_| async {}),
-        watch(api::<PersistentVolumeClaim>(&client, ns), &children)
-            .reflect(writers.pvcs)
-            .for_each(|_| async {}),
+        watch(
+            api::<PartialObjectMeta<PersistentVolumeClaim>>(&client, ns),
+            &children,
+        )
+        .reflect(writers.pvcs)
+        .for_each(|_| async {}),
     );
     fn to_backup<K: Resource>(obj: Arc<K>) -> Option<ObjectRef<DatabaseBackup>> {
         labelled_owner(&*obj, resources::LABEL_BACKUP)
@@ -542,8 +567,8 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     };
     let controller = Controller::for_stream(triggers, reader)
         .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
-        .owns(api::<CronJob>(&client, ns), children.clone())
-        .owns(api::<PersistentVolumeClaim>(&client, ns), children)
+        .owns(api::<PartialObjectMeta<CronJob>>(&client, ns), children.clone())
+        .owns(api::<PartialObjectMeta<PersistentVolumeClaim>>(&client, ns), children)
         .watches_shared_stream(pod_events, to_backup::<Pod>)
         .watches_shared_stream(job_events, to_backup::<Job>)
         .shutdown_on_signal()
