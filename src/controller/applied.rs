@@ -39,6 +39,12 @@ pub fn generation_record(live: &ObjectMeta) -> Option<Value> {
         .then(|| json!({"metadata": {"annotations": {GENERATION_ANNOTATION: generation}}}))
 }
 
+/// Records generation 1 in `desired` (stamped), for an apply that creates the
+/// child; where the child existed after all, `generation_record` corrects it.
+pub fn record_first_generation(desired: &mut Value) {
+    desired["metadata"]["annotations"][GENERATION_ANNOTATION] = Value::String("1".into());
+}
+
 /// Adds the hash of `desired` (without the annotation) to its annotations.
 pub fn stamp(desired: &mut Value) {
     let digest = Sha256::digest(desired.to_string().as_bytes());
@@ -138,6 +144,19 @@ mod tests {
             Some(json!({"metadata": {"annotations": {GENERATION_ANNOTATION: "4"}}}))
         );
         assert!(!unchanged(&live_meta(Some(1), None), &desired()));
+    }
+
+    #[test]
+    fn a_child_created_with_its_first_generation_needs_no_second_write() {
+        let mut d = desired();
+        record_first_generation(&mut d);
+        let mut created: ObjectMeta = serde_json::from_value(d["metadata"].clone()).unwrap();
+        created.generation = Some(1);
+        assert_eq!(generation_record(&created), None);
+        assert!(unchanged(&created, &desired()));
+        // It existed already, at another generation: the record is corrected.
+        created.generation = Some(7);
+        assert!(generation_record(&created).is_some());
     }
 
     #[test]

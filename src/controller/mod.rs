@@ -163,8 +163,14 @@ pub fn backoff(attempt: u32) -> Duration {
 
 /// Server-side applies `obj`, unless the child's cached metadata shows that it
 /// holds `obj` unchanged. Returns the child: the apiserver's answer, or `obj`
-/// with the live metadata.
-async fn apply<K>(api: Api<K>, obj: &K, cache: &Store<PartialObjectMeta<K>>) -> Result<K, Error>
+/// with the live metadata. `counts_generations`: the kind raises
+/// `metadata.generation` on spec changes (CronJobs do, PVCs do not).
+async fn apply<K>(
+    api: Api<K>,
+    obj: &K,
+    cache: &Store<PartialObjectMeta<K>>,
+    counts_generations: bool,
+) -> Result<K, Error>
 where
     K: Resource + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
@@ -173,12 +179,17 @@ where
     let mut desired = serde_json::to_value(obj).expect("a child serializes");
     applied::stamp(&mut desired);
     let key = ObjectRef::new(&name).within(obj.meta().namespace.as_deref().unwrap_or_default());
-    if let Some(live) = cache.get(&key) {
-        if applied::unchanged(&live.metadata, &desired) {
+    match cache.get(&key) {
+        Some(live) if applied::unchanged(&live.metadata, &desired) => {
             let mut child = obj.clone();
             *child.meta_mut() = live.metadata.clone();
             return Ok(child);
         }
+        Some(_) => {}
+        // A child we create starts at generation 1; recording that in the
+        // same request saves a second write per child on a first rollout.
+        None if counts_generations => applied::record_first_generation(&mut desired),
+        None => {}
     }
     let failed = |source| Error::Apply {
         kind: K::kind(&Default::default()).to_string(),
@@ -217,18 +228,20 @@ async fn apply_children(db: &DatabaseBackup, ctx: &Context) -> Result<Children, 
     let ns = db.namespace().unwrap_or_default();
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
     let cronjobs: Api<CronJob> = Api::namespaced(ctx.client.clone(), &ns);
-    apply(pvcs, &resources::staging_pvc(db), &ctx.pvcs).await?;
+    apply(pvcs, &resources::staging_pvc(db), &ctx.pvcs, false).await?;
     Ok(Children {
         dump: apply(
             cronjobs.clone(),
             &resources::dump_cronjob(db),
             &ctx.cronjobs,
+            true,
         )
         .await?,
         upload: apply(
             cronjobs,
             &resources::upload_cronjob(db, &ctx.settings),
             &ctx.cronjobs,
+            true,
         )
         .await?,
     })
