@@ -130,6 +130,34 @@ struct Row {
     values: Vec<String>,
 }
 
+/// The issue's goals, judged from this run's own figures.
+#[derive(Default)]
+struct Goals {
+    rows: Vec<(String, String, bool)>,
+}
+
+impl Goals {
+    fn check(&mut self, goal: &str, measured: String, met: bool) {
+        self.rows.push((goal.to_string(), measured, met));
+    }
+
+    fn write(&self, report: &mut String) {
+        if self.rows.is_empty() {
+            return;
+        }
+        writeln!(
+            report,
+            "## Goals\n\nJudged by the benchmark from the figures above.\n\n| goal | measured | verdict |\n| --- | --- | --- |"
+        )
+        .unwrap();
+        for (goal, measured, met) in &self.rows {
+            let verdict = if *met { "met" } else { "not met" };
+            writeln!(report, "| {goal} | {measured} | {verdict} |").unwrap();
+        }
+        writeln!(report).unwrap();
+    }
+}
+
 /// Where MinIO keeps its data. On this machine's virtual disk every tool
 /// runs at the disk's (varying) write speed, which hides the uploaders'
 /// differences; on tmpfs the uploader and MinIO share only the CPU.
@@ -159,6 +187,13 @@ impl StoreOn {
         }
     }
 
+    fn short(self) -> &'static str {
+        match self {
+            StoreOn::Disk => "disk",
+            StoreOn::Tmpfs => "tmpfs",
+        }
+    }
+
     fn describe(self) -> &'static str {
         match self {
             StoreOn::Disk => "MinIO's data on the machine's disk (the temp directory)",
@@ -169,7 +204,7 @@ impl StoreOn {
     }
 }
 
-async fn bench_upload(report: &mut String, store: StoreOn) {
+async fn bench_upload(report: &mut String, goals: &mut Goals, store: StoreOn) {
     let sizes = env_list("BENCH_SIZES", "256,2048,4096");
     let reps = env_list("BENCH_REPS", "5")[0] as usize;
     let minio = Minio::start_in(&store.parent());
@@ -239,10 +274,7 @@ async fn bench_upload(report: &mut String, store: StoreOn) {
                 let run = timed(&cmd);
                 println!(
                     "upload ({}) {size} MiB {tool} run {}: {:.2} s, {:.1} MiB RSS, {:.2} s CPU",
-                    match store {
-                        StoreOn::Disk => "disk",
-                        StoreOn::Tmpfs => "tmpfs",
-                    },
+                    store.short(),
                     rep + 1,
                     run.secs,
                     run.rss_mib,
@@ -262,14 +294,31 @@ async fn bench_upload(report: &mut String, store: StoreOn) {
             .iter()
             .map(|r| r.iter().cloned().fold(0.0, f64::max))
             .collect();
+        let on = store.short();
+        let (vs_boto3, vs_awscli) = (mibps[0] / mibps[1], mibps[0] / mibps[2]);
+        goals.check(
+            &format!("upload {size} MiB ({on}): ≥ 1.3× boto3"),
+            format!("{vs_boto3:.2}×"),
+            vs_boto3 >= 1.3,
+        );
+        goals.check(
+            &format!("upload {size} MiB ({on}): ≥ 1.0× awscli"),
+            format!("{vs_awscli:.2}×"),
+            vs_awscli >= 1.0,
+        );
+        goals.check(
+            &format!("uploader peak RSS at {size} MiB ({on}): ≤ 48 MiB"),
+            format!("{:.1} MiB", peak[0]),
+            peak[0] <= 48.0,
+        );
         rows.push(Row {
             label: format!("{size} MiB"),
             values: vec![
                 format!("{:.2} s ({:.0} MiB/s)", med[0], mibps[0]),
                 format!("{:.2} s ({:.0} MiB/s)", med[1], mibps[1]),
                 format!("{:.2} s ({:.0} MiB/s)", med[2], mibps[2]),
-                format!("{:.2}×", mibps[0] / mibps[1]),
-                format!("{:.2}×", mibps[0] / mibps[2]),
+                format!("{vs_boto3:.2}×"),
+                format!("{vs_awscli:.2}×"),
                 format!("{:.1} / {:.1} / {:.1}", peak[0], peak[1], peak[2]),
                 format!("{:.1} / {:.1} / {:.1}", cpu[0], cpu[1], cpu[2]),
             ],
@@ -293,7 +342,7 @@ async fn bench_upload(report: &mut String, store: StoreOn) {
     writeln!(report).unwrap();
 }
 
-fn bench_dump(report: &mut String) {
+fn bench_dump(report: &mut String, goals: &mut Goals) {
     let reps = env_list("BENCH_REPS", "5")[0] as usize;
     let db = MariaDb::start();
     load_shop_mariadb(&db, "shop");
@@ -332,6 +381,11 @@ fn bench_dump(report: &mut String) {
         println!("dump run {}: ours {s:.2} s, bare {b:.2} s", rep + 1);
     }
     let (o, b) = (median(&ours_secs), median(&bare_secs));
+    goals.check(
+        "dump step: ≤ 1.05× a bare `mariadb-dump > file`",
+        format!("{:.3}×", o / b),
+        o / b <= 1.05,
+    );
     writeln!(
         report,
         "## Dump step\n\nThe dump CronJob's script (to `.partial`, fsync, rename, log line, termination message) against a bare \
@@ -414,7 +468,7 @@ async fn converged(client: &Client, total: usize) -> bool {
     cronjobs + pvcs == 3 * total
 }
 
-async fn bench_scale(report: &mut String) {
+async fn bench_scale(report: &mut String, goals: &mut Goals) {
     let scales = env_list("BENCH_SCALES", "100,1000,3000");
     writeln!(
         report,
@@ -468,6 +522,23 @@ async fn bench_scale(report: &mut String) {
         println!(
             "scale {total}: converged in {took:.1?}, RSS {rss:.1} MiB; resync {reconciles} reconciles, {w} writes"
         );
+        if total == 1000 {
+            goals.check(
+                "1,000 resources: converged < 60 s",
+                format!("{:.1} s", took.as_secs_f64()),
+                took < Duration::from_secs(60),
+            );
+            goals.check(
+                "1,000 resources: operator RSS ≤ 64 MiB",
+                format!("{rss:.1} MiB"),
+                rss <= 64.0,
+            );
+        }
+        goals.check(
+            &format!("{total} resources: writes in a forced full resync = 0"),
+            w.to_string(),
+            w == 0,
+        );
         writeln!(
             report,
             "| {total} | {:.1} s | {rss:.1} MiB | {reconciles} | {w} |",
@@ -516,17 +587,19 @@ async fn main() {
         machine(),
         chrono::Utc::now().format("%Y-%m-%d")
     );
+    let mut goals = Goals::default();
     if wants("upload") {
         for store in StoreOn::all() {
-            bench_upload(&mut report, store).await;
+            bench_upload(&mut report, &mut goals, store).await;
         }
     }
     if wants("dump") {
-        bench_dump(&mut report);
+        bench_dump(&mut report, &mut goals);
     }
     if wants("scale") {
-        bench_scale(&mut report).await;
+        bench_scale(&mut report, &mut goals).await;
     }
+    goals.write(&mut report);
     println!("\n{report}");
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results.md");
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
