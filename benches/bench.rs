@@ -204,9 +204,32 @@ impl StoreOn {
     }
 }
 
+/// MinIO refuses writes when its drive runs low, midway through a run; say so first.
+fn assert_free_space(dir: &Path, needed: u64) {
+    let out = Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(dir)
+        .output()
+        .expect("df");
+    let avail: u64 = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("df printed no free space for {}", dir.display()));
+    assert!(
+        avail >= needed,
+        "{} has {} MiB free; the upload runs need {} MiB (MinIO keeps a reserve too)",
+        dir.display(),
+        avail >> 20,
+        needed >> 20
+    );
+}
+
 async fn bench_upload(report: &mut String, goals: &mut Goals, store: StoreOn) {
     let sizes = env_list("BENCH_SIZES", "256,2048,4096");
     let reps = env_list("BENCH_REPS", "5")[0] as usize;
+    let largest = sizes.iter().max().copied().unwrap_or(0) << 20;
+    assert_free_space(&store.parent(), 3 * largest);
     let minio = Minio::start_in(&store.parent());
     create_bucket(&minio).await;
     let work = tempfile::tempdir().unwrap();

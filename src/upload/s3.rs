@@ -87,15 +87,6 @@ pub struct Tuning {
     pub concurrency: usize,
 }
 
-impl Default for Tuning {
-    fn default() -> Self {
-        Tuning {
-            min_part_size: DEFAULT_PART_SIZE,
-            concurrency: 4,
-        }
-    }
-}
-
 /// Part size for a file: at least `min`, large enough for ≤ 10,000 parts, whole MiB.
 pub fn part_size(file_size: u64, min: u64) -> u64 {
     let needed = file_size.div_ceil(MAX_PARTS);
