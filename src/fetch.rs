@@ -11,7 +11,6 @@ use crate::jobresult::{JobResult, Outcome, Step};
 use crate::logline::LogLine;
 use crate::upload::{retention, s3};
 use md5::{Digest as _, Md5};
-use sha2::Sha256;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use tracing::{error, info};
@@ -121,7 +120,6 @@ async fn fetch(args: &FetchArgs) -> Result<JobResult, Failure> {
         .and_then(|v| v.parse().ok());
     let expected_size = got.content_length().unwrap_or(-1);
     let mut check = EtagCheck::new(&etag, part_size);
-    let mut sha = Sha256::new();
     let mut out = Decompressor::create(&args.out, &key).map_err(|e| {
         fail(
             "DownloadFailed",
@@ -138,7 +136,6 @@ async fn fetch(args: &FetchArgs) -> Result<JobResult, Failure> {
     })? {
         size += chunk.len() as u64;
         check.update(&chunk);
-        sha.update(&chunk);
         out.write_all(&chunk)
             .map_err(|e| fail("CorruptDump", format!("cannot decompress {key}: {e}")))?;
     }
@@ -168,7 +165,7 @@ async fn fetch(args: &FetchArgs) -> Result<JobResult, Failure> {
         outcome: Outcome::Succeeded,
         key: Some(key),
         size: Some(size),
-        sha256: Some(sha.finalize().iter().map(|b| format!("{b:02x}")).collect()),
+        checksum: verified.then(|| format!("etag:{etag}")),
         log,
         reason: None,
         more_log: vec![],

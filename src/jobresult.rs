@@ -36,9 +36,10 @@ pub struct JobResult {
     /// Size in bytes of the dump or object.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
-    /// Hex SHA-256 of the uploaded object.
+    /// The checksum the store confirmed (upload) or the download was checked
+    /// against (fetch): `crc64nvme:<base64>` or `etag:<ETag>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sha256: Option<String>,
+    pub checksum: Option<String>,
     /// The log line this run appended, `<date>,<time>,<message>`.
     pub log: String,
     /// Why a restore step failed, as a condition reason (TargetNotEmpty …).
@@ -57,7 +58,7 @@ impl JobResult {
             outcome,
             key: None,
             size: None,
-            sha256: None,
+            checksum: None,
             log,
             reason: None,
             more_log: vec![],
@@ -132,7 +133,7 @@ mod tests {
             outcome: Outcome::Succeeded,
             key: Some("2026-11-25/datadump1.sql".into()),
             size: Some(10),
-            sha256: Some("ab".into()),
+            checksum: Some("crc64nvme:rosUhgp5mIg=".into()),
             log: "2026-11-25,03:05:00,file successfully uploaded".into(),
             reason: None,
             more_log: vec!["2026-11-25,03:05:01,retention pruned 2026-11-20/datadump1.sql".into()],
@@ -148,7 +149,7 @@ mod tests {
             outcome: Outcome::Succeeded,
             key: Some("k".into()),
             size: None,
-            sha256: None,
+            checksum: None,
             log: "2026-11-25,03:05:00,file successfully uploaded".into(),
             reason: None,
             more_log: (0..200)

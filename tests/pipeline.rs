@@ -648,7 +648,7 @@ async fn a_multipart_upload_carries_the_full_object_crc64nvme() {
         crc_fast::CrcAlgorithm::Crc64Nvme,
         &std::fs::read(&dump).unwrap(),
     ));
-    let key = upload_ok(
+    let run = run_upload(
         &minio,
         &staging,
         &UploadOpts {
@@ -656,6 +656,11 @@ async fn a_multipart_upload_carries_the_full_object_crc64nvme() {
             ..Default::default()
         },
     );
+    assert!(run.succeeded(), "upload failed: {}", run.text());
+    let result = run.result.expect("upload wrote its termination log");
+    // The job reports the checksum the store confirmed.
+    assert_eq!(result.checksum, Some(format!("crc64nvme:{expected}")));
+    let key = result.key.unwrap();
     let head = minio
         .s3_client()
         .await

@@ -253,7 +253,7 @@ async fn upload(args: &UploadArgs) -> Result<JobResult, String> {
             let _ = dir.sync_all();
         }
         let line = append_log(&args.staging_dir, tz, logline::UPLOADED);
-        info!(%key, size = written.size, sha256 = %written.sha256, "{line}");
+        info!(%key, size = written.size, checksum = %written.proof, "{line}");
         let policy = retention::Policy {
             keep_last: args.keep_last,
             max_age: args.max_age,
@@ -264,7 +264,7 @@ async fn upload(args: &UploadArgs) -> Result<JobResult, String> {
             outcome: Outcome::Succeeded,
             key: Some(key),
             size: Some(written.size),
-            sha256: Some(written.sha256),
+            checksum: Some(written.proof.to_string()),
             log: line.to_string(),
             reason: None,
             more_log,

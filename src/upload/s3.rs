@@ -11,7 +11,6 @@ use aws_sdk_s3::types::{
 use base64::Engine as _;
 use bytes::Bytes;
 use md5::{Digest as _, Md5};
-use sha2::Sha256;
 use std::path::Path;
 
 /// Object metadata holding the part size of a multipart upload, so that a
@@ -315,7 +314,6 @@ pub async fn object_exists(client: &Client, bucket: &str, key: &str) -> Result<b
 #[derive(Clone, Debug)]
 pub struct Written {
     pub size: u64,
-    pub sha256: String,
     pub proof: Proof,
 }
 
@@ -327,6 +325,15 @@ pub enum Proof {
     ETag(String),
     /// The full-object CRC64/NVME checksum, base64 as S3 reports it.
     Crc64Nvme(String),
+}
+
+impl std::fmt::Display for Proof {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Proof::ETag(etag) => write!(f, "etag:{etag}"),
+            Proof::Crc64Nvme(crc) => write!(f, "crc64nvme:{crc}"),
+        }
+    }
 }
 
 /// CRC64/NVME as S3 writes it: the big-endian bytes, base64.
@@ -360,40 +367,31 @@ fn read_part(file: &mut std::fs::File, buf: &mut Vec<u8>) -> std::io::Result<()>
     Ok(())
 }
 
-/// The next part of the file, read into a reused buffer, with its checksums;
-/// the file's SHA-256 moves past it.
+/// The next part of the file, read into a reused buffer, with its checksums.
 struct Part {
     file: std::fs::File,
     buf: Vec<u8>,
-    sha: Sha256,
     /// Only where the store's ETag is the proof: MD5 costs more CPU than the
     /// rest of the upload together.
     md5: Option<[u8; 16]>,
+    /// Hardware-assisted; next to free.
     crc64nvme: u64,
 }
 
 /// Reads and checksums the next part on a blocking thread, so the uploads in
-/// flight keep the runtime to themselves. SHA-256 runs beside the part's own
-/// checksums.
+/// flight keep the runtime to themselves.
 async fn next_part(
     mut file: std::fs::File,
     mut buf: Vec<u8>,
-    mut sha: Sha256,
     with_md5: bool,
 ) -> std::io::Result<Part> {
     tokio::task::spawn_blocking(move || {
         read_part(&mut file, &mut buf)?;
-        let (md5, crc64nvme) = std::thread::scope(|s| {
-            let data = &buf[..];
-            let sha = &mut sha;
-            s.spawn(move || sha.update(data));
-            let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, data);
-            (with_md5.then(|| Md5::digest(data).into()), crc)
-        });
+        let md5 = with_md5.then(|| Md5::digest(&buf).into());
+        let crc64nvme = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, &buf);
         Ok(Part {
             file,
             buf,
-            sha,
             md5,
             crc64nvme,
         })
@@ -431,7 +429,7 @@ pub async fn put_file(
     let part_size = part_size(size, tuning.min_part_size);
 
     if size <= part_size {
-        let part = next_part(file, Vec::with_capacity(size as usize), Sha256::new(), true)
+        let part = next_part(file, Vec::with_capacity(size as usize), true)
             .await
             .map_err(io)?;
         let md5 = part.md5.expect("asked for");
@@ -454,7 +452,6 @@ pub async fn put_file(
             .map_err(|e| classify(e, key))?;
         return Ok(Written {
             size,
-            sha256: hex(&part.sha.finalize()),
             proof: Proof::ETag(hex(&md5)),
         });
     }
@@ -500,7 +497,7 @@ pub async fn put_file(
         crc,
     };
     let result = upload_parts(target, file, size, part_size, tuning).await;
-    let (parts, sums, sha) = match result {
+    let (parts, sums) = match result {
         Ok(done) => done,
         Err(e) => {
             abort(client, bucket, key, &upload_id).await;
@@ -534,11 +531,7 @@ pub async fn put_file(
         abort(client, bucket, key, &upload_id).await;
         return Err(classify(e, key));
     }
-    Ok(Written {
-        size,
-        sha256: hex(&sha.finalize()),
-        proof,
-    })
+    Ok(Written { size, proof })
 }
 
 /// Where the parts of one multipart upload go.
@@ -602,21 +595,20 @@ impl Target {
 /// Reads parts in order and keeps up to `concurrency` uploads in flight, each
 /// its own task, while the next part is read and checksummed. Memory stays at
 /// `concurrency + 1` part buffers, reused once their upload is done. Returns
-/// the parts, their checksums and the SHA-256 of the whole file.
+/// the parts and their checksums.
 async fn upload_parts(
     target: Target,
     mut file: std::fs::File,
     size: u64,
     part_size: u64,
     tuning: Tuning,
-) -> Result<(Vec<CompletedPart>, PartSums, Sha256), PutError> {
+) -> Result<(Vec<CompletedPart>, PartSums), PutError> {
     let count = size.div_ceil(part_size);
     let mut in_flight = tokio::task::JoinSet::new();
     let mut pool: Vec<Vec<u8>> = vec![];
     let mut parts = Vec::with_capacity(count as usize);
     let mut md5s = Vec::with_capacity(count as usize);
     let mut whole_crc = None;
-    let mut sha = Sha256::new();
     let joined = |r: Result<_, tokio::task::JoinError>| {
         r.map_err(|e| PutError::Failed(format!("part upload stopped: {e}")))?
     };
@@ -632,7 +624,7 @@ async fn upload_parts(
         let buf = pool
             .pop()
             .unwrap_or_else(|| Vec::with_capacity(part_size as usize));
-        let mut part = next_part(file, buf, sha, !target.crc)
+        let mut part = next_part(file, buf, !target.crc)
             .await
             .map_err(|e| PutError::Failed(format!("cannot read the dump: {e}")))?;
         if part.buf.is_empty() {
@@ -655,7 +647,7 @@ async fn upload_parts(
                 .clone()
                 .send(number as i32, part.md5, part.crc64nvme, bytes),
         );
-        (file, sha) = (part.file, part.sha);
+        file = part.file;
     }
     while let Some(done) = in_flight.join_next().await {
         parts.push(joined(done)?.0);
@@ -666,7 +658,7 @@ async fn upload_parts(
     } else {
         PartSums::Md5(md5s)
     };
-    Ok((parts, sums, sha))
+    Ok((parts, sums))
 }
 
 /// Best effort: a failed abort leaves an upload that the next run, or a bucket
