@@ -96,23 +96,6 @@ fn aws_cli() -> PathBuf {
     aws
 }
 
-fn write_file(path: &Path, size: u64) {
-    use std::io::Write;
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let mut block = vec![0u8; 1 << 20];
-    let mut x: u64 = 0x9E3779B97F4A7C15;
-    for _ in 0..size >> 20 {
-        for chunk in block.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            chunk.copy_from_slice(&x.to_le_bytes());
-        }
-        f.write_all(&block).unwrap();
-    }
-    f.flush().unwrap();
-}
-
 async fn empty_bucket(minio: &Minio) {
     let s3 = minio.s3_client().await;
     for key in bucket_keys(minio).await {
@@ -258,7 +241,7 @@ async fn bench_upload(report: &mut String, goals: &mut Goals, store: StoreOn) {
     let mut rows = vec![];
     for size in sizes {
         let source = work.path().join(format!("dump-{size}.sql"));
-        write_file(&source, size << 20);
+        write_big_file(&source, size << 20);
         let mut secs = vec![vec![]; tools.len()];
         let mut rss = vec![vec![]; tools.len()];
         let mut cpu = vec![vec![]; tools.len()];
@@ -266,8 +249,7 @@ async fn bench_upload(report: &mut String, goals: &mut Goals, store: StoreOn) {
         for rep in 0..reps {
             for (i, tool) in tools.iter().enumerate() {
                 let staging = Staging::new();
-                std::fs::create_dir_all(staging.path().join("dumps")).unwrap();
-                let dump = staging.path().join("dumps/datadump.sql");
+                let dump = staging.staged_dump();
                 std::fs::hard_link(&source, &dump).unwrap();
                 let cmd = match *tool {
                     "ours" => {

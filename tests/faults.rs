@@ -164,8 +164,7 @@ fn the_database_killed_mid_dump_renames_nothing_and_uploads_nothing() {
 
 /// Stages a small dump and returns its path.
 fn stage(staging: &Staging, body: &[u8]) -> std::path::PathBuf {
-    std::fs::create_dir_all(staging.path().join("dumps")).unwrap();
-    let dump = staging.path().join("dumps/datadump.sql");
+    let dump = staging.staged_dump();
     std::fs::write(&dump, body).unwrap();
     dump
 }

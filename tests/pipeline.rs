@@ -348,8 +348,7 @@ async fn next_index_counts_past_the_first_thousand_keys() {
         .collect::<Vec<_>>()
         .await;
     let staging = Staging::new();
-    std::fs::create_dir_all(staging.path().join("dumps")).unwrap();
-    std::fs::write(staging.path().join("dumps/datadump.sql"), "select 1;\n").unwrap();
+    std::fs::write(staging.staged_dump(), "select 1;\n").unwrap();
     let key = upload_ok(&minio, &staging, &UploadOpts::default());
     assert_eq!(key, format!("{day}/datadump1006.sql"));
 }
@@ -408,8 +407,7 @@ async fn minio_stopped_mid_upload_keeps_the_dump_and_the_next_run_uploads_it_onc
     let mut minio = Minio::start();
     create_bucket(&minio).await;
     let staging = Staging::new();
-    std::fs::create_dir_all(staging.path().join("dumps")).unwrap();
-    let dump = staging.path().join("dumps/datadump.sql");
+    let dump = staging.staged_dump();
     write_big_file(&dump, 600 * 1024 * 1024);
     let (mut cmd, _termlog) = upload_command(
         &minio,
@@ -493,34 +491,12 @@ fn release_binary() -> std::path::PathBuf {
     release
 }
 
-/// Writes `size` bytes of incompressible-looking data without holding them in memory.
-fn write_big_file(path: &std::path::Path, size: u64) {
-    use std::io::Write;
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let mut block = vec![0u8; 1024 * 1024];
-    let mut x: u64 = 0x9E3779B97F4A7C15;
-    let mut written = 0;
-    while written < size {
-        for chunk in block.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-        }
-        let n = (size - written).min(block.len() as u64) as usize;
-        f.write_all(&block[..n]).unwrap();
-        written += n as u64;
-    }
-    f.flush().unwrap();
-}
-
 #[tokio::test]
 async fn wrong_s3_credentials_keep_the_dump_and_leak_nothing() {
     let minio = Minio::start();
     create_bucket(&minio).await;
     let staging = Staging::new();
-    std::fs::create_dir_all(staging.path().join("dumps")).unwrap();
-    std::fs::write(staging.path().join("dumps/datadump.sql"), "select 1;\n").unwrap();
+    std::fs::write(staging.staged_dump(), "select 1;\n").unwrap();
     let wrong = format!("s3WRONGSECRET{}", support::minio::random_token(20));
     let run = run_upload(
         &minio,
@@ -597,9 +573,8 @@ async fn one_gib_dump_uploads_with_bounded_memory() {
     let minio = Minio::start();
     create_bucket(&minio).await;
     let staging = Staging::new();
-    std::fs::create_dir_all(staging.path().join("dumps")).unwrap();
     let size = 1024 * 1024 * 1024;
-    write_big_file(&staging.path().join("dumps/datadump.sql"), size);
+    write_big_file(&staging.staged_dump(), size);
     let (cmd, termlog) = upload_command(&minio, &staging, &UploadOpts::default());
     // Memory is a property of the shipped (release) binary; tests/run.sh builds it.
     let release = release_binary();
@@ -641,8 +616,7 @@ async fn a_multipart_upload_carries_the_full_object_crc64nvme() {
     let minio = Minio::start();
     create_bucket(&minio).await;
     let staging = Staging::new();
-    std::fs::create_dir_all(staging.path().join("dumps")).unwrap();
-    let dump = staging.path().join("dumps/datadump.sql");
+    let dump = staging.staged_dump();
     write_big_file(&dump, 23 * 1024 * 1024);
     let expected = dbbackup_operator::upload::s3::crc64nvme_base64(crc_fast::checksum(
         crc_fast::CrcAlgorithm::Crc64Nvme,

@@ -44,6 +44,27 @@ impl Source {
     }
 }
 
+/// Writes `size` bytes of incompressible-looking data without holding them in memory.
+pub fn write_big_file(path: &Path, size: u64) {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut block = vec![0u8; 1024 * 1024];
+    let mut x: u64 = 0x9E3779B97F4A7C15;
+    let mut written = 0;
+    while written < size {
+        for chunk in block.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+        }
+        let n = (size - written).min(block.len() as u64) as usize;
+        f.write_all(&block[..n]).unwrap();
+        written += n as u64;
+    }
+    f.flush().unwrap();
+}
+
 /// A staging folder, as the PVC would be, plus the termination logs of each run.
 pub struct Staging {
     pub dir: tempfile::TempDir,
@@ -61,6 +82,13 @@ impl Staging {
 
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Where a finished dump waits for the uploader, with its folder created.
+    pub fn staged_dump(&self) -> PathBuf {
+        let dumps = self.path().join("dumps");
+        std::fs::create_dir_all(&dumps).unwrap();
+        dumps.join("datadump.sql")
     }
 
     pub fn dumps(&self) -> Vec<PathBuf> {
