@@ -19,7 +19,7 @@ kind-demo:
 	bash scripts/kind-demo.sh
 
 # Upload, dump and operator-scale benchmarks against boto3 and awscli (PyPI);
-# writes bench/results.md. Takes about half an hour on 2 cores.
+# writes bench/results.md. Takes about 13 minutes on 2 cores once the test bed is built.
 BENCH_VENV ?= $(HOME)/.cache/dbbackup-operator/bench-venv
 bench:
 	bash tests/testenv/install.sh
