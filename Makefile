@@ -1,4 +1,4 @@
-.PHONY: test crds testenv kind-demo bench
+.PHONY: test crds testenv demo demo-down kind-demo bench
 
 # Set up the test bed and run every check and test.
 test:
@@ -13,6 +13,15 @@ crds:
 # Install (or check) the test-bed binaries.
 testenv:
 	bash tests/testenv/install.sh
+
+# Try it without Docker: a single-node cluster on this machine (root, Linux),
+# the chart, MinIO, a sample MariaDB, a backup and a restore. Stays up.
+demo:
+	bash scripts/demo.sh
+
+# Remove the demo cluster and everything it added to the host.
+demo-down:
+	bash scripts/demo.sh down
 
 # Try it on kind with MinIO and a sample MariaDB (needs docker, kind, kubectl, helm).
 kind-demo:

@@ -234,7 +234,7 @@ async fn bench_upload(report: &mut String, goals: &mut Goals, store: StoreOn) {
     let reps = env_list("BENCH_REPS", "5")[0] as usize;
     let largest = sizes.iter().max().copied().unwrap_or(0) << 20;
     assert_free_space(&store.parent(), 3 * largest);
-    let minio = Minio::start_in(&store.parent());
+    let minio = Minio::start_in(&store.parent(), "127.0.0.1");
     create_bucket(&minio).await;
     let work = tempfile::tempdir().unwrap();
     let tools = ["ours", "boto3", "awscli"];

@@ -84,15 +84,17 @@ fn compressor(c: Compression) -> Option<&'static str> {
 pub fn dump_script(t: &DumpTarget) -> String {
     let dump = dump_command(t);
     let final_name = dump_file_name(t.compression);
-    // With compression the tool's status travels through a file: POSIX sh has no pipefail.
+    // With compression the tool's status travels through a file: POSIX sh has no
+    // pipefail. The dump runs in the background so that a SIGTERM (deadline,
+    // deletion) interrupts `wait` and its trap removes the partial file.
     let run = match compressor(t.compression) {
-        None => format!("{dump} >\"$partial\" 2>\"$errfile\"\nstatus=$?\nzstatus=0"),
+        None => format!("{dump} >\"$partial\" 2>\"$errfile\" &\nwait $!\nstatus=$?\nzstatus=0"),
         Some(z) => {
             let tool = z.split(' ').next().unwrap_or(z);
             format!(
                 "command -v {tool} >/dev/null 2>&1 || fail \"{tool} not found in the dump image\"\n\
-                 {{ {dump} 2>\"$errfile\"; echo $? >\"$statusfile\"; }} | {z} >\"$partial\"\n\
-                 zstatus=$?\nstatus=$(cat \"$statusfile\" 2>/dev/null || echo 1)"
+                 {{ {dump} 2>\"$errfile\"; echo $? >\"$statusfile\"; }} | {z} >\"$partial\" &\n\
+                 wait $!\nzstatus=$?\nstatus=$(cat \"$statusfile\" 2>/dev/null || echo 1)"
             )
         }
     };
@@ -122,6 +124,8 @@ fail() {{
   result failed "$line"
   exit 1
 }}
+# Stopped from outside (deadline exceeded, pod deleted): no partial file stays.
+trap 'fail "stopped by SIGTERM (deadline exceeded or pod deleted)"' TERM
 mkdir -p "$dumps" "$logs" || {{ line="$(date +%Y-%m-%d,%H:%M:%S),database dump failed: cannot create $dumps"; result failed "$line"; exit 1; }}
 rm -f "$dumps"/.partial-*
 {run}
@@ -189,7 +193,7 @@ mod tests {
     fn compression_keeps_the_dump_tools_status() {
         let s = dump_script(&target(Engine::Mysql, Compression::Gzip));
         assert!(s.contains("mysqldump"));
-        assert!(s.contains(r#"echo $? >"$statusfile"; } | gzip -c >"$partial""#));
+        assert!(s.contains(r#"echo $? >"$statusfile"; } | gzip -c >"$partial" &"#));
         assert!(s.contains(r#"mv -f "$partial" "$dumps/datadump.sql.gz""#));
     }
 }

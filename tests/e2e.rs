@@ -1,28 +1,27 @@
 //! From `kubectl apply` to an object in MinIO and back into a database, with
 //! the real apiserver, kube-controller-manager (Job → Pod), the real kubectl,
-//! real databases and MinIO, and a stand-in kubelet that runs each pod as its
-//! spec says.
+//! real databases and MinIO, and every pod in a real container on the real node.
 
 mod support;
 
 use dbbackup_operator::api::{DatabaseBackup, Engine};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Event;
+use kube::ResourceExt;
 use kube::api::{Api, ListParams};
-use kube::{Client, ResourceExt};
 use std::time::Duration;
 use support::bed::*;
-use support::kubelet::{FakeKubelet, RanPod};
 use support::operator::*;
 use support::pipeline::*;
+use support::pods::{Pods, RanPod};
 
 async fn end_to_end(engine: Engine) {
-    let (b, op, mut kubelet) = ready_bed(engine, "").await;
+    let (b, op, mut pods) = ready_bed(engine, "").await;
     let mut latencies = vec![];
     let day = today();
 
-    backup_now(&b, &mut kubelet, "first", &mut latencies).await;
-    let status = status_of(&b.client).await;
+    backup_now(&b, &mut pods, "first", &mut latencies).await;
+    let status = status_of(&b).await;
     let key = format!("{day}/datadump1.sql");
     assert_eq!(status.last_upload_key.as_deref(), Some(key.as_str()));
     assert!(status.last_upload_time.is_some() && status.last_dump_time.is_some());
@@ -32,34 +31,26 @@ async fn end_to_end(engine: Engine) {
         Some(get_object(&b.minio, &key).await.len() as i64)
     );
     b.db.restore_and_compare("restored", &get_object(&b.minio, &key).await);
-    assert!(kubectl(&b.cp, &["get", "dbb", "-n", NS]).contains(&key));
+    assert!(kubectl(b.cp(), &["get", "dbb", "-n", &b.ns]).contains(&key));
     assert_eq!(count(&status.log, "database dump completed"), 1);
     assert_eq!(count(&status.log, "file successfully uploaded"), 1);
     for c in ["DumpSucceeded", "UploadSucceeded"] {
         let cond = status.conditions.iter().find(|x| x.type_ == c).unwrap();
         assert_eq!(cond.status, "True", "{cond:?}");
     }
-    assert!(
-        kubelet
-            .pvc_dir("orders-staging")
-            .join("dumps")
-            .read_dir()
-            .unwrap()
-            .next()
-            .is_none()
-    );
+    assert!(b.staging.join("dumps").read_dir().unwrap().next().is_none());
 
-    backup_now(&b, &mut kubelet, "second", &mut latencies).await;
-    let status = status_of(&b.client).await;
+    backup_now(&b, &mut pods, "second", &mut latencies).await;
+    let status = status_of(&b).await;
     let second = format!("{day}/datadump2.sql");
     assert_eq!(status.last_upload_key.as_deref(), Some(second.as_str()));
     assert_eq!(bucket_keys(&b.minio).await, [key.clone(), second.clone()]);
 
     // An upload run with no dump, started the way a user would.
-    let empty = run_job_from(&b, &mut kubelet, "orders-upload", "manual-upload").await;
+    let empty = run_job_from(&b, &mut pods, "orders-upload", "manual-upload").await;
     assert_eq!(empty.exit_code, 0, "{}", empty.output);
-    latencies.push(status_latency(&b.client, &empty).await);
-    let status = status_of(&b.client).await;
+    latencies.push(status_latency(&b, &empty).await);
+    let status = status_of(&b).await;
     assert!(
         status
             .log
@@ -72,7 +63,7 @@ async fn end_to_end(engine: Engine) {
     assert_eq!(status.last_upload_key.as_deref(), Some(second.as_str()));
     assert_eq!(status.log.len(), 5, "{:?}", status.log);
 
-    let events: Api<Event> = Api::namespaced(b.client.clone(), NS);
+    let events: Api<Event> = Api::namespaced(b.client.clone(), &b.ns);
     let reasons: Vec<String> = events
         .list(&ListParams::default())
         .await
@@ -114,25 +105,25 @@ async fn end_to_end_postgres() {
 /// and a further restart repeats nothing.
 #[tokio::test]
 async fn operator_restart_neither_repeats_nor_loses_log_lines() {
-    let (b, op, mut kubelet) = ready_bed(Engine::Mariadb, "").await;
+    let (b, op, mut pods) = ready_bed(Engine::Mariadb, "").await;
     let mut latencies = vec![];
-    backup_now(&b, &mut kubelet, "first", &mut latencies).await;
+    backup_now(&b, &mut pods, "first", &mut latencies).await;
     drop(op);
 
     // While the operator is down: a dump and an upload run and finish.
-    let dump = run_job_from(&b, &mut kubelet, "orders-dump", "while-down-dump").await;
+    let dump = run_job_from(&b, &mut pods, "orders-dump", "while-down-dump").await;
     assert_eq!(dump.exit_code, 0, "{}", dump.output);
-    let upload = run_job_from(&b, &mut kubelet, "orders-upload", "while-down-upload").await;
+    let upload = run_job_from(&b, &mut pods, "orders-upload", "while-down-upload").await;
     assert_eq!(upload.exit_code, 0, "{}", upload.output);
     assert_eq!(
-        status_of(&b.client).await.log.len(),
+        status_of(&b).await.log.len(),
         2,
         "nothing recorded while down"
     );
 
-    let op = RunningOperator::start(&b.client);
-    status_latency(&b.client, &upload).await;
-    let status = status_of(&b.client).await;
+    let op = RunningOperator::start_in(&b.client, &b.ns);
+    status_latency(&b, &upload).await;
+    let status = status_of(&b).await;
     assert_eq!(
         count(&status.log, "database dump completed"),
         2,
@@ -153,7 +144,7 @@ async fn operator_restart_neither_repeats_nor_loses_log_lines() {
     drop(op);
 
     // Another restart, and a resync: the same four lines, in the same order.
-    let op = RunningOperator::start(&b.client);
+    let op = RunningOperator::start_in(&b.client, &b.ns);
     wait_for(
         "the restarted operator to reconcile",
         Duration::from_secs(30),
@@ -161,8 +152,8 @@ async fn operator_restart_neither_repeats_nor_loses_log_lines() {
     )
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(status_of(&b.client).await.log, status.log);
-    let backups: Api<DatabaseBackup> = Api::namespaced(b.client.clone(), NS);
+    assert_eq!(status_of(&b).await.log, status.log);
+    let backups: Api<DatabaseBackup> = Api::namespaced(b.client.clone(), &b.ns);
     let db = backups.get("orders").await.unwrap();
     assert_eq!(
         db.annotations()
@@ -173,7 +164,7 @@ async fn operator_restart_neither_repeats_nor_loses_log_lines() {
 }
 
 async fn wait_condition(
-    client: &Client,
+    b: &Bed,
     type_: &str,
     status: &str,
     reason: &str,
@@ -182,7 +173,7 @@ async fn wait_condition(
         &format!("{type_}={status} ({reason})"),
         Duration::from_secs(60),
         || async {
-            let s = status_of(client).await;
+            let s = status_of(b).await;
             let c = s.conditions.iter().find(|c| c.type_ == type_)?;
             (c.status == status && c.reason == reason).then_some(s.clone())
         },
@@ -191,20 +182,20 @@ async fn wait_condition(
 }
 
 /// Waits until the newest line in status contains `needle`.
-async fn wait_last_line(client: &Client, needle: &str) {
+async fn wait_last_line(b: &Bed, needle: &str) {
     wait_for(
         &format!("a last status line with {needle:?}"),
         Duration::from_secs(60),
         || async {
-            let s = status_of(client).await;
+            let s = status_of(b).await;
             s.log.last().filter(|l| l.contains(needle)).map(|_| ())
         },
     )
     .await
 }
 
-async fn event_reasons(client: &Client) -> Vec<(String, String)> {
-    let events: Api<Event> = Api::namespaced(client.clone(), NS);
+async fn event_reasons(b: &Bed) -> Vec<(String, String)> {
+    let events: Api<Event> = Api::namespaced(b.client.clone(), &b.ns);
     events
         .list(&ListParams::default())
         .await
@@ -220,18 +211,18 @@ async fn event_reasons(client: &Client) -> Vec<(String, String)> {
 /// condition, a Warning Event and a log line in status.
 #[tokio::test]
 async fn failures_show_as_conditions_events_and_log_lines() {
-    let (b, _op, mut kubelet) = ready_bed(Engine::Mariadb, "").await;
+    let (b, _op, mut pods) = ready_bed(Engine::Mariadb, "").await;
     let (_, user, password) = b.db.login();
 
     // A wrong database password.
     apply_secret(
-        &b.cp,
+        &b,
         "db-creds",
         &[("username", &user), ("password", "wrong-password")],
     );
-    let pod = run_job_from(&b, &mut kubelet, "orders-dump", "bad-password").await;
+    let pod = run_job_from(&b, &mut pods, "orders-dump", "bad-password").await;
     assert_ne!(pod.exit_code, 0);
-    let s = wait_condition(&b.client, "DumpSucceeded", "False", "DumpFailed").await;
+    let s = wait_condition(&b, "DumpSucceeded", "False", "DumpFailed").await;
     let line = s.log.last().unwrap();
     assert!(
         line.contains(",database dump failed: dump tool exited with status"),
@@ -242,58 +233,48 @@ async fn failures_show_as_conditions_events_and_log_lines() {
 
     // A missing bucket, once a dump exists.
     apply_secret(
-        &b.cp,
+        &b,
         "db-creds",
         &[("username", &user), ("password", &password)],
     );
     assert_eq!(
-        run_job_from(&b, &mut kubelet, "orders-dump", "good-dump")
+        run_job_from(&b, &mut pods, "orders-dump", "good-dump")
             .await
             .exit_code,
         0
     );
-    wait_condition(&b.client, "DumpSucceeded", "True", "DumpCompleted").await;
+    wait_condition(&b, "DumpSucceeded", "True", "DumpCompleted").await;
     apply_bucket_secret(&b, "no-such-bucket", &b.minio.secret_key, &b.minio.endpoint);
     assert_ne!(
-        run_job_from(&b, &mut kubelet, "orders-upload", "missing-bucket")
+        run_job_from(&b, &mut pods, "orders-upload", "missing-bucket")
             .await
             .exit_code,
         0
     );
-    let s = wait_condition(&b.client, "UploadSucceeded", "False", "UploadFailed").await;
+    let s = wait_condition(&b, "UploadSucceeded", "False", "UploadFailed").await;
     let line = s.log.last().unwrap();
     assert!(line.contains(",upload failed: NoSuchBucket"), "{line}");
     assert!(!line.contains(&b.minio.secret_key));
-    assert!(
-        kubelet
-            .pvc_dir("orders-staging")
-            .join("dumps/datadump.sql")
-            .exists(),
-        "dump kept"
-    );
+    assert!(b.staging.join("dumps/datadump.sql").exists(), "dump kept");
 
     // A job that never got to run its pod and exceeded its deadline.
     create_job_from(&b, "orders-dump", "too-slow");
     kubectl(
-        &b.cp,
+        b.cp(),
         &[
             "patch",
             "job",
             "too-slow",
             "-n",
-            NS,
+            &b.ns,
             "--type=merge",
             "-p",
             r#"{"spec":{"activeDeadlineSeconds":1}}"#,
         ],
     );
-    wait_last_line(
-        &b.client,
-        ",database dump failed: job failed: DeadlineExceeded",
-    )
-    .await;
+    wait_last_line(&b, ",database dump failed: job failed: DeadlineExceeded").await;
 
-    let events = event_reasons(&b.client).await;
+    let events = event_reasons(&b).await;
     for reason in ["DumpFailed", "UploadFailed"] {
         assert!(
             events.iter().any(|(t, r)| t == "Warning" && r == reason),
@@ -307,16 +288,16 @@ async fn failures_show_as_conditions_events_and_log_lines() {
 /// once, and the status holds each line once.
 #[tokio::test]
 async fn operator_killed_mid_reconcile_and_apiserver_restarted_converge() {
-    let mut b = bed(Engine::Mariadb).await;
-    let op = RunningOperator::start(&b.client);
+    let b = bed_alone(Engine::Mariadb).await;
+    let op = RunningOperator::start_in(&b.client, &b.ns);
     apply_backup(&b);
-    let backups: Api<DatabaseBackup> = Api::namespaced(b.client.clone(), NS);
+    let backups: Api<DatabaseBackup> = Api::namespaced(b.client.clone(), &b.ns);
     wait_ready(&backups, "orders", "True", "Reconciled").await;
-    let mut kubelet = FakeKubelet::new(&b.client, NS);
-    backup_now(&b, &mut kubelet, "first", &mut vec![]).await;
+    let mut pods = Pods::new(&b.client, &b.ns);
+    backup_now(&b, &mut pods, "first", &mut vec![]).await;
 
     // Killed as soon as it created the Job, before it could record the request.
-    let jobs: Api<Job> = Api::namespaced(b.client.clone(), NS);
+    let jobs: Api<Job> = Api::namespaced(b.client.clone(), &b.ns);
     let run_now_jobs = || async {
         jobs.list(&ListParams::default().labels("dbbackup.io/step=dump"))
             .await
@@ -331,19 +312,19 @@ async fn operator_killed_mid_reconcile_and_apiserver_restarted_converge() {
     })
     .await;
     drop(op);
-    b.cp.restart_apiserver().await;
+    b.cluster.cp.restart_apiserver().await;
 
-    let _op = RunningOperator::start(&b.client);
+    let _op = RunningOperator::start_in(&b.client, &b.ns);
     // A pod create cut off by the restart can leave the Job controller with a
     // second pod for the same Job; each pod that runs is reported once.
     let mut ran: Vec<RanPod> = vec![];
     while !ran.iter().any(|p| p.step == "upload") {
-        let pod = kubelet.run_pods(1, Duration::from_secs(60)).await.remove(0);
+        let pod = pods.finished(1, POD_TIMEOUT).await.remove(0);
         assert_eq!(pod.exit_code, 0, "{} {}", pod.step, pod.output);
         ran.push(pod);
     }
-    status_latency(&b.client, ran.last().unwrap()).await;
-    let status = status_of(&b.client).await;
+    status_latency(&b, ran.last().unwrap()).await;
+    let status = status_of(&b).await;
     assert_eq!(status.last_run_now.as_deref(), Some("second"));
     assert_eq!(run_now_jobs().await, before + 1, "the request ran twice");
     let dumps = ran.iter().filter(|p| p.step == "dump").count();
@@ -369,61 +350,68 @@ async fn operator_killed_mid_reconcile_and_apiserver_restarted_converge() {
 #[tokio::test]
 async fn no_secret_value_appears_in_logs_status_events_or_specs() {
     let b = bed(Engine::Mariadb).await;
-    let operator = OperatorProcess::start(&b.cp, "operator-0", &[]);
+    let operator = OperatorProcess::start(b.cp(), "operator-0", &[]);
     apply_backup(&b);
-    let backups: Api<DatabaseBackup> = Api::namespaced(b.client.clone(), NS);
+    let backups: Api<DatabaseBackup> = Api::namespaced(b.client.clone(), &b.ns);
     wait_ready(&backups, "orders", "True", "Reconciled").await;
-    let mut kubelet = FakeKubelet::new(&b.client, NS);
+    let mut pods = Pods::new(&b.client, &b.ns);
     let mut outputs = vec![];
     let mut latencies = vec![];
-    backup_now(&b, &mut kubelet, "first", &mut latencies).await;
+    backup_now(&b, &mut pods, "first", &mut latencies).await;
 
     // Failures too: their error texts are where a secret would slip out.
     let (_, user, password) = b.db.login();
     let wrong_db = format!("dbWRONG{}", support::minio::random_token(20));
     let wrong_s3 = format!("s3WRONG{}", support::minio::random_token(20));
     apply_secret(
-        &b.cp,
+        &b,
         "db-creds",
         &[("username", &user), ("password", &wrong_db)],
     );
-    outputs.push(run_job_from(&b, &mut kubelet, "orders-dump", "bad-dump").await);
+    outputs.push(run_job_from(&b, &mut pods, "orders-dump", "bad-dump").await);
     apply_secret(
-        &b.cp,
+        &b,
         "db-creds",
         &[("username", &user), ("password", &password)],
     );
-    outputs.push(run_job_from(&b, &mut kubelet, "orders-dump", "good-dump").await);
+    outputs.push(run_job_from(&b, &mut pods, "orders-dump", "good-dump").await);
     apply_bucket_secret(&b, BUCKET, &wrong_s3, &b.minio.endpoint);
-    outputs.push(run_job_from(&b, &mut kubelet, "orders-upload", "bad-upload").await);
+    outputs.push(run_job_from(&b, &mut pods, "orders-upload", "bad-upload").await);
     assert_eq!(
         outputs.iter().map(|p| p.exit_code == 0).collect::<Vec<_>>(),
         [false, true, false]
     );
-    wait_last_line(&b.client, "upload failed: ").await;
+    wait_last_line(&b, "upload failed: ").await;
 
     let mut scanned = vec![
         ("operator log", operator.log()),
         (
             "status",
-            serde_json::to_string(&status_of(&b.client).await).unwrap(),
+            serde_json::to_string(&status_of(&b).await).unwrap(),
         ),
         (
             "events",
-            kubectl(&b.cp, &["get", "events", "-n", NS, "-o", "yaml"]),
+            kubectl(b.cp(), &["get", "events", "-n", &b.ns, "-o", "yaml"]),
         ),
         (
             "objects",
             kubectl(
-                &b.cp,
-                &["get", "dbb,cronjobs,jobs,pods,pvc", "-n", NS, "-o", "yaml"],
+                b.cp(),
+                &[
+                    "get",
+                    "dbb,cronjobs,jobs,pods,pvc",
+                    "-n",
+                    &b.ns,
+                    "-o",
+                    "yaml",
+                ],
             ),
         ),
     ];
     for p in &outputs {
         scanned.push(("pod output", p.output.clone()));
     }
-    let logs = kubelet.pvc_dir("orders-staging").join("logs");
+    let logs = b.staging.join("logs");
     for f in std::fs::read_dir(logs).unwrap() {
         scanned.push((
             "log file",

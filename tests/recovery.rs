@@ -1,5 +1,5 @@
 //! Retention and restore, with the real apiserver, kube-controller-manager,
-//! MinIO and databases, and the stand-in kubelet running each pod as its spec says.
+//! MinIO and databases, and every pod in a real container on the real node.
 
 mod support;
 
@@ -7,9 +7,9 @@ use chrono::{Duration as Days, Utc};
 use std::time::Duration;
 use support::bed::*;
 use support::faultproxy::{self, FaultProxy};
-use support::kubelet::FakeKubelet;
 use support::operator::*;
 use support::pipeline::*;
+use support::pods::Pods;
 use support::*;
 
 use dbbackup_operator::api::Engine;
@@ -74,23 +74,23 @@ fn pruned_lines(log: &[String]) -> Vec<String> {
 
 #[tokio::test]
 async fn keep_three_leaves_exactly_the_three_newest() {
-    let (b, _op, mut kubelet) = ready_bed(Engine::Mariadb, "  retention:\n    keepLast: 3\n").await;
+    let (b, _op, mut pods) = ready_bed(Engine::Mariadb, "  retention:\n    keepLast: 3\n").await;
     let seeded = seed(&b.minio, &[10, 9, 8, 7]).await;
 
-    backup_now(&b, &mut kubelet, "first", &mut vec![]).await;
+    backup_now(&b, &mut pods, "first", &mut vec![]).await;
     let first = format!("{}/datadump1.sql", today());
     let mut want = vec![first.clone(), seeded[2].clone(), seeded[3].clone()];
     want.extend(foreign_keys());
     assert_eq!(bucket_keys(&b.minio).await, sorted(want));
-    let status = status_of(&b.client).await;
+    let status = status_of(&b).await;
     assert_eq!(pruned_lines(&status.log), seeded[..2], "{:?}", status.log);
 
-    backup_now(&b, &mut kubelet, "second", &mut vec![]).await;
+    backup_now(&b, &mut pods, "second", &mut vec![]).await;
     let second = format!("{}/datadump2.sql", today());
     let mut want = vec![first, second, seeded[3].clone()];
     want.extend(foreign_keys());
     assert_eq!(bucket_keys(&b.minio).await, sorted(want));
-    let status = status_of(&b.client).await;
+    let status = status_of(&b).await;
     assert_eq!(pruned_lines(&status.log), seeded[..3], "{:?}", status.log);
 }
 
@@ -98,9 +98,9 @@ async fn keep_three_leaves_exactly_the_three_newest() {
 /// lands; as the newest, it stays, and everything older goes.
 #[tokio::test]
 async fn max_age_never_deletes_the_newest() {
-    let (b, _op, mut kubelet) = ready_bed(Engine::Mariadb, "  retention:\n    maxAge: 1d\n").await;
+    let (b, _op, mut pods) = ready_bed(Engine::Mariadb, "  retention:\n    maxAge: 1d\n").await;
     let seeded = seed(&b.minio, &[9, 8]).await;
-    let dumps = kubelet.pvc_dir("orders-staging").join("dumps");
+    let dumps = b.staging.join("dumps");
     std::fs::create_dir_all(&dumps).unwrap();
     let staged = dumps.join("datadump.sql");
     std::fs::write(&staged, "-- a dump from five days ago\n").unwrap();
@@ -112,14 +112,14 @@ async fn max_age_never_deletes_the_newest() {
         .set_modified(five_days_ago)
         .unwrap();
 
-    let upload = run_job_from(&b, &mut kubelet, "orders-upload", "late-upload").await;
+    let upload = run_job_from(&b, &mut pods, "orders-upload", "late-upload").await;
     assert_eq!(upload.exit_code, 0, "{}", upload.output);
     let newest = format!("{}/datadump1.sql", days_ago(5));
     let mut want = vec![newest.clone()];
     want.extend(foreign_keys());
     assert_eq!(bucket_keys(&b.minio).await, sorted(want));
     let status = wait_for("the upload in status", Duration::from_secs(30), || async {
-        let s = status_of(&b.client).await;
+        let s = status_of(&b).await;
         (s.last_upload_key.as_deref() == Some(newest.as_str())).then_some(s)
     })
     .await;
@@ -128,15 +128,15 @@ async fn max_age_never_deletes_the_newest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_upload_prunes_nothing() {
-    let (b, _op, mut kubelet) = ready_bed(Engine::Mariadb, "  retention:\n    keepLast: 1\n").await;
+    let (b, _op, mut pods) = ready_bed(Engine::Mariadb, "  retention:\n    keepLast: 1\n").await;
     let seeded = seed(&b.minio, &[3, 2, 1]).await;
     let proxy = FaultProxy::start(&b.minio.endpoint, faultproxy::fail_puts()).await;
     apply_bucket_secret(&b, BUCKET, &b.minio.secret_key, &proxy.endpoint);
 
     request_backup(&b, "failing");
-    let dump = kubelet.run_pods(1, Duration::from_secs(60)).await.remove(0);
+    let dump = pods.finished(1, POD_TIMEOUT).await.remove(0);
     assert_eq!(dump.exit_code, 0, "{}", dump.output);
-    let upload = kubelet.run_pods(1, Duration::from_secs(60)).await.remove(0);
+    let upload = pods.finished(1, POD_TIMEOUT).await.remove(0);
     assert_ne!(upload.exit_code, 0, "{}", upload.output);
     assert!(proxy.rejected() > 0);
     let mut want = seeded.clone();
@@ -146,7 +146,7 @@ async fn a_failed_upload_prunes_nothing() {
         "the failed upload in status",
         Duration::from_secs(30),
         || async {
-            let s = status_of(&b.client).await;
+            let s = status_of(&b).await;
             s.log
                 .last()
                 .filter(|l| l.contains(",upload failed: "))
@@ -156,16 +156,13 @@ async fn a_failed_upload_prunes_nothing() {
     .await;
     assert!(pruned_lines(&status.log).is_empty(), "{:?}", status.log);
     assert!(
-        kubelet
-            .pvc_dir("orders-staging")
-            .join("dumps/datadump.sql")
-            .exists(),
+        b.staging.join("dumps/datadump.sql").exists(),
         "the dump stays for the next run"
     );
 
     // The store recovers: the kept dump uploads, and only then retention runs.
     apply_bucket_secret(&b, BUCKET, &b.minio.secret_key, &b.minio.endpoint);
-    let retry = run_job_from(&b, &mut kubelet, "orders-upload", "retry").await;
+    let retry = run_job_from(&b, &mut pods, "orders-upload", "retry").await;
     assert_eq!(retry.exit_code, 0, "{}", retry.output);
     let mut want = vec![format!("{}/datadump1.sql", today())];
     want.extend(foreign_keys());
@@ -175,17 +172,17 @@ async fn a_failed_upload_prunes_nothing() {
 /// Where DeleteObjects is refused, every key goes one request at a time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_bulk_delete_pruning_deletes_one_by_one() {
-    let (b, _op, mut kubelet) = ready_bed(Engine::Mariadb, "  retention:\n    keepLast: 1\n").await;
+    let (b, _op, mut pods) = ready_bed(Engine::Mariadb, "  retention:\n    keepLast: 1\n").await;
     let seeded = seed(&b.minio, &[3, 2, 1]).await;
     let proxy = FaultProxy::start(&b.minio.endpoint, faultproxy::refuse_bulk_delete()).await;
     apply_bucket_secret(&b, BUCKET, &b.minio.secret_key, &proxy.endpoint);
 
-    backup_now(&b, &mut kubelet, "first", &mut vec![]).await;
+    backup_now(&b, &mut pods, "first", &mut vec![]).await;
     assert_eq!(proxy.rejected(), 1, "one bulk delete was tried");
     let mut want = vec![format!("{}/datadump1.sql", today())];
     want.extend(foreign_keys());
     assert_eq!(bucket_keys(&b.minio).await, sorted(want));
-    let status = status_of(&b.client).await;
+    let status = status_of(&b).await;
     let mut pruned = pruned_lines(&status.log);
     pruned.sort();
     assert_eq!(pruned, seeded, "{:?}", status.log);
@@ -204,31 +201,35 @@ fn apply_restore(b: &Bed, name: &str, target: &str, overwrite: bool) {
 kind: DatabaseRestore
 metadata:
   name: {name}
-  namespace: {NS}
+  namespace: {ns}
 spec:
   backup: orders
   key: latest
   target:
     engine: {engine}
-    host: 127.0.0.1
+    host: {host}
     port: {port}
+    image: {image}
     name: {target}
     credentialsSecret:
       name: db-creds
   overwrite: {overwrite}
 "#,
+        ns = b.ns,
+        host = support::node::NODE_IP,
+        image = b.db.image(),
         engine = b.engine.as_str()
     );
-    let path = b.cp.dir().join(format!("{name}.yaml"));
+    let path = b.dir().join(format!("{name}.yaml"));
     std::fs::write(&path, manifest).unwrap();
-    kubectl(&b.cp, &["apply", "-f", path.to_str().unwrap()]);
+    kubectl(b.cp(), &["apply", "-f", path.to_str().unwrap()]);
 }
 
-/// Plays kubelet for the restore pod and waits until the status shows its end.
-async fn run_restore(b: &Bed, kubelet: &mut FakeKubelet, name: &str) -> DatabaseRestoreStatus {
-    let pod = kubelet.run_pods(1, Duration::from_secs(60)).await.remove(0);
+/// Waits for the restore pod and then for the status to show its end.
+async fn run_restore(b: &Bed, pods: &mut Pods, name: &str) -> DatabaseRestoreStatus {
+    let pod = pods.finished(1, POD_TIMEOUT).await.remove(0);
     assert_eq!(pod.step, "restore");
-    let api: Api<DatabaseRestore> = Api::namespaced(b.client.clone(), NS);
+    let api: Api<DatabaseRestore> = Api::namespaced(b.client.clone(), &b.ns);
     let status = wait_for("the restore to finish", Duration::from_secs(30), || async {
         let s = api.get(name).await.ok()?.status?;
         s.phase.filter(|p| p.finished()).map(|_| s)
@@ -248,19 +249,19 @@ fn restored(status: &DatabaseRestoreStatus) -> (String, String) {
 }
 
 async fn restore_latest_into_a_fresh_database(engine: Engine) {
-    let (b, _op, mut kubelet) = ready_bed(engine, "").await;
-    backup_now(&b, &mut kubelet, "first", &mut vec![]).await;
+    let (b, _op, mut pods) = ready_bed(engine, "").await;
+    backup_now(&b, &mut pods, "first", &mut vec![]).await;
     // Only the second dump holds this row: a restore of the first would differ.
     b.db.exec(
         "shop",
         "INSERT INTO products VALUES (201, 'Late product', 9.99)",
     );
-    backup_now(&b, &mut kubelet, "second", &mut vec![]).await;
-    let latest = status_of(&b.client).await.last_upload_key.unwrap();
+    backup_now(&b, &mut pods, "second", &mut vec![]).await;
+    let latest = status_of(&b).await.last_upload_key.unwrap();
     assert_eq!(latest, format!("{}/datadump2.sql", today()));
 
     apply_restore(&b, "back", "restored", false);
-    let status = run_restore(&b, &mut kubelet, "back").await;
+    let status = run_restore(&b, &mut pods, "back").await;
     assert_eq!(status.phase, Some(RestorePhase::Succeeded), "{status:?}");
     assert_eq!(status.key.as_deref(), Some(latest.as_str()));
     assert_eq!(restored(&status), ("True".into(), "Restored".into()));
@@ -277,7 +278,7 @@ async fn restore_latest_into_a_fresh_database(engine: Engine) {
         status.log
     );
     assert_eq!(b.db.fingerprint("restored"), b.db.fingerprint("shop"));
-    assert!(kubectl(&b.cp, &["get", "dbr", "-n", NS, "back"]).contains("Succeeded"));
+    assert!(kubectl(b.cp(), &["get", "dbr", "-n", &b.ns, "back"]).contains("Succeeded"));
 }
 
 #[tokio::test]
@@ -293,8 +294,8 @@ async fn restore_latest_into_a_fresh_postgres_database() {
 /// Without `overwrite`, a database with tables is refused and left as it was;
 /// with it, its content is replaced by the dump's.
 async fn non_empty_target(engine: Engine) {
-    let (b, _op, mut kubelet) = ready_bed(engine, "").await;
-    backup_now(&b, &mut kubelet, "first", &mut vec![]).await;
+    let (b, _op, mut pods) = ready_bed(engine, "").await;
+    backup_now(&b, &mut pods, "first", &mut vec![]).await;
     let dumped = b.db.fingerprint("shop");
     b.db.exec(
         "shop",
@@ -304,7 +305,7 @@ async fn non_empty_target(engine: Engine) {
     assert_ne!(before, dumped);
 
     apply_restore(&b, "refused", "shop", false);
-    let status = run_restore(&b, &mut kubelet, "refused").await;
+    let status = run_restore(&b, &mut pods, "refused").await;
     assert_eq!(status.phase, Some(RestorePhase::Failed), "{status:?}");
     assert_eq!(restored(&status), ("False".into(), "TargetNotEmpty".into()));
     let last = status.log.last().unwrap();
@@ -315,7 +316,7 @@ async fn non_empty_target(engine: Engine) {
         "{last}"
     );
     assert_eq!(b.db.fingerprint("shop"), before, "nothing changed");
-    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(b.client.clone(), NS);
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(b.client.clone(), &b.ns);
     let warned = wait_for(
         "a TargetNotEmpty event",
         Duration::from_secs(10),
@@ -331,7 +332,7 @@ async fn non_empty_target(engine: Engine) {
     assert_eq!(warned.type_.as_deref(), Some("Warning"));
 
     apply_restore(&b, "replace", "shop", true);
-    let status = run_restore(&b, &mut kubelet, "replace").await;
+    let status = run_restore(&b, &mut pods, "replace").await;
     assert_eq!(status.phase, Some(RestorePhase::Succeeded), "{status:?}");
     assert_eq!(
         b.db.fingerprint("shop"),
@@ -456,9 +457,11 @@ async fn fetch_refuses_an_object_that_does_not_match_its_etag() {
 }
 
 /// A restore naming a DatabaseBackup that does not exist waits, says why in
-/// its condition and an Event, and starts once the backup appears.
+/// its condition and an Event, and starts once the backup appears. (No pod
+/// runs: a control plane of its own is enough.)
 #[tokio::test]
 async fn a_restore_of_a_missing_backup_waits_and_says_why() {
+    const NS: &str = "shop";
     let (_cp, client) = setup(NS).await;
     create_sample_secrets(&client, NS).await;
     let _op = RunningOperator::start(&client);

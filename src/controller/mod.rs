@@ -293,12 +293,43 @@ fn reports(db: &DatabaseBackup, ctx: &Context, tz: chrono_tz::Tz) -> (Vec<PodRep
         .filter_map(|p| p.uid())
         .chain(jobs.iter().filter_map(|j| j.uid()))
         .collect();
+    // A pod stopped because its Job ran out of time reports the deadline, not
+    // the signal that stopped it.
+    let deadline_exceeded: HashMap<String, String> = jobs
+        .iter()
+        .filter(|j| status::deadline_exceeded(j))
+        .filter_map(|j| {
+            let seconds = j.spec.as_ref()?.active_deadline_seconds?;
+            Some((
+                j.uid()?,
+                format!("job failed: DeadlineExceeded (activeDeadlineSeconds {seconds})"),
+            ))
+        })
+        .collect();
     let reports = pods
         .iter()
         .filter_map(|p| status::pod_report(p, tz))
+        .map(|mut r| {
+            let cause = r.job.as_ref().and_then(|j| deadline_exceeded.get(j));
+            if let (Some(cause), false) = (cause, r.result.outcome == Outcome::Succeeded) {
+                r.result = status::failure(r.step, &r.finished, tz, cause);
+            }
+            r
+        })
         .chain(jobs.iter().filter_map(|j| status::job_report(j, tz)))
         .collect();
     (reports, present)
+}
+
+/// Pods of this backup that cannot start, as the conditions of their steps.
+fn stuck_pods(db: &DatabaseBackup, ctx: &Context) -> Vec<Observed> {
+    let key = Some(ObjectRef::from_obj(db));
+    ctx.pods
+        .state()
+        .iter()
+        .filter(|p| labelled_owner(&***p, resources::LABEL_BACKUP) == key)
+        .filter_map(|p| status::stuck(p))
+        .collect()
 }
 
 async fn reconcile(db: Arc<DatabaseBackup>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -349,6 +380,21 @@ async fn reconcile(db: Arc<DatabaseBackup>, ctx: Arc<Context>) -> Result<Action,
     notes.extend(status::record_reports(
         &mut new, reports, &present, generation, &now,
     ));
+    for stuck in stuck_pods(&db, &ctx) {
+        let was = status::find(&new.conditions, stuck.type_);
+        if was.is_none_or(|c| c.reason != stuck.reason || c.status == "True") {
+            notes.push(Note {
+                warning: true,
+                reason: if stuck.reason == status::IMAGE_PULL_FAILED {
+                    status::IMAGE_PULL_FAILED
+                } else {
+                    status::CONTAINER_NOT_STARTED
+                },
+                message: stuck.message.clone(),
+            });
+        }
+        status::set_condition(&mut new.conditions, &stuck, generation, &now);
+    }
 
     let mut recheck = RESYNC;
     if let Ok(schedule) = checks::parse_schedule(&db.spec.schedule) {

@@ -206,7 +206,16 @@ pub fn pod_report(pod: &Pod, tz: chrono_tz::Tz) -> Option<PodReport> {
         .and_then(|t| t.message.as_deref())
         .and_then(JobResult::parse)
         .filter(|r| r.step == step);
+    // The kernel killed a process of the step: the step saw only a status 137.
+    let oom = terminated.is_some_and(|t| t.reason.as_deref() == Some("OOMKilled"));
+    let parsed = match parsed {
+        Some(r) if oom && r.outcome != Outcome::Succeeded => None,
+        other => other,
+    };
     let result = parsed.unwrap_or_else(|| {
+        if oom {
+            return failure(step, &finished, tz, &out_of_memory(pod));
+        }
         let cause = match terminated {
             Some(t) => exit_cause(t),
             None => format!(
@@ -233,6 +242,89 @@ pub fn pod_report(pod: &Pod, tz: chrono_tz::Tz) -> Option<PodReport> {
             .map(|o| o.uid.clone()),
     })
 }
+
+/// "out of memory (limit 64Mi)": the limit of the pod's container, if any.
+fn out_of_memory(pod: &Pod) -> String {
+    let limit = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .and_then(|c| {
+            c.resources
+                .as_ref()?
+                .limits
+                .as_ref()?
+                .get("memory")
+                .cloned()
+        });
+    match limit {
+        Some(q) => format!("out of memory (limit {})", q.0),
+        None => "out of memory (no limit set: the node ran out)".to_string(),
+    }
+}
+
+/// Why a pod that has not finished cannot start by itself (an image that
+/// cannot be pulled, a container the runtime cannot create), as the
+/// condition of its step. The Job's deadline is hours away; users learn now.
+pub fn stuck(pod: &Pod) -> Option<Observed> {
+    let step = step_of(pod.labels())?;
+    let status = pod.status.as_ref()?;
+    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+        return None;
+    }
+    let waiting = status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten())
+        .find_map(|c| {
+            let w = c.state.as_ref()?.waiting.as_ref()?;
+            let reason = w.reason.as_deref()?;
+            let image = matches!(
+                reason,
+                "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName" | "ErrImageNeverPull"
+            );
+            let runtime = matches!(reason, "CreateContainerError" | "RunContainerError");
+            (image || runtime).then(|| {
+                (
+                    image,
+                    reason.to_string(),
+                    w.message.clone(),
+                    c.image.clone(),
+                )
+            })
+        })?;
+    let (image, reason, message, name) = waiting;
+    let type_ = match step {
+        Step::Upload => UPLOAD_SUCCEEDED,
+        _ => DUMP_SUCCEEDED,
+    };
+    let (why, what) = if image {
+        (
+            IMAGE_PULL_FAILED,
+            format!("image {name:?} cannot be pulled"),
+        )
+    } else {
+        (
+            CONTAINER_NOT_STARTED,
+            "its container cannot start".to_string(),
+        )
+    };
+    Some(Observed::new(
+        type_,
+        false,
+        why,
+        format!(
+            "pod {} waits: {what}: {reason}{}",
+            pod.name_any(),
+            message.map(|m| format!(": {m}")).unwrap_or_default()
+        ),
+    ))
+}
+
+/// Condition and Event reasons of a pod that cannot start.
+pub const IMAGE_PULL_FAILED: &str = "ImagePullFailed";
+pub const CONTAINER_NOT_STARTED: &str = "ContainerNotStarted";
 
 fn step_of(labels: &std::collections::BTreeMap<String, String>) -> Option<Step> {
     match labels.get(super::resources::LABEL_STEP)?.as_str() {
@@ -262,6 +354,21 @@ pub fn job_failure(job: &Job) -> Option<(Time, Option<String>, String)> {
         _ => "job failed".to_string(),
     };
     Some((finished, failed.reason.clone(), cause))
+}
+
+/// True once the Job is out of time: its FailureTarget condition says so
+/// before the Job controller stops its pods.
+pub fn deadline_exceeded(job: &Job) -> bool {
+    job.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter().any(|c| {
+                (c.type_ == "Failed" || c.type_ == "FailureTarget")
+                    && c.status == "True"
+                    && c.reason.as_deref() == Some("DeadlineExceeded")
+            })
+        })
 }
 
 /// A Job that failed as a whole reports itself, in case none of its pods can.

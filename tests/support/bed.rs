@@ -1,17 +1,19 @@
-//! The end-to-end bed: a control plane with the controller manager, MinIO
-//! with a bucket, a database loaded with the shop data, the Secrets a user
-//! creates, and helpers to apply a backup and play kubelet for it.
+//! The end-to-end bed: a namespace of its own on the shared single-node
+//! cluster, MinIO with a bucket and a database loaded with the shop data (both
+//! on the node's address, where pods reach them), the Secrets a user creates,
+//! the staging volume, and helpers to apply a backup and follow its pods.
 
-use super::kubelet::{FakeKubelet, RanPod};
+use super::node::{MARIADB_IMAGE, NODE_IP, POSTGRES_IMAGE};
 use super::operator::*;
 use super::pipeline::*;
+use super::pods::{Pods, RanPod};
 use super::*;
 use dbbackup_operator::api::{DatabaseBackup, Engine};
 use kube::Client;
 use kube::api::Api;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-pub const NS: &str = "shop";
 
 pub enum Db {
     Maria(MariaDb),
@@ -22,12 +24,12 @@ impl Db {
     pub fn start(engine: Engine) -> Db {
         match engine {
             Engine::Postgres => {
-                let pg = Postgres::start();
+                let pg = Postgres::start_on(NODE_IP);
                 load_shop_postgres(&pg, "shop");
                 Db::Pg(pg)
             }
             _ => {
-                let db = MariaDb::start();
+                let db = MariaDb::start_on(NODE_IP);
                 load_shop_mariadb(&db, "shop");
                 Db::Maria(db)
             }
@@ -57,6 +59,14 @@ impl Db {
         }
     }
 
+    /// The engine's image, built from Debian packages for the real node.
+    pub fn image(&self) -> &'static str {
+        match self {
+            Db::Maria(_) => MARIADB_IMAGE,
+            Db::Pg(_) => POSTGRES_IMAGE,
+        }
+    }
+
     pub fn restore_and_compare(&self, database: &str, sql: &[u8]) {
         match self {
             Db::Maria(d) => {
@@ -78,32 +88,80 @@ impl Db {
 }
 
 pub struct Bed {
-    pub cp: ControlPlane,
+    pub cluster: Arc<Cluster>,
+    /// This test's namespace; deleted, with everything in it, on drop.
+    pub ns: String,
     pub client: Client,
     pub minio: Minio,
     pub db: Db,
     pub engine: Engine,
+    /// The host directory behind the backup's staging volume.
+    pub staging: PathBuf,
+    _share: Share,
+}
+
+/// How a bed holds the shared cluster: alongside other tests, or alone.
+pub enum Share {
+    With(tokio::sync::OwnedRwLockReadGuard<()>),
+    Alone(tokio::sync::OwnedRwLockWriteGuard<()>),
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        // Its pods stop with it; the cluster outlives the test.
+        let _ = self
+            .cluster
+            .cp
+            .kubectl()
+            .args(["delete", "namespace", &self.ns, "--wait=false"])
+            .output();
+    }
 }
 
 pub async fn bed(engine: Engine) -> Bed {
-    let cp = ControlPlane::with_controller_manager().await;
-    let client = cp.client().await;
-    install_crd(&client).await;
-    create_namespace(&client, NS, &[]).await;
-    let minio = Minio::start();
+    bed_in(engine, &[]).await
+}
+
+/// A bed whose namespace has `labels`.
+pub async fn bed_in(engine: Engine, labels: &[(&str, &str)]) -> Bed {
+    let cluster = Cluster::shared();
+    let share = Share::With(cluster.share().await);
+    make_bed(cluster, share, engine, labels).await
+}
+
+/// A bed for a test that disturbs the cluster: no other test runs meanwhile.
+pub async fn bed_alone(engine: Engine) -> Bed {
+    let cluster = Cluster::shared();
+    let share = Share::Alone(cluster.exclusive().await);
+    make_bed(cluster, share, engine, &[]).await
+}
+
+async fn make_bed(
+    cluster: Arc<Cluster>,
+    share: Share,
+    engine: Engine,
+    labels: &[(&str, &str)],
+) -> Bed {
+    let client = cluster.client().await;
+    let ns = cluster.namespace_with("shop", labels).await;
+    let staging = cluster
+        .node
+        .volume_for(&client, &ns, "orders-staging")
+        .await;
+    let minio = Minio::start_for_pods();
     create_bucket(&minio).await;
     let db = Db::start(engine);
     let (_, user, password) = db.login();
     create_secret(
         &client,
-        NS,
+        &ns,
         "db-creds",
         &[("username", &user), ("password", &password)],
     )
     .await;
     create_secret(
         &client,
-        NS,
+        &ns,
         "s3-creds",
         &[
             ("bucket", BUCKET),
@@ -114,11 +172,27 @@ pub async fn bed(engine: Engine) -> Bed {
     )
     .await;
     Bed {
-        cp,
+        cluster,
+        ns,
         client,
         minio,
         db,
         engine,
+        staging,
+        _share: share,
+    }
+}
+
+impl Bed {
+    pub fn cp(&self) -> &ControlPlane {
+        &self.cluster.cp
+    }
+
+    /// A directory of this test's own for manifests.
+    pub fn dir(&self) -> PathBuf {
+        let dir = self.cluster.cp.dir().join(&self.ns);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 }
 
@@ -140,12 +214,13 @@ pub fn apply_backup_with(b: &Bed, more_spec: &str) {
 kind: DatabaseBackup
 metadata:
   name: orders
-  namespace: {NS}
+  namespace: {ns}
 spec:
   database:
     engine: {engine}
-    host: 127.0.0.1
+    host: {NODE_IP}
     port: {port}
+    image: {image}
     name: shop
     credentialsSecret:
       name: db-creds
@@ -158,24 +233,26 @@ spec:
       name: s3-creds
     prefix: ""
 {more_spec}"#,
-        engine = b.engine.as_str()
+        ns = b.ns,
+        engine = b.engine.as_str(),
+        image = b.db.image(),
     );
-    let path = b.cp.dir().join("orders.yaml");
+    let path = b.dir().join("orders.yaml");
     std::fs::write(&path, manifest).unwrap();
-    kubectl(&b.cp, &["apply", "-f", path.to_str().unwrap()]);
+    kubectl(b.cp(), &["apply", "-f", path.to_str().unwrap()]);
 }
 
-pub async fn status_of(client: &Client) -> dbbackup_operator::api::DatabaseBackupStatus {
-    let api: Api<DatabaseBackup> = Api::namespaced(client.clone(), NS);
+pub async fn status_of(b: &Bed) -> dbbackup_operator::api::DatabaseBackupStatus {
+    let api: Api<DatabaseBackup> = Api::namespaced(b.client.clone(), &b.ns);
     api.get("orders").await.unwrap().status.unwrap_or_default()
 }
 
 /// Waits until the status reflects `pod` and returns how long that took after
 /// the pod's terminated status reached the apiserver.
-pub async fn status_latency(client: &Client, pod: &RanPod) -> Duration {
+pub async fn status_latency(b: &Bed, pod: &RanPod) -> Duration {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if status_of(client).await.processed_pods.contains(&pod.uid) {
+        if status_of(b).await.processed_pods.contains(&pod.uid) {
             return pod.reported.elapsed();
         }
         assert!(
@@ -188,26 +265,33 @@ pub async fn status_latency(client: &Client, pod: &RanPod) -> Duration {
 }
 
 /// A bed with the operator running and backup "orders" applied (with
-/// `more_spec`) and Ready, and a kubelet for its pods.
-pub async fn ready_bed(engine: Engine, more_spec: &str) -> (Bed, RunningOperator, FakeKubelet) {
-    let b = bed(engine).await;
-    let op = RunningOperator::start(&b.client);
-    apply_backup_with(&b, more_spec);
-    let backups: Api<DatabaseBackup> = Api::namespaced(b.client.clone(), NS);
-    wait_ready(&backups, "orders", "True", "Reconciled").await;
-    let kubelet = FakeKubelet::new(&b.client, NS);
-    (b, op, kubelet)
+/// `more_spec`) and Ready, and its pods to follow.
+pub async fn ready_bed(engine: Engine, more_spec: &str) -> (Bed, RunningOperator, Pods) {
+    ready(bed(engine).await, more_spec).await
 }
+
+/// Starts the operator on `b` and applies backup "orders" with `more_spec`.
+pub async fn ready(b: Bed, more_spec: &str) -> (Bed, RunningOperator, Pods) {
+    let op = RunningOperator::start_in(&b.client, &b.ns);
+    apply_backup_with(&b, more_spec);
+    let backups: Api<DatabaseBackup> = Api::namespaced(b.client.clone(), &b.ns);
+    wait_ready(&backups, "orders", "True", "Reconciled").await;
+    let pods = Pods::new(&b.client, &b.ns);
+    (b, op, pods)
+}
+
+/// How long a pod of ours may take on the node, from its Job to its end.
+pub const POD_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Asks for a backup now, as a user would.
 pub fn request_backup(b: &Bed, token: &str) {
     kubectl(
-        &b.cp,
+        b.cp(),
         &[
             "annotate",
             "--overwrite",
             "-n",
-            NS,
+            &b.ns,
             "dbb",
             "orders",
             &format!("dbbackup.io/run-now={token}"),
@@ -215,30 +299,25 @@ pub fn request_backup(b: &Bed, token: &str) {
     );
 }
 
-/// Asks for a backup now and plays kubelet for the dump and the chained upload.
-pub async fn backup_now(
-    b: &Bed,
-    kubelet: &mut FakeKubelet,
-    token: &str,
-    latencies: &mut Vec<Duration>,
-) {
+/// Asks for a backup now and waits for the dump and the chained upload.
+pub async fn backup_now(b: &Bed, pods: &mut Pods, token: &str, latencies: &mut Vec<Duration>) {
     request_backup(b, token);
-    let dump = kubelet.run_pods(1, Duration::from_secs(60)).await.remove(0);
+    let dump = pods.finished(1, POD_TIMEOUT).await.remove(0);
     assert_eq!(
         (dump.step.as_str(), dump.exit_code),
         ("dump", 0),
         "{}",
         dump.output
     );
-    latencies.push(status_latency(&b.client, &dump).await);
-    let upload = kubelet.run_pods(1, Duration::from_secs(60)).await.remove(0);
+    latencies.push(status_latency(b, &dump).await);
+    let upload = pods.finished(1, POD_TIMEOUT).await.remove(0);
     assert_eq!(
         (upload.step.as_str(), upload.exit_code),
         ("upload", 0),
         "{}",
         upload.output
     );
-    latencies.push(status_latency(&b.client, &upload).await);
+    latencies.push(status_latency(b, &upload).await);
 }
 
 pub fn count(lines: &[String], message: &str) -> usize {
@@ -249,21 +328,21 @@ pub fn count(lines: &[String], message: &str) -> usize {
 }
 
 /// Starts a Job from `cronjob` with the real kubectl, as a user would, and
-/// plays kubelet for its pod.
-pub async fn run_job_from(b: &Bed, kubelet: &mut FakeKubelet, cronjob: &str, job: &str) -> RanPod {
+/// waits for its pod to finish.
+pub async fn run_job_from(b: &Bed, pods: &mut Pods, cronjob: &str, job: &str) -> RanPod {
     create_job_from(b, cronjob, job);
-    kubelet.run_pods(1, Duration::from_secs(60)).await.remove(0)
+    pods.finished(1, POD_TIMEOUT).await.remove(0)
 }
 
 /// `kubectl create job --from=cronjob/<cronjob> <job>`.
 pub fn create_job_from(b: &Bed, cronjob: &str, job: &str) {
     kubectl(
-        &b.cp,
+        b.cp(),
         &[
             "create",
             "job",
             "-n",
-            NS,
+            &b.ns,
             &format!("--from=cronjob/{cronjob}"),
             job,
         ],
@@ -271,19 +350,19 @@ pub fn create_job_from(b: &Bed, cronjob: &str, job: &str) {
 }
 
 /// Creates or replaces a Secret with the real kubectl, as a user fixing one would.
-pub fn apply_secret(cp: &ControlPlane, name: &str, pairs: &[(&str, &str)]) {
+pub fn apply_secret(b: &Bed, name: &str, pairs: &[(&str, &str)]) {
     let mut secret = secret(name, pairs);
-    secret.metadata.namespace = Some(NS.into());
-    let path = cp.dir().join(format!("{name}.json"));
+    secret.metadata.namespace = Some(b.ns.clone());
+    let path = b.dir().join(format!("{name}.json"));
     std::fs::write(&path, serde_json::to_string(&secret).unwrap()).unwrap();
-    kubectl(cp, &["apply", "-f", path.to_str().unwrap()]);
+    kubectl(b.cp(), &["apply", "-f", path.to_str().unwrap()]);
     std::fs::remove_file(&path).unwrap();
 }
 
 /// Replaces the bucket Secret "s3-creds" with kubectl, as a user would.
 pub fn apply_bucket_secret(b: &Bed, bucket: &str, secret_key: &str, endpoint: &str) {
     apply_secret(
-        &b.cp,
+        b,
         "s3-creds",
         &[
             ("bucket", bucket),

@@ -1,7 +1,8 @@
 //! A real Kubernetes control plane on loopback: etcd, kube-apiserver and,
 //! optionally, kube-controller-manager, started the way envtest starts them.
 
-use super::process::{ServerProcess, bin, free_port, port_open, wait_until};
+use super::node::NODE_IP;
+use super::process::{ServerProcess, bin, free_port, port_open, port_open_on, wait_until};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -16,9 +17,12 @@ pub struct ControlPlane {
     // Field order is drop order: controller manager and apiserver stop before etcd,
     // and the directory goes last.
     controller_manager: Option<ServerProcess>,
-    apiserver: ServerProcess,
+    /// Behind a lock: a test restarts it through a shared cluster.
+    apiserver: std::sync::Mutex<ServerProcess>,
     etcd: ServerProcess,
     apiserver_args: Vec<String>,
+    /// Where the apiserver listens: loopback, or the node's address.
+    host: &'static str,
     pub url: String,
     pub kubeconfig: PathBuf,
     dir: TempDir,
@@ -27,6 +31,8 @@ pub struct ControlPlane {
 /// PEM files of the control plane's PKI.
 struct Pki {
     ca_cert: PathBuf,
+    admin_cert_file: PathBuf,
+    admin_key_file: PathBuf,
     serving_cert: PathBuf,
     serving_key: PathBuf,
     sa_key: PathBuf,
@@ -52,10 +58,17 @@ fn write_pki(dir: &Path) -> Pki {
     let issuer = Issuer::new(ca_params, ca_key);
 
     let serving_key = KeyPair::generate().unwrap();
+    // Host-side names, the node's address, and the kubernetes Service's
+    // names and ClusterIP, which in-cluster clients use.
     let mut serving = CertificateParams::new(vec![
         "localhost".to_string(),
         "127.0.0.1".to_string(),
+        NODE_IP.to_string(),
+        "10.0.0.1".to_string(),
+        "kubernetes".to_string(),
+        "kubernetes.default".to_string(),
         "kubernetes.default.svc".to_string(),
+        "kubernetes.default.svc.cluster.local".to_string(),
     ])
     .unwrap();
     serving
@@ -83,6 +96,9 @@ fn write_pki(dir: &Path) -> Pki {
     };
     Pki {
         ca_cert: write("ca.crt", &ca_cert.pem()),
+        // The apiserver's client certificate towards the kubelet.
+        admin_cert_file: write("admin.crt", &admin_cert.pem()),
+        admin_key_file: write("admin.key", &admin_key.serialize_pem()),
         serving_cert: write("apiserver.crt", &serving_cert.pem()),
         serving_key: write("apiserver.key", &serving_key.serialize_pem()),
         sa_key: write("sa.key", &sa_key.serialize_pem()),
@@ -130,6 +146,10 @@ current-context: testenv
 pub struct Options {
     /// Also run kube-controller-manager (garbage collector, CronJob and Job controllers).
     pub controller_manager: bool,
+    /// Serve a real node (see `node.rs`): listen on its address, which pods
+    /// reach, back the kubernetes Service, admit ServiceAccount tokens, and run
+    /// the controllers Deployments and PersistentVolumes need.
+    pub for_node: bool,
 }
 
 impl ControlPlane {
@@ -140,6 +160,7 @@ impl ControlPlane {
     pub async fn with_controller_manager() -> ControlPlane {
         Self::start_with(Options {
             controller_manager: true,
+            for_node: false,
         })
         .await
     }
@@ -172,13 +193,12 @@ impl ControlPlane {
         });
 
         let port = free_port();
-        let url = format!("https://127.0.0.1:{port}");
-        let apiserver_args: Vec<String> = vec![
+        let host = if opts.for_node { NODE_IP } else { "127.0.0.1" };
+        let url = format!("https://{host}:{port}");
+        let mut apiserver_args: Vec<String> = vec![
             format!("--etcd-servers={client_url}"),
-            "--bind-address=127.0.0.1".into(),
-            "--advertise-address=127.0.0.1".into(),
-            // Loopback may not back the kubernetes Service; nothing here needs it.
-            "--endpoint-reconciler-type=none".into(),
+            format!("--bind-address={host}"),
+            format!("--advertise-address={host}"),
             format!("--secure-port={port}"),
             format!("--cert-dir={}", dir.path().display()),
             format!("--tls-cert-file={}", pki.serving_cert.display()),
@@ -193,10 +213,26 @@ impl ControlPlane {
             "--service-cluster-ip-range=10.0.0.0/24".into(),
             "--authorization-mode=RBAC".into(),
             "--allow-privileged=true".into(),
-            // As envtest: no ServiceAccount admission, since no kubelet mounts tokens here.
-            "--disable-admission-plugins=ServiceAccount".into(),
             "--v=0".into(),
         ];
+        if opts.for_node {
+            apiserver_args.extend([
+                format!(
+                    "--kubelet-client-certificate={}",
+                    pki.admin_cert_file.display()
+                ),
+                format!("--kubelet-client-key={}", pki.admin_key_file.display()),
+                // `kubectl logs` reaches the kubelet on the node's address.
+                "--kubelet-preferred-address-types=InternalIP".into(),
+            ]);
+        } else {
+            apiserver_args.extend([
+                // Loopback may not back the kubernetes Service; nothing here needs it.
+                "--endpoint-reconciler-type=none".into(),
+                // As envtest: no ServiceAccount admission, since no kubelet mounts tokens here.
+                "--disable-admission-plugins=ServiceAccount".into(),
+            ]);
+        }
         let mut apiserver = spawn_apiserver(&apiserver_args, dir.path());
 
         let kubeconfig = dir.path().join("kubeconfig");
@@ -208,12 +244,13 @@ impl ControlPlane {
                 // Wait outside the struct so a timeout still drops etcd through `etcd`.
                 wait_until("kube-apiserver to listen", Duration::from_secs(60), || {
                     apiserver.assert_running();
-                    port_open(port)
+                    port_open_on(host, port)
                 });
-                apiserver
+                std::sync::Mutex::new(apiserver)
             },
             etcd,
             apiserver_args,
+            host,
             url,
             kubeconfig,
             dir,
@@ -221,22 +258,54 @@ impl ControlPlane {
         cp.wait_ready().await;
 
         if opts.controller_manager {
+            let mut controllers = vec![
+                // Garbage collection and the workload controllers the operator relies on.
+                "garbage-collector-controller",
+                "cronjob-controller",
+                "job-controller",
+                "serviceaccount-controller",
+                "namespace-controller",
+            ];
+            if opts.for_node {
+                controllers.extend([
+                    // helm's Deployment, PersistentVolumeClaims, Services, token volumes.
+                    "deployment-controller",
+                    "replicaset-controller",
+                    "persistentvolume-binder-controller",
+                    "persistentvolumeclaim-protection-controller",
+                    "persistentvolume-protection-controller",
+                    "endpointslice-controller",
+                    "endpointslice-mirroring-controller",
+                    "root-ca-certificate-publisher-controller",
+                    "pod-garbage-collector-controller",
+                    // Lifts the not-ready taint the kubelet registers with.
+                    "node-lifecycle-controller",
+                ]);
+            }
             let mut kcm = Command::new(bin("kube-controller-manager"));
             kcm.arg(format!("--kubeconfig={}", cp.kubeconfig.display()))
-                .arg(format!("--authentication-kubeconfig={}", cp.kubeconfig.display()))
-                .arg(format!("--authorization-kubeconfig={}", cp.kubeconfig.display()))
+                .arg(format!(
+                    "--authentication-kubeconfig={}",
+                    cp.kubeconfig.display()
+                ))
+                .arg(format!(
+                    "--authorization-kubeconfig={}",
+                    cp.kubeconfig.display()
+                ))
                 .arg("--leader-elect=false")
                 .arg("--bind-address=127.0.0.1")
                 .arg(format!("--secure-port={}", free_port()))
-                .arg(format!("--cert-dir={}", cp.dir.path().join("kcm").display()))
+                .arg(format!(
+                    "--cert-dir={}",
+                    cp.dir.path().join("kcm").display()
+                ))
+                .arg(format!("--controllers={}", controllers.join(",")))
                 .arg(format!(
                     "--service-account-private-key-file={}",
                     pki.sa_key.display()
                 ))
                 .arg(format!("--root-ca-file={}", pki.ca_cert.display()))
                 .arg("--use-service-account-credentials=false")
-                // Garbage collection and the workload controllers the operator relies on.
-                .arg("--controllers=garbage-collector-controller,cronjob-controller,job-controller,serviceaccount-controller,namespace-controller")
                 .arg("--concurrent-gc-syncs=5")
                 .arg("--v=0");
             cp.controller_manager = Some(ServerProcess::spawn(
@@ -249,17 +318,21 @@ impl ControlPlane {
         cp
     }
 
-    async fn wait_ready(&mut self) {
+    fn apiserver(&self) -> std::sync::MutexGuard<'_, ServerProcess> {
+        self.apiserver.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn wait_ready(&self) {
         let client = self.client().await;
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
-            self.apiserver.assert_running();
+            self.apiserver().assert_running();
             let req = http::Request::get("/readyz").body(Vec::new()).unwrap();
             match client.request_text(req).await {
                 Ok(body) if body.trim() == "ok" => return,
                 _ if std::time::Instant::now() > deadline => panic!(
                     "kube-apiserver not ready after 60s; last output:\n{}",
-                    self.apiserver.log_tail()
+                    self.apiserver().log_tail()
                 ),
                 _ => tokio::time::sleep(Duration::from_millis(100)).await,
             }
@@ -295,7 +368,7 @@ impl ControlPlane {
     }
 
     pub fn pids(&self) -> Vec<u32> {
-        let mut pids = vec![self.etcd.pid(), self.apiserver.pid()];
+        let mut pids = vec![self.etcd.pid(), self.apiserver().pid()];
         pids.extend(self.controller_manager.as_ref().map(|p| p.pid()));
         pids
     }
@@ -304,10 +377,17 @@ impl ControlPlane {
         self.dir.path()
     }
 
+    /// The cluster CA's certificate (PEM file).
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
     /// Restarts kube-apiserver on the same port and etcd data, as a crash or upgrade would.
-    pub async fn restart_apiserver(&mut self) {
-        self.apiserver.kill();
-        self.apiserver = spawn_apiserver(&self.apiserver_args, self.dir.path());
+    pub async fn restart_apiserver(&self) {
+        let mut apiserver = self.apiserver();
+        apiserver.kill();
+        *apiserver = spawn_apiserver(&self.apiserver_args, self.dir.path());
+        drop(apiserver);
         self.wait_ready().await;
     }
 }

@@ -2,7 +2,7 @@
 //! loopback port. Both refuse to run as root, so as root they run as `nobody`.
 
 use super::minio::random_token;
-use super::process::{ServerProcess, bin, free_port, port_open, wait_until};
+use super::process::{ServerProcess, bin, free_port, port_open_on, wait_until};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -66,6 +66,8 @@ pub fn run_ok(cmd: &mut Command) -> Output {
 
 pub struct Postgres {
     process: ServerProcess,
+    /// Where it listens: loopback, or the node's address for pods.
+    pub host: String,
     pub port: u16,
     pub user: String,
     pub password: String,
@@ -76,6 +78,10 @@ pub struct Postgres {
 
 impl Postgres {
     pub fn start() -> Postgres {
+        Self::start_on("127.0.0.1")
+    }
+
+    pub fn start_on(host: &str) -> Postgres {
         let (dir, data) = server_dirs("dbbackup-postgres-");
         let password = format!("pgPASS{}", random_token(24));
         let pwfile = dir.path().join("pwfile");
@@ -90,13 +96,21 @@ impl Postgres {
                 .arg(format!("--pwfile={}", pwfile.display())),
         );
         std::fs::remove_file(&pwfile).unwrap();
+        // Clients from pods come from the node's subnet, not loopback; the
+        // server listens only on `host` anyway.
+        let mut hba = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("pg_hba.conf"))
+            .unwrap();
+        std::io::Write::write_all(&mut hba, b"host all all 0.0.0.0/0 scram-sha-256\n").unwrap();
         let socket_dir = dir.path().join("sock");
         std::fs::create_dir(&socket_dir).unwrap();
         chown_to_server_user(&socket_dir);
         let port = free_port();
-        let process = Self::spawn(dir.path(), &data, &socket_dir, port);
+        let process = Self::spawn(dir.path(), &data, &socket_dir, host, port);
         let mut pg = Postgres {
             process,
+            host: host.into(),
             port,
             user: "postgres".into(),
             password,
@@ -108,14 +122,15 @@ impl Postgres {
         pg
     }
 
-    fn spawn(dir: &Path, data: &Path, socket_dir: &Path, port: u16) -> ServerProcess {
+    fn spawn(dir: &Path, data: &Path, socket_dir: &Path, host: &str, port: u16) -> ServerProcess {
         let mut cmd = Command::new(server_bin("postgres"));
         as_server_user(&mut cmd)
             .arg("-D")
             .arg(data)
             .arg("-p")
             .arg(port.to_string())
-            .args(["-c", "listen_addresses=127.0.0.1"])
+            .arg("-c")
+            .arg(format!("listen_addresses={host}"))
             .arg("-c")
             .arg(format!("unix_socket_directories={}", socket_dir.display()))
             .args(["-c", "fsync=off", "-c", "full_page_writes=off"]);
@@ -125,15 +140,16 @@ impl Postgres {
 
     fn wait_ready(&mut self) {
         let port = self.port;
+        let host = self.host.clone();
         let process = &mut self.process;
         wait_until(
             "PostgreSQL to accept connections",
             Duration::from_secs(60),
             || {
                 process.assert_running();
-                port_open(port)
+                port_open_on(&host, port)
                     && Command::new(bin("pg_isready"))
-                        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+                        .args(["-h", &host, "-p", &port.to_string()])
                         .output()
                         .map(|o| o.status.success())
                         .unwrap_or(false)
@@ -144,7 +160,7 @@ impl Postgres {
     /// psql against `database` as the superuser over TCP, password from the environment.
     pub fn psql(&self, database: &str) -> Command {
         let mut cmd = Command::new(bin("psql"));
-        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+        cmd.args(["-h", &self.host, "-p", &self.port.to_string()])
             .args(["-U", &self.user, "-d", database])
             .args(["-v", "ON_ERROR_STOP=1", "-X", "-q", "-A", "-t"])
             .env("PGPASSWORD", &self.password);
@@ -172,13 +188,21 @@ impl Postgres {
 
     pub fn restart(&mut self) {
         self.process.stop();
-        self.process = Self::spawn(self.dir.path(), &self.data, &self.socket_dir, self.port);
+        self.process = Self::spawn(
+            self.dir.path(),
+            &self.data,
+            &self.socket_dir,
+            &self.host,
+            self.port,
+        );
         self.wait_ready();
     }
 }
 
 pub struct MariaDb {
     process: ServerProcess,
+    /// Where it listens: loopback, or the node's address for pods.
+    pub host: String,
     pub port: u16,
     /// A non-root account with all privileges, reachable over TCP with a password.
     pub user: String,
@@ -189,6 +213,10 @@ pub struct MariaDb {
 
 impl MariaDb {
     pub fn start() -> MariaDb {
+        Self::start_on("127.0.0.1")
+    }
+
+    pub fn start_on(host: &str) -> MariaDb {
         let (dir, data) = server_dirs("dbbackup-mariadb-");
         run_ok(
             as_server_user(&mut Command::new(server_bin("mariadb-install-db")))
@@ -202,9 +230,10 @@ impl MariaDb {
         chown_to_server_user(&run_dir);
         let socket = run_dir.join("mysqld.sock");
         let port = free_port();
-        let process = Self::spawn(dir.path(), &data, &socket, port);
+        let process = Self::spawn(dir.path(), &data, &socket, host, port);
         let mut db = MariaDb {
             process,
+            host: host.into(),
             port,
             user: "backup".into(),
             password: format!("dbPASS{}", random_token(24)),
@@ -218,7 +247,7 @@ impl MariaDb {
             Duration::from_secs(60),
             || {
                 process.assert_running();
-                port_open(port) && socket.exists()
+                port_open_on(host, port) && socket.exists()
             },
         );
         db.admin_sql(&format!(
@@ -229,14 +258,14 @@ impl MariaDb {
         db
     }
 
-    fn spawn(dir: &Path, data: &Path, socket: &Path, port: u16) -> ServerProcess {
+    fn spawn(dir: &Path, data: &Path, socket: &Path, host: &str, port: u16) -> ServerProcess {
         let mut cmd = Command::new(server_bin("mariadbd"));
         as_server_user(&mut cmd)
             .arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))
             .arg(format!("--socket={}", socket.display()))
             .arg(format!("--port={port}"))
-            .arg("--bind-address=127.0.0.1")
+            .arg(format!("--bind-address={host}"))
             .arg(format!(
                 "--pid-file={}",
                 data.join("mariadbd.pid").display()
@@ -264,7 +293,7 @@ impl MariaDb {
     pub fn client(&self, database: &str) -> Command {
         let mut cmd = Command::new(bin("mariadb"));
         cmd.arg("--no-defaults")
-            .args(["-h", "127.0.0.1", "-P", &self.port.to_string()])
+            .args(["-h", &self.host, "-P", &self.port.to_string()])
             .args([
                 "-u",
                 &self.user,

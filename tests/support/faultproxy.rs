@@ -25,10 +25,12 @@ pub struct FaultProxy {
 }
 
 impl FaultProxy {
+    /// A proxy on the upstream's own address (loopback, or the node's, which pods reach).
     pub async fn start(upstream: &str, rule: Rule) -> FaultProxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let upstream: Uri = upstream.parse().unwrap();
+        let host = upstream.host().unwrap().to_string();
+        let listener = tokio::net::TcpListener::bind((host, 0)).await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let rejected = Arc::new(AtomicUsize::new(0));
         let client: Client<_, Incoming> = Client::builder(TokioExecutor::new()).build_http();
         let counter = rejected.clone();

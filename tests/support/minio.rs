@@ -7,6 +7,8 @@ use tempfile::TempDir;
 
 pub struct Minio {
     process: ServerProcess,
+    /// Where it listens: loopback, or the node's address for pods.
+    pub host: String,
     pub port: u16,
     pub endpoint: String,
     pub access_key: String,
@@ -27,7 +29,12 @@ pub fn random_token(len: usize) -> String {
 
 impl Minio {
     pub fn start() -> Minio {
-        Self::start_in(&std::env::temp_dir())
+        Self::start_in(&std::env::temp_dir(), "127.0.0.1")
+    }
+
+    /// A server on the node's address, which pods reach.
+    pub fn start_for_pods() -> Minio {
+        Self::start_in(&std::env::temp_dir(), super::node::NODE_IP)
     }
 
     /// Frees the space of deleted objects now. MinIO moves them to a trash
@@ -42,26 +49,43 @@ impl Minio {
         }
     }
 
-    /// A server whose data lives under `parent` (a tmpfs takes the disk out of a benchmark).
-    pub fn start_in(parent: &std::path::Path) -> Minio {
+    /// A server on `host` whose data lives under `parent` (a tmpfs takes the
+    /// disk out of a benchmark).
+    pub fn start_in(parent: &std::path::Path, host: &str) -> Minio {
+        // Distinctive so that the secret scans cannot miss it.
+        let secret_key = format!("s3SECRET{}", random_token(32));
+        Self::start_with(
+            parent,
+            host,
+            &format!("AK{}", random_token(18)),
+            &secret_key,
+        )
+    }
+
+    /// A server with the given root credentials (the demo's are in its example Secret).
+    pub fn start_with(
+        parent: &std::path::Path,
+        host: &str,
+        access_key: &str,
+        secret_key: &str,
+    ) -> Minio {
         let dir = tempfile::Builder::new()
             .prefix("dbbackup-minio-")
             .tempdir_in(parent)
             .unwrap();
         let port = free_port();
-        let access_key = format!("AK{}", random_token(18));
-        // Distinctive so that the secret scans cannot miss it.
-        let secret_key = format!("s3SECRET{}", random_token(32));
+        let (access_key, secret_key) = (access_key.to_string(), secret_key.to_string());
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
-        let mut process = Self::spawn(dir.path(), &data, port, &access_key, &secret_key);
-        let endpoint = format!("http://127.0.0.1:{port}");
+        let mut process = Self::spawn(dir.path(), &data, host, port, &access_key, &secret_key);
+        let endpoint = format!("http://{host}:{port}");
         wait_until("MinIO to report live", Duration::from_secs(60), || {
             process.assert_running();
-            health_ok(port)
+            health_ok(host, port)
         });
         Minio {
             process,
+            host: host.into(),
             port,
             endpoint,
             access_key,
@@ -73,6 +97,7 @@ impl Minio {
     fn spawn(
         dir: &std::path::Path,
         data: &std::path::Path,
+        host: &str,
         port: u16,
         access_key: &str,
         secret_key: &str,
@@ -81,7 +106,7 @@ impl Minio {
         cmd.arg("server")
             .arg(data)
             .arg("--address")
-            .arg(format!("127.0.0.1:{port}"))
+            .arg(format!("{host}:{port}"))
             .arg("--console-address")
             .arg(format!("127.0.0.1:{}", free_port()))
             .arg("--quiet")
@@ -105,15 +130,16 @@ impl Minio {
         self.process = Self::spawn(
             self.dir.path(),
             &data,
+            &self.host,
             self.port,
             &self.access_key,
             &self.secret_key,
         );
-        let port = self.port;
+        let (host, port) = (&self.host, self.port);
         let process = &mut self.process;
         wait_until("MinIO to report live", Duration::from_secs(60), || {
             process.assert_running();
-            health_ok(port)
+            health_ok(host, port)
         });
     }
 
@@ -148,9 +174,9 @@ impl Minio {
     }
 }
 
-fn health_ok(port: u16) -> bool {
+fn health_ok(host: &str, port: u16) -> bool {
     use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+    let Ok(mut stream) = std::net::TcpStream::connect((host, port)) else {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));

@@ -3,15 +3,20 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod bed;
+pub mod cluster;
 pub mod controlplane;
 pub mod databases;
 pub mod faultproxy;
-pub mod kubelet;
+pub mod host;
+pub mod incluster;
 pub mod minio;
+pub mod node;
 pub mod operator;
 pub mod pipeline;
+pub mod pods;
 pub mod process;
 
+pub use cluster::Cluster;
 pub use controlplane::ControlPlane;
 pub use databases::{MariaDb, Postgres, run_ok};
 pub use minio::Minio;

@@ -43,6 +43,20 @@ pub struct RunningOperator {
 
 impl RunningOperator {
     pub fn start(client: &Client) -> RunningOperator {
+        Self::start_with(client, None, UPLOADER_IMAGE)
+    }
+
+    /// One watching `namespace` only, as tests sharing a cluster need, whose
+    /// upload pods run the real node's operator image.
+    pub fn start_in(client: &Client, namespace: &str) -> RunningOperator {
+        Self::start_with(client, Some(namespace.into()), super::node::OPERATOR_IMAGE)
+    }
+
+    fn start_with(
+        client: &Client,
+        namespace: Option<String>,
+        uploader_image: &str,
+    ) -> RunningOperator {
         // Operator logs go to the test's output (shown for failing tests).
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
@@ -57,11 +71,11 @@ impl RunningOperator {
         let ctx = Arc::new(Context::new(
             client,
             Settings {
-                uploader_image: UPLOADER_IMAGE.into(),
+                uploader_image: uploader_image.into(),
             },
             metrics,
         ));
-        let handle = tokio::spawn(controller::run(ctx.clone(), None));
+        let handle = tokio::spawn(controller::run(ctx.clone(), namespace));
         RunningOperator { ctx, handle }
     }
 
@@ -251,7 +265,7 @@ impl OperatorProcess {
         extra_args: &[String],
     ) -> OperatorProcess {
         let port = super::process::free_port();
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_dbbackup-operator"));
+        let mut cmd = std::process::Command::new(super::process::operator_bin());
         cmd.arg("run")
             .arg(format!("--listen=127.0.0.1:{port}"))
             .args(extra_args)
@@ -259,7 +273,7 @@ impl OperatorProcess {
             .env("KUBECONFIG", kubeconfig)
             .env("POD_NAME", pod_name)
             .env("RUST_LOG", "info,kube=warn")
-            .env("DBBACKUP_UPLOADER_IMAGE", UPLOADER_IMAGE);
+            .env("DBBACKUP_UPLOADER_IMAGE", super::node::OPERATOR_IMAGE);
         let logs = tempfile::tempdir().unwrap();
         let process =
             super::process::ServerProcess::spawn(pod_name, cmd, logs.path(), libc::SIGTERM);

@@ -259,7 +259,7 @@ pub fn upload_command(minio: &Minio, staging: &Staging, opts: &UploadOpts) -> (C
 /// The operator binary's `subcommand` with the environment its job pods get
 /// for `minio`'s bucket (bucket, endpoint, keys), and nothing else.
 pub fn store_command(minio: &Minio, subcommand: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dbbackup-operator"));
+    let mut cmd = Command::new(super::process::operator_bin());
     cmd.arg(subcommand)
         .env_clear()
         .env("PATH", path_env())

@@ -18,6 +18,21 @@ pub fn bin_dir() -> PathBuf {
     }
 }
 
+/// The operator binary cargo built with the tests. Examples (the demo's
+/// cluster) get no CARGO_BIN_EXE_*: theirs sits one directory below it.
+pub fn operator_bin() -> PathBuf {
+    match option_env!("CARGO_BIN_EXE_dbbackup-operator") {
+        Some(path) => PathBuf::from(path),
+        None => {
+            let exe = std::env::current_exe().expect("the running executable's path");
+            exe.parent()
+                .and_then(Path::parent)
+                .expect("an example under target/<profile>/examples")
+                .join("dbbackup-operator")
+        }
+    }
+}
+
 /// Path of one test-bed binary. A missing binary fails the test loudly: the
 /// test bed is part of the project, never optional.
 pub fn bin(name: &str) -> PathBuf {
@@ -59,6 +74,35 @@ pub fn free_port() -> u16 {
     panic!("no free loopback port between {FIRST} and {ephemeral}");
 }
 
+/// Forks `cmd` from one thread that lives as long as the test process.
+/// PR_SET_PDEATHSIG fires when the thread that forked a child ends, and a
+/// test's thread ends before a server shared by the whole test binary should.
+fn spawn_from_keeper(cmd: Command) -> std::io::Result<Child> {
+    use std::sync::mpsc::{Sender, channel};
+    use std::sync::{Mutex, OnceLock};
+    type Request = (Command, Sender<std::io::Result<Child>>);
+    static KEEPER: OnceLock<Mutex<Sender<Request>>> = OnceLock::new();
+    let keeper = KEEPER.get_or_init(|| {
+        let (tx, rx) = channel::<Request>();
+        std::thread::Builder::new()
+            .name("process-keeper".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .expect("start the process keeper thread");
+        Mutex::new(tx)
+    });
+    let (tx, rx) = channel();
+    keeper
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send((cmd, tx))
+        .expect("the process keeper thread runs");
+    rx.recv().expect("the process keeper thread answers")
+}
+
 /// A server process killed (and reaped) on drop, including when the test panics.
 /// It is also started with PR_SET_PDEATHSIG, so an aborted test binary takes it down too.
 pub struct ServerProcess {
@@ -87,9 +131,9 @@ impl ServerProcess {
                 Ok(())
             });
         }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("failed to start {name} ({:?}): {e}", cmd.get_program()));
+        let program = cmd.get_program().to_owned();
+        let child = spawn_from_keeper(cmd)
+            .unwrap_or_else(|e| panic!("failed to start {name} ({program:?}): {e}"));
         ServerProcess {
             name: name.to_string(),
             child,
@@ -172,13 +216,23 @@ pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool
 
 /// True once something accepts TCP connections on 127.0.0.1:`port`.
 pub fn port_open(port: u16) -> bool {
-    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    port_open_on("127.0.0.1", port)
+}
+
+/// True once something accepts TCP connections on `host`:`port`.
+pub fn port_open_on(host: &str, port: u16) -> bool {
+    std::net::TcpStream::connect((host, port)).is_ok()
 }
 
 /// A plain HTTP GET on 127.0.0.1:`port`: the status code and the body.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    http_get_on("127.0.0.1", port, path)
+}
+
+/// A plain HTTP GET on `host`:`port`: the status code and the body.
+pub fn http_get_on(host: &str, port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let mut s = std::net::TcpStream::connect((host, port)).ok()?;
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"

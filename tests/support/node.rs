@@ -1,0 +1,589 @@
+//! A real node for the test bed: containerd, runc and the CNI plugins from
+//! Debian; kubelet, kube-scheduler, kube-proxy and CoreDNS built from Go
+//! modules; the images that `tests/testenv/images/build.sh` builds, imported
+//! into containerd. Every pod the tests make runs in a real container.
+//!
+//! How it fits this kind of machine (root, cgroup v1, no CAP_SYS_RESOURCE):
+//! - containerd and the kubelet share a private mount namespace, so every
+//!   mount they make (snapshots, Secret tmpfs, network namespaces, volumes)
+//!   ends with them; tmpfs over the fixed paths /run/netns, /var/lib/cni and
+//!   /var/log/containers keeps those off the host too.
+//! - the node's address is the CNI bridge's: pods reach nothing on the host's
+//!   127.0.0.1, so servers that pods use listen on `NODE_IP`. IP forwarding
+//!   stays off, so no pod packet can leave the machine.
+//! - one node on the machine at a time (a lock file). Starting one first
+//!   sweeps what a killed run left; dropping it removes every process,
+//!   cgroup, iptables chain, the bridge, and restores the sysctls the kubelet
+//!   sets.
+
+use super::controlplane::ControlPlane;
+pub use super::host::{HostNetwork, leftovers};
+use super::host::{create_cgroup_root, sweep};
+use super::process::{ServerProcess, bin, bin_dir, free_port, port_open_on, wait_until};
+use k8s_openapi::api::core::v1::{Node as KubeNode, PersistentVolume, ServiceAccount};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::{Api, PostParams};
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+pub const NODE_NAME: &str = "dbbackup-node";
+/// The CNI bridge; its address is the node's, and where pods find the host.
+pub const BRIDGE: &str = "dbb0";
+pub const NODE_IP: &str = "10.88.0.1";
+const POD_SUBNET: &str = "10.88.0.0/16";
+/// The kubelet's cgroupRoot, in every cgroup v1 hierarchy.
+pub const CGROUP_ROOT: &str = "dbbackup-node";
+/// The default StorageClass: local PersistentVolumes, bound once a pod is scheduled.
+pub const STORAGE_CLASS: &str = "local";
+/// Images the tests and the chart use; built by tests/testenv/images/build.sh.
+pub const PAUSE_IMAGE: &str = "dbbackup.local/pause:1";
+pub const MARIADB_IMAGE: &str = "dbbackup.local/mariadb:10.11";
+pub const POSTGRES_IMAGE: &str = "dbbackup.local/postgres:15";
+pub const OPERATOR_IMAGE: &str = "dbbackup.local/dbbackup-operator:dev";
+/// Paths containerd and the kubelet write at fixed places: a tmpfs of the
+/// private mount namespace covers each.
+pub(crate) const HIDDEN_PATHS: &[&str] = &["/run/netns", "/var/lib/cni", "/var/log/containers"];
+
+pub struct Node {
+    // Field order is drop order: the kubelet first, containerd last.
+    kubelet: Option<ServerProcess>,
+    proxy: Option<ServerProcess>,
+    scheduler: Option<ServerProcess>,
+    dns: Option<ServerProcess>,
+    containerd: Option<ServerProcess>,
+    kubeconfig: PathBuf,
+    dir: TempDir,
+}
+
+impl Node {
+    /// Starts the node against `cp` (started `for_node`) and waits until it is
+    /// Ready, its images are in containerd, and the default StorageClass exists.
+    pub async fn start(cp: &ControlPlane) -> Node {
+        let dir = tempfile::Builder::new()
+            .prefix("dbbackup-node-")
+            .tempdir()
+            .unwrap();
+        let d = dir.path();
+        for sub in [
+            "containerd",
+            "cni/net.d",
+            "cni/ipam",
+            "kubelet",
+            "pod-logs",
+            "volumes",
+        ] {
+            std::fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        std::fs::write(d.join("resolv.conf"), "").unwrap();
+        create_cgroup_root();
+        let mut node = Node {
+            kubelet: None,
+            proxy: None,
+            scheduler: None,
+            dns: None,
+            containerd: None,
+            kubeconfig: cp.kubeconfig.clone(),
+            dir,
+        };
+        node.containerd = Some(node.start_containerd());
+        build_operator_image();
+        node.import_images();
+        node.scheduler = Some(node.start_scheduler());
+        node.proxy = Some(node.start_proxy());
+        node.dns = Some(node.start_dns());
+        node.kubelet = Some(node.start_kubelet(cp));
+        node.wait_ready(cp).await;
+        node
+    }
+
+    /// An empty resolv.conf: for the node's own processes and, as the
+    /// kubelet's base, for pods (no search domain or name server of the host).
+    fn resolv_conf(&self) -> PathBuf {
+        self.dir.path().join("resolv.conf")
+    }
+
+    fn sock(&self) -> PathBuf {
+        self.dir.path().join("containerd/containerd.sock")
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn start_containerd(&self) -> ServerProcess {
+        let d = self.dir.path();
+        self.write(
+            "cni/net.d/10-dbbackup.conflist",
+            &serde_json::json!({
+                "cniVersion": "1.0.0",
+                "name": "dbbackup",
+                "plugins": [{
+                    "type": "bridge",
+                    "bridge": BRIDGE,
+                    // The bridge already has NODE_IP; no gateway setup and
+                    // so no IP forwarding switched on by the plugin.
+                    "isGateway": false,
+                    "ipMasq": false,
+                    "hairpinMode": true,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{ "subnet": POD_SUBNET, "gateway": NODE_IP }]],
+                        "routes": [{ "dst": "0.0.0.0/0" }],
+                        "dataDir": d.join("cni/ipam"),
+                    }
+                }]
+            })
+            .to_string(),
+        );
+        let config = self.write(
+            "containerd/config.toml",
+            &format!(
+                r#"version = 2
+root = "{d}/containerd/root"
+state = "{d}/containerd/state"
+disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs", "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
+[grpc]
+  address = "{sock}"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{d}/containerd/opt"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{PAUSE_IMAGE}"
+  # No CAP_SYS_RESOURCE in this VM: without it every sandbox fails.
+  restrict_oom_score_adj = true
+  enable_selinux = false
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{d}/cni/net.d"
+"#,
+                d = d.display(),
+                sock = self.sock().display()
+            ),
+        );
+        let mut cmd = Command::new("containerd");
+        cmd.arg("--config").arg(&config);
+        let hidden: Vec<std::ffi::CString> = HIDDEN_PATHS
+            .iter()
+            .map(|p| std::ffi::CString::new(*p).unwrap())
+            .collect();
+        // No name server for containerd and the kubelet: an image that is not
+        // here fails to pull at once, and asks nothing of the network.
+        let resolv = std::ffi::CString::new(self.resolv_conf().to_str().unwrap()).unwrap();
+        // SAFETY: between fork and exec only async-signal-safe syscalls, on
+        // strings allocated before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let none = c"none";
+                if libc::mount(
+                    none.as_ptr(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                for p in &hidden {
+                    if libc::mount(
+                        c"tmpfs".as_ptr(),
+                        p.as_ptr(),
+                        c"tmpfs".as_ptr(),
+                        0,
+                        c"mode=0755".as_ptr().cast(),
+                    ) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                if libc::mount(
+                    resolv.as_ptr(),
+                    c"/etc/resolv.conf".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut p = ServerProcess::spawn("containerd", cmd, self.dir.path(), libc::SIGTERM);
+        let sock = self.sock();
+        wait_until("containerd to serve", Duration::from_secs(30), || {
+            p.assert_running();
+            sock.exists()
+                && Command::new("ctr")
+                    .arg("--address")
+                    .arg(&sock)
+                    .arg("version")
+                    .output()
+                    .map(|o| o.status.success())
+                    .unwrap_or(false)
+        });
+        p
+    }
+
+    /// Imports every image archive the build script published.
+    fn import_images(&self) {
+        let images = images_dir();
+        for name in ["pause", "mariadb", "postgres", "operator"] {
+            let archive = images.join(format!("{name}.tar"));
+            assert!(
+                archive.exists(),
+                "image archive {} is missing: run `bash tests/testenv/install.sh` (and, for the operator, tests/run.sh)",
+                archive.display()
+            );
+            let mut cmd = Command::new("ctr");
+            cmd.arg("--address")
+                .arg(self.sock())
+                .args(["-n", "k8s.io", "images", "import"])
+                .arg(&archive);
+            super::run_ok(&mut cmd);
+        }
+    }
+
+    fn start_scheduler(&self) -> ServerProcess {
+        let mut cmd = Command::new(bin("kube-scheduler"));
+        cmd.arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+            .arg(format!(
+                "--authentication-kubeconfig={}",
+                self.kubeconfig.display()
+            ))
+            .arg(format!(
+                "--authorization-kubeconfig={}",
+                self.kubeconfig.display()
+            ))
+            .arg("--leader-elect=false")
+            .arg("--bind-address=127.0.0.1")
+            .arg(format!("--secure-port={}", free_port()))
+            .arg("--v=0");
+        ServerProcess::spawn("kube-scheduler", cmd, self.dir.path(), libc::SIGTERM)
+    }
+
+    fn start_proxy(&self) -> ServerProcess {
+        let config = self.write(
+            "kube-proxy.yaml",
+            &format!(
+                r#"apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: iptables
+clientConnection:
+  kubeconfig: {kc}
+hostnameOverride: {NODE_NAME}
+bindAddress: {NODE_IP}
+healthzBindAddress: 127.0.0.1:{healthz}
+metricsBindAddress: 127.0.0.1:{metrics}
+clusterCIDR: {POD_SUBNET}
+nodePortAddresses: ["{NODE_IP}/32"]
+# Leave the host's sysctls alone: no localhost NodePorts, no conntrack tuning.
+iptables:
+  localhostNodePorts: false
+conntrack:
+  maxPerCore: 0
+  min: 0
+  tcpEstablishedTimeout: 0s
+  tcpCloseWaitTimeout: 0s
+oomScoreAdj: 0
+"#,
+                kc = self.kubeconfig.display(),
+                healthz = free_port(),
+                metrics = free_port(),
+            ),
+        );
+        let mut cmd = Command::new(bin("kube-proxy"));
+        cmd.arg(format!("--config={}", config.display()))
+            .arg("--v=0");
+        ServerProcess::spawn("kube-proxy", cmd, self.dir.path(), libc::SIGTERM)
+    }
+
+    /// CoreDNS on the node's address, answering for cluster.local only:
+    /// no name outside the cluster resolves in a pod.
+    fn start_dns(&self) -> ServerProcess {
+        let ready = free_port();
+        let corefile = self.write(
+            "Corefile",
+            &format!(
+                r#".:53 {{
+    bind {NODE_IP}
+    errors
+    kubernetes cluster.local in-addr.arpa ip6.arpa {{
+        kubeconfig {kc}
+        pods insecure
+        ttl 5
+    }}
+    ready 127.0.0.1:{ready}
+}}
+"#,
+                kc = self.kubeconfig.display()
+            ),
+        );
+        let mut cmd = Command::new(bin("coredns"));
+        cmd.arg("-conf").arg(&corefile);
+        let mut p = ServerProcess::spawn("coredns", cmd, self.dir.path(), libc::SIGTERM);
+        wait_until("CoreDNS to be ready", Duration::from_secs(60), || {
+            p.assert_running();
+            super::process::http_get(ready, "/ready").is_some_and(|(code, _)| code == 200)
+        });
+        p
+    }
+
+    fn start_kubelet(&self, cp: &ControlPlane) -> ServerProcess {
+        let d = self.dir.path();
+        let config = self.write(
+            "kubelet.yaml",
+            &format!(
+                r#"apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: {NODE_IP}
+port: {port}
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: {healthz}
+authentication:
+  anonymous:
+    enabled: false
+  webhook:
+    enabled: false
+  x509:
+    clientCAFile: {ca}
+authorization:
+  mode: AlwaysAllow
+containerRuntimeEndpoint: unix://{sock}
+cgroupDriver: cgroupfs
+cgroupRoot: /{CGROUP_ROOT}
+failCgroupV1: false
+failSwapOn: false
+clusterDNS: [{NODE_IP}]
+clusterDomain: cluster.local
+resolvConf: {resolv}
+podLogsDir: {d}/pod-logs
+enableControllerAttachDetach: false
+serializeImagePulls: false
+# The machine's disk may be nearly full: evict and collect images only at the very end.
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard:
+  memory.available: 50Mi
+  nodefs.available: 1%
+  imagefs.available: 1%
+  nodefs.inodesFree: 1%
+"#,
+                port = free_port(),
+                healthz = free_port(),
+                ca = cp.ca_cert().display(),
+                sock = self.sock().display(),
+                resolv = self.resolv_conf().display(),
+                d = d.display(),
+            ),
+        );
+        let mut cmd = Command::new(bin("kubelet"));
+        cmd.arg(format!("--config={}", config.display()))
+            .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+            .arg(format!("--root-dir={}", d.join("kubelet").display()))
+            .arg(format!("--cert-dir={}", d.join("kubelet/pki").display()))
+            .arg(format!("--hostname-override={NODE_NAME}"))
+            .arg(format!("--node-ip={NODE_IP}"))
+            .arg("--v=0");
+        // The kubelet mounts volumes where containerd's shims see them: in
+        // containerd's mount namespace.
+        let ns = File::open(format!(
+            "/proc/{}/ns/mnt",
+            self.containerd.as_ref().unwrap().pid()
+        ))
+        .unwrap();
+        let fd = ns.as_raw_fd();
+        // SAFETY: setns(2) on an fd opened before the fork; kept open by `ns`.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNS) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let p = ServerProcess::spawn("kubelet", cmd, self.dir.path(), libc::SIGTERM);
+        drop(ns);
+        p
+    }
+
+    async fn wait_ready(&mut self, cp: &ControlPlane) {
+        let client = cp.client().await;
+        let nodes: Api<KubeNode> = Api::all(client.clone());
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            for p in [&mut self.kubelet, &mut self.proxy, &mut self.scheduler]
+                .into_iter()
+                .flatten()
+            {
+                p.assert_running();
+            }
+            // Ready, and schedulable: the not-ready taint lifted.
+            let ready = nodes
+                .get_opt(NODE_NAME)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|n| {
+                    let taints = n.spec.and_then(|s| s.taints).unwrap_or_default();
+                    taints.is_empty()
+                        && n.status
+                            .and_then(|s| s.conditions)
+                            .unwrap_or_default()
+                            .iter()
+                            .any(|c| c.type_ == "Ready" && c.status == "True")
+                });
+            if ready {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {NODE_NAME} not Ready after 120s; kubelet:\n{}",
+                self.kubelet.as_ref().unwrap().log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let classes: Api<StorageClass> = Api::all(client.clone());
+        let class: StorageClass = serde_json::from_value(serde_json::json!({
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "StorageClass",
+            "metadata": {
+                "name": STORAGE_CLASS,
+                "annotations": { "storageclass.kubernetes.io/is-default-class": "true" }
+            },
+            "provisioner": "kubernetes.io/no-provisioner",
+            // hostPath volumes ignore fsGroup; local ones, bound at scheduling, do not.
+            "volumeBindingMode": "WaitForFirstConsumer",
+            "reclaimPolicy": "Retain"
+        }))
+        .unwrap();
+        classes
+            .create(&PostParams::default(), &class)
+            .await
+            .unwrap();
+        // Pods cannot be created in a namespace before its default ServiceAccount.
+        let sas: Api<ServiceAccount> = Api::namespaced(client, "default");
+        super::operator::wait_for(
+            "the default ServiceAccount",
+            Duration::from_secs(60),
+            || async { sas.get_opt("default").await.ok().flatten() },
+        )
+        .await;
+    }
+
+    /// A local PersistentVolume reserved for claim `ns/claim`, and its host directory.
+    pub async fn volume_for(&self, client: &kube::Client, ns: &str, claim: &str) -> PathBuf {
+        let name = format!("{ns}-{claim}");
+        let path = self.dir.path().join("volumes").join(&name);
+        std::fs::create_dir_all(&path).unwrap();
+        let pv: PersistentVolume = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": { "name": name },
+            "spec": {
+                "capacity": { "storage": "100Gi" },
+                "accessModes": ["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": STORAGE_CLASS,
+                "claimRef": { "namespace": ns, "name": claim },
+                "local": { "path": path },
+                "nodeAffinity": { "required": { "nodeSelectorTerms": [{ "matchExpressions": [{
+                    "key": "kubernetes.io/hostname", "operator": "In", "values": [NODE_NAME]
+                }]}]}}
+            }
+        }))
+        .unwrap();
+        Api::<PersistentVolume>::all(client.clone())
+            .create(&PostParams::default(), &pv)
+            .await
+            .unwrap();
+        path
+    }
+
+    pub fn kubelet_log(&self) -> String {
+        self.kubelet.as_ref().map(|k| k.log()).unwrap_or_default()
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        [
+            &self.kubelet,
+            &self.proxy,
+            &self.scheduler,
+            &self.dns,
+            &self.containerd,
+        ]
+        .into_iter()
+        .flatten()
+        .map(|p| p.pid())
+        .collect()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // The kubelet first, so that it restarts nothing we then kill.
+        for p in [
+            &mut self.kubelet,
+            &mut self.scheduler,
+            &mut self.proxy,
+            &mut self.dns,
+        ] {
+            drop(p.take());
+        }
+        let containerd_dir = self.dir.path().join("containerd");
+        // Containers and their shims, then containerd itself.
+        sweep(Some(&containerd_dir));
+        drop(self.containerd.take());
+        let _ = Command::new(bin("kube-proxy")).arg("--cleanup").output();
+        sweep(Some(&containerd_dir));
+    }
+}
+
+fn images_dir() -> PathBuf {
+    bin_dir().parent().unwrap().join("images")
+}
+
+/// Builds (or finds, cached by the binary's hash) the operator image from the
+/// release binary next to this test's debug binary.
+pub fn build_operator_image() {
+    let debug = super::process::operator_bin();
+    let release = debug
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("release/dbbackup-operator");
+    assert!(
+        release.exists(),
+        "the operator image is built from the release binary, and {} is missing: run `cargo build --release` (tests/run.sh does)",
+        release.display()
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testenv/images/build.sh");
+    super::run_ok(
+        Command::new("bash")
+            .arg(script)
+            .arg("operator")
+            .arg(release),
+    );
+}
+
+/// True once something accepts connections on `NODE_IP:port`.
+pub fn node_port_open(port: u16) -> bool {
+    port_open_on(NODE_IP, port)
+}

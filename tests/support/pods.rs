@@ -1,0 +1,118 @@
+//! Our pods on the real node, each reported once, in creation order, when it
+//! has finished: its exit code and what its containers printed.
+
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use kube::api::{Api, ListParams, LogParams};
+use kube::{Client, ResourceExt};
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+/// One finished pod.
+#[derive(Clone, Debug)]
+pub struct RanPod {
+    pub name: String,
+    pub uid: String,
+    pub step: String,
+    pub exit_code: i32,
+    /// The output of its init containers and its container, in that order.
+    pub output: String,
+    /// When its termination was first seen in the apiserver.
+    pub reported: Instant,
+}
+
+pub struct Pods {
+    api: Api<Pod>,
+    seen: HashSet<String>,
+}
+
+impl Pods {
+    pub fn new(client: &Client, namespace: &str) -> Pods {
+        Pods {
+            api: Api::namespaced(client.clone(), namespace),
+            seen: HashSet::new(),
+        }
+    }
+
+    /// Waits until the next `count` pods of ours (oldest first) have finished.
+    pub async fn finished(&mut self, count: usize, timeout: Duration) -> Vec<RanPod> {
+        let deadline = Instant::now() + timeout;
+        let mut done = vec![];
+        while done.len() < count {
+            let mut list = self
+                .api
+                .list(
+                    &ListParams::default().labels("app.kubernetes.io/managed-by=dbbackup-operator"),
+                )
+                .await
+                .unwrap()
+                .items;
+            list.sort_by_key(|p| p.metadata.creation_timestamp.clone().map(|t| t.0));
+            let next = list
+                .into_iter()
+                .find(|p| !self.seen.contains(&p.uid().unwrap()));
+            match next {
+                Some(pod) if finished(&pod) => {
+                    self.seen.insert(pod.uid().unwrap());
+                    done.push(self.ran(pod).await);
+                    continue;
+                }
+                next => assert!(
+                    Instant::now() < deadline,
+                    "timed out waiting for pods to finish: {} of {count} finished; next: {:?}",
+                    done.len(),
+                    next.map(|p| (p.name_any(), p.status))
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        done
+    }
+
+    async fn ran(&self, pod: Pod) -> RanPod {
+        let status = pod.status.clone().unwrap_or_default();
+        let statuses: Vec<ContainerStatus> = status
+            .init_container_statuses
+            .unwrap_or_default()
+            .into_iter()
+            .chain(status.container_statuses.unwrap_or_default())
+            .collect();
+        // The first container that failed decides, as it stopped the pod.
+        let exit_code = statuses
+            .iter()
+            .filter_map(|s| s.state.as_ref()?.terminated.as_ref())
+            .map(|t| t.exit_code)
+            .find(|c| *c != 0)
+            .unwrap_or(0);
+        let mut output = String::new();
+        for s in &statuses {
+            let params = LogParams {
+                container: Some(s.name.clone()),
+                ..Default::default()
+            };
+            output += &self
+                .api
+                .logs(&pod.name_any(), &params)
+                .await
+                .unwrap_or_default();
+        }
+        RanPod {
+            name: pod.name_any(),
+            uid: pod.uid().unwrap(),
+            step: pod
+                .labels()
+                .get("dbbackup.io/step")
+                .cloned()
+                .unwrap_or_default(),
+            exit_code,
+            output,
+            reported: Instant::now(),
+        }
+    }
+}
+
+fn finished(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
