@@ -171,6 +171,19 @@ pub(crate) fn secret_env(name: &str, secret: &str, key: &str, optional: bool) ->
     }
 }
 
+/// A container whose command, args and env values the kubelet passes on as
+/// written. It expands `$(VAR)` and turns `$$` into `$` in those fields; every
+/// `$` we put there (scripts, names from the spec) is meant literally.
+pub(crate) fn literal(mut c: Container) -> Container {
+    let escape = |s: &mut String| *s = s.replace('$', "$$");
+    c.command.iter_mut().flatten().for_each(escape);
+    c.args.iter_mut().flatten().for_each(escape);
+    for e in c.env.iter_mut().flatten() {
+        e.value.iter_mut().for_each(escape);
+    }
+    c
+}
+
 pub(crate) fn plain_env(name: &str, value: &str) -> EnvVar {
     EnvVar {
         name: name.to_string(),
@@ -334,7 +347,7 @@ pub fn dump_cronjob(db: &DatabaseBackup) -> CronJob {
     let mut env = credentials_env(&spec.database);
     env.push(plain_env("TZ", &spec.time_zone));
     env.extend(client_home_env(engine));
-    let container = Container {
+    let container = literal(Container {
         name: "dump".into(),
         image: Some(database_image(&spec.database)),
         command: Some(vec!["/bin/sh".into(), "-c".into(), script]),
@@ -350,7 +363,7 @@ pub fn dump_cronjob(db: &DatabaseBackup) -> CronJob {
         termination_message_path: Some(TERMINATION_LOG.into()),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Default::default()
-    };
+    });
     let pod = base_pod(db, DUMP_UID, container, volumes);
     cronjob(db, Step::Dump, &spec.schedule, pod)
 }
@@ -428,7 +441,7 @@ pub fn upload_cronjob(db: &DatabaseBackup, settings: &Settings) -> CronJob {
     let mut env = store_env(bucket);
     env.push(plain_env("HOME", "/tmp"));
     let (volumes, mounts) = volumes(db, true);
-    let container = Container {
+    let container = literal(Container {
         name: "upload".into(),
         image: Some(settings.uploader_image.clone()),
         args: Some(args),
@@ -439,7 +452,7 @@ pub fn upload_cronjob(db: &DatabaseBackup, settings: &Settings) -> CronJob {
         termination_message_path: Some(TERMINATION_LOG.into()),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Default::default()
-    };
+    });
     let mut pod = base_pod(db, UPLOAD_UID, container, volumes);
     if pod.affinity.is_none() {
         pod.affinity = Some(prefer_dump_node(&db.name_any()));
@@ -627,6 +640,35 @@ mod tests {
         );
         let custom = fixture("postgres", serde_json::json!({"database": {"port": 6432}}));
         assert_eq!(database_port(&custom.spec.database), 6432);
+    }
+
+    #[test]
+    fn dollars_reach_the_container_as_written() {
+        let db = fixture(
+            "postgres",
+            serde_json::json!({"database": {"name": "a$$b$(HOME)"}, "bucket": {"prefix": "p$(X)/"}}),
+        );
+        let dump = dump_cronjob(&db)
+            .spec
+            .job_template
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        let script = &dump.containers[0].command.as_ref().unwrap()[2];
+        assert!(script.contains("'a$$$$b$$(HOME)'"), "{script}");
+        assert!(script.contains(r#"line="$$(date"#), "{script}");
+        let upload = upload_cronjob(&db, &settings())
+            .spec
+            .job_template
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        let args = upload.containers[0].args.clone().unwrap();
+        assert!(args.contains(&"--prefix=p$$(X)/".to_string()), "{args:?}");
     }
 
     #[test]

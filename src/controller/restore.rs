@@ -103,7 +103,7 @@ pub fn restore_job(r: &DatabaseRestore, source: &Source, settings: &Settings) ->
     fetch_args.extend(store_args(&source.bucket));
     let mut fetch_env = store_env(&source.bucket);
     fetch_env.push(plain_env("HOME", "/tmp"));
-    let fetch = Container {
+    let fetch = resources::literal(Container {
         name: "fetch".into(),
         image: Some(settings.uploader_image.clone()),
         args: Some(fetch_args),
@@ -118,7 +118,7 @@ pub fn restore_job(r: &DatabaseRestore, source: &Source, settings: &Settings) ->
         termination_message_path: Some(TERMINATION_LOG.into()),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Default::default()
-    };
+    });
 
     let script = restore::restore_script(&restore::RestoreTarget {
         engine,
@@ -129,7 +129,7 @@ pub fn restore_job(r: &DatabaseRestore, source: &Source, settings: &Settings) ->
     });
     let mut env = resources::credentials_env(target);
     env.extend(resources::client_home_env(engine));
-    let load = Container {
+    let load = resources::literal(Container {
         name: "restore".into(),
         image: Some(resources::database_image(target)),
         command: Some(vec!["/bin/sh".into(), "-c".into(), script]),
@@ -145,7 +145,7 @@ pub fn restore_job(r: &DatabaseRestore, source: &Source, settings: &Settings) ->
         termination_message_path: Some(TERMINATION_LOG.into()),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Default::default()
-    };
+    });
 
     let labels = labels(&name);
     Job {

@@ -259,7 +259,7 @@ fn out_of_memory(pod: &Pod) -> String {
         });
     match limit {
         Some(q) => format!("out of memory (limit {})", q.0),
-        None => "out of memory (no limit set: the node ran out)".to_string(),
+        None => "out of memory (no memory limit set)".to_string(),
     }
 }
 
@@ -551,7 +551,14 @@ mod report_tests {
                         exit_code: exit,
                         message: Some(message.into()),
                         finished_at: Some(at(finished)),
-                        reason: Some(if exit == 0 { "Completed" } else { "OOMKilled" }.into()),
+                        reason: Some(
+                            match exit {
+                                0 => "Completed",
+                                137 => "OOMKilled",
+                                _ => "Error",
+                            }
+                            .into(),
+                        ),
                         ..Default::default()
                     }),
                     ..Default::default()
@@ -628,13 +635,42 @@ mod report_tests {
     }
 
     #[test]
+    fn an_oom_kill_names_the_memory_limit_over_the_steps_own_result() {
+        let mut p = pod(
+            "x",
+            "dump",
+            "Failed",
+            137,
+            r#"{"step":"dump","outcome":"failed","log":"2025-11-25,04:00:00,database dump failed: dump tool exited with status 137"}"#,
+            1_764_039_600,
+        );
+        let paris = chrono_tz::Tz::from_str("Europe/Paris").unwrap();
+        let r = pod_report(&p, paris).unwrap();
+        assert_eq!(
+            r.result.log,
+            "2025-11-25,04:00:00,database dump failed: out of memory (no memory limit set)"
+        );
+        p.spec = Some(
+            serde_json::from_value(serde_json::json!({"containers": [{
+                "name": "dump", "resources": {"limits": {"memory": "24Mi"}}
+            }]}))
+            .unwrap(),
+        );
+        let r = pod_report(&p, paris).unwrap();
+        assert_eq!(
+            r.result.log,
+            "2025-11-25,04:00:00,database dump failed: out of memory (limit 24Mi)"
+        );
+    }
+
+    #[test]
     fn a_pod_without_a_result_still_reports_its_failure() {
-        let p = pod("x", "dump", "Failed", 137, "", 1_764_039_600);
+        let p = pod("x", "dump", "Failed", 1, "", 1_764_039_600);
         let r = pod_report(&p, chrono_tz::Tz::from_str("Europe/Paris").unwrap()).unwrap();
         assert_eq!(r.result.outcome, Outcome::Failed);
         assert_eq!(
             r.result.log,
-            "2025-11-25,04:00:00,database dump failed: container exited with code 137 (OOMKilled)"
+            "2025-11-25,04:00:00,database dump failed: container exited with code 1 (Error)"
         );
         let mut status = DatabaseBackupStatus::default();
         let notes = record_reports(&mut status, vec![r], &["x".into()], None, &at(1));

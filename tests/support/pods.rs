@@ -89,11 +89,18 @@ impl Pods {
                 container: Some(s.name.clone()),
                 ..Default::default()
             };
-            output += &self
-                .api
-                .logs(&pod.name_any(), &params)
-                .await
-                .unwrap_or_default();
+            let logs = self.api.logs(&pod.name_any(), &params).await;
+            output += &logs.unwrap_or_else(|e| format!("(no logs of {}: {e})\n", s.name));
+            let terminated = s.state.as_ref().and_then(|st| st.terminated.as_ref());
+            if let Some(t) = terminated.filter(|t| t.exit_code != 0) {
+                output += &format!(
+                    "{} exited {} ({}): {}\n",
+                    s.name,
+                    t.exit_code,
+                    t.reason.as_deref().unwrap_or_default(),
+                    t.message.as_deref().unwrap_or_default()
+                );
+            }
         }
         RanPod {
             name: pod.name_any(),
