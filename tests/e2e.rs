@@ -11,12 +11,13 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use std::time::Duration;
 use support::bed::*;
+use support::incluster::HelmOperator;
 use support::operator::*;
 use support::pipeline::*;
 use support::pods::{Pods, RanPod};
 
 async fn end_to_end(engine: Engine) {
-    let (b, op, mut pods) = ready_bed(engine, "").await;
+    let (b, op, mut pods) = ready_bed_in_cluster(engine, "").await;
     let mut latencies = vec![];
     let day = today();
 
@@ -80,6 +81,14 @@ async fn end_to_end(engine: Engine) {
         );
     }
 
+    // The operator's pod: Ready through its probe (helm waited for it), and
+    // its /metrics answer on the pod's address.
+    let op_pods = op.pods(&b.client).await;
+    assert_eq!(op_pods.len(), 1);
+    assert!(support::incluster::ready(&op_pods[0]));
+    let reconciles = HelmOperator::metric(&op_pods[0], "dbbackup_reconciles_total");
+    assert!(reconciles.is_some_and(|n| n >= 3), "{reconciles:?}");
+
     latencies.sort();
     let p50 = latencies[latencies.len() / 2];
     println!(
@@ -105,10 +114,10 @@ async fn end_to_end_postgres() {
 /// and a further restart repeats nothing.
 #[tokio::test]
 async fn operator_restart_neither_repeats_nor_loses_log_lines() {
-    let (b, op, mut pods) = ready_bed(Engine::Mariadb, "").await;
+    let (b, op, mut pods) = ready_bed_in_cluster(Engine::Mariadb, "").await;
     let mut latencies = vec![];
     backup_now(&b, &mut pods, "first", &mut latencies).await;
-    drop(op);
+    op.scale(&b.client, 0).await;
 
     // While the operator is down: a dump and an upload run and finish.
     let dump = run_job_from(&b, &mut pods, "orders-dump", "while-down-dump").await;
@@ -121,7 +130,7 @@ async fn operator_restart_neither_repeats_nor_loses_log_lines() {
         "nothing recorded while down"
     );
 
-    let op = RunningOperator::start_in(&b.client, &b.ns);
+    op.scale(&b.client, 1).await;
     status_latency(&b, &upload).await;
     let status = status_of(&b).await;
     assert_eq!(
@@ -141,14 +150,14 @@ async fn operator_restart_neither_repeats_nor_loses_log_lines() {
         status.last_upload_key,
         Some(format!("{}/datadump2.sql", today()))
     );
-    drop(op);
-
     // Another restart, and a resync: the same four lines, in the same order.
-    let op = RunningOperator::start_in(&b.client, &b.ns);
+    op.scale(&b.client, 0).await;
+    op.scale(&b.client, 1).await;
+    let pod = op.pods(&b.client).await.remove(0);
     wait_for(
         "the restarted operator to reconcile",
         Duration::from_secs(30),
-        || async { (op.metrics().reconciles() >= 1).then_some(()) },
+        || async { HelmOperator::metric(&pod, "dbbackup_reconciles_total").filter(|n| *n >= 1) },
     )
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -344,12 +353,7 @@ async fn operator_killed_mid_reconcile_and_apiserver_restarted_converge() {
 /// the children's and pods' specs.
 #[tokio::test]
 async fn no_secret_value_appears_in_logs_status_events_or_specs() {
-    let b = bed(Engine::Mariadb).await;
-    let operator = OperatorProcess::start(b.cp(), "operator-0", &[format!("--namespace={}", b.ns)]);
-    apply_backup(&b);
-    let backups: Api<DatabaseBackup> = Api::namespaced(b.client.clone(), &b.ns);
-    wait_ready(&backups, "orders", "True", "Reconciled").await;
-    let mut pods = Pods::new(&b.client, &b.ns);
+    let (b, operator, mut pods) = ready_bed_in_cluster(Engine::Mariadb, "").await;
     let mut outputs = vec![];
     let mut latencies = vec![];
     backup_now(&b, &mut pods, "first", &mut latencies).await;
@@ -379,7 +383,7 @@ async fn no_secret_value_appears_in_logs_status_events_or_specs() {
     wait_last_line(&b, "upload failed: ").await;
 
     let mut scanned = vec![
-        ("operator log", operator.log()),
+        ("operator log", operator.logs()),
         (
             "status",
             serde_json::to_string(&status_of(&b).await).unwrap(),

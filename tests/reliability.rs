@@ -1,17 +1,19 @@
 //! The operator on a bad day, against the real apiserver: problems only a
 //! reconcile can see, backoff on a broken resource, long names, and leader
-//! election between two operator processes.
+//! election between two replicas of the chart's Deployment on the real node.
 
 mod support;
 
 use dbbackup_operator::api::DatabaseBackup;
 use dbbackup_operator::names;
 use k8s_openapi::api::batch::v1::CronJob;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, ObjectMeta, PostParams};
 use kube::{Client, ResourceExt};
 use std::time::{Duration, Instant};
+use support::incluster::{HelmOperator, kill_pod};
 use support::operator::*;
 
 /// Waits for a Warning Event with `reason` on the resource `name`.
@@ -202,61 +204,64 @@ async fn a_broken_resource_is_retried_with_backoff_not_in_a_loop() {
     assert_eq!(warnings.len(), 1, "{warnings:?}");
 }
 
+/// Two replicas of the chart's Deployment on the real node: only the Lease
+/// holder reconciles, and when its pod is killed the other takes over.
 #[tokio::test]
 async fn only_the_leader_reconciles_and_the_other_takes_over_when_it_dies() {
-    let (cp, client) = setup("shop").await;
-    create_namespace(&client, "dbbackup-system", &[]).await;
-    create_sample_secrets(&client, "shop").await;
+    let cluster = support::Cluster::shared();
+    let _share = cluster.share().await;
+    let client = cluster.client().await;
+    let ns = cluster.namespace("leader").await;
+    create_sample_secrets(&client, &ns).await;
     let lease = Duration::from_secs(6);
-    let args = [
-        "--leader-election".to_string(),
-        format!("--lease-duration-seconds={}", lease.as_secs()),
-        "--lease-namespace=dbbackup-system".to_string(),
-    ];
-    let mut first = OperatorProcess::start(&cp, "operator-a", &args);
-    let backups: Api<DatabaseBackup> = Api::namespaced(client.clone(), "shop");
-    create_backup(&client, "shop", backup_manifest("orders", "mariadb")).await;
+    let op = HelmOperator::install(
+        &cluster,
+        &ns,
+        &["replicas=2", "leaderElection.leaseDurationSeconds=6"],
+    );
+    let backups: Api<DatabaseBackup> = Api::namespaced(client.clone(), &ns);
+    create_backup(&client, &ns, backup_manifest("orders", "mariadb")).await;
     wait_ready(&backups, "orders", "True", "Reconciled").await;
-    let second = OperatorProcess::start(&cp, "operator-b", &args);
-    wait_for(
-        "the follower to serve metrics",
-        Duration::from_secs(30),
-        || async { second.reconciles() },
-    )
-    .await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let holder = || async {
+        leases
+            .get("dbbackup-operator")
+            .await
+            .ok()?
+            .spec?
+            .holder_identity
+    };
+    let leader_name = holder().await.expect("a Lease holder");
+    let (leader, follower): (Vec<_>, Vec<_>) = op
+        .pods(&client)
+        .await
+        .into_iter()
+        .partition(|p| p.name_any() == leader_name);
+    let (leader, follower) = (&leader[0], &follower[0]);
 
     // While the leader lives, the follower does nothing, even with work to do.
-    create_backup(&client, "shop", backup_manifest("users", "mariadb")).await;
+    create_backup(&client, &ns, backup_manifest("users", "mariadb")).await;
     wait_ready(&backups, "users", "True", "Reconciled").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(first.reconciles().unwrap() >= 2);
-    assert_eq!(second.reconciles(), Some(0), "the follower reconciled");
+    let reconciles = |pod| HelmOperator::metric(pod, "dbbackup_reconciles_total");
+    assert!(reconciles(leader).unwrap() >= 2);
+    assert_eq!(reconciles(follower), Some(0), "the follower reconciled");
 
-    // The leader dies without releasing the lease.
-    first.kill();
+    // The leader's pod dies without releasing the lease.
+    kill_pod(&cluster, &ns, &leader_name);
     let died = Instant::now();
-    create_backup(&client, "shop", backup_manifest("payments", "mariadb")).await;
+    create_backup(&client, &ns, backup_manifest("payments", "mariadb")).await;
     wait_ready(&backups, "payments", "True", "Reconciled").await;
     let takeover = died.elapsed();
-    println!("takeover after the leader died: {takeover:?} (lease {lease:?})");
-    assert!(second.reconciles().unwrap() >= 1);
+    println!("takeover after the leader's pod died: {takeover:?} (lease {lease:?})");
+    assert!(reconciles(follower).unwrap() >= 1);
     // The follower retries every lease/3, so it holds the lease at most one
     // retry period after it expired; reconciling takes well under a second.
     assert!(
         takeover < lease + lease / 3 + Duration::from_secs(5),
         "takeover took {takeover:?}"
     );
-    let holder = kube::Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
-        client.clone(),
-        "dbbackup-system",
-    )
-    .get("dbbackup-operator")
-    .await
-    .unwrap()
-    .spec
-    .unwrap()
-    .holder_identity;
-    assert_eq!(holder.as_deref(), Some("operator-b"));
+    assert_eq!(holder().await, Some(follower.name_any()));
 }
 
 /// Cross-namespace Secret references are impossible by construction: the

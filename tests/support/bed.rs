@@ -3,6 +3,7 @@
 //! on the node's address, where pods reach them), the Secrets a user creates,
 //! the staging volume, and helpers to apply a backup and follow its pods.
 
+use super::incluster::HelmOperator;
 use super::node::{MARIADB_IMAGE, NODE_IP, POSTGRES_IMAGE};
 use super::operator::*;
 use super::pipeline::*;
@@ -268,6 +269,18 @@ pub async fn status_latency(b: &Bed, pod: &RanPod) -> Duration {
 /// `more_spec`) and Ready, and its pods to follow.
 pub async fn ready_bed(engine: Engine, more_spec: &str) -> (Bed, RunningOperator, Pods) {
     ready(bed(engine).await, more_spec).await
+}
+
+/// As `ready_bed`, with the operator as users run it: `helm install` of the
+/// chart, a pod on the node with its own ServiceAccount, watching the bed's namespace.
+pub async fn ready_bed_in_cluster(engine: Engine, more_spec: &str) -> (Bed, HelmOperator, Pods) {
+    let b = bed(engine).await;
+    let op = HelmOperator::install(&b.cluster, &b.ns, &[]);
+    apply_backup_with(&b, more_spec);
+    let backups: Api<DatabaseBackup> = Api::namespaced(b.client.clone(), &b.ns);
+    wait_ready(&backups, "orders", "True", "Reconciled").await;
+    let pods = Pods::new(&b.client, &b.ns);
+    (b, op, pods)
 }
 
 /// Starts the operator on `b` and applies backup "orders" with `more_spec`.

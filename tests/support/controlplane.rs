@@ -384,10 +384,11 @@ impl ControlPlane {
 
     /// Restarts kube-apiserver on the same port and etcd data, as a crash or upgrade would.
     pub async fn restart_apiserver(&self) {
-        let mut apiserver = self.apiserver();
-        apiserver.kill();
-        *apiserver = spawn_apiserver(&self.apiserver_args, self.dir.path());
-        drop(apiserver);
+        {
+            let mut apiserver = self.apiserver();
+            apiserver.kill();
+            *apiserver = spawn_apiserver(&self.apiserver_args, self.dir.path());
+        }
         self.wait_ready().await;
     }
 }
