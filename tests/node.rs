@@ -293,31 +293,7 @@ async fn a_restricted_namespace_runs_every_pod_of_ours() {
     backup_now(&b, &mut pods, "first", &mut vec![]).await;
     let idle = run_job_from(&b, &mut pods, "orders-upload", "scheduled").await;
     assert_eq!(idle.exit_code, 0, "{}", idle.output);
-    let manifest = format!(
-        r#"apiVersion: dbbackup.io/v1alpha1
-kind: DatabaseRestore
-metadata:
-  name: back
-  namespace: {ns}
-spec:
-  backup: orders
-  target:
-    engine: postgres
-    host: {host}
-    port: {port}
-    image: {image}
-    name: restored
-    credentialsSecret:
-      name: db-creds
-"#,
-        ns = b.ns,
-        host = support::node::NODE_IP,
-        port = b.db.login().0,
-        image = b.db.image(),
-    );
-    let path = b.dir().join("restore.yaml");
-    std::fs::write(&path, manifest).unwrap();
-    kubectl(b.cp(), &["apply", "-f", path.to_str().unwrap()]);
+    apply_restore(&b, "back", "restored", false);
     let restore = pods.finished(1, POD_TIMEOUT).await.remove(0);
     assert_eq!(
         (restore.step.as_str(), restore.exit_code),

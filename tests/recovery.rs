@@ -193,38 +193,6 @@ async fn without_bulk_delete_pruning_deletes_one_by_one() {
 
 use dbbackup_operator::api::{DatabaseRestore, DatabaseRestoreStatus, RestorePhase};
 
-/// A DatabaseRestore of the newest dump of backup "orders", applied with kubectl.
-fn apply_restore(b: &Bed, name: &str, target: &str, overwrite: bool) {
-    let (port, _, _) = b.db.login();
-    let manifest = format!(
-        r#"apiVersion: dbbackup.io/v1alpha1
-kind: DatabaseRestore
-metadata:
-  name: {name}
-  namespace: {ns}
-spec:
-  backup: orders
-  key: latest
-  target:
-    engine: {engine}
-    host: {host}
-    port: {port}
-    image: {image}
-    name: {target}
-    credentialsSecret:
-      name: db-creds
-  overwrite: {overwrite}
-"#,
-        ns = b.ns,
-        host = support::node::NODE_IP,
-        image = b.db.image(),
-        engine = b.engine.as_str()
-    );
-    let path = b.dir().join(format!("{name}.yaml"));
-    std::fs::write(&path, manifest).unwrap();
-    kubectl(b.cp(), &["apply", "-f", path.to_str().unwrap()]);
-}
-
 /// Waits for the restore pod and then for the status to show its end.
 async fn run_restore(b: &Bed, pods: &mut Pods, name: &str) -> DatabaseRestoreStatus {
     let pod = pods.finished(1, POD_TIMEOUT).await.remove(0);

@@ -561,6 +561,17 @@ mod tests {
         }
     }
 
+    fn pod_of(cronjob: CronJob) -> PodSpec {
+        cronjob
+            .spec
+            .job_template
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+    }
+
     fn settings() -> Settings {
         Settings {
             uploader_image: "ghcr.io/dbbackup-operator/dbbackup-operator:0.1.0".into(),
@@ -648,25 +659,11 @@ mod tests {
             "postgres",
             serde_json::json!({"database": {"name": "a$$b$(HOME)"}, "bucket": {"prefix": "p$(X)/"}}),
         );
-        let dump = dump_cronjob(&db)
-            .spec
-            .job_template
-            .spec
-            .unwrap()
-            .template
-            .spec
-            .unwrap();
+        let dump = pod_of(dump_cronjob(&db));
         let script = &dump.containers[0].command.as_ref().unwrap()[2];
         assert!(script.contains("'a$$$$b$$(HOME)'"), "{script}");
         assert!(script.contains(r#"line="$$(date"#), "{script}");
-        let upload = upload_cronjob(&db, &settings())
-            .spec
-            .job_template
-            .spec
-            .unwrap()
-            .template
-            .spec
-            .unwrap();
+        let upload = pod_of(upload_cronjob(&db, &settings()));
         let args = upload.containers[0].args.clone().unwrap();
         assert!(args.contains(&"--prefix=p$$(X)/".to_string()), "{args:?}");
     }
@@ -674,27 +671,13 @@ mod tests {
     #[test]
     fn user_affinity_replaces_the_dump_node_preference() {
         let db = fixture("mariadb", serde_json::json!({}));
-        let pod = upload_cronjob(&db, &settings())
-            .spec
-            .job_template
-            .spec
-            .unwrap()
-            .template
-            .spec
-            .unwrap();
+        let pod = pod_of(upload_cronjob(&db, &settings()));
         assert!(pod.affinity.unwrap().pod_affinity.is_some());
         let db = fixture(
             "mariadb",
             serde_json::json!({"jobs": {"affinity": {"nodeAffinity": {}}}}),
         );
-        let pod = upload_cronjob(&db, &settings())
-            .spec
-            .job_template
-            .spec
-            .unwrap()
-            .template
-            .spec
-            .unwrap();
+        let pod = pod_of(upload_cronjob(&db, &settings()));
         assert!(pod.affinity.unwrap().pod_affinity.is_none());
     }
 }

@@ -663,6 +663,46 @@ mod report_tests {
         );
     }
 
+    fn waiting(step: &str, reason: &str, message: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "orders-dump-1-x", "labels": { "dbbackup.io/step": step } },
+            "status": { "phase": "Pending", "containerStatuses": [{
+                "name": step, "image": "dbbackup.local/mariadb:nope", "imageID": "",
+                "ready": false, "restartCount": 0,
+                "state": { "waiting": { "reason": reason, "message": message } }
+            }]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_pod_that_cannot_pull_its_image_is_stuck_with_the_image_named() {
+        let o = stuck(&waiting(
+            "dump",
+            "ImagePullBackOff",
+            "Back-off pulling image",
+        ))
+        .unwrap();
+        assert_eq!(
+            (o.type_, o.status, o.reason.as_str()),
+            (DUMP_SUCCEEDED, false, IMAGE_PULL_FAILED)
+        );
+        assert_eq!(
+            o.message,
+            r#"pod orders-dump-1-x waits: image "dbbackup.local/mariadb:nope" cannot be pulled: ImagePullBackOff: Back-off pulling image"#
+        );
+        let o = stuck(&waiting("upload", "CreateContainerError", "no such file")).unwrap();
+        assert_eq!(
+            (o.type_, o.reason.as_str()),
+            (UPLOAD_SUCCEEDED, CONTAINER_NOT_STARTED)
+        );
+        // Waiting for a reason that passes by itself is not stuck.
+        assert_eq!(stuck(&waiting("dump", "ContainerCreating", "")), None);
+        let mut done = waiting("dump", "ErrImagePull", "");
+        done.status.as_mut().unwrap().phase = Some("Failed".into());
+        assert_eq!(stuck(&done), None);
+    }
+
     #[test]
     fn a_pod_without_a_result_still_reports_its_failure() {
         let p = pod("x", "dump", "Failed", 1, "", 1_764_039_600);

@@ -362,6 +362,38 @@ pub fn create_job_from(b: &Bed, cronjob: &str, job: &str) {
     );
 }
 
+/// A DatabaseRestore of the newest dump of backup "orders", applied with kubectl.
+pub fn apply_restore(b: &Bed, name: &str, target: &str, overwrite: bool) {
+    let (port, _, _) = b.db.login();
+    let manifest = format!(
+        r#"apiVersion: dbbackup.io/v1alpha1
+kind: DatabaseRestore
+metadata:
+  name: {name}
+  namespace: {ns}
+spec:
+  backup: orders
+  key: latest
+  target:
+    engine: {engine}
+    host: {host}
+    port: {port}
+    image: {image}
+    name: {target}
+    credentialsSecret:
+      name: db-creds
+  overwrite: {overwrite}
+"#,
+        ns = b.ns,
+        host = NODE_IP,
+        image = b.db.image(),
+        engine = b.engine.as_str()
+    );
+    let path = b.dir().join(format!("{name}.yaml"));
+    std::fs::write(&path, manifest).unwrap();
+    kubectl(b.cp(), &["apply", "-f", path.to_str().unwrap()]);
+}
+
 /// Creates or replaces a Secret with the real kubectl, as a user fixing one would.
 pub fn apply_secret(b: &Bed, name: &str, pairs: &[(&str, &str)]) {
     let mut secret = secret(name, pairs);

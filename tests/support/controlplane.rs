@@ -283,15 +283,7 @@ impl ControlPlane {
                 ]);
             }
             let mut kcm = Command::new(bin("kube-controller-manager"));
-            kcm.arg(format!("--kubeconfig={}", cp.kubeconfig.display()))
-                .arg(format!(
-                    "--authentication-kubeconfig={}",
-                    cp.kubeconfig.display()
-                ))
-                .arg(format!(
-                    "--authorization-kubeconfig={}",
-                    cp.kubeconfig.display()
-                ))
+            kcm.args(cp.component_kubeconfigs())
                 .arg("--leader-elect=false")
                 .arg("--bind-address=127.0.0.1")
                 .arg(format!("--secure-port={}", free_port()))
@@ -375,6 +367,19 @@ impl ControlPlane {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The kubeconfig flags of a control-plane component (controller
+    /// manager, scheduler): it talks, authenticates and authorizes as admin.
+    pub fn component_kubeconfigs(&self) -> Vec<String> {
+        [
+            "kubeconfig",
+            "authentication-kubeconfig",
+            "authorization-kubeconfig",
+        ]
+        .iter()
+        .map(|flag| format!("--{flag}={}", self.kubeconfig.display()))
+        .collect()
     }
 
     /// The cluster CA's certificate (PEM file).

@@ -202,21 +202,16 @@ fn remove_iptables_chains() {
                     let _ = Command::new(tool).args(&args).output();
                 }
             }
-            for rule in rules.lines() {
-                if let Some(chain) = rule.strip_prefix("-N ")
-                    && chain.starts_with("KUBE-")
-                {
+            let chains: Vec<&str> = rules
+                .lines()
+                .filter_map(|r| r.strip_prefix("-N "))
+                .filter(|c| c.starts_with("KUBE-"))
+                .collect();
+            // Emptied first: a chain still jumped to from another cannot go.
+            for verb in ["-F", "-X"] {
+                for chain in &chains {
                     let _ = Command::new(tool)
-                        .args(["-w", "-t", table, "-F", chain])
-                        .output();
-                }
-            }
-            for rule in rules.lines() {
-                if let Some(chain) = rule.strip_prefix("-N ")
-                    && chain.starts_with("KUBE-")
-                {
-                    let _ = Command::new(tool)
-                        .args(["-w", "-t", table, "-X", chain])
+                        .args(["-w", "-t", table, verb, chain])
                         .output();
                 }
             }

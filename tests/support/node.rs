@@ -93,7 +93,7 @@ impl Node {
         node.containerd = Some(node.start_containerd());
         build_operator_image();
         node.import_images();
-        node.scheduler = Some(node.start_scheduler());
+        node.scheduler = Some(node.start_scheduler(cp));
         node.proxy = Some(node.start_proxy());
         node.dns = Some(node.start_dns());
         node.kubelet = Some(node.start_kubelet(cp));
@@ -260,17 +260,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         }
     }
 
-    fn start_scheduler(&self) -> ServerProcess {
+    fn start_scheduler(&self, cp: &ControlPlane) -> ServerProcess {
         let mut cmd = Command::new(bin("kube-scheduler"));
-        cmd.arg(format!("--kubeconfig={}", self.kubeconfig.display()))
-            .arg(format!(
-                "--authentication-kubeconfig={}",
-                self.kubeconfig.display()
-            ))
-            .arg(format!(
-                "--authorization-kubeconfig={}",
-                self.kubeconfig.display()
-            ))
+        cmd.args(cp.component_kubeconfigs())
             .arg("--leader-elect=false")
             .arg("--bind-address=127.0.0.1")
             .arg(format!("--secure-port={}", free_port()))

@@ -232,7 +232,12 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 /// A plain HTTP GET on `host`:`port`: the status code and the body.
 pub fn http_get_on(host: &str, port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect((host, port)).ok()?;
+    // A pod's address can vanish with its pod: give up after two seconds.
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .ok()?
+        .next()?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"

