@@ -72,6 +72,8 @@ if [ "$missing" = 1 ]; then
   rm -rf "$tmp" && mkdir -p "$tmp"
   (cd "$here" && go build -trimpath -ldflags "$ldflags" -o "$tmp/" ./cmd/...)
   rm -rf "$k8s_dir" && mv "$tmp" "$k8s_dir"
+  # Builds of other versions or sources only take disk space.
+  for old in "$CACHE"/kubernetes-*; do [ "$old" = "$k8s_dir" ] || rm -rf "$old"; done
 fi
 for b in "${k8s_bins[@]}"; do link "$b" "$k8s_dir"; done
 
