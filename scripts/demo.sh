@@ -25,7 +25,9 @@ down() {
     while kill -0 "$pid" 2>/dev/null; do sleep 0.5; done
     tail -n 2 "$STATE/cluster.log"
   else
-    echo "no demo cluster is running"
+    echo "no demo cluster is running; removing what one may have left"
+    cargo build -q --locked --example demo-cluster
+    "$CARGO_TARGET_DIR/debug/examples/demo-cluster" down
   fi
   rm -rf "$STATE"
 }

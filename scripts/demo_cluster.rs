@@ -6,6 +6,7 @@
 //! everything up until SIGTERM or SIGINT (`make demo-down`), then removes it.
 //!
 //! usage: demo-cluster STATE_DIR NAMESPACE
+//!        demo-cluster down    (removes what a demo cluster that died left)
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -28,9 +29,20 @@ const S3_SECRET_KEY: &str = "demo-secret-key-change-me";
 #[tokio::main]
 async fn main() {
     let mut args = std::env::args().skip(1);
-    let (Some(state), Some(ns)) = (args.next().map(PathBuf::from), args.next()) else {
-        eprintln!("usage: demo-cluster STATE_DIR NAMESPACE");
-        std::process::exit(2);
+    let (state, ns) = match (args.next(), args.next()) {
+        (Some(down), None) if down == "down" => {
+            // Taking the node's place on the host and giving it back sweeps
+            // whatever a node that was killed left there.
+            drop(support::node::HostNetwork::up());
+            let left = support::node::leftovers();
+            assert!(left.is_empty(), "left on the host: {left:?}");
+            return;
+        }
+        (Some(state), Some(ns)) => (PathBuf::from(state), ns),
+        _ => {
+            eprintln!("usage: demo-cluster STATE_DIR NAMESPACE | demo-cluster down");
+            std::process::exit(2);
+        }
     };
     std::fs::create_dir_all(&state).unwrap();
     let _ = std::fs::remove_file(state.join("ready"));

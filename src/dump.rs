@@ -139,6 +139,8 @@ fi
 [ "$zstatus" -eq 0 ] || fail "compressor exited with status $zstatus$full"
 [ -s "$partial" ] || fail "dump tool wrote nothing"
 sync "$partial" 2>/dev/null || sync
+# The dump is whole: from here a SIGTERM waits until it is in place and said.
+trap '' TERM
 mv -f "$partial" "$dumps/{final_name}" || fail "cannot rename the dump into place"
 for old in "$dumps"/datadump.sql*; do
   [ "$old" = "$dumps/{final_name}" ] || rm -f "$old"

@@ -277,6 +277,8 @@ async fn only_the_leader_reconciles_and_the_other_takes_over_when_it_dies() {
         takeover < lease + lease / 3 + Duration::from_secs(5),
         "takeover took {takeover:?}"
     );
+    // Its pods stop with it; the cluster outlives the test.
+    op.kubectl(&["delete", "namespace", &ns, "--wait=false"]);
 }
 
 /// Cross-namespace Secret references are impossible by construction: the

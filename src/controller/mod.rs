@@ -322,7 +322,7 @@ fn reports(db: &DatabaseBackup, ctx: &Context, tz: chrono_tz::Tz) -> (Vec<PodRep
 }
 
 /// Pods of this backup that cannot start, as the conditions of their steps.
-fn stuck_pods(db: &DatabaseBackup, ctx: &Context) -> Vec<Observed> {
+fn stuck_pods(db: &DatabaseBackup, ctx: &Context) -> Vec<(&'static str, Observed)> {
     let key = Some(ObjectRef::from_obj(db));
     ctx.pods
         .state()
@@ -380,20 +380,17 @@ async fn reconcile(db: Arc<DatabaseBackup>, ctx: Arc<Context>) -> Result<Action,
     notes.extend(status::record_reports(
         &mut new, reports, &present, generation, &now,
     ));
-    for stuck in stuck_pods(&db, &ctx) {
-        let was = status::find(&new.conditions, stuck.type_);
-        if was.is_none_or(|c| c.reason != stuck.reason || c.status == "True") {
+    for (reason, stuck) in stuck_pods(&db, &ctx) {
+        let known = status::find(&new.conditions, stuck.type_)
+            .is_some_and(|c| status::says_stuck(c, &stuck));
+        if !known {
             notes.push(Note {
                 warning: true,
-                reason: if stuck.reason == status::IMAGE_PULL_FAILED {
-                    status::IMAGE_PULL_FAILED
-                } else {
-                    status::CONTAINER_NOT_STARTED
-                },
+                reason,
                 message: stuck.message.clone(),
             });
+            status::set_condition(&mut new.conditions, &stuck, generation, &now);
         }
-        status::set_condition(&mut new.conditions, &stuck, generation, &now);
     }
 
     let mut recheck = RESYNC;

@@ -265,61 +265,57 @@ fn out_of_memory(pod: &Pod) -> String {
 
 /// Why a pod that has not finished cannot start by itself (an image that
 /// cannot be pulled, a container the runtime cannot create), as the
-/// condition of its step. The Job's deadline is hours away; users learn now.
-pub fn stuck(pod: &Pod) -> Option<Observed> {
+/// condition of its step and the reason of its Event. The Job's deadline is
+/// hours away; users learn now.
+pub fn stuck(pod: &Pod) -> Option<(&'static str, Observed)> {
     let step = step_of(pod.labels())?;
     let status = pod.status.as_ref()?;
-    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+    if pod.metadata.deletion_timestamp.is_some()
+        || matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"))
+    {
         return None;
     }
-    let waiting = status
+    let (reason, what, detail) = status
         .init_container_statuses
         .iter()
         .flatten()
         .chain(status.container_statuses.iter().flatten())
         .find_map(|c| {
             let w = c.state.as_ref()?.waiting.as_ref()?;
-            let reason = w.reason.as_deref()?;
-            let image = matches!(
+            let (reason, what) = match w.reason.as_deref()? {
+                "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName" | "ErrImageNeverPull" => (
+                    IMAGE_PULL_FAILED,
+                    format!("image {:?} cannot be pulled", c.image),
+                ),
+                "CreateContainerError" | "CreateContainerConfigError" | "RunContainerError" => (
+                    CONTAINER_NOT_STARTED,
+                    format!("container {:?} cannot start", c.name),
+                ),
+                _ => return None,
+            };
+            let detail = [w.reason.clone(), w.message.clone()];
+            Some((
                 reason,
-                "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName" | "ErrImageNeverPull"
-            );
-            let runtime = matches!(reason, "CreateContainerError" | "RunContainerError");
-            (image || runtime).then(|| {
-                (
-                    image,
-                    reason.to_string(),
-                    w.message.clone(),
-                    c.image.clone(),
-                )
-            })
+                what,
+                detail.into_iter().flatten().collect::<Vec<_>>().join(": "),
+            ))
         })?;
-    let (image, reason, message, name) = waiting;
     let type_ = match step {
         Step::Upload => UPLOAD_SUCCEEDED,
         _ => DUMP_SUCCEEDED,
     };
-    let (why, what) = if image {
-        (
-            IMAGE_PULL_FAILED,
-            format!("image {name:?} cannot be pulled"),
-        )
-    } else {
-        (
-            CONTAINER_NOT_STARTED,
-            "its container cannot start".to_string(),
-        )
-    };
-    Some(Observed::new(
-        type_,
-        false,
-        why,
-        format!(
-            "pod {} waits: {what}: {reason}{}",
-            pod.name_any(),
-            message.map(|m| format!(": {m}")).unwrap_or_default()
-        ),
-    ))
+    let message = format!("pod {} waits: {what} ({detail})", pod.name_any());
+    Some((reason, Observed::new(type_, false, reason, message)))
+}
+
+/// True when `condition` already says what `stuck` says, but for the
+/// kubelet's detail, which alternates while it backs off (ErrImagePull,
+/// ImagePullBackOff): no status write and no Event for each alternation.
+pub fn says_stuck(condition: &Condition, stuck: &Observed) -> bool {
+    let gist = |m: &str| m.split(" (").next().unwrap_or_default().to_string();
+    condition.status == "False"
+        && condition.reason == stuck.reason
+        && gist(&condition.message) == gist(&stuck.message)
 }
 
 /// Condition and Event reasons of a pod that cannot start.
@@ -677,26 +673,31 @@ mod report_tests {
 
     #[test]
     fn a_pod_that_cannot_pull_its_image_is_stuck_with_the_image_named() {
-        let o = stuck(&waiting(
+        let (reason, o) = stuck(&waiting(
             "dump",
             "ImagePullBackOff",
             "Back-off pulling image",
         ))
         .unwrap();
+        assert_eq!(reason, IMAGE_PULL_FAILED);
         assert_eq!(
             (o.type_, o.status, o.reason.as_str()),
             (DUMP_SUCCEEDED, false, IMAGE_PULL_FAILED)
         );
         assert_eq!(
             o.message,
-            r#"pod orders-dump-1-x waits: image "dbbackup.local/mariadb:nope" cannot be pulled: ImagePullBackOff: Back-off pulling image"#
+            r#"pod orders-dump-1-x waits: image "dbbackup.local/mariadb:nope" cannot be pulled (ImagePullBackOff: Back-off pulling image)"#
         );
-        let o = stuck(&waiting("upload", "CreateContainerError", "no such file")).unwrap();
-        assert_eq!(
-            (o.type_, o.reason.as_str()),
-            (UPLOAD_SUCCEEDED, CONTAINER_NOT_STARTED)
-        );
-        // Waiting for a reason that passes by itself is not stuck.
+        // The kubelet's alternating detail is the same news.
+        let (_, again) = stuck(&waiting("dump", "ErrImagePull", "dial tcp: refused")).unwrap();
+        let mut conditions = vec![];
+        set_condition(&mut conditions, &o, None, &at(1));
+        assert!(says_stuck(&conditions[0], &again));
+        let (reason, o) =
+            stuck(&waiting("upload", "CreateContainerError", "no such file")).unwrap();
+        assert_eq!((reason, o.type_), (CONTAINER_NOT_STARTED, UPLOAD_SUCCEEDED));
+        assert!(!says_stuck(&conditions[0], &o));
+        // Waiting for a reason that passes by itself is not stuck, nor is a finished pod.
         assert_eq!(stuck(&waiting("dump", "ContainerCreating", "")), None);
         let mut done = waiting("dump", "ErrImagePull", "");
         done.status.as_mut().unwrap().phase = Some("Failed".into());

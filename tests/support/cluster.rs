@@ -38,12 +38,18 @@ impl Cluster {
         }
     }
 
-    /// The test binary's cluster, started by the first test that asks.
+    /// The test binary's cluster, started by the first test that asks. If
+    /// it cannot start, every test that asks fails at once, saying so.
     pub fn shared() -> Arc<Cluster> {
         let mut slot = SHARED.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(cluster) = &*slot {
-            return cluster.clone();
+        match &*slot {
+            Some(Ok(cluster)) => return cluster.clone(),
+            Some(Err(())) => {
+                panic!("the shared test cluster did not start: see the first failing test")
+            }
+            None => {}
         }
+        *slot = Some(Err(()));
         // On a runtime of its own: the asking test's runtime is blocked here.
         let cluster = std::thread::spawn(|| {
             tokio::runtime::Runtime::new()
@@ -53,7 +59,7 @@ impl Cluster {
         .join()
         .unwrap_or_else(|_| panic!("the shared test cluster did not start (see above)"));
         let cluster = Arc::new(cluster);
-        *slot = Some(cluster.clone());
+        *slot = Some(Ok(cluster.clone()));
         // SAFETY: registers a plain function; it runs once, when the test binary exits.
         unsafe { libc::atexit(stop_shared) };
         cluster
@@ -87,10 +93,15 @@ impl Cluster {
     }
 }
 
-static SHARED: Mutex<Option<Arc<Cluster>>> = Mutex::new(None);
+/// The shared cluster; `Err` once it failed to start.
+static SHARED: Mutex<Option<Result<Arc<Cluster>, ()>>> = Mutex::new(None);
 
 /// Tears the shared cluster down at exit: every test is done by then.
 extern "C" fn stop_shared() {
-    let cluster = SHARED.lock().unwrap_or_else(|e| e.into_inner()).take();
-    drop(cluster);
+    if let Some(Ok(cluster)) = SHARED.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if Arc::strong_count(&cluster) > 1 {
+            eprintln!("a test still holds the shared cluster at exit; it is not torn down");
+        }
+        drop(cluster);
+    }
 }

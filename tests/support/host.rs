@@ -1,7 +1,10 @@
 //! What the real node changes on the host, and taking it back: the CNI
-//! bridge, the kubelet's cgroups, the KUBE-* iptables chains, kernel settings,
-//! the containers and shims of a node, and a lock that keeps to one node per
+//! bridge and the rule that keeps its packets on the machine, the kubelet's
+//! cgroups, the KUBE-* iptables chains, kernel settings, the containers and
+//! shims of a node and its directory, and a lock that keeps to one node per
 //! machine. A start first sweeps what a killed run left; a drop removes it all.
+//! The KUBE-* chains are taken to be ours: the host must not be a Kubernetes
+//! node itself.
 
 use super::node::{BRIDGE, CGROUP_ROOT, HIDDEN_PATHS, NODE_IP};
 use std::fs::File;
@@ -11,6 +14,26 @@ use std::process::Command;
 use std::time::Duration;
 
 const LOCK_FILE: &str = "/run/lock/dbbackup-node.lock";
+/// The kernel settings as they were before the first node of a series, kept
+/// until one is stopped cleanly: a killed run must not make the kubelet's
+/// values the ones restored.
+const SYSCTLS_FILE: &str = "/run/lock/dbbackup-node.sysctls";
+/// Packets routed from the bridge to anywhere else are dropped, whatever the
+/// host's IP forwarding: no pod reaches beyond the node.
+const FORWARD_RULE: &[&str] = &[
+    "FORWARD",
+    "-i",
+    BRIDGE,
+    "!",
+    "-o",
+    BRIDGE,
+    "-m",
+    "comment",
+    "--comment",
+    "dbbackup-node: pods reach nothing beyond the node",
+    "-j",
+    "DROP",
+];
 /// Kernel settings the kubelet and kube-proxy may change; put back on drop.
 const SYSCTLS: &[&str] = &[
     "vm/overcommit_memory",
@@ -41,14 +64,17 @@ impl HostNetwork {
         );
         std::fs::create_dir_all("/run/lock").unwrap();
         let lock = File::create(LOCK_FILE).unwrap();
-        // SAFETY: flock on an fd we own; blocks until another node on this machine is gone.
-        assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+        // SAFETY: flock on an fd we own.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            eprintln!(
+                "waiting for the other node on this machine to stop (a demo? `make demo-down`)"
+            );
+            // SAFETY: as above; blocks until the other node is gone.
+            assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+        }
         // What a killed run left (the lock says no live node owns it).
         sweep(None);
-        let sysctls = SYSCTLS
-            .iter()
-            .filter_map(|s| Some((*s, std::fs::read_to_string(sysctl_path(s)).ok()?)))
-            .collect();
+        let sysctls = saved_sysctls();
         let created_dirs = HIDDEN_PATHS
             .iter()
             .map(PathBuf::from)
@@ -60,6 +86,9 @@ impl HostNetwork {
         sh(&["ip", "link", "add", BRIDGE, "type", "bridge"]);
         sh(&["ip", "addr", "add", &format!("{NODE_IP}/16"), "dev", BRIDGE]);
         sh(&["ip", "link", "set", BRIDGE, "up"]);
+        let mut insert = vec!["iptables", "-w", "-I"];
+        insert.extend(FORWARD_RULE);
+        sh(&insert);
         HostNetwork {
             sysctls,
             created_dirs,
@@ -74,10 +103,33 @@ impl Drop for HostNetwork {
         for (name, value) in &self.sysctls {
             let _ = std::fs::write(sysctl_path(name), value);
         }
+        let _ = std::fs::remove_file(SYSCTLS_FILE);
         for d in &self.created_dirs {
             let _ = std::fs::remove_dir(d);
         }
     }
+}
+
+/// The settings saved before the first node since the last clean stop, or
+/// now if there is none.
+fn saved_sysctls() -> Vec<(&'static str, String)> {
+    let saved: std::collections::HashMap<String, String> = std::fs::read_to_string(SYSCTLS_FILE)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let values: Vec<(&'static str, String)> = SYSCTLS
+        .iter()
+        .filter_map(|s| {
+            let value = saved
+                .get(*s)
+                .cloned()
+                .or_else(|| std::fs::read_to_string(sysctl_path(s)).ok())?;
+            Some((*s, value))
+        })
+        .collect();
+    let map: std::collections::HashMap<_, _> = values.iter().cloned().collect();
+    std::fs::write(SYSCTLS_FILE, serde_json::to_string(&map).unwrap()).unwrap();
+    values
 }
 
 fn sysctl_path(name: &str) -> PathBuf {
@@ -122,6 +174,26 @@ pub(crate) fn sweep(containerd_dir: Option<&Path>) {
     remove_iptables_chains();
     if containerd_dir.is_none() {
         let _ = Command::new("ip").args(["link", "del", BRIDGE]).output();
+        let mut delete = vec!["-w", "-D"];
+        delete.extend(FORWARD_RULE);
+        while Command::new("iptables")
+            .args(&delete)
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {}
+        // The directories of nodes that were killed (a live one holds the lock).
+        for e in std::fs::read_dir(std::env::temp_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if e.file_name()
+                .to_string_lossy()
+                .starts_with("dbbackup-node-")
+            {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
     }
 }
 
@@ -145,6 +217,17 @@ fn cgroup_pids() -> Vec<i32> {
     pids.sort();
     pids.dedup();
     pids
+}
+
+/// Calls `f` on every file below `dir`.
+pub(crate) fn walk_files(dir: &Path, f: &mut dyn FnMut(&Path)) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        match e.file_type() {
+            Ok(t) if t.is_dir() => walk_files(&e.path(), f),
+            Ok(_) => f(&e.path()),
+            Err(_) => {}
+        }
+    }
 }
 
 /// Calls `f` on `dir` and every directory below it, deepest first.
@@ -188,18 +271,29 @@ fn remove_cgroups() {
 fn remove_iptables_chains() {
     for tool in ["iptables", "ip6tables"] {
         for table in ["filter", "nat", "mangle"] {
-            let Ok(out) = Command::new(tool).args(["-w", "-t", table, "-S"]).output() else {
-                continue;
+            let list = |args: &[&str]| {
+                Command::new(tool)
+                    .args(["-w", "-t", table])
+                    .args(args)
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default()
             };
-            let rules = String::from_utf8_lossy(&out.stdout).into_owned();
-            for rule in rules.lines() {
-                if let Some(spec) = rule.strip_prefix("-A ")
-                    && !spec.starts_with("KUBE-")
-                    && spec.contains(" -j KUBE-")
-                {
-                    let mut args = vec!["-w", "-t", table, "-D"];
-                    args.extend(spec.split_whitespace());
-                    let _ = Command::new(tool).args(&args).output();
+            let rules = list(&["-S"]);
+            // Jumps from the built-in chains go by position: their specs can
+            // hold quoted comments that do not split back into arguments.
+            for builtin in rules.lines().filter_map(|r| r.strip_prefix("-P ")) {
+                let chain = builtin.split_whitespace().next().unwrap_or_default();
+                let own = list(&["-S", chain]);
+                let jumps: Vec<usize> = own
+                    .lines()
+                    .filter(|r| r.starts_with("-A "))
+                    .enumerate()
+                    .filter(|(_, r)| r.contains(" -j KUBE-"))
+                    .map(|(i, _)| i + 1)
+                    .collect();
+                for n in jumps.into_iter().rev() {
+                    list(&["-D", chain, &n.to_string()]);
                 }
             }
             let chains: Vec<&str> = rules
@@ -210,9 +304,7 @@ fn remove_iptables_chains() {
             // Emptied first: a chain still jumped to from another cannot go.
             for verb in ["-F", "-X"] {
                 for chain in &chains {
-                    let _ = Command::new(tool)
-                        .args(["-w", "-t", table, verb, chain])
-                        .output();
+                    list(&[verb, chain]);
                 }
             }
         }
@@ -233,7 +325,7 @@ pub fn leftovers() -> Vec<String> {
     for tool in ["iptables-save", "ip6tables-save"] {
         if let Ok(out) = Command::new(tool).output() {
             for l in String::from_utf8_lossy(&out.stdout).lines() {
-                if l.contains("KUBE-") {
+                if l.contains("KUBE-") || l.contains("dbbackup-node") {
                     left.push(format!("{tool}: {l}"));
                 }
             }
@@ -248,11 +340,17 @@ pub fn leftovers() -> Vec<String> {
             .iter()
             .map(|p| format!("shim pid {p}")),
     );
+    if Path::new(SYSCTLS_FILE).exists() {
+        left.push(format!(
+            "{SYSCTLS_FILE}: the kernel settings were not restored"
+        ));
+    }
     left
 }
 
 /// The kubelet's cgroupRoot in every v1 hierarchy; cpuset needs its cpus and
-/// mems before any task can join.
+/// mems before any task can join. (cgroup v2 is not supported here yet: its
+/// root would need its controllers enabled in the parent's subtree_control.)
 pub(crate) fn create_cgroup_root() {
     for h in cgroup_hierarchies() {
         if !h.join("cgroup.procs").exists() {

@@ -6,11 +6,12 @@
 //! How it fits this kind of machine (root, cgroup v1, no CAP_SYS_RESOURCE):
 //! - containerd and the kubelet share a private mount namespace, so every
 //!   mount they make (snapshots, Secret tmpfs, network namespaces, volumes)
-//!   ends with them; tmpfs over the fixed paths /run/netns, /var/lib/cni and
-//!   /var/log/containers keeps those off the host too.
+//!   ends with them; tmpfs over the fixed paths /run/netns, /run/containerd,
+//!   /var/lib/cni and /var/log/containers keeps those off the host too.
 //! - the node's address is the CNI bridge's: pods reach nothing on the host's
-//!   127.0.0.1, so servers that pods use listen on `NODE_IP`. IP forwarding
-//!   stays off, so no pod packet can leave the machine.
+//!   127.0.0.1, so servers that pods use listen on `NODE_IP`. A FORWARD rule
+//!   drops what pods send beyond the bridge, so no pod packet leaves the
+//!   machine, and image pulls go to a proxy that is not there.
 //! - one node on the machine at a time (a lock file). Starting one first
 //!   sweeps what a killed run left; dropping it removes every process,
 //!   cgroup, iptables chain, the bridge, and restores the sysctls the kubelet
@@ -47,7 +48,13 @@ pub const POSTGRES_IMAGE: &str = "dbbackup.local/postgres:15";
 pub const OPERATOR_IMAGE: &str = "dbbackup.local/dbbackup-operator:dev";
 /// Paths containerd and the kubelet write at fixed places: a tmpfs of the
 /// private mount namespace covers each.
-pub(crate) const HIDDEN_PATHS: &[&str] = &["/run/netns", "/var/lib/cni", "/var/log/containers"];
+pub(crate) const HIDDEN_PATHS: &[&str] = &[
+    "/run/netns",
+    "/var/lib/cni",
+    "/var/log/containers",
+    // containerd 1.6 keeps shim sockets and runc state here, whatever its `state`.
+    "/run/containerd",
+];
 
 pub struct Node {
     // Field order is drop order: the kubelet first, containerd last.
@@ -175,12 +182,17 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         );
         let mut cmd = Command::new("containerd");
         cmd.arg("--config").arg(&config);
+        node_env(&mut cmd)
+            // Every registry request goes to a proxy that is not there: an
+            // image that is not on the node fails to pull at once, with no
+            // name lookup or connection beyond the machine.
+            .env("HTTPS_PROXY", "http://127.0.0.1:9")
+            .env("HTTP_PROXY", "http://127.0.0.1:9");
         let hidden: Vec<std::ffi::CString> = HIDDEN_PATHS
             .iter()
             .map(|p| std::ffi::CString::new(*p).unwrap())
             .collect();
-        // No name server for containerd and the kubelet: an image that is not
-        // here fails to pull at once, and asks nothing of the network.
+        // No name server for containerd and the kubelet either.
         let resolv = std::ffi::CString::new(self.resolv_conf().to_str().unwrap()).unwrap();
         // SAFETY: between fork and exec only async-signal-safe syscalls, on
         // strings allocated before the fork.
@@ -387,6 +399,7 @@ evictionHard:
             ),
         );
         let mut cmd = Command::new(bin("kubelet"));
+        node_env(&mut cmd);
         cmd.arg(format!("--config={}", config.display()))
             .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
             .arg(format!("--root-dir={}", d.join("kubelet").display()))
@@ -548,6 +561,15 @@ impl Drop for Node {
     }
 }
 
+/// The environment of containerd and the kubelet: the tools they call, and
+/// nothing of the test's (no proxy settings, say).
+fn node_env(cmd: &mut Command) -> &mut Command {
+    cmd.env_clear().env(
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    )
+}
+
 fn images_dir() -> PathBuf {
     bin_dir().parent().unwrap().join("images")
 }
@@ -561,9 +583,25 @@ pub fn build_operator_image() {
         .and_then(Path::parent)
         .unwrap()
         .join("release/dbbackup-operator");
+    let built = std::fs::metadata(&release)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| {
+            panic!(
+                "the operator image is built from the release binary, and {} is missing: run `cargo build --release` (tests/run.sh does)",
+                release.display()
+            )
+        });
+    // An image of older code would test that code in every pod.
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut newest = std::time::SystemTime::UNIX_EPOCH;
+    super::host::walk_files(&src, &mut |f| {
+        if let Ok(t) = std::fs::metadata(f).and_then(|m| m.modified()) {
+            newest = newest.max(t);
+        }
+    });
     assert!(
-        release.exists(),
-        "the operator image is built from the release binary, and {} is missing: run `cargo build --release` (tests/run.sh does)",
+        built >= newest,
+        "{} is older than the sources in src/: run `cargo build --release` (tests/run.sh does)",
         release.display()
     );
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testenv/images/build.sh");
