@@ -32,14 +32,15 @@ left=()
 for pid in $(server_pids); do
   case "$before" in *" $pid "*) ;; *) left+=("$pid $(cat /proc/"$pid"/comm 2>/dev/null)") ;; esac
 done
-# What the real node adds to the host (tests/support/node.rs): its bridge,
-# cgroups, iptables chains and mounts.
+# What the real node adds to the host (tests/support/host.rs): its bridge,
+# cgroups, iptables chains and rule, mounts, directories and saved sysctls.
 [ ! -e /sys/class/net/dbb0 ] || left+=("bridge dbb0")
 for cg in /sys/fs/cgroup/*/dbbackup-node; do [ ! -e "$cg" ] || left+=("cgroup $cg"); done
 for save in iptables-save ip6tables-save; do
-  while read -r rule; do left+=("$save: $rule"); done < <("$save" 2>/dev/null | grep KUBE- || true)
+  while read -r rule; do left+=("$save: $rule"); done < <("$save" 2>/dev/null | grep -E 'KUBE-|dbbackup-node' || true)
 done
 while read -r mount; do left+=("mount $mount"); done < <(grep dbbackup-node /proc/self/mountinfo || true)
+for d in "${TMPDIR:-/tmp}"/dbbackup-node-* /run/lock/dbbackup-node.sysctls; do [ ! -e "$d" ] || left+=("$d"); done
 if [ ${#left[@]} -gt 0 ]; then
   printf 'left behind after the suite:\n' >&2
   printf '  %s\n' "${left[@]}" >&2
