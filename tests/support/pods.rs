@@ -56,12 +56,23 @@ impl Pods {
                     done.push(self.ran(pod).await);
                     continue;
                 }
-                next => assert!(
+                Some(pod) if Instant::now() >= deadline => {
+                    // What the pod got to, for the failure message.
+                    let so_far = self.ran(pod.clone()).await.output;
+                    panic!(
+                        "timed out waiting for pods to finish: {} of {count} finished; {} still runs, \
+                         its output so far:\n{so_far}\nits status: {:?}",
+                        done.len(),
+                        pod.name_any(),
+                        pod.status
+                    );
+                }
+                None => assert!(
                     Instant::now() < deadline,
-                    "timed out waiting for pods to finish: {} of {count} finished; next: {:?}",
-                    done.len(),
-                    next.map(|p| (p.name_any(), p.status))
+                    "timed out waiting for pods to finish: {} of {count} finished, no other pod of ours",
+                    done.len()
                 ),
+                Some(_) => {}
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
