@@ -294,7 +294,7 @@ pub async fn ready(b: Bed, more_spec: &str) -> (Bed, RunningOperator, Pods) {
 }
 
 /// How long a pod of ours may take on the node, from its Job to its end.
-pub const POD_TIMEOUT: Duration = Duration::from_secs(120);
+pub const POD_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Asks for a backup now, as a user would.
 pub fn request_backup(b: &Bed, token: &str) {
