@@ -312,24 +312,24 @@ pub fn request_backup(b: &Bed, token: &str) {
     );
 }
 
+/// Waits for the next pod of ours, which must be of `step` and succeed.
+pub async fn next_succeeded(pods: &mut Pods, step: &str) -> RanPod {
+    let pod = pods.finished(1, POD_TIMEOUT).await.remove(0);
+    assert_eq!(
+        (pod.step.as_str(), pod.exit_code),
+        (step, 0),
+        "{}",
+        pod.output
+    );
+    pod
+}
+
 /// Asks for a backup now and waits for the dump and the chained upload.
 pub async fn backup_now(b: &Bed, pods: &mut Pods, token: &str, latencies: &mut Vec<Duration>) {
     request_backup(b, token);
-    let dump = pods.finished(1, POD_TIMEOUT).await.remove(0);
-    assert_eq!(
-        (dump.step.as_str(), dump.exit_code),
-        ("dump", 0),
-        "{}",
-        dump.output
-    );
+    let dump = next_succeeded(pods, "dump").await;
     latencies.push(status_latency(b, &dump).await);
-    let upload = pods.finished(1, POD_TIMEOUT).await.remove(0);
-    assert_eq!(
-        (upload.step.as_str(), upload.exit_code),
-        ("upload", 0),
-        "{}",
-        upload.output
-    );
+    let upload = next_succeeded(pods, "upload").await;
     latencies.push(status_latency(b, &upload).await);
 }
 
