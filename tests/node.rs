@@ -190,7 +190,13 @@ async fn a_database_image_that_cannot_be_pulled_is_reported_within_a_minute() {
         .unwrap();
     assert_eq!(c.status, "False");
     assert!(c.message.contains(image), "{}", c.message);
-    let events = warnings(&b, "ImagePullFailed").await;
+    // The Event follows the status write that records it.
+    let events = wait_for(
+        "a Warning ImagePullFailed",
+        Duration::from_secs(10),
+        || async { Some(warnings(&b, "ImagePullFailed").await).filter(|e| !e.is_empty()) },
+    )
+    .await;
     assert_eq!(events.len(), 1, "{events:?}");
     assert!(
         events[0]
