@@ -327,3 +327,42 @@ async fn dump_and_upload_pods_share_the_local_volume_through_fs_group() {
     );
     assert_eq!(support::pipeline::bucket_keys(&b.minio).await.len(), 1);
 }
+
+/// The pods' gateway (the bridge) keeps its MAC address as pods come and go:
+/// a bridge that took its ports' lowest lost the node for the running pods
+/// whenever the pod owning that address went (a restore pod once waited two
+/// minutes for its database this way).
+#[test]
+fn the_pods_gateway_keeps_its_address_when_a_lower_one_joins_and_leaves() {
+    let _cluster = Cluster::shared();
+    let address = || std::fs::read_to_string(format!("/sys/class/net/{}/address", node::BRIDGE));
+    let before = address().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let (port, peer) = ("dbbt-low", "dbbt-low-peer");
+    run(&[
+        "link",
+        "add",
+        port,
+        "address",
+        "00:00:00:00:00:01",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        peer,
+    ]);
+    run(&["link", "set", port, "master", node::BRIDGE, "up"]);
+    let joined = address().unwrap();
+    run(&["link", "del", port]);
+    assert_eq!((joined, address().unwrap()), (before.clone(), before));
+}

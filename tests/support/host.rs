@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+/// Locally administered, so it cannot be any real interface's.
+const BRIDGE_MAC: &str = "02:db:b0:00:00:01";
 const LOCK_FILE: &str = "/run/lock/dbbackup-node.lock";
 /// The kernel settings as they were before the first node of a series, kept
 /// until one is stopped cleanly: a killed run must not make the kubelet's
@@ -83,7 +85,13 @@ impl HostNetwork {
         for p in HIDDEN_PATHS {
             std::fs::create_dir_all(p).unwrap();
         }
-        sh(&["ip", "link", "add", BRIDGE, "type", "bridge"]);
+        // An address of its own: a bridge without one takes the lowest of
+        // its ports', so a pod's going changes the gateway's MAC under the
+        // pods still running, and their packets to the node (MinIO, the
+        // databases) are lost until their ARP entries expire.
+        sh(&[
+            "ip", "link", "add", BRIDGE, "address", BRIDGE_MAC, "type", "bridge",
+        ]);
         sh(&["ip", "addr", "add", &format!("{NODE_IP}/16"), "dev", BRIDGE]);
         sh(&["ip", "link", "set", BRIDGE, "up"]);
         let mut insert = vec!["iptables", "-w", "-I"];
