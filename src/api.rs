@@ -20,10 +20,29 @@ fn cel(rules: &[(&str, &str)]) -> serde_json::Value {
         .collect()
 }
 
-/// Five cron fields of the characters robfig/cron (the CronJob controller's parser)
-/// accepts, or one of its @-macros. Value ranges are checked again at reconcile.
-pub const CRON_RULE: &str = r"self.matches('^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|[0-9A-Za-z*/,?-]+( +[0-9A-Za-z*/,?-]+){4})$')";
-const CRON_MESSAGE: &str = "must be a standard 5-field cron expression (minute hour day-of-month month day-of-week) or a macro such as @daily; seconds are not supported";
+/// Five cron fields as robfig/cron (the CronJob controller's parser) reads
+/// them, each value within its field's range, or one of its @-macros. At
+/// reconcile the schedule is parsed once more (croner), for what a pattern
+/// cannot see, such as a range that runs backwards.
+pub fn cron_rule() -> String {
+    // A field: `*`, `?`, N or N-M, each with an optional /step, comma-separated.
+    let field = |n: &str| {
+        let item = format!("([*]|[?]|({n})(-({n}))?)(/[0-9]+)?");
+        format!("{item}(,{item})*")
+    };
+    let fields = [
+        field("[0-5]?[0-9]"),
+        field("[01]?[0-9]|2[0-3]"),
+        field("0?[1-9]|[12][0-9]|3[01]"),
+        field("0?[1-9]|1[0-2]|JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|OCT|NOV|DEC"),
+        field("[0-7]|SUN|MON|TUE|WED|THU|FRI|SAT"),
+    ]
+    .join(" +");
+    format!(
+        "self.matches('(?i)^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|{fields})$')"
+    )
+}
+const CRON_MESSAGE: &str = "must be a standard 5-field cron expression (minute 0-59, hour 0-23, day of month 1-31, month 1-12 or JAN-DEC, day of week 0-7 or SUN-SAT) or a macro such as @daily; seconds are not supported";
 const CRON_TZ_RULE: &str = "!self.contains('TZ=')";
 const CRON_TZ_MESSAGE: &str = "must not set CRON_TZ or TZ; use spec.timeZone";
 
@@ -72,7 +91,7 @@ pub struct DatabaseBackupSpec {
     /// When to dump, in standard 5-field cron syntax (for example "0 3 * * *"),
     /// interpreted in spec.timeZone.
     #[schemars(length(min = 1, max = 128))]
-    #[schemars(extend("x-kubernetes-validations" = cel(&[(CRON_RULE, CRON_MESSAGE), (CRON_TZ_RULE, CRON_TZ_MESSAGE)])))]
+    #[schemars(extend("x-kubernetes-validations" = cel(&[(&cron_rule(), CRON_MESSAGE), (CRON_TZ_RULE, CRON_TZ_MESSAGE)])))]
     pub schedule: String,
 
     /// IANA time zone of both schedules, and of the dates in object keys and log
@@ -89,7 +108,7 @@ pub struct DatabaseBackupSpec {
     /// pipeline polled every minute; the default is every 5 minutes.
     #[serde(default = "default_upload_schedule")]
     #[schemars(length(min = 1, max = 128))]
-    #[schemars(extend("x-kubernetes-validations" = cel(&[(CRON_RULE, CRON_MESSAGE), (CRON_TZ_RULE, CRON_TZ_MESSAGE)])))]
+    #[schemars(extend("x-kubernetes-validations" = cel(&[(&cron_rule(), CRON_MESSAGE), (CRON_TZ_RULE, CRON_TZ_MESSAGE)])))]
     pub upload_schedule: String,
 
     /// Pauses both the dump and the upload schedules.
@@ -358,6 +377,14 @@ pub enum Compression {
 }
 
 impl Compression {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        }
+    }
+
     /// File name suffix after `.sql`.
     pub fn extension(self) -> &'static str {
         match self {
@@ -701,4 +728,19 @@ pub fn restore_crd()
 -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
     use kube::CustomResourceExt;
     DatabaseRestore::crd()
+}
+
+/// The bucket name a Secret value holds, read the same way by the operator's
+/// check and by the jobs: surrounding whitespace (a trailing newline from
+/// `echo`) is not part of it.
+pub fn bucket_name(raw: &str) -> &str {
+    raw.trim()
+}
+
+/// True for PEM text holding at least one certificate, all of them well formed:
+/// what the jobs add to their trust roots.
+pub fn valid_ca_bundle(pem: &[u8]) -> bool {
+    use rustls_pki_types::{CertificateDer, pem::PemObject};
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem).collect();
+    certs.is_ok_and(|certs| !certs.is_empty())
 }

@@ -117,7 +117,8 @@ async fn fetch(args: &FetchArgs) -> Result<JobResult, Failure> {
     let part_size = got
         .metadata()
         .and_then(|m| m.get(s3::PART_SIZE_META))
-        .and_then(|v| v.parse().ok());
+        .map(|v| parse_part_size(v).map_err(|e| fail("CorruptDump", format!("{key}: {e}"))))
+        .transpose()?;
     let expected_size = got.content_length().unwrap_or(-1);
     let mut check = EtagCheck::new(&etag, part_size);
     let mut out = Decompressor::create(&args.out, &key).map_err(|e| {
@@ -190,6 +191,19 @@ async fn latest(
                 format!("no dump under prefix {prefix:?} in bucket {bucket}"),
             )
         })
+}
+
+/// The part size our metadata names: S3 parts are 5 MiB to 5 GiB (the last
+/// may be smaller), so anything else is refused rather than trusted.
+fn parse_part_size(value: &str) -> Result<u64, String> {
+    const MIN: u64 = 5 * 1024 * 1024;
+    const MAX: u64 = 5 * 1024 * 1024 * 1024;
+    match value.trim().parse::<u64>() {
+        Ok(n) if (MIN..=MAX).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "part size metadata {value:?} is not between 5 MiB and 5 GiB; the object was not written by this operator as it is"
+        )),
+    }
 }
 
 /// Recomputes the ETag S3 reports: the MD5 of the object, or for a multipart
@@ -274,11 +288,54 @@ impl EtagCheck {
     }
 }
 
+type Out = std::io::BufWriter<std::fs::File>;
+
 /// Writes the object to the output file, decompressing by its key's suffix.
 enum Decompressor {
-    Plain(std::io::BufWriter<std::fs::File>),
-    Gzip(flate2::write::MultiGzDecoder<std::io::BufWriter<std::fs::File>>),
-    Zstd(zstd::stream::write::Decoder<'static, std::io::BufWriter<std::fs::File>>),
+    Plain(Out),
+    Gzip(flate2::write::MultiGzDecoder<Out>),
+    Zstd(ZstdFrames),
+}
+
+/// A zstd decoder that knows whether its last frame ended: zstd's own
+/// writer takes a stream cut mid-frame for a whole one.
+struct ZstdFrames {
+    decoder: zstd::stream::raw::Decoder<'static>,
+    out: Out,
+    buf: Vec<u8>,
+    /// The decoder's hint after the last step: 0 once a frame is complete.
+    hint: usize,
+}
+
+impl ZstdFrames {
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+        if bytes.is_empty() {
+            // A step without input would report on the next frame's header.
+            return Ok(());
+        }
+        let mut input = InBuffer::around(bytes);
+        loop {
+            let mut output = OutBuffer::around(&mut self.buf[..]);
+            self.hint = self.decoder.run(&mut input, &mut output)?;
+            let n = output.pos();
+            self.out.write_all(&self.buf[..n])?;
+            if input.pos() == bytes.len() && n < self.buf.len() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Every output was written as it came (`write_all` drains the decoder).
+    fn finish(self) -> std::io::Result<Out> {
+        if self.hint != 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the zstd stream ends inside a frame (truncated)",
+            ));
+        }
+        Ok(self.out)
+    }
 }
 
 impl Decompressor {
@@ -286,7 +343,13 @@ impl Decompressor {
         let file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
         Ok(match Compression::of_name(key) {
             Compression::Gzip => Decompressor::Gzip(flate2::write::MultiGzDecoder::new(file)),
-            Compression::Zstd => Decompressor::Zstd(zstd::stream::write::Decoder::new(file)?),
+            Compression::Zstd => Decompressor::Zstd(ZstdFrames {
+                decoder: zstd::stream::raw::Decoder::new()?,
+                out: file,
+                buf: vec![0; 1 << 17],
+                // Nothing read yet: an empty object is no whole frame either.
+                hint: 1,
+            }),
             Compression::None => Decompressor::Plain(file),
         })
     }
@@ -304,10 +367,7 @@ impl Decompressor {
         let file = match self {
             Decompressor::Plain(w) => w,
             Decompressor::Gzip(w) => w.finish()?,
-            Decompressor::Zstd(mut w) => {
-                w.flush()?;
-                w.into_inner()
-            }
+            Decompressor::Zstd(w) => w.finish()?,
         };
         let file = file.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()
@@ -391,9 +451,20 @@ mod tests {
             d.finish().unwrap();
             assert_eq!(std::fs::read(&out).unwrap(), sql, "{key}");
         }
-        let out = dir.path().join("cut.sql");
-        let mut d = Decompressor::create(&out, "a.sql.gz").unwrap();
-        d.write_all(&gz[..gz.len() / 2]).unwrap();
-        assert!(d.finish().is_err(), "a truncated gzip stream");
+        for (key, data) in [("a.sql.gz", &gz), ("a.sql.zst", &zst)] {
+            let out = dir.path().join("cut.sql");
+            let mut d = Decompressor::create(&out, key).unwrap();
+            d.write_all(&data[..data.len() / 2]).unwrap();
+            assert!(d.finish().is_err(), "a truncated stream: {key}");
+        }
+    }
+
+    #[test]
+    fn part_sizes_outside_what_s3_allows_are_refused() {
+        for bad in ["0", "1", "-5", "x", "5242879", "5368709121"] {
+            let e = parse_part_size(bad).unwrap_err();
+            assert!(e.contains("not between 5 MiB and 5 GiB"), "{e}");
+        }
+        assert_eq!(parse_part_size("8388608"), Ok(8 * 1024 * 1024));
     }
 }

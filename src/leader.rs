@@ -109,24 +109,36 @@ impl LeaseLock {
         }
     }
 
-    /// Renews the lease until it is lost; returns then. Renewal every third of the
-    /// duration leaves two attempts before another replica may take over.
+    /// How long a leader may go without a renewal before it stops: two
+    /// thirds of the lease, so that it stops before any other replica may
+    /// take the lease (client-go's 10 s of 15 s).
+    fn renew_deadline(&self) -> Duration {
+        self.duration * 2 / 3
+    }
+
+    /// Renews the lease until it is lost or cannot be renewed within the
+    /// renew deadline; returns then. A renewal that hangs counts as failed
+    /// once the deadline passes, so a leader cut off from the apiserver stops
+    /// before a follower takes over.
     pub async fn hold(&self) {
-        let mut last_renewal = tokio::time::Instant::now();
+        let mut renewed = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(self.duration / 3).await;
-            match self.try_acquire_or_renew().await {
-                Ok(true) => last_renewal = tokio::time::Instant::now(),
-                Ok(false) => {
+            // Counted from before the request: the lease says no later.
+            let attempt = tokio::time::Instant::now();
+            let left = self.renew_deadline().saturating_sub(renewed.elapsed());
+            match tokio::time::timeout(left, self.try_acquire_or_renew()).await {
+                Ok(Ok(true)) => renewed = attempt,
+                Ok(Ok(false)) => {
                     warn!(lease = %self.name, "lost the lease to another replica");
                     return;
                 }
-                Err(e) => {
-                    warn!(error = %e, "cannot renew the lease");
-                    if last_renewal.elapsed() >= self.duration {
-                        return;
-                    }
-                }
+                Ok(Err(e)) => warn!(error = %e, "cannot renew the lease"),
+                Err(_) => warn!(lease = %self.name, "the lease renewal hangs"),
+            }
+            if renewed.elapsed() >= self.renew_deadline() {
+                warn!(lease = %self.name, "no renewal within the renew deadline");
+                return;
             }
         }
     }

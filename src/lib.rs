@@ -3,14 +3,13 @@
 
 pub mod api;
 pub mod controller;
-pub mod dump;
 pub mod fetch;
 pub mod jobresult;
+pub mod jobs;
 pub mod leader;
 pub mod logline;
 pub mod metrics;
 pub mod names;
-pub mod restore;
 pub mod server;
 pub mod upload;
 

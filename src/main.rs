@@ -66,6 +66,15 @@ enum Command {
     Upload(dbbackup_operator::upload::UploadArgs),
     /// Download, verify and decompress a dump for a restore (run by the restore Job).
     Fetch(dbbackup_operator::fetch::FetchArgs),
+    /// Dump the database onto the staging volume (run in the database image by the dump CronJob).
+    Dump(dbbackup_operator::jobs::dump::DumpArgs),
+    /// Load a fetched dump into the target database (run in the database image by the restore Job).
+    Load(dbbackup_operator::jobs::load::LoadArgs),
+    /// Copy this binary to a path, for a Job's database-image container to run.
+    CopyBinary {
+        #[arg(long)]
+        to: std::path::PathBuf,
+    },
     /// Print a CRD as YAML.
     Crd {
         #[arg(value_enum, default_value = "databasebackups")]
@@ -96,6 +105,19 @@ async fn main() -> anyhow::Result<()> {
             init_tracing(LogFormat::Text);
             let code = dbbackup_operator::fetch::run(args).await;
             std::process::exit(code);
+        }
+        Command::Dump(args) => {
+            init_tracing(LogFormat::Text);
+            let code = dbbackup_operator::jobs::dump::run(args).await;
+            std::process::exit(code);
+        }
+        Command::Load(args) => {
+            init_tracing(LogFormat::Text);
+            std::process::exit(dbbackup_operator::jobs::load::run(args));
+        }
+        Command::CopyBinary { to } => {
+            dbbackup_operator::jobs::copy_binary(&to)
+                .map_err(|e| anyhow::anyhow!("cannot copy this binary to {}: {e}", to.display()))?;
         }
         Command::Upload(args) => {
             init_tracing(LogFormat::Text);

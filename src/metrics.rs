@@ -53,7 +53,7 @@ impl Default for Metrics {
         let stale = Family::<BackupLabel, Gauge>::default();
         registry.register(
             "backup_stale",
-            "1 while a DatabaseBackup has had no successful upload within twice its schedule interval",
+            "1 while a scheduled dump run of a DatabaseBackup, plus its grace, passed without a new upload",
             stale.clone(),
         );
         let requests = Family::<VerbLabel, Counter>::default();
@@ -132,6 +132,14 @@ impl Metrics {
                 name: name.to_string(),
             })
             .set(i64::from(stale));
+    }
+
+    /// Drops a deleted backup's series, so that it is not reported stale for ever.
+    pub fn forget_backup(&self, namespace: &str, name: &str) {
+        self.stale.remove(&BackupLabel {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        });
     }
 
     pub fn reconciles(&self) -> u64 {

@@ -414,6 +414,21 @@ async fn admission_rejects_bad_input_and_names_the_field() {
             "CRON_TZ",
         ),
         (
+            with(&["schedule"], "61 * * * *".into()),
+            "spec.schedule",
+            "minute 0-59",
+        ),
+        (
+            with(&["uploadSchedule"], "0 24 * * MON-FRI".into()),
+            "spec.uploadSchedule",
+            "hour 0-23",
+        ),
+        (
+            with(&["schedule"], "0 3 32 * *".into()),
+            "spec.schedule",
+            "day of month 1-31",
+        ),
+        (
             with(&["timeZone"], "Mars/Olympus_Mons".into()),
             "spec.timeZone",
             "",
@@ -584,10 +599,10 @@ async fn a_forced_resync_after_convergence_writes_nothing() {
 }
 
 #[tokio::test]
-async fn a_backup_without_uploads_becomes_stale_after_twice_its_interval() {
+async fn a_scheduled_run_without_an_upload_makes_it_stale_and_deletion_drops_the_metric() {
     let (_cp, client) = setup("shop").await;
     create_sample_secrets(&client, "shop").await;
-    let _op = RunningOperator::start(&client);
+    let op = RunningOperator::start(&client);
     let mut manifest = backup_manifest("orders", "mariadb");
     manifest["spec"]["schedule"] = "* * * * *".into();
     create_backup(&client, "shop", manifest).await;
@@ -605,7 +620,8 @@ async fn a_backup_without_uploads_becomes_stale_after_twice_its_interval() {
         stale_status(&db),
         Some(("False".into(), "UploadsCurrent".into()))
     );
-    // Every minute, no upload: stale two minutes after creation, with no user action.
+    // Every minute, no upload: stale once the first run and its grace (until
+    // the next run) passed, with no user action.
     wait_for("Stale=True", Duration::from_secs(150), || async {
         let db = backups.get("orders").await.ok()?;
         (stale_status(&db) == Some(("True".into(), "NoRecentUpload".into()))).then_some(())
@@ -619,5 +635,18 @@ async fn a_backup_without_uploads_becomes_stale_after_twice_its_interval() {
             .any(|e| e.reason.as_deref() == Some("BackupStale"))
             .then_some(())
     })
+    .await;
+    let series = r#"dbbackup_backup_stale{namespace="shop",name="orders"} 1"#;
+    assert!(
+        op.metrics().encode().contains(series),
+        "{}",
+        op.metrics().encode()
+    );
+    backups.delete("orders", &Default::default()).await.unwrap();
+    wait_for(
+        "the stale series to go",
+        Duration::from_secs(30),
+        || async { (!op.metrics().encode().contains(r#"name="orders""#)).then_some(()) },
+    )
     .await;
 }

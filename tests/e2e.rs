@@ -264,7 +264,10 @@ async fn failures_show_as_conditions_events_and_log_lines() {
     let line = s.log.last().unwrap();
     assert!(line.contains(",upload failed: NoSuchBucket"), "{line}");
     assert!(!line.contains(&b.minio.secret_key));
-    assert!(b.staging.join("dumps/datadump.sql").exists(), "dump kept");
+    assert!(
+        b.staging.join("dumps/.uploading-datadump.sql").exists(),
+        "dump kept, claimed, for the next upload to send first"
+    );
 
     // A dump past its Job's deadline: tests/node.rs, on a real pod.
     let events = event_reasons(&b).await;

@@ -3,11 +3,13 @@
 
 mod support;
 
+use dbbackup_operator::api::DatabaseBackup;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{Api, ListParams, PostParams};
 use std::time::Duration;
-use support::node::MARIADB_IMAGE;
+use support::node::{MARIADB_IMAGE, NODE_IP};
+use support::operator::RunningOperator;
 use support::operator::wait_for;
 use support::*;
 
@@ -139,11 +141,13 @@ async fn warnings(b: &Bed, reason: &str) -> Vec<Event> {
         .collect()
 }
 
+/// The files in the staging `dumps/`, but the (empty, kept) lock files.
 fn staged_files(b: &Bed) -> Vec<String> {
     std::fs::read_dir(b.staging.join("dumps"))
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.ends_with(".lock"))
                 .collect()
         })
         .unwrap_or_default()
@@ -365,4 +369,184 @@ fn the_pods_gateway_keeps_its_address_when_a_lower_one_joins_and_leaves() {
     let joined = address().unwrap();
     run(&["link", "del", port]);
     assert_eq!((joined, address().unwrap()), (before.clone(), before));
+}
+
+/// Database names users have, and ones that would run a command or read a
+/// variable if any shell or the kubelet's `$(VAR)` expansion saw them.
+const AWKWARD_NAMES: [&str; 9] = [
+    "a$(touch /staging/pwned)b",
+    "a`id`b",
+    "a$x",
+    "a$$b",
+    "$(DB_USER)",
+    "o'brien",
+    "-dash",
+    "x=y",
+    "fác-2026",
+];
+
+/// Creates database `name` with one table holding `name` itself.
+fn create_named(db: &Db, name: &str) {
+    match db {
+        Db::Maria(d) => {
+            let ident = format!("`{}`", name.replace('`', "``"));
+            let value = name.replace('\\', "\\\\").replace('\'', "''");
+            d.query(
+                "information_schema",
+                &format!(
+                    "CREATE DATABASE {ident}; CREATE TABLE {ident}.t (note TEXT); INSERT INTO {ident}.t VALUES ('{value}')"
+                ),
+            );
+        }
+        Db::Pg(p) => {
+            p.query(
+                "postgres",
+                &format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\"")),
+            );
+            let value = name.replace('\'', "''");
+            p.query(
+                &pg_conninfo(name),
+                &format!("CREATE TABLE t (note text); INSERT INTO t VALUES ('{value}')"),
+            );
+        }
+    }
+}
+
+/// What database `name` holds in its table, or None once it is gone.
+fn named_content(db: &Db, name: &str) -> String {
+    match db {
+        Db::Maria(d) => d.query(
+            "information_schema",
+            &format!("SELECT note FROM `{}`.t", name.replace('`', "``")),
+        ),
+        Db::Pg(p) => p.query(&pg_conninfo(name), "SELECT note FROM t"),
+    }
+}
+
+fn drop_named(db: &Db, name: &str) {
+    match db {
+        Db::Maria(d) => {
+            d.query(
+                "information_schema",
+                &format!("DROP DATABASE `{}`", name.replace('`', "``")),
+            );
+        }
+        Db::Pg(p) => {
+            p.query(
+                "postgres",
+                &format!("DROP DATABASE \"{}\"", name.replace('"', "\"\"")),
+            );
+        }
+    }
+}
+
+/// A libpq connection string naming `database`, so psql takes it as a name.
+fn pg_conninfo(database: &str) -> String {
+    format!(
+        "dbname='{}'",
+        database.replace('\\', r"\\").replace('\'', r"\'")
+    )
+}
+
+async fn awkward_names_round_trip(engine: Engine) {
+    use dbbackup_operator::api::{DatabaseRestore, RestorePhase};
+    let b = bed(engine).await;
+    let _op = RunningOperator::start_in(&b.client, &b.ns);
+    let (port, _, password) = b.db.login();
+    let mut volumes = vec![];
+    for (i, name) in AWKWARD_NAMES.iter().enumerate() {
+        create_named(&b.db, name);
+        let backup = format!("n{i}");
+        let claim = format!("{backup}-staging");
+        volumes.push(b.cluster.node.volume_for(&b.client, &b.ns, &claim).await);
+        let manifest = serde_json::json!({
+            "apiVersion": "dbbackup.io/v1alpha1",
+            "kind": "DatabaseBackup",
+            "metadata": { "name": backup, "namespace": b.ns,
+                          "annotations": { "dbbackup.io/run-now": "first" } },
+            "spec": {
+                "database": { "engine": engine.as_str(), "host": NODE_IP, "port": port,
+                              "image": b.db.image(), "name": name,
+                              "credentialsSecret": { "name": "db-creds" } },
+                "schedule": "0 3 29 2 *",
+                "uploadSchedule": "0 3 29 2 *",
+                "bucket": { "secretRef": { "name": "s3-creds" } }
+            }
+        });
+        let path = b.dir().join(format!("{backup}.json"));
+        std::fs::write(&path, manifest.to_string()).unwrap();
+        kubectl(b.cp(), &["apply", "-f", path.to_str().unwrap()]);
+    }
+    let backups: Api<DatabaseBackup> = Api::namespaced(b.client.clone(), &b.ns);
+    for i in 0..AWKWARD_NAMES.len() {
+        let name = format!("n{i}");
+        wait_for(&format!("{name}'s upload"), POD_TIMEOUT * 2, || async {
+            let db = backups.get(&name).await.ok()?;
+            db.status?.last_upload_key
+        })
+        .await;
+    }
+    for (i, name) in AWKWARD_NAMES.iter().enumerate() {
+        drop_named(&b.db, name);
+        let manifest = serde_json::json!({
+            "apiVersion": "dbbackup.io/v1alpha1",
+            "kind": "DatabaseRestore",
+            "metadata": { "name": format!("r{i}"), "namespace": b.ns },
+            "spec": {
+                "backup": format!("n{i}"),
+                "key": "latest",
+                "target": { "engine": engine.as_str(), "host": NODE_IP, "port": port,
+                            "image": b.db.image(), "name": name,
+                            "credentialsSecret": { "name": "db-creds" } }
+            }
+        });
+        let path = b.dir().join(format!("r{i}.json"));
+        std::fs::write(&path, manifest.to_string()).unwrap();
+        kubectl(b.cp(), &["apply", "-f", path.to_str().unwrap()]);
+    }
+    let restores: Api<DatabaseRestore> = Api::namespaced(b.client.clone(), &b.ns);
+    for (i, name) in AWKWARD_NAMES.iter().enumerate() {
+        let status = wait_for(&format!("restore of {name}"), POD_TIMEOUT * 2, || async {
+            let s = restores.get(&format!("r{i}")).await.ok()?.status?;
+            s.phase.is_some_and(RestorePhase::finished).then_some(s)
+        })
+        .await;
+        assert_eq!(
+            status.phase,
+            Some(RestorePhase::Succeeded),
+            "{name}: {status:?}"
+        );
+        assert_eq!(named_content(&b.db, name), *name, "round trip of {name}");
+    }
+    for v in &volumes {
+        assert!(!v.join("pwned").exists(), "a name ran a command");
+    }
+    let everything = kubectl(
+        b.cp(),
+        &[
+            "get",
+            "dbb,databaserestores,events,jobs,pods",
+            "-n",
+            &b.ns,
+            "-o",
+            "yaml",
+        ],
+    );
+    assert!(
+        !everything.contains(&password),
+        "the database password leaked"
+    );
+}
+
+/// Each awkward name goes through dump, upload and restore under its own
+/// name on the real node (whose kubelet does the `$(VAR)` expansion): nothing
+/// runs, nothing is expanded, no secret shows.
+#[tokio::test]
+async fn awkward_database_names_round_trip_on_mariadb() {
+    awkward_names_round_trip(Engine::Mariadb).await;
+}
+
+#[tokio::test]
+async fn awkward_database_names_round_trip_on_postgres() {
+    awkward_names_round_trip(Engine::Postgres).await;
 }

@@ -445,7 +445,7 @@ async fn minio_stopped_mid_upload_keeps_the_dump_and_the_next_run_uploads_it_onc
         "the upload claimed success with MinIO down"
     );
     assert!(
-        dump.exists(),
+        staging.kept_dump().exists(),
         "the dump was deleted although the upload failed"
     );
     let last = staging.log_lines().pop().unwrap();
@@ -468,7 +468,7 @@ async fn minio_stopped_mid_upload_keeps_the_dump_and_the_next_run_uploads_it_onc
         .await
         .unwrap();
     assert_eq!(head.content_length(), Some(600 * 1024 * 1024));
-    assert!(!dump.exists());
+    assert!(!dump.exists() && !staging.kept_dump().exists());
     // The interrupted run's multipart upload was aborted by the next run.
     assert_no_pending_uploads(&minio).await;
     staging.assert_log_format();
@@ -514,7 +514,7 @@ async fn wrong_s3_credentials_keep_the_dump_and_leak_nothing() {
         "{}",
         result.log
     );
-    assert!(staging.path().join("dumps/datadump.sql").exists());
+    assert!(staging.kept_dump().exists());
     assert!(bucket_keys(&minio).await.is_empty());
     let everything = format!(
         "{}{}{:?}",

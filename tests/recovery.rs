@@ -156,7 +156,8 @@ async fn a_failed_upload_prunes_nothing() {
     .await;
     assert!(pruned_lines(&status.log).is_empty(), "{:?}", status.log);
     assert!(
-        b.staging.join("dumps/datadump.sql").exists(),
+        b.staging.join("dumps/datadump.sql").exists()
+            || b.staging.join("dumps/.uploading-datadump.sql").exists(),
         "the dump stays for the next run"
     );
 
@@ -317,6 +318,154 @@ async fn non_empty_mariadb_target_needs_overwrite() {
 #[tokio::test]
 async fn non_empty_postgres_target_needs_overwrite() {
     non_empty_target(Engine::Postgres).await;
+}
+
+/// The number of tables (and views) in the target `shop`.
+fn table_count(b: &Bed) -> String {
+    match b.engine {
+        Engine::Postgres => b.db.exec(
+            "shop",
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'v') AND n.nspname = 'public'",
+        ),
+        _ => b.db.exec(
+            "shop",
+            "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = 'shop'",
+        ),
+    }
+}
+
+/// An overwrite restore whose load fails midway (a dump whose first
+/// statements work and a later one fails) leaves the target as it was.
+async fn a_failed_overwrite_leaves_the_target(engine: Engine) {
+    let (b, _op, mut pods) = ready_bed(engine, "").await;
+    let (before, tables) = (b.db.fingerprint("shop"), table_count(&b));
+    let broken = "CREATE TABLE half (id INT);\nINSERT INTO half VALUES (1);\nSELECT no_such_function();\nCREATE TABLE never (id INT);\n";
+    let key = format!("{}/datadump9.sql", today());
+    b.minio
+        .s3_client()
+        .await
+        .put_object()
+        .bucket(BUCKET)
+        .key(&key)
+        .body(broken.as_bytes().to_vec().into())
+        .send()
+        .await
+        .unwrap();
+    apply_restore(&b, "broken", "shop", true);
+    let status = run_restore(&b, &mut pods, "broken").await;
+    assert_eq!(status.phase, Some(RestorePhase::Failed), "{status:?}");
+    assert_eq!(restored(&status), ("False".into(), "RestoreFailed".into()));
+    let last = status.log.last().unwrap();
+    let kept = match engine {
+        Engine::Postgres => "; the target is unchanged",
+        _ => "; the target was put back as it was",
+    };
+    assert!(
+        last.contains("no_such_function") && last.ends_with(kept),
+        "{last}"
+    );
+    assert_eq!(b.db.fingerprint("shop"), before);
+    assert_eq!(table_count(&b), tables, "no table of the failed load stays");
+}
+
+#[tokio::test]
+async fn a_failed_overwrite_leaves_the_mariadb_target_as_it_was() {
+    a_failed_overwrite_leaves_the_target(Engine::Mariadb).await;
+}
+
+#[tokio::test]
+async fn a_failed_overwrite_leaves_the_postgres_target_as_it_was() {
+    a_failed_overwrite_leaves_the_target(Engine::Postgres).await;
+}
+
+/// A role that is neither a superuser nor the one that dumped restores the
+/// dump, views and triggers included: they become its own.
+async fn a_restore_as_another_role(engine: Engine) {
+    let (b, _op, mut pods) = ready_bed(engine, "").await;
+    match engine {
+        Engine::Postgres => {
+            b.db.exec(
+                "shop",
+                "CREATE VIEW big_orders AS SELECT * FROM orders WHERE id > 1000",
+            );
+            b.db.exec(
+                "postgres",
+                "CREATE ROLE restorer LOGIN CREATEDB PASSWORD 'pw-restorer'",
+            );
+        }
+        _ => {
+            b.db.exec(
+                "shop",
+                "CREATE VIEW big_orders AS SELECT * FROM orders WHERE id > 1000",
+            );
+            b.db.exec(
+                "shop",
+                "CREATE TRIGGER same_price BEFORE INSERT ON products FOR EACH ROW SET NEW.price = NEW.price",
+            );
+            b.db.exec(
+                "shop",
+                "CREATE USER 'restorer'@'%' IDENTIFIED BY 'pw-restorer'; GRANT ALL ON `restored`.* TO 'restorer'@'%'",
+            );
+        }
+    }
+    backup_now(&b, &mut pods, "first", &mut vec![]).await;
+    apply_secret(
+        &b,
+        "restorer-creds",
+        &[("username", "restorer"), ("password", "pw-restorer")],
+    );
+    apply_restore_as(&b, "as-restorer", "restored", false, "restorer-creds");
+    let status = run_restore(&b, &mut pods, "as-restorer").await;
+    assert_eq!(status.phase, Some(RestorePhase::Succeeded), "{status:?}");
+    assert_eq!(b.db.fingerprint("restored"), b.db.fingerprint("shop"));
+    assert_eq!(
+        b.db.exec("restored", "SELECT COUNT(*) FROM big_orders"),
+        b.db.exec("shop", "SELECT COUNT(*) FROM big_orders")
+    );
+}
+
+#[tokio::test]
+async fn a_second_non_superuser_role_restores_a_mariadb_dump() {
+    a_restore_as_another_role(Engine::Mariadb).await;
+}
+
+#[tokio::test]
+async fn a_second_non_superuser_role_restores_a_postgres_dump() {
+    a_restore_as_another_role(Engine::Postgres).await;
+}
+
+/// A restore deleted with `--cascade=orphan` and created again under the same
+/// name runs a Job of its own, and reports that Job's result, not the old one's.
+#[tokio::test]
+async fn a_restore_created_again_after_an_orphaning_delete_runs_its_own_job() {
+    let (b, _op, mut pods) = ready_bed(Engine::Mariadb, "").await;
+    backup_now(&b, &mut pods, "first", &mut vec![]).await;
+    apply_restore(&b, "again", "first_copy", false);
+    let status = run_restore(&b, &mut pods, "again").await;
+    assert_eq!(status.phase, Some(RestorePhase::Succeeded), "{status:?}");
+    kubectl(
+        b.cp(),
+        &["delete", "dbr", "-n", &b.ns, "again", "--cascade=orphan"],
+    );
+    // The same name, now into a database that has tables: its own Job must refuse.
+    apply_restore(&b, "again", "shop", false);
+    let status = run_restore(&b, &mut pods, "again").await;
+    assert_eq!(status.phase, Some(RestorePhase::Failed), "{status:?}");
+    assert_eq!(restored(&status), ("False".into(), "TargetNotEmpty".into()));
+    let jobs = kubectl(
+        b.cp(),
+        &[
+            "get",
+            "jobs",
+            "-n",
+            &b.ns,
+            "-l",
+            "dbbackup.io/restore=again",
+            "-o",
+            "name",
+        ],
+    );
+    assert_eq!(jobs.lines().count(), 2, "{jobs}");
 }
 
 /// Uploads `parts` × 5 MiB of `byte` to `key` as a multipart upload, recording
@@ -480,7 +629,11 @@ async fn a_restore_of_a_missing_backup_waits_and_says_why() {
 
     create_backup(&client, NS, backup_manifest("orders", "mariadb")).await;
     wait_for("the restore job", Duration::from_secs(60), || async {
-        jobs.get_opt("orphan-restore").await.ok()?
+        let list = jobs
+            .list(&kube::api::ListParams::default().labels("dbbackup.io/restore=orphan"))
+            .await
+            .ok()?;
+        list.items.into_iter().next()
     })
     .await;
 }

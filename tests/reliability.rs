@@ -324,3 +324,87 @@ async fn a_secret_reference_cannot_name_another_namespace() {
         raw.delete("other-ns", &Default::default()).await.unwrap();
     }
 }
+
+/// A leader cut off from the apiserver (its connections hang, they do not
+/// fail) stops reconciling, by exiting, before the follower takes the Lease:
+/// its renewals have a deadline below the lease duration.
+#[tokio::test]
+async fn a_leader_whose_renewals_hang_stops_before_the_follower_takes_over() {
+    let (cp, client) = setup("shop").await;
+    let url: url_parts::Url = cp.url.parse().unwrap();
+    let relay = support::tcpstall::StallingRelay::start(url.addr).await;
+    let kubeconfig = cp.dir().join("kubeconfig-through-relay");
+    let text = std::fs::read_to_string(&cp.kubeconfig).unwrap();
+    std::fs::write(
+        &kubeconfig,
+        text.replace(&cp.url, &format!("https://{}", relay.addr)),
+    )
+    .unwrap();
+    let args = [
+        "--leader-election".to_string(),
+        "--lease-duration-seconds=6".to_string(),
+        "--lease-namespace=shop".to_string(),
+    ];
+    let mut leader = OperatorProcess::start_with_kubeconfig(&kubeconfig, "leader", &args);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "shop");
+    let holder = || async {
+        leases
+            .get("dbbackup-operator")
+            .await
+            .ok()?
+            .spec?
+            .holder_identity
+    };
+    wait_for(
+        "the first replica to lead",
+        Duration::from_secs(30),
+        || async { (holder().await.as_deref() == Some("leader")).then_some(()) },
+    )
+    .await;
+    let _follower = OperatorProcess::start(&cp, "follower", &args);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    relay.stall();
+    let stalled = Instant::now();
+    let mut stopped = None;
+    let took_over = loop {
+        if stopped.is_none() && leader.process.exited() {
+            stopped = Some(stalled.elapsed());
+        }
+        if holder().await.as_deref() == Some("follower") {
+            break stalled.elapsed();
+        }
+        assert!(stalled.elapsed() < Duration::from_secs(60), "no takeover");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!("leader stopped after {stopped:?}, follower led after {took_over:?}");
+    let stopped =
+        stopped.unwrap_or_else(|| panic!("the cut-off leader still runs:\n{}", leader.log()));
+    assert!(
+        stopped < took_over,
+        "stopped {stopped:?}, took over {took_over:?}"
+    );
+    assert!(
+        leader
+            .log()
+            .contains("no renewal within the renew deadline"),
+        "{}",
+        leader.log()
+    );
+}
+
+/// The address of an `https://host:port` URL.
+mod url_parts {
+    pub struct Url {
+        pub addr: std::net::SocketAddr,
+    }
+
+    impl std::str::FromStr for Url {
+        type Err = String;
+        fn from_str(s: &str) -> Result<Url, String> {
+            let hostport = s.trim_start_matches("https://").trim_end_matches('/');
+            Ok(Url {
+                addr: hostport.parse().map_err(|e| format!("{s}: {e}"))?,
+            })
+        }
+    }
+}

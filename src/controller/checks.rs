@@ -77,14 +77,6 @@ pub fn valid_bucket_name(name: &str) -> bool {
         && name.parse::<std::net::Ipv4Addr>().is_err()
 }
 
-/// True for PEM text holding at least one certificate, all of them well formed:
-/// what the uploader will add to its trust roots.
-pub fn valid_ca_bundle(pem: &[u8]) -> bool {
-    use rustls_pki_types::{CertificateDer, pem::PemObject};
-    let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem).collect();
-    certs.is_ok_and(|certs| !certs.is_empty())
-}
-
 async fn get_secret(client: &Client, ns: &str, name: &str) -> Result<Secret, CheckError> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     secrets.get_opt(name).await?.ok_or_else(|| {
@@ -163,7 +155,7 @@ pub async fn check_bucket(
     if bucket.name.is_none() {
         let name = secret_value(&secret, &bucket.secret_ref.bucket_key)?;
         let name = String::from_utf8_lossy(name);
-        if !valid_bucket_name(name.trim()) {
+        if !valid_bucket_name(crate::api::bucket_name(&name)) {
             return Err(Problem::new(
                 "InvalidBucketName",
                 format!(
@@ -180,7 +172,7 @@ pub async fn check_bucket(
     if let Some(ca) = &bucket.ca_bundle {
         let secret = get_secret(client, ns, &ca.name).await?;
         let pem = secret_value(&secret, &ca.key)?;
-        if !valid_ca_bundle(pem) {
+        if !crate::api::valid_ca_bundle(pem) {
             return Err(Problem::new(
                 "InvalidCABundle",
                 format!(
@@ -217,11 +209,13 @@ mod tests {
     fn ca_bundles() {
         let cert = rcgen::generate_simple_self_signed(vec!["minio.local".into()]).unwrap();
         let pem = cert.cert.pem();
-        assert!(valid_ca_bundle(pem.as_bytes()));
-        assert!(valid_ca_bundle(format!("{pem}{pem}").as_bytes()));
+        assert!(crate::api::valid_ca_bundle(pem.as_bytes()));
+        assert!(crate::api::valid_ca_bundle(
+            format!("{pem}{pem}").as_bytes()
+        ));
         let broken = pem.replacen("MII", "M!I", 1);
         for bad in ["not a certificate", "", broken.as_str()] {
-            assert!(!valid_ca_bundle(bad.as_bytes()), "{bad}");
+            assert!(!crate::api::valid_ca_bundle(bad.as_bytes()), "{bad}");
         }
     }
 

@@ -232,7 +232,7 @@ async fn apply_children(db: &DatabaseBackup, ctx: &Context) -> Result<Children, 
     Ok(Children {
         dump: apply(
             cronjobs.clone(),
-            &resources::dump_cronjob(db),
+            &resources::dump_cronjob(db, &ctx.settings),
             &ctx.cronjobs,
             true,
         )
@@ -367,13 +367,19 @@ async fn reconcile(db: Arc<DatabaseBackup>, ctx: Arc<Context>) -> Result<Action,
                 message: format!("started a dump for run-now request {token:?}"),
             });
         }
-        // A requested backup does not wait for the upload schedule.
+        // No dump waits for the upload schedule: each success starts its
+        // upload (one per Job, even if the Job ran a second pod). The upload
+        // CronJob stays as the retry and the original pipeline's poller.
         for r in &reports {
             let chained = r.step == Step::Dump
                 && r.result.outcome == Outcome::Succeeded
                 && !new.processed_pods.contains(&r.uid);
-            if let (true, Some(run)) = (chained, &r.run_now) {
-                start_job(&ctx, &children.upload, run).await?;
+            if chained {
+                let run = r
+                    .run_now
+                    .clone()
+                    .unwrap_or_else(|| names::run_now_id(r.job.as_deref().unwrap_or(&r.uid)));
+                start_job(&ctx, &children.upload, &run).await?;
             }
         }
     }
@@ -395,8 +401,14 @@ async fn reconcile(db: Arc<DatabaseBackup>, ctx: Arc<Context>) -> Result<Action,
 
     let mut recheck = RESYNC;
     if let Ok(schedule) = checks::parse_schedule(&db.spec.schedule) {
+        let jobs = &db.spec.jobs;
+        let max_run = chrono::Duration::seconds(
+            jobs.starting_deadline_seconds + 2 * jobs.active_deadline_seconds,
+        );
         let (stale, due) = status::staleness(
             &schedule,
+            tz,
+            max_run,
             new.last_upload_time.as_ref(),
             db.metadata.creation_timestamp.as_ref(),
             chrono::Utc::now(),
@@ -564,8 +576,14 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     // Status writes bump resourceVersion but not generation; reconciling on them
     // would only redo work. Annotations pass, for the "back up now" trigger.
     let (reader, writer) = reflector::store();
+    let metrics = ctx.metrics.clone();
     let triggers = watch(backups, &watcher::Config::default())
         .reflect(writer)
+        .inspect(move |event| {
+            if let Ok(watcher::Event::Delete(db)) = event {
+                metrics.forget_backup(&db.namespace().unwrap_or_default(), &db.name_any());
+            }
+        })
         .applied_objects()
         .predicate_filter(
             predicates::generation.combine(predicates::annotations),

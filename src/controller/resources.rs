@@ -4,15 +4,15 @@
 //! server-side applied on every reconcile and golden-tested.
 
 use crate::api::{BucketSpec, CaBundleRef, DatabaseBackup, DatabaseSpec, Engine};
-use crate::dump::{self, DumpTarget};
+use crate::jobs::tool;
 use crate::names;
 use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
-    PodAffinity, PodAffinityTerm, PodSecurityContext, PodSpec, PodTemplateSpec, SeccompProfile,
-    SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
-    VolumeResourceRequirements, WeightedPodAffinityTerm,
+    PodAffinity, PodAffinityTerm, PodSecurityContext, PodSpec, PodTemplateSpec,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext,
+    Volume, VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -111,9 +111,9 @@ pub(crate) fn database_image(db: &DatabaseSpec) -> String {
 pub(crate) fn credentials_env(db: &DatabaseSpec) -> Vec<EnvVar> {
     let creds = &db.credentials_secret;
     vec![
-        secret_env(dump::USER_ENV, &creds.name, &creds.username_key, false),
+        secret_env(tool::USER_ENV, &creds.name, &creds.username_key, false),
         secret_env(
-            dump::password_env(db.engine),
+            tool::password_env(db.engine),
             &creds.name,
             &creds.password_key,
             false,
@@ -333,29 +333,71 @@ fn base_pod(db: &DatabaseBackup, uid: i64, container: Container, volumes: Vec<Vo
     }
 }
 
-pub fn dump_cronjob(db: &DatabaseBackup) -> CronJob {
+/// Where the init container leaves our binary for the database image's container.
+const BINARY_DIR: &str = "/dbbackup";
+pub(crate) const BINARY: &str = "/dbbackup/dbbackup-operator";
+
+/// The init container (our image) that copies our binary into an emptyDir,
+/// that volume, and its mount for the container that runs it: the dump and
+/// load steps run in the database's image with its tools, and no shell.
+pub(crate) fn binary_copy(
+    settings: &Settings,
+    resources: Option<ResourceRequirements>,
+) -> (Container, Volume, VolumeMount) {
+    let mount = VolumeMount {
+        name: "dbbackup-binary".into(),
+        mount_path: BINARY_DIR.into(),
+        ..Default::default()
+    };
+    let init = Container {
+        name: "copy-binary".into(),
+        image: Some(settings.uploader_image.clone()),
+        args: Some(vec!["copy-binary".into(), format!("--to={BINARY}")]),
+        volume_mounts: Some(vec![mount.clone()]),
+        resources,
+        security_context: Some(container_security()),
+        ..Default::default()
+    };
+    let volume = Volume {
+        name: "dbbackup-binary".into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    };
+    (init, volume, mount)
+}
+
+/// `--engine=… --host=… --port=… --database=…`: where a step's database is.
+pub(crate) fn database_args(db: &DatabaseSpec, database: &str) -> Vec<String> {
+    vec![
+        format!("--engine={}", db.engine.as_str()),
+        format!("--host={}", db.host),
+        format!("--port={}", database_port(db)),
+        format!("--database={database}"),
+    ]
+}
+
+pub fn dump_cronjob(db: &DatabaseBackup, settings: &Settings) -> CronJob {
     let spec = &db.spec;
     let engine = spec.database.engine;
-    let script = dump::dump_script(&DumpTarget {
-        engine,
-        host: &spec.database.host,
-        port: database_port(&spec.database),
-        database: &spec.database.name,
-        compression: spec.compression,
-    });
-    let (volumes, mounts) = volumes(db, false);
+    let (mut volumes, mut mounts) = volumes(db, false);
+    let (copy, binary_volume, binary_mount) = binary_copy(settings, spec.jobs.resources.clone());
+    volumes.push(binary_volume);
+    mounts.push(binary_mount);
+    let mut args = vec!["dump".to_string()];
+    args.extend(database_args(&spec.database, &spec.database.name));
+    args.extend([
+        format!("--compression={}", spec.compression.as_str()),
+        format!("--staging-dir={STAGING_MOUNT}"),
+        format!("--termination-log={TERMINATION_LOG}"),
+        format!("--time-zone={}", spec.time_zone),
+    ]);
     let mut env = credentials_env(&spec.database);
-    env.push(plain_env("TZ", &spec.time_zone));
     env.extend(client_home_env(engine));
     let container = literal(Container {
         name: "dump".into(),
         image: Some(database_image(&spec.database)),
-        command: Some(vec!["/bin/sh".into(), "-c".into(), script]),
-        args: Some(vec![
-            "dump".into(),
-            STAGING_MOUNT.into(),
-            TERMINATION_LOG.into(),
-        ]),
+        command: Some(vec![BINARY.into()]),
+        args: Some(args),
         env: Some(env),
         volume_mounts: Some(mounts),
         resources: spec.jobs.resources.clone(),
@@ -364,7 +406,8 @@ pub fn dump_cronjob(db: &DatabaseBackup) -> CronJob {
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Default::default()
     });
-    let pod = base_pod(db, DUMP_UID, container, volumes);
+    let mut pod = base_pod(db, DUMP_UID, container, volumes);
+    pod.init_containers = Some(vec![copy]);
     cronjob(db, Step::Dump, &spec.schedule, pod)
 }
 
@@ -581,7 +624,7 @@ mod tests {
     fn children_yaml(db: &DatabaseBackup) -> String {
         [
             serde_yaml::to_string(&staging_pvc(db)).unwrap(),
-            serde_yaml::to_string(&dump_cronjob(db)).unwrap(),
+            serde_yaml::to_string(&dump_cronjob(db, &settings())).unwrap(),
             serde_yaml::to_string(&upload_cronjob(db, &settings())).unwrap(),
         ]
         .join("---\n")
@@ -659,13 +702,35 @@ mod tests {
             "postgres",
             serde_json::json!({"database": {"name": "a$$b$(HOME)"}, "bucket": {"prefix": "p$(X)/"}}),
         );
-        let dump = pod_of(dump_cronjob(&db));
-        let script = &dump.containers[0].command.as_ref().unwrap()[2];
-        assert!(script.contains("'a$$$$b$$(HOME)'"), "{script}");
-        assert!(script.contains(r#"line="$$(date"#), "{script}");
+        let dump = pod_of(dump_cronjob(&db, &settings()));
+        let args = dump.containers[0].args.clone().unwrap();
+        assert!(
+            args.contains(&"--database=a$$$$b$$(HOME)".to_string()),
+            "{args:?}"
+        );
         let upload = pod_of(upload_cronjob(&db, &settings()));
         let args = upload.containers[0].args.clone().unwrap();
         assert!(args.contains(&"--prefix=p$$(X)/".to_string()), "{args:?}");
+    }
+
+    #[test]
+    fn no_container_runs_a_shell() {
+        for engine in ["mariadb", "postgres", "mysql"] {
+            let db = fixture(engine, serde_json::json!({}));
+            for pod in [
+                pod_of(dump_cronjob(&db, &settings())),
+                pod_of(upload_cronjob(&db, &settings())),
+            ] {
+                for c in pod.init_containers.iter().flatten().chain(&pod.containers) {
+                    let argv: Vec<&String> = c.command.iter().chain(&c.args).flatten().collect();
+                    assert!(
+                        argv.iter().all(|a| !a.ends_with("sh") && *a != "-c"),
+                        "{}: {argv:?}",
+                        c.name
+                    );
+                }
+            }
+        }
     }
 
     #[test]

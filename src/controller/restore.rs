@@ -16,7 +16,7 @@ use crate::api::{
     BucketSpec, DatabaseBackup, DatabaseRestore, DatabaseRestoreStatus, RestorePhase,
 };
 use crate::jobresult::{JobResult, Outcome, Step};
-use crate::{names, restore};
+use crate::names;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Container, ContainerStatus, EmptyDirVolumeSource, Pod, PodSpec, PodTemplateSpec,
@@ -48,8 +48,13 @@ pub struct Source {
     pub prefix: String,
 }
 
-pub fn job_name(restore: &str) -> String {
-    names::child_name(restore, "restore", names::DNS_LABEL_MAX)
+/// The restore's Job: named after this resource's UID too, so that a restore
+/// created again under the same name never takes an earlier one's Job (left
+/// behind by `--cascade=orphan`) for its own.
+pub fn job_name(r: &DatabaseRestore) -> String {
+    let uid = r.metadata.uid.as_deref().unwrap_or_default();
+    let suffix = format!("restore-{}", &uid[..uid.len().min(8)]);
+    names::child_name(&r.name_any(), &suffix, names::DNS_LABEL_MAX)
 }
 
 fn labels(restore: &str) -> BTreeMap<String, String> {
@@ -120,26 +125,31 @@ pub fn restore_job(r: &DatabaseRestore, source: &Source, settings: &Settings) ->
         ..Default::default()
     });
 
-    let script = restore::restore_script(&restore::RestoreTarget {
-        engine,
-        host: &target.host,
-        port: resources::database_port(target),
-        database: &target.name,
-        overwrite: spec.overwrite,
-    });
+    let (copy, binary_volume, binary_mount) =
+        resources::binary_copy(settings, spec.resources.clone());
+    volumes.push(binary_volume);
+    let mut args = vec!["load".to_string()];
+    args.extend(resources::database_args(target, &target.name));
+    args.extend([
+        format!("--file={DUMP_FILE}"),
+        format!("--termination-log={TERMINATION_LOG}"),
+    ]);
+    if spec.overwrite {
+        args.push("--overwrite".into());
+    }
     let mut env = resources::credentials_env(target);
     env.extend(resources::client_home_env(engine));
     let load = resources::literal(Container {
         name: "restore".into(),
         image: Some(resources::database_image(target)),
-        command: Some(vec!["/bin/sh".into(), "-c".into(), script]),
-        args: Some(vec![
-            "restore".into(),
-            DUMP_FILE.into(),
-            TERMINATION_LOG.into(),
-        ]),
+        command: Some(vec![resources::BINARY.into()]),
+        args: Some(args),
         env: Some(env),
-        volume_mounts: Some(vec![mount("work", WORK_MOUNT), mount("tmp", "/tmp")]),
+        volume_mounts: Some(vec![
+            mount("work", WORK_MOUNT),
+            mount("tmp", "/tmp"),
+            binary_mount,
+        ]),
         resources: spec.resources.clone(),
         security_context: Some(container_security()),
         termination_message_path: Some(TERMINATION_LOG.into()),
@@ -150,7 +160,7 @@ pub fn restore_job(r: &DatabaseRestore, source: &Source, settings: &Settings) ->
     let labels = labels(&name);
     Job {
         metadata: ObjectMeta {
-            name: Some(job_name(&name)),
+            name: Some(job_name(r)),
             namespace: r.namespace(),
             labels: Some(labels.clone()),
             owner_references: Some(vec![
@@ -173,7 +183,7 @@ pub fn restore_job(r: &DatabaseRestore, source: &Source, settings: &Settings) ->
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
                     security_context: Some(pod_security(DUMP_UID)),
-                    init_containers: Some(vec![fetch]),
+                    init_containers: Some(vec![fetch, copy]),
                     containers: vec![load],
                     volumes: Some(volumes),
                     node_selector: spec.node_selector.clone(),
@@ -334,13 +344,12 @@ pub async fn reconcile(r: Arc<DatabaseRestore>, ctx: Arc<Context>) -> Result<Act
         return Ok(Action::await_change());
     }
     let ns = r.namespace().unwrap_or_default();
-    let name = r.name_any();
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let generation = r.metadata.generation;
 
     // The source is looked up once, to create the Job; a Job that runs needs
     // nothing more from it, even if the Secrets change meanwhile.
-    let job_key = ObjectRef::new(&job_name(&name)).within(&ns);
+    let job_key = ObjectRef::new(&job_name(&r)).within(&ns);
     let job = match ctx.jobs.get(&job_key) {
         Some(job) => Some(job),
         None => {
@@ -377,11 +386,19 @@ pub async fn reconcile(r: Arc<DatabaseRestore>, ctx: Arc<Context>) -> Result<Act
         .lock()
         .unwrap()
         .remove(&ObjectRef::from_obj(&*r));
+    // Only a pod of this restore's own Job (by UID) speaks for it.
+    let job_uid = job.as_ref().and_then(|j| j.uid());
     let pod = ctx
         .pods
         .state()
         .into_iter()
         .filter(|p| super::labelled_owner(&**p, LABEL_RESTORE) == Some(ObjectRef::from_obj(&*r)))
+        .filter(|p| {
+            job_uid.is_some()
+                && p.owner_references()
+                    .iter()
+                    .any(|o| o.kind == "Job" && Some(&o.uid) == job_uid.as_ref())
+        })
         .max_by_key(|p| p.metadata.creation_timestamp.clone().map(|t| t.0));
 
     let (mut new, observed) = observe(&old, job.as_deref(), pod.as_deref());
@@ -400,7 +417,7 @@ pub async fn reconcile(r: Arc<DatabaseRestore>, ctx: Arc<Context>) -> Result<Act
                 Some(RestorePhase::Running) => (
                     EventType::Normal,
                     "RestoreStarted",
-                    format!("started job {}", job_name(&name)),
+                    format!("started job {}", job_name(&r)),
                 ),
                 _ => (EventType::Normal, "Pending", observed.message),
             };
@@ -598,7 +615,7 @@ mod tests {
             uploader_image: "ghcr.io/dbbackup-operator/dbbackup-operator:0.1.0".into(),
         };
         let job = restore_job(&r, &source, &settings);
-        assert_eq!(job.metadata.name.as_deref(), Some("back-restore"));
+        assert_eq!(job.metadata.name.as_deref(), Some("back-restore-5d2c0e0e"));
         let spec = job.spec.unwrap();
         assert_eq!(spec.backoff_limit, Some(0));
         let pod = spec.template.spec.unwrap();
@@ -616,7 +633,12 @@ mod tests {
         assert_eq!(fetch.image, Some(settings.uploader_image.clone()));
         let load = &pod.containers[0];
         assert_eq!(load.image.as_deref(), Some("docker.io/library/postgres:17"));
-        assert_eq!(load.args.clone().unwrap()[1], "/work/restore.sql");
+        let load_args = load.args.clone().unwrap();
+        assert_eq!(load.command, Some(vec![resources::BINARY.to_string()]));
+        assert_eq!(&load_args[..2], ["load", "--engine=postgres"]);
+        assert!(load_args.contains(&"--file=/work/restore.sql".to_string()));
+        let copy = &pod.init_containers.as_ref().unwrap()[1];
+        assert_eq!(copy.args.clone().unwrap()[0], "copy-binary");
         let env: Vec<&str> = load.env.iter().flatten().map(|e| e.name.as_str()).collect();
         assert!(
             env.contains(&"PGPASSWORD") && env.contains(&"DB_USER"),

@@ -478,48 +478,56 @@ pub fn record_reports(
     notes
 }
 
-/// Stale when no upload succeeded within twice the dump schedule's interval
-/// (counted from creation until the first upload). Also returns when to look again.
+/// Stale when a scheduled dump run passed, plus its grace, without a new
+/// upload: the first run after the last upload (or the creation), in the
+/// schedule's time zone. Its grace is the time its Jobs may take
+/// (`max_run`), but no longer than until the run after it. Also returns when
+/// to look again.
 pub fn staleness(
     schedule: &croner::Cron,
+    tz: chrono_tz::Tz,
+    max_run: chrono::Duration,
     last_upload: Option<&Time>,
     created: Option<&Time>,
     now: chrono::DateTime<chrono::Utc>,
 ) -> (Observed, Option<std::time::Duration>) {
-    let interval = schedule
-        .find_next_occurrence(&now, false)
-        .ok()
-        .and_then(|a| schedule.find_next_occurrence(&a, false).ok().map(|b| b - a))
-        .unwrap_or_else(|| chrono::Duration::days(1));
     let since = last_upload.or(created).map(to_chrono).unwrap_or(now);
-    let deadline = since + interval * 2;
-    if now >= deadline {
-        let what = match last_upload {
-            Some(_) => format!(
-                "the last successful upload was at {}",
-                since.format("%Y-%m-%dT%H:%M:%SZ")
-            ),
-            None => "no upload has succeeded since the resource was created".to_string(),
-        };
-        let o = Observed::new(
-            STALE,
-            true,
-            "NoRecentUpload",
-            format!(
-                "{what}; expected one every {} minutes",
-                interval.num_minutes()
-            ),
-        );
-        (o, None)
-    } else {
-        let o = Observed::new(
+    let current = || {
+        Observed::new(
             STALE,
             false,
             "UploadsCurrent",
             "a recent upload exists or is not yet due",
-        );
-        (o, (deadline - now).to_std().ok())
+        )
+    };
+    let Ok(run) = schedule.find_next_occurrence(&since.with_timezone(&tz), false) else {
+        return (current(), None);
+    };
+    let grace = schedule
+        .find_next_occurrence(&run, false)
+        .map_or(max_run, |next| (next - run).min(max_run));
+    let deadline = run.with_timezone(&chrono::Utc) + grace;
+    if now < deadline {
+        return (current(), (deadline - now).to_std().ok());
     }
+    let what = match last_upload {
+        Some(_) => format!(
+            "the last successful upload was at {}",
+            since.format("%Y-%m-%dT%H:%M:%SZ")
+        ),
+        None => "no upload has succeeded since the resource was created".to_string(),
+    };
+    let o = Observed::new(
+        STALE,
+        true,
+        "NoRecentUpload",
+        format!(
+            "{what}; the dump scheduled for {} should have been uploaded by {}",
+            run.format("%Y-%m-%dT%H:%M:%S%:z"),
+            deadline.format("%Y-%m-%dT%H:%M:%SZ")
+        ),
+    );
+    (o, None)
 }
 
 #[cfg(test)]
@@ -816,35 +824,99 @@ mod report_tests {
         assert_eq!(status.processed_pods.len(), 60);
     }
 
+    fn time(rfc3339: &str) -> Time {
+        Time(rfc3339.parse().unwrap())
+    }
+
+    fn stale_at(schedule: &str, tz: &str, uploaded: &str, now: &str) -> bool {
+        let schedule = crate::controller::checks::parse_schedule(schedule).unwrap();
+        let now = to_chrono(&time(now));
+        let (o, _) = staleness(
+            &schedule,
+            tz.parse().unwrap(),
+            chrono::Duration::minutes(65),
+            Some(&time(uploaded)),
+            None,
+            now,
+        );
+        o.status
+    }
+
     #[test]
-    fn stale_after_twice_the_interval() {
+    fn a_weekday_schedule_is_not_stale_over_the_weekend() {
+        let weekdays = ("0 3 * * 1-5", "Europe/Paris");
+        // Friday 2026-11-27 03:00 Paris (02:00Z) uploaded at 02:05Z.
+        let friday = "2026-11-27T02:05:00Z";
+        for now in [
+            "2026-11-28T12:00:00Z",
+            "2026-11-29T23:00:00Z",
+            "2026-11-30T03:00:00Z",
+        ] {
+            assert!(!stale_at(weekdays.0, weekdays.1, friday, now), "{now}");
+        }
+        // Monday's run (02:00Z) missed: stale once its grace (65 min) passed.
+        assert!(stale_at(
+            weekdays.0,
+            weekdays.1,
+            friday,
+            "2026-11-30T03:06:00Z"
+        ));
+    }
+
+    #[test]
+    fn hourly_in_office_hours_is_not_stale_at_night() {
+        let office = ("0 9-17 * * *", "UTC");
+        let last = "2026-11-26T17:02:00Z";
+        for now in [
+            "2026-11-26T20:00:00Z",
+            "2026-11-27T08:59:00Z",
+            "2026-11-27T09:30:00Z",
+        ] {
+            assert!(!stale_at(office.0, office.1, last, now), "{now}");
+        }
+        // 09:00's run missed: the grace ends at the next run, 10:00.
+        assert!(stale_at(office.0, office.1, last, "2026-11-27T10:00:01Z"));
+        // In the day an upload each hour keeps it current.
+        assert!(!stale_at(
+            office.0,
+            office.1,
+            "2026-11-27T10:01:00Z",
+            "2026-11-27T11:30:00Z"
+        ));
+        assert!(stale_at(
+            office.0,
+            office.1,
+            "2026-11-27T10:01:00Z",
+            "2026-11-27T12:00:01Z"
+        ));
+    }
+
+    #[test]
+    fn staleness_counts_from_creation_and_says_when_to_look_again() {
         let hourly = crate::controller::checks::parse_schedule("0 * * * *").unwrap();
-        let t0 = chrono::DateTime::from_timestamp(1_764_039_600, 0).unwrap();
-        let created = Time(k8s_openapi::jiff::Timestamp::from_second(t0.timestamp()).unwrap());
+        let created = time("2026-11-26T10:30:00Z");
         let (fresh, due) = staleness(
             &hourly,
+            chrono_tz::UTC,
+            chrono::Duration::hours(6),
             None,
             Some(&created),
-            t0 + chrono::Duration::minutes(90),
+            to_chrono(&time("2026-11-26T11:30:00Z")),
         );
         assert!(!fresh.status);
+        // The 11:00 run may take until 12:00, when the next one starts.
         assert_eq!(due, Some(std::time::Duration::from_secs(30 * 60)));
         let (stale, _) = staleness(
             &hourly,
+            chrono_tz::UTC,
+            chrono::Duration::hours(6),
             None,
             Some(&created),
-            t0 + chrono::Duration::minutes(121),
+            to_chrono(&time("2026-11-26T12:00:01Z")),
         );
-        assert!(stale.status);
-        assert_eq!(stale.reason, "NoRecentUpload");
-        let uploaded =
-            Time(k8s_openapi::jiff::Timestamp::from_second(t0.timestamp() + 7200).unwrap());
-        let (after, _) = staleness(
-            &hourly,
-            Some(&uploaded),
-            Some(&created),
-            t0 + chrono::Duration::minutes(150),
+        assert_eq!(
+            (stale.status, stale.reason.as_str()),
+            (true, "NoRecentUpload")
         );
-        assert!(!after.status);
     }
 }

@@ -2,9 +2,6 @@
 
 use chrono::NaiveDate;
 
-/// Staged dump names the uploader looks for, newest format first.
-pub const DUMP_FILES: [&str; 3] = ["datadump.sql.zst", "datadump.sql.gz", "datadump.sql"];
-
 /// `<prefix>YYYY-MM-DD/`: the folder for one date.
 pub fn date_folder(prefix: &str, date: NaiveDate) -> String {
     format!("{prefix}{}/", date.format("%Y-%m-%d"))

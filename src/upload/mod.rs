@@ -2,19 +2,20 @@
 //!
 //! The original pipeline's contract: a dump in the staging folder is uploaded
 //! and then deleted; no dump means "there is no file to upload" and nothing
-//! else. What ours adds: the local file is deleted only after the store
-//! confirms size and ETag, an existing object is never replaced, and any
-//! failure keeps the dump for the next run and exits non-zero.
+//! else. What ours adds: the upload claims the dump before reading it (see
+//! `jobs::staging`), deletes exactly that file and only after the store
+//! confirmed its size and checksum, never replaces an existing object, and
+//! on any failure keeps the dump for the next run and exits non-zero.
 
 pub mod keys;
 pub mod retention;
 pub mod s3;
 
 use crate::jobresult::{JobResult, Outcome, Step};
-use crate::logline::{self, LogLine};
+use crate::jobs::staging::{Claimed, Lock, Staging};
+use crate::logline;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use tracing::{error, info, warn};
 
@@ -54,53 +55,6 @@ pub struct UploadArgs {
     /// Retention: after a confirmed upload, keep only dumps younger than this (30d, 12h, 1d12h).
     #[arg(long, value_parser = retention::parse_age)]
     pub max_age: Option<chrono::Duration>,
-}
-
-/// A staged dump ready for upload.
-#[derive(Debug)]
-struct Staged {
-    path: PathBuf,
-    name: &'static str,
-    size: u64,
-    finished: DateTime<Utc>,
-}
-
-fn find_dump(dumps: &Path) -> std::io::Result<Option<Staged>> {
-    for name in keys::DUMP_FILES {
-        let path = dumps.join(name);
-        match std::fs::metadata(&path) {
-            Ok(meta) if meta.is_file() => {
-                return Ok(Some(Staged {
-                    path,
-                    name,
-                    size: meta.len(),
-                    finished: meta.modified()?.into(),
-                }));
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(None)
-}
-
-/// Appends `message` to today's log file and returns the line.
-fn append_log(staging: &Path, tz: Tz, message: &str) -> LogLine {
-    let line = LogLine::at(&Utc::now().with_timezone(&tz), message);
-    let dir = staging.join("logs");
-    let written = std::fs::create_dir_all(&dir).and_then(|_| {
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join(line.file_name()))?;
-        writeln!(f, "{line}")?;
-        f.sync_data()
-    });
-    if let Err(e) = written {
-        warn!(error = %e, "cannot write the log file");
-    }
-    line
 }
 
 /// What the `.multipart` state file holds: an upload to abort if we die mid-way.
@@ -146,11 +100,8 @@ pub async fn run(args: UploadArgs) -> i32 {
     let (mut result, code) = match upload(&args).await {
         Ok(result) => (result, 0),
         Err(message) => {
-            let line = append_log(
-                &args.staging_dir,
-                args.time_zone,
-                &format!("upload failed: {message}"),
-            );
+            let line = Staging::new(&args.staging_dir)
+                .log(args.time_zone, &format!("upload failed: {message}"));
             error!("{line}");
             (
                 JobResult::new(Step::Upload, Outcome::Failed, line.to_string()),
@@ -166,30 +117,79 @@ pub async fn run(args: UploadArgs) -> i32 {
 
 async fn upload(args: &UploadArgs) -> Result<JobResult, String> {
     let tz = args.time_zone;
-    let dumps = args.staging_dir.join("dumps");
-    let staged = find_dump(&dumps).map_err(|e| format!("cannot read {}: {e}", dumps.display()))?;
-    let Some(staged) = staged else {
-        let line = append_log(&args.staging_dir, tz, logline::NOTHING_TO_UPLOAD);
+    let staging = Staging::new(&args.staging_dir);
+    let dumps = staging.dumps();
+    let cannot = |e: std::io::Error| format!("cannot read {}: {e}", dumps.display());
+    let nothing = || {
+        let line = staging.log(tz, logline::NOTHING_TO_UPLOAD);
         info!("{line}");
-        return Ok(JobResult::new(
-            Step::Upload,
-            Outcome::Nothing,
-            line.to_string(),
-        ));
+        JobResult::new(Step::Upload, Outcome::Nothing, line.to_string())
     };
-    if staged.size == 0 {
-        return Err(format!("{} is empty", staged.path.display()));
+    if !dumps.exists() {
+        return Ok(nothing());
     }
-    info!(file = %staged.path.display(), size = staged.size, "found a dump");
+    let _lock = staging
+        .lock(Lock::Upload, || {
+            info!("another upload is running on this volume; this one starts when it ends")
+        })
+        .map_err(cannot)?;
+    let mut client = None;
+    let mut sent: Vec<JobResult> = vec![];
+    // A claim a killed upload left goes first, then the dump staged now. A
+    // dump finished after that waits for the next upload.
+    while let Some(claimed) = staging.claim().map_err(cannot)? {
+        if claimed.left_over {
+            info!(file = %claimed.path.display(), "sending the dump an interrupted upload claimed");
+        }
+        let client = match &client {
+            Some(c) => c,
+            None => client.insert(args.store.client().await?),
+        };
+        let left_over = claimed.left_over;
+        sent.push(send(client, args, &staging, &claimed).await?);
+        if !left_over {
+            break;
+        }
+    }
+    let Some(mut last) = sent.pop() else {
+        return Ok(nothing());
+    };
+    if let Some(first) = sent.pop() {
+        // In time order: the left claim's line, then this one's, then retention's.
+        let mut more = vec![last.log.clone()];
+        more.extend(first.more_log.iter().cloned());
+        more.extend(last.more_log);
+        last.more_log = more;
+        last.log = first.log;
+    }
+    Ok(last)
+}
 
-    let client = args.store.client().await?;
-    abort_leftover(&client, &dumps).await;
+/// Uploads one claimed dump under a fresh key, verifies it, deletes it, and
+/// applies retention.
+async fn send(
+    client: &aws_sdk_s3::Client,
+    args: &UploadArgs,
+    staging: &Staging,
+    claimed: &Claimed,
+) -> Result<JobResult, String> {
+    let tz = args.time_zone;
+    let dumps = staging.dumps();
+    let size = std::fs::metadata(&claimed.path)
+        .map_err(|e| format!("cannot read {}: {e}", claimed.path.display()))?
+        .len();
+    if size == 0 {
+        return Err(format!("{} is empty", claimed.path.display()));
+    }
+    info!(file = %claimed.path.display(), size, "found a dump");
+    abort_leftover(client, &dumps).await;
     if args.create_bucket {
-        s3::ensure_bucket(&client, &args.store.bucket).await?;
+        s3::ensure_bucket(client, &args.store.bucket).await?;
     }
 
     // The date of the dump (not of the upload) names the folder, in the resource's zone.
-    let date = staged.finished.with_timezone(&tz).date_naive();
+    let finished: DateTime<Utc> = claimed.finished.into();
+    let date = finished.with_timezone(&tz).date_naive();
     let folder = keys::date_folder(&args.prefix, date);
     let tuning = s3::Tuning {
         min_part_size: args.part_size_mib.max(5) * 1024 * 1024,
@@ -197,9 +197,9 @@ async fn upload(args: &UploadArgs) -> Result<JobResult, String> {
     };
     let mut conditional = true;
     for _ in 0..MAX_KEY_ATTEMPTS {
-        let existing = s3::list_keys(&client, &args.store.bucket, &folder).await?;
-        let key = keys::next_object_key(&folder, existing.iter().map(String::as_str), staged.name);
-        if !conditional && s3::object_exists(&client, &args.store.bucket, &key).await? {
+        let existing = s3::list_keys(client, &args.store.bucket, &folder).await?;
+        let key = keys::next_object_key(&folder, existing.iter().map(String::as_str), claimed.name);
+        if !conditional && s3::object_exists(client, &args.store.bucket, &key).await? {
             continue;
         }
         let record_key = |upload_id: &str| {
@@ -215,11 +215,11 @@ async fn upload(args: &UploadArgs) -> Result<JobResult, String> {
         };
         info!(%key, "uploading");
         let put = s3::put_file(
-            &client,
+            client,
             &args.store.bucket,
             &key,
-            &staged.path,
-            staged.size,
+            &claimed.path,
+            size,
             tuning,
             conditional,
             &record_key,
@@ -241,24 +241,21 @@ async fn upload(args: &UploadArgs) -> Result<JobResult, String> {
             }
             Err(e) => return Err(e.to_string()),
         };
-        s3::verify(&client, &args.store.bucket, &key, &written).await?;
-        // Only now is the dump safe to drop.
-        std::fs::remove_file(&staged.path).map_err(|e| {
+        s3::verify(client, &args.store.bucket, &key, &written).await?;
+        // Only now is the dump safe to drop: exactly the file this run claimed.
+        staging.release(claimed).map_err(|e| {
             format!(
                 "uploaded {key} but cannot delete {}: {e}",
-                staged.path.display()
+                claimed.path.display()
             )
         })?;
-        if let Ok(dir) = std::fs::File::open(&dumps) {
-            let _ = dir.sync_all();
-        }
-        let line = append_log(&args.staging_dir, tz, logline::UPLOADED);
+        let line = staging.log(tz, logline::UPLOADED);
         info!(%key, size = written.size, checksum = %written.proof, "{line}");
         let policy = retention::Policy {
             keep_last: args.keep_last,
             max_age: args.max_age,
         };
-        let more_log = prune(&client, args, policy, &key).await;
+        let more_log = prune(client, args, policy, &key).await;
         return Ok(JobResult {
             step: Step::Upload,
             outcome: Outcome::Succeeded,
@@ -288,7 +285,7 @@ async fn prune(
         return vec![];
     }
     let log = |message: String| {
-        let line = append_log(&args.staging_dir, args.time_zone, &message);
+        let line = Staging::new(&args.staging_dir).log(args.time_zone, &message);
         info!("{line}");
         line.to_string()
     };

@@ -38,8 +38,8 @@ pub struct StoreSettings {
 /// Where the store is and how to reach it, as the job pods receive it.
 #[derive(clap::Args, Debug, Clone)]
 pub struct StoreArgs {
-    /// Bucket name.
-    #[arg(long, env = "DBBACKUP_BUCKET")]
+    /// Bucket name (surrounding whitespace is dropped, as the operator's check does).
+    #[arg(long, env = "DBBACKUP_BUCKET", value_parser = |s: &str| Ok::<_, String>(crate::api::bucket_name(s).to_string()))]
     pub bucket: String,
     /// Endpoint URL of an S3-compatible store; empty or unset for AWS S3.
     #[arg(long, env = "DBBACKUP_ENDPOINT")]
@@ -59,10 +59,18 @@ impl StoreArgs {
     /// A client for the store; credentials come from the environment.
     pub async fn client(&self) -> Result<Client, String> {
         let ca_bundle = match &self.ca_bundle {
-            Some(p) => Some(
-                std::fs::read(p)
-                    .map_err(|e| format!("cannot read CA bundle {}: {e}", p.display()))?,
-            ),
+            Some(p) => {
+                let pem = std::fs::read(p)
+                    .map_err(|e| format!("cannot read CA bundle {}: {e}", p.display()))?;
+                // Said here, not later as an unknown issuer that does not say why.
+                if !crate::api::valid_ca_bundle(&pem) {
+                    return Err(format!(
+                        "CA bundle {} holds no well-formed PEM certificate",
+                        p.display()
+                    ));
+                }
+                Some(pem)
+            }
             None => None,
         };
         client(&StoreSettings {

@@ -364,6 +364,11 @@ pub fn create_job_from(b: &Bed, cronjob: &str, job: &str) {
 
 /// A DatabaseRestore of the newest dump of backup "orders", applied with kubectl.
 pub fn apply_restore(b: &Bed, name: &str, target: &str, overwrite: bool) {
+    apply_restore_as(b, name, target, overwrite, "db-creds");
+}
+
+/// As `apply_restore`, logging in with the credentials in Secret `credentials`.
+pub fn apply_restore_as(b: &Bed, name: &str, target: &str, overwrite: bool, credentials: &str) {
     let (port, _, _) = b.db.login();
     let manifest = format!(
         r#"apiVersion: dbbackup.io/v1alpha1
@@ -381,7 +386,7 @@ spec:
     image: {image}
     name: {target}
     credentialsSecret:
-      name: db-creds
+      name: {credentials}
   overwrite: {overwrite}
 "#,
         ns = b.ns,

@@ -1,8 +1,9 @@
 //! A reverse proxy in front of the real MinIO that refuses chosen requests.
 //! It stands in only for what a healthy MinIO never does: a store that
 //! rejects the SDK's default request checksums, or one that answers 5xx in
-//! the middle of a multipart upload. Every other request reaches MinIO as sent
-//! (the Host header is kept, so signatures still verify).
+//! the middle of a multipart upload, or one whose writes stall (a slow link,
+//! so that tests can act while an upload is in flight). Every other request
+//! reaches MinIO as sent (the Host header is kept, so signatures still verify).
 
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::{Bytes, Incoming};
@@ -21,7 +22,16 @@ pub type Rule =
 pub struct FaultProxy {
     pub endpoint: String,
     rejected: Arc<AtomicUsize>,
+    gate: Arc<Gate>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// While closed, PUT requests wait at the proxy (counted in `held`).
+#[derive(Default)]
+struct Gate {
+    closed: std::sync::atomic::AtomicBool,
+    held: AtomicUsize,
+    opened: tokio::sync::Notify,
 }
 
 impl FaultProxy {
@@ -32,18 +42,21 @@ impl FaultProxy {
         let listener = tokio::net::TcpListener::bind((host, 0)).await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let rejected = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(Gate::default());
         let client: Client<_, Incoming> = Client::builder(TokioExecutor::new()).build_http();
         let counter = rejected.clone();
+        let gate_in = gate.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (client, upstream, rule, counter) = (
+                let (client, upstream, rule, counter, gate) = (
                     client.clone(),
                     upstream.clone(),
                     rule.clone(),
                     counter.clone(),
+                    gate_in.clone(),
                 );
                 let service = service_fn(move |req| {
                     forward(
@@ -52,6 +65,7 @@ impl FaultProxy {
                         upstream.clone(),
                         rule.clone(),
                         counter.clone(),
+                        gate.clone(),
                     )
                 });
                 tokio::spawn(
@@ -63,8 +77,25 @@ impl FaultProxy {
         FaultProxy {
             endpoint,
             rejected,
+            gate,
             task,
         }
+    }
+
+    /// From now on PUT requests wait at the proxy until `release`.
+    pub fn hold_puts(&self) {
+        self.gate.closed.store(true, Ordering::SeqCst);
+    }
+
+    /// Lets the held PUTs (and all later ones) through.
+    pub fn release(&self) {
+        self.gate.closed.store(false, Ordering::SeqCst);
+        self.gate.opened.notify_waiters();
+    }
+
+    /// How many PUTs have waited at the closed gate so far.
+    pub fn held(&self) -> usize {
+        self.gate.held.load(Ordering::SeqCst)
     }
 
     /// How many requests the rule refused so far.
@@ -93,8 +124,19 @@ async fn forward(
     upstream: Uri,
     rule: Rule,
     rejected: Arc<AtomicUsize>,
+    gate: Arc<Gate>,
 ) -> Result<Response<Body>, Infallible> {
     let (mut parts, body) = req.into_parts();
+    if parts.method == http::Method::PUT && gate.closed.load(Ordering::SeqCst) {
+        gate.held.fetch_add(1, Ordering::SeqCst);
+        while gate.closed.load(Ordering::SeqCst) {
+            let opened = gate.opened.notified();
+            if !gate.closed.load(Ordering::SeqCst) {
+                break;
+            }
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(100), opened).await;
+        }
+    }
     if let Some((status, code)) = rule(&parts) {
         rejected.fetch_add(1, Ordering::SeqCst);
         // Read the body, as a store would, before answering with S3's error shape.
@@ -169,4 +211,9 @@ pub fn refuse_bulk_delete() -> Rule {
         (parts.method == http::Method::POST && bulk)
             .then_some((StatusCode::NOT_IMPLEMENTED, "NotImplemented"))
     })
+}
+
+/// Refuses nothing: a proxy only to stall writes (`hold_puts`).
+pub fn refuse_nothing() -> Rule {
+    Arc::new(|_| None)
 }

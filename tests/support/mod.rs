@@ -15,6 +15,7 @@ pub mod operator;
 pub mod pipeline;
 pub mod pods;
 pub mod process;
+pub mod tcpstall;
 
 pub use cluster::Cluster;
 pub use controlplane::ControlPlane;

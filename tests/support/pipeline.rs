@@ -1,12 +1,12 @@
-//! Runs the two steps the CronJobs run, on this machine: the dump script with
-//! the test bed's dump tools, and the operator binary's `upload` subcommand.
+//! Runs the two steps the CronJobs run, on this machine: the operator binary's
+//! `dump` (with the test bed's dump tools) and `upload` subcommands.
 
 use super::databases::{MariaDb, Postgres, run_ok};
 use super::minio::Minio;
 use super::process::{bin, bin_dir};
 use dbbackup_operator::api::{Compression, Engine};
-use dbbackup_operator::dump::{self, DumpTarget};
 use dbbackup_operator::jobresult::JobResult;
+use dbbackup_operator::jobs::tool;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -91,10 +91,24 @@ impl Staging {
         dumps.join("datadump.sql")
     }
 
+    /// The staged dump an upload failed to send: where a failed upload
+    /// leaves it (claimed, for the next upload to send first), or unclaimed.
+    pub fn kept_dump(&self) -> PathBuf {
+        let dumps = self.path().join("dumps");
+        let claimed = dumps.join(".uploading-datadump.sql");
+        if claimed.exists() {
+            claimed
+        } else {
+            dumps.join("datadump.sql")
+        }
+    }
+
+    /// The files in `dumps/`, but the two lock files (empty, and kept).
     pub fn dumps(&self) -> Vec<PathBuf> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(self.path().join("dumps"))
             .map(|rd| rd.map(|e| e.unwrap().path()).collect())
             .unwrap_or_default();
+        files.retain(|f| f.extension().is_none_or(|e| e != "lock"));
         files.sort();
         files
     }
@@ -186,43 +200,41 @@ fn finish(mut cmd: Command, termlog: &Path) -> StepRun {
     StepRun { output, result }
 }
 
-/// The dump CronJob's script, exactly as built for the pod, against `src`,
-/// and the path of its termination log.
+/// The dump CronJob's step, the operator binary's `dump` subcommand, against
+/// `src` with the test bed's dump tools, and the path of its termination log.
 pub fn dump_command(
     src: &Source,
     staging: &Staging,
     compression: Compression,
 ) -> (Command, PathBuf) {
-    // The dump tools of the test bed, found by the names the script uses.
+    // Fails loudly here if the test bed lacks the dump tool.
     bin(if src.engine == Engine::Postgres {
         "pg_dump"
     } else {
         "mariadb-dump"
     });
-    let script = dump::dump_script(&DumpTarget {
-        engine: src.engine,
-        host: "127.0.0.1",
-        port: src.port,
-        database: &src.database,
-        compression,
-    });
-    let termlog = staging.path().with_extension("dump-termination-log");
-    let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg(script)
-        .arg("dump")
-        .arg(staging.path())
-        .arg(&termlog)
+    let termlog = staging
+        .path()
+        .with_extension(format!("dump-termination-log-{}", rand_suffix()));
+    let mut cmd = Command::new(super::process::operator_bin());
+    cmd.arg("dump")
+        .arg(format!("--engine={}", src.engine.as_str()))
+        .arg("--host=127.0.0.1")
+        .arg(format!("--port={}", src.port))
+        .arg(format!("--database={}", src.database))
+        .arg(format!("--compression={}", compression.as_str()))
+        .arg(format!("--staging-dir={}", staging.path().display()))
+        .arg(format!("--termination-log={}", termlog.display()))
+        .arg("--time-zone=UTC")
         .env_clear()
         .env("PATH", path_env())
         .env("HOME", "/tmp")
-        .env("TZ", "UTC")
-        .env(dump::USER_ENV, &src.user)
-        .env(dump::password_env(src.engine), &src.password);
+        .env(tool::USER_ENV, &src.user)
+        .env(tool::password_env(src.engine), &src.password);
     (cmd, termlog)
 }
 
-/// Runs the dump CronJob's script against `src`.
+/// Runs the dump CronJob's step against `src`.
 pub fn run_dump(src: &Source, staging: &Staging, compression: Compression) -> StepRun {
     let (cmd, termlog) = dump_command(src, staging, compression);
     finish(cmd, &termlog)

@@ -1,0 +1,296 @@
+//! The dump step (`dbbackup-operator dump`), run in the database's own image
+//! (an init container copies this binary there).
+//!
+//! It waits for any other dump on the staging volume, runs the dump tool
+//! with an argv, compresses in process, writes a partial file of its own,
+//! syncs it, and only once the tool exited 0 renames it into place (see
+//! `staging` for the protocol). A SIGTERM before that point (deadline, pod
+//! deleted) stops the tool and removes the partial file; after it, the dump
+//! is finished and said. Every run appends one log line and writes the
+//! one-line JSON result the operator reads from the termination log.
+
+use super::staging::{Lock, Staging};
+use super::tool::{self, Server};
+use crate::api::{Compression, Engine};
+use crate::jobresult::{JobResult, Outcome, Step};
+use crate::logline;
+use chrono_tz::Tz;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use tracing::{error, info, warn};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct DumpArgs {
+    #[arg(long, value_parser = super::parse_enum::<Engine>)]
+    pub engine: Engine,
+    #[arg(long)]
+    pub host: String,
+    #[arg(long)]
+    pub port: u16,
+    /// The database to dump, taken as a name whatever it contains.
+    #[arg(long, allow_hyphen_values = true)]
+    pub database: String,
+    #[arg(long, value_parser = super::parse_enum::<Compression>, default_value = "none")]
+    pub compression: Compression,
+    /// The staging volume: dumps in dumps/, log files in logs/.
+    #[arg(long)]
+    pub staging_dir: PathBuf,
+    #[arg(long, default_value = "/dev/termination-log")]
+    pub termination_log: PathBuf,
+    /// IANA time zone of the log lines (the image needs no tzdata).
+    #[arg(long, default_value = "UTC")]
+    pub time_zone: Tz,
+}
+
+/// Name of the finished dump in the staging `dumps/` directory.
+pub fn dump_file_name(compression: Compression) -> String {
+    format!("datadump.sql{}", compression.extension())
+}
+
+/// Where a run is, as the SIGTERM handler needs to know it.
+#[derive(Debug)]
+enum Phase {
+    Starting,
+    Dumping {
+        tool: Option<u32>,
+        partial: PathBuf,
+    },
+    /// The dump is whole and going into place: a SIGTERM waits for it.
+    Committing,
+    Stopped,
+}
+
+const STOPPED: &str = "stopped by SIGTERM (deadline exceeded or pod deleted)";
+
+/// Runs one dump; returns the process exit code.
+pub async fn run(args: DumpArgs) -> i32 {
+    // Our files stay readable and deletable by the upload pod's group.
+    // SAFETY: umask only changes this process's file creation mask.
+    unsafe {
+        libc::umask(0o007);
+    }
+    let staging = Staging::new(&args.staging_dir);
+    let phase = Arc::new(Mutex::new(Phase::Starting));
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => return finish(&args, &staging, Err(format!("cannot handle SIGTERM: {e}"))),
+    };
+    let mut work = tokio::task::spawn_blocking({
+        let (args, phase) = (args.clone(), phase.clone());
+        move || dump(&args, &Staging::new(&args.staging_dir), &phase)
+    });
+    let outcome = loop {
+        tokio::select! {
+            done = &mut work => break done.unwrap_or_else(|e| Err(format!("the dump failed: {e}"))),
+            _ = term.recv() => {
+                let mut p = phase.lock().unwrap();
+                if matches!(*p, Phase::Committing) {
+                    info!("SIGTERM while the dump goes into place; finishing first");
+                    continue;
+                }
+                if let Phase::Dumping { tool, partial } = &*p {
+                    if let Some(pid) = tool {
+                        // SAFETY: kill only signals our own child.
+                        unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+                    }
+                    let _ = std::fs::remove_file(partial);
+                }
+                *p = Phase::Stopped;
+                break Err(STOPPED.to_string());
+            }
+        }
+    };
+    finish(&args, &staging, outcome)
+}
+
+/// Logs the outcome, writes the result, and returns the exit code.
+fn finish(args: &DumpArgs, staging: &Staging, outcome: Result<u64, String>) -> i32 {
+    let tz = args.time_zone;
+    let (mut result, code) = match outcome {
+        Ok(size) => {
+            let line = staging.log(tz, logline::DUMP_COMPLETED);
+            info!(size, "{line}");
+            let mut r = JobResult::new(Step::Dump, Outcome::Succeeded, line.to_string());
+            r.size = Some(size);
+            (r, 0)
+        }
+        Err(message) => {
+            let line = staging.log(tz, &format!("database dump failed: {message}"));
+            error!("{line}");
+            (
+                JobResult::new(Step::Dump, Outcome::Failed, line.to_string()),
+                1,
+            )
+        }
+    };
+    if let Err(e) = result.write_to(&args.termination_log) {
+        warn!(path = %args.termination_log.display(), error = %e, "cannot write the termination log");
+    }
+    code
+}
+
+/// The dump itself, on a blocking thread; the size of the finished dump.
+fn dump(args: &DumpArgs, staging: &Staging, phase: &Mutex<Phase>) -> Result<u64, String> {
+    let dumps = staging.dumps();
+    staging
+        .create()
+        .map_err(|e| format!("cannot create {}: {e}", dumps.display()))?;
+    let _lock = staging
+        .lock(Lock::Dump, || {
+            info!("another dump is running on this volume; this one starts when it ends")
+        })
+        .map_err(|e| format!("cannot lock {}: {e}", dumps.display()))?;
+    staging
+        .remove_partials()
+        .map_err(|e| format!("cannot clear {}: {e}", dumps.display()))?;
+    let name = dump_file_name(args.compression);
+    let partial = staging.partial(&name);
+    set(phase, |_| Phase::Dumping {
+        tool: None,
+        partial: partial.clone(),
+    })?;
+    let written = write_dump(args, &partial, phase);
+    let size = match written {
+        Ok(size) => size,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
+    };
+    set(phase, |_| Phase::Committing)?;
+    staging
+        .publish(&partial, &name)
+        .map_err(|e| format!("cannot put the dump in place: {e}"))?;
+    Ok(size)
+}
+
+/// Moves the run to its next phase, unless a SIGTERM stopped it.
+fn set(phase: &Mutex<Phase>, next: impl FnOnce(&Phase) -> Phase) -> Result<(), String> {
+    let mut p = phase.lock().unwrap();
+    if matches!(*p, Phase::Stopped) {
+        return Err(STOPPED.to_string());
+    }
+    *p = next(&p);
+    Ok(())
+}
+
+/// Runs the dump tool into `partial`, compressed and synced; its size.
+fn write_dump(args: &DumpArgs, partial: &Path, phase: &Mutex<Phase>) -> Result<u64, String> {
+    let server = Server::from_env(args.engine, &args.host, args.port)?;
+    let (program, argv) = server.dump_argv(&args.database);
+    let file = File::options()
+        .write(true)
+        .create_new(true)
+        .open(partial)
+        .map_err(|e| format!("cannot create {}: {e}", partial.display()))?;
+    let mut child = Command::new(&program)
+        .args(&argv)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| tool::cannot_run(&program, &e))?;
+    set(phase, |p| match p {
+        Phase::Dumping { partial, .. } => Phase::Dumping {
+            tool: Some(child.id()),
+            partial: partial.clone(),
+        },
+        _ => Phase::Starting,
+    })
+    .inspect_err(|_| {
+        let _ = child.kill();
+    })?;
+    let stderr = tool::collect_stderr(&mut child);
+    let stdout = child.stdout.take().expect("piped");
+    let copied = compress(stdout, file, args.compression);
+    let status = child
+        .wait()
+        .map_err(|e| format!("cannot wait for {program}: {e}"))?;
+    let stderr = stderr.join().unwrap_or_default();
+    // A write that failed is the cause: the tool then only saw its pipe close.
+    let read = copied.map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOSPC) => {
+            format!("cannot write the dump: {e}; no space left on the staging volume")
+        }
+        _ => format!("cannot write the dump: {e}"),
+    })?;
+    if !status.success() {
+        return Err(tool::failed(&program, status, &stderr));
+    }
+    if read == 0 {
+        return Err("dump tool wrote nothing".into());
+    }
+    std::fs::metadata(partial)
+        .map(|m| m.len())
+        .map_err(|e| format!("cannot read {}: {e}", partial.display()))
+}
+
+/// Copies the tool's output into `file`, compressed, and syncs it; returns
+/// the bytes the tool wrote. Uncompressed, the kernel moves the bytes.
+fn compress(mut from: impl Read, file: File, compression: Compression) -> io::Result<u64> {
+    const BUFFER: usize = 1024 * 1024;
+    let (read, file) = match compression {
+        Compression::None => {
+            let mut file = file;
+            (io::copy(&mut from, &mut file)?, file)
+        }
+        Compression::Gzip => {
+            let out = io::BufWriter::with_capacity(BUFFER, file);
+            let mut gz = flate2::write::GzEncoder::new(out, flate2::Compression::default());
+            let read = io::copy(&mut from, &mut gz)?;
+            (read, gz.finish()?.into_inner().map_err(|e| e.into_error())?)
+        }
+        Compression::Zstd => {
+            let out = io::BufWriter::with_capacity(BUFFER, file);
+            let mut z = zstd::stream::write::Encoder::new(out, zstd::DEFAULT_COMPRESSION_LEVEL)?;
+            let read = io::copy(&mut from, &mut z)?;
+            (read, z.finish()?.into_inner().map_err(|e| e.into_error())?)
+        }
+    };
+    let mut file = file;
+    file.flush()?;
+    file.sync_all()?;
+    Ok(read)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(compression: Compression) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d");
+        let data = b"INSERT INTO t VALUES (1);\n".repeat(1000);
+        let read = compress(&data[..], File::create(&path).unwrap(), compression).unwrap();
+        assert_eq!(read, data.len() as u64);
+        let raw = std::fs::read(&path).unwrap();
+        let mut out = vec![];
+        match compression {
+            Compression::None => out = raw,
+            Compression::Gzip => {
+                flate2::read::GzDecoder::new(&raw[..])
+                    .read_to_end(&mut out)
+                    .unwrap();
+            }
+            Compression::Zstd => out = zstd::decode_all(&raw[..]).unwrap(),
+        }
+        assert_eq!(out, data);
+        out
+    }
+
+    #[test]
+    fn each_compression_round_trips() {
+        for c in [Compression::None, Compression::Gzip, Compression::Zstd] {
+            round_trip(c);
+        }
+    }
+
+    #[test]
+    fn names_follow_the_compression() {
+        assert_eq!(dump_file_name(Compression::None), "datadump.sql");
+        assert_eq!(dump_file_name(Compression::Zstd), "datadump.sql.zst");
+    }
+}

@@ -1,0 +1,27 @@
+//! Code that runs in the Job pods, not in the operator: the dump and load
+//! steps (in the database's image) and the hand-off between pods on the
+//! staging volume. The upload and fetch steps live in `upload` and `fetch`.
+
+pub mod dump;
+pub mod load;
+pub mod staging;
+pub mod tool;
+
+use std::path::Path;
+
+/// Parses a spec enum (engine, compression) from its lowercase name.
+pub fn parse_enum<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|e| e.to_string())
+}
+
+/// Copies this binary to `to`, executable by every user: an init container
+/// of our image runs this so the database image's container can run the
+/// dump and load steps (the pattern CloudNativePG uses for its instance
+/// manager).
+pub fn copy_binary(to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let partial = to.with_extension("partial");
+    std::fs::copy("/proc/self/exe", &partial)?;
+    std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::rename(&partial, to)
+}

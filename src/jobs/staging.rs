@@ -1,0 +1,309 @@
+//! The staging volume the dump and upload pods share, and the protocol that
+//! keeps their hand-off safe when several pods use it at once.
+//!
+//! ```text
+//! dumps/datadump.sql[.gz|.zst]   the finished dump, waiting for an upload
+//! dumps/.partial-<run>-<name>    a dump being written (one per run)
+//! dumps/.uploading-<name>        a dump an upload claimed and is sending
+//! dumps/.dump.lock               held by the one dump running on the volume
+//! dumps/.upload.lock             held by the one upload running on the volume
+//! logs/YYYY-MM-DD.txt            the original pipeline's log lines
+//! ```
+//!
+//! - One dump at a time: a dump holds `.dump.lock` from start to end; a second
+//!   one waits for it (queued, never lost). A dump writes only its own partial
+//!   file and renames it into place whole, replacing a dump not yet claimed.
+//! - One upload at a time: an upload holds `.upload.lock`, claims the dump by
+//!   renaming it to `.uploading-<name>`, reads only that file, and deletes it
+//!   once the store confirmed it. A dump finished meanwhile is not touched: the
+//!   next upload sends it. A claim left by a killed upload is sent first by the
+//!   next one. Two uploads therefore never send the same dump.
+//!
+//! The locks are `flock`s: the kernel releases them when their holder dies,
+//! however it dies, so a crash never leaves the volume locked.
+
+use crate::logline::LogLine;
+use chrono::Utc;
+use chrono_tz::Tz;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::SystemTime;
+
+/// Finished dump names, newest format first.
+pub const DUMP_FILES: [&str; 3] = ["datadump.sql.zst", "datadump.sql.gz", "datadump.sql"];
+const PARTIAL: &str = ".partial-";
+const CLAIMED: &str = ".uploading-";
+
+pub struct Staging {
+    root: PathBuf,
+}
+
+/// Which of the two locks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lock {
+    Dump,
+    Upload,
+}
+
+/// A dump an upload claimed: only this upload reads or deletes it.
+#[derive(Debug)]
+pub struct Claimed {
+    pub path: PathBuf,
+    /// The finished dump's name (`datadump.sql.gz` …), which sets the object's.
+    pub name: &'static str,
+    /// When the dump finished (the rename keeps it): its date names the folder.
+    pub finished: SystemTime,
+    /// Claimed by an upload that did not finish.
+    pub left_over: bool,
+}
+
+impl Staging {
+    pub fn new(root: impl Into<PathBuf>) -> Staging {
+        Staging { root: root.into() }
+    }
+
+    pub fn dumps(&self) -> PathBuf {
+        self.root.join("dumps")
+    }
+
+    /// Creates `dumps/` and `logs/`.
+    pub fn create(&self) -> io::Result<()> {
+        std::fs::create_dir_all(self.dumps())?;
+        std::fs::create_dir_all(self.root.join("logs"))
+    }
+
+    /// Appends `message` to today's log file (in `tz`) and returns the line; a
+    /// log file that cannot be written does not fail the step.
+    pub fn log(&self, tz: Tz, message: &str) -> LogLine {
+        let line = LogLine::at(&Utc::now().with_timezone(&tz), message);
+        let dir = self.root.join("logs");
+        let written = std::fs::create_dir_all(&dir).and_then(|_| {
+            let mut f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(line.file_name()))?;
+            writeln!(f, "{line}")?;
+            f.sync_data()
+        });
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "cannot write the log file");
+        }
+        line
+    }
+
+    /// Takes `lock`, waiting while another pod holds it; `waiting` is called
+    /// once if it must wait. Released when the returned file is dropped.
+    pub fn lock(&self, lock: Lock, waiting: impl FnOnce()) -> io::Result<File> {
+        let name = match lock {
+            Lock::Dump => ".dump.lock",
+            Lock::Upload => ".upload.lock",
+        };
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(self.dumps().join(name))?;
+        if flock(&file, libc::LOCK_EX | libc::LOCK_NB).is_err() {
+            waiting();
+            flock(&file, libc::LOCK_EX)?;
+        }
+        Ok(file)
+    }
+
+    /// A partial file name for this run alone. Call with the dump lock held.
+    pub fn partial(&self, name: &str) -> PathBuf {
+        static RUNS: AtomicU32 = AtomicU32::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let run = RUNS.fetch_add(1, Ordering::Relaxed);
+        self.dumps().join(format!(
+            "{PARTIAL}{}-{nanos}-{run}-{name}",
+            std::process::id()
+        ))
+    }
+
+    /// Removes what killed dumps left. Call with the dump lock held: then no
+    /// partial file is anyone's.
+    pub fn remove_partials(&self) -> io::Result<()> {
+        for entry in std::fs::read_dir(self.dumps())? {
+            let entry = entry?;
+            if entry.file_name().to_string_lossy().starts_with(PARTIAL) {
+                remove_if_present(&entry.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts the whole, synced `partial` in place as `name`, replacing a dump
+    /// not yet claimed (of any compression), and syncs the folder.
+    pub fn publish(&self, partial: &Path, name: &str) -> io::Result<()> {
+        let dumps = self.dumps();
+        std::fs::rename(partial, dumps.join(name))?;
+        for other in DUMP_FILES.iter().filter(|n| **n != name) {
+            remove_if_present(&dumps.join(other))?;
+        }
+        File::open(&dumps)?.sync_all()
+    }
+
+    /// The dump this upload is to send: a claim a killed upload left, else
+    /// the finished dump, claimed now. Call with the upload lock held.
+    pub fn claim(&self) -> io::Result<Option<Claimed>> {
+        let dumps = self.dumps();
+        if let Some(left) = self.claimed()? {
+            return Ok(Some(left));
+        }
+        for name in DUMP_FILES {
+            let claimed = dumps.join(format!("{CLAIMED}{name}"));
+            match std::fs::rename(dumps.join(name), &claimed) {
+                Ok(()) => {
+                    File::open(&dumps)?.sync_all()?;
+                    return Ok(Some(Claimed {
+                        finished: std::fs::metadata(&claimed)?.modified()?,
+                        path: claimed,
+                        name,
+                        left_over: false,
+                    }));
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
+    /// The oldest claim on the volume, if any.
+    fn claimed(&self) -> io::Result<Option<Claimed>> {
+        let mut found: Option<Claimed> = None;
+        for name in DUMP_FILES {
+            let path = self.dumps().join(format!("{CLAIMED}{name}"));
+            let finished = match std::fs::metadata(&path) {
+                Ok(meta) => meta.modified()?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            if found.as_ref().is_none_or(|f| finished < f.finished) {
+                found = Some(Claimed {
+                    path,
+                    name,
+                    finished,
+                    left_over: true,
+                });
+            }
+        }
+        Ok(found)
+    }
+
+    /// Deletes a claimed dump the store confirmed, and syncs the folder.
+    pub fn release(&self, claimed: &Claimed) -> io::Result<()> {
+        std::fs::remove_file(&claimed.path)?;
+        File::open(self.dumps())?.sync_all()
+    }
+}
+
+fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
+    loop {
+        // SAFETY: flock on a descriptor this function borrows.
+        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+fn remove_if_present(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn staging() -> (tempfile::TempDir, Staging) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Staging::new(dir.path());
+        s.create().unwrap();
+        (dir, s)
+    }
+
+    #[test]
+    fn a_claim_is_not_replaced_by_a_later_dump() {
+        let (_d, s) = staging();
+        std::fs::write(s.dumps().join("datadump.sql"), "first").unwrap();
+        let claimed = s.claim().unwrap().unwrap();
+        let partial = s.partial("datadump.sql");
+        std::fs::write(&partial, "second").unwrap();
+        s.publish(&partial, "datadump.sql").unwrap();
+        assert_eq!(std::fs::read_to_string(&claimed.path).unwrap(), "first");
+        s.release(&claimed).unwrap();
+        let next = s.claim().unwrap().unwrap();
+        assert_eq!(std::fs::read_to_string(&next.path).unwrap(), "second");
+    }
+
+    #[test]
+    fn a_left_claim_is_taken_before_the_staged_dump() {
+        let (_d, s) = staging();
+        std::fs::write(s.dumps().join(".uploading-datadump.sql.gz"), "left").unwrap();
+        std::fs::write(s.dumps().join("datadump.sql"), "new").unwrap();
+        let c = s.claim().unwrap().unwrap();
+        assert_eq!(
+            (c.name, std::fs::read_to_string(&c.path).unwrap().as_str()),
+            ("datadump.sql.gz", "left")
+        );
+        assert!(
+            s.dumps().join("datadump.sql").exists(),
+            "the new dump waits"
+        );
+    }
+
+    #[test]
+    fn publishing_replaces_an_unclaimed_dump_of_another_compression() {
+        let (_d, s) = staging();
+        std::fs::write(s.dumps().join("datadump.sql.gz"), "old").unwrap();
+        let partial = s.partial("datadump.sql.zst");
+        std::fs::write(&partial, "new").unwrap();
+        s.publish(&partial, "datadump.sql.zst").unwrap();
+        let mut names: Vec<_> = std::fs::read_dir(s.dumps())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["datadump.sql.zst"]);
+    }
+
+    #[test]
+    fn partials_are_unique_per_run_and_swept_under_the_lock() {
+        let (_d, s) = staging();
+        let (a, b) = (s.partial("datadump.sql"), s.partial("datadump.sql"));
+        assert_ne!(a, b);
+        std::fs::write(&a, "x").unwrap();
+        let _lock = s.lock(Lock::Dump, || panic!("free")).unwrap();
+        s.remove_partials().unwrap();
+        assert!(!a.exists());
+    }
+
+    #[test]
+    fn a_held_lock_makes_the_next_taker_wait() {
+        let (_d, s) = staging();
+        let held = s.lock(Lock::Upload, || panic!("free")).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let root = s.root.clone();
+        let waiter = std::thread::spawn(move || {
+            let s = Staging::new(root);
+            let _l = s.lock(Lock::Upload, || tx.send(()).unwrap()).unwrap();
+        });
+        rx.recv().unwrap();
+        drop(held);
+        waiter.join().unwrap();
+    }
+}

@@ -1,0 +1,196 @@
+//! Several pods on one staging volume, as real concurrent processes (the
+//! operator binary's `dump` and `upload`, real MariaDB and MinIO): every
+//! dump that reported success is in the bucket exactly once or still staged,
+//! no object is a prefix of a dump, and every reported success is true.
+//! Each case repeats, so that the windows between steps are hit. The async
+//! tests run on two threads: their bodies block on the steps while the proxy
+//! serves the upload.
+
+mod support;
+
+use dbbackup_operator::api::Compression;
+use dbbackup_operator::jobresult::{JobResult, Outcome};
+use std::process::Child;
+use std::time::Duration;
+use support::faultproxy::{self, FaultProxy};
+use support::pipeline::*;
+use support::*;
+
+/// Waits for a step started with `spawn`, and its result.
+fn finish(child: Child, termlog: &std::path::Path) -> (bool, JobResult) {
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result = std::fs::read_to_string(termlog)
+        .ok()
+        .and_then(|t| JobResult::parse(&t))
+        .unwrap_or_else(|| panic!("no result: {text}"));
+    let _ = std::fs::remove_file(termlog);
+    (out.status.success(), result)
+}
+
+fn spawn_dump(src: &Source, staging: &Staging) -> (Child, std::path::PathBuf) {
+    let (mut cmd, termlog) = dump_command(src, staging, Compression::None);
+    (cmd.spawn().unwrap(), termlog)
+}
+
+fn spawn_upload(minio: &Minio, staging: &Staging, endpoint: &str) -> (Child, std::path::PathBuf) {
+    let opts = UploadOpts {
+        endpoint: Some(endpoint.to_string()),
+        ..Default::default()
+    };
+    let (mut cmd, termlog) = upload_command(minio, staging, &opts);
+    (cmd.spawn().unwrap(), termlog)
+}
+
+/// A whole mariadb-dump output ends with this line.
+fn whole(dump: &[u8]) -> bool {
+    String::from_utf8_lossy(dump)
+        .trim_end()
+        .lines()
+        .last()
+        .is_some_and(|l| l.starts_with("-- Dump completed"))
+}
+
+/// Three dumps at once on one volume, three times: each waits for the one
+/// before, each success is a whole dump, and one whole dump stays staged.
+#[test]
+fn dumps_at_once_on_one_volume_queue_and_each_success_is_whole() {
+    let db = MariaDb::start();
+    load_shop_mariadb(&db, "shop");
+    let src = Source::mariadb(&db, "shop");
+    let staging = Staging::new();
+    for round in 0..3 {
+        let runs: Vec<_> = (0..3).map(|_| spawn_dump(&src, &staging)).collect();
+        for (child, termlog) in runs {
+            let (ok, result) = finish(child, &termlog);
+            assert!(
+                ok && result.outcome == Outcome::Succeeded,
+                "round {round}: {result:?}"
+            );
+        }
+        let files = staging.dumps();
+        assert_eq!(
+            files,
+            [staging.path().join("dumps/datadump.sql")],
+            "round {round}"
+        );
+        assert!(whole(&std::fs::read(&files[0]).unwrap()), "round {round}");
+    }
+    let completed = staging
+        .log_lines()
+        .iter()
+        .filter(|l| l.ends_with(",database dump completed"))
+        .count();
+    assert_eq!(completed, 9);
+}
+
+/// A dump that finishes while an upload sends the previous one is neither
+/// deleted nor mixed in: the upload sends exactly what it claimed, and the
+/// next upload sends the new dump. The proxy stalls the upload's writes so
+/// that the dump lands mid-upload; one round lets them race unstalled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dump_finished_during_an_upload_is_kept_for_the_next_upload() {
+    let db = MariaDb::start();
+    load_shop_mariadb(&db, "shop");
+    let src = Source::mariadb(&db, "shop");
+    let minio = Minio::start();
+    create_bucket(&minio).await;
+    let proxy = FaultProxy::start(&minio.endpoint, faultproxy::refuse_nothing()).await;
+    let staging = Staging::new();
+    let mut sent = vec![];
+    for round in 0..3 {
+        db.query(
+            "shop",
+            &format!("INSERT INTO products VALUES ({}, 'round', 1)", 1000 + round),
+        );
+        let run = run_dump(&src, &staging, Compression::None);
+        assert!(run.succeeded(), "{}", run.text());
+        let first = std::fs::read(staging.path().join("dumps/datadump.sql")).unwrap();
+        let stall = round < 2;
+        if stall {
+            proxy.hold_puts();
+        }
+        let held_before = proxy.held();
+        let (upload, termlog) = spawn_upload(&minio, &staging, &proxy.endpoint);
+        if stall {
+            process::wait_until("the upload to be sending", Duration::from_secs(30), || {
+                proxy.held() > held_before
+            });
+        }
+        db.query(
+            "shop",
+            &format!("INSERT INTO products VALUES ({}, 'mid', 1)", 2000 + round),
+        );
+        let second = run_dump(&src, &staging, Compression::None);
+        assert!(second.succeeded(), "{}", second.text());
+        proxy.release();
+        let (ok, result) = tokio::task::spawn_blocking(move || finish(upload, &termlog))
+            .await
+            .unwrap();
+        assert!(ok && result.outcome == Outcome::Succeeded, "{result:?}");
+        let key = result.key.unwrap();
+        assert_eq!(
+            get_object(&minio, &key).await,
+            first,
+            "round {round}: {key}"
+        );
+        sent.push(first);
+        let staged = std::fs::read(staging.path().join("dumps/datadump.sql"))
+            .expect("the dump finished mid-upload is still staged");
+        assert!(whole(&staged));
+        let next = run_upload(&minio, &staging, &UploadOpts::default());
+        let key = next.result.clone().unwrap().key.unwrap();
+        assert_eq!(get_object(&minio, &key).await, staged, "round {round}");
+        sent.push(staged);
+        assert_eq!(staging.dumps(), Vec::<std::path::PathBuf>::new());
+    }
+    let keys = bucket_keys(&minio).await;
+    assert_eq!(keys.len(), sent.len(), "{keys:?}");
+    for (key, dump) in keys.iter().zip(&sent) {
+        let object = get_object(&minio, key).await;
+        assert!(whole(&object) && &object == dump, "{key}");
+    }
+}
+
+/// Three uploads at once on one staged dump, five times: one sends it, the
+/// others wait and find nothing; each dump is in the bucket exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_at_once_send_each_dump_exactly_once() {
+    let minio = Minio::start();
+    create_bucket(&minio).await;
+    let staging = Staging::new();
+    let mut dumps = vec![];
+    for round in 0..5 {
+        let body = format!("-- round {round}\n").repeat(200_000).into_bytes();
+        std::fs::write(staging.staged_dump(), &body).unwrap();
+        dumps.push(body);
+        let runs: Vec<_> = (0..3)
+            .map(|_| spawn_upload(&minio, &staging, &minio.endpoint))
+            .collect();
+        let outcomes = tokio::task::spawn_blocking(move || {
+            runs.into_iter()
+                .map(|(c, t)| finish(c, &t))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap();
+        assert!(
+            outcomes.iter().all(|(ok, _)| *ok),
+            "round {round}: {outcomes:?}"
+        );
+        let sent: Vec<_> = outcomes
+            .iter()
+            .filter(|(_, r)| r.outcome == Outcome::Succeeded)
+            .collect();
+        assert_eq!(sent.len(), 1, "round {round}: {outcomes:?}");
+    }
+    let keys = bucket_keys(&minio).await;
+    assert_eq!(keys.len(), dumps.len(), "{keys:?}");
+    for (key, body) in keys.iter().zip(&dumps) {
+        assert_eq!(&get_object(&minio, key).await, body, "{key}");
+    }
+}
