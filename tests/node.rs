@@ -308,26 +308,38 @@ async fn a_restricted_namespace_runs_every_pod_of_ours() {
     assert_eq!(b.db.fingerprint("restored"), b.db.fingerprint("shop"));
 }
 
-/// The dump pod (UID 999) and the upload pod (UID 65532) share the staging
-/// volume, a local PersistentVolume, through the pods' fsGroup.
+/// The dump pod (UID 999) and the upload pod it chains (UID 65532) share the
+/// staging volume, a local PersistentVolume, through the pods' fsGroup: the
+/// upload appends to the log file the dump created, and deletes its dump.
 #[tokio::test]
 async fn dump_and_upload_pods_share_the_local_volume_through_fs_group() {
     let (b, _op, mut pods) = ready_bed(Engine::Mariadb, "").await;
     let dump = run_job_from(&b, &mut pods, "orders-dump", "by-999").await;
     assert_eq!(dump.exit_code, 0, "{}", dump.output);
-    let file = b.staging.join("dumps/datadump.sql");
-    let meta = std::fs::metadata(&file).unwrap();
+    let upload = pods.finished(1, POD_TIMEOUT).await.remove(0);
+    assert_eq!(
+        (upload.step.as_str(), upload.exit_code),
+        ("upload", 0),
+        "{}",
+        upload.output
+    );
+    let log = b
+        .staging
+        .join(format!("logs/{}.txt", support::pipeline::today()));
+    let meta = std::fs::metadata(&log).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (999, 65532));
     assert_eq!(
         meta.mode() & 0o777,
         0o660,
         "group-writable, nothing for others"
     );
-    let upload = run_job_from(&b, &mut pods, "orders-upload", "by-65532").await;
-    assert_eq!(upload.exit_code, 0, "{}", upload.output);
+    let lines = std::fs::read_to_string(&log).unwrap();
+    assert!(lines.contains(",database dump completed\n"), "{lines}");
+    assert!(lines.contains(",file successfully uploaded\n"), "{lines}");
     assert!(
-        !file.exists(),
-        "the upload pod deleted what the dump pod wrote"
+        staged_files(&b).is_empty(),
+        "the upload pod deleted what the dump pod wrote: {:?}",
+        staged_files(&b)
     );
     assert_eq!(support::pipeline::bucket_keys(&b.minio).await.len(), 1);
 }

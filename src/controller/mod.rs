@@ -321,6 +321,22 @@ fn reports(db: &DatabaseBackup, ctx: &Context, tz: chrono_tz::Tz) -> (Vec<PodRep
     (reports, present)
 }
 
+/// Whether an upload pod of this backup started at or after `finished`: it
+/// takes whatever dump is staged, so a dump it followed needs no upload of
+/// its own (a dump finished while the operator was down, then an upload).
+fn upload_started_since(db: &DatabaseBackup, ctx: &Context, finished: &Time) -> bool {
+    let key = Some(ObjectRef::from_obj(db));
+    ctx.pods.state().iter().any(|p| {
+        labelled_owner(&**p, resources::LABEL_BACKUP) == key
+            && p.labels().get(resources::LABEL_STEP).map(String::as_str)
+                == Some(resources::Step::Upload.as_str())
+            && p.metadata
+                .creation_timestamp
+                .as_ref()
+                .is_some_and(|t| t.0 >= finished.0)
+    })
+}
+
 /// Pods of this backup that cannot start, as the conditions of their steps.
 fn stuck_pods(db: &DatabaseBackup, ctx: &Context) -> Vec<(&'static str, Observed)> {
     let key = Some(ObjectRef::from_obj(db));
@@ -373,7 +389,8 @@ async fn reconcile(db: Arc<DatabaseBackup>, ctx: Arc<Context>) -> Result<Action,
         for r in &reports {
             let chained = r.step == Step::Dump
                 && r.result.outcome == Outcome::Succeeded
-                && !new.processed_pods.contains(&r.uid);
+                && !new.processed_pods.contains(&r.uid)
+                && !upload_started_since(&db, &ctx, &r.finished);
             if chained {
                 let run = r
                     .run_now
