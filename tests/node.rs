@@ -323,6 +323,23 @@ async fn dump_and_upload_pods_share_the_local_volume_through_fs_group() {
         "{}",
         upload.output
     );
+    // The chain's delay, for the note (no goal is asserted in a test).
+    let api: Api<Pod> = Api::namespaced(b.client.clone(), &b.ns);
+    let state = |pod: Pod| pod.status?.container_statuses?.remove(0).state?.terminated;
+    let ended = state(api.get(&dump.name).await.unwrap())
+        .unwrap()
+        .finished_at
+        .unwrap();
+    let started = state(api.get(&upload.name).await.unwrap())
+        .unwrap()
+        .started_at
+        .unwrap();
+    println!(
+        "chain delay: dump container ended {} -> upload container started {} ({} s)",
+        ended.0,
+        started.0,
+        started.0.as_second() - ended.0.as_second()
+    );
     let log = b
         .staging
         .join(format!("logs/{}.txt", support::pipeline::today()));
