@@ -362,3 +362,108 @@ async fn the_uploader_logs_no_credential_even_at_trace_level() {
         "the secret key is in the trace"
     );
 }
+
+/// Runs `fetch` of `key` from `minio`; its exit status and result.
+fn fetch(minio: &Minio, key: &str, dir: &Path) -> (bool, JobResult) {
+    let (out, termlog) = (dir.join("restore.sql"), dir.join("termination-log"));
+    let run = store_command(minio, "fetch")
+        .arg(format!("--key={key}"))
+        .arg(format!("--out={}", out.display()))
+        .arg(format!("--termination-log={}", termlog.display()))
+        .output()
+        .unwrap();
+    let result = JobResult::parse(&std::fs::read_to_string(&termlog).unwrap()).unwrap();
+    (run.status.success(), result)
+}
+
+/// `fetch` refuses a zstd object cut inside a frame (which zstd's own stream
+/// reader takes for whole), and a part-size metadata value S3 cannot have
+/// (0 once looped for ever), each with its reason.
+#[tokio::test]
+async fn fetch_refuses_a_truncated_zstd_object_and_an_impossible_part_size() {
+    let minio = Minio::start();
+    create_bucket(&minio).await;
+    let s3 = minio.s3_client().await;
+    let sql = b"INSERT INTO t VALUES (1);\n".repeat(10_000);
+    let zst = zstd::encode_all(&sql[..], 3).unwrap();
+    let put = |key: &'static str, body: Vec<u8>, part_size: Option<&'static str>| {
+        let mut req = s3.put_object().bucket(BUCKET).key(key).body(body.into());
+        if let Some(p) = part_size {
+            req = req.metadata("dbbackup-part-size", p);
+        }
+        req.send()
+    };
+    put(
+        "2026-11-25/datadump1.sql.zst",
+        zst[..zst.len() - 7].to_vec(),
+        None,
+    )
+    .await
+    .unwrap();
+    put("2026-11-25/datadump2.sql.zst", zst.clone(), None)
+        .await
+        .unwrap();
+    for p in ["0", "1"] {
+        put("2026-11-25/datadump3.sql", sql.clone(), Some(p))
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (ok, r) = fetch(&minio, "2026-11-25/datadump3.sql", dir.path());
+        assert!(!ok);
+        assert_eq!(r.reason.as_deref(), Some("CorruptDump"), "{r:?}");
+        assert!(r.log.contains("not between 5 MiB and 5 GiB"), "{}", r.log);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, r) = fetch(&minio, "2026-11-25/datadump1.sql.zst", dir.path());
+    assert!(!ok, "{r:?}");
+    assert!(r.log.contains("truncated"), "{}", r.log);
+    assert!(
+        !dir.path().join("restore.sql").exists(),
+        "no file is left behind"
+    );
+    let (ok, r) = fetch(&minio, "2026-11-25/datadump2.sql.zst", dir.path());
+    assert!(ok, "{r:?}");
+    assert_eq!(std::fs::read(dir.path().join("restore.sql")).unwrap(), sql);
+}
+
+/// The job reads the bucket name the way the operator's check does: a
+/// trailing newline (a Secret made with `echo`) is not part of it.
+#[tokio::test]
+async fn a_bucket_name_with_a_trailing_newline_is_the_bucket() {
+    let minio = Minio::start();
+    create_bucket(&minio).await;
+    let staging = Staging::new();
+    stage(&staging, b"select 1;\n");
+    let (mut cmd, termlog) = upload_command(&minio, &staging, &UploadOpts::default());
+    let out = cmd
+        .env("DBBACKUP_BUCKET", format!("{BUCKET}\n"))
+        .output()
+        .unwrap();
+    let result = JobResult::parse(&std::fs::read_to_string(termlog).unwrap()).unwrap();
+    assert!(out.status.success(), "{result:?}");
+    assert_eq!(bucket_keys(&minio).await.len(), 1);
+}
+
+/// A CA bundle that is not PEM fails the upload with a message that says so,
+/// not with an unknown issuer, and keeps the dump.
+#[tokio::test]
+async fn a_ca_bundle_that_is_not_pem_fails_the_upload_saying_so() {
+    let minio = Minio::start();
+    create_bucket(&minio).await;
+    let staging = Staging::new();
+    stage(&staging, b"select 1;\n");
+    let ca = staging.path().with_extension("ca.crt");
+    std::fs::write(&ca, "not a certificate\n").unwrap();
+    let line = failed_upload(
+        &minio,
+        &staging,
+        &UploadOpts {
+            extra_args: vec![format!("--ca-bundle={}", ca.display())],
+            ..Default::default()
+        },
+    );
+    assert!(
+        line.contains("holds no well-formed PEM certificate"),
+        "{line}"
+    );
+}
