@@ -7,7 +7,7 @@
 //! the way, and leaves `restore.sql` only when every byte checked out.
 
 use crate::api::Compression;
-use crate::jobresult::{JobResult, Outcome, Step};
+use crate::jobresult::{Failure, JobResult, Outcome, Step, fail};
 use crate::logline::LogLine;
 use crate::upload::{retention, s3};
 use md5::{Digest as _, Md5};
@@ -34,20 +34,6 @@ pub struct FetchArgs {
     /// Where to write the one-line JSON result for the operator.
     #[arg(long, default_value = "/dev/termination-log")]
     pub termination_log: PathBuf,
-}
-
-/// A failure, with the condition reason the operator shows for it.
-#[derive(Debug)]
-pub struct Failure {
-    pub reason: &'static str,
-    pub message: String,
-}
-
-fn fail(reason: &'static str, message: impl Into<String>) -> Failure {
-    Failure {
-        reason,
-        message: message.into(),
-    }
 }
 
 fn line(message: &str) -> String {

@@ -50,6 +50,20 @@ pub struct JobResult {
     pub more_log: Vec<String>,
 }
 
+/// A restore step's failure: the Restored condition's reason, and what happened.
+#[derive(Debug, PartialEq)]
+pub struct Failure {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+pub fn fail(reason: &'static str, message: impl Into<String>) -> Failure {
+    Failure {
+        reason,
+        message: message.into(),
+    }
+}
+
 impl JobResult {
     /// A result of `step` with its log line and nothing else.
     pub fn new(step: Step, outcome: Outcome, log: String) -> JobResult {

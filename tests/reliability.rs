@@ -204,6 +204,16 @@ async fn a_broken_resource_is_retried_with_backoff_not_in_a_loop() {
     assert_eq!(warnings.len(), 1, "{warnings:?}");
 }
 
+/// Who holds the operator's Lease now.
+async fn lease_holder(leases: &Api<Lease>) -> Option<String> {
+    leases
+        .get("dbbackup-operator")
+        .await
+        .ok()?
+        .spec?
+        .holder_identity
+}
+
 /// Two replicas of the chart's Deployment on the real node: only the Lease
 /// holder reconciles, and when its pod is killed another takes over.
 #[tokio::test]
@@ -223,14 +233,7 @@ async fn only_the_leader_reconciles_and_the_other_takes_over_when_it_dies() {
     create_backup(&client, &ns, backup_manifest("orders", "mariadb")).await;
     wait_ready(&backups, "orders", "True", "Reconciled").await;
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
-    let holder = || async {
-        leases
-            .get("dbbackup-operator")
-            .await
-            .ok()?
-            .spec?
-            .holder_identity
-    };
+    let holder = || lease_holder(&leases);
     let leader_name = holder().await.expect("a Lease holder");
     let (leader, follower): (Vec<_>, Vec<_>) = op
         .pods(&client)
@@ -347,14 +350,7 @@ async fn a_leader_whose_renewals_hang_stops_before_the_follower_takes_over() {
     ];
     let mut leader = OperatorProcess::start_with_kubeconfig(&kubeconfig, "leader", &args);
     let leases: Api<Lease> = Api::namespaced(client.clone(), "shop");
-    let holder = || async {
-        leases
-            .get("dbbackup-operator")
-            .await
-            .ok()?
-            .spec?
-            .holder_identity
-    };
+    let holder = || lease_holder(&leases);
     wait_for(
         "the first replica to lead",
         Duration::from_secs(30),

@@ -11,7 +11,7 @@
 
 use super::staging::{Lock, Staging};
 use super::tool::{self, Server};
-use crate::api::{Compression, Engine};
+use crate::api::Compression;
 use crate::jobresult::{JobResult, Outcome, Step};
 use crate::logline;
 use chrono_tz::Tz;
@@ -24,15 +24,8 @@ use tracing::{error, info, warn};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DumpArgs {
-    #[arg(long, value_parser = super::parse_enum::<Engine>)]
-    pub engine: Engine,
-    #[arg(long)]
-    pub host: String,
-    #[arg(long)]
-    pub port: u16,
-    /// The database to dump, taken as a name whatever it contains.
-    #[arg(long, allow_hyphen_values = true)]
-    pub database: String,
+    #[command(flatten)]
+    pub db: super::DatabaseArgs,
     #[arg(long, value_parser = super::parse_enum::<Compression>, default_value = "none")]
     pub compression: Compression,
     /// The staging volume: dumps in dumps/, log files in logs/.
@@ -179,17 +172,28 @@ fn set(phase: &Mutex<Phase>, next: impl FnOnce(&Phase) -> Phase) -> Result<(), S
 
 /// Runs the dump tool into `partial`, compressed and synced; its size.
 fn write_dump(args: &DumpArgs, partial: &Path, phase: &Mutex<Phase>) -> Result<u64, String> {
-    let server = Server::from_env(args.engine, &args.host, args.port)?;
-    let (program, argv) = server.dump_argv(&args.database);
+    let server = Server::from_env(args.db.engine, &args.db.host, args.db.port)?;
+    let (program, argv) = server.dump_argv(&args.db.database);
     let file = File::options()
         .write(true)
         .create_new(true)
         .open(partial)
         .map_err(|e| format!("cannot create {}: {e}", partial.display()))?;
+    // Uncompressed, the tool writes the file itself, as `tool > file` would;
+    // compressed, we read its output through a pipe.
+    let direct = args.compression == Compression::None;
+    let stdout = if direct {
+        let out = file
+            .try_clone()
+            .map_err(|e| format!("cannot open {}: {e}", partial.display()))?;
+        Stdio::from(out)
+    } else {
+        Stdio::piped()
+    };
     let mut child = Command::new(&program)
         .args(&argv)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(stdout)
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| tool::cannot_run(&program, &e))?;
@@ -204,54 +208,106 @@ fn write_dump(args: &DumpArgs, partial: &Path, phase: &Mutex<Phase>) -> Result<u
         let _ = child.kill();
     })?;
     let stderr = tool::collect_stderr(&mut child);
-    let stdout = child.stdout.take().expect("piped");
-    let copied = compress(stdout, file, args.compression);
+    let written = match child.stdout.take() {
+        Some(pipe) => {
+            // 1 MiB (the default most for a user): fewer, larger reads.
+            // SAFETY: fcntl on a pipe descriptor we own; failure leaves it as it was.
+            unsafe {
+                libc::fcntl(
+                    std::os::fd::AsRawFd::as_raw_fd(&pipe),
+                    libc::F_SETPIPE_SZ,
+                    1 << 20,
+                );
+            }
+            compress(pipe, file, args.compression)
+        }
+        None => Ok(0),
+    };
     let status = child
         .wait()
         .map_err(|e| format!("cannot wait for {program}: {e}"))?;
     let stderr = stderr.join().unwrap_or_default();
-    // A write that failed is the cause: the tool then only saw its pipe close.
-    let read = copied.map_err(|e| match e.raw_os_error() {
-        Some(libc::ENOSPC) => {
-            format!("cannot write the dump: {e}; no space left on the staging volume")
+    // A write of ours that failed is the cause: the tool then only saw its
+    // pipe close. The tool's own failure comes next.
+    let failure = match &written {
+        Err(e) => Some(format!("cannot write the dump: {e}")),
+        Ok(_) if !status.success() => Some(tool::failed(&program, status, &stderr)),
+        Ok(_) => None,
+    };
+    if let Some(mut message) = failure {
+        // A full volume often shows only as a write error; say it while the
+        // partial file still holds the space.
+        if volume_full(partial) {
+            message.push_str("; no space left on the staging volume");
         }
-        _ => format!("cannot write the dump: {e}"),
-    })?;
-    if !status.success() {
-        return Err(tool::failed(&program, status, &stderr));
+        return Err(message);
     }
+    if direct {
+        File::open(partial)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| format!("cannot sync {}: {e}", partial.display()))?;
+    }
+    let size = std::fs::metadata(partial)
+        .map(|m| m.len())
+        .map_err(|e| format!("cannot read {}: {e}", partial.display()))?;
+    let read = if direct { size } else { written.unwrap_or(0) };
     if read == 0 {
         return Err("dump tool wrote nothing".into());
     }
-    std::fs::metadata(partial)
-        .map(|m| m.len())
-        .map_err(|e| format!("cannot read {}: {e}", partial.display()))
+    Ok(size)
 }
 
-/// Copies the tool's output into `file`, compressed, and syncs it; returns
-/// the bytes the tool wrote. Uncompressed, the kernel moves the bytes.
+/// Whether the file system holding `path` has no block left for us.
+fn volume_full(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statvfs writes into the zeroed struct we own; the path is a valid C string.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        libc::statvfs(c.as_ptr(), &mut st) == 0 && st.f_bavail == 0
+    }
+}
+
+/// Compresses the tool's output into `file` and syncs it; returns the bytes
+/// the tool wrote. Large reads from a widened pipe keep the compressor busy
+/// with few system calls; zstd compresses on a worker thread of its own, so
+/// reading and compressing overlap as in `tool | zstd`.
 fn compress(mut from: impl Read, file: File, compression: Compression) -> io::Result<u64> {
     const BUFFER: usize = 1024 * 1024;
-    let (read, file) = match compression {
-        Compression::None => {
-            let mut file = file;
-            (io::copy(&mut from, &mut file)?, file)
-        }
-        Compression::Gzip => {
-            let out = io::BufWriter::with_capacity(BUFFER, file);
-            let mut gz = flate2::write::GzEncoder::new(out, flate2::Compression::default());
-            let read = io::copy(&mut from, &mut gz)?;
-            (read, gz.finish()?.into_inner().map_err(|e| e.into_error())?)
-        }
-        Compression::Zstd => {
-            let out = io::BufWriter::with_capacity(BUFFER, file);
-            let mut z = zstd::stream::write::Encoder::new(out, zstd::DEFAULT_COMPRESSION_LEVEL)?;
-            let read = io::copy(&mut from, &mut z)?;
-            (read, z.finish()?.into_inner().map_err(|e| e.into_error())?)
+    let out = io::BufWriter::with_capacity(BUFFER, file);
+    let mut buf = vec![0u8; BUFFER];
+    let mut feed = |to: &mut dyn Write| -> io::Result<u64> {
+        let mut read = 0u64;
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) => return Ok(read),
+                Ok(n) => {
+                    to.write_all(&buf[..n])?;
+                    read += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
         }
     };
-    let mut file = file;
-    file.flush()?;
+    let (read, out) = match compression {
+        Compression::None => {
+            let mut out = out;
+            (feed(&mut out)?, out)
+        }
+        Compression::Gzip => {
+            let mut gz = flate2::write::GzEncoder::new(out, flate2::Compression::default());
+            (feed(&mut gz)?, gz.finish()?)
+        }
+        Compression::Zstd => {
+            let mut z = zstd::stream::write::Encoder::new(out, zstd::DEFAULT_COMPRESSION_LEVEL)?;
+            z.multithread(1)?;
+            (feed(&mut z)?, z.finish()?)
+        }
+    };
+    let file = out.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
     Ok(read)
 }

@@ -13,7 +13,7 @@
 
 use super::tool::{self, Server};
 use crate::api::Engine;
-use crate::jobresult::{JobResult, Outcome, Step};
+use crate::jobresult::{Failure, JobResult, Outcome, Step, fail};
 use chrono_tz::Tz;
 use std::borrow::Cow;
 use std::io::{BufRead, BufReader, Write};
@@ -23,15 +23,8 @@ use tracing::warn;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct LoadArgs {
-    #[arg(long, value_parser = super::parse_enum::<Engine>)]
-    pub engine: Engine,
-    #[arg(long)]
-    pub host: String,
-    #[arg(long)]
-    pub port: u16,
-    /// The target database, taken as a name whatever it contains.
-    #[arg(long, allow_hyphen_values = true)]
-    pub database: String,
+    #[command(flatten)]
+    pub db: super::DatabaseArgs,
     /// The decompressed dump.
     #[arg(long)]
     pub file: PathBuf,
@@ -42,20 +35,6 @@ pub struct LoadArgs {
     pub termination_log: PathBuf,
     #[arg(long, default_value = "UTC")]
     pub time_zone: Tz,
-}
-
-/// Why a load failed, as the Restored condition's reason, and what happened.
-#[derive(Debug, PartialEq)]
-pub struct Failure {
-    pub reason: &'static str,
-    pub message: String,
-}
-
-fn fail(reason: &'static str, message: impl Into<String>) -> Failure {
-    Failure {
-        reason,
-        message: message.into(),
-    }
 }
 
 /// Runs one load; returns the process exit code.
@@ -98,12 +77,12 @@ fn load(args: &LoadArgs) -> Result<(), Failure> {
             "the downloaded dump is missing or empty",
         ));
     }
-    let server = Server::from_env(args.engine, &args.host, args.port)
+    let server = Server::from_env(args.db.engine, &args.db.host, args.db.port)
         .map_err(|e| fail("RestoreFailed", e))?;
-    let db = args.database.as_str();
+    let db = args.db.database.as_str();
     create_if_missing(&server, db)?;
     let tables = server
-        .query(db, &count_tables_sql(args.engine, db))
+        .query(db, &count_tables_sql(args.db.engine, db))
         .map_err(|e| fail("ConnectionFailed", format!("cannot read the target: {e}")))?;
     let tables: u64 = tables.parse().unwrap_or(0);
     if tables > 0 && !args.overwrite {
@@ -118,7 +97,7 @@ fn load(args: &LoadArgs) -> Result<(), Failure> {
     if replace {
         println!("replacing the {tables} tables, views and sequences of {db} (overwrite)");
     }
-    match args.engine {
+    match args.db.engine {
         Engine::Postgres => {
             let drop = replace.then(|| format!("--command={}", PG_DROP_ALL));
             let mut extra: Vec<String> = vec!["--single-transaction".into()];

@@ -7,7 +7,22 @@ pub mod load;
 pub mod staging;
 pub mod tool;
 
+use crate::api::Engine;
 use std::path::Path;
+
+/// Where a step's database is: the same four flags for the dump and the load.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DatabaseArgs {
+    #[arg(long, value_parser = parse_enum::<Engine>)]
+    pub engine: Engine,
+    #[arg(long)]
+    pub host: String,
+    #[arg(long)]
+    pub port: u16,
+    /// The database, taken as a name whatever it contains.
+    #[arg(long, allow_hyphen_values = true)]
+    pub database: String,
+}
 
 /// Parses a spec enum (engine, compression) from its lowercase name.
 pub fn parse_enum<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, String> {
