@@ -94,13 +94,15 @@ impl LeaseLock {
         }
     }
 
-    /// Waits until this replica holds the lease.
-    pub async fn acquire(&self) {
+    /// Waits until this replica holds the lease; returns when the request
+    /// that took it was sent (the lease runs from no later than that).
+    pub async fn acquire(&self) -> tokio::time::Instant {
         loop {
+            let attempt = tokio::time::Instant::now();
             match self.try_acquire_or_renew().await {
                 Ok(true) => {
                     info!(lease = %self.name, identity = %self.identity, "became leader");
-                    return;
+                    return attempt;
                 }
                 Ok(false) => {}
                 Err(e) => warn!(error = %e, "cannot take the lease"),
@@ -116,19 +118,27 @@ impl LeaseLock {
         self.duration * 2 / 3
     }
 
-    /// Renews the lease until it is lost or cannot be renewed within the
-    /// renew deadline; returns then. A renewal that hangs counts as failed
-    /// once the deadline passes, so a leader cut off from the apiserver stops
-    /// before a follower takes over.
-    pub async fn hold(&self) {
-        let mut renewed = tokio::time::Instant::now();
+    /// Renews the lease taken at `acquired` until it is lost or cannot be
+    /// renewed within the renew deadline; returns then. After a success the
+    /// next renewal is a third of the lease away; after a failure it is
+    /// retried sooner, as client-go does, so one error costs no leadership.
+    /// A renewal that hangs counts as failed once the deadline passes, so a
+    /// leader cut off from the apiserver stops before a follower takes over.
+    pub async fn hold(&self, acquired: tokio::time::Instant) {
+        let retry = (self.duration / 15).max(Duration::from_millis(200));
+        let mut renewed = acquired;
+        let mut wait = self.duration / 3;
         loop {
-            tokio::time::sleep(self.duration / 3).await;
+            tokio::time::sleep(wait).await;
             // Counted from before the request: the lease says no later.
             let attempt = tokio::time::Instant::now();
             let left = self.renew_deadline().saturating_sub(renewed.elapsed());
             match tokio::time::timeout(left, self.try_acquire_or_renew()).await {
-                Ok(Ok(true)) => renewed = attempt,
+                Ok(Ok(true)) => {
+                    renewed = attempt;
+                    wait = self.duration / 3;
+                    continue;
+                }
                 Ok(Ok(false)) => {
                     warn!(lease = %self.name, "lost the lease to another replica");
                     return;
@@ -140,6 +150,7 @@ impl LeaseLock {
                 warn!(lease = %self.name, "no renewal within the renew deadline");
                 return;
             }
+            wait = retry.min(self.renew_deadline().saturating_sub(renewed.elapsed()));
         }
     }
 }

@@ -165,10 +165,10 @@ async fn main() -> anyhow::Result<()> {
                 &identity,
                 Duration::from_secs(lease_duration_seconds.max(5)),
             );
-            lock.acquire().await;
+            let acquired = lock.acquire().await;
             tokio::select! {
                 _ = controller::run(ctx, namespace) => {}
-                _ = lock.hold() => {
+                _ = lock.hold(acquired) => {
                     // Another replica may already be reconciling: stop at once.
                     tracing::error!("lost leadership; exiting so that the pod restarts as a follower");
                     std::process::exit(1);

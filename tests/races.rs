@@ -194,3 +194,42 @@ async fn uploads_at_once_send_each_dump_exactly_once() {
         assert_eq!(&get_object(&minio, key).await, body, "{key}");
     }
 }
+
+/// An upload killed after the store confirmed its dump but before it deleted
+/// it leaves the claim and a `.sent-` marker naming the object (the state
+/// is made here as that kill leaves it): the next upload deletes the dump
+/// without sending it again. A marker whose object is gone sends the dump.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dump_the_store_confirmed_before_a_kill_is_not_sent_again() {
+    let minio = Minio::start();
+    create_bucket(&minio).await;
+    let staging = Staging::new();
+    let body = b"-- confirmed\n".repeat(1000);
+    std::fs::write(staging.staged_dump(), &body).unwrap();
+    let first = run_upload(&minio, &staging, &UploadOpts::default());
+    let key = first.result.unwrap().key.unwrap();
+    let dumps = staging.path().join("dumps");
+    std::fs::write(dumps.join(".uploading-datadump.sql"), &body).unwrap();
+    std::fs::write(dumps.join(".sent-datadump.sql"), &key).unwrap();
+    let again = run_upload(&minio, &staging, &UploadOpts::default());
+    let result = again.result.clone().unwrap();
+    assert_eq!(
+        (result.outcome, result.key.as_deref()),
+        (Outcome::Succeeded, Some(key.as_str())),
+        "{}",
+        again.text()
+    );
+    assert_eq!(
+        bucket_keys(&minio).await,
+        std::slice::from_ref(&key),
+        "sent once"
+    );
+    assert_eq!(staging.dumps(), Vec::<std::path::PathBuf>::new());
+
+    std::fs::write(dumps.join(".uploading-datadump.sql"), &body).unwrap();
+    std::fs::write(dumps.join(".sent-datadump.sql"), "2000-01-01/gone.sql").unwrap();
+    let sent = run_upload(&minio, &staging, &UploadOpts::default());
+    assert!(sent.succeeded(), "{}", sent.text());
+    assert_eq!(bucket_keys(&minio).await.len(), 2);
+    assert_eq!(staging.dumps(), Vec::<std::path::PathBuf>::new());
+}

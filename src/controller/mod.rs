@@ -321,19 +321,43 @@ fn reports(db: &DatabaseBackup, ctx: &Context, tz: chrono_tz::Tz) -> (Vec<PodRep
     (reports, present)
 }
 
-/// Whether an upload pod of this backup started at or after `finished`: it
-/// takes whatever dump is staged, so a dump it followed needs no upload of
+/// Whether an upload pod of this backup started after the dump pod `dump`
+/// ended: it took whatever dump was staged, so that dump needs no upload of
 /// its own (a dump finished while the operator was down, then an upload).
-fn upload_started_since(db: &DatabaseBackup, ctx: &Context, finished: &Time) -> bool {
+/// Both times come from the kubelet of the dump's node, so only upload pods
+/// on that node count, and only strictly later seconds: when in doubt, chain.
+fn upload_started_since(db: &DatabaseBackup, ctx: &Context, dump: &str, ended: &Time) -> bool {
     let key = Some(ObjectRef::from_obj(db));
-    ctx.pods.state().iter().any(|p| {
+    let pods = ctx.pods.state();
+    let node = |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.clone());
+    let Some(dump_node) = pods
+        .iter()
+        .find(|p| p.uid().as_deref() == Some(dump))
+        .and_then(|p| node(p))
+    else {
+        return false;
+    };
+    let started = |p: &Pod| {
+        let state = p
+            .status
+            .as_ref()?
+            .container_statuses
+            .as_ref()?
+            .first()?
+            .state
+            .as_ref()?;
+        state
+            .running
+            .as_ref()
+            .and_then(|r| r.started_at.clone())
+            .or_else(|| state.terminated.as_ref()?.started_at.clone())
+    };
+    pods.iter().any(|p| {
         labelled_owner(&**p, resources::LABEL_BACKUP) == key
             && p.labels().get(resources::LABEL_STEP).map(String::as_str)
                 == Some(resources::Step::Upload.as_str())
-            && p.metadata
-                .creation_timestamp
-                .as_ref()
-                .is_some_and(|t| t.0 >= finished.0)
+            && node(p).as_ref() == Some(&dump_node)
+            && started(p).is_some_and(|t| t.0.as_second() > ended.0.as_second())
     })
 }
 
@@ -390,7 +414,7 @@ async fn reconcile(db: Arc<DatabaseBackup>, ctx: Arc<Context>) -> Result<Action,
             let chained = r.step == Step::Dump
                 && r.result.outcome == Outcome::Succeeded
                 && !new.processed_pods.contains(&r.uid)
-                && !upload_started_since(&db, &ctx, &r.finished);
+                && !upload_started_since(&db, &ctx, &r.uid, &r.finished);
             if chained {
                 let run = r
                     .run_now

@@ -344,13 +344,27 @@ pub async fn reconcile(r: Arc<DatabaseRestore>, ctx: Arc<Context>) -> Result<Act
         return Ok(Action::await_change());
     }
     let ns = r.namespace().unwrap_or_default();
+    let name = r.name_any();
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let generation = r.metadata.generation;
 
     // The source is looked up once, to create the Job; a Job that runs needs
     // nothing more from it, even if the Secrets change meanwhile.
     let job_key = ObjectRef::new(&job_name(&r)).within(&ns);
-    let job = match ctx.jobs.get(&job_key) {
+    // A restore started by a release that named the Job without the UID keeps
+    // that Job: it must not run a second load.
+    let legacy_key =
+        ObjectRef::new(&names::child_name(&name, "restore", names::DNS_LABEL_MAX)).within(&ns);
+    let ours = |j: &Job| {
+        j.owner_references()
+            .iter()
+            .any(|o| Some(&o.uid) == r.metadata.uid.as_ref())
+    };
+    let existing = ctx
+        .jobs
+        .get(&job_key)
+        .or_else(|| ctx.jobs.get(&legacy_key).filter(|j| ours(j)));
+    let job = match existing {
         Some(job) => Some(job),
         None => {
             let source = match resolve_source(&r, &ctx).await {
@@ -377,7 +391,10 @@ pub async fn reconcile(r: Arc<DatabaseRestore>, ctx: Arc<Context>) -> Result<Act
                     info!(job = %created.name_any(), "started restore job");
                     Some(Arc::new(created))
                 }
-                Err(kube::Error::Api(e)) if e.code == 409 => None,
+                // Created meanwhile (our cache lags): the apiserver has it.
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    jobs.get_opt(&job_name(&r)).await?.map(Arc::new)
+                }
                 Err(e) => return Err(Error::Kube(e)),
             }
         }

@@ -226,6 +226,14 @@ fn write_dump(args: &DumpArgs, partial: &Path, phase: &Mutex<Phase>) -> Result<u
     let status = child
         .wait()
         .map_err(|e| format!("cannot wait for {program}: {e}"))?;
+    // Reaped: its PID may be anyone's now, so SIGTERM must not signal it.
+    set(phase, |p| match p {
+        Phase::Dumping { partial, .. } => Phase::Dumping {
+            tool: None,
+            partial: partial.clone(),
+        },
+        _ => Phase::Starting,
+    })?;
     let stderr = stderr.join().unwrap_or_default();
     // A write of ours that failed is the cause: the tool then only saw its
     // pipe close. The tool's own failure comes next.

@@ -84,7 +84,13 @@ fn load(args: &LoadArgs) -> Result<(), Failure> {
     let tables = server
         .query(db, &count_tables_sql(args.db.engine, db))
         .map_err(|e| fail("ConnectionFailed", format!("cannot read the target: {e}")))?;
-    let tables: u64 = tables.parse().unwrap_or(0);
+    // Output we cannot read is no licence to write: only a number counts.
+    let tables: u64 = tables.trim().parse().map_err(|_| {
+        fail(
+            "ConnectionFailed",
+            format!("cannot read the target's table count (the client printed {tables:?})"),
+        )
+    })?;
     if tables > 0 && !args.overwrite {
         return Err(fail(
             "TargetNotEmpty",
@@ -183,7 +189,7 @@ fn load_mysql(server: &Server, db: &str, file: &Path, replace: bool) -> Result<(
                 format!("the client stopped at an error: {e}; the target was put back as it was")
             }
             Err(b) => format!(
-                "the client stopped at an error: {e}; putting the target back failed too: {b}"
+                "the client stopped at an error: {e}; putting the target back failed too, so it may be incomplete (its copy was on the pod's scratch volume): {b}"
             ),
         },
     ))

@@ -5,6 +5,7 @@
 //! dumps/datadump.sql[.gz|.zst]   the finished dump, waiting for an upload
 //! dumps/.partial-<run>-<name>    a dump being written (one per run)
 //! dumps/.uploading-<name>        a dump an upload claimed and is sending
+//! dumps/.sent-<name>             the key the store confirmed it under, until it is deleted
 //! dumps/.dump.lock               held by the one dump running on the volume
 //! dumps/.upload.lock             held by the one upload running on the volume
 //! logs/YYYY-MM-DD.txt            the original pipeline's log lines
@@ -17,7 +18,8 @@
 //!   renaming it to `.uploading-<name>`, reads only that file, and deletes it
 //!   once the store confirmed it. A dump finished meanwhile is not touched: the
 //!   next upload sends it. A claim left by a killed upload is sent first by the
-//!   next one. Two uploads therefore never send the same dump.
+//!   next one, unless its `.sent-` marker names an object the store holds.
+//!   Two uploads therefore never send the same dump.
 //!
 //! The locks are `flock`s: the kernel releases them when their holder dies,
 //! however it dies, so a crash never leaves the volume locked.
@@ -198,9 +200,32 @@ impl Staging {
         Ok(found)
     }
 
-    /// Deletes a claimed dump the store confirmed, and syncs the folder.
+    /// Records that the store confirmed `claimed` under `key`, before the
+    /// dump is deleted: an upload killed in between leaves the claim, and the
+    /// next one then finds the object instead of sending the dump again.
+    pub fn mark_sent(&self, claimed: &Claimed, key: &str) -> io::Result<()> {
+        let mut f = File::create(self.sent_marker(claimed))?;
+        f.write_all(key.as_bytes())?;
+        f.sync_all()?;
+        File::open(self.dumps())?.sync_all()
+    }
+
+    /// The key a killed upload recorded for `claimed`, if it got that far.
+    pub fn sent_key(&self, claimed: &Claimed) -> Option<String> {
+        std::fs::read_to_string(self.sent_marker(claimed))
+            .ok()
+            .filter(|k| !k.is_empty())
+    }
+
+    fn sent_marker(&self, claimed: &Claimed) -> PathBuf {
+        self.dumps().join(format!(".sent-{}", claimed.name))
+    }
+
+    /// Deletes a claimed dump the store confirmed, then its marker, and
+    /// syncs the folder.
     pub fn release(&self, claimed: &Claimed) -> io::Result<()> {
         std::fs::remove_file(&claimed.path)?;
+        remove_if_present(&self.sent_marker(claimed))?;
         File::open(self.dumps())?.sync_all()
     }
 }
@@ -248,6 +273,19 @@ mod tests {
         s.release(&claimed).unwrap();
         let next = s.claim().unwrap().unwrap();
         assert_eq!(std::fs::read_to_string(&next.path).unwrap(), "second");
+    }
+
+    #[test]
+    fn a_sent_marker_lives_until_its_claim_is_released() {
+        let (_d, s) = staging();
+        std::fs::write(s.dumps().join("datadump.sql"), "x").unwrap();
+        let c = s.claim().unwrap().unwrap();
+        assert_eq!(s.sent_key(&c), None);
+        s.mark_sent(&c, "2026-11-26/datadump1.sql").unwrap();
+        assert_eq!(s.sent_key(&c).as_deref(), Some("2026-11-26/datadump1.sql"));
+        s.release(&c).unwrap();
+        assert_eq!(s.sent_key(&c), None);
+        assert!(!c.path.exists());
     }
 
     #[test]

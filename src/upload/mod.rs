@@ -146,7 +146,17 @@ async fn upload(args: &UploadArgs) -> Result<JobResult, String> {
             None => client.insert(args.store.client().await?),
         };
         let left_over = claimed.left_over;
-        sent.push(send(client, args, &staging, &claimed).await?);
+        let confirmed = match staging.sent_key(&claimed) {
+            Some(key) if s3::object_exists(client, &args.store.bucket, &key).await? => Some(key),
+            _ => None,
+        };
+        let result = match confirmed {
+            // The killed upload got the store's confirmation: only the
+            // deletion was left to do.
+            Some(key) => finish_sent(&staging, tz, &claimed, key)?,
+            None => send(client, args, &staging, &claimed).await?,
+        };
+        sent.push(result);
         if !left_over {
             break;
         }
@@ -163,6 +173,26 @@ async fn upload(args: &UploadArgs) -> Result<JobResult, String> {
         last.log = first.log;
     }
     Ok(last)
+}
+
+/// Deletes a claimed dump a killed upload already sent as `key`, and says so.
+fn finish_sent(
+    staging: &Staging,
+    tz: Tz,
+    claimed: &Claimed,
+    key: String,
+) -> Result<JobResult, String> {
+    info!(%key, "the interrupted upload had sent this dump; deleting it");
+    staging.release(claimed).map_err(|e| {
+        format!(
+            "{key} is stored but {} cannot be deleted: {e}",
+            claimed.path.display()
+        )
+    })?;
+    let line = staging.log(tz, logline::UPLOADED);
+    let mut r = JobResult::new(Step::Upload, Outcome::Succeeded, line.to_string());
+    r.key = Some(key);
+    Ok(r)
 }
 
 /// Uploads one claimed dump under a fresh key, verifies it, deletes it, and
@@ -243,6 +273,9 @@ async fn send(
         };
         s3::verify(client, &args.store.bucket, &key, &written).await?;
         // Only now is the dump safe to drop: exactly the file this run claimed.
+        staging
+            .mark_sent(claimed, &key)
+            .map_err(|e| format!("uploaded {key} but cannot record it: {e}"))?;
         staging.release(claimed).map_err(|e| {
             format!(
                 "uploaded {key} but cannot delete {}: {e}",
