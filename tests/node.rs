@@ -371,15 +371,7 @@ fn the_pods_gateway_keeps_its_address_when_a_lower_one_joins_and_leaves() {
     let address = || std::fs::read_to_string(format!("/sys/class/net/{}/address", node::BRIDGE));
     let before = address().unwrap();
     let run = |args: &[&str]| {
-        let out = std::process::Command::new("ip")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ip {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_ok(std::process::Command::new("ip").args(args));
     };
     let (port, peer) = ("dbbt-low", "dbbt-low-peer");
     run(&[
