@@ -565,6 +565,21 @@ fn prefer_dump_node(owner: &str) -> Affinity {
 }
 
 #[cfg(test)]
+/// Compares with `tests/golden/<name>`; `UPDATE_GOLDEN=1` rewrites it.
+pub(crate) fn assert_golden(name: &str, actual: &str) {
+    let path = format!("{}/tests/golden/{name}", env!("CARGO_MANIFEST_DIR"));
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("{path} missing: run with UPDATE_GOLDEN=1"));
+    assert!(
+        expected == actual,
+        "{name} differs from the golden file; review and rerun with UPDATE_GOLDEN=1\n{actual}"
+    );
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -628,20 +643,6 @@ mod tests {
             serde_yaml::to_string(&upload_cronjob(db, &settings())).unwrap(),
         ]
         .join("---\n")
-    }
-
-    /// Compares with `tests/golden/<name>`; `UPDATE_GOLDEN=1` rewrites it.
-    fn assert_golden(name: &str, actual: &str) {
-        let path = format!("{}/tests/golden/{name}", env!("CARGO_MANIFEST_DIR"));
-        if std::env::var_os("UPDATE_GOLDEN").is_some() {
-            std::fs::write(&path, actual).unwrap();
-        }
-        let expected = std::fs::read_to_string(&path)
-            .unwrap_or_else(|_| panic!("{path} missing: run with UPDATE_GOLDEN=1"));
-        assert!(
-            expected == actual,
-            "{name} differs from the golden file; review and rerun with UPDATE_GOLDEN=1\n{actual}"
-        );
     }
 
     #[test]

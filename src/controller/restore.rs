@@ -619,6 +619,24 @@ mod tests {
     }
 
     #[test]
+    fn golden_restore_job() {
+        let r = restore(serde_json::json!({ "backup": "orders", "overwrite": true }));
+        let bucket: BucketSpec = serde_json::from_value(serde_json::json!({
+            "secretRef": { "name": "s3-creds" }, "caBundle": { "name": "ca" }, "endpoint": "http://minio:9000"
+        }))
+        .unwrap();
+        let source = Source {
+            bucket,
+            prefix: "shop/orders/".into(),
+        };
+        let settings = Settings {
+            uploader_image: "ghcr.io/dbbackup-operator/dbbackup-operator:0.1.0".into(),
+        };
+        let job = restore_job(&r, &source, &settings);
+        resources::assert_golden("restore-job.yaml", &serde_yaml::to_string(&job).unwrap());
+    }
+
+    #[test]
     fn the_job_fetches_with_our_image_and_loads_with_the_database_image() {
         let r = restore(serde_json::json!({ "backup": "orders", "scratchSize": "20Gi" }));
         let bucket: BucketSpec =
