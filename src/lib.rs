@@ -2,16 +2,11 @@
 //! verified database dumps in S3-compatible storage.
 
 pub mod api;
-pub mod controller;
-pub mod fetch;
 pub mod jobresult;
 pub mod jobs;
-pub mod leader;
 pub mod logline;
-pub mod metrics;
 pub mod names;
-pub mod server;
-pub mod upload;
+pub mod operator;
 
 pub use api::{
     DatabaseBackup, DatabaseBackupSpec, DatabaseBackupStatus, DatabaseRestore, DatabaseRestoreSpec,

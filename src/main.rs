@@ -1,8 +1,8 @@
 use clap::{Parser, Subcommand, ValueEnum};
-use dbbackup_operator::controller::{self, Context, resources::Settings};
-use dbbackup_operator::leader::LeaseLock;
-use dbbackup_operator::metrics::Metrics;
-use dbbackup_operator::server;
+use dbbackup_operator::operator::leader::LeaseLock;
+use dbbackup_operator::operator::metrics::Metrics;
+use dbbackup_operator::operator::server;
+use dbbackup_operator::operator::{self, Context, resources::Settings};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,9 +63,9 @@ enum Command {
         lease_namespace: String,
     },
     /// Upload the staged dump, if any (run by the upload CronJob).
-    Upload(dbbackup_operator::upload::UploadArgs),
+    Upload(dbbackup_operator::jobs::upload::UploadArgs),
     /// Download, verify and decompress a dump for a restore (run by the restore Job).
-    Fetch(dbbackup_operator::fetch::FetchArgs),
+    Fetch(dbbackup_operator::jobs::fetch::FetchArgs),
     /// Dump the database onto the staging volume (run in the database image by the dump CronJob).
     Dump(dbbackup_operator::jobs::dump::DumpArgs),
     /// Load a fetched dump into the target database (run in the database image by the restore Job).
@@ -103,7 +103,7 @@ async fn main() -> anyhow::Result<()> {
         } => print!("{}", dbbackup_operator::restore_crd_yaml()),
         Command::Fetch(args) => {
             init_tracing(LogFormat::Text);
-            let code = dbbackup_operator::fetch::run(args).await;
+            let code = dbbackup_operator::jobs::fetch::run(args).await;
             std::process::exit(code);
         }
         Command::Dump(args) => {
@@ -121,7 +121,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Upload(args) => {
             init_tracing(LogFormat::Text);
-            let code = dbbackup_operator::upload::run(args).await;
+            let code = dbbackup_operator::jobs::upload::run(args).await;
             std::process::exit(code);
         }
         Command::Run {
@@ -140,7 +140,7 @@ async fn main() -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(listen).await?;
             tokio::spawn(server::serve(listener, metrics.clone(), health.clone()));
 
-            let client = dbbackup_operator::metrics::counting_client(
+            let client = dbbackup_operator::operator::metrics::counting_client(
                 kube::Client::try_default().await?,
                 metrics.clone(),
             );
@@ -153,7 +153,7 @@ async fn main() -> anyhow::Result<()> {
                 metrics,
             ));
             if !leader_election {
-                controller::run(ctx, namespace).await;
+                operator::run(ctx, namespace).await;
                 return Ok(());
             }
             let identity = std::env::var("POD_NAME")
@@ -167,7 +167,7 @@ async fn main() -> anyhow::Result<()> {
             );
             let acquired = lock.acquire().await;
             tokio::select! {
-                _ = controller::run(ctx, namespace) => {}
+                _ = operator::run(ctx, namespace) => {}
                 _ = lock.hold(acquired) => {
                     // Another replica may already be reconciling: stop at once.
                     tracing::error!("lost leadership; exiting so that the pod restarts as a follower");

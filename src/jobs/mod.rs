@@ -3,9 +3,14 @@
 //! staging volume. The upload and fetch steps live in `upload` and `fetch`.
 
 pub mod dump;
+pub mod fetch;
+pub mod keys;
 pub mod load;
+pub mod retention;
 pub mod staging;
+pub mod store;
 pub mod tool;
+pub mod upload;
 
 use crate::api::Engine;
 use std::path::Path;

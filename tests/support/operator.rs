@@ -2,8 +2,8 @@
 //! helpers to set up what a user would create with kubectl.
 
 use dbbackup_operator::api::DatabaseBackup;
-use dbbackup_operator::controller::{self, Context, resources::Settings};
-use dbbackup_operator::metrics::{Metrics, counting_client};
+use dbbackup_operator::operator::metrics::{Metrics, counting_client};
+use dbbackup_operator::operator::{self, Context, resources::Settings};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -75,7 +75,7 @@ impl RunningOperator {
             },
             metrics,
         ));
-        let handle = tokio::spawn(controller::run(ctx.clone(), namespace));
+        let handle = tokio::spawn(operator::run(ctx.clone(), namespace));
         RunningOperator { ctx, handle }
     }
 

@@ -7,12 +7,9 @@
 //! confirmed its size and checksum, never replaces an existing object, and
 //! on any failure keeps the dump for the next run and exits non-zero.
 
-pub mod keys;
-pub mod retention;
-pub mod s3;
-
+use super::staging::{Claimed, Lock, Staging};
+use super::{keys, retention, store};
 use crate::jobresult::{JobResult, Outcome, Step};
-use crate::jobs::staging::{Claimed, Lock, Staging};
 use crate::logline;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
@@ -37,7 +34,7 @@ pub struct UploadArgs {
     #[arg(long, default_value = "UTC")]
     pub time_zone: Tz,
     #[command(flatten)]
-    pub store: s3::StoreArgs,
+    pub store: store::StoreArgs,
     /// Create the bucket when it does not exist.
     #[arg(long)]
     pub create_bucket: bool,
@@ -77,7 +74,7 @@ async fn abort_leftover(client: &aws_sdk_s3::Client, dumps: &Path) {
     };
     if let Ok(p) = serde_json::from_str::<PendingUpload>(&text) {
         info!(key = %p.key, "aborting the multipart upload of an interrupted run");
-        s3::abort(client, &p.bucket, &p.key, &p.upload_id).await;
+        store::abort(client, &p.bucket, &p.key, &p.upload_id).await;
     }
     let _ = std::fs::remove_file(path);
 }
@@ -147,7 +144,7 @@ async fn upload(args: &UploadArgs) -> Result<JobResult, String> {
         };
         let left_over = claimed.left_over;
         let confirmed = match staging.sent_key(&claimed) {
-            Some(key) if s3::object_exists(client, &args.store.bucket, &key).await? => Some(key),
+            Some(key) if store::object_exists(client, &args.store.bucket, &key).await? => Some(key),
             _ => None,
         };
         let result = match confirmed {
@@ -214,22 +211,22 @@ async fn send(
     info!(file = %claimed.path.display(), size, "found a dump");
     abort_leftover(client, &dumps).await;
     if args.create_bucket {
-        s3::ensure_bucket(client, &args.store.bucket).await?;
+        store::ensure_bucket(client, &args.store.bucket).await?;
     }
 
     // The date of the dump (not of the upload) names the folder, in the resource's zone.
     let finished: DateTime<Utc> = claimed.finished.into();
     let date = finished.with_timezone(&tz).date_naive();
     let folder = keys::date_folder(&args.prefix, date);
-    let tuning = s3::Tuning {
+    let tuning = store::Tuning {
         min_part_size: args.part_size_mib.max(5) * 1024 * 1024,
         concurrency: args.concurrency.max(1),
     };
     let mut conditional = true;
     for _ in 0..MAX_KEY_ATTEMPTS {
-        let existing = s3::list_keys(client, &args.store.bucket, &folder).await?;
+        let existing = store::list_keys(client, &args.store.bucket, &folder).await?;
         let key = keys::next_object_key(&folder, existing.iter().map(String::as_str), claimed.name);
-        if !conditional && s3::object_exists(client, &args.store.bucket, &key).await? {
+        if !conditional && store::object_exists(client, &args.store.bucket, &key).await? {
             continue;
         }
         let record_key = |upload_id: &str| {
@@ -244,7 +241,7 @@ async fn send(
             )
         };
         info!(%key, "uploading");
-        let put = s3::put_file(
+        let put = store::put_file(
             client,
             &args.store.bucket,
             &key,
@@ -258,11 +255,11 @@ async fn send(
         let _ = std::fs::remove_file(state_path(&dumps));
         let written = match put {
             Ok(w) => w,
-            Err(s3::PutError::KeyTaken(k)) => {
+            Err(store::PutError::KeyTaken(k)) => {
                 info!(key = %k, "key taken by a concurrent upload; trying the next index");
                 continue;
             }
-            Err(s3::PutError::ConditionalUnsupported) if conditional => {
+            Err(store::PutError::ConditionalUnsupported) if conditional => {
                 warn!(
                     "store refuses If-None-Match; checking for the key before each write instead"
                 );
@@ -271,7 +268,7 @@ async fn send(
             }
             Err(e) => return Err(e.to_string()),
         };
-        s3::verify(client, &args.store.bucket, &key, &written).await?;
+        store::verify(client, &args.store.bucket, &key, &written).await?;
         // Only now is the dump safe to drop: exactly the file this run claimed.
         staging
             .mark_sent(claimed, &key)
@@ -322,7 +319,7 @@ async fn prune(
         info!("{line}");
         line.to_string()
     };
-    let objects = match s3::list_objects(client, &args.store.bucket, &args.prefix).await {
+    let objects = match store::list_objects(client, &args.store.bucket, &args.prefix).await {
         Ok(objects) => objects,
         Err(e) => {
             return vec![log(format!(
@@ -338,7 +335,7 @@ async fn prune(
         args.time_zone,
         uploaded,
     );
-    s3::delete_keys(client, &args.store.bucket, &doomed)
+    store::delete_keys(client, &args.store.bucket, &doomed)
         .await
         .into_iter()
         .map(|(key, outcome)| match outcome {

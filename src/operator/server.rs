@@ -1,6 +1,6 @@
 //! The operator's HTTP endpoints: `/metrics`, `/healthz` and `/readyz`.
 
-use crate::metrics::Metrics;
+use crate::operator::metrics::Metrics;
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;

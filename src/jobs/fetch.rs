@@ -6,22 +6,22 @@
 //! computed on upload (MD5, per part for multipart uploads), decompresses on
 //! the way, and leaves `restore.sql` only when every byte checked out.
 
+use super::{retention, store};
 use crate::api::Compression;
 use crate::jobresult::{Failure, JobResult, Outcome, Step, fail};
 use crate::logline::LogLine;
-use crate::upload::{retention, s3};
 use md5::{Digest as _, Md5};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use tracing::{error, info};
 
 /// Part size assumed for multipart objects without our part-size metadata.
-const DEFAULT_PART_SIZE: u64 = s3::DEFAULT_PART_SIZE;
+const DEFAULT_PART_SIZE: u64 = store::DEFAULT_PART_SIZE;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct FetchArgs {
     #[command(flatten)]
-    pub store: s3::StoreArgs,
+    pub store: store::StoreArgs,
     /// Object key, or "latest" for the newest dump under --prefix.
     #[arg(long, default_value = crate::api::LATEST)]
     pub key: String,
@@ -91,7 +91,7 @@ async fn fetch(args: &FetchArgs) -> Result<JobResult, Failure> {
             } else {
                 fail(
                     "DownloadFailed",
-                    format!("cannot download {key}: {}", s3::describe(&e)),
+                    format!("cannot download {key}: {}", store::describe(&e)),
                 )
             }
         })?;
@@ -102,7 +102,7 @@ async fn fetch(args: &FetchArgs) -> Result<JobResult, Failure> {
         .to_string();
     let part_size = got
         .metadata()
-        .and_then(|m| m.get(s3::PART_SIZE_META))
+        .and_then(|m| m.get(store::PART_SIZE_META))
         .map(|v| parse_part_size(v).map_err(|e| fail("CorruptDump", format!("{key}: {e}"))))
         .transpose()?;
     let expected_size = got.content_length().unwrap_or(-1);
@@ -165,7 +165,7 @@ async fn latest(
     bucket: &str,
     prefix: &str,
 ) -> Result<String, Failure> {
-    let objects = s3::list_objects(client, bucket, prefix)
+    let objects = store::list_objects(client, bucket, prefix)
         .await
         .map_err(|e| fail("DownloadFailed", format!("cannot list {prefix:?}: {e}")))?;
     retention::newest_first(prefix, &objects)
@@ -245,11 +245,11 @@ impl EtagCheck {
     /// Ok(true) when verified, Ok(false) when the ETag cannot be checked
     /// (not an MD5, as with KMS encryption; or a part size we cannot know).
     fn verify(mut self) -> Result<bool, String> {
-        if !s3::md5_style(&self.expected) {
+        if !store::md5_style(&self.expected) {
             return Ok(false);
         }
         if self.part_size.is_none() {
-            let got = s3::hex(&self.current.finalize());
+            let got = store::hex(&self.current.finalize());
             return match got == self.expected {
                 true => Ok(true),
                 false => Err(format!("MD5 {got}, the store's ETag is {}", self.expected)),
@@ -258,7 +258,7 @@ impl EtagCheck {
         if self.current_len > 0 {
             self.end_part();
         }
-        let got = s3::multipart_etag(&self.parts, self.count as usize);
+        let got = store::multipart_etag(&self.parts, self.count as usize);
         if got == self.expected {
             return Ok(true);
         }
@@ -364,7 +364,7 @@ impl Decompressor {
 mod tests {
     use super::*;
 
-    use crate::upload::s3::hex;
+    use crate::jobs::store::hex;
 
     fn multipart_etag(data: &[u8], part: usize) -> String {
         let md5s: Vec<u8> = data

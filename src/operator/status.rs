@@ -829,7 +829,7 @@ mod report_tests {
     }
 
     fn stale_at(schedule: &str, tz: &str, uploaded: &str, now: &str) -> bool {
-        let schedule = crate::controller::checks::parse_schedule(schedule).unwrap();
+        let schedule = crate::operator::checks::parse_schedule(schedule).unwrap();
         let now = to_chrono(&time(now));
         let (o, _) = staleness(
             &schedule,
@@ -893,7 +893,7 @@ mod report_tests {
 
     #[test]
     fn staleness_counts_from_creation_and_says_when_to_look_again() {
-        let hourly = crate::controller::checks::parse_schedule("0 * * * *").unwrap();
+        let hourly = crate::operator::checks::parse_schedule("0 * * * *").unwrap();
         let created = time("2026-11-26T10:30:00Z");
         let (fresh, due) = staleness(
             &hourly,

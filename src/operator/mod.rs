@@ -2,14 +2,17 @@
 
 pub mod applied;
 pub mod checks;
+pub mod leader;
+pub mod metrics;
 pub mod resources;
 pub mod restore;
+pub mod server;
 pub mod status;
 
 use crate::api::{DatabaseBackup, DatabaseRestore};
 use crate::jobresult::{Outcome, Step};
-use crate::metrics::Metrics;
 use crate::names;
+use crate::operator::metrics::Metrics;
 use checks::{CheckError, Problem};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
