@@ -24,36 +24,6 @@ impl Policy {
     }
 }
 
-/// Parses an age such as `30d`, `12h`, `90m` or `1d12h`.
-pub fn parse_age(text: &str) -> Result<Duration, String> {
-    let bad = || format!("{text:?} is not an age such as 30d, 12h, 90m or 1d12h");
-    if text.is_empty() {
-        return Err(bad());
-    }
-    let mut total = Duration::zero();
-    let mut digits = String::new();
-    for c in text.chars() {
-        if c.is_ascii_digit() {
-            digits.push(c);
-            continue;
-        }
-        let n: i64 = digits.parse().map_err(|_| bad())?;
-        let unit = match c {
-            'd' => Duration::try_days(n),
-            'h' => Duration::try_hours(n),
-            'm' => Duration::try_minutes(n),
-            _ => None,
-        }
-        .ok_or_else(bad)?;
-        total = total.checked_add(&unit).ok_or_else(bad)?;
-        digits.clear();
-    }
-    if !digits.is_empty() || total.is_zero() {
-        return Err(bad());
-    }
-    Ok(total)
-}
-
 /// An object as listed: its key and when the store last modified it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listed {
@@ -158,28 +128,6 @@ mod tests {
         .iter()
         .map(|k| listed(k, None))
         .collect()
-    }
-
-    #[test]
-    fn ages() {
-        assert_eq!(parse_age("30d").unwrap(), Duration::days(30));
-        assert_eq!(parse_age("12h").unwrap(), Duration::hours(12));
-        assert_eq!(
-            parse_age("1d12h30m").unwrap(),
-            Duration::minutes(36 * 60 + 30)
-        );
-        for bad in [
-            "",
-            "d",
-            "30",
-            "0d",
-            "3w",
-            "1.5d",
-            "-1d",
-            "99999999999999999d",
-        ] {
-            assert!(parse_age(bad).is_err(), "{bad}");
-        }
     }
 
     #[test]

@@ -50,7 +50,7 @@ pub struct UploadArgs {
     #[arg(long)]
     pub keep_last: Option<usize>,
     /// Retention: after a confirmed upload, keep only dumps younger than this (30d, 12h, 1d12h).
-    #[arg(long, value_parser = retention::parse_age)]
+    #[arg(long, value_parser = crate::api::parse_age)]
     pub max_age: Option<chrono::Duration>,
 }
 

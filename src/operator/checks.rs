@@ -57,7 +57,7 @@ pub fn validate_spec(db: &DatabaseBackup) -> Result<(), Problem> {
         )
     })?;
     if let Some(age) = spec.retention.as_ref().and_then(|r| r.max_age.as_ref()) {
-        crate::jobs::retention::parse_age(age)
+        crate::api::parse_age(age)
             .map_err(|e| Problem::new("InvalidRetention", format!("spec.retention.maxAge: {e}")))?;
     }
     Ok(())

@@ -1,0 +1,311 @@
+//! The `DatabaseBackup` resource: what to dump, when, and where to keep it.
+
+use super::common::*;
+use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+// Each printcolumn(...) names its type_, which clippy takes for a repeated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "dbbackup.io",
+    version = "v1alpha1",
+    kind = "DatabaseBackup",
+    plural = "databasebackups",
+    shortname = "dbb",
+    category = "backups",
+    namespaced,
+    status = "DatabaseBackupStatus",
+    derive = "PartialEq",
+    doc = "A scheduled, verified dump of one database into S3-compatible storage.",
+    printcolumn(name = "Engine", type_ = "string", json_path = ".spec.database.engine"),
+    printcolumn(name = "Schedule", type_ = "string", json_path = ".spec.schedule"),
+    printcolumn(
+        name = "Last Upload",
+        type_ = "string",
+        json_path = ".status.lastUploadKey"
+    ),
+    printcolumn(
+        name = "Uploaded",
+        type_ = "date",
+        json_path = ".status.lastUploadTime"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseBackupSpec {
+    /// The database to dump.
+    pub database: DatabaseSpec,
+
+    /// When to dump, in standard 5-field cron syntax (for example "0 3 * * *"),
+    /// interpreted in spec.timeZone.
+    #[schemars(length(min = 1, max = 128))]
+    #[schemars(extend("x-kubernetes-validations" = cel(&[(&cron_rule(), CRON_MESSAGE), (CRON_TZ_RULE, CRON_TZ_MESSAGE)])))]
+    pub schedule: String,
+
+    /// IANA time zone of both schedules, and of the dates in object keys and log
+    /// lines. Defaults to UTC.
+    #[serde(default = "default_time_zone")]
+    #[schemars(length(min = 1, max = 64))]
+    #[schemars(extend("x-kubernetes-validations" = cel(&[(
+        "self == 'UTC' || timestamp('2000-01-01T00:00:00Z').getHours(self) >= 0",
+        "must be a valid IANA time zone name, such as Europe/Paris"
+    )])))]
+    pub time_zone: String,
+
+    /// How often the uploader looks for a finished dump (cron). The original
+    /// pipeline polled every minute; the default is every 5 minutes.
+    #[serde(default = "default_upload_schedule")]
+    #[schemars(length(min = 1, max = 128))]
+    #[schemars(extend("x-kubernetes-validations" = cel(&[(&cron_rule(), CRON_MESSAGE), (CRON_TZ_RULE, CRON_TZ_MESSAGE)])))]
+    pub upload_schedule: String,
+
+    /// Pauses both the dump and the upload schedules.
+    #[serde(default)]
+    pub suspend: bool,
+
+    /// Where the dumps go.
+    pub bucket: BucketSpec,
+
+    /// Compression applied once, while dumping. The object key ends in .gz or .zst accordingly.
+    #[serde(default)]
+    pub compression: Compression,
+
+    /// The volume the dump job writes to and the upload job reads from.
+    #[serde(default)]
+    pub staging: StagingSpec,
+
+    /// Settings applied to the pods of both jobs.
+    #[serde(default)]
+    pub jobs: JobSettings,
+
+    /// Which uploaded dumps to keep. Unset keeps them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionSpec>,
+}
+
+/// A retention policy, applied by the upload job right after a confirmed upload
+/// (never after a failed one), to the dumps under this resource's prefix only.
+/// A dump is kept when either rule keeps it, and the newest dump is always kept.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = cel(&[(
+    "has(self.keepLast) || has(self.maxAge)",
+    "set keepLast, maxAge or both"
+)])))]
+pub struct RetentionSpec {
+    /// Keep the newest N dumps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub keep_last: Option<i32>,
+    /// Keep dumps younger than this: whole days, hours or minutes, such as 30d,
+    /// 12h or 1d12h. A dump's age counts from the end of the date in its key, or
+    /// from its upload if earlier, so no dump goes before its time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 16))]
+    #[schemars(extend("x-kubernetes-validations" = cel(&[(
+        "self.matches('^([0-9]{1,6}[dhm])+$')",
+        "must be an age in days, hours or minutes, such as 30d, 12h or 1d12h"
+    )])))]
+    pub max_age: Option<String>,
+}
+
+fn default_time_zone() -> String {
+    "UTC".into()
+}
+
+fn default_upload_schedule() -> String {
+    "*/5 * * * *".into()
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StagingSpec {
+    /// Size of the staging volume; it must hold one dump (two while a new dump replaces an old one).
+    #[serde(default = "default_staging_size")]
+    #[schemars(length(min = 1, max = 64))]
+    #[schemars(extend("x-kubernetes-validations" = cel(&[(
+        "isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))",
+        "must be a positive quantity such as 10Gi"
+    )])))]
+    pub size: String,
+
+    /// Storage class of the staging PVC; the cluster default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+
+    /// Access modes of the staging PVC. ReadWriteOnce by default; the upload pod then
+    /// prefers the node of a running dump pod. Use ReadWriteMany where the store offers it.
+    #[serde(default = "default_access_modes")]
+    #[schemars(length(min = 1))]
+    pub access_modes: Vec<AccessMode>,
+}
+
+impl Default for StagingSpec {
+    fn default() -> Self {
+        StagingSpec {
+            size: default_staging_size(),
+            storage_class_name: None,
+            access_modes: default_access_modes(),
+        }
+    }
+}
+
+fn default_staging_size() -> String {
+    "1Gi".into()
+}
+fn default_access_modes() -> Vec<AccessMode> {
+    vec![AccessMode::ReadWriteOnce]
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum AccessMode {
+    ReadWriteOnce,
+    ReadWriteOncePod,
+    ReadWriteMany,
+}
+
+impl AccessMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessMode::ReadWriteOnce => "ReadWriteOnce",
+            AccessMode::ReadWriteOncePod => "ReadWriteOncePod",
+            AccessMode::ReadWriteMany => "ReadWriteMany",
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobSettings {
+    /// Resources of the dump and upload containers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Node selector of both pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Tolerations of both pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    /// Affinity of both pods. When unset, the upload pod prefers the node of a running dump pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Finished jobs kept per CronJob when they succeeded (default 3).
+    #[serde(default = "default_successful_history")]
+    #[schemars(range(min = 0, max = 100))]
+    pub successful_jobs_history_limit: i32,
+    /// Finished jobs kept per CronJob when they failed (default 3).
+    #[serde(default = "default_failed_history")]
+    #[schemars(range(min = 0, max = 100))]
+    pub failed_jobs_history_limit: i32,
+    /// Seconds a job may run before it is stopped (default 6 hours).
+    #[serde(default = "default_deadline")]
+    #[schemars(range(min = 60))]
+    pub active_deadline_seconds: i64,
+    /// Seconds after a missed schedule time within which the job may still start (default 300).
+    #[serde(default = "default_starting_deadline")]
+    #[schemars(range(min = 10))]
+    pub starting_deadline_seconds: i64,
+    /// Retries of a failed pod before the job counts as failed (default 0: the next
+    /// scheduled run is the retry, and a failed upload keeps its dump for it).
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 10))]
+    pub backoff_limit: i32,
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        JobSettings {
+            resources: None,
+            node_selector: None,
+            tolerations: None,
+            affinity: None,
+            successful_jobs_history_limit: default_successful_history(),
+            failed_jobs_history_limit: default_failed_history(),
+            active_deadline_seconds: default_deadline(),
+            starting_deadline_seconds: default_starting_deadline(),
+            backoff_limit: 0,
+        }
+    }
+}
+
+fn default_successful_history() -> i32 {
+    3
+}
+fn default_failed_history() -> i32 {
+    3
+}
+fn default_starting_deadline() -> i64 {
+    300
+}
+
+/// What the operator last saw of this backup.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseBackupStatus {
+    /// The spec generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, DumpSucceeded, UploadSucceeded and Stale.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Object key of the last confirmed upload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_upload_key: Option<String>,
+    /// When the last confirmed upload finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_upload_time: Option<Time>,
+    /// Size in bytes of the last uploaded object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_upload_size: Option<i64>,
+    /// When the last successful dump finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_dump_time: Option<Time>,
+    /// The most recent log lines, oldest first, as "<date>,<time>,<message>".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log: Vec<String>,
+    /// The last "back up now" token (annotation dbbackup.io/run-now) acted upon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run_now: Option<String>,
+    /// UIDs of finished pods (and their Jobs) already reflected in this status, so
+    /// that an operator restart neither repeats nor loses log lines.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub processed_pods: Vec<String>,
+}
+
+/// The CRD, with the rules that apply to the whole object.
+pub fn crd()
+-> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    use kube::CustomResourceExt;
+    let mut crd = DatabaseBackup::crd();
+    let root = crd.spec.versions[0]
+        .schema
+        .as_mut()
+        .and_then(|s| s.open_api_v3_schema.as_mut())
+        .expect("derived CRDs have a schema");
+    // Only the root may see metadata.name.
+    root.x_kubernetes_validations = Some(vec![
+        k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::ValidationRule {
+            rule: "self.metadata.name.size() <= 63".into(),
+            message: Some(
+                "metadata.name must be at most 63 characters: it is used as a label value on the children"
+                    .into(),
+            ),
+            ..Default::default()
+        },
+    ]);
+    crd
+}

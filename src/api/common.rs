@@ -1,0 +1,351 @@
+//! Parts both resources share: the database, the bucket and its Secret, the
+//! compression, and the rules (CEL, formats) their fields are checked by.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// `x-kubernetes-validations` for a schema node: `(rule, message)` pairs.
+pub(super) fn cel(rules: &[(&str, &str)]) -> serde_json::Value {
+    rules
+        .iter()
+        .map(|(rule, message)| serde_json::json!({ "rule": rule, "message": message }))
+        .collect()
+}
+
+/// Five cron fields as robfig/cron (the CronJob controller's parser) reads
+/// them, each value within its field's range, or one of its @-macros. At
+/// reconcile the schedule is parsed once more (croner), for what a pattern
+/// cannot see, such as a range that runs backwards.
+pub fn cron_rule() -> String {
+    // A field: `*`, `?`, N or N-M, each with an optional /step, comma-separated.
+    let field = |n: &str| {
+        let item = format!("([*]|[?]|({n})(-({n}))?)(/[0-9]+)?");
+        format!("{item}(,{item})*")
+    };
+    let fields = [
+        field("[0-5]?[0-9]"),
+        field("[01]?[0-9]|2[0-3]"),
+        field("0?[1-9]|[12][0-9]|3[01]"),
+        field("0?[1-9]|1[0-2]|JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|OCT|NOV|DEC"),
+        field("[0-7]|SUN|MON|TUE|WED|THU|FRI|SAT"),
+    ]
+    .join(" +");
+    format!(
+        "self.matches('(?i)^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|{fields})$')"
+    )
+}
+pub(super) const CRON_MESSAGE: &str = "must be a standard 5-field cron expression (minute 0-59, hour 0-23, day of month 1-31, month 1-12 or JAN-DEC, day of week 0-7 or SUN-SAT) or a macro such as @daily; seconds are not supported";
+pub(super) const CRON_TZ_RULE: &str = "!self.contains('TZ=')";
+pub(super) const CRON_TZ_MESSAGE: &str = "must not set CRON_TZ or TZ; use spec.timeZone";
+
+/// Database engines the dump step knows how to dump.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    Postgres,
+    Mariadb,
+    Mysql,
+}
+
+impl Engine {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Postgres => "postgres",
+            Engine::Mariadb => "mariadb",
+            Engine::Mysql => "mysql",
+        }
+    }
+
+    pub fn default_port(self) -> u16 {
+        match self {
+            Engine::Postgres => 5432,
+            Engine::Mariadb | Engine::Mysql => 3306,
+        }
+    }
+
+    /// The official image whose dump tool matches the server's major version.
+    pub fn default_image(self) -> &'static str {
+        match self {
+            Engine::Postgres => "docker.io/library/postgres:17",
+            Engine::Mariadb => "docker.io/library/mariadb:11.8",
+            Engine::Mysql => "docker.io/library/mysql:8.4",
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseSpec {
+    /// Database engine: postgres, mariadb or mysql.
+    pub engine: Engine,
+
+    /// Host name or address of the database server, as seen from the dump pod.
+    #[schemars(length(min = 1, max = 253))]
+    pub host: String,
+
+    /// TCP port. Defaults to 5432 for postgres and 3306 for mariadb and mysql.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+
+    /// Name of the database to dump.
+    #[schemars(length(min = 1, max = 255))]
+    pub name: String,
+
+    /// Secret (in this namespace) with the user name and password to connect with.
+    pub credentials_secret: CredentialsSecretRef,
+
+    /// Image that runs the dump tool. Defaults per engine to the official image
+    /// (postgres:17, mariadb:11.8, mysql:8.4); its dump tool must not be older than the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub image: Option<String>,
+}
+
+/// A Secret in the resource's own namespace. There is no namespace field:
+/// cross-namespace references are impossible by construction.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsSecretRef {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key holding the user name.
+    #[serde(default = "default_username_key")]
+    pub username_key: String,
+    /// Key holding the password.
+    #[serde(default = "default_password_key")]
+    pub password_key: String,
+}
+
+pub(super) fn default_username_key() -> String {
+    "username".into()
+}
+pub(super) fn default_password_key() -> String {
+    "password".into()
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BucketSpec {
+    /// Secret (in this namespace) with the bucket name and the access keys, as
+    /// the original pipeline kept them. It may also hold endpoint and region.
+    pub secret_ref: BucketSecretRef,
+
+    /// Bucket name; overrides the Secret's bucket key when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    #[schemars(extend("x-kubernetes-validations" = cel(&[(
+        "self.matches('^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$') && !self.contains('..')",
+        "must be a valid S3 bucket name: 3-63 lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit"
+    )])))]
+    pub name: Option<String>,
+
+    /// Key prefix. Defaults to "<namespace>/<name>/", so that resources sharing a
+    /// bucket never mix; "" gives the original layout, YYYY-MM-DD/datadumpN.sql.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    #[schemars(extend("x-kubernetes-validations" = cel(&[
+        ("!self.startsWith('/')", "must not start with '/'"),
+        ("self == '' || self.endsWith('/')", "must end with '/' (or be empty)"),
+    ])))]
+    pub prefix: Option<String>,
+
+    /// S3 endpoint URL, for MinIO and other S3-compatible stores. Overrides the
+    /// Secret's endpoint key. Unset means AWS S3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    #[schemars(extend("x-kubernetes-validations" = cel(&[(
+        "isURL(self) && (self.startsWith('http://') || self.startsWith('https://'))",
+        "must be an http:// or https:// URL"
+    )])))]
+    pub endpoint: Option<String>,
+
+    /// Region. Overrides the Secret's region key; defaults to us-east-1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub region: Option<String>,
+
+    /// Path-style addressing (endpoint/bucket/key), which MinIO needs.
+    /// Defaults to true when an endpoint is set, false for AWS S3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_path_style: Option<bool>,
+
+    /// Secret with a PEM CA bundle added to the system roots, for stores with a private CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<CaBundleRef>,
+
+    /// Create the bucket when it does not exist. Off by default: a missing bucket is
+    /// usually a typo, and the original pipeline's silent creation hid it.
+    #[serde(default)]
+    pub create_bucket: bool,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BucketSecretRef {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key holding the bucket name (unless spec.bucket.name is set).
+    #[serde(default = "default_bucket_key")]
+    pub bucket_key: String,
+    /// Key holding the access key id.
+    #[serde(default = "default_access_key_id_key")]
+    pub access_key_id_key: String,
+    /// Key holding the secret access key.
+    #[serde(default = "default_secret_access_key_key")]
+    pub secret_access_key_key: String,
+    /// Optional key holding the endpoint URL.
+    #[serde(default = "default_endpoint_key")]
+    pub endpoint_key: String,
+    /// Optional key holding the region.
+    #[serde(default = "default_region_key")]
+    pub region_key: String,
+}
+
+pub(super) fn default_bucket_key() -> String {
+    "bucket".into()
+}
+pub(super) fn default_access_key_id_key() -> String {
+    "accessKeyId".into()
+}
+pub(super) fn default_secret_access_key_key() -> String {
+    "secretAccessKey".into()
+}
+pub(super) fn default_endpoint_key() -> String {
+    "endpoint".into()
+}
+pub(super) fn default_region_key() -> String {
+    "region".into()
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CaBundleRef {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key holding the PEM bundle.
+    #[serde(default = "default_ca_key")]
+    pub key: String,
+}
+
+pub(super) fn default_ca_key() -> String {
+    "ca.crt".into()
+}
+
+/// Compression applied by the dump step.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        }
+    }
+
+    /// File name suffix after `.sql`.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Compression::None => "",
+            Compression::Gzip => ".gz",
+            Compression::Zstd => ".zst",
+        }
+    }
+
+    /// The compression a file name or object key ends in.
+    pub fn of_name(name: &str) -> Compression {
+        [Compression::Gzip, Compression::Zstd]
+            .into_iter()
+            .find(|c| name.ends_with(c.extension()))
+            .unwrap_or(Compression::None)
+    }
+}
+
+/// The bucket name a Secret value holds, read the same way by the operator's
+/// check and by the jobs: surrounding whitespace (a trailing newline from
+/// `echo`) is not part of it.
+pub fn bucket_name(raw: &str) -> &str {
+    raw.trim()
+}
+
+/// True for PEM text holding at least one certificate, all of them well formed:
+/// what the jobs add to their trust roots.
+pub fn valid_ca_bundle(pem: &[u8]) -> bool {
+    use rustls_pki_types::{CertificateDer, pem::PemObject};
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem).collect();
+    certs.is_ok_and(|certs| !certs.is_empty())
+}
+
+/// The longest a Job may run: six hours, for a dump, an upload or a restore.
+pub(super) fn default_deadline() -> i64 {
+    6 * 3600
+}
+
+/// Parses an age such as `30d`, `12h`, `90m` or `1d12h`.
+pub fn parse_age(text: &str) -> Result<chrono::Duration, String> {
+    let bad = || format!("{text:?} is not an age such as 30d, 12h, 90m or 1d12h");
+    if text.is_empty() {
+        return Err(bad());
+    }
+    let mut total = chrono::Duration::zero();
+    let mut digits = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let n: i64 = digits.parse().map_err(|_| bad())?;
+        let unit = match c {
+            'd' => chrono::Duration::try_days(n),
+            'h' => chrono::Duration::try_hours(n),
+            'm' => chrono::Duration::try_minutes(n),
+            _ => None,
+        }
+        .ok_or_else(bad)?;
+        total = total.checked_add(&unit).ok_or_else(bad)?;
+        digits.clear();
+    }
+    if !digits.is_empty() || total.is_zero() {
+        return Err(bad());
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Duration;
+
+    #[test]
+    fn ages() {
+        assert_eq!(parse_age("30d").unwrap(), Duration::days(30));
+        assert_eq!(parse_age("12h").unwrap(), Duration::hours(12));
+        assert_eq!(
+            parse_age("1d12h30m").unwrap(),
+            Duration::minutes(36 * 60 + 30)
+        );
+        for bad in [
+            "",
+            "d",
+            "30",
+            "0d",
+            "3w",
+            "1.5d",
+            "-1d",
+            "99999999999999999d",
+        ] {
+            assert!(parse_age(bad).is_err(), "{bad}");
+        }
+    }
+}

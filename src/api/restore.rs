@@ -1,0 +1,151 @@
+//! The `DatabaseRestore` resource: the way back.
+
+use super::common::*;
+use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Which object a restore takes when no key is named.
+pub const LATEST: &str = "latest";
+
+// Each printcolumn(...) names its type_, which clippy takes for a repeated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "dbbackup.io",
+    version = "v1alpha1",
+    kind = "DatabaseRestore",
+    plural = "databaserestores",
+    shortname = "dbr",
+    category = "backups",
+    namespaced,
+    status = "DatabaseRestoreStatus",
+    derive = "PartialEq",
+    doc = "One restore of a dump from S3-compatible storage into a database.",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Key", type_ = "string", json_path = ".status.key"),
+    printcolumn(name = "Target", type_ = "string", json_path = ".spec.target.name"),
+    printcolumn(
+        name = "Completed",
+        type_ = "date",
+        json_path = ".status.completionTime"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = cel(&[
+    ("has(self.backup) != has(self.bucket)", "set exactly one of backup and bucket"),
+    ("self == oldSelf", "a restore cannot be changed once created; create a new one"),
+])))]
+pub struct DatabaseRestoreSpec {
+    /// Name of a DatabaseBackup in this namespace: its bucket, credentials and
+    /// prefix are where the dump is looked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub backup: Option<String>,
+
+    /// A bucket named directly, as in DatabaseBackup.spec.bucket, for dumps
+    /// whose DatabaseBackup is gone. Its prefix defaults to "" (the bucket root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<BucketSpec>,
+
+    /// The object key to restore, or "latest": the newest dump under the prefix.
+    #[serde(default = "default_restore_key")]
+    #[schemars(length(min = 1, max = 1024))]
+    #[schemars(extend("x-kubernetes-validations" = cel(&[(
+        "self == 'latest' || self.matches('\\\\.sql(\\\\.gz|\\\\.zst)?$')",
+        "must be \"latest\" or an object key ending in .sql, .sql.gz or .sql.zst"
+    )])))]
+    pub key: String,
+
+    /// The database to restore into; it may differ from the dumped one, and is
+    /// created when missing.
+    pub target: DatabaseSpec,
+
+    /// Restore into a database that already has tables. Its tables, views and
+    /// sequences (postgres: its schemas) are dropped first. Off by default.
+    #[serde(default)]
+    pub overwrite: bool,
+
+    /// Size limit of the scratch volume that holds the downloaded, decompressed dump.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    #[schemars(extend("x-kubernetes-validations" = cel(&[(
+        "isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))",
+        "must be a positive quantity such as 10Gi"
+    )])))]
+    pub scratch_size: Option<String>,
+
+    /// Resources of the restore pod's containers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Node selector of the restore pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Tolerations of the restore pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    /// Seconds the restore may run before it is stopped (default 6 hours).
+    #[serde(default = "default_deadline")]
+    #[schemars(range(min = 60))]
+    pub active_deadline_seconds: i64,
+}
+
+fn default_restore_key() -> String {
+    LATEST.into()
+}
+
+/// Where a restore stands.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum RestorePhase {
+    /// Waiting for what the spec refers to, or for the Job to start.
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl RestorePhase {
+    pub fn finished(self) -> bool {
+        matches!(self, RestorePhase::Succeeded | RestorePhase::Failed)
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseRestoreStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<RestorePhase>,
+    /// The object key restored (what "latest" resolved to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Size in bytes of the downloaded object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// Restored: True once done; False with the reason while pending or after a failure.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The restore's log lines, "<date>,<time>,<message>".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log: Vec<String>,
+}
+
+/// The restore CRD as generated (all its rules live on the spec).
+pub fn restore_crd()
+-> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    use kube::CustomResourceExt;
+    DatabaseRestore::crd()
+}
