@@ -1,4 +1,6 @@
-//! The one-line JSON each job writes to its termination log, and the operator reads.
+//! The one-line JSON each job writes to its termination log, and the operator
+//! reads: which step ran (the one `Step` of the whole system), its outcome,
+//! and for a failure its reason (`crate::reasons`).
 //! Kubernetes keeps at most 4096 bytes of it; writers keep within `MAX_BYTES`.
 
 use serde::{Deserialize, Serialize};
@@ -15,6 +17,18 @@ pub enum Step {
     Fetch,
     /// Loading the dump into the target database.
     Restore,
+}
+
+impl Step {
+    /// As in the result's JSON and in the `dbbackup.io/step` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Dump => "dump",
+            Step::Upload => "upload",
+            Step::Fetch => "fetch",
+            Step::Restore => "restore",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

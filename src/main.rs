@@ -2,7 +2,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use dbbackup_operator::operator::leader::LeaseLock;
 use dbbackup_operator::operator::metrics::Metrics;
 use dbbackup_operator::operator::server;
-use dbbackup_operator::operator::{self, Context, resources::Settings};
+use dbbackup_operator::operator::{self, Context, Settings};
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,10 +1,48 @@
-//! Names of the children, derived from the resource name.
+//! Every name two parts of the system must agree on: the children's names,
+//! the labels and annotation, the field manager, and the environment
+//! variables through which a pod spec hands values to a job step.
 //!
 //! A CronJob name may have at most 52 characters (its Jobs append 11), and a
 //! resource name may have 63. Long names are cut and given a hash of the
 //! whole name, so two resources that share a long prefix never collide.
 
+use crate::api::Engine;
 use sha2::{Digest, Sha256};
+
+/// This operator, wherever it signs what it does: the field manager of every
+/// write, the value of the managed-by label on every child, and the reporter
+/// of its Events. One name, since it is one idea.
+pub const MANAGER: &str = "dbbackup-operator";
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// On a backup's children, Jobs and pods: the DatabaseBackup's name.
+pub const LABEL_BACKUP: &str = "dbbackup.io/backup";
+/// On a restore's Job and pod: the DatabaseRestore's name.
+pub const LABEL_RESTORE: &str = "dbbackup.io/restore";
+/// On every Job and pod: which step it runs (`jobresult::Step`).
+pub const LABEL_STEP: &str = "dbbackup.io/step";
+/// One "back up now" request, under one key: as an annotation on the
+/// DatabaseBackup, set by the user to a new token; as a label on the Jobs and
+/// pods that request started, a hash of that token (`run_now_id`).
+pub const RUN_NOW: &str = "dbbackup.io/run-now";
+
+/// The database user, from the credentials Secret, for the dump and load steps.
+pub const USER_ENV: &str = "DB_USER";
+
+/// The variable the engine's clients read the password from (from the Secret).
+pub fn password_env(engine: Engine) -> &'static str {
+    match engine {
+        Engine::Postgres => "PGPASSWORD",
+        Engine::Mariadb | Engine::Mysql => "MYSQL_PWD",
+    }
+}
+
+/// The store's bucket, endpoint and region, for the upload and fetch steps;
+/// the access keys use the AWS SDK's own variables.
+pub const BUCKET_ENV: &str = "DBBACKUP_BUCKET";
+pub const ENDPOINT_ENV: &str = "DBBACKUP_ENDPOINT";
+pub const REGION_ENV: &str = "AWS_REGION";
+pub const ACCESS_KEY_ENV: &str = "AWS_ACCESS_KEY_ID";
+pub const SECRET_KEY_ENV: &str = "AWS_SECRET_ACCESS_KEY";
 
 /// Longest CronJob name Kubernetes accepts.
 pub const CRONJOB_NAME_MAX: usize = 52;
@@ -33,6 +71,26 @@ fn short_hash(s: &str) -> String {
 /// `<cronjob>-now-<id>` stays within 63 characters for a 52-character CronJob name.
 pub fn run_now_id(token: &str) -> String {
     short_hash(token)[..6].to_string()
+}
+
+/// A Job started from a CronJob's template for one run (`run_now_id`, or a
+/// hash of the dump Job it uploads for): creating it twice is a no-op.
+pub fn run_job_name(cronjob: &str, run: &str) -> String {
+    format!("{cronjob}-now-{run}")
+}
+
+/// The restore's Job: named after the restore's UID too, so that a restore
+/// created again under the same name never takes an earlier one's Job (left
+/// behind by `--cascade=orphan`) for its own.
+pub fn restore_job_name(restore: &str, uid: &str) -> String {
+    let suffix = format!("restore-{}", &uid[..uid.len().min(8)]);
+    child_name(restore, &suffix, DNS_LABEL_MAX)
+}
+
+/// The name the first release gave a restore's Job, still honoured for a
+/// restore that release started.
+pub fn legacy_restore_job_name(restore: &str) -> String {
+    child_name(restore, "restore", DNS_LABEL_MAX)
 }
 
 pub fn staging_pvc_name(owner: &str) -> String {
@@ -78,7 +136,7 @@ mod tests {
     #[test]
     fn run_now_jobs_fit_in_a_label_value() {
         let cj = dump_cronjob_name(&"z".repeat(63));
-        let job = format!("{cj}-now-{}", run_now_id("any token at all"));
+        let job = run_job_name(&cj, &run_now_id("any token at all"));
         assert!(job.len() <= DNS_LABEL_MAX, "{job}");
         assert_ne!(run_now_id("a"), run_now_id("b"));
     }

@@ -10,6 +10,7 @@ use super::{retention, store};
 use crate::api::Compression;
 use crate::jobresult::{Failure, JobResult, Outcome, Step, fail};
 use crate::logline::LogLine;
+use crate::reasons;
 use md5::{Digest as _, Md5};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -68,7 +69,7 @@ async fn fetch(args: &FetchArgs) -> Result<JobResult, Failure> {
         .store
         .client()
         .await
-        .map_err(|e| fail("DownloadFailed", e))?;
+        .map_err(|e| fail(reasons::DOWNLOAD_FAILED, e))?;
     let bucket = &args.store.bucket;
     let key = if args.key == crate::api::LATEST {
         latest(&client, bucket, &args.prefix).await?
@@ -85,12 +86,12 @@ async fn fetch(args: &FetchArgs) -> Result<JobResult, Failure> {
         .map_err(|e| {
             if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
                 fail(
-                    "ObjectNotFound",
+                    reasons::OBJECT_NOT_FOUND,
                     format!("object {key} not found in bucket {bucket}"),
                 )
             } else {
                 fail(
-                    "DownloadFailed",
+                    reasons::DOWNLOAD_FAILED,
                     format!("cannot download {key}: {}", store::describe(&e)),
                 )
             }
@@ -103,13 +104,13 @@ async fn fetch(args: &FetchArgs) -> Result<JobResult, Failure> {
     let part_size = got
         .metadata()
         .and_then(|m| m.get(store::PART_SIZE_META))
-        .map(|v| parse_part_size(v).map_err(|e| fail("CorruptDump", format!("{key}: {e}"))))
+        .map(|v| parse_part_size(v).map_err(|e| fail(reasons::CORRUPT_DUMP, format!("{key}: {e}"))))
         .transpose()?;
     let expected_size = got.content_length().unwrap_or(-1);
     let mut check = EtagCheck::new(&etag, part_size);
     let mut out = Decompressor::create(&args.out, &key).map_err(|e| {
         fail(
-            "DownloadFailed",
+            reasons::DOWNLOAD_FAILED,
             format!("cannot write {}: {e}", args.out.display()),
         )
     })?;
@@ -117,29 +118,37 @@ async fn fetch(args: &FetchArgs) -> Result<JobResult, Failure> {
     let mut size = 0u64;
     while let Some(chunk) = body.try_next().await.map_err(|e| {
         fail(
-            "DownloadFailed",
+            reasons::DOWNLOAD_FAILED,
             format!("download of {key} broke off: {e}"),
         )
     })? {
         size += chunk.len() as u64;
         check.update(&chunk);
-        out.write_all(&chunk)
-            .map_err(|e| fail("CorruptDump", format!("cannot decompress {key}: {e}")))?;
+        out.write_all(&chunk).map_err(|e| {
+            fail(
+                reasons::CORRUPT_DUMP,
+                format!("cannot decompress {key}: {e}"),
+            )
+        })?;
     }
     if size as i64 != expected_size {
         return Err(fail(
-            "DownloadFailed",
+            reasons::DOWNLOAD_FAILED,
             format!("{key}: received {size} bytes of {expected_size}"),
         ));
     }
     let verified = check.verify().map_err(|e| {
         fail(
-            "ChecksumMismatch",
+            reasons::CHECKSUM_MISMATCH,
             format!("{key} does not match its checksum: {e}"),
         )
     })?;
-    out.finish()
-        .map_err(|e| fail("CorruptDump", format!("cannot decompress {key}: {e}")))?;
+    out.finish().map_err(|e| {
+        fail(
+            reasons::CORRUPT_DUMP,
+            format!("cannot decompress {key}: {e}"),
+        )
+    })?;
     let how = if verified {
         "checksum verified"
     } else {
@@ -167,13 +176,18 @@ async fn latest(
 ) -> Result<String, Failure> {
     let objects = store::list_objects(client, bucket, prefix)
         .await
-        .map_err(|e| fail("DownloadFailed", format!("cannot list {prefix:?}: {e}")))?;
+        .map_err(|e| {
+            fail(
+                reasons::DOWNLOAD_FAILED,
+                format!("cannot list {prefix:?}: {e}"),
+            )
+        })?;
     retention::newest_first(prefix, &objects)
         .first()
         .map(|(o, _)| o.key.clone())
         .ok_or_else(|| {
             fail(
-                "NoDumpFound",
+                reasons::NO_DUMP_FOUND,
                 format!("no dump under prefix {prefix:?} in bucket {bucket}"),
             )
         })

@@ -14,6 +14,7 @@
 use super::tool::{self, Server};
 use crate::api::Engine;
 use crate::jobresult::{Failure, JobResult, Outcome, Step, fail};
+use crate::reasons;
 use chrono_tz::Tz;
 use std::borrow::Cow;
 use std::io::{BufRead, BufReader, Write};
@@ -73,27 +74,32 @@ fn load(args: &LoadArgs) -> Result<(), Failure> {
     let empty = std::fs::metadata(&args.file).map_or(true, |m| m.len() == 0);
     if empty {
         return Err(fail(
-            "RestoreFailed",
+            reasons::RESTORE_FAILED,
             "the downloaded dump is missing or empty",
         ));
     }
     let server = Server::from_env(args.db.engine, &args.db.host, args.db.port)
-        .map_err(|e| fail("RestoreFailed", e))?;
+        .map_err(|e| fail(reasons::RESTORE_FAILED, e))?;
     let db = args.db.database.as_str();
     create_if_missing(&server, db)?;
     let tables = server
         .query(db, &count_tables_sql(args.db.engine, db))
-        .map_err(|e| fail("ConnectionFailed", format!("cannot read the target: {e}")))?;
+        .map_err(|e| {
+            fail(
+                reasons::CONNECTION_FAILED,
+                format!("cannot read the target: {e}"),
+            )
+        })?;
     // Output we cannot read is no licence to write: only a number counts.
     let tables: u64 = tables.trim().parse().map_err(|_| {
         fail(
-            "ConnectionFailed",
+            reasons::CONNECTION_FAILED,
             format!("cannot read the target's table count (the client printed {tables:?})"),
         )
     })?;
     if tables > 0 && !args.overwrite {
         return Err(fail(
-            "TargetNotEmpty",
+            reasons::TARGET_NOT_EMPTY,
             format!(
                 "database {db} already has {tables} tables; set spec.overwrite: true to replace its content"
             ),
@@ -116,7 +122,7 @@ fn load(args: &LoadArgs) -> Result<(), Failure> {
                     ""
                 };
                 fail(
-                    "RestoreFailed",
+                    reasons::RESTORE_FAILED,
                     format!("the client stopped at an error: {e}{kept}"),
                 )
             })
@@ -126,7 +132,7 @@ fn load(args: &LoadArgs) -> Result<(), Failure> {
 }
 
 fn create_if_missing(server: &Server, db: &str) -> Result<(), Failure> {
-    let connection = |e: String| fail("ConnectionFailed", format!("cannot connect: {e}"));
+    let connection = |e: String| fail(reasons::CONNECTION_FAILED, format!("cannot connect: {e}"));
     match server.engine {
         Engine::Postgres => {
             let sql = format!(
@@ -137,7 +143,10 @@ fn create_if_missing(server: &Server, db: &str) -> Result<(), Failure> {
                 server
                     .query("postgres", &format!("CREATE DATABASE {}", pg_ident(db)))
                     .map_err(|e| {
-                        fail("RestoreFailed", format!("cannot create the database: {e}"))
+                        fail(
+                            reasons::RESTORE_FAILED,
+                            format!("cannot create the database: {e}"),
+                        )
                     })?;
             }
         }
@@ -149,7 +158,7 @@ fn create_if_missing(server: &Server, db: &str) -> Result<(), Failure> {
                 )
                 .map_err(|e| {
                     fail(
-                        "ConnectionFailed",
+                        reasons::CONNECTION_FAILED,
                         format!("cannot connect or create the database: {e}"),
                     )
                 })?;
@@ -163,7 +172,7 @@ fn load_mysql(server: &Server, db: &str, file: &Path, replace: bool) -> Result<(
     if !replace {
         return feed(server, db, file).map_err(|e| {
             fail(
-                "RestoreFailed",
+                reasons::RESTORE_FAILED,
                 format!("the client stopped at an error: {e}"),
             )
         });
@@ -171,7 +180,7 @@ fn load_mysql(server: &Server, db: &str, file: &Path, replace: bool) -> Result<(
     let copy = file.with_file_name(".target-before-restore.sql");
     dump_to(server, db, &copy).map_err(|e| {
         fail(
-            "RestoreFailed",
+            reasons::RESTORE_FAILED,
             format!("cannot copy the target before replacing it (nothing was changed): {e}"),
         )
     })?;
@@ -183,7 +192,7 @@ fn load_mysql(server: &Server, db: &str, file: &Path, replace: bool) -> Result<(
     let back = empty_mysql(server, db).and_then(|()| feed(server, db, &copy));
     let _ = std::fs::remove_file(&copy);
     Err(fail(
-        "RestoreFailed",
+        reasons::RESTORE_FAILED,
         match back {
             Ok(()) => {
                 format!("the client stopped at an error: {e}; the target was put back as it was")

@@ -3,6 +3,7 @@
 //! names what to fix, and never a Secret's value.
 
 use crate::api::{BucketSpec, CredentialsSecretRef, DatabaseBackup};
+use crate::reasons;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::{Api, Client, ResourceExt};
@@ -42,14 +43,14 @@ pub fn validate_spec(db: &DatabaseBackup) -> Result<(), Problem> {
     ] {
         parse_schedule(expr).map_err(|e| {
             Problem::new(
-                "InvalidSchedule",
+                reasons::INVALID_SCHEDULE,
                 format!("{field} {expr:?} is not a valid cron expression: {e}"),
             )
         })?;
     }
     chrono_tz::Tz::from_str(&spec.time_zone).map_err(|_| {
         Problem::new(
-            "InvalidTimeZone",
+            reasons::INVALID_TIME_ZONE,
             format!(
                 "spec.timeZone {:?} is not an IANA time zone",
                 spec.time_zone
@@ -57,8 +58,12 @@ pub fn validate_spec(db: &DatabaseBackup) -> Result<(), Problem> {
         )
     })?;
     if let Some(age) = spec.retention.as_ref().and_then(|r| r.max_age.as_ref()) {
-        crate::api::parse_age(age)
-            .map_err(|e| Problem::new("InvalidRetention", format!("spec.retention.maxAge: {e}")))?;
+        crate::api::parse_age(age).map_err(|e| {
+            Problem::new(
+                reasons::INVALID_RETENTION,
+                format!("spec.retention.maxAge: {e}"),
+            )
+        })?;
     }
     Ok(())
 }
@@ -81,7 +86,7 @@ async fn get_secret(client: &Client, ns: &str, name: &str) -> Result<Secret, Che
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     secrets.get_opt(name).await?.ok_or_else(|| {
         Problem::new(
-            "SecretNotFound",
+            reasons::SECRET_NOT_FOUND,
             format!("secret {name:?} not found in namespace {ns:?}"),
         )
         .into()
@@ -98,7 +103,7 @@ fn secret_value<'a>(secret: &'a Secret, key: &str) -> Result<&'a [u8], Problem> 
     match value {
         Some(v) if !v.is_empty() => Ok(v),
         _ => Err(Problem::new(
-            "SecretKeyMissing",
+            reasons::SECRET_KEY_MISSING,
             format!("secret {:?} has no key {key:?}", secret.name_any()),
         )),
     }
@@ -124,7 +129,7 @@ pub async fn check_references(db: &DatabaseBackup, client: &Client) -> Result<()
         let classes: Api<StorageClass> = Api::all(client.clone());
         if classes.get_opt(class).await?.is_none() {
             return Err(Problem::new(
-                "StorageClassNotFound",
+                reasons::STORAGE_CLASS_NOT_FOUND,
                 format!("spec.staging.storageClassName: storage class {class:?} does not exist"),
             )
             .into());
@@ -157,7 +162,7 @@ pub async fn check_bucket(
         let name = String::from_utf8_lossy(name);
         if !valid_bucket_name(crate::api::bucket_name(&name)) {
             return Err(Problem::new(
-                "InvalidBucketName",
+                reasons::INVALID_BUCKET_NAME,
                 format!(
                     "secret {:?} key {:?} does not hold a valid S3 bucket name",
                     bucket.secret_ref.name, bucket.secret_ref.bucket_key
@@ -174,7 +179,7 @@ pub async fn check_bucket(
         let pem = secret_value(&secret, &ca.key)?;
         if !crate::api::valid_ca_bundle(pem) {
             return Err(Problem::new(
-                "InvalidCABundle",
+                reasons::INVALID_CA_BUNDLE,
                 format!(
                     "secret {:?} key {:?} is not a PEM certificate bundle",
                     ca.name, ca.key

@@ -3,7 +3,7 @@
 
 use dbbackup_operator::api::DatabaseBackup;
 use dbbackup_operator::operator::metrics::{Metrics, counting_client};
-use dbbackup_operator::operator::{self, Context, resources::Settings};
+use dbbackup_operator::operator::{self, Context, Settings};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

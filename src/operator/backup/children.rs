@@ -1,0 +1,447 @@
+//! Desired children of a `DatabaseBackup`, built from its spec alone.
+//!
+//! Pure functions: the same spec always gives the same objects, so they can be
+//! server-side applied on every reconcile and golden-tested.
+
+use crate::api::DatabaseBackup;
+use crate::jobresult::Step;
+use crate::names;
+use crate::operator::Settings;
+use crate::operator::pod::{
+    self, DUMP_UID, DatabaseStep, Placement, StepContainer, TERMINATION_LOG, UPLOAD_UID,
+};
+use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobTemplateSpec};
+use k8s_openapi::api::core::v1::{
+    Affinity, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
+    PodAffinity, PodAffinityTerm, PodSpec, Volume, VolumeMount, VolumeResourceRequirements,
+    WeightedPodAffinityTerm,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use kube::{Resource, ResourceExt};
+use std::collections::BTreeMap;
+
+/// Where the staging volume is mounted in both pods.
+pub const STAGING_MOUNT: &str = "/staging";
+
+pub fn labels(owner: &str, step: Option<Step>) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::from([
+        (
+            names::LABEL_MANAGED_BY.to_string(),
+            names::MANAGER.to_string(),
+        ),
+        (names::LABEL_BACKUP.to_string(), owner.to_string()),
+    ]);
+    if let Some(step) = step {
+        labels.insert(names::LABEL_STEP.to_string(), step.as_str().to_string());
+    }
+    labels
+}
+
+fn child_meta(db: &DatabaseBackup, name: String, step: Option<Step>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: db.namespace(),
+        labels: Some(labels(&db.name_any(), step)),
+        owner_references: Some(vec![
+            db.controller_owner_ref(&())
+                .expect("a DatabaseBackup read from the API has a name and uid"),
+        ]),
+        ..Default::default()
+    }
+}
+
+/// The object key prefix: `<namespace>/<name>/` unless the spec sets one.
+pub fn key_prefix(db: &DatabaseBackup) -> String {
+    match &db.spec.bucket.prefix {
+        Some(prefix) => prefix.clone(),
+        None => format!("{}/{}/", db.namespace().unwrap_or_default(), db.name_any()),
+    }
+}
+
+pub fn staging_pvc(db: &DatabaseBackup) -> PersistentVolumeClaim {
+    let staging = &db.spec.staging;
+    PersistentVolumeClaim {
+        metadata: child_meta(db, names::staging_pvc_name(&db.name_any()), None),
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(
+                staging
+                    .access_modes
+                    .iter()
+                    .map(|m| m.as_str().to_string())
+                    .collect(),
+            ),
+            storage_class_name: staging.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity(staging.size.clone()),
+                )])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// The staging volume and a scratch `/tmp` (the root filesystem is
+/// read-only), and the CA bundle when `with_ca` and the bucket has one.
+fn volumes(db: &DatabaseBackup, with_ca: bool) -> (Vec<Volume>, Vec<VolumeMount>) {
+    let mut volumes = vec![
+        Volume {
+            name: "staging".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: names::staging_pvc_name(&db.name_any()),
+                read_only: None,
+            }),
+            ..Default::default()
+        },
+        pod::empty_dir("tmp", None),
+    ];
+    let mut mounts = vec![
+        pod::mount("staging", STAGING_MOUNT),
+        pod::mount("tmp", "/tmp"),
+    ];
+    if let (true, Some(ca)) = (with_ca, &db.spec.bucket.ca_bundle) {
+        let (volume, mount) = pod::ca_volume(ca);
+        volumes.push(volume);
+        mounts.push(mount);
+    }
+    (volumes, mounts)
+}
+
+fn placement(db: &DatabaseBackup) -> Placement {
+    let jobs = &db.spec.jobs;
+    Placement {
+        node_selector: jobs.node_selector.clone(),
+        tolerations: jobs.tolerations.clone(),
+        affinity: jobs.affinity.clone(),
+    }
+}
+
+fn cronjob(db: &DatabaseBackup, step: Step, name: String, schedule: &str, pod: PodSpec) -> CronJob {
+    let jobs = &db.spec.jobs;
+    let pod_labels = labels(&db.name_any(), Some(step));
+    CronJob {
+        metadata: child_meta(db, name, Some(step)),
+        spec: CronJobSpec {
+            schedule: schedule.to_string(),
+            time_zone: Some(db.spec.time_zone.clone()),
+            suspend: Some(db.spec.suspend),
+            concurrency_policy: Some("Forbid".into()),
+            starting_deadline_seconds: Some(jobs.starting_deadline_seconds),
+            successful_jobs_history_limit: Some(jobs.successful_jobs_history_limit),
+            failed_jobs_history_limit: Some(jobs.failed_jobs_history_limit),
+            job_template: JobTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels.clone()),
+                    ..Default::default()
+                }),
+                spec: Some(pod::job_spec(
+                    pod_labels,
+                    pod,
+                    jobs.backoff_limit,
+                    jobs.active_deadline_seconds,
+                )),
+            },
+        },
+        status: None,
+    }
+}
+
+pub fn dump_cronjob(db: &DatabaseBackup, settings: &Settings) -> CronJob {
+    let spec = &db.spec;
+    let (mut volumes, mounts) = volumes(db, false);
+    let (copy, dump, binary) = DatabaseStep {
+        name: "dump",
+        subcommand: "dump",
+        db: &spec.database,
+        flags: vec![
+            format!("--compression={}", spec.compression.as_str()),
+            format!("--staging-dir={STAGING_MOUNT}"),
+            format!("--termination-log={TERMINATION_LOG}"),
+            format!("--time-zone={}", spec.time_zone),
+        ],
+        mounts,
+        resources: spec.jobs.resources.clone(),
+    }
+    .build(settings);
+    volumes.push(binary);
+    let pod = pod::job_pod(DUMP_UID, vec![copy], vec![dump], volumes, placement(db));
+    let name = names::dump_cronjob_name(&db.name_any());
+    cronjob(db, Step::Dump, name, &spec.schedule, pod)
+}
+
+pub fn upload_cronjob(db: &DatabaseBackup, settings: &Settings) -> CronJob {
+    let spec = &db.spec;
+    let bucket = &spec.bucket;
+    let mut args = vec![
+        "upload".to_string(),
+        format!("--staging-dir={STAGING_MOUNT}"),
+        format!("--termination-log={TERMINATION_LOG}"),
+        format!("--prefix={}", key_prefix(db)),
+        format!("--time-zone={}", spec.time_zone),
+    ];
+    args.extend(pod::store_args(bucket));
+    if bucket.create_bucket {
+        args.push("--create-bucket".into());
+    }
+    if let Some(retention) = &spec.retention {
+        if let Some(n) = retention.keep_last {
+            args.push(format!("--keep-last={n}"));
+        }
+        if let Some(age) = &retention.max_age {
+            args.push(format!("--max-age={age}"));
+        }
+    }
+    let mut env = pod::store_env(bucket);
+    env.push(pod::plain_env("HOME", "/tmp"));
+    let (volumes, mounts) = volumes(db, true);
+    let upload = StepContainer {
+        name: "upload",
+        image: settings.uploader_image.clone(),
+        command: None,
+        args,
+        env,
+        mounts,
+        resources: spec.jobs.resources.clone(),
+    }
+    .build();
+    let mut placement = placement(db);
+    placement.affinity = placement
+        .affinity
+        .or_else(|| Some(prefer_dump_node(&db.name_any())));
+    let pod = pod::job_pod(UPLOAD_UID, vec![], vec![upload], volumes, placement);
+    let name = names::upload_cronjob_name(&db.name_any());
+    cronjob(db, Step::Upload, name, &spec.upload_schedule, pod)
+}
+
+/// A Job from `cronjob`'s template, as `kubectl create job --from=cronjob/…`
+/// makes it: owned by the CronJob, so its history limits clean it up. The name
+/// and the run-now label derive from `run` (a hash), so creating it twice is a no-op.
+pub fn job_from_cronjob(cronjob: &CronJob, run: &str) -> Job {
+    let mut spec = cronjob.spec.job_template.spec.clone().unwrap_or_default();
+    let mut labels = cronjob
+        .spec
+        .job_template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    labels.insert(names::RUN_NOW.into(), run.into());
+    let pod_meta = spec.template.metadata.get_or_insert_with(Default::default);
+    pod_meta
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert(names::RUN_NOW.into(), run.into());
+    Job {
+        metadata: ObjectMeta {
+            name: Some(names::run_job_name(&cronjob.name_any(), run)),
+            namespace: cronjob.namespace(),
+            labels: Some(labels),
+            annotations: Some(BTreeMap::from([(
+                "cronjob.kubernetes.io/instantiate".to_string(),
+                "manual".to_string(),
+            )])),
+            owner_references: cronjob.controller_owner_ref(&()).map(|o| vec![o]),
+            ..Default::default()
+        },
+        spec: Some(spec),
+        status: None,
+    }
+}
+
+/// With a ReadWriteOnce volume, an upload pod on another node than a running
+/// dump pod would hit Multi-Attach; prefer the dump pod's node.
+fn prefer_dump_node(owner: &str) -> Affinity {
+    Affinity {
+        pod_affinity: Some(PodAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                WeightedPodAffinityTerm {
+                    weight: 100,
+                    pod_affinity_term: PodAffinityTerm {
+                        label_selector: Some(LabelSelector {
+                            match_labels: Some(labels(owner, Some(Step::Dump))),
+                            ..Default::default()
+                        }),
+                        topology_key: "kubernetes.io/hostname".into(),
+                        ..Default::default()
+                    },
+                },
+            ]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::pod::{assert_golden, database_port};
+
+    fn fixture(engine: &str, extra: serde_json::Value) -> DatabaseBackup {
+        let mut manifest = serde_json::json!({
+            "apiVersion": "dbbackup.io/v1alpha1",
+            "kind": "DatabaseBackup",
+            "metadata": {
+                "name": "orders",
+                "namespace": "shop",
+                "uid": "0b5c3a56-7f0e-4c43-9d0a-3c2b1e9f8a11"
+            },
+            "spec": {
+                "database": {
+                    "engine": engine,
+                    "host": "db.shop.svc",
+                    "name": "orders",
+                    "credentialsSecret": { "name": "db-creds" }
+                },
+                "schedule": "0 3 * * *",
+                "timeZone": "Europe/Paris",
+                "bucket": { "secretRef": { "name": "s3-creds" } }
+            }
+        });
+        json_merge(&mut manifest["spec"], extra);
+        serde_json::from_value(manifest).unwrap()
+    }
+
+    fn json_merge(into: &mut serde_json::Value, from: serde_json::Value) {
+        match (into, from) {
+            (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+                for (k, v) in b {
+                    json_merge(a.entry(k).or_insert(serde_json::Value::Null), v);
+                }
+            }
+            (slot, v) => *slot = v,
+        }
+    }
+
+    fn pod_of(cronjob: CronJob) -> PodSpec {
+        cronjob
+            .spec
+            .job_template
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            uploader_image: "ghcr.io/dbbackup-operator/dbbackup-operator:0.1.0".into(),
+        }
+    }
+
+    fn children_yaml(db: &DatabaseBackup) -> String {
+        [
+            serde_yaml::to_string(&staging_pvc(db)).unwrap(),
+            serde_yaml::to_string(&dump_cronjob(db, &settings())).unwrap(),
+            serde_yaml::to_string(&upload_cronjob(db, &settings())).unwrap(),
+        ]
+        .join("---\n")
+    }
+
+    #[test]
+    fn golden_mariadb_children() {
+        let db = fixture(
+            "mariadb",
+            serde_json::json!({
+                "compression": "gzip",
+                "bucket": { "endpoint": "http://minio.shop.svc:9000", "forcePathStyle": true },
+                "staging": { "size": "5Gi", "storageClassName": "standard" }
+            }),
+        );
+        assert_golden("mariadb-children.yaml", &children_yaml(&db));
+    }
+
+    #[test]
+    fn golden_postgres_children() {
+        let db = fixture(
+            "postgres",
+            serde_json::json!({
+                "bucket": { "name": "team-backups", "prefix": "", "region": "eu-west-3",
+                            "caBundle": { "name": "corp-ca" } },
+                "database": { "port": 6432 },
+                "jobs": { "nodeSelector": { "disk": "ssd" } },
+                "retention": { "keepLast": 7, "maxAge": "30d" }
+            }),
+        );
+        assert_golden("postgres-children.yaml", &children_yaml(&db));
+    }
+
+    #[test]
+    fn default_prefix_is_namespace_and_name() {
+        assert_eq!(
+            key_prefix(&fixture("mariadb", serde_json::json!({}))),
+            "shop/orders/"
+        );
+        let original = fixture("mariadb", serde_json::json!({"bucket": {"prefix": ""}}));
+        assert_eq!(key_prefix(&original), "");
+    }
+
+    #[test]
+    fn ports_default_per_engine() {
+        assert_eq!(
+            database_port(&fixture("postgres", serde_json::json!({})).spec.database),
+            5432
+        );
+        assert_eq!(
+            database_port(&fixture("mysql", serde_json::json!({})).spec.database),
+            3306
+        );
+        let custom = fixture("postgres", serde_json::json!({"database": {"port": 6432}}));
+        assert_eq!(database_port(&custom.spec.database), 6432);
+    }
+
+    #[test]
+    fn dollars_reach_the_container_as_written() {
+        let db = fixture(
+            "postgres",
+            serde_json::json!({"database": {"name": "a$$b$(HOME)"}, "bucket": {"prefix": "p$(X)/"}}),
+        );
+        let dump = pod_of(dump_cronjob(&db, &settings()));
+        let args = dump.containers[0].args.clone().unwrap();
+        assert!(
+            args.contains(&"--database=a$$$$b$$(HOME)".to_string()),
+            "{args:?}"
+        );
+        let upload = pod_of(upload_cronjob(&db, &settings()));
+        let args = upload.containers[0].args.clone().unwrap();
+        assert!(args.contains(&"--prefix=p$$(X)/".to_string()), "{args:?}");
+    }
+
+    #[test]
+    fn no_container_runs_a_shell() {
+        for engine in ["mariadb", "postgres", "mysql"] {
+            let db = fixture(engine, serde_json::json!({}));
+            for pod in [
+                pod_of(dump_cronjob(&db, &settings())),
+                pod_of(upload_cronjob(&db, &settings())),
+            ] {
+                for c in pod.init_containers.iter().flatten().chain(&pod.containers) {
+                    let argv: Vec<&String> = c.command.iter().chain(&c.args).flatten().collect();
+                    assert!(
+                        argv.iter().all(|a| !a.ends_with("sh") && *a != "-c"),
+                        "{}: {argv:?}",
+                        c.name
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn user_affinity_replaces_the_dump_node_preference() {
+        let db = fixture("mariadb", serde_json::json!({}));
+        let pod = pod_of(upload_cronjob(&db, &settings()));
+        assert!(pod.affinity.unwrap().pod_affinity.is_some());
+        let db = fixture(
+            "mariadb",
+            serde_json::json!({"jobs": {"affinity": {"nodeAffinity": {}}}}),
+        );
+        let pod = pod_of(upload_cronjob(&db, &settings()));
+        assert!(pod.affinity.unwrap().pod_affinity.is_none());
+    }
+}

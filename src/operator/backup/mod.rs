@@ -1,0 +1,377 @@
+//! The DatabaseBackup reconciler: check the spec and its references, apply
+//! the children, start what was asked for, fold the finished pods into the
+//! status, judge staleness, and publish what changed.
+
+mod children;
+mod reports;
+mod status;
+#[cfg(test)]
+mod tests;
+
+pub use children::{
+    dump_cronjob, job_from_cronjob, key_prefix, labels, staging_pvc, upload_cronjob,
+};
+pub use reports::{PodReport, job_report, pod_report, stuck};
+pub use status::{LOG_LINES_KEPT, record_reports, staleness};
+
+use super::apiserver::{apply, backoff_after, create_job, labelled_owner, write_status};
+use super::conditions::{self, Note, Observed, READY, STALE};
+use super::{Context, Error, checks, results};
+use crate::api::{DatabaseBackup, DatabaseBackupStatus};
+use crate::jobresult::{Outcome, Step};
+use crate::{names, reasons};
+use k8s_openapi::api::batch::v1::CronJob;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, ResourceExt};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often a healthy resource is looked at again without any event.
+const RESYNC: Duration = Duration::from_secs(15 * 60);
+
+pub async fn reconcile(db: Arc<DatabaseBackup>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile_started();
+    let applied = check_and_apply(&db, &ctx).await;
+    let old = db.status.clone().unwrap_or_default();
+    let mut pass = Pass::new(&db, &old, ready(&applied));
+    let (reports, present) = reports(&db, &ctx, pass.tz);
+    if let Ok(children) = &applied {
+        run_now(&db, &ctx, &children.dump, &mut pass).await?;
+        chain_uploads(&db, &ctx, &children.upload, &reports, &pass.status).await?;
+    }
+    pass.record(reports, &present);
+    pass.record_stuck(stuck_pods(&db, &ctx));
+    let recheck = pass.judge_staleness(&db, &ctx, &old);
+    publish(&db, &ctx, &old, pass).await?;
+    applied?;
+    ctx.failures
+        .lock()
+        .unwrap()
+        .remove(&ObjectRef::from_obj(&*db));
+    Ok(Action::requeue(recheck))
+}
+
+pub fn error_policy(db: Arc<DatabaseBackup>, error: &Error, ctx: Arc<Context>) -> Action {
+    backoff_after(&*db, error, &ctx, &ctx.failures)
+}
+
+/// The applied CronJobs, as the apiserver returned them.
+struct Children {
+    dump: CronJob,
+    upload: CronJob,
+}
+
+async fn check_and_apply(db: &DatabaseBackup, ctx: &Context) -> Result<Children, Error> {
+    checks::validate_spec(db)?;
+    checks::check_references(db, &ctx.client).await?;
+    let ns = db.namespace().unwrap_or_default();
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    let cronjobs: Api<CronJob> = Api::namespaced(ctx.client.clone(), &ns);
+    apply(pvcs, &staging_pvc(db), &ctx.pvcs, false).await?;
+    let dump = dump_cronjob(db, &ctx.settings);
+    let upload = upload_cronjob(db, &ctx.settings);
+    Ok(Children {
+        dump: apply(cronjobs.clone(), &dump, &ctx.cronjobs, true).await?,
+        upload: apply(cronjobs, &upload, &ctx.cronjobs, true).await?,
+    })
+}
+
+fn ready(applied: &Result<Children, Error>) -> Observed {
+    match applied {
+        Ok(_) => Observed::new(READY, true, reasons::RECONCILED, "children are up to date"),
+        Err(Error::Invalid(p)) => Observed::new(READY, false, p.reason, p.message.clone()),
+        Err(e) => Observed::new(READY, false, e.reason(), e.to_string()),
+    }
+}
+
+/// One reconcile's view of the status it is computing, and the Events to
+/// publish once that status is written.
+struct Pass {
+    status: DatabaseBackupStatus,
+    notes: Vec<Note>,
+    ready: Observed,
+    generation: Option<i64>,
+    now: Time,
+    tz: chrono_tz::Tz,
+}
+
+impl Pass {
+    fn new(db: &DatabaseBackup, old: &DatabaseBackupStatus, ready: Observed) -> Pass {
+        let generation = db.metadata.generation;
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let mut status = old.clone();
+        status.observed_generation = generation;
+        conditions::set_condition(&mut status.conditions, &ready, generation, &now);
+        Pass {
+            status,
+            notes: vec![],
+            ready,
+            generation,
+            now,
+            tz: db.spec.time_zone.parse().unwrap_or(chrono_tz::UTC),
+        }
+    }
+
+    fn note(&mut self, warning: bool, reason: &str, message: String) {
+        self.notes.push(Note {
+            warning,
+            reason: reason.to_string(),
+            message,
+        });
+    }
+
+    fn record(&mut self, reports: Vec<PodReport>, present: &[String]) {
+        let notes = record_reports(
+            &mut self.status,
+            reports,
+            present,
+            self.generation,
+            &self.now,
+        );
+        self.notes.extend(notes);
+    }
+
+    /// Pods that cannot start, each said once (not at every kubelet retry).
+    fn record_stuck(&mut self, stuck: Vec<(&'static str, Observed)>) {
+        for (reason, stuck) in stuck {
+            let known = conditions::find(&self.status.conditions, stuck.type_)
+                .is_some_and(|c| conditions::says_stuck(c, &stuck));
+            if !known {
+                self.note(true, reason, stuck.message.clone());
+                conditions::set_condition(
+                    &mut self.status.conditions,
+                    &stuck,
+                    self.generation,
+                    &self.now,
+                );
+            }
+        }
+    }
+
+    /// Sets Stale and its metric; returns when to look again, at the latest
+    /// when the next scheduled upload becomes overdue.
+    fn judge_staleness(
+        &mut self,
+        db: &DatabaseBackup,
+        ctx: &Context,
+        old: &DatabaseBackupStatus,
+    ) -> Duration {
+        let Ok(schedule) = checks::parse_schedule(&db.spec.schedule) else {
+            return RESYNC;
+        };
+        let jobs = &db.spec.jobs;
+        let max_run = chrono::Duration::seconds(
+            jobs.starting_deadline_seconds + 2 * jobs.active_deadline_seconds,
+        );
+        let (stale, due) = staleness(
+            &schedule,
+            self.tz,
+            max_run,
+            self.status.last_upload_time.as_ref(),
+            db.metadata.creation_timestamp.as_ref(),
+            chrono::Utc::now(),
+        );
+        let was_stale =
+            conditions::find(&old.conditions, STALE).is_some_and(|c| c.status == "True");
+        if stale.status && !was_stale {
+            self.note(true, reasons::BACKUP_STALE, stale.message.clone());
+        }
+        conditions::set_condition(
+            &mut self.status.conditions,
+            &stale,
+            self.generation,
+            &self.now,
+        );
+        ctx.metrics.set_stale(
+            &db.namespace().unwrap_or_default(),
+            &db.name_any(),
+            stale.status,
+        );
+        due.map_or(RESYNC, |due| RESYNC.min(due + Duration::from_secs(1)))
+    }
+}
+
+/// A new "back up now" token starts one dump Job, once.
+async fn run_now(
+    db: &DatabaseBackup,
+    ctx: &Context,
+    dump: &CronJob,
+    pass: &mut Pass,
+) -> Result<(), Error> {
+    let Some(token) = db
+        .annotations()
+        .get(names::RUN_NOW)
+        .filter(|t| pass.status.last_run_now.as_ref() != Some(*t))
+    else {
+        return Ok(());
+    };
+    create_job(ctx, &job_from_cronjob(dump, &names::run_now_id(token))).await?;
+    pass.status.last_run_now = Some(token.clone());
+    pass.note(
+        false,
+        reasons::BACKUP_REQUESTED,
+        format!("started a dump for run-now request {token:?}"),
+    );
+    Ok(())
+}
+
+/// No dump waits for the upload schedule: each success starts its upload
+/// (one per Job, even if the Job ran a second pod). The upload CronJob stays
+/// as the retry and the original pipeline's poller.
+async fn chain_uploads(
+    db: &DatabaseBackup,
+    ctx: &Context,
+    upload: &CronJob,
+    reports: &[PodReport],
+    status: &DatabaseBackupStatus,
+) -> Result<(), Error> {
+    for r in reports {
+        let chained = r.step == Step::Dump
+            && r.result.outcome == Outcome::Succeeded
+            && !status.processed_pods.contains(&r.uid)
+            && !upload_started_since(db, ctx, &r.uid, &r.finished);
+        if chained {
+            let run = r
+                .run_now
+                .clone()
+                .unwrap_or_else(|| names::run_now_id(r.job.as_deref().unwrap_or(&r.uid)));
+            create_job(ctx, &job_from_cronjob(upload, &run)).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes the status if it changed, then its Events: a Ready change, and
+/// what this pass noted.
+async fn publish(
+    db: &DatabaseBackup,
+    ctx: &Context,
+    old: &DatabaseBackupStatus,
+    mut pass: Pass,
+) -> Result<(), Error> {
+    if pass.status == *old {
+        return Ok(());
+    }
+    write_status(db, ctx, &pass.status).await?;
+    let ready = pass.ready.clone();
+    let was = conditions::find(&old.conditions, READY);
+    if was.is_none_or(|c| c.reason != ready.reason || (c.status == "True") != ready.status) {
+        let message = match ready.status {
+            true => ready.message.clone(),
+            false => format!("{}: {}", ready.reason, ready.message),
+        };
+        pass.note(!ready.status, &ready.reason, message);
+    }
+    for note in &pass.notes {
+        let type_ = match note.warning {
+            true => EventType::Warning,
+            false => EventType::Normal,
+        };
+        ctx.publish(db, type_, &note.reason, &note.message).await;
+    }
+    Ok(())
+}
+
+/// Finished pods and failed Jobs of this backup, from the operator's caches,
+/// and the UIDs of all of them that still exist.
+fn reports(db: &DatabaseBackup, ctx: &Context, tz: chrono_tz::Tz) -> (Vec<PodReport>, Vec<String>) {
+    let key = Some(ObjectRef::from_obj(db));
+    let pods: Vec<_> = ctx
+        .pods
+        .state()
+        .into_iter()
+        .filter(|p| labelled_owner(&**p, names::LABEL_BACKUP) == key)
+        .collect();
+    let jobs: Vec<_> = ctx
+        .jobs
+        .state()
+        .into_iter()
+        .filter(|j| labelled_owner(&**j, names::LABEL_BACKUP) == key)
+        .collect();
+    let present = pods
+        .iter()
+        .filter_map(|p| p.uid())
+        .chain(jobs.iter().filter_map(|j| j.uid()))
+        .collect();
+    // A pod stopped because its Job ran out of time reports the deadline, not
+    // the signal that stopped it.
+    let deadline_exceeded: HashMap<String, String> = jobs
+        .iter()
+        .filter(|j| results::deadline_exceeded(j))
+        .filter_map(|j| {
+            let seconds = j.spec.as_ref()?.active_deadline_seconds?;
+            Some((
+                j.uid()?,
+                format!("job failed: DeadlineExceeded (activeDeadlineSeconds {seconds})"),
+            ))
+        })
+        .collect();
+    let reports = pods
+        .iter()
+        .filter_map(|p| reports::pod_report(p, tz))
+        .map(|mut r| {
+            let cause = r.job.as_ref().and_then(|j| deadline_exceeded.get(j));
+            if let (Some(cause), false) = (cause, r.result.outcome == Outcome::Succeeded) {
+                r.result = results::failure(r.step, &r.finished, tz, cause);
+            }
+            r
+        })
+        .chain(jobs.iter().filter_map(|j| reports::job_report(j, tz)))
+        .collect();
+    (reports, present)
+}
+
+/// Whether an upload pod of this backup started after the dump pod `dump`
+/// ended: it took whatever dump was staged, so that dump needs no upload of
+/// its own (a dump finished while the operator was down, then an upload).
+/// Both times come from the kubelet of the dump's node, so only upload pods
+/// on that node count, and only strictly later seconds: when in doubt, chain.
+fn upload_started_since(db: &DatabaseBackup, ctx: &Context, dump: &str, ended: &Time) -> bool {
+    let key = Some(ObjectRef::from_obj(db));
+    let pods = ctx.pods.state();
+    let node = |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.clone());
+    let Some(dump_node) = pods
+        .iter()
+        .find(|p| p.uid().as_deref() == Some(dump))
+        .and_then(|p| node(p))
+    else {
+        return false;
+    };
+    let started = |p: &Pod| {
+        let state = p
+            .status
+            .as_ref()?
+            .container_statuses
+            .as_ref()?
+            .first()?
+            .state
+            .as_ref()?;
+        state
+            .running
+            .as_ref()
+            .and_then(|r| r.started_at.clone())
+            .or_else(|| state.terminated.as_ref()?.started_at.clone())
+    };
+    pods.iter().any(|p| {
+        labelled_owner(&**p, names::LABEL_BACKUP) == key
+            && p.labels().get(names::LABEL_STEP).map(String::as_str) == Some(Step::Upload.as_str())
+            && node(p).as_ref() == Some(&dump_node)
+            && started(p).is_some_and(|t| t.0.as_second() > ended.0.as_second())
+    })
+}
+
+/// Pods of this backup that cannot start, as the conditions of their steps.
+fn stuck_pods(db: &DatabaseBackup, ctx: &Context) -> Vec<(&'static str, Observed)> {
+    let key = Some(ObjectRef::from_obj(db));
+    ctx.pods
+        .state()
+        .iter()
+        .filter(|p| labelled_owner(&***p, names::LABEL_BACKUP) == key)
+        .filter_map(|p| reports::stuck(p))
+        .collect()
+}

@@ -1,0 +1,173 @@
+//! What the finished pods and failed Jobs of a backup report, and which of
+//! its pods cannot start.
+
+use crate::jobresult::{JobResult, Outcome, Step};
+use crate::names;
+use crate::operator::conditions::{DUMP_SUCCEEDED, Observed, UPLOAD_SUCCEEDED};
+use crate::operator::results::{exit_cause, failure, job_failure};
+use crate::reasons::{CONTAINER_NOT_STARTED, IMAGE_PULL_FAILED};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+
+/// What one finished pod of ours reported.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PodReport {
+    pub uid: String,
+    pub step: Step,
+    pub finished: Time,
+    pub result: JobResult,
+    /// Set on the pods of a "back up now" job.
+    pub run_now: Option<String>,
+    /// The UID of the Job the pod belongs to: once a pod of a Job is reported,
+    /// that Job's own failure adds no second line.
+    pub job: Option<String>,
+}
+
+/// The report of a finished pod, or None while it runs. A pod that died without
+/// writing its result (OOM, deadline, missing tool) still gets a failure line.
+pub fn pod_report(pod: &Pod, tz: chrono_tz::Tz) -> Option<PodReport> {
+    let status = pod.status.as_ref()?;
+    let phase = status.phase.as_deref()?;
+    if phase != "Succeeded" && phase != "Failed" {
+        return None;
+    }
+    let step = step_of(pod.labels())?;
+    let terminated = status
+        .container_statuses
+        .as_ref()
+        .and_then(|cs| cs.first())
+        .and_then(|c| c.state.as_ref())
+        .and_then(|s| s.terminated.as_ref());
+    let finished = terminated
+        .and_then(|t| t.finished_at.clone())
+        .or_else(|| pod.metadata.deletion_timestamp.clone())
+        .or_else(|| pod.metadata.creation_timestamp.clone())?;
+    let parsed = terminated
+        .and_then(|t| t.message.as_deref())
+        .and_then(JobResult::parse)
+        .filter(|r| r.step == step);
+    // The kernel killed a process of the step: the step saw only a status 137.
+    let oom = terminated.is_some_and(|t| t.reason.as_deref() == Some("OOMKilled"));
+    let parsed = match parsed {
+        Some(r) if oom && r.outcome != Outcome::Succeeded => None,
+        other => other,
+    };
+    let result = parsed.unwrap_or_else(|| {
+        if oom {
+            return failure(step, &finished, tz, &out_of_memory(pod));
+        }
+        let cause = match terminated {
+            Some(t) => exit_cause(t),
+            None => format!(
+                "pod failed: {}",
+                status
+                    .reason
+                    .clone()
+                    .or(status.message.clone())
+                    .unwrap_or_else(|| "unknown reason".into())
+            ),
+        };
+        failure(step, &finished, tz, &cause)
+    });
+    Some(PodReport {
+        uid: pod.uid()?,
+        step,
+        finished,
+        result,
+        run_now: pod.labels().get(names::RUN_NOW).cloned(),
+        job: pod
+            .owner_references()
+            .iter()
+            .find(|o| o.kind == "Job")
+            .map(|o| o.uid.clone()),
+    })
+}
+
+/// "out of memory (limit 64Mi)": the limit of the pod's container, if any.
+fn out_of_memory(pod: &Pod) -> String {
+    let limit = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .and_then(|c| {
+            c.resources
+                .as_ref()?
+                .limits
+                .as_ref()?
+                .get("memory")
+                .cloned()
+        });
+    match limit {
+        Some(q) => format!("out of memory (limit {})", q.0),
+        None => "out of memory (no memory limit set)".to_string(),
+    }
+}
+
+/// Why a pod that has not finished cannot start by itself (an image that
+/// cannot be pulled, a container the runtime cannot create), as the
+/// condition of its step and the reason of its Event. The Job's deadline is
+/// hours away; users learn now.
+pub fn stuck(pod: &Pod) -> Option<(&'static str, Observed)> {
+    let step = step_of(pod.labels())?;
+    let status = pod.status.as_ref()?;
+    if pod.metadata.deletion_timestamp.is_some()
+        || matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"))
+    {
+        return None;
+    }
+    let (reason, what, detail) = status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten())
+        .find_map(|c| {
+            let w = c.state.as_ref()?.waiting.as_ref()?;
+            let (reason, what) = match w.reason.as_deref()? {
+                "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName" | "ErrImageNeverPull" => (
+                    IMAGE_PULL_FAILED,
+                    format!("image {:?} cannot be pulled", c.image),
+                ),
+                "CreateContainerError" | "CreateContainerConfigError" | "RunContainerError" => (
+                    CONTAINER_NOT_STARTED,
+                    format!("container {:?} cannot start", c.name),
+                ),
+                _ => return None,
+            };
+            let detail = [w.reason.clone(), w.message.clone()];
+            Some((
+                reason,
+                what,
+                detail.into_iter().flatten().collect::<Vec<_>>().join(": "),
+            ))
+        })?;
+    let type_ = match step {
+        Step::Upload => UPLOAD_SUCCEEDED,
+        _ => DUMP_SUCCEEDED,
+    };
+    let message = format!("pod {} waits: {what} ({detail})", pod.name_any());
+    Some((reason, Observed::new(type_, false, reason, message)))
+}
+
+/// The backup step a pod or Job of ours runs, from its label.
+fn step_of(labels: &std::collections::BTreeMap<String, String>) -> Option<Step> {
+    let label = labels.get(names::LABEL_STEP)?;
+    [Step::Dump, Step::Upload]
+        .into_iter()
+        .find(|s| s.as_str() == label)
+}
+
+/// A Job that failed as a whole reports itself, in case none of its pods can.
+pub fn job_report(job: &Job, tz: chrono_tz::Tz) -> Option<PodReport> {
+    let step = step_of(job.labels())?;
+    let (finished, _, cause) = job_failure(job)?;
+    Some(PodReport {
+        uid: job.uid()?,
+        step,
+        result: failure(step, &finished, tz, &cause),
+        finished,
+        run_now: None,
+        job: None,
+    })
+}

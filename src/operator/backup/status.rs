@@ -1,0 +1,136 @@
+//! A backup's status from its reports: log lines, last dump and upload,
+//! conditions, and whether uploads are stale. Computed without the API.
+
+use super::reports::PodReport;
+use crate::api::DatabaseBackupStatus;
+use crate::jobresult::{Outcome, Step};
+use crate::operator::conditions::{
+    DUMP_SUCCEEDED, Note, Observed, STALE, UPLOAD_SUCCEEDED, set_condition,
+};
+use crate::operator::results::to_chrono;
+use crate::reasons;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+/// Log lines kept in status; older ones stay in the per-day files on the volume.
+pub const LOG_LINES_KEPT: usize = 50;
+
+/// Folds new pod reports into the status: log lines (oldest first, bounded),
+/// last dump and upload, conditions. Each pod counts once: its UID is recorded
+/// in the same write as its lines, so a restart neither repeats nor loses any.
+pub fn record_reports(
+    status: &mut DatabaseBackupStatus,
+    mut reports: Vec<PodReport>,
+    present: &[String],
+    generation: Option<i64>,
+    now: &Time,
+) -> Vec<Note> {
+    // Pods and Jobs that no longer exist cannot be reported again.
+    status.processed_pods.retain(|uid| present.contains(uid));
+    let covered: Vec<String> = reports.iter().filter_map(|r| r.job.clone()).collect();
+    reports.retain(|r| !status.processed_pods.contains(&r.uid) && !covered.contains(&r.uid));
+    reports.sort_by(|a, b| a.finished.0.cmp(&b.finished.0).then(a.uid.cmp(&b.uid)));
+    let mut notes = vec![];
+    for r in reports {
+        status.processed_pods.push(r.uid.clone());
+        if let Some(job) = &r.job
+            && !status.processed_pods.contains(job)
+        {
+            status.processed_pods.push(job.clone());
+        }
+        status.log.push(r.result.log.clone());
+        status.log.extend(r.result.more_log.iter().cloned());
+        if let Some(observed) = observed(&r, status) {
+            set_condition(&mut status.conditions, &observed, generation, now);
+            notes.push(Note {
+                warning: !observed.status,
+                reason: observed.reason.clone(),
+                message: observed.message,
+            });
+        }
+    }
+    let excess = status.log.len().saturating_sub(LOG_LINES_KEPT);
+    status.log.drain(..excess);
+    notes
+}
+
+/// The condition a report sets (its Event says the same), and the last dump
+/// or upload it records. An upload that found nothing sets no condition.
+fn observed(r: &PodReport, status: &mut DatabaseBackupStatus) -> Option<Observed> {
+    let message = r.result.message();
+    let (type_, succeeded, reason, message) = match (r.step, r.result.outcome) {
+        (Step::Dump, Outcome::Succeeded) => {
+            status.last_dump_time = Some(r.finished.clone());
+            (DUMP_SUCCEEDED, true, reasons::DUMP_COMPLETED, message)
+        }
+        (Step::Dump, _) => (DUMP_SUCCEEDED, false, reasons::DUMP_FAILED, message),
+        (Step::Upload, Outcome::Succeeded) => {
+            status.last_upload_key = r.result.key.clone();
+            status.last_upload_time = Some(r.finished.clone());
+            status.last_upload_size = r.result.size.map(|s| s as i64);
+            let key = r.result.key.clone().unwrap_or_default();
+            (
+                UPLOAD_SUCCEEDED,
+                true,
+                reasons::UPLOADED,
+                format!("uploaded {key}"),
+            )
+        }
+        (Step::Upload, Outcome::Failed) => {
+            (UPLOAD_SUCCEEDED, false, reasons::UPLOAD_FAILED, message)
+        }
+        (Step::Upload, Outcome::Nothing) | (Step::Fetch | Step::Restore, _) => return None,
+    };
+    Some(Observed::new(type_, succeeded, reason, message))
+}
+
+/// Stale when a scheduled dump run passed, plus its grace, without a new
+/// upload: the first run after the last upload (or the creation), in the
+/// schedule's time zone. Its grace is the time its Jobs may take
+/// (`max_run`), but no longer than until the run after it. Also returns when
+/// to look again.
+pub fn staleness(
+    schedule: &croner::Cron,
+    tz: chrono_tz::Tz,
+    max_run: chrono::Duration,
+    last_upload: Option<&Time>,
+    created: Option<&Time>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> (Observed, Option<std::time::Duration>) {
+    let since = last_upload.or(created).map(to_chrono).unwrap_or(now);
+    let current = || {
+        Observed::new(
+            STALE,
+            false,
+            reasons::UPLOADS_CURRENT,
+            "a recent upload exists or is not yet due",
+        )
+    };
+    let Ok(run) = schedule.find_next_occurrence(&since.with_timezone(&tz), false) else {
+        return (current(), None);
+    };
+    let grace = schedule
+        .find_next_occurrence(&run, false)
+        .map_or(max_run, |next| (next - run).min(max_run));
+    let deadline = run.with_timezone(&chrono::Utc) + grace;
+    if now < deadline {
+        return (current(), (deadline - now).to_std().ok());
+    }
+    let what = match last_upload {
+        Some(_) => format!(
+            "the last successful upload was at {}",
+            since.format("%Y-%m-%dT%H:%M:%SZ")
+        ),
+        None => "no upload has succeeded since the resource was created".to_string(),
+    };
+    let o = Observed::new(
+        STALE,
+        true,
+        reasons::NO_RECENT_UPLOAD,
+        format!(
+            "{what}; the dump scheduled for {} should have been uploaded by {}",
+            run.format("%Y-%m-%dT%H:%M:%S%:z"),
+            deadline.format("%Y-%m-%dT%H:%M:%SZ")
+        ),
+    );
+    (o, None)
+}

@@ -1,0 +1,249 @@
+//! The restore Job, built from the spec and its resolved source alone.
+//!
+//! Its init containers download, verify and decompress the dump onto a
+//! scratch volume (`fetch`, our image) and bring our binary into the database
+//! image; its main container loads the dump (`load`). Each writes a one-line
+//! JSON result to its termination log, as the backup jobs do.
+
+use crate::api::{BucketSpec, DatabaseRestore};
+use crate::jobresult::Step;
+use crate::names;
+use crate::operator::Settings;
+use crate::operator::pod::{
+    self, DUMP_UID, DatabaseStep, Placement, StepContainer, TERMINATION_LOG, UPLOAD_UID,
+};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::SecurityContext;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::{Resource, ResourceExt};
+use std::collections::BTreeMap;
+
+const WORK_MOUNT: &str = "/work";
+const DUMP_FILE: &str = "/work/restore.sql";
+
+/// Where the dump is: the bucket, and the prefix "latest" searches.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Source {
+    pub bucket: BucketSpec,
+    pub prefix: String,
+}
+
+/// The restore's Job name (`names::restore_job_name`).
+pub fn job_name(r: &DatabaseRestore) -> String {
+    names::restore_job_name(&r.name_any(), r.metadata.uid.as_deref().unwrap_or_default())
+}
+
+fn labels(restore: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            names::LABEL_MANAGED_BY.to_string(),
+            names::MANAGER.to_string(),
+        ),
+        (names::LABEL_RESTORE.to_string(), restore.to_string()),
+        (
+            names::LABEL_STEP.to_string(),
+            Step::Restore.as_str().to_string(),
+        ),
+    ])
+}
+
+/// The restore Job, built from the spec and its resolved source alone.
+pub fn restore_job(r: &DatabaseRestore, source: &Source, settings: &Settings) -> Job {
+    let spec = &r.spec;
+    let mut volumes = vec![
+        pod::empty_dir("work", spec.scratch_size.clone()),
+        pod::empty_dir("tmp", None),
+    ];
+    let scratch = || vec![pod::mount("work", WORK_MOUNT), pod::mount("tmp", "/tmp")];
+    let mut fetch_mounts = scratch();
+    if let Some(ca) = &source.bucket.ca_bundle {
+        let (volume, mount) = pod::ca_volume(ca);
+        volumes.push(volume);
+        fetch_mounts.push(mount);
+    }
+    let (copy, load, binary) = DatabaseStep {
+        name: "restore",
+        subcommand: "load",
+        db: &spec.target,
+        flags: [
+            vec![
+                format!("--file={DUMP_FILE}"),
+                format!("--termination-log={TERMINATION_LOG}"),
+            ],
+            spec.overwrite
+                .then(|| "--overwrite".to_string())
+                .into_iter()
+                .collect(),
+        ]
+        .concat(),
+        mounts: scratch(),
+        resources: spec.resources.clone(),
+    }
+    .build(settings);
+    volumes.push(binary);
+    let placement = Placement {
+        node_selector: spec.node_selector.clone(),
+        tolerations: spec.tolerations.clone(),
+        affinity: None,
+    };
+    let pod = pod::job_pod(
+        DUMP_UID,
+        vec![fetch_container(r, source, settings, fetch_mounts), copy],
+        vec![load],
+        volumes,
+        placement,
+    );
+    let labels = labels(&r.name_any());
+    Job {
+        metadata: ObjectMeta {
+            name: Some(job_name(r)),
+            namespace: r.namespace(),
+            labels: Some(labels.clone()),
+            owner_references: Some(vec![
+                r.controller_owner_ref(&())
+                    .expect("a DatabaseRestore read from the API has a name and uid"),
+            ]),
+            ..Default::default()
+        },
+        // A half-done restore is not retried blindly: the next attempt is a new resource.
+        spec: Some(pod::job_spec(labels, pod, 0, spec.active_deadline_seconds)),
+        status: None,
+    }
+}
+
+/// The download: our image, as our image's user, though the pod runs as the
+/// database image's user for the load.
+fn fetch_container(
+    r: &DatabaseRestore,
+    source: &Source,
+    settings: &Settings,
+    mounts: Vec<k8s_openapi::api::core::v1::VolumeMount>,
+) -> k8s_openapi::api::core::v1::Container {
+    let mut args = vec![
+        "fetch".to_string(),
+        format!("--key={}", r.spec.key),
+        format!("--prefix={}", source.prefix),
+        format!("--out={DUMP_FILE}"),
+        format!("--termination-log={TERMINATION_LOG}"),
+    ];
+    args.extend(pod::store_args(&source.bucket));
+    let mut env = pod::store_env(&source.bucket);
+    env.push(pod::plain_env("HOME", "/tmp"));
+    let mut fetch = StepContainer {
+        name: "fetch",
+        image: settings.uploader_image.clone(),
+        command: None,
+        args,
+        env,
+        mounts,
+        resources: r.spec.resources.clone(),
+    }
+    .build();
+    fetch.security_context = Some(SecurityContext {
+        run_as_user: Some(UPLOAD_UID),
+        run_as_group: Some(UPLOAD_UID),
+        ..pod::container_security()
+    });
+    fetch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::pod::{BINARY, assert_golden};
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+    fn restore(extra: serde_json::Value) -> DatabaseRestore {
+        let mut manifest = serde_json::json!({
+            "apiVersion": "dbbackup.io/v1alpha1",
+            "kind": "DatabaseRestore",
+            "metadata": { "name": "back", "namespace": "shop", "uid": "5d2c0e0e-1f6b-4f55-9a51-0c7b0d7e4a21" },
+            "spec": {
+                "target": {
+                    "engine": "postgres",
+                    "host": "db.shop.svc",
+                    "name": "orders_copy",
+                    "credentialsSecret": { "name": "db-creds" }
+                }
+            }
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            manifest["spec"][k] = v.clone();
+        }
+        serde_json::from_value(manifest).unwrap()
+    }
+
+    #[test]
+    fn golden_restore_job() {
+        let r = restore(serde_json::json!({ "backup": "orders", "overwrite": true }));
+        let bucket: BucketSpec = serde_json::from_value(serde_json::json!({
+            "secretRef": { "name": "s3-creds" }, "caBundle": { "name": "ca" }, "endpoint": "http://minio:9000"
+        }))
+        .unwrap();
+        let source = Source {
+            bucket,
+            prefix: "shop/orders/".into(),
+        };
+        let settings = Settings {
+            uploader_image: "ghcr.io/dbbackup-operator/dbbackup-operator:0.1.0".into(),
+        };
+        let job = restore_job(&r, &source, &settings);
+        assert_golden("restore-job.yaml", &serde_yaml::to_string(&job).unwrap());
+    }
+
+    #[test]
+    fn the_job_fetches_with_our_image_and_loads_with_the_database_image() {
+        let r = restore(serde_json::json!({ "backup": "orders", "scratchSize": "20Gi" }));
+        let bucket: BucketSpec =
+            serde_json::from_value(serde_json::json!({ "secretRef": { "name": "s3-creds" }, "caBundle": { "name": "ca" } }))
+                .unwrap();
+        let source = Source {
+            bucket,
+            prefix: "shop/orders/".into(),
+        };
+        let settings = Settings {
+            uploader_image: "ghcr.io/dbbackup-operator/dbbackup-operator:0.1.0".into(),
+        };
+        let job = restore_job(&r, &source, &settings);
+        assert_eq!(job.metadata.name.as_deref(), Some("back-restore-5d2c0e0e"));
+        let spec = job.spec.unwrap();
+        assert_eq!(spec.backoff_limit, Some(0));
+        let pod = spec.template.spec.unwrap();
+        let fetch = &pod.init_containers.as_ref().unwrap()[0];
+        let args = fetch.args.clone().unwrap();
+        for want in [
+            "fetch",
+            "--key=latest",
+            "--prefix=shop/orders/",
+            "--out=/work/restore.sql",
+            "--ca-bundle=/etc/dbbackup/ca/ca.crt",
+        ] {
+            assert!(args.contains(&want.to_string()), "{want} in {args:?}");
+        }
+        assert_eq!(fetch.image, Some(settings.uploader_image.clone()));
+        let load = &pod.containers[0];
+        assert_eq!(load.image.as_deref(), Some("docker.io/library/postgres:17"));
+        let load_args = load.args.clone().unwrap();
+        assert_eq!(load.command, Some(vec![BINARY.to_string()]));
+        assert_eq!(&load_args[..2], ["load", "--engine=postgres"]);
+        assert!(load_args.contains(&"--file=/work/restore.sql".to_string()));
+        let copy = &pod.init_containers.as_ref().unwrap()[1];
+        assert_eq!(copy.args.clone().unwrap()[0], "copy-binary");
+        let env: Vec<&str> = load.env.iter().flatten().map(|e| e.name.as_str()).collect();
+        assert!(
+            env.contains(&"PGPASSWORD") && env.contains(&"DB_USER"),
+            "{env:?}"
+        );
+        assert!(
+            load.env
+                .iter()
+                .flatten()
+                .all(|e| e.value.as_deref().is_none_or(|v| !v.contains("secret")))
+        );
+        let work = &pod.volumes.unwrap()[0];
+        assert_eq!(
+            work.empty_dir.as_ref().unwrap().size_limit,
+            Some(Quantity("20Gi".into()))
+        );
+    }
+}

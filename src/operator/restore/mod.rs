@@ -1,0 +1,193 @@
+//! The DatabaseRestore reconciler: one Job per restore, and its status from
+//! that Job's pod. A restore runs once: a finished one is never looked at again.
+
+mod job;
+mod status;
+
+pub use job::{Source, job_name, restore_job};
+pub use status::observe;
+
+use super::apiserver::{backoff_after, create_job, labelled_owner, write_status};
+use super::checks::{self, CheckError, Problem};
+use super::conditions::{self, Observed, RESTORED};
+use super::{Context, Error, backup};
+use crate::api::{DatabaseBackup, DatabaseRestore, DatabaseRestoreStatus, RestorePhase};
+use crate::{names, reasons};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, ResourceExt};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub async fn reconcile(r: Arc<DatabaseRestore>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let old = r.status.clone().unwrap_or_default();
+    if old.phase.is_some_and(RestorePhase::finished) {
+        return Ok(Action::await_change());
+    }
+    let job = match existing_job(&r, &ctx) {
+        Some(job) => Some(job),
+        None => start(&r, &ctx, &old).await?,
+    };
+    ctx.restore_failures
+        .lock()
+        .unwrap()
+        .remove(&ObjectRef::from_obj(&*r));
+    let pod = job_pod(&r, &ctx, job.as_deref());
+    let (new, observed) = observe(&old, job.as_deref(), pod.as_deref());
+    publish(&r, &ctx, &old, new, observed).await
+}
+
+pub fn error_policy(r: Arc<DatabaseRestore>, error: &Error, ctx: Arc<Context>) -> Action {
+    backoff_after(&*r, error, &ctx, &ctx.restore_failures)
+}
+
+/// This restore's Job, from the cache. A restore started by a release that
+/// named the Job without the UID keeps that Job: it must not run a second load.
+fn existing_job(r: &DatabaseRestore, ctx: &Context) -> Option<Arc<Job>> {
+    let ns = r.namespace().unwrap_or_default();
+    let key = ObjectRef::new(&job_name(r)).within(&ns);
+    let legacy = ObjectRef::new(&names::legacy_restore_job_name(&r.name_any())).within(&ns);
+    let ours = |j: &Job| {
+        j.owner_references()
+            .iter()
+            .any(|o| Some(&o.uid) == r.metadata.uid.as_ref())
+    };
+    ctx.jobs
+        .get(&key)
+        .or_else(|| ctx.jobs.get(&legacy).filter(|j| ours(j)))
+}
+
+/// Creates the Job. The source is looked up once, for this: a Job that runs
+/// needs nothing more from it, even if the Secrets change meanwhile. A source
+/// that cannot be resolved leaves the restore Pending, with the reason.
+async fn start(
+    r: &DatabaseRestore,
+    ctx: &Context,
+    old: &DatabaseRestoreStatus,
+) -> Result<Option<Arc<Job>>, Error> {
+    let source = match resolve_source(r, ctx).await {
+        Ok(source) => source,
+        Err(CheckError::Kube(e)) => return Err(Error::Kube(e)),
+        Err(CheckError::Problem(p)) => {
+            let mut new = old.clone();
+            new.observed_generation = r.metadata.generation;
+            new.phase = Some(RestorePhase::Pending);
+            let observed = Observed::new(RESTORED, false, p.reason, p.message.clone());
+            conditions::set_condition(
+                &mut new.conditions,
+                &observed,
+                new.observed_generation,
+                &now(),
+            );
+            if new != *old {
+                write_status(r, ctx, &new).await?;
+                ctx.publish(r, EventType::Warning, p.reason, &p.message)
+                    .await;
+            }
+            return Err(Error::Invalid(p));
+        }
+    };
+    let desired = restore_job(r, &source, &ctx.settings);
+    match create_job(ctx, &desired).await? {
+        Some(created) => Ok(Some(Arc::new(created))),
+        // Created meanwhile (our cache lags): the apiserver has it.
+        None => {
+            let jobs: Api<Job> =
+                Api::namespaced(ctx.client.clone(), &r.namespace().unwrap_or_default());
+            Ok(jobs.get_opt(&job_name(r)).await?.map(Arc::new))
+        }
+    }
+}
+
+/// The bucket and prefix the spec points at, or what is missing.
+async fn resolve_source(r: &DatabaseRestore, ctx: &Context) -> Result<Source, CheckError> {
+    let ns = r.namespace().unwrap_or_default();
+    let source = match (&r.spec.backup, &r.spec.bucket) {
+        (Some(name), _) => {
+            let backups: Api<DatabaseBackup> = Api::namespaced(ctx.client.clone(), &ns);
+            let backup = backups.get_opt(name).await?.ok_or_else(|| {
+                Problem::new(
+                    reasons::BACKUP_NOT_FOUND,
+                    format!("spec.backup: DatabaseBackup {name:?} not found in namespace {ns:?}"),
+                )
+            })?;
+            Source {
+                prefix: backup::key_prefix(&backup),
+                bucket: backup.spec.bucket,
+            }
+        }
+        (None, Some(bucket)) => Source {
+            prefix: bucket.prefix.clone().unwrap_or_default(),
+            bucket: bucket.clone(),
+        },
+        (None, None) => {
+            return Err(Problem::new(reasons::NO_SOURCE, "set spec.backup or spec.bucket").into());
+        }
+    };
+    checks::check_bucket(&ctx.client, &ns, &source.bucket).await?;
+    checks::check_credentials(&ctx.client, &ns, &r.spec.target.credentials_secret).await?;
+    Ok(source)
+}
+
+/// The newest pod of this restore's own Job (by UID): only it speaks for the restore.
+fn job_pod(r: &DatabaseRestore, ctx: &Context, job: Option<&Job>) -> Option<Arc<Pod>> {
+    let job_uid = job.and_then(|j| j.uid())?;
+    ctx.pods
+        .state()
+        .into_iter()
+        .filter(|p| labelled_owner(&**p, names::LABEL_RESTORE) == Some(ObjectRef::from_obj(r)))
+        .filter(|p| {
+            p.owner_references()
+                .iter()
+                .any(|o| o.kind == "Job" && o.uid == job_uid)
+        })
+        .max_by_key(|p| p.metadata.creation_timestamp.clone().map(|t| t.0))
+}
+
+/// Writes the status if it changed, with an Event when the phase moved, and
+/// says when to look again.
+async fn publish(
+    r: &DatabaseRestore,
+    ctx: &Context,
+    old: &DatabaseRestoreStatus,
+    mut new: DatabaseRestoreStatus,
+    observed: Observed,
+) -> Result<Action, Error> {
+    let generation = r.metadata.generation;
+    new.observed_generation = generation;
+    conditions::set_condition(&mut new.conditions, &observed, generation, &now());
+    if new != *old {
+        write_status(r, ctx, &new).await?;
+        if new.phase != old.phase {
+            let (type_, reason, message) = match new.phase {
+                Some(RestorePhase::Succeeded) => {
+                    (EventType::Normal, reasons::RESTORED, observed.message)
+                }
+                Some(RestorePhase::Failed) => (
+                    EventType::Warning,
+                    observed.reason.as_str(),
+                    observed.message.clone(),
+                ),
+                Some(RestorePhase::Running) => (
+                    EventType::Normal,
+                    reasons::RESTORE_STARTED,
+                    format!("started job {}", job_name(r)),
+                ),
+                _ => (EventType::Normal, reasons::PENDING, observed.message),
+            };
+            ctx.publish(r, type_, reason, &message).await;
+        }
+    }
+    Ok(match new.phase {
+        Some(p) if p.finished() => Action::await_change(),
+        _ => Action::requeue(Duration::from_secs(300)),
+    })
+}
+
+fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}

@@ -1,0 +1,67 @@
+//! Every reason the system gives, in one place: the reasons of conditions and
+//! Events the operator writes, and the failure reasons a job step puts in its
+//! result for the operator to pass on. Users script against them (`kubectl
+//! wait`, alerts, dashboards), so each is written once. The integration tests
+//! spell them out as users see them, so that a change here fails a test.
+
+// Ready: the backup's spec, its references and its children.
+pub const RECONCILED: &str = "Reconciled";
+pub const API_ERROR: &str = "APIError";
+pub const APPLY_FAILED: &str = "ApplyFailed";
+pub const INVALID_SCHEDULE: &str = "InvalidSchedule";
+pub const INVALID_TIME_ZONE: &str = "InvalidTimeZone";
+pub const INVALID_RETENTION: &str = "InvalidRetention";
+pub const INVALID_BUCKET_NAME: &str = "InvalidBucketName";
+pub const INVALID_CA_BUNDLE: &str = "InvalidCABundle";
+pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+pub const SECRET_KEY_MISSING: &str = "SecretKeyMissing";
+pub const STORAGE_CLASS_NOT_FOUND: &str = "StorageClassNotFound";
+
+// DumpSucceeded and UploadSucceeded, and their Events.
+pub const DUMP_COMPLETED: &str = "DumpCompleted";
+pub const DUMP_FAILED: &str = "DumpFailed";
+pub const UPLOADED: &str = "Uploaded";
+pub const UPLOAD_FAILED: &str = "UploadFailed";
+/// A pod of the step cannot start by itself: its image cannot be pulled.
+pub const IMAGE_PULL_FAILED: &str = "ImagePullFailed";
+/// A pod of the step cannot start by itself: the runtime cannot create its container.
+pub const CONTAINER_NOT_STARTED: &str = "ContainerNotStarted";
+
+// Stale, and the Events of a backup's life.
+pub const UPLOADS_CURRENT: &str = "UploadsCurrent";
+pub const NO_RECENT_UPLOAD: &str = "NoRecentUpload";
+pub const BACKUP_STALE: &str = "BackupStale";
+pub const BACKUP_REQUESTED: &str = "BackupRequested";
+
+// Restored: where a restore stands.
+pub const PENDING: &str = "Pending";
+pub const RUNNING: &str = "Running";
+pub const RESTORED: &str = "Restored";
+pub const RESTORE_STARTED: &str = "RestoreStarted";
+pub const BACKUP_NOT_FOUND: &str = "BackupNotFound";
+pub const NO_SOURCE: &str = "NoSource";
+pub const JOB_FAILED: &str = "JobFailed";
+pub const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
+
+// Failures the restore's steps report (fetch, then load).
+pub const DOWNLOAD_FAILED: &str = "DownloadFailed";
+pub const OBJECT_NOT_FOUND: &str = "ObjectNotFound";
+pub const NO_DUMP_FOUND: &str = "NoDumpFound";
+pub const CHECKSUM_MISMATCH: &str = "ChecksumMismatch";
+pub const CORRUPT_DUMP: &str = "CorruptDump";
+pub const TARGET_NOT_EMPTY: &str = "TargetNotEmpty";
+pub const CONNECTION_FAILED: &str = "ConnectionFailed";
+pub const RESTORE_FAILED: &str = "RestoreFailed";
+
+/// The reasons a restore step may write in its result. Anything else a pod
+/// claims becomes the step's generic reason: the operator passes on only its own.
+pub const RESTORE_STEP_FAILURES: [&str; 8] = [
+    DOWNLOAD_FAILED,
+    OBJECT_NOT_FOUND,
+    NO_DUMP_FOUND,
+    CHECKSUM_MISMATCH,
+    CORRUPT_DUMP,
+    TARGET_NOT_EMPTY,
+    CONNECTION_FAILED,
+    RESTORE_FAILED,
+];
