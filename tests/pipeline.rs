@@ -618,7 +618,7 @@ async fn a_multipart_upload_carries_the_full_object_crc64nvme() {
     let staging = Staging::new();
     let dump = staging.staged_dump();
     write_big_file(&dump, 23 * 1024 * 1024);
-    let expected = dbbackup_operator::jobs::store::crc64nvme_base64(crc_fast::checksum(
+    let expected = dbbackup_operator::jobs::proof::crc64nvme_base64(crc_fast::checksum(
         crc_fast::CrcAlgorithm::Crc64Nvme,
         &std::fs::read(&dump).unwrap(),
     ));

@@ -6,7 +6,7 @@
 //! computed on upload (MD5, per part for multipart uploads), decompresses on
 //! the way, and leaves `restore.sql` only when every byte checked out.
 
-use super::{retention, store};
+use super::{proof, retention, store};
 use crate::api::Compression;
 use crate::jobresult::{Failure, JobResult, Outcome, Step, fail};
 use crate::logline::LogLine;
@@ -259,11 +259,11 @@ impl EtagCheck {
     /// Ok(true) when verified, Ok(false) when the ETag cannot be checked
     /// (not an MD5, as with KMS encryption; or a part size we cannot know).
     fn verify(mut self) -> Result<bool, String> {
-        if !store::md5_style(&self.expected) {
+        if !proof::md5_style(&self.expected) {
             return Ok(false);
         }
         if self.part_size.is_none() {
-            let got = store::hex(&self.current.finalize());
+            let got = proof::hex(&self.current.finalize());
             return match got == self.expected {
                 true => Ok(true),
                 false => Err(format!("MD5 {got}, the store's ETag is {}", self.expected)),
@@ -272,7 +272,7 @@ impl EtagCheck {
         if self.current_len > 0 {
             self.end_part();
         }
-        let got = store::multipart_etag(&self.parts, self.count as usize);
+        let got = proof::multipart_etag(&self.parts, self.count as usize);
         if got == self.expected {
             return Ok(true);
         }
@@ -378,7 +378,7 @@ impl Decompressor {
 mod tests {
     use super::*;
 
-    use crate::jobs::store::hex;
+    use crate::jobs::proof::hex;
 
     fn multipart_etag(data: &[u8], part: usize) -> String {
         let md5s: Vec<u8> = data

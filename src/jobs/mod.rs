@@ -1,11 +1,15 @@
-//! Code that runs in the Job pods, not in the operator: the dump and load
-//! steps (in the database's image) and the hand-off between pods on the
-//! staging volume. The upload and fetch steps live in `upload` and `fetch`.
+//! Code that runs in the Job pods, never in the operator: the dump and load
+//! steps (in the database's image, through `tool`), the upload and fetch
+//! steps (in our image, through `store`, `put` and `proof`), the object keys
+//! and retention, and the hand-off between pods on the staging volume
+//! (`staging`). Nothing here talks to the Kubernetes API.
 
 pub mod dump;
 pub mod fetch;
 pub mod keys;
 pub mod load;
+pub mod proof;
+pub mod put;
 pub mod retention;
 pub mod staging;
 pub mod store;

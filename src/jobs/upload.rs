@@ -7,8 +7,9 @@
 //! confirmed its size and checksum, never replaces an existing object, and
 //! on any failure keeps the dump for the next run and exits non-zero.
 
+use super::proof::{self, Written};
 use super::staging::{Claimed, Lock, Staging};
-use super::{keys, retention, store};
+use super::{keys, put, retention, store};
 use crate::jobresult::{JobResult, Outcome, Step};
 use crate::logline;
 use chrono::{DateTime, Utc};
@@ -200,8 +201,6 @@ async fn send(
     staging: &Staging,
     claimed: &Claimed,
 ) -> Result<JobResult, String> {
-    let tz = args.time_zone;
-    let dumps = staging.dumps();
     let size = std::fs::metadata(&claimed.path)
         .map_err(|e| format!("cannot read {}: {e}", claimed.path.display()))?
         .len();
@@ -209,93 +208,100 @@ async fn send(
         return Err(format!("{} is empty", claimed.path.display()));
     }
     info!(file = %claimed.path.display(), size, "found a dump");
-    abort_leftover(client, &dumps).await;
+    abort_leftover(client, &staging.dumps()).await;
     if args.create_bucket {
         store::ensure_bucket(client, &args.store.bucket).await?;
     }
-
-    // The date of the dump (not of the upload) names the folder, in the resource's zone.
-    let finished: DateTime<Utc> = claimed.finished.into();
-    let date = finished.with_timezone(&tz).date_naive();
-    let folder = keys::date_folder(&args.prefix, date);
-    let tuning = store::Tuning {
-        min_part_size: args.part_size_mib.max(5) * 1024 * 1024,
-        concurrency: args.concurrency.max(1),
+    let (key, written) = put_under_free_key(client, args, staging, claimed, size).await?;
+    proof::verify(client, &args.store.bucket, &key, &written).await?;
+    // Only now is the dump safe to drop: exactly the file this run claimed.
+    staging
+        .mark_sent(claimed, &key)
+        .map_err(|e| format!("uploaded {key} but cannot record it: {e}"))?;
+    staging.release(claimed).map_err(|e| {
+        format!(
+            "uploaded {key} but cannot delete {}: {e}",
+            claimed.path.display()
+        )
+    })?;
+    let line = staging.log(args.time_zone, logline::UPLOADED);
+    info!(%key, size = written.size, checksum = %written.proof, "{line}");
+    let policy = retention::Policy {
+        keep_last: args.keep_last,
+        max_age: args.max_age,
     };
+    let more_log = prune(client, args, policy, &key).await;
+    Ok(JobResult {
+        step: Step::Upload,
+        outcome: Outcome::Succeeded,
+        key: Some(key),
+        size: Some(written.size),
+        checksum: Some(written.proof.to_string()),
+        log: line.to_string(),
+        reason: None,
+        more_log,
+    })
+}
+
+/// Puts the dump under the next free key of its date folder, never over an
+/// existing object: a key a concurrent upload took first moves it on to the
+/// next index. The folder is the date the dump was made (not uploaded), in
+/// the resource's zone.
+async fn put_under_free_key(
+    client: &aws_sdk_s3::Client,
+    args: &UploadArgs,
+    staging: &Staging,
+    claimed: &Claimed,
+    size: u64,
+) -> Result<(String, Written), String> {
+    let finished: DateTime<Utc> = claimed.finished.into();
+    let date = finished.with_timezone(&args.time_zone).date_naive();
+    let folder = keys::date_folder(&args.prefix, date);
+    let bucket = &args.store.bucket;
+    let state = state_path(&staging.dumps());
     let mut conditional = true;
     for _ in 0..MAX_KEY_ATTEMPTS {
-        let existing = store::list_keys(client, &args.store.bucket, &folder).await?;
+        let existing = store::list_keys(client, bucket, &folder).await?;
         let key = keys::next_object_key(&folder, existing.iter().map(String::as_str), claimed.name);
-        if !conditional && store::object_exists(client, &args.store.bucket, &key).await? {
+        if !conditional && store::object_exists(client, bucket, &key).await? {
             continue;
         }
-        let record_key = |upload_id: &str| {
-            let state = PendingUpload {
-                bucket: args.store.bucket.clone(),
+        let record_upload = |upload_id: &str| {
+            let pending = PendingUpload {
+                bucket: bucket.clone(),
                 key: key.clone(),
                 upload_id: upload_id.to_string(),
             };
-            std::fs::write(
-                state_path(&dumps),
-                serde_json::to_vec(&state).expect("serializes"),
-            )
+            std::fs::write(&state, serde_json::to_vec(&pending).expect("serializes"))
         };
         info!(%key, "uploading");
-        let put = store::put_file(
+        let request = put::Put {
             client,
-            &args.store.bucket,
-            &key,
-            &claimed.path,
+            bucket,
+            key: &key,
+            path: &claimed.path,
             size,
-            tuning,
+            tuning: put::Tuning {
+                min_part_size: args.part_size_mib.max(5) * 1024 * 1024,
+                concurrency: args.concurrency.max(1),
+            },
             conditional,
-            &record_key,
-        )
-        .await;
-        let _ = std::fs::remove_file(state_path(&dumps));
-        let written = match put {
-            Ok(w) => w,
-            Err(store::PutError::KeyTaken(k)) => {
+        };
+        let result = put::put_file(&request, &record_upload).await;
+        let _ = std::fs::remove_file(&state);
+        match result {
+            Ok(written) => return Ok((key, written)),
+            Err(put::PutError::KeyTaken(k)) => {
                 info!(key = %k, "key taken by a concurrent upload; trying the next index");
-                continue;
             }
-            Err(store::PutError::ConditionalUnsupported) if conditional => {
+            Err(put::PutError::ConditionalUnsupported) if conditional => {
                 warn!(
                     "store refuses If-None-Match; checking for the key before each write instead"
                 );
                 conditional = false;
-                continue;
             }
             Err(e) => return Err(e.to_string()),
-        };
-        store::verify(client, &args.store.bucket, &key, &written).await?;
-        // Only now is the dump safe to drop: exactly the file this run claimed.
-        staging
-            .mark_sent(claimed, &key)
-            .map_err(|e| format!("uploaded {key} but cannot record it: {e}"))?;
-        staging.release(claimed).map_err(|e| {
-            format!(
-                "uploaded {key} but cannot delete {}: {e}",
-                claimed.path.display()
-            )
-        })?;
-        let line = staging.log(tz, logline::UPLOADED);
-        info!(%key, size = written.size, checksum = %written.proof, "{line}");
-        let policy = retention::Policy {
-            keep_last: args.keep_last,
-            max_age: args.max_age,
-        };
-        let more_log = prune(client, args, policy, &key).await;
-        return Ok(JobResult {
-            step: Step::Upload,
-            outcome: Outcome::Succeeded,
-            key: Some(key),
-            size: Some(written.size),
-            checksum: Some(written.proof.to_string()),
-            log: line.to_string(),
-            reason: None,
-            more_log,
-        });
+        }
     }
     Err(format!(
         "no free key under {folder} after {MAX_KEY_ATTEMPTS} attempts"

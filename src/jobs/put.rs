@@ -1,0 +1,420 @@
+//! A streaming, never-overwriting put of one file: a single request for a
+//! small dump, else a multipart upload with a bounded number of parts in
+//! flight, each carrying a checksum the store checks on receipt.
+
+use super::proof::{Proof, Written, crc64nvme_base64, hex, multipart_etag};
+use super::store::{MAX_PARTS, MIB, PART_SIZE_META, abort, describe, http_status};
+use aws_sdk_s3::Client;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumType, CompletedMultipartUpload, CompletedPart};
+use base64::Engine as _;
+use bytes::Bytes;
+use md5::{Digest as _, Md5};
+use std::path::Path;
+
+/// Throughput knobs; memory stays near `part_size × (concurrency + 1)`.
+#[derive(Clone, Copy, Debug)]
+pub struct Tuning {
+    pub min_part_size: u64,
+    pub concurrency: usize,
+}
+
+/// Part size for a file: at least `min`, large enough for ≤ 10,000 parts, whole MiB.
+pub fn part_size(file_size: u64, min: u64) -> u64 {
+    let needed = file_size.div_ceil(MAX_PARTS);
+    needed.max(min).div_ceil(MIB) * MIB
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PutError {
+    /// Somebody else wrote the key first (If-None-Match refused).
+    #[error("object {0} already exists")]
+    KeyTaken(String),
+    /// The store does not implement conditional writes.
+    #[error("the store does not support If-None-Match")]
+    ConditionalUnsupported,
+    #[error("{0}")]
+    Failed(String),
+}
+
+fn classify<E>(err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>, key: &str) -> PutError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match (http_status(&err), err.code()) {
+        (Some(412), _) | (_, Some("PreconditionFailed")) => PutError::KeyTaken(key.to_string()),
+        // A concurrent conditional write to the same key.
+        (Some(409), Some("ConditionalRequestConflict")) => PutError::KeyTaken(key.to_string()),
+        (Some(501), _) | (_, Some("NotImplemented")) => PutError::ConditionalUnsupported,
+        _ => PutError::Failed(describe(&err)),
+    }
+}
+
+/// Reads up to `buf.capacity()` bytes; fewer only at end of file.
+fn read_part(file: &mut std::fs::File, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    use std::io::Read as _;
+    buf.clear();
+    let want = buf.capacity() as u64;
+    file.take(want).read_to_end(buf)?;
+    Ok(())
+}
+
+/// The next part of the file, read into a reused buffer, with its checksums.
+struct Part {
+    file: std::fs::File,
+    buf: Vec<u8>,
+    /// Only where the store's ETag is the proof: MD5 costs more CPU than the
+    /// rest of the upload together.
+    md5: Option<[u8; 16]>,
+    /// Hardware-assisted; next to free.
+    crc64nvme: u64,
+}
+
+/// Reads and checksums the next part on a blocking thread, so the uploads in
+/// flight keep the runtime to themselves.
+async fn next_part(
+    mut file: std::fs::File,
+    mut buf: Vec<u8>,
+    with_md5: bool,
+) -> std::io::Result<Part> {
+    tokio::task::spawn_blocking(move || {
+        read_part(&mut file, &mut buf)?;
+        let md5 = with_md5.then(|| Md5::digest(&buf).into());
+        let crc64nvme = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, &buf);
+        Ok(Part {
+            file,
+            buf,
+            md5,
+            crc64nvme,
+        })
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+fn content_md5(md5: &[u8; 16]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(md5)
+}
+
+/// Called with the multipart upload id as soon as it exists, so an interrupted
+/// run can be cleaned up by the next one.
+pub type OnStart<'a> = &'a (dyn Fn(&str) -> std::io::Result<()> + Sync);
+
+/// One object to write from one file.
+pub struct Put<'a> {
+    pub client: &'a Client,
+    pub bucket: &'a str,
+    pub key: &'a str,
+    pub path: &'a Path,
+    pub size: u64,
+    pub tuning: Tuning,
+    /// Sends `If-None-Match: *`, so the store itself refuses to replace an
+    /// object; without it the caller checked that the key is free.
+    pub conditional: bool,
+}
+
+/// Uploads `put.path` to `put.key` without ever replacing an existing object.
+/// Each part carries a checksum the store checks on receipt: CRC64/NVME where
+/// the store keeps a full-object CRC64/NVME (S3 and MinIO do), else
+/// Content-MD5. A single-request put always sends Content-MD5. On any error a
+/// multipart upload is aborted.
+pub async fn put_file(put: &Put<'_>, on_start: OnStart<'_>) -> Result<Written, PutError> {
+    let io =
+        |e: std::io::Error| PutError::Failed(format!("cannot read {}: {e}", put.path.display()));
+    let file = std::fs::File::open(put.path).map_err(io)?;
+    let part_size = part_size(put.size, put.tuning.min_part_size);
+    if put.size <= part_size {
+        return put_single(put, file).await;
+    }
+    let target = start_multipart(put, part_size).await?;
+    let upload_id = target.upload_id.clone();
+    let stored = async {
+        on_start(&upload_id)
+            .map_err(|e| PutError::Failed(format!("cannot record the upload: {e}")))?;
+        let (parts, sums) = upload_parts(target, file, put.size, part_size, put.tuning).await?;
+        complete_multipart(put, &upload_id, parts, sums).await
+    }
+    .await;
+    if stored.is_err() {
+        abort(put.client, put.bucket, put.key, &upload_id).await;
+    }
+    stored
+}
+
+/// A dump no larger than one part, in one request.
+async fn put_single(put: &Put<'_>, file: std::fs::File) -> Result<Written, PutError> {
+    let part = next_part(file, Vec::with_capacity(put.size as usize), true)
+        .await
+        .map_err(|e| PutError::Failed(format!("cannot read {}: {e}", put.path.display())))?;
+    let md5 = part.md5.expect("asked for");
+    let mut request = put
+        .client
+        .put_object()
+        .bucket(put.bucket)
+        .key(put.key)
+        .content_md5(content_md5(&md5))
+        .content_length(part.buf.len() as i64)
+        .body(ByteStream::from(part.buf));
+    if put.conditional {
+        request = request.if_none_match("*");
+    }
+    // Content-MD5, a signed header, already guards the body; signing the
+    // payload too would hash it twice more (here and at the store).
+    request
+        .customize()
+        .disable_payload_signing()
+        .send()
+        .await
+        .map_err(|e| classify(e, put.key))?;
+    Ok(Written {
+        size: put.size,
+        proof: Proof::ETag(hex(&md5)),
+    })
+}
+
+/// Creates the multipart upload, asking for a full-object CRC64/NVME.
+async fn start_multipart(put: &Put<'_>, part_size: u64) -> Result<Target, PutError> {
+    let create = || {
+        put.client
+            .create_multipart_upload()
+            .bucket(put.bucket)
+            .key(put.key)
+            .metadata(PART_SIZE_META, part_size.to_string())
+    };
+    let created = match create()
+        .checksum_algorithm(ChecksumAlgorithm::Crc64Nvme)
+        .checksum_type(ChecksumType::FullObject)
+        .send()
+        .await
+    {
+        Ok(created) => created,
+        // Some S3-compatible stores refuse any checksum header outright.
+        Err(e) if matches!(http_status(&e), Some(400 | 501)) => {
+            tracing::info!(error = %describe(&e), "store refuses CRC64/NVME; parts carry Content-MD5");
+            create().send().await.map_err(|e| classify(e, put.key))?
+        }
+        Err(e) => return Err(classify(e, put.key)),
+    };
+    let upload_id = created
+        .upload_id()
+        .ok_or_else(|| PutError::Failed("store returned no upload id".into()))?;
+    Ok(Target {
+        client: put.client.clone(),
+        bucket: put.bucket.to_string(),
+        key: put.key.to_string(),
+        upload_id: upload_id.to_string(),
+        // A store that does not name the algorithm back ignored it (older
+        // S3-compatible stores); its ETag is the proof there.
+        crc: created.checksum_algorithm() == Some(&ChecksumAlgorithm::Crc64Nvme),
+    })
+}
+
+/// Completes the upload with the proof the parts add up to.
+async fn complete_multipart(
+    put: &Put<'_>,
+    upload_id: &str,
+    parts: Vec<CompletedPart>,
+    sums: PartSums,
+) -> Result<Written, PutError> {
+    let mut complete = put
+        .client
+        .complete_multipart_upload()
+        .bucket(put.bucket)
+        .key(put.key)
+        .upload_id(upload_id)
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .set_parts(Some(parts))
+                .build(),
+        );
+    let proof = match sums {
+        PartSums::Md5(md5s) => Proof::ETag(multipart_etag(&md5s.concat(), md5s.len())),
+        PartSums::Crc64Nvme(whole) => {
+            let whole = crc64nvme_base64(whole);
+            complete = complete
+                .checksum_crc64_nvme(&whole)
+                .checksum_type(ChecksumType::FullObject);
+            Proof::Crc64Nvme(whole)
+        }
+    };
+    if put.conditional {
+        complete = complete.if_none_match("*");
+    }
+    complete.send().await.map_err(|e| classify(e, put.key))?;
+    Ok(Written {
+        size: put.size,
+        proof,
+    })
+}
+
+/// Where the parts of one multipart upload go.
+#[derive(Clone)]
+struct Target {
+    client: Client,
+    bucket: String,
+    key: String,
+    upload_id: String,
+    /// Parts carry CRC64/NVME instead of Content-MD5.
+    crc: bool,
+}
+
+/// The parts' MD5s, or the CRC64/NVME of the whole file.
+enum PartSums {
+    Md5(Vec<[u8; 16]>),
+    Crc64Nvme(u64),
+}
+
+impl Target {
+    /// Uploads one part; hands back its buffer for reuse.
+    async fn send(
+        self,
+        number: i32,
+        md5: Option<[u8; 16]>,
+        crc64nvme: u64,
+        bytes: Bytes,
+    ) -> Result<(CompletedPart, Bytes), PutError> {
+        let mut request = self
+            .client
+            .upload_part()
+            .bucket(self.bucket)
+            .key(self.key)
+            .upload_id(self.upload_id)
+            .part_number(number)
+            .content_length(bytes.len() as i64)
+            .body(ByteStream::from(bytes.clone()));
+        let crc = self.crc.then(|| crc64nvme_base64(crc64nvme));
+        request = match (&crc, md5) {
+            (Some(crc), _) => request.checksum_crc64_nvme(crc),
+            (None, Some(md5)) => request.content_md5(content_md5(&md5)),
+            (None, None) => unreachable!("a part without a checksum"),
+        };
+        // The part's checksum is a signed header and guards the body; signing
+        // the payload too would hash it once more here and once at the store.
+        let out = request
+            .customize()
+            .disable_payload_signing()
+            .send()
+            .await
+            .map_err(|e| PutError::Failed(format!("part {number}: {}", describe(&e))))?;
+        let part = CompletedPart::builder()
+            .part_number(number)
+            .set_e_tag(out.e_tag().map(str::to_string))
+            .set_checksum_crc64_nvme(crc)
+            .build();
+        Ok((part, bytes))
+    }
+}
+
+/// The CRC64/NVME of the file so far, extended by a part of `len` bytes.
+fn combine_crc(before: Option<u64>, part: u64, len: u64) -> u64 {
+    match before {
+        None => part,
+        Some(before) => {
+            crc_fast::checksum_combine(crc_fast::CrcAlgorithm::Crc64Nvme, before, part, len)
+        }
+    }
+}
+
+/// Reads parts in order and keeps up to `concurrency` uploads in flight, each
+/// its own task, while the next part is read and checksummed. Memory stays at
+/// `concurrency + 1` part buffers, reused once their upload is done. Returns
+/// the parts and their checksums.
+async fn upload_parts(
+    target: Target,
+    mut file: std::fs::File,
+    size: u64,
+    part_size: u64,
+    tuning: Tuning,
+) -> Result<(Vec<CompletedPart>, PartSums), PutError> {
+    let count = size.div_ceil(part_size);
+    let mut in_flight = tokio::task::JoinSet::new();
+    let mut pool: Vec<Vec<u8>> = vec![];
+    let mut parts = Vec::with_capacity(count as usize);
+    let mut md5s = Vec::with_capacity(count as usize);
+    let mut whole_crc = None;
+    let joined = |r: Result<_, tokio::task::JoinError>| {
+        r.map_err(|e| PutError::Failed(format!("part upload stopped: {e}")))?
+    };
+    for number in 1..=count {
+        if in_flight.len() >= tuning.concurrency.max(1) {
+            let (part, bytes): (CompletedPart, Bytes) =
+                joined(in_flight.join_next().await.expect("non-empty"))?;
+            parts.push(part);
+            if let Ok(buf) = bytes.try_into_mut() {
+                pool.push(buf.into());
+            }
+        }
+        let buf = pool
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(part_size as usize));
+        let mut part = next_part(file, buf, !target.crc)
+            .await
+            .map_err(|e| PutError::Failed(format!("cannot read the dump: {e}")))?;
+        if part.buf.is_empty() {
+            return Err(PutError::Failed("the dump shrank while uploading".into()));
+        }
+        whole_crc = Some(combine_crc(
+            whole_crc,
+            part.crc64nvme,
+            part.buf.len() as u64,
+        ));
+        md5s.extend(part.md5);
+        let bytes = Bytes::from(std::mem::take(&mut part.buf));
+        in_flight.spawn(
+            target
+                .clone()
+                .send(number as i32, part.md5, part.crc64nvme, bytes),
+        );
+        file = part.file;
+    }
+    while let Some(done) = in_flight.join_next().await {
+        parts.push(joined(done)?.0);
+    }
+    parts.sort_by_key(|p| p.part_number());
+    let sums = if target.crc {
+        PartSums::Crc64Nvme(whole_crc.expect("at least one part"))
+    } else {
+        PartSums::Md5(md5s)
+    };
+    Ok((parts, sums))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_size_keeps_within_ten_thousand_parts() {
+        assert_eq!(part_size(100 * MIB, 8 * MIB), 8 * MIB);
+        let huge = 5 * 1024 * 1024 * MIB; // 5 TiB, the largest S3 object
+        let p = part_size(huge, 8 * MIB);
+        assert!(huge.div_ceil(p) <= MAX_PARTS);
+        assert_eq!(p % MIB, 0);
+    }
+
+    #[test]
+    fn crc64nvme_is_written_as_s3_does() {
+        // The CRC-64/NVME check value, big-endian, base64.
+        let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, b"123456789");
+        assert_eq!(crc, 0xAE8B_1486_0A79_9888);
+        assert_eq!(crc64nvme_base64(crc), "rosUhgp5mIg=");
+        // Parts combine into the whole.
+        let (a, b) = (b"1234".as_slice(), b"56789".as_slice());
+        let combined = crc_fast::checksum_combine(
+            crc_fast::CrcAlgorithm::Crc64Nvme,
+            crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, a),
+            crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, b),
+            b.len() as u64,
+        );
+        assert_eq!(combined, crc);
+    }
+
+    #[test]
+    fn part_size_rounds_to_whole_mib() {
+        let size = 200 * 1024 * MIB + 1; // just over 200 GiB
+        let p = part_size(size, 8 * MIB);
+        assert_eq!(p % MIB, 0);
+        assert!(size.div_ceil(p) <= MAX_PARTS);
+    }
+}
