@@ -12,9 +12,10 @@ use kube::api::{Api, ListParams};
 use std::time::Duration;
 use support::bed::*;
 use support::incluster::HelmOperator;
+use support::minio::*;
 use support::operator::*;
-use support::pipeline::*;
 use support::pods::{Pods, RanPod};
+use support::steps::*;
 
 async fn end_to_end(engine: Engine) {
     let (b, op, mut pods) = ready_bed_in_cluster(engine, "").await;

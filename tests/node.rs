@@ -221,7 +221,7 @@ async fn a_dump_killed_for_memory_says_out_of_memory_and_leaves_nothing() {
     )
     .await;
     // One 12 MiB row: the dump tool holds it, and its escaped copy, at once.
-    b.db.exec(
+    b.db.query(
         "shop",
         "CREATE TABLE blobs (b LONGBLOB); INSERT INTO blobs VALUES (REPEAT('x', 12582912))",
     );
@@ -243,7 +243,9 @@ async fn a_dump_killed_for_memory_says_out_of_memory_and_leaves_nothing() {
 async fn a_dump_past_its_deadline_reports_once_and_leaves_nothing() {
     let (b, _op, _pods) = ready_bed(Engine::Mariadb, "").await;
     // A session holding a write lock: the dump waits for it past the deadline.
-    let Db::Maria(db) = &b.db else { unreachable!() };
+    let Database::Maria(db) = &b.db else {
+        unreachable!()
+    };
     let mut lock = db.client("shop");
     lock.arg("-e")
         .arg("LOCK TABLES orders WRITE; SELECT SLEEP(120)");
@@ -342,7 +344,7 @@ async fn dump_and_upload_pods_share_the_local_volume_through_fs_group() {
     );
     let log = b
         .staging
-        .join(format!("logs/{}.txt", support::pipeline::today()));
+        .join(format!("logs/{}.txt", support::steps::today()));
     let meta = std::fs::metadata(&log).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (999, 65532));
     assert_eq!(
@@ -358,7 +360,7 @@ async fn dump_and_upload_pods_share_the_local_volume_through_fs_group() {
         "the upload pod deleted what the dump pod wrote: {:?}",
         staged_files(&b)
     );
-    assert_eq!(support::pipeline::bucket_keys(&b.minio).await.len(), 1);
+    assert_eq!(support::minio::bucket_keys(&b.minio).await.len(), 1);
 }
 
 /// The pods' gateway (the bridge) keeps its MAC address as pods come and go:
@@ -407,9 +409,9 @@ const AWKWARD_NAMES: [&str; 9] = [
 ];
 
 /// Creates database `name` with one table holding `name` itself.
-fn create_named(db: &Db, name: &str) {
+fn create_named(db: &Database, name: &str) {
     match db {
-        Db::Maria(d) => {
+        Database::Maria(d) => {
             let ident = format!("`{}`", name.replace('`', "``"));
             let value = name.replace('\\', "\\\\").replace('\'', "''");
             d.query(
@@ -419,7 +421,7 @@ fn create_named(db: &Db, name: &str) {
                 ),
             );
         }
-        Db::Pg(p) => {
+        Database::Pg(p) => {
             p.query(
                 "postgres",
                 &format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\"")),
@@ -434,25 +436,25 @@ fn create_named(db: &Db, name: &str) {
 }
 
 /// What database `name` holds in its table, or None once it is gone.
-fn named_content(db: &Db, name: &str) -> String {
+fn named_content(db: &Database, name: &str) -> String {
     match db {
-        Db::Maria(d) => d.query(
+        Database::Maria(d) => d.query(
             "information_schema",
             &format!("SELECT note FROM `{}`.t", name.replace('`', "``")),
         ),
-        Db::Pg(p) => p.query(&pg_conninfo(name), "SELECT note FROM t"),
+        Database::Pg(p) => p.query(&pg_conninfo(name), "SELECT note FROM t"),
     }
 }
 
-fn drop_named(db: &Db, name: &str) {
+fn drop_named(db: &Database, name: &str) {
     match db {
-        Db::Maria(d) => {
+        Database::Maria(d) => {
             d.query(
                 "information_schema",
                 &format!("DROP DATABASE `{}`", name.replace('`', "``")),
             );
         }
-        Db::Pg(p) => {
+        Database::Pg(p) => {
             p.query(
                 "postgres",
                 &format!("DROP DATABASE \"{}\"", name.replace('"', "\"\"")),

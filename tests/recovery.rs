@@ -7,10 +7,10 @@ use chrono::{Duration as Days, Utc};
 use std::time::Duration;
 use support::bed::*;
 use support::faultproxy::{self, FaultProxy};
+use support::minio::*;
 use support::operator::*;
-use support::pipeline::*;
 use support::pods::Pods;
-use support::*;
+use support::steps::*;
 
 use dbbackup_operator::api::Engine;
 use kube::api::Api;
@@ -221,7 +221,7 @@ async fn restore_latest_into_a_fresh_database(engine: Engine) {
     let (b, _op, mut pods) = ready_bed(engine, "").await;
     backup_now(&b, &mut pods, "first", &mut vec![]).await;
     // Only the second dump holds this row: a restore of the first would differ.
-    b.db.exec(
+    b.db.query(
         "shop",
         "INSERT INTO products VALUES (201, 'Late product', 9.99)",
     );
@@ -266,7 +266,7 @@ async fn non_empty_target(engine: Engine) {
     let (b, _op, mut pods) = ready_bed(engine, "").await;
     backup_now(&b, &mut pods, "first", &mut vec![]).await;
     let dumped = b.db.fingerprint("shop");
-    b.db.exec(
+    b.db.query(
         "shop",
         "INSERT INTO products VALUES (202, 'After the dump', 1.00)",
     );
@@ -323,11 +323,11 @@ async fn non_empty_postgres_target_needs_overwrite() {
 /// The number of tables (and views) in the target `shop`.
 fn table_count(b: &Bed) -> String {
     match b.engine {
-        Engine::Postgres => b.db.exec(
+        Engine::Postgres => b.db.query(
             "shop",
             "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'v') AND n.nspname = 'public'",
         ),
-        _ => b.db.exec(
+        _ => b.db.query(
             "shop",
             "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = 'shop'",
         ),
@@ -384,25 +384,25 @@ async fn a_restore_as_another_role(engine: Engine) {
     let (b, _op, mut pods) = ready_bed(engine, "").await;
     match engine {
         Engine::Postgres => {
-            b.db.exec(
+            b.db.query(
                 "shop",
                 "CREATE VIEW big_orders AS SELECT * FROM orders WHERE id > 1000",
             );
-            b.db.exec(
+            b.db.query(
                 "postgres",
                 "CREATE ROLE restorer LOGIN CREATEDB PASSWORD 'pw-restorer'",
             );
         }
         _ => {
-            b.db.exec(
+            b.db.query(
                 "shop",
                 "CREATE VIEW big_orders AS SELECT * FROM orders WHERE id > 1000",
             );
-            b.db.exec(
+            b.db.query(
                 "shop",
                 "CREATE TRIGGER same_price BEFORE INSERT ON products FOR EACH ROW SET NEW.price = NEW.price",
             );
-            b.db.exec(
+            b.db.query(
                 "shop",
                 "CREATE USER 'restorer'@'%' IDENTIFIED BY 'pw-restorer'; GRANT ALL ON `restored`.* TO 'restorer'@'%'",
             );
@@ -419,8 +419,8 @@ async fn a_restore_as_another_role(engine: Engine) {
     assert_eq!(status.phase, Some(RestorePhase::Succeeded), "{status:?}");
     assert_eq!(b.db.fingerprint("restored"), b.db.fingerprint("shop"));
     assert_eq!(
-        b.db.exec("restored", "SELECT COUNT(*) FROM big_orders"),
-        b.db.exec("shop", "SELECT COUNT(*) FROM big_orders")
+        b.db.query("restored", "SELECT COUNT(*) FROM big_orders"),
+        b.db.query("shop", "SELECT COUNT(*) FROM big_orders")
     );
 }
 

@@ -4,9 +4,9 @@
 //! the staging volume, and helpers to apply a backup and follow its pods.
 
 use super::incluster::HelmOperator;
-use super::node::{MARIADB_IMAGE, NODE_IP, POSTGRES_IMAGE};
+use super::minio::{BUCKET, create_bucket};
+use super::node::NODE_IP;
 use super::operator::*;
-use super::pipeline::*;
 use super::pods::{Pods, RanPod};
 use super::*;
 use dbbackup_operator::api::{DatabaseBackup, Engine};
@@ -16,85 +16,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub enum Db {
-    Maria(MariaDb),
-    Pg(Postgres),
-}
-
-impl Db {
-    pub fn start(engine: Engine) -> Db {
-        match engine {
-            Engine::Postgres => {
-                let pg = Postgres::start_on(NODE_IP);
-                load_shop_postgres(&pg, "shop");
-                Db::Pg(pg)
-            }
-            _ => {
-                let db = MariaDb::start_on(NODE_IP);
-                load_shop_mariadb(&db, "shop");
-                Db::Maria(db)
-            }
-        }
-    }
-
-    /// Runs SQL in `database` as the backup user.
-    pub fn exec(&self, database: &str, sql: &str) -> String {
-        match self {
-            Db::Maria(d) => d.query(database, sql),
-            Db::Pg(p) => p.query(database, sql),
-        }
-    }
-
-    /// Row counts and content checksums of the shop tables in `database`.
-    pub fn fingerprint(&self, database: &str) -> Vec<(String, String)> {
-        match self {
-            Db::Maria(d) => fingerprint_mariadb(d, database),
-            Db::Pg(p) => fingerprint_postgres(p, database),
-        }
-    }
-
-    pub fn login(&self) -> (u16, String, String) {
-        match self {
-            Db::Maria(d) => (d.port, d.user.clone(), d.password.clone()),
-            Db::Pg(p) => (p.port, p.user.clone(), p.password.clone()),
-        }
-    }
-
-    /// The engine's image, built from Debian packages for the real node.
-    pub fn image(&self) -> &'static str {
-        match self {
-            Db::Maria(_) => MARIADB_IMAGE,
-            Db::Pg(_) => POSTGRES_IMAGE,
-        }
-    }
-
-    pub fn restore_and_compare(&self, database: &str, sql: &[u8]) {
-        match self {
-            Db::Maria(d) => {
-                restore_mariadb(d, database, sql);
-                assert_eq!(
-                    fingerprint_mariadb(d, database),
-                    fingerprint_mariadb(d, "shop")
-                );
-            }
-            Db::Pg(p) => {
-                restore_postgres(p, database, sql);
-                assert_eq!(
-                    fingerprint_postgres(p, database),
-                    fingerprint_postgres(p, "shop")
-                );
-            }
-        }
-    }
-}
-
 pub struct Bed {
     pub cluster: Arc<Cluster>,
     /// This test's namespace; deleted, with everything in it, on drop.
     pub ns: String,
     pub client: Client,
     pub minio: Minio,
-    pub db: Db,
+    pub db: Database,
     pub engine: Engine,
     /// The host directory behind the backup's staging volume.
     pub staging: PathBuf,
@@ -151,7 +79,7 @@ async fn make_bed(
         .await;
     let minio = Minio::start_for_pods();
     create_bucket(&minio).await;
-    let db = Db::start(engine);
+    let db = Database::with_shop_on(engine, NODE_IP);
     let (_, user, password) = db.login();
     create_secret(
         &client,

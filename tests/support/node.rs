@@ -485,7 +485,7 @@ evictionHard:
             .unwrap();
         // Pods cannot be created in a namespace before its default ServiceAccount.
         let sas: Api<ServiceAccount> = Api::namespaced(client, "default");
-        super::operator::wait_for(
+        super::process::wait_for(
             "the default ServiceAccount",
             Duration::from_secs(60),
             || async { sas.get_opt("default").await.ok().flatten() },

@@ -1,6 +1,7 @@
 //! The operator under test, run in-process against a real control plane, and
 //! helpers to set up what a user would create with kubectl.
 
+pub use super::process::wait_for;
 use dbbackup_operator::api::DatabaseBackup;
 use dbbackup_operator::controller::{self, Context, resources::Settings};
 use dbbackup_operator::metrics::{Metrics, counting_client};
@@ -11,9 +12,8 @@ use kube::api::{Api, ObjectMeta, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, ResourceExt};
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub const UPLOADER_IMAGE: &str = "registry.test/dbbackup-operator:test";
 
@@ -196,25 +196,6 @@ pub async fn create_sample_secrets(client: &Client, ns: &str) {
         ],
     )
     .await;
-}
-
-/// Polls `check` until it yields a value, panicking with `what` after `timeout`.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Waits until the resource's Ready condition has `status` and returns the resource.
