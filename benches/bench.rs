@@ -30,6 +30,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use support::k8s::*;
 use support::minio::*;
 use support::operator::*;
 use support::steps::*;
@@ -546,9 +547,7 @@ async fn bench_scale(report: &mut String, goals: &mut Goals) {
     .unwrap();
     for total in scales {
         let total = total as usize;
-        let cp = ControlPlane::start().await;
-        let client = cp.client().await;
-        install_crd(&client).await;
+        let (cp, client) = setup_with(Default::default(), &[]).await;
         for n in 0..10 {
             let ns = format!("team-{n}");
             create_namespace(&client, &ns, &[]).await;

@@ -15,8 +15,8 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, PostParams};
 use std::path::PathBuf;
+use support::k8s::create_namespace;
 use support::node::NODE_IP;
-use support::operator::create_namespace;
 use support::{Cluster, Database, Minio};
 
 /// The credentials examples/mariadb-minio-backup.yaml puts in its Secrets.

@@ -8,6 +8,7 @@ use kube::api::Api;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
+use support::k8s::*;
 use support::operator::*;
 use support::process::{ServerProcess, free_port, http_get};
 use support::*;
@@ -99,13 +100,9 @@ fn kubectl_stdin(cp: &ControlPlane, args: &[&str], input: &str) -> Output {
 }
 
 async fn cluster() -> ControlPlane {
-    let cp = ControlPlane::start().await;
-    let client = cp.client().await;
-    install_crd(&client).await;
-    for ns in [RELEASE_NS, "shop"] {
-        create_namespace(&client, ns, &[]).await;
-    }
-    cp
+    setup_with(Default::default(), &[RELEASE_NS, "shop"])
+        .await
+        .0
 }
 
 #[tokio::test]

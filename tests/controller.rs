@@ -5,11 +5,13 @@ mod support;
 
 use dbbackup_operator::api::DatabaseBackup;
 use k8s_openapi::api::batch::v1::CronJob;
-use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use std::time::Duration;
+use support::k8s::*;
 use support::operator::*;
+use support::process::wait_for;
 use support::*;
 
 async fn get_cronjob(client: &Client, ns: &str, name: &str) -> Option<CronJob> {
@@ -253,10 +255,14 @@ async fn spec_edits_reach_children_and_deleted_children_come_back() {
 
 #[tokio::test]
 async fn deleting_the_resource_garbage_collects_its_children() {
-    let cp = ControlPlane::with_controller_manager().await;
-    let client = cp.client().await;
-    install_crd(&client).await;
-    create_namespace(&client, "shop", &[]).await;
+    let (_cp, client) = setup_with(
+        controlplane::Options {
+            controller_manager: true,
+            ..Default::default()
+        },
+        &["shop"],
+    )
+    .await;
     create_sample_secrets(&client, "shop").await;
     let _op = RunningOperator::start(&client);
     create_backup(&client, "shop", backup_manifest("orders", "mariadb")).await;
@@ -288,9 +294,7 @@ async fn deleting_the_resource_garbage_collects_its_children() {
 
 #[tokio::test]
 async fn restricted_namespace_accepts_the_children_without_warnings() {
-    let cp = ControlPlane::start().await;
-    let client = cp.client().await;
-    install_crd(&client).await;
+    let (cp, client) = setup_with(Default::default(), &[]).await;
     create_namespace(
         &client,
         "locked",
@@ -496,21 +500,11 @@ async fn missing_secret_is_reported_and_heals_once_the_secret_appears() {
         r#"secret "db-creds" not found in namespace "shop""#
     );
 
-    let events: Api<Event> = Api::namespaced(client.clone(), "shop");
-    wait_for(
-        "a SecretNotFound Event on the resource",
+    wait_events(
+        &client,
+        "shop",
+        EventFilter::warning("orders", "SecretNotFound"),
         Duration::from_secs(30),
-        || async {
-            let list = events.list(&ListParams::default()).await.ok()?;
-            list.items
-                .iter()
-                .any(|e| {
-                    e.reason.as_deref() == Some("SecretNotFound")
-                        && e.involved_object.name.as_deref() == Some("orders")
-                        && e.type_.as_deref() == Some("Warning")
-                })
-                .then_some(())
-        },
     )
     .await;
 
@@ -627,14 +621,12 @@ async fn a_scheduled_run_without_an_upload_makes_it_stale_and_deletion_drops_the
         (stale_status(&db) == Some(("True".into(), "NoRecentUpload".into()))).then_some(())
     })
     .await;
-    let events: Api<Event> = Api::namespaced(client.clone(), "shop");
-    wait_for("a BackupStale Event", Duration::from_secs(10), || async {
-        let list = events.list(&ListParams::default()).await.ok()?;
-        list.items
-            .iter()
-            .any(|e| e.reason.as_deref() == Some("BackupStale"))
-            .then_some(())
-    })
+    wait_events(
+        &client,
+        "shop",
+        EventFilter::reason("BackupStale"),
+        Duration::from_secs(10),
+    )
     .await;
     let series = r#"dbbackup_backup_stale{namespace="shop",name="orders"} 1"#;
     assert!(

@@ -6,15 +6,16 @@ mod support;
 
 use dbbackup_operator::api::{DatabaseBackup, Engine};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Event;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use std::time::Duration;
 use support::bed::*;
 use support::incluster::HelmOperator;
+use support::k8s::*;
 use support::minio::*;
 use support::operator::*;
 use support::pods::{Pods, RanPod};
+use support::process::wait_for;
 use support::steps::*;
 
 async fn end_to_end(engine: Engine) {
@@ -73,15 +74,10 @@ async fn end_to_end(engine: Engine) {
     assert_eq!(status.last_upload_key.as_deref(), Some(second.as_str()));
     assert_eq!(status.log.len(), 5, "{:?}", status.log);
 
-    let events: Api<Event> = Api::namespaced(b.client.clone(), &b.ns);
-    let reasons: Vec<String> = events
-        .list(&ListParams::default())
+    let reasons: Vec<String> = events(&b.client, &b.ns, EventFilter::on("orders"))
         .await
-        .unwrap()
-        .items
-        .iter()
-        .filter(|e| e.involved_object.name.as_deref() == Some("orders"))
-        .filter_map(|e| e.reason.clone())
+        .into_iter()
+        .filter_map(|e| e.reason)
         .collect();
     for r in ["DumpCompleted", "Uploaded", "BackupRequested"] {
         assert!(
@@ -181,24 +177,6 @@ async fn operator_restart_neither_repeats_nor_loses_log_lines() {
     );
 }
 
-async fn wait_condition(
-    b: &Bed,
-    type_: &str,
-    status: &str,
-    reason: &str,
-) -> dbbackup_operator::api::DatabaseBackupStatus {
-    wait_for(
-        &format!("{type_}={status} ({reason})"),
-        Duration::from_secs(60),
-        || async {
-            let s = status_of(b).await;
-            let c = s.conditions.iter().find(|c| c.type_ == type_)?;
-            (c.status == status && c.reason == reason).then_some(s.clone())
-        },
-    )
-    .await
-}
-
 /// Waits until the newest line in status contains `needle`.
 async fn wait_last_line(b: &Bed, needle: &str) {
     wait_for(
@@ -213,14 +191,9 @@ async fn wait_last_line(b: &Bed, needle: &str) {
 }
 
 async fn event_reasons(b: &Bed) -> Vec<(String, String)> {
-    let events: Api<Event> = Api::namespaced(b.client.clone(), &b.ns);
-    events
-        .list(&ListParams::default())
+    events(&b.client, &b.ns, EventFilter::on("orders"))
         .await
-        .unwrap()
-        .items
         .into_iter()
-        .filter(|e| e.involved_object.name.as_deref() == Some("orders"))
         .map(|e| (e.type_.unwrap_or_default(), e.reason.unwrap_or_default()))
         .collect()
 }
@@ -240,7 +213,14 @@ async fn failures_show_as_conditions_events_and_log_lines() {
     );
     let pod = run_job_from(&b, &mut pods, "orders-dump", "bad-password").await;
     assert_ne!(pod.exit_code, 0);
-    let s = wait_condition(&b, "DumpSucceeded", "False", "DumpFailed").await;
+    let s = wait_orders(
+        &b,
+        "DumpSucceeded",
+        Some("False"),
+        "DumpFailed",
+        Duration::from_secs(60),
+    )
+    .await;
     let line = s.log.last().unwrap();
     assert!(
         line.contains(",database dump failed: dump tool exited with status"),
@@ -262,11 +242,25 @@ async fn failures_show_as_conditions_events_and_log_lines() {
             .exit_code,
         0
     );
-    wait_condition(&b, "DumpSucceeded", "True", "DumpCompleted").await;
+    wait_orders(
+        &b,
+        "DumpSucceeded",
+        Some("True"),
+        "DumpCompleted",
+        Duration::from_secs(60),
+    )
+    .await;
     let chained = pods.finished(1, POD_TIMEOUT).await.remove(0);
     assert_eq!(chained.step, "upload");
     assert_ne!(chained.exit_code, 0, "{}", chained.output);
-    let s = wait_condition(&b, "UploadSucceeded", "False", "UploadFailed").await;
+    let s = wait_orders(
+        &b,
+        "UploadSucceeded",
+        Some("False"),
+        "UploadFailed",
+        Duration::from_secs(60),
+    )
+    .await;
     let line = s.log.last().unwrap();
     assert!(line.contains(",upload failed: NoSuchBucket"), "{line}");
     assert!(!line.contains(&b.minio.secret_key));

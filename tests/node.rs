@@ -10,7 +10,7 @@ use kube::api::{Api, ListParams, PostParams};
 use std::time::Duration;
 use support::node::{MARIADB_IMAGE, NODE_IP};
 use support::operator::RunningOperator;
-use support::operator::wait_for;
+use support::process::wait_for;
 use support::*;
 
 /// A Job's pod runs the dump tool from our Debian image as UID 999 under the
@@ -106,40 +106,10 @@ async fn a_restricted_pod_runs_as_999_and_writes_a_local_volume_through_fs_group
 // ---------------------------------------------------------------------------
 // What a real node does to our pods, and what the resource then says.
 
-use dbbackup_operator::api::{DatabaseBackupStatus, Engine};
-use k8s_openapi::api::core::v1::Event;
+use dbbackup_operator::api::Engine;
 use std::os::unix::fs::MetadataExt;
 use support::bed::*;
-
-async fn wait_condition(
-    b: &Bed,
-    type_: &str,
-    reason: &str,
-    within: Duration,
-) -> DatabaseBackupStatus {
-    wait_for(&format!("{type_}={reason}"), within, || async {
-        let s = status_of(b).await;
-        let c = s.conditions.iter().find(|c| c.type_ == type_)?;
-        (c.reason == reason).then_some(s.clone())
-    })
-    .await
-}
-
-/// Warning Events of backup "orders" with `reason`.
-async fn warnings(b: &Bed, reason: &str) -> Vec<Event> {
-    Api::<Event>::namespaced(b.client.clone(), &b.ns)
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| {
-            e.involved_object.name.as_deref() == Some("orders")
-                && e.type_.as_deref() == Some("Warning")
-                && e.reason.as_deref() == Some(reason)
-        })
-        .collect()
-}
+use support::k8s::{EventFilter, events, wait_events};
 
 /// The files in the staging `dumps/`, but the (empty, kept) lock files.
 fn staged_files(b: &Bed) -> Vec<String> {
@@ -180,9 +150,10 @@ async fn a_database_image_that_cannot_be_pulled_is_reported_within_a_minute() {
         &format!(r#"{{"spec":{{"database":{{"image":"{image}"}}}}}}"#),
     );
     request_backup(&b, "pull");
-    let s = wait_condition(
+    let s = wait_orders(
         &b,
         "DumpSucceeded",
+        None,
         "ImagePullFailed",
         Duration::from_secs(60),
     )
@@ -195,10 +166,11 @@ async fn a_database_image_that_cannot_be_pulled_is_reported_within_a_minute() {
     assert_eq!(c.status, "False");
     assert!(c.message.contains(image), "{}", c.message);
     // The Event follows the status write that records it.
-    let events = wait_for(
-        "a Warning ImagePullFailed",
+    let events = wait_events(
+        &b.client,
+        &b.ns,
+        EventFilter::warning("orders", "ImagePullFailed"),
         Duration::from_secs(10),
-        || async { Some(warnings(&b, "ImagePullFailed").await).filter(|e| !e.is_empty()) },
     )
     .await;
     assert_eq!(events.len(), 1, "{events:?}");
@@ -228,7 +200,14 @@ async fn a_dump_killed_for_memory_says_out_of_memory_and_leaves_nothing() {
     request_backup(&b, "oom");
     let dump = pods.finished(1, POD_TIMEOUT).await.remove(0);
     assert_ne!(dump.exit_code, 0, "{}", dump.output);
-    let s = wait_condition(&b, "DumpSucceeded", "DumpFailed", Duration::from_secs(30)).await;
+    let s = wait_orders(
+        &b,
+        "DumpSucceeded",
+        None,
+        "DumpFailed",
+        Duration::from_secs(30),
+    )
+    .await;
     let line = s.log.last().unwrap();
     assert!(
         line.ends_with(",database dump failed: out of memory (limit 24Mi)"),
@@ -288,7 +267,13 @@ async fn a_dump_past_its_deadline_reports_once_and_leaves_nothing() {
         failed[0].ends_with("job failed: DeadlineExceeded (activeDeadlineSeconds 8)"),
         "{failed:?}"
     );
-    assert_eq!(warnings(&b, "DumpFailed").await.len(), 1);
+    let warnings = events(
+        &b.client,
+        &b.ns,
+        EventFilter::warning("orders", "DumpFailed"),
+    )
+    .await;
+    assert_eq!(warnings.len(), 1);
     assert_eq!(staged_files(&b), Vec::<String>::new());
 }
 

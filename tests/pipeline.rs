@@ -376,7 +376,7 @@ async fn minio_stopped_mid_upload_keeps_the_dump_and_the_next_run_uploads_it_onc
         .spawn()
         .unwrap();
     let s3 = minio.s3_client().await;
-    support::operator::wait_for(
+    support::process::wait_for(
         "a multipart upload in progress",
         Duration::from_secs(30),
         || async {

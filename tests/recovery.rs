@@ -7,9 +7,11 @@ use chrono::{Duration as Days, Utc};
 use std::time::Duration;
 use support::bed::*;
 use support::faultproxy::{self, FaultProxy};
+use support::k8s::*;
 use support::minio::*;
 use support::operator::*;
 use support::pods::Pods;
+use support::process::wait_for;
 use support::steps::*;
 
 use dbbackup_operator::api::Engine;
@@ -285,19 +287,18 @@ async fn non_empty_target(engine: Engine) {
         "{last}"
     );
     assert_eq!(b.db.fingerprint("shop"), before, "nothing changed");
-    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(b.client.clone(), &b.ns);
-    let warned = wait_for(
-        "a TargetNotEmpty event",
-        Duration::from_secs(10),
-        || async {
-            let list = events.list(&Default::default()).await.ok()?;
-            list.items.into_iter().find(|e| {
-                e.involved_object.name.as_deref() == Some("refused")
-                    && e.reason.as_deref() == Some("TargetNotEmpty")
-            })
+    let warned = wait_events(
+        &b.client,
+        &b.ns,
+        EventFilter {
+            object: Some("refused"),
+            reason: Some("TargetNotEmpty"),
+            ..Default::default()
         },
+        Duration::from_secs(10),
     )
-    .await;
+    .await
+    .remove(0);
     assert_eq!(warned.type_.as_deref(), Some("Warning"));
 
     apply_restore(&b, "replace", "shop", true);
@@ -599,15 +600,17 @@ async fn a_restore_of_a_missing_backup_waits_and_says_why() {
     .unwrap();
     let api: Api<DatabaseRestore> = Api::namespaced(client.clone(), NS);
     api.create(&Default::default(), &restore).await.unwrap();
-    let status = wait_for(
-        "Restored=False BackupNotFound",
+    let status = wait_condition(
+        &api,
+        "orphan",
+        "Restored",
+        None,
+        "BackupNotFound",
         Duration::from_secs(30),
-        || async {
-            let s = api.get("orphan").await.ok()?.status?;
-            (restored(&s).1 == "BackupNotFound").then_some(s)
-        },
     )
-    .await;
+    .await
+    .status
+    .unwrap();
     assert_eq!(status.phase, Some(RestorePhase::Pending));
     let c = status
         .conditions

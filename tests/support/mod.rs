@@ -9,6 +9,7 @@ pub mod databases;
 pub mod faultproxy;
 pub mod host;
 pub mod incluster;
+pub mod k8s;
 pub mod mariadb;
 pub mod measure;
 pub mod minio;
