@@ -2,7 +2,7 @@
 //! optionally, kube-controller-manager, started the way envtest starts them.
 
 use super::node::NODE_IP;
-use super::process::{ServerProcess, bin, free_port, port_open, port_open_on, wait_until};
+use super::process::{ServerProcess, bin, free_port, poll, port_open, port_open_on, wait_until};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -316,19 +316,21 @@ impl ControlPlane {
 
     async fn wait_ready(&self) {
         let client = self.client().await;
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
+        let ready = poll(Duration::from_millis(100), Duration::from_secs(60), || {
             self.apiserver().assert_running();
-            let req = http::Request::get("/readyz").body(Vec::new()).unwrap();
-            match client.request_text(req).await {
-                Ok(body) if body.trim() == "ok" => return,
-                _ if std::time::Instant::now() > deadline => panic!(
-                    "kube-apiserver not ready after 60s; last output:\n{}",
-                    self.apiserver().log_tail()
-                ),
-                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            let client = &client;
+            async move {
+                let req = http::Request::get("/readyz").body(Vec::new()).unwrap();
+                let body = client.request_text(req).await.ok()?;
+                (body.trim() == "ok").then_some(())
             }
-        }
+        })
+        .await;
+        assert!(
+            ready.is_some(),
+            "kube-apiserver not ready after 60s; last output:\n{}",
+            self.apiserver().log_tail()
+        );
     }
 
     /// A client authenticated as cluster admin (system:masters).

@@ -20,7 +20,7 @@
 use super::controlplane::ControlPlane;
 pub use super::host::{HostNetwork, leftovers};
 use super::host::{create_cgroup_root, sweep};
-use super::process::{ServerProcess, bin, bin_dir, free_port, port_open_on, wait_until};
+use super::process::{ServerProcess, bin, bin_dir, free_port, poll, port_open_on, wait_until};
 use k8s_openapi::api::core::v1::{Node as KubeNode, PersistentVolume, ServiceAccount};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, PostParams};
@@ -432,39 +432,28 @@ evictionHard:
     async fn wait_ready(&mut self, cp: &ControlPlane) {
         let client = cp.client().await;
         let nodes: Api<KubeNode> = Api::all(client.clone());
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            for p in [&mut self.kubelet, &mut self.proxy, &mut self.scheduler]
-                .into_iter()
-                .flatten()
-            {
-                p.assert_running();
+        let processes = [&mut self.kubelet, &mut self.proxy, &mut self.scheduler];
+        let mut processes: Vec<&mut ServerProcess> = processes.into_iter().flatten().collect();
+        let ready = poll(Duration::from_millis(200), Duration::from_secs(120), || {
+            processes.iter_mut().for_each(|p| p.assert_running());
+            let nodes = &nodes;
+            async move {
+                // Ready, and schedulable: the not-ready taint lifted.
+                let n = nodes.get_opt(NODE_NAME).await.ok().flatten()?;
+                let taints = n.spec.and_then(|s| s.taints).unwrap_or_default();
+                let conditions = n.status.and_then(|s| s.conditions).unwrap_or_default();
+                let ready = conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
+                (taints.is_empty() && ready).then_some(())
             }
-            // Ready, and schedulable: the not-ready taint lifted.
-            let ready = nodes
-                .get_opt(NODE_NAME)
-                .await
-                .ok()
-                .flatten()
-                .is_some_and(|n| {
-                    let taints = n.spec.and_then(|s| s.taints).unwrap_or_default();
-                    taints.is_empty()
-                        && n.status
-                            .and_then(|s| s.conditions)
-                            .unwrap_or_default()
-                            .iter()
-                            .any(|c| c.type_ == "Ready" && c.status == "True")
-                });
-            if ready {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {NODE_NAME} not Ready after 120s; kubelet:\n{}",
-                self.kubelet.as_ref().unwrap().log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        })
+        .await;
+        assert!(
+            ready.is_some(),
+            "node {NODE_NAME} not Ready after 120s; kubelet:\n{}",
+            self.kubelet.as_ref().unwrap().log_tail()
+        );
         let classes: Api<StorageClass> = Api::all(client.clone());
         let class: StorageClass = serde_json::from_value(serde_json::json!({
             "apiVersion": "storage.k8s.io/v1",
