@@ -177,6 +177,16 @@ async fn operator_restart_neither_repeats_nor_loses_log_lines() {
     );
 }
 
+/// Waits up to a minute for condition `type_` of "orders" to be `status` for `reason`.
+async fn wait_condition(
+    b: &Bed,
+    type_: &str,
+    status: &str,
+    reason: &str,
+) -> dbbackup_operator::api::DatabaseBackupStatus {
+    wait_orders(b, type_, Some(status), reason, Duration::from_secs(60)).await
+}
+
 /// Waits until the newest line in status contains `needle`.
 async fn wait_last_line(b: &Bed, needle: &str) {
     wait_for(
@@ -213,14 +223,7 @@ async fn failures_show_as_conditions_events_and_log_lines() {
     );
     let pod = run_job_from(&b, &mut pods, "orders-dump", "bad-password").await;
     assert_ne!(pod.exit_code, 0);
-    let s = wait_orders(
-        &b,
-        "DumpSucceeded",
-        Some("False"),
-        "DumpFailed",
-        Duration::from_secs(60),
-    )
-    .await;
+    let s = wait_condition(&b, "DumpSucceeded", "False", "DumpFailed").await;
     let line = s.log.last().unwrap();
     assert!(
         line.contains(",database dump failed: dump tool exited with status"),
@@ -242,25 +245,11 @@ async fn failures_show_as_conditions_events_and_log_lines() {
             .exit_code,
         0
     );
-    wait_orders(
-        &b,
-        "DumpSucceeded",
-        Some("True"),
-        "DumpCompleted",
-        Duration::from_secs(60),
-    )
-    .await;
+    wait_condition(&b, "DumpSucceeded", "True", "DumpCompleted").await;
     let chained = pods.finished(1, POD_TIMEOUT).await.remove(0);
     assert_eq!(chained.step, "upload");
     assert_ne!(chained.exit_code, 0, "{}", chained.output);
-    let s = wait_orders(
-        &b,
-        "UploadSucceeded",
-        Some("False"),
-        "UploadFailed",
-        Duration::from_secs(60),
-    )
-    .await;
+    let s = wait_condition(&b, "UploadSucceeded", "False", "UploadFailed").await;
     let line = s.log.last().unwrap();
     assert!(line.contains(",upload failed: NoSuchBucket"), "{line}");
     assert!(!line.contains(&b.minio.secret_key));

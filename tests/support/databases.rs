@@ -94,7 +94,7 @@ impl Database {
     /// Creates `database` with the shop schema and data.
     pub fn load_shop(&self, database: &str) {
         self.create_database(database);
-        self.query(database, shop_sql(self.engine()));
+        self.query(database, &shop_sql(self.engine()));
     }
 
     /// Row count and a content checksum per shop table, for comparing a
@@ -167,20 +167,26 @@ impl Database {
 
 /// A shop schema: six tables with foreign keys, a few thousand rows, and text
 /// that tests quoting (quotes, backslashes, newlines, unicode, NULLs).
-pub fn shop_sql(engine: Engine) -> &'static str {
-    match engine {
-        Engine::Postgres => POSTGRES_SHOP,
-        Engine::Mariadb | Engine::Mysql => MARIADB_SHOP,
-    }
+pub fn shop_sql(engine: Engine) -> String {
+    let rows = match engine {
+        Engine::Postgres => POSTGRES_ROWS,
+        Engine::Mariadb | Engine::Mysql => MARIADB_ROWS,
+    };
+    format!("{SHOP_SCHEMA}{rows}")
 }
 
-const MARIADB_SHOP: &str = r#"
+/// Types both engines know by these names (PostgreSQL reads INT as integer,
+/// DECIMAL as numeric), so one schema serves both.
+const SHOP_SCHEMA: &str = r#"
 CREATE TABLE customers (id INT PRIMARY KEY, name TEXT NOT NULL, email TEXT);
 CREATE TABLE addresses (id INT PRIMARY KEY, customer_id INT NOT NULL REFERENCES customers(id), street TEXT);
 CREATE TABLE products (id INT PRIMARY KEY, title TEXT NOT NULL, price DECIMAL(10,2) NOT NULL);
 CREATE TABLE orders (id INT PRIMARY KEY, customer_id INT NOT NULL REFERENCES customers(id), note TEXT);
 CREATE TABLE order_items (id INT PRIMARY KEY, order_id INT NOT NULL REFERENCES orders(id), product_id INT NOT NULL REFERENCES products(id), qty INT NOT NULL);
 CREATE TABLE payments (id INT PRIMARY KEY, order_id INT NOT NULL REFERENCES orders(id), amount DECIMAL(10,2));
+"#;
+
+const MARIADB_ROWS: &str = r#"
 INSERT INTO customers SELECT seq, CONCAT('Customer ''', seq, ''' \\ é ✓'), IF(seq % 7 = 0, NULL, CONCAT('c', seq, '@example.com')) FROM seq_1_to_1000;
 INSERT INTO addresses SELECT seq, seq, CONCAT('line one', CHAR(10), 'line two ', seq) FROM seq_1_to_1000;
 INSERT INTO products SELECT seq, CONCAT('Product ', seq), seq * 1.25 FROM seq_1_to_200;
@@ -189,13 +195,7 @@ INSERT INTO order_items SELECT seq, (seq % 2000) + 1, (seq % 200) + 1, (seq % 5)
 INSERT INTO payments SELECT seq, seq, seq * 2.5 FROM seq_1_to_2000;
 "#;
 
-const POSTGRES_SHOP: &str = r#"
-CREATE TABLE customers (id integer PRIMARY KEY, name text NOT NULL, email text);
-CREATE TABLE addresses (id integer PRIMARY KEY, customer_id integer NOT NULL REFERENCES customers(id), street text);
-CREATE TABLE products (id integer PRIMARY KEY, title text NOT NULL, price numeric(10,2) NOT NULL);
-CREATE TABLE orders (id integer PRIMARY KEY, customer_id integer NOT NULL REFERENCES customers(id), note text);
-CREATE TABLE order_items (id integer PRIMARY KEY, order_id integer NOT NULL REFERENCES orders(id), product_id integer NOT NULL REFERENCES products(id), qty integer NOT NULL);
-CREATE TABLE payments (id integer PRIMARY KEY, order_id integer NOT NULL REFERENCES orders(id), amount numeric(10,2));
+const POSTGRES_ROWS: &str = r#"
 INSERT INTO customers SELECT s, 'Customer ''' || s || ''' \ é ✓', CASE WHEN s % 7 = 0 THEN NULL ELSE 'c' || s || '@example.com' END FROM generate_series(1, 1000) s;
 INSERT INTO addresses SELECT s, s, 'line one' || chr(10) || 'line two ' || s FROM generate_series(1, 1000) s;
 INSERT INTO products SELECT s, 'Product ' || s, s * 1.25 FROM generate_series(1, 200) s;
