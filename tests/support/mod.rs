@@ -15,6 +15,7 @@ pub mod measure;
 pub mod minio;
 pub mod node;
 pub mod operator;
+pub mod pki;
 pub mod pods;
 pub mod postgres;
 pub mod process;
