@@ -21,6 +21,12 @@ async fn get_cronjob(client: &Client, ns: &str, name: &str) -> Option<CronJob> {
         .unwrap()
 }
 
+/// The one container of a CronJob's pods.
+fn container(cj: &CronJob) -> &k8s_openapi::api::core::v1::Container {
+    let job = cj.spec.job_template.spec.as_ref().unwrap();
+    &job.template.spec.as_ref().unwrap().containers[0]
+}
+
 #[tokio::test]
 async fn valid_resource_gets_pvc_and_both_cronjobs() {
     let (_cp, client) = setup("shop").await;
@@ -119,17 +125,7 @@ async fn valid_resource_gets_pvc_and_both_cronjobs() {
             cj.name_any()
         );
     }
-    let dump_container = &dump
-        .spec
-        .job_template
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0];
+    let dump_container = container(&dump);
     assert_eq!(
         dump_container.image.as_deref(),
         Some("docker.io/library/mariadb:11.8")
@@ -148,17 +144,7 @@ async fn valid_resource_gets_pvc_and_both_cronjobs() {
         ("db-creds", "password")
     );
 
-    let upload_container = &upload
-        .spec
-        .job_template
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0];
+    let upload_container = container(&upload);
     assert_eq!(upload_container.image.as_deref(), Some(UPLOADER_IMAGE));
     assert_eq!(upload_container.args.as_ref().unwrap()[0], "upload");
     let env = upload_container.env.as_ref().unwrap();
