@@ -30,8 +30,10 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use support::k8s::*;
+use support::minio::*;
 use support::operator::*;
-use support::pipeline::*;
+use support::steps::*;
 use support::*;
 
 fn env_list(name: &str, default: &str) -> Vec<u64> {
@@ -62,7 +64,7 @@ struct Run {
 
 /// Runs `cmd` under GNU time; panics with its output if it fails.
 fn timed(cmd: &Command) -> Run {
-    let m = process::run_measured(Path::new(cmd.get_program()), cmd);
+    let m = measure::run_measured(Path::new(cmd.get_program()), cmd);
     assert!(
         m.output.status.success(),
         "{:?} failed:\n{}{}",
@@ -382,15 +384,14 @@ async fn bench_upload(report: &mut String, goals: &mut Goals, store: StoreOn) {
 
 fn bench_dump(report: &mut String, goals: &mut Goals) {
     let reps = env_list("BENCH_REPS", "5")[0] as usize;
-    let db = MariaDb::start();
-    load_shop_mariadb(&db, "shop");
+    let db = Database::with_shop(dbbackup_operator::api::Engine::Mariadb);
     // About 300 MB of rows on top of the shop schema.
     db.query(
         "shop",
         "CREATE TABLE big (id INT PRIMARY KEY, body TEXT); \
          INSERT INTO big SELECT seq, REPEAT(MD5(seq), 32) FROM seq_1_to_300000;",
     );
-    let src = Source::mariadb(&db, "shop");
+    let src = db.source("shop");
     let work = tempfile::tempdir().unwrap();
     writeln!(
         report,
@@ -546,9 +547,7 @@ async fn bench_scale(report: &mut String, goals: &mut Goals) {
     .unwrap();
     for total in scales {
         let total = total as usize;
-        let cp = ControlPlane::start().await;
-        let client = cp.client().await;
-        install_crd(&client).await;
+        let (cp, client) = setup_with(Default::default(), &[]).await;
         for n in 0..10 {
             let ns = format!("team-{n}");
             create_namespace(&client, &ns, &[]).await;

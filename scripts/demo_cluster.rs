@@ -15,10 +15,9 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, PostParams};
 use std::path::PathBuf;
+use support::k8s::create_namespace;
 use support::node::NODE_IP;
-use support::operator::create_namespace;
-use support::pipeline::load_shop_mariadb;
-use support::{Cluster, MariaDb, Minio};
+use support::{Cluster, Database, Minio};
 
 /// The credentials examples/mariadb-minio-backup.yaml puts in its Secrets.
 const DB_USER: &str = "backup";
@@ -50,8 +49,10 @@ async fn main() {
     let cluster = Cluster::start().await;
     let client = cluster.client().await;
     let minio = Minio::start_with(&state, NODE_IP, S3_ACCESS_KEY, S3_SECRET_KEY);
-    let db = MariaDb::start_on(NODE_IP);
-    load_shop_mariadb(&db, "shop");
+    let db = Database::with_shop_on(dbbackup_operator::api::Engine::Mariadb, NODE_IP);
+    let Database::Maria(db) = &db else {
+        unreachable!("started as MariaDB")
+    };
     db.admin_sql(&format!(
         "ALTER USER '{DB_USER}'@'%' IDENTIFIED BY '{DB_PASSWORD}'"
     ));

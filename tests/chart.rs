@@ -8,6 +8,7 @@ use kube::api::Api;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
+use support::k8s::*;
 use support::operator::*;
 use support::process::{ServerProcess, free_port, http_get};
 use support::*;
@@ -51,33 +52,28 @@ fn chart_ships_the_generated_crd() {
 
 /// Minimal stand-ins for the Prometheus Operator's CRDs, so that ServiceMonitor
 /// and PrometheusRule objects can be validated by the apiserver.
-const MONITORING_CRDS: &str = r#"
-apiVersion: apiextensions.k8s.io/v1
+fn monitoring_crds() -> String {
+    ["ServiceMonitor", "PrometheusRule"]
+        .map(|kind| {
+            let singular = kind.to_lowercase();
+            format!(
+                r#"apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition
-metadata: {name: servicemonitors.monitoring.coreos.com}
+metadata: {{name: {singular}s.monitoring.coreos.com}}
 spec:
   group: monitoring.coreos.com
   scope: Namespaced
-  names: {kind: ServiceMonitor, plural: servicemonitors, singular: servicemonitor, listKind: ServiceMonitorList}
+  names: {{kind: {kind}, plural: {singular}s, singular: {singular}, listKind: {kind}List}}
   versions:
   - name: v1
     served: true
     storage: true
-    schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
----
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata: {name: prometheusrules.monitoring.coreos.com}
-spec:
-  group: monitoring.coreos.com
-  scope: Namespaced
-  names: {kind: PrometheusRule, plural: prometheusrules, singular: prometheusrule, listKind: PrometheusRuleList}
-  versions:
-  - name: v1
-    served: true
-    storage: true
-    schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
-"#;
+    schema: {{openAPIV3Schema: {{type: object, x-kubernetes-preserve-unknown-fields: true}}}}
+"#
+            )
+        })
+        .join("---\n")
+}
 
 fn kubectl_stdin(cp: &ControlPlane, args: &[&str], input: &str) -> Output {
     use std::io::Write;
@@ -99,19 +95,15 @@ fn kubectl_stdin(cp: &ControlPlane, args: &[&str], input: &str) -> Output {
 }
 
 async fn cluster() -> ControlPlane {
-    let cp = ControlPlane::start().await;
-    let client = cp.client().await;
-    install_crd(&client).await;
-    for ns in [RELEASE_NS, "shop"] {
-        create_namespace(&client, ns, &[]).await;
-    }
-    cp
+    setup_with(Default::default(), &[RELEASE_NS, "shop"])
+        .await
+        .0
 }
 
 #[tokio::test]
 async fn helm_template_applies_cleanly_with_each_documented_switch() {
     let cp = cluster().await;
-    let out = kubectl_stdin(&cp, &["apply", "-f", "-"], MONITORING_CRDS);
+    let out = kubectl_stdin(&cp, &["apply", "-f", "-"], &monitoring_crds());
     assert!(out.status.success(), "{}", text(&out));
     tokio::time::sleep(Duration::from_secs(2)).await;
     let switches: &[&[&str]] = &[

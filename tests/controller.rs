@@ -5,11 +5,13 @@ mod support;
 
 use dbbackup_operator::api::DatabaseBackup;
 use k8s_openapi::api::batch::v1::CronJob;
-use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use std::time::Duration;
+use support::k8s::*;
 use support::operator::*;
+use support::process::wait_for;
 use support::*;
 
 async fn get_cronjob(client: &Client, ns: &str, name: &str) -> Option<CronJob> {
@@ -17,6 +19,12 @@ async fn get_cronjob(client: &Client, ns: &str, name: &str) -> Option<CronJob> {
         .get_opt(name)
         .await
         .unwrap()
+}
+
+/// The one container of a CronJob's pods.
+fn container(cj: &CronJob) -> &k8s_openapi::api::core::v1::Container {
+    let job = cj.spec.job_template.spec.as_ref().unwrap();
+    &job.template.spec.as_ref().unwrap().containers[0]
 }
 
 #[tokio::test]
@@ -117,17 +125,7 @@ async fn valid_resource_gets_pvc_and_both_cronjobs() {
             cj.name_any()
         );
     }
-    let dump_container = &dump
-        .spec
-        .job_template
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0];
+    let dump_container = container(&dump);
     assert_eq!(
         dump_container.image.as_deref(),
         Some("docker.io/library/mariadb:11.8")
@@ -146,17 +144,7 @@ async fn valid_resource_gets_pvc_and_both_cronjobs() {
         ("db-creds", "password")
     );
 
-    let upload_container = &upload
-        .spec
-        .job_template
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0];
+    let upload_container = container(&upload);
     assert_eq!(upload_container.image.as_deref(), Some(UPLOADER_IMAGE));
     assert_eq!(upload_container.args.as_ref().unwrap()[0], "upload");
     let env = upload_container.env.as_ref().unwrap();
@@ -253,10 +241,14 @@ async fn spec_edits_reach_children_and_deleted_children_come_back() {
 
 #[tokio::test]
 async fn deleting_the_resource_garbage_collects_its_children() {
-    let cp = ControlPlane::with_controller_manager().await;
-    let client = cp.client().await;
-    install_crd(&client).await;
-    create_namespace(&client, "shop", &[]).await;
+    let (_cp, client) = setup_with(
+        controlplane::Options {
+            controller_manager: true,
+            ..Default::default()
+        },
+        &["shop"],
+    )
+    .await;
     create_sample_secrets(&client, "shop").await;
     let _op = RunningOperator::start(&client);
     create_backup(&client, "shop", backup_manifest("orders", "mariadb")).await;
@@ -288,9 +280,7 @@ async fn deleting_the_resource_garbage_collects_its_children() {
 
 #[tokio::test]
 async fn restricted_namespace_accepts_the_children_without_warnings() {
-    let cp = ControlPlane::start().await;
-    let client = cp.client().await;
-    install_crd(&client).await;
+    let (cp, client) = setup_with(Default::default(), &[]).await;
     create_namespace(
         &client,
         "locked",
@@ -397,80 +387,26 @@ async fn admission_rejects_bad_input_and_names_the_field() {
         node[path[path.len() - 1]] = value;
         m
     };
-    let cases = [
-        (
-            with(&["schedule"], "not a cron".into()),
-            "spec.schedule",
-            "5-field cron",
-        ),
-        (
-            with(&["schedule"], "0 0 3 * * *".into()),
-            "spec.schedule",
-            "seconds are not supported",
-        ),
-        (
-            with(&["schedule"], "CRON_TZ=UTC 0 3 * * *".into()),
-            "spec.schedule",
-            "CRON_TZ",
-        ),
-        (
-            with(&["schedule"], "61 * * * *".into()),
-            "spec.schedule",
-            "minute 0-59",
-        ),
-        (
-            with(&["uploadSchedule"], "0 24 * * MON-FRI".into()),
-            "spec.uploadSchedule",
-            "hour 0-23",
-        ),
-        (
-            with(&["schedule"], "0 3 32 * *".into()),
-            "spec.schedule",
-            "day of month 1-31",
-        ),
-        (
-            with(&["timeZone"], "Mars/Olympus_Mons".into()),
-            "spec.timeZone",
-            "",
-        ),
-        (
-            with(&["database", "engine"], "oracle".into()),
-            "spec.database.engine",
-            "Unsupported value",
-        ),
-        (
-            with(&["database", "port"], 0.into()),
-            "spec.database.port",
-            "greater than or equal to 1",
-        ),
-        (
-            with(&["database", "port"], 70000.into()),
-            "spec.database.port",
-            "less than or equal to 65535",
-        ),
-        (
-            with(&["database", "name"], "".into()),
-            "spec.database.name",
-            "",
-        ),
-        (
-            with(&["bucket", "name"], "Not_A_Bucket".into()),
-            "spec.bucket.name",
-            "valid S3 bucket name",
-        ),
-        (
-            with(&["bucket", "prefix"], "/abs/".into()),
-            "spec.bucket.prefix",
-            "must not start with '/'",
-        ),
-        (
-            with(&["staging"], serde_json::json!({"size": "lots"})),
-            "spec.staging.size",
-            "quantity",
-        ),
+    // A table: one case a line reads better than rustfmt's five.
+    #[rustfmt::skip]
+    let cases: [(&[&str], serde_json::Value, &str, &str); 14] = [
+        (&["schedule"], serde_json::json!("not a cron"), "spec.schedule", "5-field cron"),
+        (&["schedule"], serde_json::json!("0 0 3 * * *"), "spec.schedule", "seconds are not supported"),
+        (&["schedule"], serde_json::json!("CRON_TZ=UTC 0 3 * * *"), "spec.schedule", "CRON_TZ"),
+        (&["schedule"], serde_json::json!("61 * * * *"), "spec.schedule", "minute 0-59"),
+        (&["uploadSchedule"], serde_json::json!("0 24 * * MON-FRI"), "spec.uploadSchedule", "hour 0-23"),
+        (&["schedule"], serde_json::json!("0 3 32 * *"), "spec.schedule", "day of month 1-31"),
+        (&["timeZone"], serde_json::json!("Mars/Olympus_Mons"), "spec.timeZone", ""),
+        (&["database", "engine"], serde_json::json!("oracle"), "spec.database.engine", "Unsupported value"),
+        (&["database", "port"], serde_json::json!(0), "spec.database.port", "greater than or equal to 1"),
+        (&["database", "port"], serde_json::json!(70000), "spec.database.port", "less than or equal to 65535"),
+        (&["database", "name"], serde_json::json!(""), "spec.database.name", ""),
+        (&["bucket", "name"], serde_json::json!("Not_A_Bucket"), "spec.bucket.name", "valid S3 bucket name"),
+        (&["bucket", "prefix"], serde_json::json!("/abs/"), "spec.bucket.prefix", "must not start with '/'"),
+        (&["staging"], serde_json::json!({"size": "lots"}), "spec.staging.size", "quantity"),
     ];
-    for (manifest, field, text) in cases {
-        let message = rejection(&client, manifest.clone()).await;
+    for (path, value, field, text) in cases {
+        let message = rejection(&client, with(path, value)).await;
         assert!(message.contains(field), "{field}: {message}");
         assert!(message.contains(text), "{field}: {message}");
     }
@@ -496,21 +432,11 @@ async fn missing_secret_is_reported_and_heals_once_the_secret_appears() {
         r#"secret "db-creds" not found in namespace "shop""#
     );
 
-    let events: Api<Event> = Api::namespaced(client.clone(), "shop");
-    wait_for(
-        "a SecretNotFound Event on the resource",
+    wait_events(
+        &client,
+        "shop",
+        EventFilter::warning("orders", "SecretNotFound"),
         Duration::from_secs(30),
-        || async {
-            let list = events.list(&ListParams::default()).await.ok()?;
-            list.items
-                .iter()
-                .any(|e| {
-                    e.reason.as_deref() == Some("SecretNotFound")
-                        && e.involved_object.name.as_deref() == Some("orders")
-                        && e.type_.as_deref() == Some("Warning")
-                })
-                .then_some(())
-        },
     )
     .await;
 
@@ -627,14 +553,12 @@ async fn a_scheduled_run_without_an_upload_makes_it_stale_and_deletion_drops_the
         (stale_status(&db) == Some(("True".into(), "NoRecentUpload".into()))).then_some(())
     })
     .await;
-    let events: Api<Event> = Api::namespaced(client.clone(), "shop");
-    wait_for("a BackupStale Event", Duration::from_secs(10), || async {
-        let list = events.list(&ListParams::default()).await.ok()?;
-        list.items
-            .iter()
-            .any(|e| e.reason.as_deref() == Some("BackupStale"))
-            .then_some(())
-    })
+    wait_events(
+        &client,
+        "shop",
+        EventFilter::reason("BackupStale"),
+        Duration::from_secs(10),
+    )
     .await;
     let series = r#"dbbackup_backup_stale{namespace="shop",name="orders"} 1"#;
     assert!(

@@ -6,15 +6,17 @@ mod support;
 
 use dbbackup_operator::api::{DatabaseBackup, Engine};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Event;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use std::time::Duration;
 use support::bed::*;
 use support::incluster::HelmOperator;
+use support::k8s::*;
+use support::minio::*;
 use support::operator::*;
-use support::pipeline::*;
 use support::pods::{Pods, RanPod};
+use support::process::wait_for;
+use support::steps::*;
 
 async fn end_to_end(engine: Engine) {
     let (b, op, mut pods) = ready_bed_in_cluster(engine, "").await;
@@ -72,15 +74,10 @@ async fn end_to_end(engine: Engine) {
     assert_eq!(status.last_upload_key.as_deref(), Some(second.as_str()));
     assert_eq!(status.log.len(), 5, "{:?}", status.log);
 
-    let events: Api<Event> = Api::namespaced(b.client.clone(), &b.ns);
-    let reasons: Vec<String> = events
-        .list(&ListParams::default())
+    let reasons: Vec<String> = events(&b.client, &b.ns, EventFilter::on("orders"))
         .await
-        .unwrap()
-        .items
-        .iter()
-        .filter(|e| e.involved_object.name.as_deref() == Some("orders"))
-        .filter_map(|e| e.reason.clone())
+        .into_iter()
+        .filter_map(|e| e.reason)
         .collect();
     for r in ["DumpCompleted", "Uploaded", "BackupRequested"] {
         assert!(
@@ -180,22 +177,14 @@ async fn operator_restart_neither_repeats_nor_loses_log_lines() {
     );
 }
 
+/// Waits up to a minute for condition `type_` of "orders" to be `status` for `reason`.
 async fn wait_condition(
     b: &Bed,
     type_: &str,
     status: &str,
     reason: &str,
 ) -> dbbackup_operator::api::DatabaseBackupStatus {
-    wait_for(
-        &format!("{type_}={status} ({reason})"),
-        Duration::from_secs(60),
-        || async {
-            let s = status_of(b).await;
-            let c = s.conditions.iter().find(|c| c.type_ == type_)?;
-            (c.status == status && c.reason == reason).then_some(s.clone())
-        },
-    )
-    .await
+    wait_orders(b, type_, Some(status), reason, Duration::from_secs(60)).await
 }
 
 /// Waits until the newest line in status contains `needle`.
@@ -212,14 +201,9 @@ async fn wait_last_line(b: &Bed, needle: &str) {
 }
 
 async fn event_reasons(b: &Bed) -> Vec<(String, String)> {
-    let events: Api<Event> = Api::namespaced(b.client.clone(), &b.ns);
-    events
-        .list(&ListParams::default())
+    events(&b.client, &b.ns, EventFilter::on("orders"))
         .await
-        .unwrap()
-        .items
         .into_iter()
-        .filter(|e| e.involved_object.name.as_deref() == Some("orders"))
         .map(|e| (e.type_.unwrap_or_default(), e.reason.unwrap_or_default()))
         .collect()
 }

@@ -9,25 +9,15 @@ use dbbackup_operator::jobresult::{JobResult, Outcome};
 use std::path::Path;
 use std::time::Duration;
 use support::faultproxy::{self, FaultProxy};
-use support::pipeline::*;
+use support::minio::*;
 use support::process::free_port;
+use support::steps::*;
 use support::*;
 
-fn source(engine: Engine) -> (Box<dyn std::any::Any>, Source) {
-    match engine {
-        Engine::Postgres => {
-            let pg = Postgres::start();
-            load_shop_postgres(&pg, "shop");
-            let src = Source::postgres(&pg, "shop");
-            (Box::new(pg), src)
-        }
-        _ => {
-            let db = MariaDb::start();
-            load_shop_mariadb(&db, "shop");
-            let src = Source::mariadb(&db, "shop");
-            (Box::new(db), src)
-        }
-    }
+fn source(engine: Engine) -> (Database, Source) {
+    let db = Database::with_shop(engine);
+    let src = db.source("shop");
+    (db, src)
 }
 
 /// Runs a dump that must fail, and returns its reported log line after
@@ -123,7 +113,7 @@ fn a_full_disk_fails_the_dump_and_leaves_no_partial_file() {
 
 #[test]
 fn the_database_killed_mid_dump_renames_nothing_and_uploads_nothing() {
-    let mut db = MariaDb::start();
+    let mut db = Database::start(Engine::Mariadb);
     db.create_database("shop");
     // About 200 MB, so that the dump is still streaming when the server dies.
     db.query(
@@ -131,7 +121,7 @@ fn the_database_killed_mid_dump_renames_nothing_and_uploads_nothing() {
         "CREATE TABLE big (id INT PRIMARY KEY, body TEXT); \
          INSERT INTO big SELECT seq, REPEAT(MD5(seq), 32) FROM seq_1_to_200000;",
     );
-    let src = Source::mariadb(&db, "shop");
+    let src = db.source("shop");
     let staging = Staging::new();
     let (mut cmd, termlog) = dump_command(&src, &staging, Compression::None);
     let child = cmd.spawn().unwrap();

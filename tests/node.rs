@@ -10,7 +10,7 @@ use kube::api::{Api, ListParams, PostParams};
 use std::time::Duration;
 use support::node::{MARIADB_IMAGE, NODE_IP};
 use support::operator::RunningOperator;
-use support::operator::wait_for;
+use support::process::wait_for;
 use support::*;
 
 /// A Job's pod runs the dump tool from our Debian image as UID 999 under the
@@ -106,40 +106,10 @@ async fn a_restricted_pod_runs_as_999_and_writes_a_local_volume_through_fs_group
 // ---------------------------------------------------------------------------
 // What a real node does to our pods, and what the resource then says.
 
-use dbbackup_operator::api::{DatabaseBackupStatus, Engine};
-use k8s_openapi::api::core::v1::Event;
+use dbbackup_operator::api::Engine;
 use std::os::unix::fs::MetadataExt;
 use support::bed::*;
-
-async fn wait_condition(
-    b: &Bed,
-    type_: &str,
-    reason: &str,
-    within: Duration,
-) -> DatabaseBackupStatus {
-    wait_for(&format!("{type_}={reason}"), within, || async {
-        let s = status_of(b).await;
-        let c = s.conditions.iter().find(|c| c.type_ == type_)?;
-        (c.reason == reason).then_some(s.clone())
-    })
-    .await
-}
-
-/// Warning Events of backup "orders" with `reason`.
-async fn warnings(b: &Bed, reason: &str) -> Vec<Event> {
-    Api::<Event>::namespaced(b.client.clone(), &b.ns)
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| {
-            e.involved_object.name.as_deref() == Some("orders")
-                && e.type_.as_deref() == Some("Warning")
-                && e.reason.as_deref() == Some(reason)
-        })
-        .collect()
-}
+use support::k8s::{EventFilter, events, wait_events};
 
 /// The files in the staging `dumps/`, but the (empty, kept) lock files.
 fn staged_files(b: &Bed) -> Vec<String> {
@@ -180,9 +150,10 @@ async fn a_database_image_that_cannot_be_pulled_is_reported_within_a_minute() {
         &format!(r#"{{"spec":{{"database":{{"image":"{image}"}}}}}}"#),
     );
     request_backup(&b, "pull");
-    let s = wait_condition(
+    let s = wait_orders(
         &b,
         "DumpSucceeded",
+        None,
         "ImagePullFailed",
         Duration::from_secs(60),
     )
@@ -195,10 +166,11 @@ async fn a_database_image_that_cannot_be_pulled_is_reported_within_a_minute() {
     assert_eq!(c.status, "False");
     assert!(c.message.contains(image), "{}", c.message);
     // The Event follows the status write that records it.
-    let events = wait_for(
-        "a Warning ImagePullFailed",
+    let events = wait_events(
+        &b.client,
+        &b.ns,
+        EventFilter::warning("orders", "ImagePullFailed"),
         Duration::from_secs(10),
-        || async { Some(warnings(&b, "ImagePullFailed").await).filter(|e| !e.is_empty()) },
     )
     .await;
     assert_eq!(events.len(), 1, "{events:?}");
@@ -221,14 +193,21 @@ async fn a_dump_killed_for_memory_says_out_of_memory_and_leaves_nothing() {
     )
     .await;
     // One 12 MiB row: the dump tool holds it, and its escaped copy, at once.
-    b.db.exec(
+    b.db.query(
         "shop",
         "CREATE TABLE blobs (b LONGBLOB); INSERT INTO blobs VALUES (REPEAT('x', 12582912))",
     );
     request_backup(&b, "oom");
     let dump = pods.finished(1, POD_TIMEOUT).await.remove(0);
     assert_ne!(dump.exit_code, 0, "{}", dump.output);
-    let s = wait_condition(&b, "DumpSucceeded", "DumpFailed", Duration::from_secs(30)).await;
+    let s = wait_orders(
+        &b,
+        "DumpSucceeded",
+        None,
+        "DumpFailed",
+        Duration::from_secs(30),
+    )
+    .await;
     let line = s.log.last().unwrap();
     assert!(
         line.ends_with(",database dump failed: out of memory (limit 24Mi)"),
@@ -243,7 +222,9 @@ async fn a_dump_killed_for_memory_says_out_of_memory_and_leaves_nothing() {
 async fn a_dump_past_its_deadline_reports_once_and_leaves_nothing() {
     let (b, _op, _pods) = ready_bed(Engine::Mariadb, "").await;
     // A session holding a write lock: the dump waits for it past the deadline.
-    let Db::Maria(db) = &b.db else { unreachable!() };
+    let Database::Maria(db) = &b.db else {
+        unreachable!()
+    };
     let mut lock = db.client("shop");
     lock.arg("-e")
         .arg("LOCK TABLES orders WRITE; SELECT SLEEP(120)");
@@ -286,7 +267,13 @@ async fn a_dump_past_its_deadline_reports_once_and_leaves_nothing() {
         failed[0].ends_with("job failed: DeadlineExceeded (activeDeadlineSeconds 8)"),
         "{failed:?}"
     );
-    assert_eq!(warnings(&b, "DumpFailed").await.len(), 1);
+    let warnings = events(
+        &b.client,
+        &b.ns,
+        EventFilter::warning("orders", "DumpFailed"),
+    )
+    .await;
+    assert_eq!(warnings.len(), 1);
     assert_eq!(staged_files(&b), Vec::<String>::new());
 }
 
@@ -342,7 +329,7 @@ async fn dump_and_upload_pods_share_the_local_volume_through_fs_group() {
     );
     let log = b
         .staging
-        .join(format!("logs/{}.txt", support::pipeline::today()));
+        .join(format!("logs/{}.txt", support::steps::today()));
     let meta = std::fs::metadata(&log).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (999, 65532));
     assert_eq!(
@@ -358,7 +345,7 @@ async fn dump_and_upload_pods_share_the_local_volume_through_fs_group() {
         "the upload pod deleted what the dump pod wrote: {:?}",
         staged_files(&b)
     );
-    assert_eq!(support::pipeline::bucket_keys(&b.minio).await.len(), 1);
+    assert_eq!(support::minio::bucket_keys(&b.minio).await.len(), 1);
 }
 
 /// The pods' gateway (the bridge) keeps its MAC address as pods come and go:
@@ -407,9 +394,9 @@ const AWKWARD_NAMES: [&str; 9] = [
 ];
 
 /// Creates database `name` with one table holding `name` itself.
-fn create_named(db: &Db, name: &str) {
+fn create_named(db: &Database, name: &str) {
     match db {
-        Db::Maria(d) => {
+        Database::Maria(d) => {
             let ident = format!("`{}`", name.replace('`', "``"));
             let value = name.replace('\\', "\\\\").replace('\'', "''");
             d.query(
@@ -419,7 +406,7 @@ fn create_named(db: &Db, name: &str) {
                 ),
             );
         }
-        Db::Pg(p) => {
+        Database::Pg(p) => {
             p.query(
                 "postgres",
                 &format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\"")),
@@ -434,25 +421,25 @@ fn create_named(db: &Db, name: &str) {
 }
 
 /// What database `name` holds in its table, or None once it is gone.
-fn named_content(db: &Db, name: &str) -> String {
+fn named_content(db: &Database, name: &str) -> String {
     match db {
-        Db::Maria(d) => d.query(
+        Database::Maria(d) => d.query(
             "information_schema",
             &format!("SELECT note FROM `{}`.t", name.replace('`', "``")),
         ),
-        Db::Pg(p) => p.query(&pg_conninfo(name), "SELECT note FROM t"),
+        Database::Pg(p) => p.query(&pg_conninfo(name), "SELECT note FROM t"),
     }
 }
 
-fn drop_named(db: &Db, name: &str) {
+fn drop_named(db: &Database, name: &str) {
     match db {
-        Db::Maria(d) => {
+        Database::Maria(d) => {
             d.query(
                 "information_schema",
                 &format!("DROP DATABASE `{}`", name.replace('`', "``")),
             );
         }
-        Db::Pg(p) => {
+        Database::Pg(p) => {
             p.query(
                 "postgres",
                 &format!("DROP DATABASE \"{}\"", name.replace('"', "\"\"")),

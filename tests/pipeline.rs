@@ -6,63 +6,9 @@ mod support;
 use dbbackup_operator::api::{Compression, Engine};
 use dbbackup_operator::jobresult::Outcome;
 use std::time::Duration;
-use support::pipeline::*;
+use support::minio::*;
+use support::steps::*;
 use support::*;
-
-/// A database server of either engine with the shop data in database "shop".
-enum Server {
-    Maria(MariaDb),
-    Pg(Postgres),
-}
-
-impl Server {
-    fn start(engine: Engine) -> Server {
-        match engine {
-            Engine::Postgres => {
-                let pg = Postgres::start();
-                load_shop_postgres(&pg, "shop");
-                Server::Pg(pg)
-            }
-            _ => {
-                let db = MariaDb::start();
-                load_shop_mariadb(&db, "shop");
-                Server::Maria(db)
-            }
-        }
-    }
-
-    fn source(&self) -> Source {
-        match self {
-            Server::Maria(db) => Source::mariadb(db, "shop"),
-            Server::Pg(pg) => Source::postgres(pg, "shop"),
-        }
-    }
-
-    fn exec(&self, sql: &str) {
-        match self {
-            Server::Maria(db) => {
-                db.query("shop", sql);
-            }
-            Server::Pg(pg) => {
-                pg.query("shop", sql);
-            }
-        }
-    }
-
-    fn fingerprint(&self, database: &str) -> Vec<(String, String)> {
-        match self {
-            Server::Maria(db) => fingerprint_mariadb(db, database),
-            Server::Pg(pg) => fingerprint_postgres(pg, database),
-        }
-    }
-
-    fn restore(&self, database: &str, sql: &[u8]) {
-        match self {
-            Server::Maria(db) => restore_mariadb(db, database, sql),
-            Server::Pg(pg) => restore_postgres(pg, database, sql),
-        }
-    }
-}
 
 fn dump_ok(src: &Source, staging: &Staging, compression: Compression) {
     let run = run_dump(src, staging, compression);
@@ -92,9 +38,9 @@ fn upload_ok(minio: &Minio, staging: &Staging, opts: &UploadOpts) -> String {
 
 // 1. Dump done, folder empty: the dump is stored.
 fn dump_into_empty_folder(engine: Engine) {
-    let server = Server::start(engine);
+    let server = Database::with_shop(engine);
     let staging = Staging::new();
-    dump_ok(&server.source(), &staging, Compression::None);
+    dump_ok(&server.source("shop"), &staging, Compression::None);
     let files = staging.dumps();
     assert_eq!(
         files,
@@ -121,11 +67,14 @@ fn contract_1_dump_into_empty_folder_postgres() {
 
 // 2. Dump done, folder holds one: it is replaced.
 fn second_dump_replaces_the_first(engine: Engine) {
-    let server = Server::start(engine);
+    let server = Database::with_shop(engine);
     let staging = Staging::new();
-    dump_ok(&server.source(), &staging, Compression::None);
-    server.exec("INSERT INTO products VALUES (9999, 'Added later', 1.00)");
-    dump_ok(&server.source(), &staging, Compression::None);
+    dump_ok(&server.source("shop"), &staging, Compression::None);
+    server.query(
+        "shop",
+        "INSERT INTO products VALUES (9999, 'Added later', 1.00)",
+    );
+    dump_ok(&server.source("shop"), &staging, Compression::None);
     let files = staging.dumps();
     assert_eq!(files.len(), 1, "{files:?}");
     assert!(
@@ -149,11 +98,11 @@ fn contract_2_second_dump_replaces_the_first_postgres() {
 
 // 3. The uploader finds a dump: uploads it, then deletes it.
 async fn uploader_uploads_then_deletes(engine: Engine) {
-    let server = Server::start(engine);
+    let server = Database::with_shop(engine);
     let minio = Minio::start();
     create_bucket(&minio).await;
     let staging = Staging::new();
-    dump_ok(&server.source(), &staging, Compression::None);
+    dump_ok(&server.source("shop"), &staging, Compression::None);
     let local = std::fs::read(staging.path().join("dumps/datadump.sql")).unwrap();
 
     // The original layout: an empty prefix.
@@ -186,11 +135,11 @@ async fn contract_3_uploader_uploads_then_deletes_postgres() {
 
 // 4. The uploader finds none: it logs and does nothing.
 async fn nothing_to_upload(engine: Engine) {
-    let server = Server::start(engine);
+    let server = Database::with_shop(engine);
     let minio = Minio::start();
     create_bucket(&minio).await;
     let staging = Staging::new();
-    dump_ok(&server.source(), &staging, Compression::None);
+    dump_ok(&server.source("shop"), &staging, Compression::None);
     upload_ok(&minio, &staging, &UploadOpts::default());
     let before = bucket_keys(&minio).await;
 
@@ -221,11 +170,11 @@ async fn contract_4_no_dump_logs_and_does_nothing_postgres() {
 }
 
 async fn round_trip(engine: Engine, compression: Compression) {
-    let server = Server::start(engine);
+    let server = Database::with_shop(engine);
     let minio = Minio::start();
     create_bucket(&minio).await;
     let staging = Staging::new();
-    dump_ok(&server.source(), &staging, compression);
+    dump_ok(&server.source("shop"), &staging, compression);
     let opts = UploadOpts {
         prefix: "team/shop/".into(),
         ..Default::default()
@@ -296,17 +245,20 @@ async fn round_trip_with_zstd_postgres() {
 
 #[tokio::test]
 async fn three_dumps_on_one_date_get_three_indices_and_nothing_is_overwritten() {
-    let server = Server::start(Engine::Mariadb);
+    let server = Database::with_shop(Engine::Mariadb);
     let minio = Minio::start();
     create_bucket(&minio).await;
     let staging = Staging::new();
     let mut contents = vec![];
     for i in 1..=3 {
-        server.exec(&format!(
-            "INSERT INTO products VALUES ({}, 'Run {i}', 1.00)",
-            10_000 + i
-        ));
-        dump_ok(&server.source(), &staging, Compression::None);
+        server.query(
+            "shop",
+            &format!(
+                "INSERT INTO products VALUES ({}, 'Run {i}', 1.00)",
+                10_000 + i
+            ),
+        );
+        dump_ok(&server.source("shop"), &staging, Compression::None);
         contents.push(std::fs::read(staging.path().join("dumps/datadump.sql")).unwrap());
         upload_ok(&minio, &staging, &UploadOpts::default());
     }
@@ -424,7 +376,7 @@ async fn minio_stopped_mid_upload_keeps_the_dump_and_the_next_run_uploads_it_onc
         .spawn()
         .unwrap();
     let s3 = minio.s3_client().await;
-    support::operator::wait_for(
+    support::process::wait_for(
         "a multipart upload in progress",
         Duration::from_secs(30),
         || async {
@@ -534,11 +486,11 @@ async fn wrong_s3_credentials_keep_the_dump_and_leak_nothing() {
 #[tokio::test]
 async fn wrong_db_password_leaves_no_file_and_uploads_nothing() {
     for engine in [Engine::Mariadb, Engine::Postgres] {
-        let server = Server::start(engine);
+        let server = Database::with_shop(engine);
         let minio = Minio::start();
         create_bucket(&minio).await;
         let staging = Staging::new();
-        let mut src = server.source();
+        let mut src = server.source("shop");
         let real = src.password.clone();
         src.password = "not-the-password".into();
         let run = run_dump(&src, &staging, Compression::Gzip);
@@ -578,11 +530,11 @@ async fn one_gib_dump_uploads_with_bounded_memory() {
     let (cmd, termlog) = upload_command(&minio, &staging, &UploadOpts::default());
     // Memory is a property of the shipped (release) binary; tests/run.sh builds it.
     let release = release_binary();
-    let support::process::Measured {
+    let support::measure::Measured {
         output: out,
         max_rss_kib: kib,
         ..
-    } = support::process::run_measured(&release, &cmd);
+    } = support::measure::run_measured(&release, &cmd);
     assert!(
         out.status.success(),
         "{}",

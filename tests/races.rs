@@ -13,7 +13,8 @@ use dbbackup_operator::jobresult::{JobResult, Outcome};
 use std::process::Child;
 use std::time::Duration;
 use support::faultproxy::{self, FaultProxy};
-use support::pipeline::*;
+use support::minio::*;
+use support::steps::*;
 use support::*;
 
 /// Waits for a step started with `spawn`, and its result.
@@ -59,9 +60,8 @@ fn whole(dump: &[u8]) -> bool {
 /// before, each success is a whole dump, and one whole dump stays staged.
 #[test]
 fn dumps_at_once_on_one_volume_queue_and_each_success_is_whole() {
-    let db = MariaDb::start();
-    load_shop_mariadb(&db, "shop");
-    let src = Source::mariadb(&db, "shop");
+    let db = Database::with_shop(dbbackup_operator::api::Engine::Mariadb);
+    let src = db.source("shop");
     let staging = Staging::new();
     for round in 0..3 {
         let runs: Vec<_> = (0..3).map(|_| spawn_dump(&src, &staging)).collect();
@@ -94,9 +94,8 @@ fn dumps_at_once_on_one_volume_queue_and_each_success_is_whole() {
 /// that the dump lands mid-upload; one round lets them race unstalled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dump_finished_during_an_upload_is_kept_for_the_next_upload() {
-    let db = MariaDb::start();
-    load_shop_mariadb(&db, "shop");
-    let src = Source::mariadb(&db, "shop");
+    let db = Database::with_shop(dbbackup_operator::api::Engine::Mariadb);
+    let src = db.source("shop");
     let minio = Minio::start();
     create_bucket(&minio).await;
     let proxy = FaultProxy::start(&minio.endpoint, faultproxy::refuse_nothing()).await;

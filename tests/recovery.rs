@@ -7,10 +7,12 @@ use chrono::{Duration as Days, Utc};
 use std::time::Duration;
 use support::bed::*;
 use support::faultproxy::{self, FaultProxy};
+use support::k8s::*;
+use support::minio::*;
 use support::operator::*;
-use support::pipeline::*;
 use support::pods::Pods;
-use support::*;
+use support::process::wait_for;
+use support::steps::*;
 
 use dbbackup_operator::api::Engine;
 use kube::api::Api;
@@ -221,7 +223,7 @@ async fn restore_latest_into_a_fresh_database(engine: Engine) {
     let (b, _op, mut pods) = ready_bed(engine, "").await;
     backup_now(&b, &mut pods, "first", &mut vec![]).await;
     // Only the second dump holds this row: a restore of the first would differ.
-    b.db.exec(
+    b.db.query(
         "shop",
         "INSERT INTO products VALUES (201, 'Late product', 9.99)",
     );
@@ -266,7 +268,7 @@ async fn non_empty_target(engine: Engine) {
     let (b, _op, mut pods) = ready_bed(engine, "").await;
     backup_now(&b, &mut pods, "first", &mut vec![]).await;
     let dumped = b.db.fingerprint("shop");
-    b.db.exec(
+    b.db.query(
         "shop",
         "INSERT INTO products VALUES (202, 'After the dump', 1.00)",
     );
@@ -285,19 +287,18 @@ async fn non_empty_target(engine: Engine) {
         "{last}"
     );
     assert_eq!(b.db.fingerprint("shop"), before, "nothing changed");
-    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(b.client.clone(), &b.ns);
-    let warned = wait_for(
-        "a TargetNotEmpty event",
-        Duration::from_secs(10),
-        || async {
-            let list = events.list(&Default::default()).await.ok()?;
-            list.items.into_iter().find(|e| {
-                e.involved_object.name.as_deref() == Some("refused")
-                    && e.reason.as_deref() == Some("TargetNotEmpty")
-            })
+    let warned = wait_events(
+        &b.client,
+        &b.ns,
+        EventFilter {
+            object: Some("refused"),
+            reason: Some("TargetNotEmpty"),
+            ..Default::default()
         },
+        Duration::from_secs(10),
     )
-    .await;
+    .await
+    .remove(0);
     assert_eq!(warned.type_.as_deref(), Some("Warning"));
 
     apply_restore(&b, "replace", "shop", true);
@@ -323,11 +324,11 @@ async fn non_empty_postgres_target_needs_overwrite() {
 /// The number of tables (and views) in the target `shop`.
 fn table_count(b: &Bed) -> String {
     match b.engine {
-        Engine::Postgres => b.db.exec(
+        Engine::Postgres => b.db.query(
             "shop",
             "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'v') AND n.nspname = 'public'",
         ),
-        _ => b.db.exec(
+        _ => b.db.query(
             "shop",
             "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = 'shop'",
         ),
@@ -384,25 +385,25 @@ async fn a_restore_as_another_role(engine: Engine) {
     let (b, _op, mut pods) = ready_bed(engine, "").await;
     match engine {
         Engine::Postgres => {
-            b.db.exec(
+            b.db.query(
                 "shop",
                 "CREATE VIEW big_orders AS SELECT * FROM orders WHERE id > 1000",
             );
-            b.db.exec(
+            b.db.query(
                 "postgres",
                 "CREATE ROLE restorer LOGIN CREATEDB PASSWORD 'pw-restorer'",
             );
         }
         _ => {
-            b.db.exec(
+            b.db.query(
                 "shop",
                 "CREATE VIEW big_orders AS SELECT * FROM orders WHERE id > 1000",
             );
-            b.db.exec(
+            b.db.query(
                 "shop",
                 "CREATE TRIGGER same_price BEFORE INSERT ON products FOR EACH ROW SET NEW.price = NEW.price",
             );
-            b.db.exec(
+            b.db.query(
                 "shop",
                 "CREATE USER 'restorer'@'%' IDENTIFIED BY 'pw-restorer'; GRANT ALL ON `restored`.* TO 'restorer'@'%'",
             );
@@ -419,8 +420,8 @@ async fn a_restore_as_another_role(engine: Engine) {
     assert_eq!(status.phase, Some(RestorePhase::Succeeded), "{status:?}");
     assert_eq!(b.db.fingerprint("restored"), b.db.fingerprint("shop"));
     assert_eq!(
-        b.db.exec("restored", "SELECT COUNT(*) FROM big_orders"),
-        b.db.exec("shop", "SELECT COUNT(*) FROM big_orders")
+        b.db.query("restored", "SELECT COUNT(*) FROM big_orders"),
+        b.db.query("shop", "SELECT COUNT(*) FROM big_orders")
     );
 }
 
@@ -599,15 +600,17 @@ async fn a_restore_of_a_missing_backup_waits_and_says_why() {
     .unwrap();
     let api: Api<DatabaseRestore> = Api::namespaced(client.clone(), NS);
     api.create(&Default::default(), &restore).await.unwrap();
-    let status = wait_for(
-        "Restored=False BackupNotFound",
+    let status = wait_condition(
+        &api,
+        "orphan",
+        "Restored",
+        None,
+        "BackupNotFound",
         Duration::from_secs(30),
-        || async {
-            let s = api.get("orphan").await.ok()?.status?;
-            (restored(&s).1 == "BackupNotFound").then_some(s)
-        },
     )
-    .await;
+    .await
+    .status
+    .unwrap();
     assert_eq!(status.phase, Some(RestorePhase::Pending));
     let c = status
         .conditions

@@ -10,28 +10,20 @@ use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
-use kube::api::{Api, ApiResource, DynamicObject, ListParams, ObjectMeta, PostParams};
+use kube::api::{Api, ApiResource, DynamicObject, ObjectMeta, PostParams};
 use kube::{Client, ResourceExt};
 use std::time::{Duration, Instant};
 use support::incluster::{HelmOperator, kill_pod};
+use support::k8s::*;
 use support::operator::*;
+use support::process::wait_for;
 
 /// Waits for a Warning Event with `reason` on the resource `name`.
 async fn warning_event(client: &Client, ns: &str, name: &str, reason: &str) -> Event {
-    let events: Api<Event> = Api::namespaced(client.clone(), ns);
-    wait_for(
-        &format!("a Warning {reason} Event on {name}"),
-        Duration::from_secs(30),
-        || async {
-            let list = events.list(&ListParams::default()).await.ok()?;
-            list.items.into_iter().find(|e| {
-                e.reason.as_deref() == Some(reason)
-                    && e.involved_object.name.as_deref() == Some(name)
-                    && e.type_.as_deref() == Some("Warning")
-            })
-        },
-    )
-    .await
+    let filter = EventFilter::warning(name, reason);
+    wait_events(client, ns, filter, Duration::from_secs(30))
+        .await
+        .remove(0)
 }
 
 #[tokio::test]
@@ -192,15 +184,7 @@ async fn a_broken_resource_is_retried_with_backoff_not_in_a_loop() {
     );
     assert!(count >= 1, "the broken resource was not retried at all");
     // Nothing in between: status and Events are written once per change.
-    let events: Api<Event> = Api::namespaced(client.clone(), "shop");
-    let warnings: Vec<_> = events
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.reason.as_deref() == Some("SecretNotFound"))
-        .collect();
+    let warnings = events(&client, "shop", EventFilter::reason("SecretNotFound")).await;
     assert_eq!(warnings.len(), 1, "{warnings:?}");
 }
 

@@ -78,14 +78,16 @@ async fn controller_manager_garbage_collects_owned_objects() {
     cms.delete("owner", &DeleteParams::background())
         .await
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while cms.get_opt("owned").await.unwrap().is_some() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "owned ConfigMap was not garbage-collected within 60s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let gone = support::process::poll(
+        Duration::from_millis(200),
+        Duration::from_secs(60),
+        || async { cms.get_opt("owned").await.unwrap().is_none().then_some(()) },
+    )
+    .await;
+    assert!(
+        gone.is_some(),
+        "owned ConfigMap was not garbage-collected within 60s"
+    );
 }
 
 #[tokio::test]

@@ -4,89 +4,19 @@
 //! the staging volume, and helpers to apply a backup and follow its pods.
 
 use super::incluster::HelmOperator;
-use super::node::{MARIADB_IMAGE, NODE_IP, POSTGRES_IMAGE};
+use super::k8s::*;
+use super::minio::{BUCKET, create_bucket};
+use super::node::NODE_IP;
 use super::operator::*;
-use super::pipeline::*;
 use super::pods::{Pods, RanPod};
+use super::process::poll;
 use super::*;
-use dbbackup_operator::api::{DatabaseBackup, Engine};
+use dbbackup_operator::api::{DatabaseBackup, DatabaseBackupStatus, Engine};
 use kube::Client;
 use kube::api::Api;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-pub enum Db {
-    Maria(MariaDb),
-    Pg(Postgres),
-}
-
-impl Db {
-    pub fn start(engine: Engine) -> Db {
-        match engine {
-            Engine::Postgres => {
-                let pg = Postgres::start_on(NODE_IP);
-                load_shop_postgres(&pg, "shop");
-                Db::Pg(pg)
-            }
-            _ => {
-                let db = MariaDb::start_on(NODE_IP);
-                load_shop_mariadb(&db, "shop");
-                Db::Maria(db)
-            }
-        }
-    }
-
-    /// Runs SQL in `database` as the backup user.
-    pub fn exec(&self, database: &str, sql: &str) -> String {
-        match self {
-            Db::Maria(d) => d.query(database, sql),
-            Db::Pg(p) => p.query(database, sql),
-        }
-    }
-
-    /// Row counts and content checksums of the shop tables in `database`.
-    pub fn fingerprint(&self, database: &str) -> Vec<(String, String)> {
-        match self {
-            Db::Maria(d) => fingerprint_mariadb(d, database),
-            Db::Pg(p) => fingerprint_postgres(p, database),
-        }
-    }
-
-    pub fn login(&self) -> (u16, String, String) {
-        match self {
-            Db::Maria(d) => (d.port, d.user.clone(), d.password.clone()),
-            Db::Pg(p) => (p.port, p.user.clone(), p.password.clone()),
-        }
-    }
-
-    /// The engine's image, built from Debian packages for the real node.
-    pub fn image(&self) -> &'static str {
-        match self {
-            Db::Maria(_) => MARIADB_IMAGE,
-            Db::Pg(_) => POSTGRES_IMAGE,
-        }
-    }
-
-    pub fn restore_and_compare(&self, database: &str, sql: &[u8]) {
-        match self {
-            Db::Maria(d) => {
-                restore_mariadb(d, database, sql);
-                assert_eq!(
-                    fingerprint_mariadb(d, database),
-                    fingerprint_mariadb(d, "shop")
-                );
-            }
-            Db::Pg(p) => {
-                restore_postgres(p, database, sql);
-                assert_eq!(
-                    fingerprint_postgres(p, database),
-                    fingerprint_postgres(p, "shop")
-                );
-            }
-        }
-    }
-}
+use std::time::Duration;
 
 pub struct Bed {
     pub cluster: Arc<Cluster>,
@@ -94,7 +24,7 @@ pub struct Bed {
     pub ns: String,
     pub client: Client,
     pub minio: Minio,
-    pub db: Db,
+    pub db: Database,
     pub engine: Engine,
     /// The host directory behind the backup's staging volume.
     pub staging: PathBuf,
@@ -151,7 +81,7 @@ async fn make_bed(
         .await;
     let minio = Minio::start_for_pods();
     create_bucket(&minio).await;
-    let db = Db::start(engine);
+    let db = Database::with_shop_on(engine, NODE_IP);
     let (_, user, password) = db.login();
     create_secret(
         &client,
@@ -185,6 +115,11 @@ async fn make_bed(
 }
 
 impl Bed {
+    /// The DatabaseBackups of this test's namespace.
+    pub fn backups(&self) -> Api<DatabaseBackup> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
     pub fn cp(&self) -> &ControlPlane {
         &self.cluster.cp
     }
@@ -243,26 +178,48 @@ spec:
     kubectl(b.cp(), &["apply", "-f", path.to_str().unwrap()]);
 }
 
-pub async fn status_of(b: &Bed) -> dbbackup_operator::api::DatabaseBackupStatus {
-    let api: Api<DatabaseBackup> = Api::namespaced(b.client.clone(), &b.ns);
-    api.get("orders").await.unwrap().status.unwrap_or_default()
+pub async fn status_of(b: &Bed) -> DatabaseBackupStatus {
+    b.backups()
+        .get("orders")
+        .await
+        .unwrap()
+        .status
+        .unwrap_or_default()
 }
 
 /// Waits until the status reflects `pod` and returns how long that took after
 /// the pod's terminated status reached the apiserver.
 pub async fn status_latency(b: &Bed, pod: &RanPod) -> Duration {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if status_of(b).await.processed_pods.contains(&pod.uid) {
-            return pod.reported.elapsed();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "status never reflected pod {}",
-            pod.name
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    // Polled finely: the time it returns is a measurement.
+    let seen = poll(
+        Duration::from_millis(10),
+        Duration::from_secs(30),
+        || async {
+            status_of(b)
+                .await
+                .processed_pods
+                .contains(&pod.uid)
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(seen.is_some(), "status never reflected pod {}", pod.name);
+    pod.reported.elapsed()
+}
+
+/// Waits until condition `type_` of backup "orders" has `reason` (and
+/// `status`, when given), and returns the backup's status.
+pub async fn wait_orders(
+    b: &Bed,
+    type_: &str,
+    status: Option<&str>,
+    reason: &str,
+    within: Duration,
+) -> DatabaseBackupStatus {
+    wait_condition(&b.backups(), "orders", type_, status, reason, within)
+        .await
+        .status
+        .unwrap_or_default()
 }
 
 /// A bed with the operator running and backup "orders" applied (with
@@ -276,19 +233,20 @@ pub async fn ready_bed(engine: Engine, more_spec: &str) -> (Bed, RunningOperator
 pub async fn ready_bed_in_cluster(engine: Engine, more_spec: &str) -> (Bed, HelmOperator, Pods) {
     let b = bed(engine).await;
     let op = HelmOperator::install(&b.cluster, &b.ns, &[]);
-    apply_backup_with(&b, more_spec);
-    let backups: Api<DatabaseBackup> = Api::namespaced(b.client.clone(), &b.ns);
-    wait_ready(&backups, "orders", "True", "Reconciled").await;
-    let pods = Pods::new(&b.client, &b.ns);
-    (b, op, pods)
+    with_orders(b, op, more_spec).await
 }
 
 /// Starts the operator on `b` and applies backup "orders" with `more_spec`.
 pub async fn ready(b: Bed, more_spec: &str) -> (Bed, RunningOperator, Pods) {
     let op = RunningOperator::start_in(&b.client, &b.ns);
+    with_orders(b, op, more_spec).await
+}
+
+/// Applies backup "orders" with `more_spec` for the running `op`, and waits
+/// until it is Ready.
+async fn with_orders<Op>(b: Bed, op: Op, more_spec: &str) -> (Bed, Op, Pods) {
     apply_backup_with(&b, more_spec);
-    let backups: Api<DatabaseBackup> = Api::namespaced(b.client.clone(), &b.ns);
-    wait_ready(&backups, "orders", "True", "Reconciled").await;
+    wait_ready(&b.backups(), "orders", "True", "Reconciled").await;
     let pods = Pods::new(&b.client, &b.ns);
     (b, op, pods)
 }

@@ -4,9 +4,9 @@
 //! each in namespaces of its own; it is torn down when the binary exits.
 
 use super::controlplane::{ControlPlane, Options};
+use super::k8s::{create_namespace, setup_with};
 use super::minio::random_token;
 use super::node::{HostNetwork, Node};
-use super::operator::{create_namespace, install_crd};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
 
@@ -23,13 +23,15 @@ impl Cluster {
     /// A cluster of its own, with the CRDs installed.
     pub async fn start() -> Cluster {
         let host = HostNetwork::up();
-        let cp = ControlPlane::start_with(Options {
-            controller_manager: true,
-            for_node: true,
-        })
+        let (cp, _) = setup_with(
+            Options {
+                controller_manager: true,
+                for_node: true,
+            },
+            &[],
+        )
         .await;
         let node = Node::start(&cp).await;
-        install_crd(&cp.client().await).await;
         Cluster {
             node,
             cp,

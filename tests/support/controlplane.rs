@@ -2,12 +2,9 @@
 //! optionally, kube-controller-manager, started the way envtest starts them.
 
 use super::node::NODE_IP;
-use super::process::{ServerProcess, bin, free_port, port_open, port_open_on, wait_until};
+use super::pki::{Pki, kubeconfig_yaml, write_pki};
+use super::process::{ServerProcess, bin, free_port, poll, port_open, port_open_on, wait_until};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -26,120 +23,6 @@ pub struct ControlPlane {
     pub url: String,
     pub kubeconfig: PathBuf,
     dir: TempDir,
-}
-
-/// PEM files of the control plane's PKI.
-struct Pki {
-    ca_cert: PathBuf,
-    admin_cert_file: PathBuf,
-    admin_key_file: PathBuf,
-    serving_cert: PathBuf,
-    serving_key: PathBuf,
-    sa_key: PathBuf,
-    sa_pub: PathBuf,
-    admin_cert: String,
-    admin_key: String,
-    ca_pem: String,
-}
-
-fn write_pki(dir: &Path) -> Pki {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "dbbackup-testenv-ca");
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-
-    let serving_key = KeyPair::generate().unwrap();
-    // Host-side names, the node's address, and the kubernetes Service's
-    // names and ClusterIP, which in-cluster clients use.
-    let mut serving = CertificateParams::new(vec![
-        "localhost".to_string(),
-        "127.0.0.1".to_string(),
-        NODE_IP.to_string(),
-        "10.0.0.1".to_string(),
-        "kubernetes".to_string(),
-        "kubernetes.default".to_string(),
-        "kubernetes.default.svc".to_string(),
-        "kubernetes.default.svc.cluster.local".to_string(),
-    ])
-    .unwrap();
-    serving
-        .distinguished_name
-        .push(DnType::CommonName, "kube-apiserver");
-    serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let serving_cert = serving.signed_by(&serving_key, &issuer).unwrap();
-
-    // Admin client: the apiserver maps O to groups, and system:masters bypasses RBAC.
-    let admin_key = KeyPair::generate().unwrap();
-    let mut admin = CertificateParams::new(Vec::<String>::new()).unwrap();
-    admin.distinguished_name.push(DnType::CommonName, "admin");
-    admin
-        .distinguished_name
-        .push(DnType::OrganizationName, "system:masters");
-    admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let admin_cert = admin.signed_by(&admin_key, &issuer).unwrap();
-
-    let sa_key = KeyPair::generate().unwrap();
-
-    let write = |name: &str, pem: &str| {
-        let path = dir.join(name);
-        std::fs::write(&path, pem).unwrap();
-        path
-    };
-    Pki {
-        ca_cert: write("ca.crt", &ca_cert.pem()),
-        // The apiserver's client certificate towards the kubelet.
-        admin_cert_file: write("admin.crt", &admin_cert.pem()),
-        admin_key_file: write("admin.key", &admin_key.serialize_pem()),
-        serving_cert: write("apiserver.crt", &serving_cert.pem()),
-        serving_key: write("apiserver.key", &serving_key.serialize_pem()),
-        sa_key: write("sa.key", &sa_key.serialize_pem()),
-        sa_pub: write("sa.pub", &sa_key.public_key_pem()),
-        admin_cert: admin_cert.pem(),
-        admin_key: admin_key.serialize_pem(),
-        ca_pem: ca_cert.pem(),
-    }
-}
-
-fn b64(s: &str) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(s)
-}
-
-fn kubeconfig_yaml(url: &str, pki: &Pki) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: Config
-clusters:
-- name: testenv
-  cluster:
-    server: {url}
-    certificate-authority-data: {ca}
-users:
-- name: admin
-  user:
-    client-certificate-data: {cert}
-    client-key-data: {key}
-contexts:
-- name: testenv
-  context:
-    cluster: testenv
-    user: admin
-    namespace: default
-current-context: testenv
-"#,
-        ca = b64(&pki.ca_pem),
-        cert = b64(&pki.admin_cert),
-        key = b64(&pki.admin_key),
-    )
 }
 
 #[derive(Default, Clone, Copy)]
@@ -171,68 +54,12 @@ impl ControlPlane {
             .tempdir()
             .unwrap();
         let pki = write_pki(dir.path());
-
-        let etcd_port = free_port();
-        let peer_port = free_port();
-        let mut etcd_cmd = Command::new(bin("etcd"));
-        let client_url = format!("http://127.0.0.1:{etcd_port}");
-        let peer_url = format!("http://127.0.0.1:{peer_port}");
-        etcd_cmd
-            .arg(format!("--data-dir={}", dir.path().join("etcd").display()))
-            .arg(format!("--listen-client-urls={client_url}"))
-            .arg(format!("--advertise-client-urls={client_url}"))
-            .arg(format!("--listen-peer-urls={peer_url}"))
-            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
-            .arg(format!("--initial-cluster=default={peer_url}"))
-            .arg("--unsafe-no-fsync=true")
-            .arg("--log-level=warn");
-        let mut etcd = ServerProcess::spawn("etcd", etcd_cmd, dir.path(), libc::SIGTERM);
-        wait_until("etcd to listen", Duration::from_secs(30), || {
-            etcd.assert_running();
-            port_open(etcd_port)
-        });
+        let (etcd, etcd_url) = start_etcd(dir.path());
 
         let port = free_port();
         let host = if opts.for_node { NODE_IP } else { "127.0.0.1" };
         let url = format!("https://{host}:{port}");
-        let mut apiserver_args: Vec<String> = vec![
-            format!("--etcd-servers={client_url}"),
-            format!("--bind-address={host}"),
-            format!("--advertise-address={host}"),
-            format!("--secure-port={port}"),
-            format!("--cert-dir={}", dir.path().display()),
-            format!("--tls-cert-file={}", pki.serving_cert.display()),
-            format!("--tls-private-key-file={}", pki.serving_key.display()),
-            format!("--client-ca-file={}", pki.ca_cert.display()),
-            format!("--service-account-key-file={}", pki.sa_pub.display()),
-            format!(
-                "--service-account-signing-key-file={}",
-                pki.sa_key.display()
-            ),
-            "--service-account-issuer=https://kubernetes.default.svc".into(),
-            "--service-cluster-ip-range=10.0.0.0/24".into(),
-            "--authorization-mode=RBAC".into(),
-            "--allow-privileged=true".into(),
-            "--v=0".into(),
-        ];
-        if opts.for_node {
-            apiserver_args.extend([
-                format!(
-                    "--kubelet-client-certificate={}",
-                    pki.admin_cert_file.display()
-                ),
-                format!("--kubelet-client-key={}", pki.admin_key_file.display()),
-                // `kubectl logs` reaches the kubelet on the node's address.
-                "--kubelet-preferred-address-types=InternalIP".into(),
-            ]);
-        } else {
-            apiserver_args.extend([
-                // Loopback may not back the kubernetes Service; nothing here needs it.
-                "--endpoint-reconciler-type=none".into(),
-                // As envtest: no ServiceAccount admission, since no kubelet mounts tokens here.
-                "--disable-admission-plugins=ServiceAccount".into(),
-            ]);
-        }
+        let apiserver_args = apiserver_args(&opts, &etcd_url, host, port, dir.path(), &pki);
         let mut apiserver = spawn_apiserver(&apiserver_args, dir.path());
 
         let kubeconfig = dir.path().join("kubeconfig");
@@ -256,58 +83,61 @@ impl ControlPlane {
             dir,
         };
         cp.wait_ready().await;
-
         if opts.controller_manager {
-            let mut controllers = vec![
-                // Garbage collection and the workload controllers the operator relies on.
-                "garbage-collector-controller",
-                "cronjob-controller",
-                "job-controller",
-                "serviceaccount-controller",
-                "namespace-controller",
-            ];
-            if opts.for_node {
-                controllers.extend([
-                    // helm's Deployment, PersistentVolumeClaims, Services, token volumes.
-                    "deployment-controller",
-                    "replicaset-controller",
-                    "persistentvolume-binder-controller",
-                    "persistentvolumeclaim-protection-controller",
-                    "persistentvolume-protection-controller",
-                    "endpointslice-controller",
-                    "endpointslice-mirroring-controller",
-                    "root-ca-certificate-publisher-controller",
-                    "pod-garbage-collector-controller",
-                    // Lifts the not-ready taint the kubelet registers with.
-                    "node-lifecycle-controller",
-                ]);
-            }
-            let mut kcm = Command::new(bin("kube-controller-manager"));
-            kcm.args(cp.component_kubeconfigs())
-                .arg("--leader-elect=false")
-                .arg("--bind-address=127.0.0.1")
-                .arg(format!("--secure-port={}", free_port()))
-                .arg(format!(
-                    "--cert-dir={}",
-                    cp.dir.path().join("kcm").display()
-                ))
-                .arg(format!("--controllers={}", controllers.join(",")))
-                .arg(format!(
-                    "--service-account-private-key-file={}",
-                    pki.sa_key.display()
-                ))
-                .arg(format!("--root-ca-file={}", pki.ca_cert.display()))
-                .arg("--use-service-account-credentials=false")
-                .arg("--concurrent-gc-syncs=5")
-                .arg("--v=0");
-            cp.controller_manager = Some(ServerProcess::spawn(
-                "kube-controller-manager",
-                kcm,
-                cp.dir.path(),
-                libc::SIGTERM,
-            ));
+            cp.controller_manager = Some(cp.start_controller_manager(&opts, &pki));
         }
         cp
+    }
+
+    fn start_controller_manager(&self, opts: &Options, pki: &Pki) -> ServerProcess {
+        let mut controllers = vec![
+            // Garbage collection and the workload controllers the operator relies on.
+            "garbage-collector-controller",
+            "cronjob-controller",
+            "job-controller",
+            "serviceaccount-controller",
+            "namespace-controller",
+        ];
+        if opts.for_node {
+            controllers.extend([
+                // helm's Deployment, PersistentVolumeClaims, Services, token volumes.
+                "deployment-controller",
+                "replicaset-controller",
+                "persistentvolume-binder-controller",
+                "persistentvolumeclaim-protection-controller",
+                "persistentvolume-protection-controller",
+                "endpointslice-controller",
+                "endpointslice-mirroring-controller",
+                "root-ca-certificate-publisher-controller",
+                "pod-garbage-collector-controller",
+                // Lifts the not-ready taint the kubelet registers with.
+                "node-lifecycle-controller",
+            ]);
+        }
+        let mut kcm = Command::new(bin("kube-controller-manager"));
+        kcm.args(self.component_kubeconfigs())
+            .arg("--leader-elect=false")
+            .arg("--bind-address=127.0.0.1")
+            .arg(format!("--secure-port={}", free_port()))
+            .arg(format!(
+                "--cert-dir={}",
+                self.dir.path().join("kcm").display()
+            ))
+            .arg(format!("--controllers={}", controllers.join(",")))
+            .arg(format!(
+                "--service-account-private-key-file={}",
+                pki.sa_key.display()
+            ))
+            .arg(format!("--root-ca-file={}", pki.ca_cert.display()))
+            .arg("--use-service-account-credentials=false")
+            .arg("--concurrent-gc-syncs=5")
+            .arg("--v=0");
+        ServerProcess::spawn(
+            "kube-controller-manager",
+            kcm,
+            self.dir.path(),
+            libc::SIGTERM,
+        )
     }
 
     fn apiserver(&self) -> std::sync::MutexGuard<'_, ServerProcess> {
@@ -316,19 +146,21 @@ impl ControlPlane {
 
     async fn wait_ready(&self) {
         let client = self.client().await;
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
+        let ready = poll(Duration::from_millis(100), Duration::from_secs(60), || {
             self.apiserver().assert_running();
-            let req = http::Request::get("/readyz").body(Vec::new()).unwrap();
-            match client.request_text(req).await {
-                Ok(body) if body.trim() == "ok" => return,
-                _ if std::time::Instant::now() > deadline => panic!(
-                    "kube-apiserver not ready after 60s; last output:\n{}",
-                    self.apiserver().log_tail()
-                ),
-                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            let client = &client;
+            async move {
+                let req = http::Request::get("/readyz").body(Vec::new()).unwrap();
+                let body = client.request_text(req).await.ok()?;
+                (body.trim() == "ok").then_some(())
             }
-        }
+        })
+        .await;
+        assert!(
+            ready.is_some(),
+            "kube-apiserver not ready after 60s; last output:\n{}",
+            self.apiserver().log_tail()
+        );
     }
 
     /// A client authenticated as cluster admin (system:masters).
@@ -402,4 +234,77 @@ fn spawn_apiserver(args: &[String], dir: &Path) -> ServerProcess {
     let mut cmd = Command::new(bin("kube-apiserver"));
     cmd.args(args);
     ServerProcess::spawn("kube-apiserver", cmd, dir, libc::SIGTERM)
+}
+
+/// etcd on a free loopback port, once it listens, and its client URL.
+fn start_etcd(dir: &Path) -> (ServerProcess, String) {
+    let etcd_port = free_port();
+    let peer_port = free_port();
+    let mut etcd_cmd = Command::new(bin("etcd"));
+    let client_url = format!("http://127.0.0.1:{etcd_port}");
+    let peer_url = format!("http://127.0.0.1:{peer_port}");
+    etcd_cmd
+        .arg(format!("--data-dir={}", dir.join("etcd").display()))
+        .arg(format!("--listen-client-urls={client_url}"))
+        .arg(format!("--advertise-client-urls={client_url}"))
+        .arg(format!("--listen-peer-urls={peer_url}"))
+        .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+        .arg(format!("--initial-cluster=default={peer_url}"))
+        .arg("--unsafe-no-fsync=true")
+        .arg("--log-level=warn");
+    let mut etcd = ServerProcess::spawn("etcd", etcd_cmd, dir, libc::SIGTERM);
+    wait_until("etcd to listen", Duration::from_secs(30), || {
+        etcd.assert_running();
+        port_open(etcd_port)
+    });
+    (etcd, client_url)
+}
+
+fn apiserver_args(
+    opts: &Options,
+    etcd_url: &str,
+    host: &str,
+    port: u16,
+    dir: &Path,
+    pki: &Pki,
+) -> Vec<String> {
+    let mut apiserver_args: Vec<String> = vec![
+        format!("--etcd-servers={etcd_url}"),
+        format!("--bind-address={host}"),
+        format!("--advertise-address={host}"),
+        format!("--secure-port={port}"),
+        format!("--cert-dir={}", dir.display()),
+        format!("--tls-cert-file={}", pki.serving_cert.display()),
+        format!("--tls-private-key-file={}", pki.serving_key.display()),
+        format!("--client-ca-file={}", pki.ca_cert.display()),
+        format!("--service-account-key-file={}", pki.sa_pub.display()),
+        format!(
+            "--service-account-signing-key-file={}",
+            pki.sa_key.display()
+        ),
+        "--service-account-issuer=https://kubernetes.default.svc".into(),
+        "--service-cluster-ip-range=10.0.0.0/24".into(),
+        "--authorization-mode=RBAC".into(),
+        "--allow-privileged=true".into(),
+        "--v=0".into(),
+    ];
+    if opts.for_node {
+        apiserver_args.extend([
+            format!(
+                "--kubelet-client-certificate={}",
+                pki.admin_cert_file.display()
+            ),
+            format!("--kubelet-client-key={}", pki.admin_key_file.display()),
+            // `kubectl logs` reaches the kubelet on the node's address.
+            "--kubelet-preferred-address-types=InternalIP".into(),
+        ]);
+    } else {
+        apiserver_args.extend([
+            // Loopback may not back the kubernetes Service; nothing here needs it.
+            "--endpoint-reconciler-type=none".into(),
+            // As envtest: no ServiceAccount admission, since no kubelet mounts tokens here.
+            "--disable-admission-plugins=ServiceAccount".into(),
+        ]);
+    }
+    apiserver_args
 }

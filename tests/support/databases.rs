@@ -1,348 +1,214 @@
-//! Real PostgreSQL and MariaDB servers, each in its own temp dir on a free
-//! loopback port. Both refuse to run as root, so as root they run as `nobody`.
+//! One database server of either engine, as the tests use it, and the shop
+//! data they back up: its schema, its rows and a fingerprint to compare a
+//! restore with its source. The engines' differences live here, once.
 
+use super::mariadb::MariaDb;
 use super::minio::random_token;
-use super::process::{ServerProcess, bin, free_port, port_open_on, wait_until};
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::Duration;
-use tempfile::TempDir;
+use super::postgres::Postgres;
+use super::process::run_ok;
+use super::steps::Source;
+use dbbackup_operator::api::Engine;
 
-const NOBODY: u32 = 65534;
-
-fn running_as_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+/// A database server of either engine.
+pub enum Database {
+    Maria(MariaDb),
+    Pg(Postgres),
 }
 
-/// A temp dir the server's user can enter, and a data dir it owns.
-fn server_dirs(prefix: &str) -> (TempDir, PathBuf) {
-    let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    chown_to_server_user(&data);
-    (dir, data)
-}
-
-fn chown_to_server_user(path: &Path) {
-    if running_as_root() {
-        std::os::unix::fs::chown(path, Some(NOBODY), Some(NOBODY)).unwrap();
-    }
-}
-
-/// A server binary as the unprivileged user can reach it: the cache under
-/// root's home is not traversable by `nobody`, the package's own path is.
-fn server_bin(name: &str) -> PathBuf {
-    std::fs::canonicalize(bin(name)).expect("resolve test-bed binary")
-}
-
-fn as_server_user(cmd: &mut Command) -> &mut Command {
-    if running_as_root() {
-        cmd.uid(NOBODY).gid(NOBODY).env("HOME", "/tmp");
-    }
-    cmd
-}
-
-/// Runs `cmd`, panicking with its output when it fails.
-pub fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {:?}: {e}", cmd.get_program()));
-    // Program and args only: the environment may hold passwords.
-    assert!(
-        out.status.success(),
-        "{:?} {:?} failed with {}:\nstdout: {}\nstderr: {}",
-        cmd.get_program(),
-        cmd.get_args().collect::<Vec<_>>(),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-pub struct Postgres {
-    process: ServerProcess,
-    /// Where it listens: loopback, or the node's address for pods.
-    pub host: String,
-    pub port: u16,
-    pub user: String,
-    pub password: String,
-    data: PathBuf,
-    socket_dir: PathBuf,
-    dir: TempDir,
-}
-
-impl Postgres {
-    pub fn start() -> Postgres {
-        Self::start_on("127.0.0.1")
+impl Database {
+    /// An empty server on loopback.
+    pub fn start(engine: Engine) -> Database {
+        Self::start_on(engine, "127.0.0.1")
     }
 
-    pub fn start_on(host: &str) -> Postgres {
-        let (dir, data) = server_dirs("dbbackup-postgres-");
-        let password = format!("pgPASS{}", random_token(24));
-        let pwfile = dir.path().join("pwfile");
-        std::fs::write(&pwfile, &password).unwrap();
-        chown_to_server_user(&pwfile);
-        run_ok(
-            as_server_user(&mut Command::new(server_bin("initdb")))
-                .arg("-D")
-                .arg(&data)
-                .args(["-U", "postgres", "-E", "UTF8", "--no-sync"])
-                .args(["--auth-host=scram-sha-256", "--auth-local=trust"])
-                .arg(format!("--pwfile={}", pwfile.display())),
-        );
-        std::fs::remove_file(&pwfile).unwrap();
-        // Clients from pods come from the node's subnet, not loopback; the
-        // server listens only on `host` anyway.
-        let mut hba = std::fs::OpenOptions::new()
-            .append(true)
-            .open(data.join("pg_hba.conf"))
-            .unwrap();
-        std::io::Write::write_all(&mut hba, b"host all all 0.0.0.0/0 scram-sha-256\n").unwrap();
-        let socket_dir = dir.path().join("sock");
-        std::fs::create_dir(&socket_dir).unwrap();
-        chown_to_server_user(&socket_dir);
-        let port = free_port();
-        let process = Self::spawn(dir.path(), &data, &socket_dir, host, port);
-        let mut pg = Postgres {
-            process,
-            host: host.into(),
-            port,
-            user: "postgres".into(),
-            password,
-            data,
-            socket_dir,
-            dir,
-        };
-        pg.wait_ready();
-        pg
-    }
-
-    fn spawn(dir: &Path, data: &Path, socket_dir: &Path, host: &str, port: u16) -> ServerProcess {
-        let mut cmd = Command::new(server_bin("postgres"));
-        as_server_user(&mut cmd)
-            .arg("-D")
-            .arg(data)
-            .arg("-p")
-            .arg(port.to_string())
-            .arg("-c")
-            .arg(format!("listen_addresses={host}"))
-            .arg("-c")
-            .arg(format!("unix_socket_directories={}", socket_dir.display()))
-            .args(["-c", "fsync=off", "-c", "full_page_writes=off"]);
-        // SIGQUIT: immediate shutdown, the postmaster takes its backends down with it.
-        ServerProcess::spawn("postgres", cmd, dir, libc::SIGQUIT)
-    }
-
-    fn wait_ready(&mut self) {
-        let port = self.port;
-        let host = self.host.clone();
-        let process = &mut self.process;
-        wait_until(
-            "PostgreSQL to accept connections",
-            Duration::from_secs(60),
-            || {
-                process.assert_running();
-                port_open_on(&host, port)
-                    && Command::new(bin("pg_isready"))
-                        .args(["-h", &host, "-p", &port.to_string()])
-                        .output()
-                        .map(|o| o.status.success())
-                        .unwrap_or(false)
-            },
-        );
-    }
-
-    /// psql against `database` as the superuser over TCP, password from the environment.
-    pub fn psql(&self, database: &str) -> Command {
-        let mut cmd = Command::new(bin("psql"));
-        cmd.args(["-h", &self.host, "-p", &self.port.to_string()])
-            .args(["-U", &self.user, "-d", database])
-            .args(["-v", "ON_ERROR_STOP=1", "-X", "-q", "-A", "-t"])
-            .env("PGPASSWORD", &self.password);
-        cmd
-    }
-
-    /// Runs SQL and returns its trimmed, unaligned output.
-    pub fn query(&self, database: &str, sql: &str) -> String {
-        let out = run_ok(self.psql(database).arg("-c").arg(sql));
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
-    pub fn create_database(&self, name: &str) {
-        self.query("postgres", &format!("CREATE DATABASE \"{name}\""));
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.process.pid()
-    }
-
-    /// Kills the postmaster at once, as a crash would.
-    pub fn kill(&mut self) {
-        self.process.kill();
-    }
-
-    pub fn restart(&mut self) {
-        self.process.stop();
-        self.process = Self::spawn(
-            self.dir.path(),
-            &self.data,
-            &self.socket_dir,
-            &self.host,
-            self.port,
-        );
-        self.wait_ready();
-    }
-}
-
-pub struct MariaDb {
-    process: ServerProcess,
-    /// Where it listens: loopback, or the node's address for pods.
-    pub host: String,
-    pub port: u16,
-    /// A non-root account with all privileges, reachable over TCP with a password.
-    pub user: String,
-    pub password: String,
-    socket: PathBuf,
-    dir: TempDir,
-}
-
-impl MariaDb {
-    pub fn start() -> MariaDb {
-        Self::start_on("127.0.0.1")
-    }
-
-    pub fn start_on(host: &str) -> MariaDb {
-        let (dir, data) = server_dirs("dbbackup-mariadb-");
-        // Temporary tables in a directory of its own, not the shared /tmp.
-        let tmp = dir.path().join("tmp");
-        std::fs::create_dir(&tmp).unwrap();
-        chown_to_server_user(&tmp);
-        let install = || {
-            let mut cmd = Command::new(server_bin("mariadb-install-db"));
-            as_server_user(&mut cmd)
-                .arg("--no-defaults")
-                .arg(format!("--datadir={}", data.display()))
-                .arg("--auth-root-authentication-method=normal")
-                .arg("--skip-test-db")
-                .env("TMPDIR", &tmp);
-            cmd
-        };
-        // Once in a warm CI run, four bootstraps at once lost a temporary
-        // table ("Unknown table 'mysql.tmp_user_sys'"); a second try on an
-        // empty data directory is what a person would do.
-        if !install().output().is_ok_and(|o| o.status.success()) {
-            std::fs::remove_dir_all(&data).unwrap();
-            std::fs::create_dir(&data).unwrap();
-            chown_to_server_user(&data);
-            run_ok(&mut install());
+    /// An empty server on `host` (the node's address, for pods).
+    pub fn start_on(engine: Engine, host: &str) -> Database {
+        match engine {
+            Engine::Postgres => Database::Pg(Postgres::start_on(host)),
+            Engine::Mariadb | Engine::Mysql => Database::Maria(MariaDb::start_on(host)),
         }
-        let run_dir = dir.path().join("run");
-        std::fs::create_dir(&run_dir).unwrap();
-        chown_to_server_user(&run_dir);
-        let socket = run_dir.join("mysqld.sock");
-        let port = free_port();
-        let process = Self::spawn(dir.path(), &data, &socket, host, port);
-        let mut db = MariaDb {
-            process,
-            host: host.into(),
-            port,
-            user: "backup".into(),
-            password: format!("dbPASS{}", random_token(24)),
-            socket,
-            dir,
-        };
-        let socket = db.socket.clone();
-        let process = &mut db.process;
-        wait_until(
-            "MariaDB to accept connections",
-            Duration::from_secs(60),
-            || {
-                process.assert_running();
-                port_open_on(host, port) && socket.exists()
-            },
-        );
-        db.admin_sql(&format!(
-            "CREATE USER '{u}'@'%' IDENTIFIED BY '{p}'; GRANT ALL ON *.* TO '{u}'@'%' WITH GRANT OPTION;",
-            u = db.user,
-            p = db.password
-        ));
+    }
+
+    /// A server on loopback with the shop data in database "shop".
+    pub fn with_shop(engine: Engine) -> Database {
+        Self::with_shop_on(engine, "127.0.0.1")
+    }
+
+    /// A server on `host` with the shop data in database "shop".
+    pub fn with_shop_on(engine: Engine, host: &str) -> Database {
+        let db = Self::start_on(engine, host);
+        db.load_shop("shop");
         db
     }
 
-    fn spawn(dir: &Path, data: &Path, socket: &Path, host: &str, port: u16) -> ServerProcess {
-        let mut cmd = Command::new(server_bin("mariadbd"));
-        as_server_user(&mut cmd)
-            .arg("--no-defaults")
-            .arg(format!("--datadir={}", data.display()))
-            .arg(format!("--tmpdir={}", dir.join("tmp").display()))
-            .arg(format!("--socket={}", socket.display()))
-            .arg(format!("--port={port}"))
-            .arg(format!("--bind-address={host}"))
-            .arg(format!(
-                "--pid-file={}",
-                data.join("mariadbd.pid").display()
-            ))
-            .arg("--skip-name-resolve")
-            .arg("--character-set-server=utf8mb4")
-            .arg("--innodb-flush-log-at-trx-commit=0")
-            .arg("--innodb-buffer-pool-size=64M");
-        ServerProcess::spawn("mariadbd", cmd, dir, libc::SIGTERM)
+    pub fn engine(&self) -> Engine {
+        match self {
+            Database::Maria(_) => Engine::Mariadb,
+            Database::Pg(_) => Engine::Postgres,
+        }
     }
 
-    /// Runs SQL as root over the server's socket (root has no network login).
-    pub fn admin_sql(&self, sql: &str) -> String {
-        let out = run_ok(
-            Command::new(bin("mariadb"))
-                .arg("--no-defaults")
-                .arg(format!("--socket={}", self.socket.display()))
-                .args(["-uroot", "-N", "-B", "-e", sql]),
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    /// Port, user and password of the account the steps log in with.
+    pub fn login(&self) -> (u16, String, String) {
+        match self {
+            Database::Maria(d) => (d.port, d.user.clone(), d.password.clone()),
+            Database::Pg(p) => (p.port, p.user.clone(), p.password.clone()),
+        }
     }
 
-    /// The mariadb client against `database` over TCP as the backup user,
-    /// password from the environment (never in args).
-    pub fn client(&self, database: &str) -> Command {
-        let mut cmd = Command::new(bin("mariadb"));
-        cmd.arg("--no-defaults")
-            .args(["-h", &self.host, "-P", &self.port.to_string()])
-            .args([
-                "-u",
-                &self.user,
-                "-N",
-                "-B",
-                "--default-character-set=utf8mb4",
-            ])
-            .arg(database)
-            .env("MYSQL_PWD", &self.password);
-        cmd
+    /// What the dump step needs to dump `database`.
+    pub fn source(&self, database: &str) -> Source {
+        let (port, user, password) = self.login();
+        Source {
+            engine: self.engine(),
+            port,
+            database: database.into(),
+            user,
+            password,
+        }
     }
 
-    /// Runs SQL as the backup user over TCP and returns its trimmed output.
+    /// The engine's image, built from Debian packages for the real node.
+    pub fn image(&self) -> &'static str {
+        match self {
+            Database::Maria(_) => super::node::MARIADB_IMAGE,
+            Database::Pg(_) => super::node::POSTGRES_IMAGE,
+        }
+    }
+
+    /// Runs SQL in `database` as the login account; its trimmed output.
     pub fn query(&self, database: &str, sql: &str) -> String {
-        let out = run_ok(self.client(database).arg("-e").arg(sql));
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        match self {
+            Database::Maria(d) => d.query(database, sql),
+            Database::Pg(p) => p.query(database, sql),
+        }
     }
 
     pub fn create_database(&self, name: &str) {
-        self.admin_sql(&format!("CREATE DATABASE `{name}`"));
+        match self {
+            Database::Maria(d) => d.create_database(name),
+            Database::Pg(p) => p.create_database(name),
+        }
+    }
+
+    /// Creates `database` with the shop schema and data.
+    pub fn load_shop(&self, database: &str) {
+        self.create_database(database);
+        self.query(database, &shop_sql(self.engine()));
+    }
+
+    /// Row count and a content checksum per shop table, for comparing a
+    /// restore with its source.
+    pub fn fingerprint(&self, database: &str) -> Vec<(String, String)> {
+        SHOP_TABLES
+            .iter()
+            .map(|t| {
+                let v = match self {
+                    Database::Maria(d) => {
+                        let count = d.query(database, &format!("SELECT COUNT(*) FROM {t}"));
+                        let sum = d.query(database, &format!("CHECKSUM TABLE {t} EXTENDED"));
+                        let sum = sum.split_whitespace().last().unwrap_or_default();
+                        format!("{count}/{sum}")
+                    }
+                    Database::Pg(p) => p.query(
+                        database,
+                        &format!("SELECT count(*) || '/' || md5(coalesce(string_agg(x::text, '|' ORDER BY x.id), '')) FROM {t} x"),
+                    ),
+                };
+                (t.to_string(), v)
+            })
+            .collect()
+    }
+
+    /// Restores a plain SQL dump into `database` (created first).
+    pub fn restore(&self, database: &str, sql: &[u8]) {
+        self.create_database(database);
+        // The clients read the dump from a file: it may be larger than a pipe's buffer.
+        let path = std::env::temp_dir().join(format!(
+            "dbbackup-restore-{}-{database}.sql",
+            random_token(8)
+        ));
+        std::fs::write(&path, sql).unwrap();
+        match self {
+            Database::Maria(d) => {
+                run_ok(
+                    d.client(database)
+                        .stdin(std::fs::File::open(&path).unwrap()),
+                );
+            }
+            Database::Pg(p) => {
+                run_ok(p.psql(database).arg("-f").arg(&path));
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// Restores `sql` into `database` and asserts it matches "shop".
+    pub fn restore_and_compare(&self, database: &str, sql: &[u8]) {
+        self.restore(database, sql);
+        assert_eq!(self.fingerprint(database), self.fingerprint("shop"));
     }
 
     pub fn pid(&self) -> u32 {
-        self.process.pid()
+        match self {
+            Database::Maria(d) => d.pid(),
+            Database::Pg(p) => p.pid(),
+        }
     }
 
     /// Kills the server at once, as a crash would.
     pub fn kill(&mut self) {
-        self.process.kill();
-    }
-
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
+        match self {
+            Database::Maria(d) => d.kill(),
+            Database::Pg(p) => p.kill(),
+        }
     }
 }
+
+/// A shop schema: six tables with foreign keys, a few thousand rows, and text
+/// that tests quoting (quotes, backslashes, newlines, unicode, NULLs).
+pub fn shop_sql(engine: Engine) -> String {
+    let rows = match engine {
+        Engine::Postgres => POSTGRES_ROWS,
+        Engine::Mariadb | Engine::Mysql => MARIADB_ROWS,
+    };
+    format!("{SHOP_SCHEMA}{rows}")
+}
+
+/// Types both engines know by these names (PostgreSQL reads INT as integer,
+/// DECIMAL as numeric), so one schema serves both.
+const SHOP_SCHEMA: &str = r#"
+CREATE TABLE customers (id INT PRIMARY KEY, name TEXT NOT NULL, email TEXT);
+CREATE TABLE addresses (id INT PRIMARY KEY, customer_id INT NOT NULL REFERENCES customers(id), street TEXT);
+CREATE TABLE products (id INT PRIMARY KEY, title TEXT NOT NULL, price DECIMAL(10,2) NOT NULL);
+CREATE TABLE orders (id INT PRIMARY KEY, customer_id INT NOT NULL REFERENCES customers(id), note TEXT);
+CREATE TABLE order_items (id INT PRIMARY KEY, order_id INT NOT NULL REFERENCES orders(id), product_id INT NOT NULL REFERENCES products(id), qty INT NOT NULL);
+CREATE TABLE payments (id INT PRIMARY KEY, order_id INT NOT NULL REFERENCES orders(id), amount DECIMAL(10,2));
+"#;
+
+const MARIADB_ROWS: &str = r#"
+INSERT INTO customers SELECT seq, CONCAT('Customer ''', seq, ''' \\ é ✓'), IF(seq % 7 = 0, NULL, CONCAT('c', seq, '@example.com')) FROM seq_1_to_1000;
+INSERT INTO addresses SELECT seq, seq, CONCAT('line one', CHAR(10), 'line two ', seq) FROM seq_1_to_1000;
+INSERT INTO products SELECT seq, CONCAT('Product ', seq), seq * 1.25 FROM seq_1_to_200;
+INSERT INTO orders SELECT seq, (seq % 1000) + 1, IF(seq % 3 = 0, NULL, CONCAT('note "', seq, '"')) FROM seq_1_to_2000;
+INSERT INTO order_items SELECT seq, (seq % 2000) + 1, (seq % 200) + 1, (seq % 5) + 1 FROM seq_1_to_5000;
+INSERT INTO payments SELECT seq, seq, seq * 2.5 FROM seq_1_to_2000;
+"#;
+
+const POSTGRES_ROWS: &str = r#"
+INSERT INTO customers SELECT s, 'Customer ''' || s || ''' \ é ✓', CASE WHEN s % 7 = 0 THEN NULL ELSE 'c' || s || '@example.com' END FROM generate_series(1, 1000) s;
+INSERT INTO addresses SELECT s, s, 'line one' || chr(10) || 'line two ' || s FROM generate_series(1, 1000) s;
+INSERT INTO products SELECT s, 'Product ' || s, s * 1.25 FROM generate_series(1, 200) s;
+INSERT INTO orders SELECT s, (s % 1000) + 1, CASE WHEN s % 3 = 0 THEN NULL ELSE 'note "' || s || '"' END FROM generate_series(1, 2000) s;
+INSERT INTO order_items SELECT s, (s % 2000) + 1, (s % 200) + 1, (s % 5) + 1 FROM generate_series(1, 5000) s;
+INSERT INTO payments SELECT s, s, s * 2.5 FROM generate_series(1, 2000) s;
+"#;
+
+pub const SHOP_TABLES: [&str; 6] = [
+    "customers",
+    "addresses",
+    "products",
+    "orders",
+    "order_items",
+    "payments",
+];

@@ -3,9 +3,9 @@
 //! node, watching one test's namespace.
 
 use super::cluster::Cluster;
-use super::databases::run_ok;
 use super::node::OPERATOR_IMAGE;
-use super::operator::wait_for;
+use super::process::run_ok;
+use super::process::wait_for;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use std::process::Command;

@@ -1,9 +1,12 @@
-//! A real MinIO server on loopback with random credentials.
+//! A real MinIO server on loopback with random credentials, and the bucket
+//! the steps write to.
 
 use super::process::{ServerProcess, bin, free_port, wait_until};
 use std::process::Command;
 use std::time::Duration;
 use tempfile::TempDir;
+
+pub const BUCKET: &str = "backups";
 
 pub struct Minio {
     process: ServerProcess,
@@ -187,4 +190,62 @@ fn health_ok(host: &str, port: u16) -> bool {
     let mut buf = [0u8; 64];
     let n = stream.read(&mut buf).unwrap_or(0);
     String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200")
+}
+
+/// Every key in the bucket, sorted.
+pub async fn bucket_keys(minio: &Minio) -> Vec<String> {
+    let s3 = minio.s3_client().await;
+    let mut keys = vec![];
+    let mut pages = s3.list_objects_v2().bucket(BUCKET).into_paginator().send();
+    while let Some(page) = pages.next().await {
+        keys.extend(
+            page.unwrap()
+                .contents()
+                .iter()
+                .filter_map(|o| o.key().map(str::to_string)),
+        );
+    }
+    keys.sort();
+    keys
+}
+
+/// Asserts no multipart upload is left open in the bucket (every failure aborts its own).
+pub async fn assert_no_pending_uploads(minio: &Minio) {
+    let pending = minio
+        .s3_client()
+        .await
+        .list_multipart_uploads()
+        .bucket(BUCKET)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        pending.uploads().is_empty(),
+        "orphan multipart uploads: {:?}",
+        pending.uploads()
+    );
+}
+
+pub async fn create_bucket(minio: &Minio) {
+    minio
+        .s3_client()
+        .await
+        .create_bucket()
+        .bucket(BUCKET)
+        .send()
+        .await
+        .unwrap();
+}
+
+pub async fn get_object(minio: &Minio, key: &str) -> Vec<u8> {
+    let out = minio
+        .s3_client()
+        .await
+        .get_object()
+        .bucket(BUCKET)
+        .key(key)
+        .send()
+        .await
+        .unwrap();
+    out.body.collect().await.unwrap().into_bytes().to_vec()
 }

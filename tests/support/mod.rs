@@ -9,19 +9,26 @@ pub mod databases;
 pub mod faultproxy;
 pub mod host;
 pub mod incluster;
+pub mod k8s;
+pub mod mariadb;
+pub mod measure;
 pub mod minio;
 pub mod node;
 pub mod operator;
-pub mod pipeline;
+pub mod pki;
 pub mod pods;
+pub mod postgres;
 pub mod process;
+pub mod steps;
 pub mod tcpstall;
 
 pub use cluster::Cluster;
 pub use controlplane::ControlPlane;
-pub use databases::{MariaDb, Postgres, run_ok};
+pub use databases::Database;
+pub use mariadb::MariaDb;
 pub use minio::Minio;
-pub use process::bin;
+pub use postgres::Postgres;
+pub use process::{bin, run_ok};
 
 /// True while a process with this pid exists and is not a zombie.
 pub fn process_alive(pid: u32) -> bool {

@@ -1,39 +1,15 @@
 //! The operator under test, run in-process against a real control plane, and
 //! helpers to set up what a user would create with kubectl.
 
+use super::k8s::create_secret;
 use dbbackup_operator::api::DatabaseBackup;
 use dbbackup_operator::operator::metrics::{Metrics, counting_client};
 use dbbackup_operator::operator::{self, Context, Settings};
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, ObjectMeta, PostParams};
-use kube::runtime::wait::{await_condition, conditions};
-use kube::{Client, ResourceExt};
-use std::collections::BTreeMap;
-use std::future::Future;
+use kube::Client;
+use kube::api::{Api, PostParams};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 pub const UPLOADER_IMAGE: &str = "registry.test/dbbackup-operator:test";
-
-/// Installs the checked-in CRDs from `crds/`, as `kubectl apply -f crds/` would, and
-/// waits until they are established.
-pub async fn install_crd(client: &Client) {
-    for file in ["databasebackups.yaml", "databaserestores.yaml"] {
-        let path = format!("{}/crds/{file}", env!("CARGO_MANIFEST_DIR"));
-        let yaml = std::fs::read_to_string(path).unwrap();
-        let crd: CustomResourceDefinition = serde_yaml::from_str(&yaml).unwrap();
-        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-        crds.create(&PostParams::default(), &crd).await.unwrap();
-        let name = crd.name_any();
-        let established = await_condition(crds, &name, conditions::is_crd_established());
-        tokio::time::timeout(Duration::from_secs(30), established)
-            .await
-            .expect("CRD established within 30s")
-            .unwrap();
-    }
-}
 
 /// A controller running in this test process; stopped on drop.
 pub struct RunningOperator {
@@ -90,60 +66,6 @@ impl Drop for RunningOperator {
     }
 }
 
-/// A control plane with the CRD installed and namespace `ns` created.
-pub async fn setup(ns: &str) -> (super::ControlPlane, Client) {
-    let cp = super::ControlPlane::start().await;
-    let client = cp.client().await;
-    install_crd(&client).await;
-    create_namespace(&client, ns, &[]).await;
-    (cp, client)
-}
-
-pub async fn create_namespace(client: &Client, name: &str, labels: &[(&str, &str)]) {
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let labels: BTreeMap<String, String> = labels
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    namespaces
-        .create(
-            &PostParams::default(),
-            &Namespace {
-                metadata: ObjectMeta {
-                    name: Some(name.into()),
-                    labels: Some(labels),
-                    ..Default::default()
-                },
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-}
-
-pub fn secret(name: &str, data: &[(&str, &str)]) -> Secret {
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        data: Some(
-            data.iter()
-                .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
-                .collect(),
-        ),
-        ..Default::default()
-    }
-}
-
-pub async fn create_secret(client: &Client, ns: &str, name: &str, data: &[(&str, &str)]) {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    secrets
-        .create(&PostParams::default(), &secret(name, data))
-        .await
-        .unwrap();
-}
-
 /// A DatabaseBackup manifest as a user would write it.
 pub fn backup_manifest(name: &str, engine: &str) -> serde_json::Value {
     serde_json::json!({
@@ -196,50 +118,6 @@ pub async fn create_sample_secrets(client: &Client, ns: &str) {
         ],
     )
     .await;
-}
-
-/// Polls `check` until it yields a value, panicking with `what` after `timeout`.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Waits until the resource's Ready condition has `status` and returns the resource.
-pub async fn wait_ready(
-    api: &Api<DatabaseBackup>,
-    name: &str,
-    status: &str,
-    reason: &str,
-) -> DatabaseBackup {
-    wait_for(
-        &format!("{name} Ready={status} reason={reason}"),
-        Duration::from_secs(60),
-        || async {
-            let db = api.get(name).await.ok()?;
-            let ready = db
-                .status
-                .as_ref()?
-                .conditions
-                .iter()
-                .find(|c| c.type_ == "Ready")?
-                .clone();
-            (ready.status == status && ready.reason == reason).then_some(db)
-        },
-    )
-    .await
 }
 
 /// The real operator binary (`run`), as a process against a control plane,

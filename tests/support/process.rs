@@ -1,11 +1,14 @@
 //! Child processes that cannot outlive the test that started them.
 
 use std::fs::File;
+use std::future::Future;
 use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+use tempfile::TempDir;
 
 /// Directory holding the test-bed binaries that `tests/testenv/install.sh` installs.
 pub fn bin_dir() -> PathBuf {
@@ -207,7 +210,40 @@ impl Drop for ServerProcess {
     }
 }
 
-/// Polls `check` until it returns true, panicking with `what` after `timeout`.
+/// Polls `check` every `interval` until it yields a value; None once
+/// `timeout` has passed. The one polling loop: `wait_for` and `wait_until`
+/// are it with a panic, and callers that add the server's log to the panic,
+/// or measure a latency, use it directly.
+pub async fn poll<T, F, Fut>(interval: Duration, timeout: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// Polls `check` until it yields a value, panicking with `what` after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    poll(Duration::from_millis(100), timeout, check)
+        .await
+        .unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
+}
+
+/// `wait_for` for code outside a runtime: servers start from plain
+/// `#[test]`s, and within async tests they block as the rest of their start does.
 pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
@@ -258,55 +294,57 @@ pub fn http_get_on(host: &str, port: u16, path: &str) -> Option<(u16, String)> {
     Some((code, body))
 }
 
-/// What GNU time measured of one run.
-pub struct Measured {
-    pub output: std::process::Output,
-    pub wall: Duration,
-    pub max_rss_kib: u64,
-    /// User plus system CPU seconds.
-    pub cpu_secs: f64,
+/// Database servers refuse to run as root, so as root they run as `nobody`.
+const NOBODY: u32 = 65534;
+
+pub fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
 }
 
-/// Runs `program` with `cmd`'s args and environment under GNU time.
-pub fn run_measured(program: &Path, cmd: &Command) -> Measured {
-    let mut timed = Command::new("/usr/bin/time");
-    timed
-        .arg("-f")
-        .arg("maxrss_kib=%M\ncpu_secs=%U %S")
-        .arg(program)
-        .args(cmd.get_args());
-    timed.env_clear();
-    for (k, v) in cmd.get_envs() {
-        if let Some(v) = v {
-            timed.env(k, v);
-        }
+/// A temp dir the server's user can enter, and a data dir it owns.
+pub fn server_dirs(prefix: &str) -> (TempDir, PathBuf) {
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    chown_to_server_user(&data);
+    (dir, data)
+}
+
+pub fn chown_to_server_user(path: &Path) {
+    if running_as_root() {
+        std::os::unix::fs::chown(path, Some(NOBODY), Some(NOBODY)).unwrap();
     }
-    let start = Instant::now();
-    let out = timed
+}
+
+/// A server binary as the unprivileged user can reach it: the cache under
+/// root's home is not traversable by `nobody`, the package's own path is.
+pub fn server_bin(name: &str) -> PathBuf {
+    std::fs::canonicalize(bin(name)).expect("resolve test-bed binary")
+}
+
+pub fn as_server_user(cmd: &mut Command) -> &mut Command {
+    if running_as_root() {
+        cmd.uid(NOBODY).gid(NOBODY).env("HOME", "/tmp");
+    }
+    cmd
+}
+
+/// Runs `cmd`, panicking with its output when it fails.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd
         .output()
-        .expect("run /usr/bin/time (Debian package time)");
-    let took = start.elapsed();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let field = |name: &str| {
-        stderr
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(str::trim)
-    };
-    let kib = field("maxrss_kib=")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("time printed no maxrss: {out:?}"));
-    let cpu_secs = field("cpu_secs=")
-        .map(|v| {
-            v.split_whitespace()
-                .filter_map(|x| x.parse::<f64>().ok())
-                .sum()
-        })
-        .unwrap_or_else(|| panic!("time printed no CPU time: {out:?}"));
-    Measured {
-        output: out,
-        wall: took,
-        max_rss_kib: kib,
-        cpu_secs,
-    }
+        .unwrap_or_else(|e| panic!("cannot run {:?}: {e}", cmd.get_program()));
+    // Program and args only: the environment may hold passwords.
+    assert!(
+        out.status.success(),
+        "{:?} {:?} failed with {}:\nstdout: {}\nstderr: {}",
+        cmd.get_program(),
+        cmd.get_args().collect::<Vec<_>>(),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }

@@ -1,16 +1,14 @@
 //! Runs the two steps the CronJobs run, on this machine: the operator binary's
-//! `dump` (with the test bed's dump tools) and `upload` subcommands.
+//! `dump` (with the test bed's dump tools) and `upload` subcommands, against a
+//! staging folder that stands in for the PVC.
 
-use super::databases::{MariaDb, Postgres, run_ok};
-use super::minio::Minio;
+use super::minio::{BUCKET, Minio};
 use super::process::{bin, bin_dir};
 use dbbackup_operator::api::{Compression, Engine};
 use dbbackup_operator::jobresult::JobResult;
 use dbbackup_operator::jobs::tool;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-pub const BUCKET: &str = "backups";
 
 /// A database to dump: where it is and how to log in.
 #[derive(Clone, Debug)]
@@ -20,28 +18,6 @@ pub struct Source {
     pub database: String,
     pub user: String,
     pub password: String,
-}
-
-impl Source {
-    pub fn mariadb(db: &MariaDb, database: &str) -> Source {
-        Source {
-            engine: Engine::Mariadb,
-            port: db.port,
-            database: database.into(),
-            user: db.user.clone(),
-            password: db.password.clone(),
-        }
-    }
-
-    pub fn postgres(pg: &Postgres, database: &str) -> Source {
-        Source {
-            engine: Engine::Postgres,
-            port: pg.port,
-            database: database.into(),
-            user: pg.user.clone(),
-            password: pg.password.clone(),
-        }
-    }
 }
 
 /// Writes `size` bytes of incompressible-looking data without holding them in memory.
@@ -294,175 +270,7 @@ pub fn run_upload(minio: &Minio, staging: &Staging, opts: &UploadOpts) -> StepRu
     finish(cmd, &termlog)
 }
 
-/// Every key in the bucket, sorted.
-pub async fn bucket_keys(minio: &Minio) -> Vec<String> {
-    let s3 = minio.s3_client().await;
-    let mut keys = vec![];
-    let mut pages = s3.list_objects_v2().bucket(BUCKET).into_paginator().send();
-    while let Some(page) = pages.next().await {
-        keys.extend(
-            page.unwrap()
-                .contents()
-                .iter()
-                .filter_map(|o| o.key().map(str::to_string)),
-        );
-    }
-    keys.sort();
-    keys
-}
-
-/// Asserts no multipart upload is left open in the bucket (every failure aborts its own).
-pub async fn assert_no_pending_uploads(minio: &Minio) {
-    let pending = minio
-        .s3_client()
-        .await
-        .list_multipart_uploads()
-        .bucket(BUCKET)
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        pending.uploads().is_empty(),
-        "orphan multipart uploads: {:?}",
-        pending.uploads()
-    );
-}
-
-pub async fn create_bucket(minio: &Minio) {
-    minio
-        .s3_client()
-        .await
-        .create_bucket()
-        .bucket(BUCKET)
-        .send()
-        .await
-        .unwrap();
-}
-
-pub async fn get_object(minio: &Minio, key: &str) -> Vec<u8> {
-    let out = minio
-        .s3_client()
-        .await
-        .get_object()
-        .bucket(BUCKET)
-        .key(key)
-        .send()
-        .await
-        .unwrap();
-    out.body.collect().await.unwrap().into_bytes().to_vec()
-}
-
 /// Today's date folder in UTC, as the uploader names it for a dump made now.
 pub fn today() -> String {
     chrono::Utc::now().format("%Y-%m-%d").to_string()
-}
-
-/// A shop schema: six tables with foreign keys, a few thousand rows, and text
-/// that tests quoting (quotes, backslashes, newlines, unicode, NULLs).
-pub fn shop_sql(engine: Engine) -> &'static str {
-    match engine {
-        Engine::Postgres => POSTGRES_SHOP,
-        Engine::Mariadb | Engine::Mysql => MARIADB_SHOP,
-    }
-}
-
-const MARIADB_SHOP: &str = r#"
-CREATE TABLE customers (id INT PRIMARY KEY, name TEXT NOT NULL, email TEXT);
-CREATE TABLE addresses (id INT PRIMARY KEY, customer_id INT NOT NULL REFERENCES customers(id), street TEXT);
-CREATE TABLE products (id INT PRIMARY KEY, title TEXT NOT NULL, price DECIMAL(10,2) NOT NULL);
-CREATE TABLE orders (id INT PRIMARY KEY, customer_id INT NOT NULL REFERENCES customers(id), note TEXT);
-CREATE TABLE order_items (id INT PRIMARY KEY, order_id INT NOT NULL REFERENCES orders(id), product_id INT NOT NULL REFERENCES products(id), qty INT NOT NULL);
-CREATE TABLE payments (id INT PRIMARY KEY, order_id INT NOT NULL REFERENCES orders(id), amount DECIMAL(10,2));
-INSERT INTO customers SELECT seq, CONCAT('Customer ''', seq, ''' \\ é ✓'), IF(seq % 7 = 0, NULL, CONCAT('c', seq, '@example.com')) FROM seq_1_to_1000;
-INSERT INTO addresses SELECT seq, seq, CONCAT('line one', CHAR(10), 'line two ', seq) FROM seq_1_to_1000;
-INSERT INTO products SELECT seq, CONCAT('Product ', seq), seq * 1.25 FROM seq_1_to_200;
-INSERT INTO orders SELECT seq, (seq % 1000) + 1, IF(seq % 3 = 0, NULL, CONCAT('note "', seq, '"')) FROM seq_1_to_2000;
-INSERT INTO order_items SELECT seq, (seq % 2000) + 1, (seq % 200) + 1, (seq % 5) + 1 FROM seq_1_to_5000;
-INSERT INTO payments SELECT seq, seq, seq * 2.5 FROM seq_1_to_2000;
-"#;
-
-const POSTGRES_SHOP: &str = r#"
-CREATE TABLE customers (id integer PRIMARY KEY, name text NOT NULL, email text);
-CREATE TABLE addresses (id integer PRIMARY KEY, customer_id integer NOT NULL REFERENCES customers(id), street text);
-CREATE TABLE products (id integer PRIMARY KEY, title text NOT NULL, price numeric(10,2) NOT NULL);
-CREATE TABLE orders (id integer PRIMARY KEY, customer_id integer NOT NULL REFERENCES customers(id), note text);
-CREATE TABLE order_items (id integer PRIMARY KEY, order_id integer NOT NULL REFERENCES orders(id), product_id integer NOT NULL REFERENCES products(id), qty integer NOT NULL);
-CREATE TABLE payments (id integer PRIMARY KEY, order_id integer NOT NULL REFERENCES orders(id), amount numeric(10,2));
-INSERT INTO customers SELECT s, 'Customer ''' || s || ''' \ é ✓', CASE WHEN s % 7 = 0 THEN NULL ELSE 'c' || s || '@example.com' END FROM generate_series(1, 1000) s;
-INSERT INTO addresses SELECT s, s, 'line one' || chr(10) || 'line two ' || s FROM generate_series(1, 1000) s;
-INSERT INTO products SELECT s, 'Product ' || s, s * 1.25 FROM generate_series(1, 200) s;
-INSERT INTO orders SELECT s, (s % 1000) + 1, CASE WHEN s % 3 = 0 THEN NULL ELSE 'note "' || s || '"' END FROM generate_series(1, 2000) s;
-INSERT INTO order_items SELECT s, (s % 2000) + 1, (s % 200) + 1, (s % 5) + 1 FROM generate_series(1, 5000) s;
-INSERT INTO payments SELECT s, s, s * 2.5 FROM generate_series(1, 2000) s;
-"#;
-
-/// Creates `database` with the shop schema and data.
-pub fn load_shop_mariadb(db: &MariaDb, database: &str) {
-    db.create_database(database);
-    db.query(database, shop_sql(Engine::Mariadb));
-}
-
-pub fn load_shop_postgres(pg: &Postgres, database: &str) {
-    pg.create_database(database);
-    pg.query(database, shop_sql(Engine::Postgres));
-}
-
-pub const SHOP_TABLES: [&str; 6] = [
-    "customers",
-    "addresses",
-    "products",
-    "orders",
-    "order_items",
-    "payments",
-];
-
-/// Row count and a content checksum per table, for comparing a restore with its source.
-pub fn fingerprint_mariadb(db: &MariaDb, database: &str) -> Vec<(String, String)> {
-    SHOP_TABLES
-        .iter()
-        .map(|t| {
-            let count = db.query(database, &format!("SELECT COUNT(*) FROM {t}"));
-            let sum = db.query(database, &format!("CHECKSUM TABLE {t} EXTENDED"));
-            let sum = sum
-                .split_whitespace()
-                .last()
-                .unwrap_or_default()
-                .to_string();
-            (t.to_string(), format!("{count}/{sum}"))
-        })
-        .collect()
-}
-
-pub fn fingerprint_postgres(pg: &Postgres, database: &str) -> Vec<(String, String)> {
-    SHOP_TABLES
-        .iter()
-        .map(|t| {
-            let v = pg.query(
-                database,
-                &format!("SELECT count(*) || '/' || md5(coalesce(string_agg(x::text, '|' ORDER BY x.id), '')) FROM {t} x"),
-            );
-            (t.to_string(), v)
-        })
-        .collect()
-}
-
-/// Restores a plain SQL dump into `database` (created first).
-pub fn restore_mariadb(db: &MariaDb, database: &str, sql: &[u8]) {
-    db.create_database(database);
-    let path = db.dir().join(format!("{database}.sql"));
-    std::fs::write(&path, sql).unwrap();
-    run_ok(
-        db.client(database)
-            .stdin(std::fs::File::open(&path).unwrap()),
-    );
-}
-
-pub fn restore_postgres(pg: &Postgres, database: &str, sql: &[u8]) {
-    pg.create_database(database);
-    let path =
-        std::env::temp_dir().join(format!("dbbackup-restore-{}-{database}.sql", rand_suffix()));
-    std::fs::write(&path, sql).unwrap();
-    let out = run_ok(pg.psql(database).arg("-f").arg(&path));
-    let _ = std::fs::remove_file(&path);
-    drop(out);
 }
