@@ -25,6 +25,11 @@ pub const LABEL_STEP: &str = "dbbackup.io/step";
 /// pods that request started, a hash of that token (`run_now_id`).
 pub const RUN_NOW: &str = "dbbackup.io/run-now";
 
+/// On a child: the hash of the desired object we last applied (`operator::applied`).
+pub const HASH_ANNOTATION: &str = "dbbackup.io/applied-hash";
+/// On a child: its generation right after our last apply.
+pub const GENERATION_ANNOTATION: &str = "dbbackup.io/applied-generation";
+
 /// The database user, from the credentials Secret, for the dump and load steps.
 pub const USER_ENV: &str = "DB_USER";
 

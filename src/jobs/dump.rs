@@ -197,43 +197,19 @@ fn write_dump(args: &DumpArgs, partial: &Path, phase: &Mutex<Phase>) -> Result<u
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| tool::cannot_run(&program, &e))?;
-    set(phase, |p| match p {
-        Phase::Dumping { partial, .. } => Phase::Dumping {
-            tool: Some(child.id()),
-            partial: partial.clone(),
-        },
-        _ => Phase::Starting,
-    })
-    .inspect_err(|_| {
+    set_tool(phase, Some(child.id())).inspect_err(|_| {
         let _ = child.kill();
     })?;
     let stderr = tool::collect_stderr(&mut child);
     let written = match child.stdout.take() {
-        Some(pipe) => {
-            // 1 MiB (the default most for a user): fewer, larger reads.
-            // SAFETY: fcntl on a pipe descriptor we own; failure leaves it as it was.
-            unsafe {
-                libc::fcntl(
-                    std::os::fd::AsRawFd::as_raw_fd(&pipe),
-                    libc::F_SETPIPE_SZ,
-                    1 << 20,
-                );
-            }
-            compress(pipe, file, args.compression)
-        }
+        Some(pipe) => compress(widened(pipe), file, args.compression),
         None => Ok(0),
     };
     let status = child
         .wait()
         .map_err(|e| format!("cannot wait for {program}: {e}"))?;
     // Reaped: its PID may be anyone's now, so SIGTERM must not signal it.
-    set(phase, |p| match p {
-        Phase::Dumping { partial, .. } => Phase::Dumping {
-            tool: None,
-            partial: partial.clone(),
-        },
-        _ => Phase::Starting,
-    })?;
+    set_tool(phase, None)?;
     let stderr = stderr.join().unwrap_or_default();
     // A write of ours that failed is the cause: the tool then only saw its
     // pipe close. The tool's own failure comes next.
@@ -250,7 +226,43 @@ fn write_dump(args: &DumpArgs, partial: &Path, phase: &Mutex<Phase>) -> Result<u
         }
         return Err(message);
     }
-    if direct {
+    let read = match direct {
+        true => None,
+        false => Some(written.unwrap_or(0)),
+    };
+    settle(partial, read)
+}
+
+/// Records the running tool's PID (for SIGTERM to pass on), or that it ended.
+fn set_tool(phase: &Mutex<Phase>, tool: Option<u32>) -> Result<(), String> {
+    set(phase, |p| match p {
+        Phase::Dumping { partial, .. } => Phase::Dumping {
+            tool,
+            partial: partial.clone(),
+        },
+        _ => Phase::Starting,
+    })
+}
+
+/// The tool's stdout pipe at 1 MiB (the default most for a user): fewer,
+/// larger reads.
+fn widened(pipe: std::process::ChildStdout) -> std::process::ChildStdout {
+    // SAFETY: fcntl on a pipe descriptor we own; failure leaves it as it was.
+    unsafe {
+        libc::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&pipe),
+            libc::F_SETPIPE_SZ,
+            1 << 20,
+        );
+    }
+    pipe
+}
+
+/// The finished file's size, once on disk. `read`: what the tool wrote
+/// through our pipe (`compress` synced the file); `None` when the tool wrote
+/// the file itself, which we sync here. A tool that wrote nothing failed.
+fn settle(partial: &Path, read: Option<u64>) -> Result<u64, String> {
+    if read.is_none() {
         File::open(partial)
             .and_then(|f| f.sync_all())
             .map_err(|e| format!("cannot sync {}: {e}", partial.display()))?;
@@ -258,8 +270,7 @@ fn write_dump(args: &DumpArgs, partial: &Path, phase: &Mutex<Phase>) -> Result<u
     let size = std::fs::metadata(partial)
         .map(|m| m.len())
         .map_err(|e| format!("cannot read {}: {e}", partial.display()))?;
-    let read = if direct { size } else { written.unwrap_or(0) };
-    if read == 0 {
+    if read.unwrap_or(size) == 0 {
         return Err("dump tool wrote nothing".into());
     }
     Ok(size)

@@ -6,18 +6,16 @@
 //! computed on upload (MD5, per part for multipart uploads), decompresses on
 //! the way, and leaves `restore.sql` only when every byte checked out.
 
-use super::{proof, retention, store};
+use super::proof::{EtagCheck, parse_part_size};
+use super::{retention, store};
 use crate::api::Compression;
 use crate::jobresult::{Failure, JobResult, Outcome, Step, fail};
 use crate::logline::LogLine;
 use crate::reasons;
-use md5::{Digest as _, Md5};
+use aws_sdk_s3::operation::get_object::GetObjectOutput;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use tracing::{error, info};
-
-/// Part size assumed for multipart objects without our part-size metadata.
-const DEFAULT_PART_SIZE: u64 = store::DEFAULT_PART_SIZE;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct FetchArgs {
@@ -77,78 +75,13 @@ async fn fetch(args: &FetchArgs) -> Result<JobResult, Failure> {
         args.key.clone()
     };
     info!(%key, "downloading");
-    let got = client
-        .get_object()
-        .bucket(bucket)
-        .key(&key)
-        .send()
-        .await
-        .map_err(|e| {
-            if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
-                fail(
-                    reasons::OBJECT_NOT_FOUND,
-                    format!("object {key} not found in bucket {bucket}"),
-                )
-            } else {
-                fail(
-                    reasons::DOWNLOAD_FAILED,
-                    format!("cannot download {key}: {}", store::describe(&e)),
-                )
-            }
-        })?;
+    let got = get(&client, bucket, &key).await?;
     let etag = got
         .e_tag()
         .unwrap_or_default()
         .trim_matches('"')
         .to_string();
-    let part_size = got
-        .metadata()
-        .and_then(|m| m.get(store::PART_SIZE_META))
-        .map(|v| parse_part_size(v).map_err(|e| fail(reasons::CORRUPT_DUMP, format!("{key}: {e}"))))
-        .transpose()?;
-    let expected_size = got.content_length().unwrap_or(-1);
-    let mut check = EtagCheck::new(&etag, part_size);
-    let mut out = Decompressor::create(&args.out, &key).map_err(|e| {
-        fail(
-            reasons::DOWNLOAD_FAILED,
-            format!("cannot write {}: {e}", args.out.display()),
-        )
-    })?;
-    let mut body = got.body;
-    let mut size = 0u64;
-    while let Some(chunk) = body.try_next().await.map_err(|e| {
-        fail(
-            reasons::DOWNLOAD_FAILED,
-            format!("download of {key} broke off: {e}"),
-        )
-    })? {
-        size += chunk.len() as u64;
-        check.update(&chunk);
-        out.write_all(&chunk).map_err(|e| {
-            fail(
-                reasons::CORRUPT_DUMP,
-                format!("cannot decompress {key}: {e}"),
-            )
-        })?;
-    }
-    if size as i64 != expected_size {
-        return Err(fail(
-            reasons::DOWNLOAD_FAILED,
-            format!("{key}: received {size} bytes of {expected_size}"),
-        ));
-    }
-    let verified = check.verify().map_err(|e| {
-        fail(
-            reasons::CHECKSUM_MISMATCH,
-            format!("{key} does not match its checksum: {e}"),
-        )
-    })?;
-    out.finish().map_err(|e| {
-        fail(
-            reasons::CORRUPT_DUMP,
-            format!("cannot decompress {key}: {e}"),
-        )
-    })?;
+    let (size, verified) = save(got, &etag, &key, &args.out).await?;
     let how = if verified {
         "checksum verified"
     } else {
@@ -166,6 +99,88 @@ async fn fetch(args: &FetchArgs) -> Result<JobResult, Failure> {
         reason: None,
         more_log: vec![],
     })
+}
+
+async fn get(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+) -> Result<GetObjectOutput, Failure> {
+    client
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map_err(|e| {
+            if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
+                fail(
+                    reasons::OBJECT_NOT_FOUND,
+                    format!("object {key} not found in bucket {bucket}"),
+                )
+            } else {
+                fail(
+                    reasons::DOWNLOAD_FAILED,
+                    format!("cannot download {key}: {}", store::describe(&e)),
+                )
+            }
+        })
+}
+
+/// Streams the object into `out`, decompressing by its key's suffix and
+/// recomputing its ETag; returns its size and whether the ETag could be
+/// checked. Every byte counted, checked and decompressed, or an error.
+async fn save(
+    got: GetObjectOutput,
+    etag: &str,
+    key: &str,
+    out: &Path,
+) -> Result<(u64, bool), Failure> {
+    let part_size = got
+        .metadata()
+        .and_then(|m| m.get(store::PART_SIZE_META))
+        .map(|v| parse_part_size(v).map_err(|e| fail(reasons::CORRUPT_DUMP, format!("{key}: {e}"))))
+        .transpose()?;
+    let expected_size = got.content_length().unwrap_or(-1);
+    let mut check = EtagCheck::new(etag, part_size);
+    let mut file = Decompressor::create(out, key).map_err(|e| {
+        fail(
+            reasons::DOWNLOAD_FAILED,
+            format!("cannot write {}: {e}", out.display()),
+        )
+    })?;
+    let corrupt = |e: std::io::Error| {
+        fail(
+            reasons::CORRUPT_DUMP,
+            format!("cannot decompress {key}: {e}"),
+        )
+    };
+    let mut body = got.body;
+    let mut size = 0u64;
+    while let Some(chunk) = body.try_next().await.map_err(|e| {
+        fail(
+            reasons::DOWNLOAD_FAILED,
+            format!("download of {key} broke off: {e}"),
+        )
+    })? {
+        size += chunk.len() as u64;
+        check.update(&chunk);
+        file.write_all(&chunk).map_err(corrupt)?;
+    }
+    if size as i64 != expected_size {
+        return Err(fail(
+            reasons::DOWNLOAD_FAILED,
+            format!("{key}: received {size} bytes of {expected_size}"),
+        ));
+    }
+    let verified = check.verify().map_err(|e| {
+        fail(
+            reasons::CHECKSUM_MISMATCH,
+            format!("{key} does not match its checksum: {e}"),
+        )
+    })?;
+    file.finish().map_err(corrupt)?;
+    Ok((size, verified))
 }
 
 /// The newest of our dumps under `prefix`.
@@ -191,101 +206,6 @@ async fn latest(
                 format!("no dump under prefix {prefix:?} in bucket {bucket}"),
             )
         })
-}
-
-/// The part size our metadata names: S3 parts are 5 MiB to 5 GiB (the last
-/// may be smaller), so anything else is refused rather than trusted.
-fn parse_part_size(value: &str) -> Result<u64, String> {
-    const MIN: u64 = 5 * 1024 * 1024;
-    const MAX: u64 = 5 * 1024 * 1024 * 1024;
-    match value.trim().parse::<u64>() {
-        Ok(n) if (MIN..=MAX).contains(&n) => Ok(n),
-        _ => Err(format!(
-            "part size metadata {value:?} is not between 5 MiB and 5 GiB; the object was not written by this operator as it is"
-        )),
-    }
-}
-
-/// Recomputes the ETag S3 reports: the MD5 of the object, or for a multipart
-/// upload the MD5 of its parts' MD5s, suffixed with the part count.
-struct EtagCheck {
-    expected: String,
-    /// None: a single-part object, hashed whole.
-    part_size: Option<u64>,
-    /// Whether the part size is known (our metadata) or assumed.
-    part_size_known: bool,
-    current: Md5,
-    current_len: u64,
-    parts: Vec<u8>,
-    count: u64,
-}
-
-impl EtagCheck {
-    fn new(etag: &str, part_size: Option<u64>) -> EtagCheck {
-        let multipart = etag.contains('-');
-        EtagCheck {
-            expected: etag.to_string(),
-            part_size: multipart.then(|| part_size.unwrap_or(DEFAULT_PART_SIZE)),
-            part_size_known: part_size.is_some(),
-            current: Md5::new(),
-            current_len: 0,
-            parts: vec![],
-            count: 0,
-        }
-    }
-
-    fn update(&mut self, mut bytes: &[u8]) {
-        let Some(part) = self.part_size else {
-            self.current.update(bytes);
-            return;
-        };
-        while !bytes.is_empty() {
-            let take = ((part - self.current_len) as usize).min(bytes.len());
-            self.current.update(&bytes[..take]);
-            self.current_len += take as u64;
-            bytes = &bytes[take..];
-            if self.current_len == part {
-                self.end_part();
-            }
-        }
-    }
-
-    fn end_part(&mut self) {
-        self.parts.extend_from_slice(&self.current.finalize_reset());
-        self.current_len = 0;
-        self.count += 1;
-    }
-
-    /// Ok(true) when verified, Ok(false) when the ETag cannot be checked
-    /// (not an MD5, as with KMS encryption; or a part size we cannot know).
-    fn verify(mut self) -> Result<bool, String> {
-        if !proof::md5_style(&self.expected) {
-            return Ok(false);
-        }
-        if self.part_size.is_none() {
-            let got = proof::hex(&self.current.finalize());
-            return match got == self.expected {
-                true => Ok(true),
-                false => Err(format!("MD5 {got}, the store's ETag is {}", self.expected)),
-            };
-        }
-        if self.current_len > 0 {
-            self.end_part();
-        }
-        let got = proof::multipart_etag(&self.parts, self.count as usize);
-        if got == self.expected {
-            return Ok(true);
-        }
-        let same_count = self.expected.ends_with(&format!("-{}", self.count));
-        if !self.part_size_known && !same_count {
-            // Uploaded by another tool with another part size.
-            return Ok(false);
-        }
-        Err(format!(
-            "computed ETag {got}, the store's is {}",
-            self.expected
-        ))
-    }
 }
 
 type Out = std::io::BufWriter<std::fs::File>;
@@ -379,6 +299,8 @@ mod tests {
     use super::*;
 
     use crate::jobs::proof::hex;
+    use crate::jobs::store::DEFAULT_PART_SIZE;
+    use md5::{Digest as _, Md5};
 
     fn multipart_etag(data: &[u8], part: usize) -> String {
         let md5s: Vec<u8> = data

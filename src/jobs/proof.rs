@@ -1,8 +1,9 @@
 //! What proves that the store holds exactly the file we sent: the checksums
 //! we compute while sending, and the HEAD request that compares them with
-//! what the store reports. Only after that proof is a dump deleted.
+//! what the store reports (only after that proof is a dump deleted); and on
+//! the way back, the ETag recomputed over the downloaded bytes.
 
-use super::store::describe;
+use super::store::{DEFAULT_PART_SIZE, describe};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::types::ChecksumMode;
 use base64::Engine as _;
@@ -105,4 +106,99 @@ pub async fn verify(
         },
     }
     Ok(())
+}
+
+/// The part size our metadata names: S3 parts are 5 MiB to 5 GiB (the last
+/// may be smaller), so anything else is refused rather than trusted.
+pub(crate) fn parse_part_size(value: &str) -> Result<u64, String> {
+    const MIN: u64 = 5 * 1024 * 1024;
+    const MAX: u64 = 5 * 1024 * 1024 * 1024;
+    match value.trim().parse::<u64>() {
+        Ok(n) if (MIN..=MAX).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "part size metadata {value:?} is not between 5 MiB and 5 GiB; the object was not written by this operator as it is"
+        )),
+    }
+}
+
+/// Recomputes the ETag S3 reports: the MD5 of the object, or for a multipart
+/// upload the MD5 of its parts' MD5s, suffixed with the part count.
+pub(crate) struct EtagCheck {
+    expected: String,
+    /// None: a single-part object, hashed whole.
+    part_size: Option<u64>,
+    /// Whether the part size is known (our metadata) or assumed.
+    part_size_known: bool,
+    current: Md5,
+    current_len: u64,
+    parts: Vec<u8>,
+    count: u64,
+}
+
+impl EtagCheck {
+    pub(crate) fn new(etag: &str, part_size: Option<u64>) -> EtagCheck {
+        let multipart = etag.contains('-');
+        EtagCheck {
+            expected: etag.to_string(),
+            part_size: multipart.then(|| part_size.unwrap_or(DEFAULT_PART_SIZE)),
+            part_size_known: part_size.is_some(),
+            current: Md5::new(),
+            current_len: 0,
+            parts: vec![],
+            count: 0,
+        }
+    }
+
+    pub(crate) fn update(&mut self, mut bytes: &[u8]) {
+        let Some(part) = self.part_size else {
+            self.current.update(bytes);
+            return;
+        };
+        while !bytes.is_empty() {
+            let take = ((part - self.current_len) as usize).min(bytes.len());
+            self.current.update(&bytes[..take]);
+            self.current_len += take as u64;
+            bytes = &bytes[take..];
+            if self.current_len == part {
+                self.end_part();
+            }
+        }
+    }
+
+    fn end_part(&mut self) {
+        self.parts.extend_from_slice(&self.current.finalize_reset());
+        self.current_len = 0;
+        self.count += 1;
+    }
+
+    /// Ok(true) when verified, Ok(false) when the ETag cannot be checked
+    /// (not an MD5, as with KMS encryption; or a part size we cannot know).
+    pub(crate) fn verify(mut self) -> Result<bool, String> {
+        if !md5_style(&self.expected) {
+            return Ok(false);
+        }
+        if self.part_size.is_none() {
+            let got = hex(&self.current.finalize());
+            return match got == self.expected {
+                true => Ok(true),
+                false => Err(format!("MD5 {got}, the store's ETag is {}", self.expected)),
+            };
+        }
+        if self.current_len > 0 {
+            self.end_part();
+        }
+        let got = multipart_etag(&self.parts, self.count as usize);
+        if got == self.expected {
+            return Ok(true);
+        }
+        let same_count = self.expected.ends_with(&format!("-{}", self.count));
+        if !self.part_size_known && !same_count {
+            // Uploaded by another tool with another part size.
+            return Ok(false);
+        }
+        Err(format!(
+            "computed ETag {got}, the store's is {}",
+            self.expected
+        ))
+    }
 }

@@ -3,6 +3,7 @@
 //! existence checks and deletes the upload, retention and fetch share. The
 //! put itself is in `put`, its proof in `proof`.
 
+use crate::names;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
@@ -35,13 +36,13 @@ pub struct StoreSettings {
 #[derive(clap::Args, Debug, Clone)]
 pub struct StoreArgs {
     /// Bucket name (surrounding whitespace is dropped, as the operator's check does).
-    #[arg(long, env = "DBBACKUP_BUCKET", value_parser = |s: &str| Ok::<_, String>(crate::api::bucket_name(s).to_string()))]
+    #[arg(long, env = names::BUCKET_ENV, value_parser = |s: &str| Ok::<_, String>(crate::api::bucket_name(s).to_string()))]
     pub bucket: String,
     /// Endpoint URL of an S3-compatible store; empty or unset for AWS S3.
-    #[arg(long, env = "DBBACKUP_ENDPOINT")]
+    #[arg(long, env = names::ENDPOINT_ENV)]
     pub endpoint: Option<String>,
     /// Region; empty or unset means us-east-1.
-    #[arg(long, env = "AWS_REGION")]
+    #[arg(long, env = names::REGION_ENV)]
     pub region: Option<String>,
     /// Path-style addressing (default: on with a custom endpoint).
     #[arg(long)]

@@ -7,16 +7,7 @@ use std::io::Read;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::JoinHandle;
 
-/// Environment variable holding the database user (from the credentials Secret).
-pub const USER_ENV: &str = "DB_USER";
-
-/// Environment variable the clients read the password from (from the Secret).
-pub fn password_env(engine: Engine) -> &'static str {
-    match engine {
-        Engine::Postgres => "PGPASSWORD",
-        Engine::Mariadb | Engine::Mysql => "MYSQL_PWD",
-    }
-}
+use crate::names::USER_ENV;
 
 /// Where a database is, and who logs in.
 #[derive(Clone, Debug, PartialEq)]

@@ -16,10 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-/// Annotation holding the hash of the desired object last applied.
-pub const HASH_ANNOTATION: &str = "dbbackup.io/applied-hash";
-/// Annotation holding the child's generation right after our last apply.
-pub const GENERATION_ANNOTATION: &str = "dbbackup.io/applied-generation";
+use crate::names::{GENERATION_ANNOTATION, HASH_ANNOTATION};
 
 /// True when the live child's metadata shows it holds `desired` (stamped) unchanged.
 pub fn unchanged(live: &ObjectMeta, desired: &Value) -> bool {

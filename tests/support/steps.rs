@@ -6,7 +6,7 @@ use super::minio::{BUCKET, Minio};
 use super::process::{bin, bin_dir};
 use dbbackup_operator::api::{Compression, Engine};
 use dbbackup_operator::jobresult::JobResult;
-use dbbackup_operator::jobs::tool;
+use dbbackup_operator::names;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -205,8 +205,8 @@ pub fn dump_command(
         .env_clear()
         .env("PATH", path_env())
         .env("HOME", "/tmp")
-        .env(tool::USER_ENV, &src.user)
-        .env(tool::password_env(src.engine), &src.password);
+        .env(names::USER_ENV, &src.user)
+        .env(names::password_env(src.engine), &src.password);
     (cmd, termlog)
 }
 
