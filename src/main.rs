@@ -34,34 +34,37 @@ enum LogFormat {
     Json,
 }
 
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Image that runs the `upload` subcommand in the upload CronJobs (this operator's image).
+    #[arg(long, env = "DBBACKUP_UPLOADER_IMAGE", default_value = concat!("ghcr.io/dbbackup-operator/dbbackup-operator:", env!("CARGO_PKG_VERSION")))]
+    uploader_image: String,
+    /// Watch this namespace only (default: all namespaces).
+    #[arg(long, env = "DBBACKUP_WATCH_NAMESPACE")]
+    namespace: Option<String>,
+    #[arg(long, value_enum, default_value = "text", env = "DBBACKUP_LOG_FORMAT")]
+    log_format: LogFormat,
+    /// Address of the /metrics, /healthz and /readyz endpoints.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    listen: std::net::SocketAddr,
+    /// Reconcile only while holding a Lease, so that one of several replicas works.
+    #[arg(long)]
+    leader_election: bool,
+    /// Seconds a Lease stays valid without renewal.
+    #[arg(long, default_value_t = 15)]
+    lease_duration_seconds: u64,
+    /// Name of the Lease.
+    #[arg(long, default_value = "dbbackup-operator")]
+    lease_name: String,
+    /// Namespace of the Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the controller.
-    Run {
-        /// Image that runs the `upload` subcommand in the upload CronJobs (this operator's image).
-        #[arg(long, env = "DBBACKUP_UPLOADER_IMAGE", default_value = concat!("ghcr.io/dbbackup-operator/dbbackup-operator:", env!("CARGO_PKG_VERSION")))]
-        uploader_image: String,
-        /// Watch this namespace only (default: all namespaces).
-        #[arg(long, env = "DBBACKUP_WATCH_NAMESPACE")]
-        namespace: Option<String>,
-        #[arg(long, value_enum, default_value = "text", env = "DBBACKUP_LOG_FORMAT")]
-        log_format: LogFormat,
-        /// Address of the /metrics, /healthz and /readyz endpoints.
-        #[arg(long, default_value = "0.0.0.0:8080")]
-        listen: std::net::SocketAddr,
-        /// Reconcile only while holding a Lease, so that one of several replicas works.
-        #[arg(long)]
-        leader_election: bool,
-        /// Seconds a Lease stays valid without renewal.
-        #[arg(long, default_value_t = 15)]
-        lease_duration_seconds: u64,
-        /// Name of the Lease.
-        #[arg(long, default_value = "dbbackup-operator")]
-        lease_name: String,
-        /// Namespace of the Lease (the operator's own).
-        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
-        lease_namespace: String,
-    },
+    Run(RunArgs),
     /// Upload the staged dump, if any (run by the upload CronJob).
     Upload(dbbackup_operator::jobs::upload::UploadArgs),
     /// Download, verify and decompress a dump for a restore (run by the restore Job).
@@ -124,56 +127,51 @@ async fn main() -> anyhow::Result<()> {
             let code = dbbackup_operator::jobs::upload::run(args).await;
             std::process::exit(code);
         }
-        Command::Run {
-            uploader_image,
-            namespace,
-            log_format,
-            listen,
-            leader_election,
-            lease_duration_seconds,
-            lease_name,
-            lease_namespace,
-        } => {
-            init_tracing(log_format);
-            let metrics = Arc::new(Metrics::default());
-            let health = Arc::new(server::Health::default());
-            let listener = tokio::net::TcpListener::bind(listen).await?;
-            tokio::spawn(server::serve(listener, metrics.clone(), health.clone()));
+        Command::Run(args) => run(args).await?,
+    }
+    Ok(())
+}
 
-            let client = dbbackup_operator::operator::metrics::counting_client(
-                kube::Client::try_default().await?,
-                metrics.clone(),
-            );
-            let version = client.apiserver_version().await?;
-            tracing::info!(apiserver = %version.git_version, "connected");
-            health.set_ready();
-            let ctx = Arc::new(Context::new(
-                client.clone(),
-                Settings { uploader_image },
-                metrics,
-            ));
-            if !leader_election {
-                operator::run(ctx, namespace).await;
-                return Ok(());
-            }
-            let identity = std::env::var("POD_NAME")
-                .unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id()));
-            let lock = LeaseLock::new(
-                client,
-                &lease_namespace,
-                &lease_name,
-                &identity,
-                Duration::from_secs(lease_duration_seconds.max(5)),
-            );
-            let acquired = lock.acquire().await;
-            tokio::select! {
-                _ = operator::run(ctx, namespace) => {}
-                _ = lock.hold(acquired) => {
-                    // Another replica may already be reconciling: stop at once.
-                    tracing::error!("lost leadership; exiting so that the pod restarts as a follower");
-                    std::process::exit(1);
-                }
-            }
+/// The operator: metrics and health endpoints, the API client, and the
+/// controllers, behind a Lease when several replicas run.
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    init_tracing(args.log_format);
+    let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(server::Health::default());
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    tokio::spawn(server::serve(listener, metrics.clone(), health.clone()));
+
+    let client = dbbackup_operator::operator::metrics::counting_client(
+        kube::Client::try_default().await?,
+        metrics.clone(),
+    );
+    let version = client.apiserver_version().await?;
+    tracing::info!(apiserver = %version.git_version, "connected");
+    health.set_ready();
+    let settings = Settings {
+        uploader_image: args.uploader_image,
+    };
+    let ctx = Arc::new(Context::new(client.clone(), settings, metrics));
+    if !args.leader_election {
+        operator::run(ctx, args.namespace).await;
+        return Ok(());
+    }
+    let identity = std::env::var("POD_NAME")
+        .unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id()));
+    let lock = LeaseLock::new(
+        client,
+        &args.lease_namespace,
+        &args.lease_name,
+        &identity,
+        Duration::from_secs(args.lease_duration_seconds.max(5)),
+    );
+    let acquired = lock.acquire().await;
+    tokio::select! {
+        _ = operator::run(ctx, args.namespace) => {}
+        _ = lock.hold(acquired) => {
+            // Another replica may already be reconciling: stop at once.
+            tracing::error!("lost leadership; exiting so that the pod restarts as a follower");
+            std::process::exit(1);
         }
     }
     Ok(())
