@@ -130,39 +130,29 @@ async fn valid_resource_gets_pvc_and_both_cronjobs() {
         dump_container.image.as_deref(),
         Some("docker.io/library/mariadb:11.8")
     );
-    let env = dump_container.env.as_ref().unwrap();
-    let pw = env.iter().find(|e| e.name == "MYSQL_PWD").unwrap();
-    let key_ref = pw
-        .value_from
-        .as_ref()
-        .unwrap()
-        .secret_key_ref
-        .as_ref()
-        .unwrap();
     assert_eq!(
-        (key_ref.name.as_str(), key_ref.key.as_str()),
+        secret_ref(dump_container, "MYSQL_PWD"),
         ("db-creds", "password")
     );
 
     let upload_container = container(&upload);
     assert_eq!(upload_container.image.as_deref(), Some(UPLOADER_IMAGE));
     assert_eq!(upload_container.args.as_ref().unwrap()[0], "upload");
-    let env = upload_container.env.as_ref().unwrap();
-    let secret = env
-        .iter()
-        .find(|e| e.name == "AWS_SECRET_ACCESS_KEY")
-        .unwrap();
-    let key_ref = secret
-        .value_from
-        .as_ref()
-        .unwrap()
-        .secret_key_ref
-        .as_ref()
-        .unwrap();
     assert_eq!(
-        (key_ref.name.as_str(), key_ref.key.as_str()),
+        secret_ref(upload_container, "AWS_SECRET_ACCESS_KEY"),
         ("s3-creds", "secretAccessKey")
     );
+}
+
+/// The Secret and key the env variable `name` of `c` comes from.
+fn secret_ref<'a>(c: &'a k8s_openapi::api::core::v1::Container, name: &str) -> (&'a str, &'a str) {
+    let var = c.env.iter().flatten().find(|e| e.name == name).unwrap();
+    let key_ref = var
+        .value_from
+        .as_ref()
+        .and_then(|v| v.secret_key_ref.as_ref())
+        .unwrap();
+    (key_ref.name.as_str(), key_ref.key.as_str())
 }
 
 #[tokio::test]

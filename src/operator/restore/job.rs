@@ -86,13 +86,8 @@ pub fn restore_job(r: &DatabaseRestore, source: &Source, settings: &Settings) ->
         tolerations: spec.tolerations.clone(),
         affinity: None,
     };
-    let pod = pod::job_pod(
-        DUMP_UID,
-        vec![fetch_container(r, source, settings, fetch_mounts), copy],
-        vec![load],
-        volumes,
-        placement,
-    );
+    let fetch = fetch_container(r, source, settings, fetch_mounts);
+    let pod = pod::job_pod(DUMP_UID, vec![fetch, copy], vec![load], volumes, placement);
     let labels = labels(&r.name_any());
     Job {
         metadata: ObjectMeta {
@@ -173,37 +168,37 @@ mod tests {
         serde_json::from_value(manifest).unwrap()
     }
 
+    /// The bucket of backup "orders" (with a CA bundle), plus `extra` fields.
+    fn source(extra: serde_json::Value) -> Source {
+        let mut bucket = serde_json::json!({ "secretRef": { "name": "s3-creds" }, "caBundle": { "name": "ca" } });
+        for (k, v) in extra.as_object().unwrap() {
+            bucket[k] = v.clone();
+        }
+        Source {
+            bucket: serde_json::from_value(bucket).unwrap(),
+            prefix: "shop/orders/".into(),
+        }
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            uploader_image: "ghcr.io/dbbackup-operator/dbbackup-operator:0.1.0".into(),
+        }
+    }
+
     #[test]
     fn golden_restore_job() {
         let r = restore(serde_json::json!({ "backup": "orders", "overwrite": true }));
-        let bucket: BucketSpec = serde_json::from_value(serde_json::json!({
-            "secretRef": { "name": "s3-creds" }, "caBundle": { "name": "ca" }, "endpoint": "http://minio:9000"
-        }))
-        .unwrap();
-        let source = Source {
-            bucket,
-            prefix: "shop/orders/".into(),
-        };
-        let settings = Settings {
-            uploader_image: "ghcr.io/dbbackup-operator/dbbackup-operator:0.1.0".into(),
-        };
-        let job = restore_job(&r, &source, &settings);
+        let source = source(serde_json::json!({ "endpoint": "http://minio:9000" }));
+        let job = restore_job(&r, &source, &settings());
         assert_golden("restore-job.yaml", &serde_yaml::to_string(&job).unwrap());
     }
 
     #[test]
     fn the_job_fetches_with_our_image_and_loads_with_the_database_image() {
         let r = restore(serde_json::json!({ "backup": "orders", "scratchSize": "20Gi" }));
-        let bucket: BucketSpec =
-            serde_json::from_value(serde_json::json!({ "secretRef": { "name": "s3-creds" }, "caBundle": { "name": "ca" } }))
-                .unwrap();
-        let source = Source {
-            bucket,
-            prefix: "shop/orders/".into(),
-        };
-        let settings = Settings {
-            uploader_image: "ghcr.io/dbbackup-operator/dbbackup-operator:0.1.0".into(),
-        };
+        let source = source(serde_json::json!({}));
+        let settings = settings();
         let job = restore_job(&r, &source, &settings);
         assert_eq!(job.metadata.name.as_deref(), Some("back-restore-5d2c0e0e"));
         let spec = job.spec.unwrap();

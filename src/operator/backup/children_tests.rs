@@ -1,0 +1,168 @@
+//! Golden files and rules of the backup's children.
+
+use super::*;
+use crate::operator::pod::{assert_golden, database_port};
+
+fn fixture(engine: &str, extra: serde_json::Value) -> DatabaseBackup {
+    let mut manifest = serde_json::json!({
+        "apiVersion": "dbbackup.io/v1alpha1",
+        "kind": "DatabaseBackup",
+        "metadata": {
+            "name": "orders",
+            "namespace": "shop",
+            "uid": "0b5c3a56-7f0e-4c43-9d0a-3c2b1e9f8a11"
+        },
+        "spec": {
+            "database": {
+                "engine": engine,
+                "host": "db.shop.svc",
+                "name": "orders",
+                "credentialsSecret": { "name": "db-creds" }
+            },
+            "schedule": "0 3 * * *",
+            "timeZone": "Europe/Paris",
+            "bucket": { "secretRef": { "name": "s3-creds" } }
+        }
+    });
+    json_merge(&mut manifest["spec"], extra);
+    serde_json::from_value(manifest).unwrap()
+}
+
+fn json_merge(into: &mut serde_json::Value, from: serde_json::Value) {
+    match (into, from) {
+        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+            for (k, v) in b {
+                json_merge(a.entry(k).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+fn pod_of(cronjob: CronJob) -> PodSpec {
+    cronjob
+        .spec
+        .job_template
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+}
+
+fn settings() -> Settings {
+    Settings {
+        uploader_image: "ghcr.io/dbbackup-operator/dbbackup-operator:0.1.0".into(),
+    }
+}
+
+fn children_yaml(db: &DatabaseBackup) -> String {
+    [
+        serde_yaml::to_string(&staging_pvc(db)).unwrap(),
+        serde_yaml::to_string(&dump_cronjob(db, &settings())).unwrap(),
+        serde_yaml::to_string(&upload_cronjob(db, &settings())).unwrap(),
+    ]
+    .join("---\n")
+}
+
+#[test]
+fn golden_mariadb_children() {
+    let db = fixture(
+        "mariadb",
+        serde_json::json!({
+            "compression": "gzip",
+            "bucket": { "endpoint": "http://minio.shop.svc:9000", "forcePathStyle": true },
+            "staging": { "size": "5Gi", "storageClassName": "standard" }
+        }),
+    );
+    assert_golden("mariadb-children.yaml", &children_yaml(&db));
+}
+
+#[test]
+fn golden_postgres_children() {
+    let db = fixture(
+        "postgres",
+        serde_json::json!({
+            "bucket": { "name": "team-backups", "prefix": "", "region": "eu-west-3",
+                        "caBundle": { "name": "corp-ca" } },
+            "database": { "port": 6432 },
+            "jobs": { "nodeSelector": { "disk": "ssd" } },
+            "retention": { "keepLast": 7, "maxAge": "30d" }
+        }),
+    );
+    assert_golden("postgres-children.yaml", &children_yaml(&db));
+}
+
+#[test]
+fn default_prefix_is_namespace_and_name() {
+    assert_eq!(
+        key_prefix(&fixture("mariadb", serde_json::json!({}))),
+        "shop/orders/"
+    );
+    let original = fixture("mariadb", serde_json::json!({"bucket": {"prefix": ""}}));
+    assert_eq!(key_prefix(&original), "");
+}
+
+#[test]
+fn ports_default_per_engine() {
+    assert_eq!(
+        database_port(&fixture("postgres", serde_json::json!({})).spec.database),
+        5432
+    );
+    assert_eq!(
+        database_port(&fixture("mysql", serde_json::json!({})).spec.database),
+        3306
+    );
+    let custom = fixture("postgres", serde_json::json!({"database": {"port": 6432}}));
+    assert_eq!(database_port(&custom.spec.database), 6432);
+}
+
+#[test]
+fn dollars_reach_the_container_as_written() {
+    let db = fixture(
+        "postgres",
+        serde_json::json!({"database": {"name": "a$$b$(HOME)"}, "bucket": {"prefix": "p$(X)/"}}),
+    );
+    let dump = pod_of(dump_cronjob(&db, &settings()));
+    let args = dump.containers[0].args.clone().unwrap();
+    assert!(
+        args.contains(&"--database=a$$$$b$$(HOME)".to_string()),
+        "{args:?}"
+    );
+    let upload = pod_of(upload_cronjob(&db, &settings()));
+    let args = upload.containers[0].args.clone().unwrap();
+    assert!(args.contains(&"--prefix=p$$(X)/".to_string()), "{args:?}");
+}
+
+#[test]
+fn no_container_runs_a_shell() {
+    for engine in ["mariadb", "postgres", "mysql"] {
+        let db = fixture(engine, serde_json::json!({}));
+        for pod in [
+            pod_of(dump_cronjob(&db, &settings())),
+            pod_of(upload_cronjob(&db, &settings())),
+        ] {
+            for c in pod.init_containers.iter().flatten().chain(&pod.containers) {
+                let argv: Vec<&String> = c.command.iter().chain(&c.args).flatten().collect();
+                assert!(
+                    argv.iter().all(|a| !a.ends_with("sh") && *a != "-c"),
+                    "{}: {argv:?}",
+                    c.name
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn user_affinity_replaces_the_dump_node_preference() {
+    let db = fixture("mariadb", serde_json::json!({}));
+    let pod = pod_of(upload_cronjob(&db, &settings()));
+    assert!(pod.affinity.unwrap().pod_affinity.is_some());
+    let db = fixture(
+        "mariadb",
+        serde_json::json!({"jobs": {"affinity": {"nodeAffinity": {}}}}),
+    );
+    let pod = pod_of(upload_cronjob(&db, &settings()));
+    assert!(pod.affinity.unwrap().pod_affinity.is_none());
+}
