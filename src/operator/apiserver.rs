@@ -113,13 +113,13 @@ where
     Ok(())
 }
 
-/// Creates `job`; one of that name that already exists is fine (`None`):
+/// Creates `job` (logged as "started <what>"); one of that name that already exists is fine (`None`):
 /// our names make a second create of the same run a no-op.
-pub(crate) async fn create_job(ctx: &Context, job: &Job) -> Result<Option<Job>, Error> {
+pub(crate) async fn create_job(ctx: &Context, job: &Job, what: &str) -> Result<Option<Job>, Error> {
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
     match jobs.create(&PostParams::default(), job).await {
         Ok(created) => {
-            info!(job = %job.name_any(), "started job");
+            info!(job = %job.name_any(), "started {what}");
             Ok(Some(created))
         }
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),

@@ -210,7 +210,12 @@ async fn run_now(
     else {
         return Ok(());
     };
-    create_job(ctx, &job_from_cronjob(dump, &names::run_now_id(token))).await?;
+    create_job(
+        ctx,
+        &job_from_cronjob(dump, &names::run_now_id(token)),
+        "job",
+    )
+    .await?;
     pass.status.last_run_now = Some(token.clone());
     pass.note(
         false,
@@ -240,7 +245,7 @@ async fn chain_uploads(
                 .run_now
                 .clone()
                 .unwrap_or_else(|| names::run_now_id(r.job.as_deref().unwrap_or(&r.uid)));
-            create_job(ctx, &job_from_cronjob(upload, &run)).await?;
+            create_job(ctx, &job_from_cronjob(upload, &run), "job").await?;
         }
     }
     Ok(())

@@ -92,7 +92,7 @@ async fn start(
         }
     };
     let desired = restore_job(r, &source, &ctx.settings);
-    match create_job(ctx, &desired).await? {
+    match create_job(ctx, &desired, "restore job").await? {
         Some(created) => Ok(Some(Arc::new(created))),
         // Created meanwhile (our cache lags): the apiserver has it.
         None => {
