@@ -17,6 +17,8 @@ pub enum Step {
     Fetch,
     /// Loading the dump into the target database.
     Restore,
+    /// A restore drill: the dump loaded into a throwaway server and checked.
+    Verify,
 }
 
 impl Step {
@@ -27,6 +29,7 @@ impl Step {
             Step::Upload => "upload",
             Step::Fetch => "fetch",
             Step::Restore => "restore",
+            Step::Verify => "verify",
         }
     }
 }
@@ -62,6 +65,12 @@ pub struct JobResult {
     /// Further lines after `log`, such as the keys retention pruned.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub more_log: Vec<String>,
+    /// Tables the drilled dump holds (verify only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tables: Option<u64>,
+    /// The drill's checks as run (verify only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<crate::api::CheckResult>,
 }
 
 /// A restore step's failure: the Restored condition's reason, and what happened.
@@ -90,6 +99,8 @@ impl JobResult {
             log,
             reason: None,
             more_log: vec![],
+            tables: None,
+            checks: vec![],
         }
     }
 
@@ -165,6 +176,8 @@ mod tests {
             log: "2026-11-25,03:05:00,file successfully uploaded".into(),
             reason: None,
             more_log: vec!["2026-11-25,03:05:01,retention pruned 2026-11-20/datadump1.sql".into()],
+            tables: None,
+            checks: vec![],
         };
         let text = serde_json::to_string(&r).unwrap();
         assert_eq!(JobResult::parse(&text), Some(r));
@@ -185,6 +198,8 @@ mod tests {
                     format!("2026-11-25,03:05:01,retention pruned p/2026-01-01/datadump{i}.sql")
                 })
                 .collect(),
+            tables: None,
+            checks: vec![],
         };
         r.fit();
         let text = serde_json::to_string(&r).unwrap();

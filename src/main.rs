@@ -73,6 +73,8 @@ enum Command {
     Dump(dbbackup_operator::jobs::dump::DumpArgs),
     /// Load a fetched dump into the target database (run in the database image by the restore Job).
     Load(dbbackup_operator::jobs::load::LoadArgs),
+    /// Load a fetched dump into a throwaway server and run the checks (run in the database image by a verify Job).
+    Verify(dbbackup_operator::jobs::verify::VerifyArgs),
     /// Copy this binary to a path, for a Job's database-image container to run.
     CopyBinary {
         #[arg(long)]
@@ -113,6 +115,10 @@ async fn main() -> anyhow::Result<()> {
             init_tracing(LogFormat::Text);
             let code = dbbackup_operator::jobs::dump::run(args).await;
             std::process::exit(code);
+        }
+        Command::Verify(args) => {
+            init_tracing(LogFormat::Text);
+            std::process::exit(dbbackup_operator::jobs::verify::run(args));
         }
         Command::Load(args) => {
             init_tracing(LogFormat::Text);

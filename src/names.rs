@@ -30,6 +30,9 @@ pub const HASH_ANNOTATION: &str = "dbbackup.io/applied-hash";
 /// On a child: its generation right after our last apply.
 pub const GENERATION_ANNOTATION: &str = "dbbackup.io/applied-generation";
 
+/// On a drill's pod: the object key it drills.
+pub const VERIFY_KEY_ANNOTATION: &str = "dbbackup.io/verify-key";
+
 /// The database user, from the credentials Secret, for the dump and load steps.
 pub const USER_ENV: &str = "DB_USER";
 
@@ -96,6 +99,11 @@ pub fn restore_job_name(restore: &str, uid: &str) -> String {
 /// restore that release started.
 pub fn legacy_restore_job_name(restore: &str) -> String {
     child_name(restore, "restore", DNS_LABEL_MAX)
+}
+
+/// The restore drill of `key`: one Job per dump, so a drill is never started twice.
+pub fn verify_job_name(owner: &str, key: &str) -> String {
+    child_name(owner, &format!("verify-{}", short_hash(key)), DNS_LABEL_MAX)
 }
 
 pub fn staging_pvc_name(owner: &str) -> String {

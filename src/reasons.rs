@@ -53,6 +53,15 @@ pub const TARGET_NOT_EMPTY: &str = "TargetNotEmpty";
 pub const CONNECTION_FAILED: &str = "ConnectionFailed";
 pub const RESTORE_FAILED: &str = "RestoreFailed";
 
+// Verified: what the last restore drill found.
+pub const VERIFIED: &str = "Verified";
+/// The dump does not load into an empty server, or holds no table.
+pub const NOT_RESTORABLE: &str = "NotRestorable";
+/// The dump loads, but a check's answer is not what was expected.
+pub const CHECK_FAILED: &str = "CheckFailed";
+/// The drill itself could not run (its server did not start): no verdict on the dump.
+pub const DRILL_FAILED: &str = "DrillFailed";
+
 /// The reasons a restore step may write in its result. Anything else a pod
 /// claims becomes the step's generic reason: the operator passes on only its own.
 pub const RESTORE_STEP_FAILURES: [&str; 8] = [
@@ -64,4 +73,17 @@ pub const RESTORE_STEP_FAILURES: [&str; 8] = [
     TARGET_NOT_EMPTY,
     CONNECTION_FAILED,
     RESTORE_FAILED,
+];
+
+/// The reasons a drill may write in its result (its fetch's too).
+pub const VERIFY_STEP_FAILURES: [&str; 9] = [
+    NOT_RESTORABLE,
+    DEADLINE_EXCEEDED,
+    CHECK_FAILED,
+    DRILL_FAILED,
+    CHECKSUM_MISMATCH,
+    CORRUPT_DUMP,
+    DOWNLOAD_FAILED,
+    OBJECT_NOT_FOUND,
+    NO_DUMP_FOUND,
 ];

@@ -1,6 +1,7 @@
 //! The `DatabaseBackup` resource: what to dump, when, and where to keep it.
 
 use super::common::*;
+use super::verify::{Verification, VerifySpec};
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
@@ -33,6 +34,11 @@ use std::collections::BTreeMap;
         name = "Uploaded",
         type_ = "date",
         json_path = ".status.lastUploadTime"
+    ),
+    printcolumn(
+        name = "Verified",
+        type_ = "date",
+        json_path = ".status.lastVerifiedTime"
     ),
     printcolumn(
         name = "Ready",
@@ -95,6 +101,10 @@ pub struct DatabaseBackupSpec {
     /// Which uploaded dumps to keep. Unset keeps them all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<RetentionSpec>,
+
+    /// Restore drills that prove dumps restorable. Unset runs none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifySpec>,
 }
 
 /// A retention policy, applied by the upload job right after a confirmed upload
@@ -259,7 +269,7 @@ pub struct DatabaseBackupStatus {
     /// The spec generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Ready, DumpSucceeded, UploadSucceeded and Stale.
+    /// Ready, DumpSucceeded, UploadSucceeded, Stale and Verified.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// Object key of the last confirmed upload.
@@ -280,6 +290,15 @@ pub struct DatabaseBackupStatus {
     /// The last "back up now" token (annotation dbbackup.io/run-now) acted upon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_run_now: Option<String>,
+    /// What the last restore drill found, passed or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_verification: Option<Verification>,
+    /// The newest dump that passed its drill: retention never deletes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_verified_key: Option<String>,
+    /// When that drill ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_verified_time: Option<Time>,
     /// UIDs of finished pods (and their Jobs) already reflected in this status, so
     /// that an operator restart neither repeats nor loses log lines.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

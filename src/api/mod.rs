@@ -8,7 +8,9 @@
 mod backup;
 mod common;
 mod restore;
+mod verify;
 
 pub use backup::*;
 pub use common::*;
 pub use restore::*;
+pub use verify::*;

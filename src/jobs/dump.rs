@@ -190,7 +190,8 @@ fn write_dump(args: &DumpArgs, partial: &Path, phase: &Mutex<Phase>) -> Result<u
     } else {
         Stdio::piped()
     };
-    let mut child = Command::new(&program)
+    let mut child = server
+        .command(&program)
         .args(&argv)
         .stdin(Stdio::null())
         .stdout(stdout)

@@ -98,6 +98,8 @@ async fn fetch(args: &FetchArgs) -> Result<JobResult, Failure> {
         log,
         reason: None,
         more_log: vec![],
+        tables: None,
+        checks: vec![],
     })
 }
 

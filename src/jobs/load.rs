@@ -131,7 +131,7 @@ fn load(args: &LoadArgs) -> Result<(), Failure> {
     }
 }
 
-fn create_if_missing(server: &Server, db: &str) -> Result<(), Failure> {
+pub(crate) fn create_if_missing(server: &Server, db: &str) -> Result<(), Failure> {
     let connection = |e: String| fail(reasons::CONNECTION_FAILED, format!("cannot connect: {e}"));
     match server.engine {
         Engine::Postgres => {
@@ -222,7 +222,8 @@ fn empty_mysql(server: &Server, db: &str) -> Result<(), String> {
 fn dump_to(server: &Server, db: &str, path: &Path) -> Result<(), String> {
     let (program, args) = server.dump_argv(db);
     let out = std::fs::File::create(path).map_err(|e| e.to_string())?;
-    let status = Command::new(&program)
+    let status = server
+        .command(&program)
         .args(&args)
         .stdin(Stdio::null())
         .stdout(out)
@@ -233,6 +234,24 @@ fn dump_to(server: &Server, db: &str, path: &Path) -> Result<(), String> {
         Ok(())
     } else {
         Err(tool::failed(&program, status.status, &status.stderr))
+    }
+}
+
+/// Loads `file` into the empty database `db`: PostgreSQL in one
+/// transaction, MariaDB/MySQL through the client's stdin without `DEFINER`
+/// clauses. The client's first error if it stops.
+pub(crate) fn load_into_empty(server: &Server, db: &str, file: &Path) -> Result<(), String> {
+    match server.engine {
+        Engine::Postgres => run_client(
+            server,
+            db,
+            &[
+                "--single-transaction".into(),
+                format!("--file={}", file.display()),
+            ],
+            None,
+        ),
+        Engine::Mariadb | Engine::Mysql => feed(server, db, file),
     }
 }
 
@@ -251,7 +270,8 @@ fn run_client(
 ) -> Result<(), String> {
     let (program, mut args) = server.client_argv(db);
     args.extend(extra.iter().cloned());
-    let mut child = Command::new(&program)
+    let mut child = server
+        .command(&program)
         .args(&args)
         .stdin(if stdin_file.is_some() {
             Stdio::piped()
@@ -352,7 +372,7 @@ const PG_USER_SCHEMAS: &str = "nspname NOT IN ('pg_catalog', 'information_schema
 /// Drops every user schema and recreates `public`, inside the load's transaction.
 const PG_DROP_ALL: &str = "DO $$ DECLARE s text; BEGIN FOR s IN SELECT nspname FROM pg_namespace WHERE nspname NOT IN ('pg_catalog', 'information_schema') AND nspname NOT LIKE 'pg_toast%' AND nspname NOT LIKE 'pg_temp%' LOOP EXECUTE format('DROP SCHEMA %I CASCADE', s); END LOOP; CREATE SCHEMA public; END $$";
 
-fn count_tables_sql(engine: Engine, db: &str) -> String {
+pub(crate) fn count_tables_sql(engine: Engine, db: &str) -> String {
     match engine {
         Engine::Postgres => format!(
             "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND {PG_USER_SCHEMAS}"

@@ -13,8 +13,10 @@ pub mod put;
 pub mod retention;
 pub mod staging;
 pub mod store;
+pub mod throwaway;
 pub mod tool;
 pub mod upload;
+pub mod verify;
 
 use crate::api::Engine;
 use std::path::Path;

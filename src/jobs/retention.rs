@@ -66,15 +66,16 @@ fn taken_by(o: &Listed, date: NaiveDate, tz: Tz) -> DateTime<Utc> {
     o.last_modified.map_or(end_of_day, |m| m.min(end_of_day))
 }
 
-/// The keys `policy` lets go, oldest first. `keep` (the dump just uploaded) and
-/// the newest dump are never among them.
+/// The keys `policy` lets go, oldest first. The keys in `keep` (the dump just
+/// uploaded, the newest one that passed its restore drill) and the newest
+/// dump are never among them.
 pub fn to_prune(
     prefix: &str,
     objects: &[Listed],
     policy: Policy,
     now: DateTime<Utc>,
     tz: Tz,
-    keep: &str,
+    keep: &[&str],
 ) -> Vec<String> {
     if !policy.is_set() {
         return vec![];
@@ -87,7 +88,7 @@ pub fn to_prune(
             let kept_by_age = policy
                 .max_age
                 .is_some_and(|age| now - taken_by(o, *date, tz) < age);
-            *rank > 0 && o.key != keep && !kept_by_count && !kept_by_age
+            *rank > 0 && !keep.contains(&o.key.as_str()) && !kept_by_count && !kept_by_age
         })
         .map(|(_, (o, _))| o.key.clone())
         .collect();
@@ -158,7 +159,7 @@ mod tests {
             max_age: None,
         };
         let keep = "p/2026-11-25/datadump1.sql";
-        let prune = to_prune("p/", &bucket(), policy, now(), chrono_tz::UTC, keep);
+        let prune = to_prune("p/", &bucket(), policy, now(), chrono_tz::UTC, &[keep]);
         assert_eq!(
             prune,
             ["p/2026-11-21/datadump1.sql", "p/2026-11-23/datadump1.sql"]
@@ -172,12 +173,12 @@ mod tests {
             max_age: Some(Duration::days(2)),
         };
         // 11-23 ends at 11-24 00:00, 36 h before noon on 11-25: kept.
-        let prune = to_prune("p/", &bucket(), policy, now(), chrono_tz::UTC, "");
+        let prune = to_prune("p/", &bucket(), policy, now(), chrono_tz::UTC, &[]);
         assert_eq!(prune, ["p/2026-11-21/datadump1.sql"]);
         // An upload time earlier than the date's end counts instead.
         let mut objects = bucket();
         objects[3].last_modified = Some(Utc.with_ymd_and_hms(2026, 11, 20, 0, 0, 0).unwrap());
-        let prune = to_prune("p/", &objects, policy, now(), chrono_tz::UTC, "");
+        let prune = to_prune("p/", &objects, policy, now(), chrono_tz::UTC, &[]);
         assert_eq!(
             prune,
             ["p/2026-11-21/datadump1.sql", "p/2026-11-24/datadump1.sql"]
@@ -192,13 +193,18 @@ mod tests {
         };
         let objects = bucket();
         let later = now() + Duration::days(30);
-        let prune = to_prune("p/", &objects, policy, later, chrono_tz::UTC, "");
+        let prune = to_prune("p/", &objects, policy, later, chrono_tz::UTC, &[]);
         assert_eq!(prune.len(), 4);
         assert!(!prune.contains(&"p/2026-11-25/datadump1.sql".to_string()));
         let keep = "p/2026-11-23/datadump1.sql";
-        let prune = to_prune("p/", &objects, policy, later, chrono_tz::UTC, keep);
+        let prune = to_prune("p/", &objects, policy, later, chrono_tz::UTC, &[keep]);
         assert_eq!(prune.len(), 3);
         assert!(!prune.contains(&keep.to_string()));
+        // The newest verified dump is kept too.
+        let verified = "p/2026-11-21/datadump1.sql";
+        let prune = to_prune("p/", &objects, policy, later, chrono_tz::UTC, &[keep, verified]);
+        assert_eq!(prune.len(), 2);
+        assert!(!prune.contains(&verified.to_string()));
     }
 
     #[test]
@@ -207,7 +213,7 @@ mod tests {
             keep_last: Some(1),
             max_age: Some(Duration::days(3)),
         };
-        let prune = to_prune("p/", &bucket(), policy, now(), chrono_tz::UTC, "");
+        let prune = to_prune("p/", &bucket(), policy, now(), chrono_tz::UTC, &[]);
         assert_eq!(prune, ["p/2026-11-21/datadump1.sql"]);
     }
 

@@ -16,6 +16,19 @@ pub struct Server {
     pub host: String,
     pub port: u16,
     pub user: String,
+    /// Handed to each client in its environment; `None`: the clients read
+    /// the one the pod's environment holds (from the credentials Secret).
+    pub password: Option<Password>,
+}
+
+/// A password that never shows in a log or a message.
+#[derive(Clone, PartialEq)]
+pub struct Password(pub String);
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(…)")
+    }
 }
 
 impl Server {
@@ -28,7 +41,17 @@ impl Server {
             host: host.to_string(),
             port,
             user,
+            password: None,
         })
+    }
+
+    /// A command for one of the engine's tools, with our password if we hold one.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        if let Some(Password(password)) = &self.password {
+            cmd.env(crate::names::password_env(self.engine), password);
+        }
+        cmd
     }
 
     fn mysql_family(&self, tool: &str) -> (String, Vec<String>) {
@@ -133,7 +156,8 @@ impl Server {
             Engine::Postgres => format!("--command={sql}"),
             Engine::Mariadb | Engine::Mysql => format!("--execute={sql}"),
         });
-        let out = Command::new(&program)
+        let out = self
+            .command(&program)
             .args(&args)
             .stdin(Stdio::null())
             .output()
@@ -221,6 +245,7 @@ mod tests {
             host: "db.example".into(),
             port: 3306,
             user: "o'brien".into(),
+            password: None,
         }
     }
 

@@ -50,6 +50,9 @@ pub struct UploadArgs {
     /// Retention: after a confirmed upload, keep only the newest N dumps under the prefix.
     #[arg(long)]
     pub keep_last: Option<usize>,
+    /// Retention never deletes this key: the newest dump that passed its restore drill.
+    #[arg(long)]
+    pub keep_verified: Option<String>,
     /// Retention: after a confirmed upload, keep only dumps younger than this (30d, 12h, 1d12h).
     #[arg(long, value_parser = crate::api::parse_age)]
     pub max_age: Option<chrono::Duration>,
@@ -240,6 +243,7 @@ async fn send(
         log: line.to_string(),
         reason: None,
         more_log,
+        ..JobResult::new(Step::Upload, Outcome::Succeeded, String::new())
     })
 }
 
@@ -339,7 +343,10 @@ async fn prune(
         policy,
         Utc::now(),
         args.time_zone,
-        uploaded,
+        &[Some(uploaded), args.keep_verified.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>(),
     );
     store::delete_keys(client, &args.store.bucket, &doomed)
         .await

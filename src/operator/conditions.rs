@@ -7,6 +7,8 @@ pub const READY: &str = "Ready";
 pub const DUMP_SUCCEEDED: &str = "DumpSucceeded";
 pub const UPLOAD_SUCCEEDED: &str = "UploadSucceeded";
 pub const STALE: &str = "Stale";
+/// Whether the last restore drill proved the dump it drilled restorable.
+pub const VERIFIED: &str = "Verified";
 /// The condition a restore reports.
 pub const RESTORED: &str = "Restored";
 

@@ -31,6 +31,9 @@ pub struct Metrics {
     duration: Histogram,
     stale: Family<BackupLabel, Gauge>,
     requests: Family<VerbLabel, Counter>,
+    verified_at: Family<BackupLabel, Gauge>,
+    drill_seconds: Family<BackupLabel, Gauge>,
+    drill_passed: Family<BackupLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -62,6 +65,24 @@ impl Default for Metrics {
             "Requests the operator sent to the Kubernetes API, by HTTP method",
             requests.clone(),
         );
+        let verified_at = Family::<BackupLabel, Gauge>::default();
+        registry.register(
+            "last_verified_timestamp_seconds",
+            "When the newest dump that passed its restore drill was verified (absent before the first)",
+            verified_at.clone(),
+        );
+        let drill_seconds = Family::<BackupLabel, Gauge>::default();
+        registry.register(
+            "verify_duration_seconds",
+            "How long the last restore drill took",
+            drill_seconds.clone(),
+        );
+        let drill_passed = Family::<BackupLabel, Gauge>::default();
+        registry.register(
+            "verify_passed",
+            "1 when the last restore drill passed, 0 when it failed",
+            drill_passed.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -69,6 +90,9 @@ impl Default for Metrics {
             duration,
             stale,
             requests,
+            verified_at,
+            drill_seconds,
+            drill_passed,
         }
     }
 }
@@ -134,12 +158,39 @@ impl Metrics {
             .set(i64::from(stale));
     }
 
-    /// Drops a deleted backup's series, so that it is not reported stale for ever.
-    pub fn forget_backup(&self, namespace: &str, name: &str) {
-        self.stale.remove(&BackupLabel {
+    /// The last drill of a backup: its result and duration, and when a dump
+    /// last passed (`verified_at`, seconds since the epoch, if one ever did).
+    pub fn set_verification(
+        &self,
+        namespace: &str,
+        name: &str,
+        passed: bool,
+        seconds: Option<i64>,
+        verified_at: Option<i64>,
+    ) {
+        let label = BackupLabel {
             namespace: namespace.to_string(),
             name: name.to_string(),
-        });
+        };
+        self.drill_passed.get_or_create(&label).set(i64::from(passed));
+        if let Some(seconds) = seconds {
+            self.drill_seconds.get_or_create(&label).set(seconds);
+        }
+        if let Some(at) = verified_at {
+            self.verified_at.get_or_create(&label).set(at);
+        }
+    }
+
+    /// Drops a deleted backup's series, so that it is not reported stale for ever.
+    pub fn forget_backup(&self, namespace: &str, name: &str) {
+        let label = BackupLabel {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        };
+        self.stale.remove(&label);
+        self.verified_at.remove(&label);
+        self.drill_seconds.remove(&label);
+        self.drill_passed.remove(&label);
     }
 
     pub fn reconciles(&self) -> u64 {

@@ -188,6 +188,50 @@ impl StepContainer {
     }
 }
 
+/// The `fetch` step (our image): downloads `key` (or the newest dump under
+/// `prefix` for "latest"), checks it and leaves it decompressed at `out`.
+pub(crate) struct Fetch<'a> {
+    pub bucket: &'a BucketSpec,
+    pub prefix: &'a str,
+    pub key: &'a str,
+    pub out: &'a str,
+    pub mounts: Vec<VolumeMount>,
+    pub resources: Option<ResourceRequirements>,
+}
+
+impl Fetch<'_> {
+    /// The init container, run as our image's user though the pod runs as
+    /// the database image's user for the step after it.
+    pub fn build(self, settings: &Settings) -> Container {
+        let mut args = vec![
+            "fetch".to_string(),
+            format!("--key={}", self.key),
+            format!("--prefix={}", self.prefix),
+            format!("--out={}", self.out),
+            format!("--termination-log={TERMINATION_LOG}"),
+        ];
+        args.extend(store_args(self.bucket));
+        let mut env = store_env(self.bucket);
+        env.push(plain_env("HOME", "/tmp"));
+        let mut fetch = StepContainer {
+            name: "fetch",
+            image: settings.uploader_image.clone(),
+            command: None,
+            args,
+            env,
+            mounts: self.mounts,
+            resources: self.resources,
+        }
+        .build();
+        fetch.security_context = Some(SecurityContext {
+            run_as_user: Some(UPLOAD_UID),
+            run_as_group: Some(UPLOAD_UID),
+            ..container_security()
+        });
+        fetch
+    }
+}
+
 /// Where the user lets a Job's pod run.
 #[derive(Default)]
 pub(crate) struct Placement {
@@ -303,7 +347,7 @@ impl DatabaseStep<'_> {
 /// The init container (our image) that copies our binary into an emptyDir,
 /// that volume, and its mount for the container that runs it: the dump and
 /// load steps run in the database's image with its tools, and no shell.
-fn binary_copy(
+pub(crate) fn binary_copy(
     settings: &Settings,
     resources: Option<ResourceRequirements>,
 ) -> (Container, Volume, VolumeMount) {

@@ -19,6 +19,7 @@ pub fn failure(step: Step, finished: &Time, tz: chrono_tz::Tz, cause: &str) -> J
         Step::Upload => "upload failed",
         Step::Fetch => "download failed",
         Step::Restore => "database restore failed",
+        Step::Verify => "backup verification failed",
     };
     let when = to_chrono(finished).with_timezone(&tz);
     JobResult::new(

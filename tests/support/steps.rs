@@ -274,3 +274,53 @@ pub fn run_upload(minio: &Minio, staging: &Staging, opts: &UploadOpts) -> StepRu
 pub fn today() -> String {
     chrono::Utc::now().format("%Y-%m-%d").to_string()
 }
+
+/// The verify Job's drill step, the operator binary's `verify` subcommand,
+/// on `file` (`key` names it), with the server binaries of the test bed and
+/// `checks` as JSON. It runs as the unprivileged server user, as it does in
+/// the database image, in a scratch directory of its own.
+pub fn run_verify(engine: Engine, file: &Path, key: &str, checks: &[&str]) -> StepRun {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = tempfile::Builder::new()
+        .prefix("dbbackup-drill-")
+        .tempdir()
+        .unwrap();
+    let work = scratch.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    super::process::chown_to_server_user(&work);
+    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let dump = scratch.path().join("restore.sql");
+    std::fs::copy(file, &dump).unwrap();
+    std::fs::set_permissions(&dump, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let termlog = scratch.path().join("termination-log");
+    // The package paths of the server and its client: the test bed's links
+    // sit under root's home, which the server user cannot traverse.
+    let tools: &[&str] = match engine {
+        Engine::Postgres => &["initdb", "postgres", "psql"],
+        Engine::Mariadb | Engine::Mysql => &["mariadb-install-db", "mariadbd", "mariadb"],
+    };
+    let mut dirs: Vec<String> = tools
+        .iter()
+        .map(|t| {
+            let path = super::process::server_bin(t);
+            path.parent().unwrap().display().to_string()
+        })
+        .collect();
+    dirs.dedup();
+    // The binary too: cargo's target directory is under root's home.
+    let binary = scratch.path().join("dbbackup-operator");
+    std::fs::copy(super::process::operator_bin(), &binary).unwrap();
+    let mut cmd = Command::new(&binary);
+    cmd.arg("verify")
+        .arg(format!("--engine={}", engine.as_str()))
+        .arg(format!("--file={}", dump.display()))
+        .arg(format!("--key={key}"))
+        .arg(format!("--work-dir={}", work.display()))
+        .arg(format!("--termination-log={}", termlog.display()))
+        .args(checks.iter().map(|c| format!("--check={c}")))
+        .env_clear()
+        .env("PATH", format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", dirs.join(":")))
+        .env("HOME", "/tmp");
+    super::process::as_server_user(&mut cmd);
+    finish(cmd, &termlog)
+}

@@ -3,6 +3,7 @@
 //! status, judge staleness, and publish what changed.
 
 mod children;
+mod drill;
 mod reports;
 mod status;
 #[cfg(test)]
@@ -45,7 +46,11 @@ pub async fn reconcile(db: Arc<DatabaseBackup>, ctx: Arc<Context>) -> Result<Act
         chain_uploads(&db, &ctx, &children.upload, &reports, &pass.status).await?;
     }
     pass.record(reports, &present);
+    if applied.is_ok() {
+        start_drill(&db, &ctx, &pass.status).await?;
+    }
     pass.record_stuck(stuck_pods(&db, &ctx));
+    publish_verification(&db, &ctx, &pass.status);
     let recheck = pass.judge_staleness(&db, &ctx, &old);
     publish(&db, &ctx, &old, pass).await?;
     applied?;
@@ -251,6 +256,50 @@ async fn chain_uploads(
     Ok(())
 }
 
+/// Drills the newest upload once, when the spec asks for drills after
+/// uploads; one drill of a backup runs at a time, and a newer upload waits
+/// for the running one.
+async fn start_drill(db: &DatabaseBackup, ctx: &Context, status: &DatabaseBackupStatus) -> Result<(), Error> {
+    if !db.spec.verify.as_ref().is_some_and(|v| v.after_upload) {
+        return Ok(());
+    }
+    let Some(key) = &status.last_upload_key else {
+        return Ok(());
+    };
+    let drilled = status.last_verification.as_ref().and_then(|v| v.key.as_ref());
+    if drilled == Some(key) || drill_running(db, ctx) {
+        return Ok(());
+    }
+    if let Some(job) = drill::verify_job(db, &ctx.settings, key) {
+        create_job(ctx, &job, "restore drill").await?;
+    }
+    Ok(())
+}
+
+/// Whether a drill Job of this backup has not finished yet.
+fn drill_running(db: &DatabaseBackup, ctx: &Context) -> bool {
+    let key = Some(ObjectRef::from_obj(db));
+    ctx.jobs.state().iter().any(|j| {
+        labelled_owner(&**j, names::LABEL_BACKUP) == key
+            && j.labels().get(names::LABEL_STEP).map(String::as_str) == Some(Step::Verify.as_str())
+            && j.status.as_ref().is_none_or(|s| s.completion_time.is_none() && s.failed.unwrap_or(0) == 0)
+    })
+}
+
+/// The last drill's metrics, from the status that records it.
+fn publish_verification(db: &DatabaseBackup, ctx: &Context, status: &DatabaseBackupStatus) {
+    let Some(last) = &status.last_verification else {
+        return;
+    };
+    ctx.metrics.set_verification(
+        &db.namespace().unwrap_or_default(),
+        &db.name_any(),
+        last.passed,
+        last.duration_seconds,
+        status.last_verified_time.as_ref().map(|t| t.0.as_second()),
+    );
+}
+
 /// Writes the status if it changed, then its Events: a Ready change, and
 /// what this pass noted.
 async fn publish(
@@ -323,6 +372,7 @@ fn reports(db: &DatabaseBackup, ctx: &Context, tz: chrono_tz::Tz) -> (Vec<PodRep
             let cause = r.job.as_ref().and_then(|j| deadline_exceeded.get(j));
             if let (Some(cause), false) = (cause, r.result.outcome == Outcome::Succeeded) {
                 r.result = results::failure(r.step, &r.finished, tz, cause);
+                r.result.reason = Some(reasons::DEADLINE_EXCEEDED.into());
             }
             r
         })

@@ -3,7 +3,7 @@
 
 use crate::jobresult::{JobResult, Outcome, Step};
 use crate::names;
-use crate::operator::conditions::{DUMP_SUCCEEDED, Observed, UPLOAD_SUCCEEDED};
+use crate::operator::conditions::{DUMP_SUCCEEDED, Observed, UPLOAD_SUCCEEDED, VERIFIED};
 use crate::operator::results::{exit_cause, failure, job_failure};
 use crate::reasons::{CONTAINER_NOT_STARTED, IMAGE_PULL_FAILED};
 use k8s_openapi::api::batch::v1::Job;
@@ -23,6 +23,10 @@ pub struct PodReport {
     /// The UID of the Job the pod belongs to: once a pod of a Job is reported,
     /// that Job's own failure adds no second line.
     pub job: Option<String>,
+    /// When the pod started (a drill's duration counts from here).
+    pub started: Option<Time>,
+    /// The object a drill's pod drilled.
+    pub key: Option<String>,
 }
 
 /// The report of a finished pod, or None while it runs. A pod that died without
@@ -71,6 +75,11 @@ pub fn pod_report(pod: &Pod, tz: chrono_tz::Tz) -> Option<PodReport> {
         };
         failure(step, &finished, tz, &cause)
     });
+    let result = match (step, terminated) {
+        // A drill whose download failed (checksum, missing object) says why.
+        (Step::Verify, None) => fetch_failure(pod).unwrap_or(result),
+        _ => result,
+    };
     Some(PodReport {
         uid: pod.uid()?,
         step,
@@ -82,6 +91,19 @@ pub fn pod_report(pod: &Pod, tz: chrono_tz::Tz) -> Option<PodReport> {
             .iter()
             .find(|o| o.kind == "Job")
             .map(|o| o.uid.clone()),
+        started: status.start_time.clone(),
+        key: pod.annotations().get(names::VERIFY_KEY_ANNOTATION).cloned(),
+    })
+}
+
+/// The failure a pod's `fetch` init container reported, as its step's.
+fn fetch_failure(pod: &Pod) -> Option<JobResult> {
+    let init = pod.status.as_ref()?.init_container_statuses.as_ref()?;
+    let t = init.first()?.state.as_ref()?.terminated.as_ref()?;
+    let mut r = JobResult::parse(t.message.as_deref()?)?;
+    (r.step == Step::Fetch && r.outcome == Outcome::Failed).then(|| {
+        r.step = Step::Verify;
+        r
     })
 }
 
@@ -144,6 +166,7 @@ pub fn stuck(pod: &Pod) -> Option<(&'static str, Observed)> {
         })?;
     let type_ = match step {
         Step::Upload => UPLOAD_SUCCEEDED,
+        Step::Verify => VERIFIED,
         _ => DUMP_SUCCEEDED,
     };
     let message = format!("pod {} waits: {what} ({detail})", pod.name_any());
@@ -153,7 +176,7 @@ pub fn stuck(pod: &Pod) -> Option<(&'static str, Observed)> {
 /// The backup step a pod or Job of ours runs, from its label.
 fn step_of(labels: &std::collections::BTreeMap<String, String>) -> Option<Step> {
     let label = labels.get(names::LABEL_STEP)?;
-    [Step::Dump, Step::Upload]
+    [Step::Dump, Step::Upload, Step::Verify]
         .into_iter()
         .find(|s| s.as_str() == label)
 }
@@ -169,5 +192,7 @@ pub fn job_report(job: &Job, tz: chrono_tz::Tz) -> Option<PodReport> {
         finished,
         run_now: None,
         job: None,
+        started: None,
+        key: None,
     })
 }

@@ -2,7 +2,7 @@
 //! conditions, and whether uploads are stale. Computed without the API.
 
 use super::reports::PodReport;
-use crate::api::DatabaseBackupStatus;
+use crate::api::{DatabaseBackupStatus, Verification};
 use crate::jobresult::{Outcome, Step};
 use crate::operator::conditions::{
     DUMP_SUCCEEDED, Note, Observed, STALE, UPLOAD_SUCCEEDED, set_condition,
@@ -78,9 +78,48 @@ fn observed(r: &PodReport, status: &mut DatabaseBackupStatus) -> Option<Observed
         (Step::Upload, Outcome::Failed) => {
             (UPLOAD_SUCCEEDED, false, reasons::UPLOAD_FAILED, message)
         }
+        (Step::Verify, outcome) => return Some(drilled(r, outcome, status)),
         (Step::Upload, Outcome::Nothing) | (Step::Fetch | Step::Restore, _) => return None,
     };
     Some(Observed::new(type_, succeeded, reason, message))
+}
+
+/// Records a drill in `lastVerification` (and, when it passed, as the newest
+/// verified dump); its Verified condition.
+fn drilled(r: &PodReport, outcome: Outcome, status: &mut DatabaseBackupStatus) -> Observed {
+    let passed = outcome == Outcome::Succeeded;
+    let key = r.result.key.clone().or_else(|| r.key.clone());
+    let duration = r
+        .started
+        .as_ref()
+        .map(|s| r.finished.0.as_second() - s.0.as_second());
+    status.last_verification = Some(Verification {
+        key: key.clone(),
+        time: Some(r.finished.clone()),
+        passed,
+        duration_seconds: duration,
+        tables: r.result.tables.map(|n| n as i64),
+        checks: r.result.checks.clone(),
+    });
+    let key = key.unwrap_or_default();
+    if !passed {
+        let reason = r
+            .result
+            .reason
+            .as_deref()
+            .and_then(|given| reasons::VERIFY_STEP_FAILURES.into_iter().find(|k| *k == given))
+            .unwrap_or(reasons::DRILL_FAILED);
+        return Observed::new(VERIFIED, false, reason, r.result.message());
+    }
+    status.last_verified_key = Some(key.clone());
+    status.last_verified_time = Some(r.finished.clone());
+    let tables = r.result.tables.unwrap_or_default();
+    Observed::new(
+        VERIFIED,
+        true,
+        reasons::VERIFIED,
+        format!("verified {key} ({tables} tables)"),
+    )
 }
 
 /// Stale when a scheduled dump run passed, plus its grace, without a new

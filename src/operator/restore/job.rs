@@ -9,11 +9,8 @@ use crate::api::{BucketSpec, DatabaseRestore};
 use crate::jobresult::Step;
 use crate::names;
 use crate::operator::Settings;
-use crate::operator::pod::{
-    self, DUMP_UID, DatabaseStep, Placement, StepContainer, TERMINATION_LOG, UPLOAD_UID,
-};
+use crate::operator::pod::{self, DUMP_UID, DatabaseStep, Placement, TERMINATION_LOG};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::SecurityContext;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use std::collections::BTreeMap;
@@ -86,7 +83,15 @@ pub fn restore_job(r: &DatabaseRestore, source: &Source, settings: &Settings) ->
         tolerations: spec.tolerations.clone(),
         affinity: None,
     };
-    let fetch = fetch_container(r, source, settings, fetch_mounts);
+    let fetch = pod::Fetch {
+        bucket: &source.bucket,
+        prefix: &source.prefix,
+        key: &spec.key,
+        out: DUMP_FILE,
+        mounts: fetch_mounts,
+        resources: spec.resources.clone(),
+    }
+    .build(settings);
     let pod = pod::job_pod(DUMP_UID, vec![fetch, copy], vec![load], volumes, placement);
     let labels = labels(&r.name_any());
     Job {
@@ -104,42 +109,6 @@ pub fn restore_job(r: &DatabaseRestore, source: &Source, settings: &Settings) ->
         spec: Some(pod::job_spec(labels, pod, 0, spec.active_deadline_seconds)),
         status: None,
     }
-}
-
-/// The download: our image, as our image's user, though the pod runs as the
-/// database image's user for the load.
-fn fetch_container(
-    r: &DatabaseRestore,
-    source: &Source,
-    settings: &Settings,
-    mounts: Vec<k8s_openapi::api::core::v1::VolumeMount>,
-) -> k8s_openapi::api::core::v1::Container {
-    let mut args = vec![
-        "fetch".to_string(),
-        format!("--key={}", r.spec.key),
-        format!("--prefix={}", source.prefix),
-        format!("--out={DUMP_FILE}"),
-        format!("--termination-log={TERMINATION_LOG}"),
-    ];
-    args.extend(pod::store_args(&source.bucket));
-    let mut env = pod::store_env(&source.bucket);
-    env.push(pod::plain_env("HOME", "/tmp"));
-    let mut fetch = StepContainer {
-        name: "fetch",
-        image: settings.uploader_image.clone(),
-        command: None,
-        args,
-        env,
-        mounts,
-        resources: r.spec.resources.clone(),
-    }
-    .build();
-    fetch.security_context = Some(SecurityContext {
-        run_as_user: Some(UPLOAD_UID),
-        run_as_group: Some(UPLOAD_UID),
-        ..pod::container_security()
-    });
-    fetch
 }
 
 #[cfg(test)]

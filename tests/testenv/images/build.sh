@@ -25,7 +25,7 @@ OPERATOR_IMAGE=dbbackup.local/dbbackup-operator:dev
 
 log() { printf '[images] %s\n' "$*" >&2; }
 # Bump when a build step below changes what an image holds.
-RECIPE=1
+RECIPE=2
 recipe_hash() { { echo "$RECIPE $SUITE"; cat "$here/oci.py" "$@"; } | sha256sum | cut -c1-12; }
 
 # publish NAME FILE: the archive becomes images/NAME.tar; older builds of NAME go.
@@ -51,6 +51,7 @@ debian_image() {
       --essential-hook="echo '$user:x:$uid:$uid::$home:/bin/sh' >>\"\$1/etc/passwd\"; echo '$user:x:$uid:' >>\"\$1/etc/group\"" \
       --include="$packages" \
       --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/* "$1"/usr/share/doc/* "$1"/usr/share/man/* "$1"/usr/share/locale/*' \
+      --customize-hook='rm -rf "$1"/var/lib/postgresql/*/main "$1"/etc/postgresql/*/main "$1"/var/lib/mysql/*' \
       "$SUITE" "$tmp/rootfs.tar" "$MIRROR"
     python3 "$here/oci.py" "$tmp/rootfs.tar" "$file" "$ref" "$@"
     rm -rf "$tmp"
@@ -72,14 +73,15 @@ base() {
   fi
   publish pause "$pause"
 
-  # The dump and client tools of the official images, with their user mysql 999:999.
+  # The server, dump and client tools of the official images, with their
+  # user mysql 999:999 (the server for restore drills; its data directory empty).
   debian_image mariadb "$MARIADB_IMAGE" mysql 999 /var/lib/mysql \
-    mariadb-client,zstd,mawk,tzdata \
+    mariadb-server,mariadb-client,zstd,mawk,tzdata \
     --cmd '["mariadb"]'
-  # The dump and client tools of the official images, with their user postgres 999:999
-  # and the versioned bin directory first on PATH.
+  # The server, dump and client tools of the official images, with their user
+  # postgres 999:999 and the versioned bin directory first on PATH (no cluster).
   debian_image postgres "$POSTGRES_IMAGE" postgres 999 /var/lib/postgresql \
-    postgresql-client-15,zstd,mawk,tzdata \
+    postgresql-15,postgresql-client-15,zstd,mawk,tzdata \
     --env PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     --cmd '["psql"]'
 }

@@ -1,0 +1,106 @@
+//! The restore drill's Job, built from the backup and the key to drill alone.
+//!
+//! Its init containers download and check the dump (`fetch`, our image) and
+//! bring our binary into the database image; its main container runs
+//! `verify`, which starts a throwaway server from that image's binaries,
+//! loads the dump and runs the checks. The pod gets neither the production
+//! database's address nor its credentials: it cannot contact it.
+
+use super::children::{key_prefix, labels};
+use crate::api::DatabaseBackup;
+use crate::jobresult::Step;
+use crate::names;
+use crate::operator::Settings;
+use crate::operator::pod::{self, BINARY, DUMP_UID, Placement, StepContainer, TERMINATION_LOG};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::{Resource, ResourceExt};
+
+const WORK_MOUNT: &str = "/work";
+const DUMP_FILE: &str = "/work/restore.sql";
+/// The throwaway server's data, beside the dump on the scratch volume.
+const SERVER_DIR: &str = "/work/server";
+/// How long a finished drill's Job stays for the operator to read.
+const KEEP_FINISHED_SECONDS: i32 = 24 * 3600;
+
+/// The drill of `key`, or None when the backup asks for no drills.
+pub fn verify_job(db: &DatabaseBackup, settings: &Settings, key: &str) -> Option<Job> {
+    let verify = db.spec.verify.as_ref()?;
+    let spec = &db.spec;
+    let scratch = || vec![pod::mount("work", WORK_MOUNT), pod::mount("tmp", "/tmp")];
+    let mut volumes = vec![pod::empty_dir("work", None), pod::empty_dir("tmp", None)];
+    let mut fetch_mounts = scratch();
+    if let Some(ca) = &spec.bucket.ca_bundle {
+        let (volume, mount) = pod::ca_volume(ca);
+        volumes.push(volume);
+        fetch_mounts.push(mount);
+    }
+    let fetch = pod::Fetch {
+        bucket: &spec.bucket,
+        prefix: &key_prefix(db),
+        key,
+        out: DUMP_FILE,
+        mounts: fetch_mounts,
+        resources: verify.resources.clone(),
+    }
+    .build(settings);
+    let (copy, binary, binary_mount) = pod::binary_copy(settings, verify.resources.clone());
+    volumes.push(binary);
+    let mut args = vec![
+        "verify".to_string(),
+        format!("--engine={}", spec.database.engine.as_str()),
+        format!("--file={DUMP_FILE}"),
+        format!("--key={key}"),
+        format!("--work-dir={SERVER_DIR}"),
+        format!("--termination-log={TERMINATION_LOG}"),
+        format!("--time-zone={}", spec.time_zone),
+    ];
+    args.extend(verify.checks.iter().map(|c| {
+        format!(
+            "--check={}",
+            serde_json::to_string(c).expect("a check serializes")
+        )
+    }));
+    let mut mounts = scratch();
+    mounts.push(binary_mount);
+    let drill = StepContainer {
+        name: "verify",
+        image: verify
+            .image
+            .clone()
+            .unwrap_or_else(|| pod::database_image(&spec.database)),
+        command: Some(BINARY),
+        args,
+        env: vec![pod::plain_env("HOME", "/tmp")],
+        mounts,
+        resources: verify.resources.clone(),
+    }
+    .build();
+    let placement = Placement {
+        node_selector: spec.jobs.node_selector.clone(),
+        tolerations: spec.jobs.tolerations.clone(),
+        affinity: None,
+    };
+    let pod = pod::job_pod(DUMP_UID, vec![fetch, copy], vec![drill], volumes, placement);
+    let owner = db.name_any();
+    let labels = labels(&owner, Some(Step::Verify));
+    let mut job_spec = pod::job_spec(labels.clone(), pod, 0, verify.active_deadline_seconds);
+    job_spec.ttl_seconds_after_finished = Some(KEEP_FINISHED_SECONDS);
+    if let Some(meta) = job_spec.template.metadata.as_mut() {
+        meta.annotations = Some([(names::VERIFY_KEY_ANNOTATION.to_string(), key.to_string())].into());
+    }
+    Some(Job {
+        metadata: ObjectMeta {
+            name: Some(names::verify_job_name(&owner, key)),
+            namespace: db.namespace(),
+            labels: Some(labels),
+            owner_references: Some(vec![
+                db.controller_owner_ref(&())
+                    .expect("a DatabaseBackup read from the API has a name and uid"),
+            ]),
+            ..Default::default()
+        },
+        spec: Some(job_spec),
+        status: None,
+    })
+}
