@@ -164,7 +164,7 @@ async fn a_postgres_dump_is_drilled_after_its_upload() {
 
 /// Connections the MariaDB server accepted so far, this query's own included.
 fn connections(db: &Database) -> u64 {
-    db.query("", "SHOW GLOBAL STATUS LIKE 'Connections'")
+    db.query("shop", "SHOW GLOBAL STATUS LIKE 'Connections'")
         .split_whitespace()
         .last()
         .unwrap()

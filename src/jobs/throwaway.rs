@@ -25,6 +25,7 @@ pub struct Throwaway {
 impl Throwaway {
     /// Initialises a data directory under `dir` and starts the server on it.
     pub fn start(engine: Engine, dir: &Path) -> Result<Throwaway, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let password = random_password()?;
         let port = free_port()?;
         let log = dir.join("server.log");
