@@ -107,8 +107,9 @@ fn a_failing_check_names_its_query_what_it_got_and_what_was_expected() {
         ("SELECT count(*) FROM orders", "2000", "at least 1000000")
     );
     assert!(
-        r.message()
-            .contains(r#"check "SELECT count(*) FROM orders" returned "2000", expected at least 1000000"#),
+        r.message().contains(
+            r#"check "SELECT count(*) FROM orders" returned "2000", expected at least 1000000"#
+        ),
         "{}",
         r.log
     );
@@ -141,15 +142,25 @@ async fn a_dump_is_drilled_after_its_upload(engine: Engine) {
     assert!(v.passed);
     assert_eq!(v.tables, Some(6));
     assert_eq!(
-        (v.checks[0].passed, v.checks[0].got.as_str(), v.checks[0].expected.as_str()),
+        (
+            v.checks[0].passed,
+            v.checks[0].got.as_str(),
+            v.checks[0].expected.as_str()
+        ),
         (true, "2000", "at least 1")
     );
     assert!(v.duration_seconds.is_some_and(|s| s >= 0), "{v:?}");
     assert_eq!(status.last_verified_key.as_deref(), Some(key.as_str()));
-    assert_eq!(count(&status.log, &format!("backup verified {key} (6 tables)")), 1);
+    assert_eq!(
+        count(&status.log, &format!("backup verified {key} (6 tables)")),
+        1
+    );
     // kubectl get dbb shows when the last dump was verified.
     let table = kubectl(b.cp(), &["get", "dbb", "-n", &b.ns, "orders"]);
-    assert!(table.lines().next().unwrap().contains("VERIFIED"), "{table}");
+    assert!(
+        table.lines().next().unwrap().contains("VERIFIED"),
+        "{table}"
+    );
 }
 
 #[tokio::test]
@@ -194,10 +205,30 @@ async fn an_object_that_fails_midway_is_not_restorable_and_production_is_never_c
     let before = connections(&b.db);
     apply_backup_with(&b, &verify_spec("[]"));
     let drill = pods.finished(1, POD_TIMEOUT).await.remove(0);
-    assert_eq!((drill.step.as_str(), drill.exit_code), ("verify", 1), "{}", drill.output);
-    let status = wait_orders(&b, "Verified", Some("False"), "NotRestorable", DRILL_TIMEOUT).await;
-    let condition = status.conditions.iter().find(|c| c.type_ == "Verified").unwrap();
-    assert!(condition.message.contains("missing_table"), "{}", condition.message);
+    assert_eq!(
+        (drill.step.as_str(), drill.exit_code),
+        ("verify", 1),
+        "{}",
+        drill.output
+    );
+    let status = wait_orders(
+        &b,
+        "Verified",
+        Some("False"),
+        "NotRestorable",
+        DRILL_TIMEOUT,
+    )
+    .await;
+    let condition = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Verified")
+        .unwrap();
+    assert!(
+        condition.message.contains("missing_table"),
+        "{}",
+        condition.message
+    );
     assert!(!status.last_verification.unwrap().passed);
     assert_eq!(status.last_verified_key, None);
     let warned = wait_events(
@@ -207,7 +238,13 @@ async fn an_object_that_fails_midway_is_not_restorable_and_production_is_never_c
         Duration::from_secs(30),
     )
     .await;
-    assert!(warned[0].message.as_deref().unwrap_or_default().contains("missing_table"));
+    assert!(
+        warned[0]
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("missing_table")
+    );
     let metrics = op.metrics().encode();
     assert!(
         metrics.contains(&format!(
@@ -228,11 +265,15 @@ async fn a_failing_check_says_what_it_got_and_what_was_expected() {
     let drill = pods.finished(1, POD_TIMEOUT).await.remove(0);
     assert_eq!(drill.step, "verify", "{}", drill.output);
     let status = wait_orders(&b, "Verified", Some("False"), "CheckFailed", DRILL_TIMEOUT).await;
-    let condition = status.conditions.iter().find(|c| c.type_ == "Verified").unwrap();
+    let condition = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Verified")
+        .unwrap();
     assert!(
-        condition
-            .message
-            .contains(r#"check "SELECT count(*) FROM orders" returned "2000", expected at least 1000000"#),
+        condition.message.contains(
+            r#"check "SELECT count(*) FROM orders" returned "2000", expected at least 1000000"#
+        ),
         "{}",
         condition.message
     );
@@ -252,18 +293,34 @@ async fn retention_keeps_the_newest_verified_dump_when_a_newer_one_fails_its_dri
     let status = wait_orders(&b, "Verified", Some("True"), "Verified", DRILL_TIMEOUT).await;
     let verified = status.last_verified_key.unwrap();
     // The upload CronJob learns which dump to keep before the next upload.
-    wait_for("the upload CronJob to keep the verified dump", Duration::from_secs(30), || async {
-        let cj = kubectl(b.cp(), &["get", "cronjob", "-n", &b.ns, "orders-upload", "-o", "yaml"]);
-        cj.contains(&format!("--keep-verified={verified}")).then_some(())
-    })
+    wait_for(
+        "the upload CronJob to keep the verified dump",
+        Duration::from_secs(30),
+        || async {
+            let cj = kubectl(
+                b.cp(),
+                &["get", "cronjob", "-n", &b.ns, "orders-upload", "-o", "yaml"],
+            );
+            cj.contains(&format!("--keep-verified={verified}"))
+                .then_some(())
+        },
+    )
     .await;
     // The next dump fails its check: products gains a row.
-    b.db.query("shop", "INSERT INTO products VALUES (201, 'Late product', 9.99)");
+    b.db.query(
+        "shop",
+        "INSERT INTO products VALUES (201, 'Late product', 9.99)",
+    );
     backup_now(&b, &mut pods, "second", &mut vec![]).await;
     let newer = status_of(&b).await.last_upload_key.unwrap();
     assert_ne!(newer, verified);
     let drill = pods.finished(1, POD_TIMEOUT).await.remove(0);
-    assert_eq!((drill.step.as_str(), drill.exit_code), ("verify", 1), "{}", drill.output);
+    assert_eq!(
+        (drill.step.as_str(), drill.exit_code),
+        ("verify", 1),
+        "{}",
+        drill.output
+    );
     wait_orders(&b, "Verified", Some("False"), "CheckFailed", DRILL_TIMEOUT).await;
     let keys = bucket_keys(&b.minio).await;
     assert!(keys.contains(&verified), "{keys:?}");

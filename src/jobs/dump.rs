@@ -18,7 +18,7 @@ use chrono_tz::Tz;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use tracing::{error, info, warn};
 

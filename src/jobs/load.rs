@@ -19,7 +19,7 @@ use chrono_tz::Tz;
 use std::borrow::Cow;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use tracing::warn;
 
 #[derive(clap::Args, Debug, Clone)]

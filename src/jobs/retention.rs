@@ -202,7 +202,14 @@ mod tests {
         assert!(!prune.contains(&keep.to_string()));
         // The newest verified dump is kept too.
         let verified = "p/2026-11-21/datadump1.sql";
-        let prune = to_prune("p/", &objects, policy, later, chrono_tz::UTC, &[keep, verified]);
+        let prune = to_prune(
+            "p/",
+            &objects,
+            policy,
+            later,
+            chrono_tz::UTC,
+            &[keep, verified],
+        );
         assert_eq!(prune.len(), 2);
         assert!(!prune.contains(&verified.to_string()));
     }
@@ -225,7 +232,7 @@ mod tests {
             Policy::default(),
             now(),
             chrono_tz::UTC,
-            "",
+            &[],
         );
         assert!(prune.is_empty());
     }

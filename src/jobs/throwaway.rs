@@ -25,7 +25,8 @@ pub struct Throwaway {
 impl Throwaway {
     /// Initialises a data directory under `dir` and starts the server on it.
     pub fn start(engine: Engine, dir: &Path) -> Result<Throwaway, String> {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let password = random_password()?;
         let port = free_port()?;
         let log = dir.join("server.log");
@@ -57,7 +58,9 @@ impl Throwaway {
             }
             let ready = match self.server.engine {
                 Engine::Postgres => self.server.query("postgres", "SELECT 1").is_ok(),
-                Engine::Mariadb | Engine::Mysql => create_login(self.server.engine, dir, password).is_ok(),
+                Engine::Mariadb | Engine::Mysql => {
+                    create_login(self.server.engine, dir, password).is_ok()
+                }
             };
             if ready {
                 return Ok(());
@@ -140,7 +143,8 @@ fn run(cmd: &mut Command, what: &str) -> Result<(), String> {
 }
 
 fn log_file(log: &Path) -> Result<(Stdio, Stdio), String> {
-    let file = std::fs::File::create(log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+    let file =
+        std::fs::File::create(log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
     let copy = file.try_clone().map_err(|e| e.to_string())?;
     Ok((Stdio::from(file), Stdio::from(copy)))
 }
@@ -156,7 +160,8 @@ fn start_postgres(dir: &Path, port: u16, password: &str, log: &Path) -> Result<C
             .mode(0o600)
             .open(&pwfile)
             .map_err(|e| format!("cannot create {}: {e}", pwfile.display()))?;
-        f.write_all(password.as_bytes()).map_err(|e| e.to_string())?;
+        f.write_all(password.as_bytes())
+            .map_err(|e| e.to_string())?;
     }
     let init = run(
         Command::new("initdb")
@@ -176,7 +181,14 @@ fn start_postgres(dir: &Path, port: u16, password: &str, log: &Path) -> Result<C
         .arg("-c")
         .arg(format!("unix_socket_directories={}", dir.display()))
         // A drill's server is thrown away: durability would only cost time.
-        .args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
+        .args([
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+        ])
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
@@ -221,7 +233,10 @@ fn start_mysql_family(engine: Engine, dir: &Path, port: u16, log: &Path) -> Resu
         .arg(format!("--pid-file={}", dir.join("server.pid").display()))
         .arg(format!("--port={port}"))
         .args(["--bind-address=127.0.0.1", "--skip-name-resolve"])
-        .args(["--character-set-server=utf8mb4", "--innodb-flush-log-at-trx-commit=0"])
+        .args([
+            "--character-set-server=utf8mb4",
+            "--innodb-flush-log-at-trx-commit=0",
+        ])
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)

@@ -63,7 +63,10 @@ pub fn run(args: VerifyArgs) -> i32 {
     let key = &args.key;
     let (mut result, code) = match drill(&args) {
         Ok(d) if d.checks.iter().all(|c| c.passed) => {
-            let line = LogLine::at(&now(), &format!("backup verified {key} ({} tables)", d.tables));
+            let line = LogLine::at(
+                &now(),
+                &format!("backup verified {key} ({} tables)", d.tables),
+            );
             (result(Outcome::Succeeded, line, key, None, d), 0)
         }
         Ok(d) => {
@@ -75,7 +78,10 @@ pub fn run(args: VerifyArgs) -> i32 {
                     failed.query, failed.got, failed.expected
                 ),
             );
-            (result(Outcome::Failed, line, key, Some(reasons::CHECK_FAILED), d), 1)
+            (
+                result(Outcome::Failed, line, key, Some(reasons::CHECK_FAILED), d),
+                1,
+            )
         }
         Err(f) => {
             let line = LogLine::at(
@@ -123,7 +129,8 @@ pub fn drill(args: &VerifyArgs) -> Result<Drilled, Failure> {
     let throwaway = Throwaway::start(args.engine, &args.work_dir)
         .map_err(|e| fail(reasons::DRILL_FAILED, e))?;
     let server = &throwaway.server;
-    create_if_missing(server, DRILL_DATABASE).map_err(|f| fail(reasons::DRILL_FAILED, f.message))?;
+    create_if_missing(server, DRILL_DATABASE)
+        .map_err(|f| fail(reasons::DRILL_FAILED, f.message))?;
     load_into_empty(server, DRILL_DATABASE, &args.file).map_err(|e| {
         fail(
             reasons::NOT_RESTORABLE,
@@ -131,8 +138,16 @@ pub fn drill(args: &VerifyArgs) -> Result<Drilled, Failure> {
         )
     })?;
     let counted = server
-        .query(DRILL_DATABASE, &count_tables_sql(args.engine, DRILL_DATABASE))
-        .map_err(|e| fail(reasons::DRILL_FAILED, format!("cannot count the tables: {e}")))?;
+        .query(
+            DRILL_DATABASE,
+            &count_tables_sql(args.engine, DRILL_DATABASE),
+        )
+        .map_err(|e| {
+            fail(
+                reasons::DRILL_FAILED,
+                format!("cannot count the tables: {e}"),
+            )
+        })?;
     let tables: u64 = counted.trim().parse().map_err(|_| {
         fail(
             reasons::DRILL_FAILED,

@@ -172,7 +172,9 @@ impl Metrics {
             namespace: namespace.to_string(),
             name: name.to_string(),
         };
-        self.drill_passed.get_or_create(&label).set(i64::from(passed));
+        self.drill_passed
+            .get_or_create(&label)
+            .set(i64::from(passed));
         if let Some(seconds) = seconds {
             self.drill_seconds.get_or_create(&label).set(seconds);
         }

@@ -319,7 +319,10 @@ pub fn run_verify(engine: Engine, file: &Path, key: &str, checks: &[&str]) -> St
         .arg(format!("--termination-log={}", termlog.display()))
         .args(checks.iter().map(|c| format!("--check={c}")))
         .env_clear()
-        .env("PATH", format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", dirs.join(":")))
+        .env(
+            "PATH",
+            format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", dirs.join(":")),
+        )
         .env("HOME", "/tmp");
     super::process::as_server_user(&mut cmd);
     finish(cmd, &termlog)

@@ -194,7 +194,10 @@ pub fn upload_cronjob(db: &DatabaseBackup, settings: &Settings) -> CronJob {
         if let Some(age) = &retention.max_age {
             args.push(format!("--max-age={age}"));
         }
-        let verified = db.status.as_ref().and_then(|s| s.last_verified_key.as_ref());
+        let verified = db
+            .status
+            .as_ref()
+            .and_then(|s| s.last_verified_key.as_ref());
         if let (Some(_), Some(key)) = (&spec.verify, verified) {
             args.push(format!("--keep-verified={key}"));
         }

@@ -87,7 +87,8 @@ pub fn verify_job(db: &DatabaseBackup, settings: &Settings, key: &str) -> Option
     let mut job_spec = pod::job_spec(labels.clone(), pod, 0, verify.active_deadline_seconds);
     job_spec.ttl_seconds_after_finished = Some(KEEP_FINISHED_SECONDS);
     if let Some(meta) = job_spec.template.metadata.as_mut() {
-        meta.annotations = Some([(names::VERIFY_KEY_ANNOTATION.to_string(), key.to_string())].into());
+        meta.annotations =
+            Some([(names::VERIFY_KEY_ANNOTATION.to_string(), key.to_string())].into());
     }
     Some(Job {
         metadata: ObjectMeta {

@@ -259,14 +259,21 @@ async fn chain_uploads(
 /// Drills the newest upload once, when the spec asks for drills after
 /// uploads; one drill of a backup runs at a time, and a newer upload waits
 /// for the running one.
-async fn start_drill(db: &DatabaseBackup, ctx: &Context, status: &DatabaseBackupStatus) -> Result<(), Error> {
+async fn start_drill(
+    db: &DatabaseBackup,
+    ctx: &Context,
+    status: &DatabaseBackupStatus,
+) -> Result<(), Error> {
     if !db.spec.verify.as_ref().is_some_and(|v| v.after_upload) {
         return Ok(());
     }
     let Some(key) = &status.last_upload_key else {
         return Ok(());
     };
-    let drilled = status.last_verification.as_ref().and_then(|v| v.key.as_ref());
+    let drilled = status
+        .last_verification
+        .as_ref()
+        .and_then(|v| v.key.as_ref());
     if drilled == Some(key) || drill_running(db, ctx) {
         return Ok(());
     }
@@ -282,7 +289,9 @@ fn drill_running(db: &DatabaseBackup, ctx: &Context) -> bool {
     ctx.jobs.state().iter().any(|j| {
         labelled_owner(&**j, names::LABEL_BACKUP) == key
             && j.labels().get(names::LABEL_STEP).map(String::as_str) == Some(Step::Verify.as_str())
-            && j.status.as_ref().is_none_or(|s| s.completion_time.is_none() && s.failed.unwrap_or(0) == 0)
+            && j.status
+                .as_ref()
+                .is_none_or(|s| s.completion_time.is_none() && s.failed.unwrap_or(0) == 0)
     })
 }
 

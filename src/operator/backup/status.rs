@@ -5,7 +5,7 @@ use super::reports::PodReport;
 use crate::api::{DatabaseBackupStatus, Verification};
 use crate::jobresult::{Outcome, Step};
 use crate::operator::conditions::{
-    DUMP_SUCCEEDED, Note, Observed, STALE, UPLOAD_SUCCEEDED, set_condition,
+    DUMP_SUCCEEDED, Note, Observed, STALE, UPLOAD_SUCCEEDED, VERIFIED, set_condition,
 };
 use crate::operator::results::to_chrono;
 use crate::reasons;
@@ -107,7 +107,11 @@ fn drilled(r: &PodReport, outcome: Outcome, status: &mut DatabaseBackupStatus) -
             .result
             .reason
             .as_deref()
-            .and_then(|given| reasons::VERIFY_STEP_FAILURES.into_iter().find(|k| *k == given))
+            .and_then(|given| {
+                reasons::VERIFY_STEP_FAILURES
+                    .into_iter()
+                    .find(|k| *k == given)
+            })
             .unwrap_or(reasons::DRILL_FAILED);
         return Observed::new(VERIFIED, false, reason, r.result.message());
     }
