@@ -101,9 +101,11 @@ pub fn legacy_restore_job_name(restore: &str) -> String {
     child_name(restore, "restore", DNS_LABEL_MAX)
 }
 
-/// The restore drill of `key`: one Job per dump, so a drill is never started twice.
-pub fn verify_job_name(owner: &str, key: &str) -> String {
-    child_name(owner, &format!("verify-{}", short_hash(key)), DNS_LABEL_MAX)
+/// A restore drill's Job, named after its run (the key drilled after its
+/// upload, or the key and the time of a scheduled drill): a drill is never
+/// started twice.
+pub fn verify_job_name(owner: &str, run: &str) -> String {
+    child_name(owner, &format!("verify-{}", short_hash(run)), DNS_LABEL_MAX)
 }
 
 pub fn staging_pvc_name(owner: &str) -> String {

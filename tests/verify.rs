@@ -326,3 +326,21 @@ async fn retention_keeps_the_newest_verified_dump_when_a_newer_one_fails_its_dri
     assert!(keys.contains(&verified), "{keys:?}");
     assert!(keys.contains(&newer), "{keys:?}");
 }
+
+#[tokio::test]
+async fn a_scheduled_drill_drills_the_newest_dump() {
+    let spec = "  verify:\n    afterUpload: false\n    schedule: \"* * * * *\"\n";
+    let (b, _op, mut pods) = ready_bed(Engine::Postgres, spec).await;
+    backup_now(&b, &mut pods, "first", &mut vec![]).await;
+    // No drill after the upload; the next minute starts one.
+    let drill = pods.finished(1, Duration::from_secs(150)).await.remove(0);
+    assert_eq!(
+        (drill.step.as_str(), drill.exit_code),
+        ("verify", 0),
+        "{}",
+        drill.output
+    );
+    let status = wait_orders(&b, "Verified", Some("True"), "Verified", DRILL_TIMEOUT).await;
+    assert!(status.last_scheduled_drill.is_some(), "{status:?}");
+    assert_eq!(status.last_verified_key, status.last_upload_key);
+}

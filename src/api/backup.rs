@@ -299,6 +299,9 @@ pub struct DatabaseBackupStatus {
     /// When that drill ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_verified_time: Option<Time>,
+    /// When the operator last started a drill on spec.verify.schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scheduled_drill: Option<Time>,
     /// UIDs of finished pods (and their Jobs) already reflected in this status, so
     /// that an operator restart neither repeats nor loses log lines.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -13,9 +13,15 @@ use serde::{Deserialize, Serialize};
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VerifySpec {
-    /// Drill each new dump once it is uploaded (default true; false pauses the drills).
+    /// Drill each new dump once it is uploaded (default true).
     #[serde(default = "default_true")]
     pub after_upload: bool,
+    /// Drill the newest dump again on this schedule too (5-field cron, in
+    /// spec.timeZone), whether or not it was drilled before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    #[schemars(extend("x-kubernetes-validations" = cel(&[(&cron_rule(), CRON_MESSAGE), (CRON_TZ_RULE, CRON_TZ_MESSAGE)])))]
+    pub schedule: Option<String>,
     /// Queries whose answers the dump must give. Without any, a drill checks
     /// that the dump loads without error and holds at least one table.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

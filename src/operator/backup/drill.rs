@@ -23,8 +23,9 @@ const SERVER_DIR: &str = "/work/server";
 /// How long a finished drill's Job stays for the operator to read.
 const KEEP_FINISHED_SECONDS: i32 = 24 * 3600;
 
-/// The drill of `key`, or None when the backup asks for no drills.
-pub fn verify_job(db: &DatabaseBackup, settings: &Settings, key: &str) -> Option<Job> {
+/// The drill of `key`, named after `run` (the key, or the key and the time
+/// of a scheduled drill), or None when the backup asks for no drills.
+pub fn verify_job(db: &DatabaseBackup, settings: &Settings, key: &str, run: &str) -> Option<Job> {
     let verify = db.spec.verify.as_ref()?;
     let spec = &db.spec;
     let scratch = || vec![pod::mount("work", WORK_MOUNT), pod::mount("tmp", "/tmp")];
@@ -92,7 +93,7 @@ pub fn verify_job(db: &DatabaseBackup, settings: &Settings, key: &str) -> Option
     }
     Some(Job {
         metadata: ObjectMeta {
-            name: Some(names::verify_job_name(&owner, key)),
+            name: Some(names::verify_job_name(&owner, run)),
             namespace: db.namespace(),
             labels: Some(labels),
             owner_references: Some(vec![

@@ -46,12 +46,14 @@ pub async fn reconcile(db: Arc<DatabaseBackup>, ctx: Arc<Context>) -> Result<Act
         chain_uploads(&db, &ctx, &children.upload, &reports, &pass.status).await?;
     }
     pass.record(reports, &present);
+    let mut next_drill = None;
     if applied.is_ok() {
-        start_drill(&db, &ctx, &pass.status).await?;
+        next_drill = start_drill(&db, &ctx, &mut pass).await?;
     }
     pass.record_stuck(stuck_pods(&db, &ctx));
     publish_verification(&db, &ctx, &pass.status);
     let recheck = pass.judge_staleness(&db, &ctx, &old);
+    let recheck = next_drill.map_or(recheck, |due| recheck.min(due));
     publish(&db, &ctx, &old, pass).await?;
     applied?;
     ctx.failures
@@ -256,31 +258,81 @@ async fn chain_uploads(
     Ok(())
 }
 
-/// Drills the newest upload once, when the spec asks for drills after
-/// uploads; one drill of a backup runs at a time, and a newer upload waits
-/// for the running one.
+/// Drills the newest upload: once after its upload (`afterUpload`), and
+/// again whenever `schedule` comes due. One drill of a backup runs at a time:
+/// a newer upload, or a due schedule, waits for the running one. Returns when
+/// the schedule is next due.
 async fn start_drill(
     db: &DatabaseBackup,
     ctx: &Context,
-    status: &DatabaseBackupStatus,
-) -> Result<(), Error> {
-    if !db.spec.verify.as_ref().is_some_and(|v| v.after_upload) {
-        return Ok(());
-    }
-    let Some(key) = &status.last_upload_key else {
-        return Ok(());
+    pass: &mut Pass,
+) -> Result<Option<Duration>, Error> {
+    let Some(verify) = &db.spec.verify else {
+        return Ok(None);
+    };
+    let status = &pass.status;
+    let (due, next) = match verify.schedule.as_deref().map(checks::parse_schedule) {
+        Some(Ok(schedule)) => {
+            let since = status
+                .last_scheduled_drill
+                .as_ref()
+                .or(db.metadata.creation_timestamp.as_ref());
+            drill_due(&schedule, pass.tz, since, chrono::Utc::now())
+        }
+        _ => (false, None),
+    };
+    let Some(key) = status.last_upload_key.clone() else {
+        return Ok(next);
     };
     let drilled = status
         .last_verification
         .as_ref()
         .and_then(|v| v.key.as_ref());
-    if drilled == Some(key) || drill_running(db, ctx) {
-        return Ok(());
+    let after_upload = verify.after_upload && drilled != Some(&key);
+    if !(after_upload || due) || drill_running(db, ctx) {
+        return Ok(next);
     }
-    if let Some(job) = drill::verify_job(db, &ctx.settings, key) {
+    // A scheduled drill of a dump drilled before needs a Job name of its own.
+    let run = match due {
+        true => format!("{key}@{}", chrono::Utc::now().timestamp()),
+        false => key.clone(),
+    };
+    if let Some(job) = drill::verify_job(db, &ctx.settings, &key, &run) {
         create_job(ctx, &job, "restore drill").await?;
     }
-    Ok(())
+    if due {
+        pass.status.last_scheduled_drill = Some(pass.now.clone());
+    }
+    Ok(next)
+}
+
+/// Whether the drill schedule came due since `since`, and how long until it
+/// is due next.
+fn drill_due(
+    schedule: &croner::Cron,
+    tz: chrono_tz::Tz,
+    since: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> (bool, Option<Duration>) {
+    let since = since.map(results::to_chrono).unwrap_or(now);
+    let Ok(run) = schedule.find_next_occurrence(&since.with_timezone(&tz), false) else {
+        return (false, None);
+    };
+    let run = run.with_timezone(&chrono::Utc);
+    if run <= now {
+        let next = schedule
+            .find_next_occurrence(&now.with_timezone(&tz), false)
+            .ok()
+            .and_then(|n| (n.with_timezone(&chrono::Utc) - now).to_std().ok());
+        return (true, next.map(|d| d + Duration::from_secs(1)));
+    }
+    (
+        false,
+        (run - now)
+            .to_std()
+            .ok()
+            .map(|d| d + Duration::from_secs(1)),
+    )
 }
 
 /// Whether a drill Job of this backup has not finished yet.

@@ -396,3 +396,38 @@ fn staleness_counts_from_creation_and_says_when_to_look_again() {
         (true, "NoRecentUpload")
     );
 }
+
+#[test]
+fn a_drill_schedule_is_due_once_its_time_passed_and_says_when_next() {
+    let nightly = crate::operator::checks::parse_schedule("0 3 * * *").unwrap();
+    let since = time("2026-11-26T02:00:00Z");
+    let at = |t: &str| to_chrono(&time(t));
+    let (due, next) = super::drill_due(
+        &nightly,
+        chrono_tz::UTC,
+        Some(&since),
+        at("2026-11-26T02:59:00Z"),
+    );
+    assert!(!due);
+    assert_eq!(next, Some(std::time::Duration::from_secs(61)));
+    let (due, next) = super::drill_due(
+        &nightly,
+        chrono_tz::UTC,
+        Some(&since),
+        at("2026-11-26T03:00:30Z"),
+    );
+    assert!(due);
+    assert_eq!(
+        next,
+        Some(std::time::Duration::from_secs(24 * 3600 - 30 + 1))
+    );
+    // Started at 03:00:30, the next is tomorrow's.
+    let started = time("2026-11-26T03:00:30Z");
+    let (due, _) = super::drill_due(
+        &nightly,
+        chrono_tz::UTC,
+        Some(&started),
+        at("2026-11-26T12:00:00Z"),
+    );
+    assert!(!due);
+}
