@@ -12,7 +12,7 @@
 //! `cargo bench --bench bench` with `BENCH_PYTHON` pointing at a Python that
 //! has both. `BENCH_SIZES` (MiB, default `256,2048,4096`), `BENCH_REPS`
 //! (default 5), `BENCH_SCALES` (default `100,1000,3000`) and `BENCH_ONLY`
-//! (`upload`, `dump` or `scale`) narrow a run; the report holds what ran.
+//! (`upload`, `dump`, `verify` or `scale`) narrow a run; the report holds what ran.
 //! `BENCH_STORES` (default `disk,tmpfs`) says where MinIO keeps its data for
 //! the upload runs. `BENCH_UPLOAD_ARGS` adds flags to our uploader (tuning runs, e.g.
 //! `--concurrency=8 --part-size-mib=16`).
@@ -462,6 +462,70 @@ fn bench_dump(report: &mut String, goals: &mut Goals) {
     writeln!(report).unwrap();
 }
 
+/// A restore drill of a ~300 MiB MariaDB dump (the `verify` step: a
+/// throwaway server started, the dump loaded, the tables counted, one check)
+/// against the restore's own `load` step loading the same dump into a fresh
+/// database on a running server.
+fn bench_verify(report: &mut String) {
+    let reps = env_list("BENCH_REPS", "5")[0].min(3) as usize;
+    let db = Database::with_shop(dbbackup_operator::api::Engine::Mariadb);
+    db.query(
+        "shop",
+        "CREATE TABLE big (id INT PRIMARY KEY, body TEXT); \
+         INSERT INTO big SELECT seq, REPEAT(MD5(seq), 32) FROM seq_1_to_300000;",
+    );
+    let src = db.source("shop");
+    let staging = Staging::new();
+    let run = run_dump(&src, &staging, Compression::None);
+    assert!(run.succeeded(), "{}", run.text());
+    let dump = staging.staged_dump();
+    let size = std::fs::metadata(&dump).unwrap().len();
+    let work = tempfile::tempdir().unwrap();
+    let (mut drill_secs, mut load_secs) = (vec![], vec![]);
+    for rep in 0..reps {
+        let start = Instant::now();
+        let drill = run_verify(
+            src.engine,
+            &dump,
+            "bench/datadump1.sql",
+            &[r#"{"query":"SELECT count(*) FROM big","atLeast":300000}"#],
+        );
+        let d = start.elapsed().as_secs_f64();
+        assert!(drill.succeeded(), "{}", drill.text());
+        drill_secs.push(d);
+        let mut load = Command::new(process::operator_bin());
+        load.arg("load")
+            .arg("--engine=mariadb")
+            .arg("--host=127.0.0.1")
+            .arg(format!("--port={}", src.port))
+            .arg(format!("--database=restored{rep}"))
+            .arg(format!("--file={}", dump.display()))
+            .arg(format!("--termination-log={}", work.path().join("termination-log").display()))
+            .env_clear()
+            .env("PATH", format!("{}:/usr/bin:/bin", process::bin_dir().display()))
+            .env("HOME", "/tmp")
+            .env(dbbackup_operator::names::USER_ENV, &src.user)
+            .env("MYSQL_PWD", &src.password);
+        let l = timed(&load).secs;
+        load_secs.push(l);
+        println!("verify run {}: drill {d:.1} s, restore {l:.1} s", rep + 1);
+    }
+    let (d, l) = (median(&drill_secs), median(&load_secs));
+    writeln!(
+        report,
+        "## Restore drill\n\nThe `verify` step on a {:.0} MiB MariaDB dump: a throwaway server \
+         initialised and started from the server binaries, the dump loaded, its tables counted, \
+         one check; against the restore's `load` step loading the same dump into a fresh database \
+         of a running server. {reps} runs each, interleaved, medians.\n\n\
+         | dump | drill | restore (`load`) | drill / restore |\n| --- | --- | --- | --- |\n\
+         | {:.0} MiB | {d:.1} s | {l:.1} s | {:.2}× |\n",
+        size as f64 / 1048576.0,
+        size as f64 / 1048576.0,
+        d / l
+    )
+    .unwrap();
+}
+
 fn metric(port: u16, name: &str) -> Option<f64> {
     let (_, body) = process::http_get(port, "/metrics")?;
     Some(
@@ -658,6 +722,9 @@ async fn main() {
     }
     if wants("dump") {
         bench_dump(&mut report, &mut goals);
+    }
+    if wants("verify") {
+        bench_verify(&mut report);
     }
     if wants("scale") {
         bench_scale(&mut report, &mut goals).await;
