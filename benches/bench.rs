@@ -382,15 +382,20 @@ async fn bench_upload(report: &mut String, goals: &mut Goals, store: StoreOn) {
     writeln!(report).unwrap();
 }
 
-fn bench_dump(report: &mut String, goals: &mut Goals) {
-    let reps = env_list("BENCH_REPS", "5")[0] as usize;
+/// MariaDB with the shop data and about 300 MB of rows more, in table `big`.
+fn big_mariadb() -> Database {
     let db = Database::with_shop(dbbackup_operator::api::Engine::Mariadb);
-    // About 300 MB of rows on top of the shop schema.
     db.query(
         "shop",
         "CREATE TABLE big (id INT PRIMARY KEY, body TEXT); \
          INSERT INTO big SELECT seq, REPEAT(MD5(seq), 32) FROM seq_1_to_300000;",
     );
+    db
+}
+
+fn bench_dump(report: &mut String, goals: &mut Goals) {
+    let reps = env_list("BENCH_REPS", "5")[0] as usize;
+    let db = big_mariadb();
     let src = db.source("shop");
     let work = tempfile::tempdir().unwrap();
     writeln!(
@@ -468,12 +473,7 @@ fn bench_dump(report: &mut String, goals: &mut Goals) {
 /// database on a running server.
 fn bench_verify(report: &mut String) {
     let reps = env_list("BENCH_REPS", "5")[0].min(3) as usize;
-    let db = Database::with_shop(dbbackup_operator::api::Engine::Mariadb);
-    db.query(
-        "shop",
-        "CREATE TABLE big (id INT PRIMARY KEY, body TEXT); \
-         INSERT INTO big SELECT seq, REPEAT(MD5(seq), 32) FROM seq_1_to_300000;",
-    );
+    let db = big_mariadb();
     let src = db.source("shop");
     let staging = Staging::new();
     let run = run_dump(&src, &staging, Compression::None);
@@ -500,9 +500,15 @@ fn bench_verify(report: &mut String) {
             .arg(format!("--port={}", src.port))
             .arg(format!("--database=restored{rep}"))
             .arg(format!("--file={}", dump.display()))
-            .arg(format!("--termination-log={}", work.path().join("termination-log").display()))
+            .arg(format!(
+                "--termination-log={}",
+                work.path().join("termination-log").display()
+            ))
             .env_clear()
-            .env("PATH", format!("{}:/usr/bin:/bin", process::bin_dir().display()))
+            .env(
+                "PATH",
+                format!("{}:/usr/bin:/bin", process::bin_dir().display()),
+            )
             .env("HOME", "/tmp")
             .env(dbbackup_operator::names::USER_ENV, &src.user)
             .env("MYSQL_PWD", &src.password);
