@@ -66,6 +66,7 @@ fn crd_names_and_columns() {
             "Schedule",
             "Last Upload",
             "Uploaded",
+            "Verified",
             "Ready",
             "Age"
         ]

@@ -98,7 +98,9 @@ pub struct Verification {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CheckResult {
+    /// The check's SQL.
     pub query: String,
+    /// Whether what it returned met the expectation.
     pub passed: bool,
     /// The first value the query returned, or its error.
     pub got: String,
