@@ -232,6 +232,29 @@ impl Fetch<'_> {
     }
 }
 
+/// Where a downloading pod's scratch volume is mounted, and the dump `fetch`
+/// leaves there for the step after it (restore and drill pods alike).
+pub(crate) const WORK_MOUNT: &str = "/work";
+pub(crate) const DOWNLOADED_DUMP: &str = "/work/restore.sql";
+
+/// A pod that downloads a dump: its volumes (the scratch volume `work`,
+/// bounded by `size`, a `/tmp`, and the bucket's CA bundle), the download's
+/// mounts (with the CA bundle) and the other containers' mounts (without).
+pub(crate) fn download_volumes(
+    size: Option<String>,
+    ca: Option<&CaBundleRef>,
+) -> (Vec<Volume>, Vec<VolumeMount>, Vec<VolumeMount>) {
+    let mut volumes = vec![empty_dir("work", size), empty_dir("tmp", None)];
+    let scratch = vec![mount("work", WORK_MOUNT), mount("tmp", "/tmp")];
+    let mut fetch_mounts = scratch.clone();
+    if let Some(ca) = ca {
+        let (volume, mount) = ca_volume(ca);
+        volumes.push(volume);
+        fetch_mounts.push(mount);
+    }
+    (volumes, fetch_mounts, scratch)
+}
+
 /// Where the user lets a Job's pod run.
 #[derive(Default)]
 pub(crate) struct Placement {

@@ -11,13 +11,13 @@ use crate::api::DatabaseBackup;
 use crate::jobresult::Step;
 use crate::names;
 use crate::operator::Settings;
-use crate::operator::pod::{self, BINARY, DUMP_UID, Placement, StepContainer, TERMINATION_LOG};
+use crate::operator::pod::{
+    self, BINARY, DOWNLOADED_DUMP, DUMP_UID, Placement, StepContainer, TERMINATION_LOG,
+};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
-const WORK_MOUNT: &str = "/work";
-const DUMP_FILE: &str = "/work/restore.sql";
 /// The throwaway server's data, beside the dump on the scratch volume.
 const SERVER_DIR: &str = "/work/server";
 /// How long a finished drill's Job stays for the operator to read.
@@ -28,19 +28,13 @@ const KEEP_FINISHED_SECONDS: i32 = 24 * 3600;
 pub fn verify_job(db: &DatabaseBackup, settings: &Settings, key: &str, run: &str) -> Option<Job> {
     let verify = db.spec.verify.as_ref()?;
     let spec = &db.spec;
-    let scratch = || vec![pod::mount("work", WORK_MOUNT), pod::mount("tmp", "/tmp")];
-    let mut volumes = vec![pod::empty_dir("work", None), pod::empty_dir("tmp", None)];
-    let mut fetch_mounts = scratch();
-    if let Some(ca) = &spec.bucket.ca_bundle {
-        let (volume, mount) = pod::ca_volume(ca);
-        volumes.push(volume);
-        fetch_mounts.push(mount);
-    }
+    let (mut volumes, fetch_mounts, mut mounts) =
+        pod::download_volumes(None, spec.bucket.ca_bundle.as_ref());
     let fetch = pod::Fetch {
         bucket: &spec.bucket,
         prefix: &key_prefix(db),
         key,
-        out: DUMP_FILE,
+        out: DOWNLOADED_DUMP,
         mounts: fetch_mounts,
         resources: verify.resources.clone(),
     }
@@ -50,7 +44,7 @@ pub fn verify_job(db: &DatabaseBackup, settings: &Settings, key: &str, run: &str
     let mut args = vec![
         "verify".to_string(),
         format!("--engine={}", spec.database.engine.as_str()),
-        format!("--file={DUMP_FILE}"),
+        format!("--file={DOWNLOADED_DUMP}"),
         format!("--key={key}"),
         format!("--work-dir={SERVER_DIR}"),
         format!("--termination-log={TERMINATION_LOG}"),
@@ -62,7 +56,6 @@ pub fn verify_job(db: &DatabaseBackup, settings: &Settings, key: &str, run: &str
             serde_json::to_string(c).expect("a check serializes")
         )
     }));
-    let mut mounts = scratch();
     mounts.push(binary_mount);
     let drill = StepContainer {
         name: "verify",

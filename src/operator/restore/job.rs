@@ -9,14 +9,13 @@ use crate::api::{BucketSpec, DatabaseRestore};
 use crate::jobresult::Step;
 use crate::names;
 use crate::operator::Settings;
-use crate::operator::pod::{self, DUMP_UID, DatabaseStep, Placement, TERMINATION_LOG};
+use crate::operator::pod::{
+    self, DOWNLOADED_DUMP, DUMP_UID, DatabaseStep, Placement, TERMINATION_LOG,
+};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use std::collections::BTreeMap;
-
-const WORK_MOUNT: &str = "/work";
-const DUMP_FILE: &str = "/work/restore.sql";
 
 /// Where the dump is: the bucket, and the prefix "latest" searches.
 #[derive(Clone, Debug, PartialEq)]
@@ -47,24 +46,15 @@ fn labels(restore: &str) -> BTreeMap<String, String> {
 /// The restore Job, built from the spec and its resolved source alone.
 pub fn restore_job(r: &DatabaseRestore, source: &Source, settings: &Settings) -> Job {
     let spec = &r.spec;
-    let mut volumes = vec![
-        pod::empty_dir("work", spec.scratch_size.clone()),
-        pod::empty_dir("tmp", None),
-    ];
-    let scratch = || vec![pod::mount("work", WORK_MOUNT), pod::mount("tmp", "/tmp")];
-    let mut fetch_mounts = scratch();
-    if let Some(ca) = &source.bucket.ca_bundle {
-        let (volume, mount) = pod::ca_volume(ca);
-        volumes.push(volume);
-        fetch_mounts.push(mount);
-    }
+    let (mut volumes, fetch_mounts, scratch) =
+        pod::download_volumes(spec.scratch_size.clone(), source.bucket.ca_bundle.as_ref());
     let (copy, load, binary) = DatabaseStep {
         name: "restore",
         subcommand: "load",
         db: &spec.target,
         flags: [
             vec![
-                format!("--file={DUMP_FILE}"),
+                format!("--file={DOWNLOADED_DUMP}"),
                 format!("--termination-log={TERMINATION_LOG}"),
             ],
             spec.overwrite
@@ -73,7 +63,7 @@ pub fn restore_job(r: &DatabaseRestore, source: &Source, settings: &Settings) ->
                 .collect(),
         ]
         .concat(),
-        mounts: scratch(),
+        mounts: scratch,
         resources: spec.resources.clone(),
     }
     .build(settings);
@@ -87,7 +77,7 @@ pub fn restore_job(r: &DatabaseRestore, source: &Source, settings: &Settings) ->
         bucket: &source.bucket,
         prefix: &source.prefix,
         key: &spec.key,
-        out: DUMP_FILE,
+        out: DOWNLOADED_DUMP,
         mounts: fetch_mounts,
         resources: spec.resources.clone(),
     }
