@@ -44,6 +44,9 @@ pub fn password_env(engine: Engine) -> &'static str {
     }
 }
 
+/// The age recipients (public keys) the dump step encrypts to, from the recipients Secret.
+pub const AGE_RECIPIENTS_ENV: &str = "DBBACKUP_AGE_RECIPIENTS";
+
 /// The store's bucket, endpoint and region, for the upload and fetch steps;
 /// the access keys use the AWS SDK's own variables.
 pub const BUCKET_ENV: &str = "DBBACKUP_BUCKET";

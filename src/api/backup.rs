@@ -102,6 +102,12 @@ pub struct DatabaseBackupSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<RetentionSpec>,
 
+    /// Encrypt each dump with age as it is written, so that neither the
+    /// staging volume nor the bucket holds plaintext. Object keys then end in
+    /// .age after the compression's suffix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionSpec>,
+
     /// Restore drills that prove dumps restorable. Unset runs none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<VerifySpec>,

@@ -231,6 +231,31 @@ pub struct CaBundleRef {
     pub key: String,
 }
 
+/// Client-side encryption with age: the dump step encrypts as it writes.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EncryptionSpec {
+    /// A Secret holding the age X25519 public keys (age1…) to encrypt to, one a line.
+    pub recipients_secret: SecretKeyRef,
+}
+
+/// One key of a Secret in the resource's own namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key in the Secret (default "recipients").
+    #[serde(default = "default_recipients_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_recipients_key() -> String {
+    "recipients".into()
+}
+
 pub(super) fn default_ca_key() -> String {
     "ca.crt".into()
 }

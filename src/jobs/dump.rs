@@ -36,11 +36,45 @@ pub struct DumpArgs {
     /// IANA time zone of the log lines (the image needs no tzdata).
     #[arg(long, default_value = "UTC")]
     pub time_zone: Tz,
+    /// age recipients (X25519 public keys, one a line; `#` comments), from
+    /// the recipients Secret: the dump is encrypted as it is written, so the
+    /// staging volume never holds plaintext.
+    #[arg(long, env = crate::names::AGE_RECIPIENTS_ENV, value_parser = parse_recipients, hide_env_values = true)]
+    pub encrypt_to: Option<Recipients>,
 }
 
-/// Name of the finished dump in the staging `dumps/` directory.
-pub fn dump_file_name(compression: Compression) -> String {
-    format!("datadump.sql{}", compression.extension())
+/// The age recipients a dump is encrypted to.
+#[derive(Clone, Debug)]
+pub struct Recipients(pub Vec<age::x25519::Recipient>);
+
+/// One or more `age1…` public keys, one a line; blank lines and `#` comments are skipped.
+pub fn parse_recipients(text: &str) -> Result<Recipients, String> {
+    let keys: Result<Vec<_>, String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .enumerate()
+        .map(|(i, l)| {
+            l.parse::<age::x25519::Recipient>().map_err(|_| {
+                format!(
+                    "line {} of the recipients is not an age X25519 public key (age1…)",
+                    i + 1
+                )
+            })
+        })
+        .collect();
+    let keys = keys?;
+    if keys.is_empty() {
+        return Err("the recipients hold no age public key".into());
+    }
+    Ok(Recipients(keys))
+}
+
+/// Name of the finished dump in the staging `dumps/` directory: `.age` after
+/// the compression's suffix when encrypted.
+pub fn dump_file_name(compression: Compression, encrypted: bool) -> String {
+    let age = if encrypted { ".age" } else { "" };
+    format!("datadump.sql{}{age}", compression.extension())
 }
 
 /// Where a run is, as the SIGTERM handler needs to know it.
@@ -139,7 +173,7 @@ fn dump(args: &DumpArgs, staging: &Staging, phase: &Mutex<Phase>) -> Result<u64,
     staging
         .remove_partials()
         .map_err(|e| format!("cannot clear {}: {e}", dumps.display()))?;
-    let name = dump_file_name(args.compression);
+    let name = dump_file_name(args.compression, args.encrypt_to.is_some());
     let partial = staging.partial(&name);
     set(phase, |_| Phase::Dumping {
         tool: None,
@@ -179,9 +213,9 @@ fn write_dump(args: &DumpArgs, partial: &Path, phase: &Mutex<Phase>) -> Result<u
         .create_new(true)
         .open(partial)
         .map_err(|e| format!("cannot create {}: {e}", partial.display()))?;
-    // Uncompressed, the tool writes the file itself, as `tool > file` would;
-    // compressed, we read its output through a pipe.
-    let direct = args.compression == Compression::None;
+    // Uncompressed and unencrypted, the tool writes the file itself, as
+    // `tool > file` would; else we read its output through a pipe.
+    let direct = args.compression == Compression::None && args.encrypt_to.is_none();
     let stdout = if direct {
         let out = file
             .try_clone()
@@ -203,7 +237,12 @@ fn write_dump(args: &DumpArgs, partial: &Path, phase: &Mutex<Phase>) -> Result<u
     })?;
     let stderr = tool::collect_stderr(&mut child);
     let written = match child.stdout.take() {
-        Some(pipe) => compress(widened(pipe), file, args.compression),
+        Some(pipe) => compress(
+            widened(pipe),
+            file,
+            args.compression,
+            args.encrypt_to.as_ref(),
+        ),
         None => Ok(0),
     };
     let status = child
@@ -294,9 +333,14 @@ fn volume_full(path: &Path) -> bool {
 /// the tool wrote. Large reads from a widened pipe keep the compressor busy
 /// with few system calls; zstd compresses on a worker thread of its own, so
 /// reading and compressing overlap as in `tool | zstd`.
-fn compress(mut from: impl Read, file: File, compression: Compression) -> io::Result<u64> {
+fn compress(
+    mut from: impl Read,
+    file: File,
+    compression: Compression,
+    encrypt_to: Option<&Recipients>,
+) -> io::Result<u64> {
     const BUFFER: usize = 1024 * 1024;
-    let out = io::BufWriter::with_capacity(BUFFER, file);
+    let out = Sink::new(io::BufWriter::with_capacity(BUFFER, file), encrypt_to)?;
     let mut buf = vec![0u8; BUFFER];
     let mut feed = |to: &mut dyn Write| -> io::Result<u64> {
         let mut read = 0u64;
@@ -327,9 +371,52 @@ fn compress(mut from: impl Read, file: File, compression: Compression) -> io::Re
             (feed(&mut z)?, z.finish()?)
         }
     };
-    let file = out.into_inner().map_err(|e| e.into_error())?;
+    let file = out.finish()?.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
     Ok(read)
+}
+
+type Out = io::BufWriter<File>;
+
+/// Where the (compressed) dump goes: the file, or an age stream into it.
+enum Sink {
+    Plain(Out),
+    Age(age::stream::StreamWriter<Out>),
+}
+
+impl Sink {
+    fn new(out: Out, encrypt_to: Option<&Recipients>) -> io::Result<Sink> {
+        let Some(Recipients(keys)) = encrypt_to else {
+            return Ok(Sink::Plain(out));
+        };
+        let recipients = keys.iter().map(|k| k as &dyn age::Recipient);
+        let encryptor = age::Encryptor::with_recipients(recipients).map_err(io::Error::other)?;
+        Ok(Sink::Age(encryptor.wrap_output(out)?))
+    }
+
+    /// Ends the age stream (its last chunk and tag) and hands back the file.
+    fn finish(self) -> io::Result<Out> {
+        match self {
+            Sink::Plain(out) => Ok(out),
+            Sink::Age(age) => age.finish(),
+        }
+    }
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Sink::Plain(w) => w.write(buf),
+            Sink::Age(w) => w.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Sink::Plain(w) => w.flush(),
+            Sink::Age(w) => w.flush(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -340,7 +427,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("d");
         let data = b"INSERT INTO t VALUES (1);\n".repeat(1000);
-        let read = compress(&data[..], File::create(&path).unwrap(), compression).unwrap();
+        let read = compress(&data[..], File::create(&path).unwrap(), compression, None).unwrap();
         assert_eq!(read, data.len() as u64);
         let raw = std::fs::read(&path).unwrap();
         let mut out = vec![];
@@ -366,7 +453,57 @@ mod tests {
 
     #[test]
     fn names_follow_the_compression() {
-        assert_eq!(dump_file_name(Compression::None), "datadump.sql");
-        assert_eq!(dump_file_name(Compression::Zstd), "datadump.sql.zst");
+        assert_eq!(dump_file_name(Compression::None, false), "datadump.sql");
+        assert_eq!(dump_file_name(Compression::Zstd, false), "datadump.sql.zst");
+        assert_eq!(
+            dump_file_name(Compression::Gzip, true),
+            "datadump.sql.gz.age"
+        );
+    }
+
+    #[test]
+    fn an_encrypted_dump_holds_no_plaintext_and_decrypts_with_the_identity() {
+        let identity = age::x25519::Identity::generate();
+        let other = age::x25519::Identity::generate();
+        let recipients = parse_recipients(&format!(
+            "# ops team\n{}\n\n{}\n",
+            identity.to_public(),
+            other.to_public()
+        ))
+        .unwrap();
+        assert_eq!(recipients.0.len(), 2);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d");
+        let data = b"INSERT INTO customers VALUES (1, 'Zoe Secret-Row');\n".repeat(500);
+        let file = File::create(&path).unwrap();
+        compress(&data[..], file, Compression::Zstd, Some(&recipients)).unwrap();
+        let raw = std::fs::read(&path).unwrap();
+        assert!(!raw.windows(14).any(|w| w == b"Secret-Row');"));
+        let decryptor = age::Decryptor::new(&raw[..]).unwrap();
+        let mut plain = vec![];
+        decryptor
+            .decrypt(std::iter::once(&identity as &dyn age::Identity))
+            .unwrap()
+            .read_to_end(&mut plain)
+            .unwrap();
+        assert_eq!(zstd::decode_all(&plain[..]).unwrap(), data);
+        // Any of the recipients can read it; a stranger cannot.
+        let stranger = age::x25519::Identity::generate();
+        let decryptor = age::Decryptor::new(&raw[..]).unwrap();
+        assert!(
+            decryptor
+                .decrypt(std::iter::once(&stranger as &dyn age::Identity))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn recipients_name_the_line_that_is_no_public_key() {
+        let e = parse_recipients("age1notakey").unwrap_err();
+        assert_eq!(
+            e,
+            "line 1 of the recipients is not an age X25519 public key (age1…)"
+        );
+        assert!(parse_recipients("# nothing\n").is_err());
     }
 }

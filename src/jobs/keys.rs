@@ -1,4 +1,4 @@
-//! Object key naming: `<prefix>YYYY-MM-DD/datadumpN.sql[.gz|.zst]`.
+//! Object key naming: `<prefix>YYYY-MM-DD/datadumpN.sql[.gz|.zst][.age]`.
 
 use chrono::NaiveDate;
 
@@ -7,11 +7,12 @@ pub fn date_folder(prefix: &str, date: NaiveDate) -> String {
     format!("{prefix}{}/", date.format("%Y-%m-%d"))
 }
 
-/// The N of `<folder>datadumpN.sql[.gz|.zst]`, or None for any other key.
+/// The N of `<folder>datadumpN.sql[.gz|.zst][.age]`, or None for any other key.
 pub fn dump_index(folder: &str, key: &str) -> Option<u64> {
     let name = key.strip_prefix(folder)?.strip_prefix("datadump")?;
     let digits = name.len() - name.trim_start_matches(|c: char| c.is_ascii_digit()).len();
     let (n, rest) = name.split_at(digits);
+    let rest = rest.strip_suffix(".age").unwrap_or(rest);
     if !matches!(rest, ".sql" | ".sql.gz" | ".sql.zst") || n.is_empty() || n.starts_with('0') {
         return None;
     }
@@ -83,6 +84,24 @@ mod tests {
         assert_eq!(
             dump_index(&folder, "p/2026-11-25/datadump12.sql.zst"),
             Some(12)
+        );
+        assert_eq!(
+            dump_index(&folder, "p/2026-11-25/datadump13.sql.zst.age"),
+            Some(13)
+        );
+        assert_eq!(dump_index(&folder, "p/2026-11-25/datadump14.age"), None);
+    }
+
+    #[test]
+    fn an_encrypted_dump_keeps_its_age_suffix() {
+        let folder = date_folder("", day());
+        assert_eq!(
+            next_object_key(
+                &folder,
+                ["2026-11-25/datadump1.sql.gz"],
+                "datadump.sql.gz.age"
+            ),
+            "2026-11-25/datadump2.sql.gz.age"
         );
     }
 }

@@ -153,7 +153,7 @@ fn cronjob(db: &DatabaseBackup, step: Step, name: String, schedule: &str, pod: P
 pub fn dump_cronjob(db: &DatabaseBackup, settings: &Settings) -> CronJob {
     let spec = &db.spec;
     let (mut volumes, mounts) = volumes(db, false);
-    let (copy, dump, binary) = DatabaseStep {
+    let (copy, mut dump, binary) = DatabaseStep {
         name: "dump",
         subcommand: "dump",
         db: &spec.database,
@@ -167,6 +167,11 @@ pub fn dump_cronjob(db: &DatabaseBackup, settings: &Settings) -> CronJob {
         resources: spec.jobs.resources.clone(),
     }
     .build(settings);
+    if let Some(encryption) = &spec.encryption {
+        let secret = &encryption.recipients_secret;
+        let env = pod::secret_env(names::AGE_RECIPIENTS_ENV, &secret.name, &secret.key, false);
+        dump.env.get_or_insert_with(Vec::new).push(env);
+    }
     volumes.push(binary);
     let pod = pod::job_pod(DUMP_UID, vec![copy], vec![dump], volumes, placement(db));
     let name = names::dump_cronjob_name(&db.name_any());

@@ -166,3 +166,36 @@ fn user_affinity_replaces_the_dump_node_preference() {
     let pod = pod_of(upload_cronjob(&db, &settings()));
     assert!(pod.affinity.unwrap().pod_affinity.is_none());
 }
+
+#[test]
+fn encryption_hands_the_recipients_to_the_dump_step_from_their_secret() {
+    let db = fixture(
+        "postgres",
+        serde_json::json!({"encryption": {"recipientsSecret": {"name": "age-keys"}}}),
+    );
+    let dump = pod_of(dump_cronjob(&db, &settings()));
+    let env = &dump.containers[0].env.as_ref().unwrap();
+    let recipients = env
+        .iter()
+        .find(|e| e.name == "DBBACKUP_AGE_RECIPIENTS")
+        .expect("the recipients reach the dump step");
+    let from = recipients
+        .value_from
+        .as_ref()
+        .and_then(|v| v.secret_key_ref.as_ref())
+        .unwrap();
+    assert_eq!(
+        (from.name.as_str(), from.key.as_str()),
+        ("age-keys", "recipients")
+    );
+    assert!(recipients.value.is_none());
+    // The upload step needs no key: it sends what the volume holds.
+    let upload = pod_of(upload_cronjob(&db, &settings()));
+    assert!(
+        upload.containers[0]
+            .env
+            .iter()
+            .flatten()
+            .all(|e| e.name != "DBBACKUP_AGE_RECIPIENTS")
+    );
+}
