@@ -47,6 +47,9 @@ pub fn password_env(engine: Engine) -> &'static str {
 /// The age recipients (public keys) the dump step encrypts to, from the recipients Secret.
 pub const AGE_RECIPIENTS_ENV: &str = "DBBACKUP_AGE_RECIPIENTS";
 
+/// The age identity (secret key) the fetch step decrypts with, from the restore's identity Secret.
+pub const AGE_IDENTITY_ENV: &str = "DBBACKUP_AGE_IDENTITY";
+
 /// The store's bucket, endpoint and region, for the upload and fetch steps;
 /// the access keys use the AWS SDK's own variables.
 pub const BUCKET_ENV: &str = "DBBACKUP_BUCKET";

@@ -49,6 +49,8 @@ pub const OBJECT_NOT_FOUND: &str = "ObjectNotFound";
 pub const NO_DUMP_FOUND: &str = "NoDumpFound";
 pub const CHECKSUM_MISMATCH: &str = "ChecksumMismatch";
 pub const CORRUPT_DUMP: &str = "CorruptDump";
+/// An encrypted dump, and no identity, or one that is not among its recipients.
+pub const DECRYPTION_FAILED: &str = "DecryptionFailed";
 pub const TARGET_NOT_EMPTY: &str = "TargetNotEmpty";
 pub const CONNECTION_FAILED: &str = "ConnectionFailed";
 pub const RESTORE_FAILED: &str = "RestoreFailed";
@@ -64,8 +66,9 @@ pub const DRILL_FAILED: &str = "DrillFailed";
 
 /// The reasons a restore step may write in its result. Anything else a pod
 /// claims becomes the step's generic reason: the operator passes on only its own.
-pub const RESTORE_STEP_FAILURES: [&str; 8] = [
+pub const RESTORE_STEP_FAILURES: [&str; 9] = [
     DOWNLOAD_FAILED,
+    DECRYPTION_FAILED,
     OBJECT_NOT_FOUND,
     NO_DUMP_FOUND,
     CHECKSUM_MISMATCH,
@@ -76,8 +79,9 @@ pub const RESTORE_STEP_FAILURES: [&str; 8] = [
 ];
 
 /// The reasons a drill may write in its result (its fetch's too).
-pub const VERIFY_STEP_FAILURES: [&str; 9] = [
+pub const VERIFY_STEP_FAILURES: [&str; 10] = [
     NOT_RESTORABLE,
+    DECRYPTION_FAILED,
     DEADLINE_EXCEEDED,
     CHECK_FAILED,
     DRILL_FAILED,

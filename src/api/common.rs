@@ -290,6 +290,7 @@ impl Compression {
 
     /// The compression a file name or object key ends in.
     pub fn of_name(name: &str) -> Compression {
+        let name = name.strip_suffix(".age").unwrap_or(name);
         [Compression::Gzip, Compression::Zstd]
             .into_iter()
             .find(|c| name.ends_with(c.extension()))

@@ -33,6 +33,27 @@ pub struct FetchArgs {
     /// Where to write the one-line JSON result for the operator.
     #[arg(long, default_value = "/dev/termination-log")]
     pub termination_log: PathBuf,
+    /// The age identity (AGE-SECRET-KEY-1…) that decrypts a `.age` dump, from
+    /// the restore's identity Secret.
+    #[arg(long, env = crate::names::AGE_IDENTITY_ENV, hide_env_values = true)]
+    pub identity: Option<IdentityText>,
+}
+
+/// An age identity as the Secret gave it; never shown in a log or a message.
+#[derive(Clone)]
+pub struct IdentityText(pub String);
+
+impl std::fmt::Debug for IdentityText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IdentityText(…)")
+    }
+}
+
+impl std::str::FromStr for IdentityText {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(IdentityText(s.to_string()))
+    }
 }
 
 fn line(message: &str) -> String {
@@ -81,7 +102,22 @@ async fn fetch(args: &FetchArgs) -> Result<JobResult, Failure> {
         .unwrap_or_default()
         .trim_matches('"')
         .to_string();
-    let (size, verified) = save(got, &etag, &key, &args.out).await?;
+    let encrypted = key.ends_with(".age");
+    let download = match encrypted {
+        true => args.out.with_extension("age-download"),
+        false => args.out.clone(),
+    };
+    let saved = save(got, &etag, &key, &download).await;
+    let saved = match (saved, encrypted) {
+        (Ok(saved), true) => {
+            decrypt(&download, &args.out, &key, args.identity.as_ref()).map(|()| saved)
+        }
+        (other, _) => other,
+    };
+    if encrypted {
+        let _ = std::fs::remove_file(&download);
+    }
+    let (size, verified) = saved?;
     let how = if verified {
         "checksum verified"
     } else {
@@ -145,7 +181,13 @@ async fn save(
         .transpose()?;
     let expected_size = got.content_length().unwrap_or(-1);
     let mut check = EtagCheck::new(etag, part_size);
-    let mut file = Decompressor::create(out, key).map_err(|e| {
+    // An encrypted dump is saved as it is, and decrypted once checked.
+    let create = match key.ends_with(".age") {
+        true => std::fs::File::create(out)
+            .map(|f| Decompressor::Plain(std::io::BufWriter::with_capacity(1 << 20, f))),
+        false => Decompressor::create(out, key),
+    };
+    let mut file = create.map_err(|e| {
         fail(
             reasons::DOWNLOAD_FAILED,
             format!("cannot write {}: {e}", out.display()),
@@ -260,6 +302,59 @@ impl ZstdFrames {
     }
 }
 
+/// Decrypts the checked download `from` with `identity` and decompresses it
+/// into `out` (by the key's suffix before `.age`). The identity never shows in
+/// a message; a wrong one is named as such.
+fn decrypt(
+    from: &Path,
+    out: &Path,
+    key: &str,
+    identity: Option<&IdentityText>,
+) -> Result<(), Failure> {
+    let denied = |why: &str| fail(reasons::DECRYPTION_FAILED, why.to_string());
+    let identity = identity.ok_or_else(|| {
+        denied(&format!(
+            "{key} is encrypted; name the Secret with its age identity in spec.encryption.identitySecret"
+        ))
+    })?;
+    let identity: age::x25519::Identity = identity.0.trim().parse().map_err(|_| {
+        denied("the identity Secret holds no age X25519 identity (AGE-SECRET-KEY-1…)")
+    })?;
+    let file = std::fs::File::open(from).map_err(|e| {
+        fail(
+            reasons::DOWNLOAD_FAILED,
+            format!("cannot read {}: {e}", from.display()),
+        )
+    })?;
+    let decryptor = age::Decryptor::new(std::io::BufReader::new(file))
+        .map_err(|e| fail(reasons::CORRUPT_DUMP, format!("{key} is no age file: {e}")))?;
+    let mut plain = decryptor
+        .decrypt(std::iter::once(&identity as &dyn age::Identity))
+        .map_err(|_| denied(&format!("the identity cannot decrypt {key}: its public key is not among the dump's recipients")))?;
+    let inner = key.strip_suffix(".age").unwrap_or(key);
+    let mut sink = Decompressor::create(out, inner).map_err(|e| {
+        fail(
+            reasons::DOWNLOAD_FAILED,
+            format!("cannot write {}: {e}", out.display()),
+        )
+    })?;
+    let corrupt = |e: std::io::Error| {
+        fail(
+            reasons::CORRUPT_DUMP,
+            format!("cannot decrypt or decompress {key}: {e}"),
+        )
+    };
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut plain, &mut buf).map_err(corrupt)?;
+        if n == 0 {
+            break;
+        }
+        sink.write_all(&buf[..n]).map_err(corrupt)?;
+    }
+    sink.finish().map_err(corrupt)
+}
+
 impl Decompressor {
     fn create(path: &Path, key: &str) -> std::io::Result<Decompressor> {
         let file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
@@ -302,6 +397,61 @@ mod tests {
 
     use crate::jobs::proof::hex;
     use crate::jobs::store::DEFAULT_PART_SIZE;
+    use age::secrecy::ExposeSecret;
+
+    fn encrypted(to: &age::x25519::Identity, data: &[u8], path: &Path) {
+        let recipient = to.to_public();
+        let encryptor =
+            age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
+                .unwrap();
+        let mut w = encryptor
+            .wrap_output(std::fs::File::create(path).unwrap())
+            .unwrap();
+        w.write_all(data).unwrap();
+        w.finish().unwrap();
+    }
+
+    #[test]
+    fn an_encrypted_dump_decrypts_with_its_identity_and_names_a_wrong_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (download, out) = (
+            dir.path().join("d.age-download"),
+            dir.path().join("restore.sql"),
+        );
+        let identity = age::x25519::Identity::generate();
+        let data = b"INSERT INTO t VALUES ('row');\n".repeat(300);
+        encrypted(
+            &identity,
+            &zstd::encode_all(&data[..], 3).unwrap(),
+            &download,
+        );
+        let key = "p/2026-11-26/datadump1.sql.zst.age";
+        let text = IdentityText(identity.to_string().expose_secret().to_string());
+        decrypt(&download, &out, key, Some(&text)).unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), data);
+        let stranger = IdentityText(
+            age::x25519::Identity::generate()
+                .to_string()
+                .expose_secret()
+                .to_string(),
+        );
+        let f = decrypt(&download, &out, key, Some(&stranger)).unwrap_err();
+        assert_eq!(f.reason, "DecryptionFailed");
+        assert!(
+            f.message.contains("not among the dump's recipients"),
+            "{}",
+            f.message
+        );
+        assert!(!f.message.contains("AGE-SECRET-KEY"), "{}", f.message);
+        let f = decrypt(&download, &out, key, None).unwrap_err();
+        assert_eq!(f.reason, "DecryptionFailed");
+        let f = decrypt(&download, &out, key, Some(&IdentityText("nonsense".into()))).unwrap_err();
+        assert!(
+            f.message.contains("no age X25519 identity"),
+            "{}",
+            f.message
+        );
+    }
     use md5::{Digest as _, Md5};
 
     fn multipart_etag(data: &[u8], part: usize) -> String {
