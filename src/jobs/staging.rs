@@ -2,7 +2,7 @@
 //! keeps their hand-off safe when several pods use it at once.
 //!
 //! ```text
-//! dumps/datadump.sql[.gz|.zst]   the finished dump, waiting for an upload
+//! dumps/datadump.sql[.gz|.zst][.age] the finished dump, waiting for an upload
 //! dumps/.partial-<run>-<name>    a dump being written (one per run)
 //! dumps/.uploading-<name>        a dump an upload claimed and is sending
 //! dumps/.sent-<name>             the key the store confirmed it under, until it is deleted
@@ -35,7 +35,14 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::SystemTime;
 
 /// Finished dump names, newest format first.
-pub const DUMP_FILES: [&str; 3] = ["datadump.sql.zst", "datadump.sql.gz", "datadump.sql"];
+pub const DUMP_FILES: [&str; 6] = [
+    "datadump.sql.zst.age",
+    "datadump.sql.gz.age",
+    "datadump.sql.age",
+    "datadump.sql.zst",
+    "datadump.sql.gz",
+    "datadump.sql",
+];
 const PARTIAL: &str = ".partial-";
 const CLAIMED: &str = ".uploading-";
 
