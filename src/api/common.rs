@@ -252,6 +252,23 @@ pub struct SecretKeyRef {
     pub key: String,
 }
 
+/// The Secret key holding an age identity.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentitySecretRef {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key in the Secret (default "identity").
+    #[serde(default = "default_identity_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_identity_key() -> String {
+    "identity".into()
+}
+
 fn default_recipients_key() -> String {
     "recipients".into()
 }

@@ -56,6 +56,11 @@ pub struct DatabaseRestoreSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bucket: Option<BucketSpec>,
 
+    /// The Secret key holding the age identity (AGE-SECRET-KEY-1…) that
+    /// decrypts an encrypted dump (key "identity" by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_secret: Option<IdentitySecretRef>,
+
     /// The object key to restore, or "latest": the newest dump under the prefix.
     #[serde(default = "default_restore_key")]
     #[schemars(length(min = 1, max = 1024))]

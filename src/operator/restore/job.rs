@@ -73,7 +73,7 @@ pub fn restore_job(r: &DatabaseRestore, source: &Source, settings: &Settings) ->
         tolerations: spec.tolerations.clone(),
         affinity: None,
     };
-    let fetch = pod::Fetch {
+    let mut fetch = pod::Fetch {
         bucket: &source.bucket,
         prefix: &source.prefix,
         key: &spec.key,
@@ -82,6 +82,15 @@ pub fn restore_job(r: &DatabaseRestore, source: &Source, settings: &Settings) ->
         resources: spec.resources.clone(),
     }
     .build(settings);
+    if let Some(identity) = &spec.identity_secret {
+        let env = pod::secret_env(
+            names::AGE_IDENTITY_ENV,
+            &identity.name,
+            &identity.key,
+            false,
+        );
+        fetch.env.get_or_insert_with(Vec::new).push(env);
+    }
     let pod = pod::job_pod(DUMP_UID, vec![fetch, copy], vec![load], volumes, placement);
     let labels = labels(&r.name_any());
     Job {
@@ -143,6 +152,38 @@ mod tests {
         Settings {
             uploader_image: "ghcr.io/dbbackup-operator/dbbackup-operator:0.1.0".into(),
         }
+    }
+
+    #[test]
+    fn the_identity_reaches_only_the_download_from_its_secret() {
+        let r = restore(
+            serde_json::json!({ "backup": "orders", "identitySecret": { "name": "age-id" } }),
+        );
+        let job = restore_job(&r, &source(serde_json::json!({})), &settings());
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        let fetch = &pod.init_containers.as_ref().unwrap()[0];
+        let var = fetch
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "DBBACKUP_AGE_IDENTITY")
+            .expect("the identity reaches fetch");
+        let from = var
+            .value_from
+            .as_ref()
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .unwrap();
+        assert_eq!(
+            (from.name.as_str(), from.key.as_str()),
+            ("age-id", "identity")
+        );
+        assert!(
+            pod.containers[0]
+                .env
+                .iter()
+                .flatten()
+                .all(|e| e.name != "DBBACKUP_AGE_IDENTITY")
+        );
     }
 
     #[test]
