@@ -58,6 +58,14 @@ pub const REGION_ENV: &str = "AWS_REGION";
 pub const ACCESS_KEY_ENV: &str = "AWS_ACCESS_KEY_ID";
 pub const SECRET_KEY_ENV: &str = "AWS_SECRET_ACCESS_KEY";
 
+/// The SSE-C key (base64 of 32 bytes), from its Secret, for every step that
+/// reads or writes the dumps.
+pub const SSE_CUSTOMER_KEY_ENV: &str = "DBBACKUP_SSE_CUSTOMER_KEY";
+
+/// Credentials that may delete, from the prune Secret, for retention only.
+pub const PRUNE_ACCESS_KEY_ENV: &str = "DBBACKUP_PRUNE_ACCESS_KEY_ID";
+pub const PRUNE_SECRET_KEY_ENV: &str = "DBBACKUP_PRUNE_SECRET_ACCESS_KEY";
+
 /// Longest CronJob name Kubernetes accepts.
 pub const CRONJOB_NAME_MAX: usize = 52;
 /// Longest DNS label, which also bounds PVC names we generate.

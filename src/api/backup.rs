@@ -219,6 +219,13 @@ pub struct JobSettings {
     /// Affinity of both pods. When unset, the upload pod prefers the node of a running dump pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
+    /// ServiceAccount of the pods that talk to the store (upload and drill,
+    /// never the dump), for keyless credentials: EKS IRSA or Pod Identity,
+    /// GKE workload identity, or spec.bucket.webIdentity. The bucket Secret
+    /// then need not hold access keys. No API token is mounted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub service_account_name: Option<String>,
     /// Finished jobs kept per CronJob when they succeeded (default 3).
     #[serde(default = "default_successful_history")]
     #[schemars(range(min = 0, max = 100))]
@@ -249,6 +256,7 @@ impl Default for JobSettings {
             node_selector: None,
             tolerations: None,
             affinity: None,
+            service_account_name: None,
             successful_jobs_history_limit: default_successful_history(),
             failed_jobs_history_limit: default_failed_history(),
             active_deadline_seconds: default_deadline(),

@@ -179,6 +179,169 @@ pub struct BucketSpec {
     /// usually a typo, and the original pipeline's silent creation hid it.
     #[serde(default)]
     pub create_bucket: bool,
+
+    /// Server-side encryption the store applies to each dump: AES256 (keys
+    /// the store manages), aws:kms (a KMS key) or SSE-C (a key of yours, sent
+    /// with every request; the store must be reached over https).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_side_encryption: Option<ServerSideEncryption>,
+
+    /// Object Lock retention each uploaded dump gets, so that no one can
+    /// delete or replace it before it ends. The bucket must have Object Lock
+    /// enabled. Retention leaves a locked dump, and prunes it once unlocked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_lock: Option<ObjectLock>,
+
+    /// A Secret with access keys that may delete, used only to prune by
+    /// retention, so that the bucket Secret's keys can be write-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune_secret_ref: Option<AccessKeysRef>,
+
+    /// Credentials from the pod's ServiceAccount token instead of access keys
+    /// (AssumeRoleWithWebIdentity): the token, with this audience, is mounted
+    /// only in the containers that talk to the store. Not needed where a
+    /// webhook injects the token (EKS IRSA); there, name the ServiceAccount only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web_identity: Option<WebIdentity>,
+}
+
+/// Server-side encryption of the dumps.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = cel(&[
+    ("self.type == 'aws:kms' || !has(self.kmsKeyId)", "kmsKeyId is only for type aws:kms"),
+    ("(self.type == 'SSE-C') == has(self.customerKeySecret)", "type SSE-C needs customerKeySecret, and only SSE-C takes it"),
+])))]
+pub struct ServerSideEncryption {
+    /// AES256, aws:kms or SSE-C.
+    #[serde(rename = "type")]
+    pub kind: SseType,
+    /// The KMS key id or ARN; unset uses the bucket's default KMS key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub kms_key_id: Option<String>,
+    /// For SSE-C: the Secret key holding the 256-bit key, base64 (as
+    /// `openssl rand -base64 32` writes it; key "key" by default). Lose it
+    /// and the dumps are lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_key_secret: Option<SseCustomerKeyRef>,
+}
+
+/// The job steps take it as their --sse flag.
+#[derive(
+    Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, clap::ValueEnum,
+)]
+pub enum SseType {
+    #[serde(rename = "AES256")]
+    #[value(name = "AES256")]
+    Aes256,
+    #[serde(rename = "aws:kms")]
+    #[value(name = "aws:kms")]
+    AwsKms,
+    #[serde(rename = "SSE-C")]
+    #[value(name = "SSE-C")]
+    Customer,
+}
+
+impl SseType {
+    /// The name S3 and the job steps' --sse flag use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SseType::Aes256 => "AES256",
+            SseType::AwsKms => "aws:kms",
+            SseType::Customer => "SSE-C",
+        }
+    }
+}
+
+/// The Secret key holding an SSE-C key.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SseCustomerKeyRef {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key in the Secret (default "key").
+    #[serde(default = "default_sse_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_sse_key() -> String {
+    "key".into()
+}
+
+/// Whether a Secret's value is an SSE-C key: base64 of exactly 32 bytes.
+pub fn valid_sse_customer_key(value: &[u8]) -> bool {
+    use base64::Engine as _;
+    let text = String::from_utf8_lossy(value);
+    base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .is_ok_and(|raw| raw.len() == 32)
+}
+
+/// Object Lock retention for each uploaded dump.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectLock {
+    /// GOVERNANCE (users with s3:BypassGovernanceRetention may still shorten
+    /// or remove the lock) or COMPLIANCE (no one can, the root user included).
+    pub mode: LockMode,
+    /// Days each dump stays locked after its upload.
+    #[schemars(range(min = 1, max = 36500))]
+    pub days: u32,
+}
+
+/// The upload step takes it as its --object-lock-mode flag.
+#[derive(
+    Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, clap::ValueEnum,
+)]
+#[serde(rename_all = "UPPERCASE")]
+#[value(rename_all = "UPPERCASE")]
+pub enum LockMode {
+    Governance,
+    Compliance,
+}
+
+impl LockMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockMode::Governance => "GOVERNANCE",
+            LockMode::Compliance => "COMPLIANCE",
+        }
+    }
+}
+
+/// A Secret holding a pair of access keys.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessKeysRef {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key holding the access key id.
+    #[serde(default = "default_access_key_id_key")]
+    pub access_key_id_key: String,
+    /// Key holding the secret access key.
+    #[serde(default = "default_secret_access_key_key")]
+    pub secret_access_key_key: String,
+}
+
+/// AssumeRoleWithWebIdentity with the pod's ServiceAccount token.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebIdentity {
+    /// The role to assume (for MinIO: the ARN it prints for its OpenID provider).
+    #[schemars(length(min = 1, max = 2048))]
+    pub role_arn: String,
+    /// The token's audience, which the identity provider expects (default sts.amazonaws.com).
+    #[serde(default = "default_audience")]
+    #[schemars(length(min = 1, max = 253))]
+    pub audience: String,
+}
+
+fn default_audience() -> String {
+    "sts.amazonaws.com".into()
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]

@@ -94,6 +94,12 @@ pub struct DatabaseRestoreSpec {
     /// Node selector of the restore pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_selector: Option<BTreeMap<String, String>>,
+    /// ServiceAccount of the restore pod, for keyless credentials (see
+    /// DatabaseBackup.spec.jobs.serviceAccountName); defaults to the named
+    /// backup's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub service_account_name: Option<String>,
     /// Tolerations of the restore pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tolerations: Option<Vec<Toleration>>,

@@ -7,6 +7,8 @@
 //! the way, and leaves `restore.sql` only when every byte checked out.
 
 use super::proof::{EtagCheck, parse_part_size};
+use super::store::WithSse as _;
+use super::tool::Hidden;
 use super::{retention, store};
 use crate::api::Compression;
 use crate::jobresult::{Failure, JobResult, Outcome, Step, fail};
@@ -36,24 +38,7 @@ pub struct FetchArgs {
     /// The age identity (AGE-SECRET-KEY-1…) that decrypts a `.age` dump, from
     /// the restore's identity Secret.
     #[arg(long, env = crate::names::AGE_IDENTITY_ENV, hide_env_values = true)]
-    pub identity: Option<IdentityText>,
-}
-
-/// An age identity as the Secret gave it; never shown in a log or a message.
-#[derive(Clone)]
-pub struct IdentityText(pub String);
-
-impl std::fmt::Debug for IdentityText {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("IdentityText(…)")
-    }
-}
-
-impl std::str::FromStr for IdentityText {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Ok(IdentityText(s.to_string()))
-    }
+    pub identity: Option<Hidden>,
 }
 
 fn line(message: &str) -> String {
@@ -89,6 +74,10 @@ async fn fetch(args: &FetchArgs) -> Result<JobResult, Failure> {
         .client()
         .await
         .map_err(|e| fail(reasons::DOWNLOAD_FAILED, e))?;
+    let sse = args
+        .store
+        .sse()
+        .map_err(|e| fail(reasons::DOWNLOAD_FAILED, e))?;
     let bucket = &args.store.bucket;
     let key = if args.key == crate::api::LATEST {
         latest(&client, bucket, &args.prefix).await?
@@ -96,7 +85,7 @@ async fn fetch(args: &FetchArgs) -> Result<JobResult, Failure> {
         args.key.clone()
     };
     info!(%key, "downloading");
-    let got = get(&client, bucket, &key).await?;
+    let got = get(&client, bucket, &key, &sse).await?;
     let etag = got
         .e_tag()
         .unwrap_or_default()
@@ -107,6 +96,8 @@ async fn fetch(args: &FetchArgs) -> Result<JobResult, Failure> {
         true => args.out.with_extension("age-download"),
         false => args.out.clone(),
     };
+    // An ETag that is no MD5 must not be checked as one.
+    let etag = if sse.hides_md5() { String::new() } else { etag };
     let saved = save(got, &etag, &key, &download).await;
     let saved = match (saved, encrypted) {
         (Ok(saved), true) => {
@@ -117,8 +108,8 @@ async fn fetch(args: &FetchArgs) -> Result<JobResult, Failure> {
     if encrypted {
         let _ = std::fs::remove_file(&download);
     }
-    let (size, verified) = saved?;
-    let how = if verified {
+    let (size, proof) = saved?;
+    let how = if proof.is_some() {
         "checksum verified"
     } else {
         "the store's ETag is no MD5; decompression checks only"
@@ -130,7 +121,7 @@ async fn fetch(args: &FetchArgs) -> Result<JobResult, Failure> {
         outcome: Outcome::Succeeded,
         key: Some(key),
         size: Some(size),
-        checksum: verified.then(|| format!("etag:{etag}")),
+        checksum: proof,
         log,
         reason: None,
         more_log: vec![],
@@ -143,37 +134,39 @@ async fn get(
     client: &aws_sdk_s3::Client,
     bucket: &str,
     key: &str,
+    sse: &store::Sse,
 ) -> Result<GetObjectOutput, Failure> {
-    client
-        .get_object()
-        .bucket(bucket)
-        .key(key)
-        .send()
-        .await
-        .map_err(|e| {
-            if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
-                fail(
-                    reasons::OBJECT_NOT_FOUND,
-                    format!("object {key} not found in bucket {bucket}"),
-                )
-            } else {
-                fail(
-                    reasons::DOWNLOAD_FAILED,
-                    format!("cannot download {key}: {}", store::describe(&e)),
-                )
-            }
-        })
+    let get = client.get_object().bucket(bucket).key(key).with_sse(sse);
+    // Where the ETag may be no MD5, the object's CRC64/NVME is what we check.
+    let get = match sse.hides_md5() {
+        true => get.checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled),
+        false => get,
+    };
+    get.send().await.map_err(|e| {
+        if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
+            fail(
+                reasons::OBJECT_NOT_FOUND,
+                format!("object {key} not found in bucket {bucket}"),
+            )
+        } else {
+            fail(
+                reasons::DOWNLOAD_FAILED,
+                format!("cannot download {key}: {}", store::describe(&e)),
+            )
+        }
+    })
 }
 
 /// Streams the object into `out`, decompressing by its key's suffix and
-/// recomputing its ETag; returns its size and whether the ETag could be
+/// recomputing its ETag (or, where that is no MD5, the CRC64/NVME the store
+/// reports); returns its size and the checksum that held, if any could be
 /// checked. Every byte counted, checked and decompressed, or an error.
 async fn save(
     got: GetObjectOutput,
     etag: &str,
     key: &str,
     out: &Path,
-) -> Result<(u64, bool), Failure> {
+) -> Result<(u64, Option<String>), Failure> {
     let part_size = got
         .metadata()
         .and_then(|m| m.get(store::PART_SIZE_META))
@@ -181,6 +174,14 @@ async fn save(
         .transpose()?;
     let expected_size = got.content_length().unwrap_or(-1);
     let mut check = EtagCheck::new(etag, part_size);
+    // A full-object CRC64/NVME the store reports (composite ones end in -N).
+    let crc_expected = got
+        .checksum_crc64_nvme()
+        .filter(|c| !c.contains('-'))
+        .map(str::to_string);
+    let mut crc = crc_expected
+        .as_ref()
+        .map(|_| crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Nvme));
     // An encrypted dump is saved as it is, and decrypted once checked.
     let create = match key.ends_with(".age") {
         true => std::fs::File::create(out)
@@ -207,6 +208,9 @@ async fn save(
             format!("download of {key} broke off: {e}"),
         )
     })? {
+        if let Some(crc) = &mut crc {
+            crc.update(&chunk);
+        }
         size += chunk.len() as u64;
         check.update(&chunk);
         file.write_all(&chunk).map_err(corrupt)?;
@@ -217,14 +221,27 @@ async fn save(
             format!("{key}: received {size} bytes of {expected_size}"),
         ));
     }
-    let verified = check.verify().map_err(|e| {
+    let mismatch = |e: String| {
         fail(
             reasons::CHECKSUM_MISMATCH,
             format!("{key} does not match its checksum: {e}"),
         )
-    })?;
+    };
+    let mut proof = check
+        .verify()
+        .map_err(mismatch)?
+        .then(|| format!("etag:{etag}"));
+    if let (None, Some(expected), Some(crc)) = (&proof, crc_expected, crc) {
+        let got = super::proof::crc64nvme_base64(crc.finalize());
+        if got != expected {
+            return Err(mismatch(format!(
+                "CRC64/NVME {got}, the store's is {expected}"
+            )));
+        }
+        proof = Some(format!("crc64nvme:{got}"));
+    }
     file.finish().map_err(corrupt)?;
-    Ok((size, verified))
+    Ok((size, proof))
 }
 
 /// The newest of our dumps under `prefix`.
@@ -305,12 +322,7 @@ impl ZstdFrames {
 /// Decrypts the checked download `from` with `identity` and decompresses it
 /// into `out` (by the key's suffix before `.age`). The identity never shows in
 /// a message; a wrong one is named as such.
-fn decrypt(
-    from: &Path,
-    out: &Path,
-    key: &str,
-    identity: Option<&IdentityText>,
-) -> Result<(), Failure> {
+fn decrypt(from: &Path, out: &Path, key: &str, identity: Option<&Hidden>) -> Result<(), Failure> {
     let denied = |why: &str| fail(reasons::DECRYPTION_FAILED, why.to_string());
     let identity = identity.ok_or_else(|| {
         denied(&format!(
@@ -426,10 +438,10 @@ mod tests {
             &download,
         );
         let key = "p/2026-11-26/datadump1.sql.zst.age";
-        let text = IdentityText(identity.to_string().expose_secret().to_string());
+        let text = Hidden(identity.to_string().expose_secret().to_string());
         decrypt(&download, &out, key, Some(&text)).unwrap();
         assert_eq!(std::fs::read(&out).unwrap(), data);
-        let stranger = IdentityText(
+        let stranger = Hidden(
             age::x25519::Identity::generate()
                 .to_string()
                 .expose_secret()
@@ -445,7 +457,7 @@ mod tests {
         assert!(!f.message.contains("AGE-SECRET-KEY"), "{}", f.message);
         let f = decrypt(&download, &out, key, None).unwrap_err();
         assert_eq!(f.reason, "DecryptionFailed");
-        let f = decrypt(&download, &out, key, Some(&IdentityText("nonsense".into()))).unwrap_err();
+        let f = decrypt(&download, &out, key, Some(&Hidden("nonsense".into()))).unwrap_err();
         assert!(
             f.message.contains("no age X25519 identity"),
             "{}",

@@ -3,7 +3,7 @@
 //! flight, each carrying a checksum the store checks on receipt.
 
 use super::proof::{Proof, Written, crc64nvme_base64, hex, multipart_etag};
-use super::store::{MAX_PARTS, MIB, PART_SIZE_META, abort, describe, http_status};
+use super::store::{MAX_PARTS, MIB, PART_SIZE_META, Sse, WithSse, abort, describe, http_status};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
@@ -112,6 +112,38 @@ pub struct Put<'a> {
     /// Sends `If-None-Match: *`, so the store itself refuses to replace an
     /// object; without it the caller checked that the key is free.
     pub conditional: bool,
+    pub sse: &'a Sse,
+    /// Object Lock retention the new object gets.
+    pub lock: Option<Lock>,
+}
+
+/// An Object Lock retention: no one deletes or replaces the object's
+/// version before `until`, and in COMPLIANCE mode no one can shorten it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lock {
+    pub mode: crate::api::LockMode,
+    pub until: chrono::DateTime<chrono::Utc>,
+}
+
+/// Adds the Object Lock headers to a request that creates an object.
+macro_rules! locked {
+    ($request:expr, $lock:expr) => {
+        match $lock {
+            None => $request,
+            Some(Lock { mode, until }) => $request
+                .object_lock_mode(match mode {
+                    crate::api::LockMode::Governance => {
+                        aws_sdk_s3::types::ObjectLockMode::Governance
+                    }
+                    crate::api::LockMode::Compliance => {
+                        aws_sdk_s3::types::ObjectLockMode::Compliance
+                    }
+                })
+                .object_lock_retain_until_date(aws_sdk_s3::primitives::DateTime::from_secs(
+                    until.timestamp(),
+                )),
+        }
+    };
 }
 
 /// Uploads `put.path` to `put.key` without ever replacing an existing object.
@@ -148,16 +180,27 @@ async fn put_single(put: &Put<'_>, file: std::fs::File) -> Result<Written, PutEr
         .await
         .map_err(|e| PutError::Failed(format!("cannot read {}: {e}", put.path.display())))?;
     let md5 = part.md5.expect("asked for");
-    let mut request = put
+    let request = put
         .client
         .put_object()
         .bucket(put.bucket)
         .key(put.key)
         .content_md5(content_md5(&md5))
         .content_length(part.buf.len() as i64)
-        .body(ByteStream::from(part.buf));
+        .body(ByteStream::from(part.buf))
+        .with_sse(put.sse);
+    let mut request = locked!(request, put.lock);
     if put.conditional {
         request = request.if_none_match("*");
+    }
+    // With server-side encryption the ETag may be no MD5; the store's
+    // CRC64/NVME of the object is the proof then.
+    let crc = put
+        .sse
+        .hides_md5()
+        .then(|| crc64nvme_base64(part.crc64nvme));
+    if let Some(crc) = &crc {
+        request = request.checksum_crc64_nvme(crc);
     }
     // Content-MD5, a signed header, already guards the body; signing the
     // payload too would hash it twice more (here and at the store).
@@ -169,18 +212,21 @@ async fn put_single(put: &Put<'_>, file: std::fs::File) -> Result<Written, PutEr
         .map_err(|e| classify(e, put.key))?;
     Ok(Written {
         size: put.size,
-        proof: Proof::ETag(hex(&md5)),
+        proof: crc.map_or_else(|| Proof::ETag(hex(&md5)), Proof::Crc64Nvme),
     })
 }
 
 /// Creates the multipart upload, asking for a full-object CRC64/NVME.
 async fn start_multipart(put: &Put<'_>, part_size: u64) -> Result<Target, PutError> {
     let create = || {
-        put.client
+        let create = put
+            .client
             .create_multipart_upload()
             .bucket(put.bucket)
             .key(put.key)
             .metadata(PART_SIZE_META, part_size.to_string())
+            .with_sse(put.sse);
+        locked!(create, put.lock)
     };
     let created = match create()
         .checksum_algorithm(ChecksumAlgorithm::Crc64Nvme)
@@ -204,6 +250,7 @@ async fn start_multipart(put: &Put<'_>, part_size: u64) -> Result<Target, PutErr
         bucket: put.bucket.to_string(),
         key: put.key.to_string(),
         upload_id: upload_id.to_string(),
+        sse: put.sse.clone(),
         // A store that does not name the algorithm back ignored it (older
         // S3-compatible stores); its ETag is the proof there.
         crc: created.checksum_algorithm() == Some(&ChecksumAlgorithm::Crc64Nvme),
@@ -223,6 +270,7 @@ async fn complete_multipart(
         .bucket(put.bucket)
         .key(put.key)
         .upload_id(upload_id)
+        .with_sse(put.sse)
         .multipart_upload(
             CompletedMultipartUpload::builder()
                 .set_parts(Some(parts))
@@ -255,6 +303,7 @@ struct Target {
     bucket: String,
     key: String,
     upload_id: String,
+    sse: Sse,
     /// Parts carry CRC64/NVME instead of Content-MD5.
     crc: bool,
 }
@@ -282,7 +331,8 @@ impl Target {
             .upload_id(self.upload_id)
             .part_number(number)
             .content_length(bytes.len() as i64)
-            .body(ByteStream::from(bytes.clone()));
+            .body(ByteStream::from(bytes.clone()))
+            .with_sse(&self.sse);
         let crc = self.crc.then(|| crc64nvme_base64(crc64nvme));
         request = match (&crc, md5) {
             (Some(crc), _) => request.checksum_crc64_nvme(crc),

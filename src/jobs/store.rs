@@ -30,6 +30,9 @@ pub struct StoreSettings {
     pub force_path_style: Option<bool>,
     /// PEM CA bundle added to the system roots.
     pub ca_bundle: Option<Vec<u8>>,
+    /// Access keys to use instead of the SDK's default chain (environment,
+    /// web identity, container and instance credentials).
+    pub keys: Option<(String, String)>,
 }
 
 /// Where the store is and how to reach it, as the job pods receive it.
@@ -50,11 +53,145 @@ pub struct StoreArgs {
     /// PEM CA bundle added to the system roots.
     #[arg(long)]
     pub ca_bundle: Option<std::path::PathBuf>,
+    /// Server-side encryption the store applies to each dump.
+    #[arg(long)]
+    pub sse: Option<crate::api::SseType>,
+    /// The KMS key for `--sse aws:kms`; unset uses the bucket's default key.
+    #[arg(long)]
+    pub sse_kms_key_id: Option<String>,
+    /// The SSE-C key, base64 of 32 bytes, from its Secret.
+    #[arg(long, env = names::SSE_CUSTOMER_KEY_ENV, hide_env_values = true)]
+    pub sse_customer_key: Option<super::tool::Hidden>,
 }
 
+/// Server-side encryption as the requests carry it.
+#[derive(Clone, Default)]
+pub enum Sse {
+    #[default]
+    None,
+    S3,
+    Kms(Option<String>),
+    /// The key and its MD5, both base64, as the SSE-C headers take them.
+    Customer {
+        key: String,
+        md5: String,
+    },
+}
+
+impl std::fmt::Debug for Sse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Sse::None => f.write_str("None"),
+            Sse::S3 => f.write_str("AES256"),
+            Sse::Kms(id) => write!(f, "aws:kms({id:?})"),
+            Sse::Customer { .. } => f.write_str("SSE-C(…)"),
+        }
+    }
+}
+
+impl Sse {
+    /// Whether the store's ETag is no MD5 of the object (S3 and MinIO give
+    /// KMS and SSE-C objects others, which may still look like one), so a
+    /// checksum must prove the upload and the download.
+    pub fn hides_md5(&self) -> bool {
+        matches!(self, Sse::Kms(_) | Sse::Customer { .. })
+    }
+
+    /// An SSE-C key from base64 text of 32 bytes; the error never shows it.
+    pub fn customer(text: &str) -> Result<Sse, String> {
+        use base64::Engine as _;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .ok()
+            .filter(|raw| raw.len() == 32)
+            .ok_or("the SSE-C key must be 32 bytes, base64-encoded (as `openssl rand -base64 32` writes it); the Secret's value is not")?;
+        use md5::Digest as _;
+        let md5 = md5::Md5::digest(&raw);
+        Ok(Sse::Customer {
+            key: base64::engine::general_purpose::STANDARD.encode(&raw),
+            md5: base64::engine::general_purpose::STANDARD.encode(md5),
+        })
+    }
+}
+
+/// Adds the server-side encryption headers a request needs: all of them on
+/// the requests that create an object, only the SSE-C key on the others.
+pub trait WithSse {
+    fn with_sse(self, sse: &Sse) -> Self;
+}
+
+macro_rules! with_sse {
+    (creates: $($t:ty),*) => {$(
+        impl WithSse for $t {
+            fn with_sse(self, sse: &Sse) -> Self {
+                use aws_sdk_s3::types::ServerSideEncryption as S;
+                match sse {
+                    Sse::None => self,
+                    Sse::S3 => self.server_side_encryption(S::Aes256),
+                    Sse::Kms(id) => self
+                        .server_side_encryption(S::AwsKms)
+                        .set_ssekms_key_id(id.clone()),
+                    Sse::Customer { key, md5 } => self
+                        .sse_customer_algorithm("AES256")
+                        .sse_customer_key(key)
+                        .sse_customer_key_md5(md5),
+                }
+            }
+        }
+    )*};
+    (reads: $($t:ty),*) => {$(
+        impl WithSse for $t {
+            fn with_sse(self, sse: &Sse) -> Self {
+                match sse {
+                    Sse::Customer { key, md5 } => self
+                        .sse_customer_algorithm("AES256")
+                        .sse_customer_key(key)
+                        .sse_customer_key_md5(md5),
+                    _ => self,
+                }
+            }
+        }
+    )*};
+}
+
+use aws_sdk_s3::operation as op;
+with_sse!(creates:
+    op::put_object::builders::PutObjectFluentBuilder,
+    op::create_multipart_upload::builders::CreateMultipartUploadFluentBuilder
+);
+with_sse!(reads:
+    op::upload_part::builders::UploadPartFluentBuilder,
+    op::complete_multipart_upload::builders::CompleteMultipartUploadFluentBuilder,
+    op::head_object::builders::HeadObjectFluentBuilder,
+    op::get_object::builders::GetObjectFluentBuilder
+);
+
 impl StoreArgs {
+    /// The server-side encryption the flags ask for.
+    pub fn sse(&self) -> Result<Sse, String> {
+        use crate::api::SseType;
+        match (self.sse, &self.sse_customer_key) {
+            (None, _) => Ok(Sse::None),
+            (Some(SseType::Aes256), _) => Ok(Sse::S3),
+            (Some(SseType::AwsKms), _) => Ok(Sse::Kms(
+                self.sse_kms_key_id.clone().filter(|k| !k.is_empty()),
+            )),
+            (Some(SseType::Customer), Some(key)) => Sse::customer(&key.0),
+            (Some(SseType::Customer), None) => Err(format!(
+                "SSE-C needs its key in {}",
+                names::SSE_CUSTOMER_KEY_ENV
+            )),
+        }
+    }
+
     /// A client for the store; credentials come from the environment.
     pub async fn client(&self) -> Result<Client, String> {
+        self.client_with(None).await
+    }
+
+    /// A client for the store with `keys` as its credentials, or the
+    /// environment's without.
+    pub async fn client_with(&self, keys: Option<(String, String)>) -> Result<Client, String> {
         let ca_bundle = match &self.ca_bundle {
             Some(p) => {
                 let pem = std::fs::read(p)
@@ -79,6 +216,7 @@ impl StoreArgs {
                 .unwrap_or_else(|| "us-east-1".into()),
             force_path_style: self.force_path_style,
             ca_bundle,
+            keys,
         })
         .await
     }
@@ -147,6 +285,10 @@ pub async fn client(settings: &StoreSettings) -> Result<Client, String> {
             .tls_context(ctx)
             .build_https();
         loader = loader.http_client(http);
+    }
+    if let Some((id, secret)) = &settings.keys {
+        let keys = aws_sdk_s3::config::Credentials::new(id, secret, None, None, "dbbackup");
+        loader = loader.credentials_provider(keys);
     }
     let shared = loader.load().await;
     let mut config = aws_sdk_s3::config::Builder::from(&shared);
@@ -231,6 +373,54 @@ pub async fn delete_keys(
     results
 }
 
+/// Deletes each key's current version unless its Object Lock retention
+/// holds past `now`. The version itself goes, not just out of sight behind
+/// a delete marker (a lock-enabled bucket keeps versions). Returns each key
+/// with the time its lock holds until, or why it could not go.
+pub async fn delete_unlocked(
+    client: &Client,
+    bucket: &str,
+    keys: &[String],
+    sse: &Sse,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Vec<(
+    String,
+    Result<Option<chrono::DateTime<chrono::Utc>>, String>,
+)> {
+    let mut results = vec![];
+    for key in keys {
+        let outcome = async {
+            let head = client
+                .head_object()
+                .bucket(bucket)
+                .key(key)
+                .with_sse(sse)
+                .send()
+                .await
+                .map_err(|e| describe(&e))?;
+            let until = head
+                .object_lock_retain_until_date()
+                .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), 0))
+                .filter(|until| *until > now);
+            if until.is_some() {
+                return Ok(until);
+            }
+            client
+                .delete_object()
+                .bucket(bucket)
+                .key(key)
+                .set_version_id(head.version_id().map(str::to_string))
+                .send()
+                .await
+                .map_err(|e| describe(&e))?;
+            Ok(None)
+        }
+        .await;
+        results.push((key.clone(), outcome));
+    }
+    results
+}
+
 /// One DeleteObjects request: the keys it could not delete, or why the request failed.
 async fn delete_bulk(
     client: &Client,
@@ -269,8 +459,20 @@ async fn delete_bulk(
         .collect())
 }
 
-pub async fn object_exists(client: &Client, bucket: &str, key: &str) -> Result<bool, String> {
-    match client.head_object().bucket(bucket).key(key).send().await {
+pub async fn object_exists(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    sse: &Sse,
+) -> Result<bool, String> {
+    match client
+        .head_object()
+        .bucket(bucket)
+        .key(key)
+        .with_sse(sse)
+        .send()
+        .await
+    {
         Ok(_) => Ok(true),
         Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(false),
         Err(e) => Err(describe(&e)),
@@ -292,11 +494,18 @@ pub async fn abort(client: &Client, bucket: &str, key: &str, upload_id: &str) {
     }
 }
 
-pub async fn ensure_bucket(client: &Client, bucket: &str) -> Result<(), String> {
+/// Creates the bucket when missing; with Object Lock enabled where `locked`
+/// asks for it, since it cannot be turned on later for a bucket S3 made without.
+pub async fn ensure_bucket(client: &Client, bucket: &str, locked: bool) -> Result<(), String> {
     match client.head_bucket().bucket(bucket).send().await {
         Ok(_) => Ok(()),
         Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => {
-            match client.create_bucket().bucket(bucket).send().await {
+            let create = client.create_bucket().bucket(bucket);
+            let create = match locked {
+                true => create.object_lock_enabled_for_bucket(true),
+                false => create,
+            };
+            match create.send().await {
                 Ok(_) => Ok(()),
                 Err(e)
                     if e.as_service_error()

@@ -4,7 +4,7 @@
 //! this process and in the environment of the clients it starts, and never
 //! leaves the pod. Dropping it stops the server.
 
-use super::tool::{Password, Server};
+use super::tool::{Hidden, Server};
 use crate::api::Engine;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -35,7 +35,7 @@ impl Throwaway {
             host: "127.0.0.1".into(),
             port,
             user: USER.into(),
-            password: Some(Password(password.clone())),
+            password: Some(Hidden(password.clone())),
         };
         let child = match engine {
             Engine::Postgres => start_postgres(dir, port, &password, &log)?,

@@ -18,16 +18,23 @@ pub struct Server {
     pub user: String,
     /// Handed to each client in its environment; `None`: the clients read
     /// the one the pod's environment holds (from the credentials Secret).
-    pub password: Option<Password>,
+    pub password: Option<Hidden>,
 }
 
-/// A password that never shows in a log or a message.
+/// A password, key or identity that never shows in a log or a message.
 #[derive(Clone, PartialEq)]
-pub struct Password(pub String);
+pub struct Hidden(pub String);
 
-impl std::fmt::Debug for Password {
+impl std::fmt::Debug for Hidden {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Password(…)")
+        f.write_str("Hidden(…)")
+    }
+}
+
+impl std::str::FromStr for Hidden {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(Hidden(s.to_string()))
     }
 }
 
@@ -48,7 +55,7 @@ impl Server {
     /// A command for one of the engine's tools, with our password if we hold one.
     pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new(program);
-        if let Some(Password(password)) = &self.password {
+        if let Some(Hidden(password)) = &self.password {
             cmd.env(crate::names::password_env(self.engine), password);
         }
         cmd

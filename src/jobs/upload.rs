@@ -56,6 +56,27 @@ pub struct UploadArgs {
     /// Retention: after a confirmed upload, keep only dumps younger than this (30d, 12h, 1d12h).
     #[arg(long, value_parser = crate::api::parse_age)]
     pub max_age: Option<chrono::Duration>,
+    /// Object Lock mode each upload gets, for --object-lock-days days.
+    #[arg(long, requires = "object_lock_days")]
+    pub object_lock_mode: Option<crate::api::LockMode>,
+    #[arg(long, requires = "object_lock_mode")]
+    pub object_lock_days: Option<u32>,
+    /// Credentials that may delete, used by retention only, so that the
+    /// upload's own can be write-only.
+    #[arg(long, env = crate::names::PRUNE_ACCESS_KEY_ENV, hide_env_values = true, requires = "prune_secret_access_key")]
+    pub prune_access_key_id: Option<super::tool::Hidden>,
+    #[arg(long, env = crate::names::PRUNE_SECRET_KEY_ENV, hide_env_values = true, requires = "prune_access_key_id")]
+    pub prune_secret_access_key: Option<super::tool::Hidden>,
+}
+
+impl UploadArgs {
+    /// The lock a dump uploaded now gets.
+    fn lock(&self) -> Option<put::Lock> {
+        Some(put::Lock {
+            mode: self.object_lock_mode?,
+            until: Utc::now() + chrono::Duration::days(self.object_lock_days?.into()),
+        })
+    }
 }
 
 /// What the `.multipart` state file holds: an upload to abort if we die mid-way.
@@ -134,6 +155,7 @@ async fn upload(args: &UploadArgs) -> Result<JobResult, String> {
             info!("another upload is running on this volume; this one starts when it ends")
         })
         .map_err(cannot)?;
+    let sse = args.store.sse()?;
     let mut client = None;
     let mut sent: Vec<JobResult> = vec![];
     // A claim a killed upload left goes first, then the dump staged now. A
@@ -148,14 +170,16 @@ async fn upload(args: &UploadArgs) -> Result<JobResult, String> {
         };
         let left_over = claimed.left_over;
         let confirmed = match staging.sent_key(&claimed) {
-            Some(key) if store::object_exists(client, &args.store.bucket, &key).await? => Some(key),
+            Some(key) if store::object_exists(client, &args.store.bucket, &key, &sse).await? => {
+                Some(key)
+            }
             _ => None,
         };
         let result = match confirmed {
             // The killed upload got the store's confirmation: only the
             // deletion was left to do.
             Some(key) => finish_sent(&staging, tz, &claimed, key)?,
-            None => send(client, args, &staging, &claimed).await?,
+            None => send(client, args, &sse, &staging, &claimed).await?,
         };
         sent.push(result);
         if !left_over {
@@ -201,6 +225,7 @@ fn finish_sent(
 async fn send(
     client: &aws_sdk_s3::Client,
     args: &UploadArgs,
+    sse: &store::Sse,
     staging: &Staging,
     claimed: &Claimed,
 ) -> Result<JobResult, String> {
@@ -213,10 +238,11 @@ async fn send(
     info!(file = %claimed.path.display(), size, "found a dump");
     abort_leftover(client, &staging.dumps()).await;
     if args.create_bucket {
-        store::ensure_bucket(client, &args.store.bucket).await?;
+        let locked = args.object_lock_mode.is_some();
+        store::ensure_bucket(client, &args.store.bucket, locked).await?;
     }
-    let (key, written) = put_under_free_key(client, args, staging, claimed, size).await?;
-    proof::verify(client, &args.store.bucket, &key, &written).await?;
+    let (key, written) = put_under_free_key(client, args, sse, staging, claimed, size).await?;
+    proof::verify(client, &args.store.bucket, &key, &written, sse).await?;
     // Only now is the dump safe to drop: exactly the file this run claimed.
     staging
         .mark_sent(claimed, &key)
@@ -233,7 +259,7 @@ async fn send(
         keep_last: args.keep_last,
         max_age: args.max_age,
     };
-    let more_log = prune(client, args, policy, &key).await;
+    let more_log = prune(client, args, sse, policy, &key).await;
     Ok(JobResult {
         step: Step::Upload,
         outcome: Outcome::Succeeded,
@@ -254,6 +280,7 @@ async fn send(
 async fn put_under_free_key(
     client: &aws_sdk_s3::Client,
     args: &UploadArgs,
+    sse: &store::Sse,
     staging: &Staging,
     claimed: &Claimed,
     size: u64,
@@ -267,7 +294,7 @@ async fn put_under_free_key(
     for _ in 0..MAX_KEY_ATTEMPTS {
         let existing = store::list_keys(client, bucket, &folder).await?;
         let key = keys::next_object_key(&folder, existing.iter().map(String::as_str), claimed.name);
-        if !conditional && store::object_exists(client, bucket, &key).await? {
+        if !conditional && store::object_exists(client, bucket, &key, sse).await? {
             continue;
         }
         let record_upload = |upload_id: &str| {
@@ -290,6 +317,8 @@ async fn put_under_free_key(
                 concurrency: args.concurrency.max(1),
             },
             conditional,
+            sse,
+            lock: args.lock(),
         };
         let result = put::put_file(&request, &record_upload).await;
         let _ = std::fs::remove_file(&state);
@@ -318,6 +347,7 @@ async fn put_under_free_key(
 async fn prune(
     client: &aws_sdk_s3::Client,
     args: &UploadArgs,
+    sse: &store::Sse,
     policy: retention::Policy,
     uploaded: &str,
 ) -> Vec<String> {
@@ -348,11 +378,42 @@ async fn prune(
             .flatten()
             .collect::<Vec<_>>(),
     );
-    store::delete_keys(client, &args.store.bucket, &doomed)
-        .await
+    if doomed.is_empty() {
+        return vec![];
+    }
+    let keys = args
+        .prune_access_key_id
+        .as_ref()
+        .zip(args.prune_secret_access_key.as_ref())
+        .map(|(id, secret)| (id.0.clone(), secret.0.clone()));
+    let with_own_keys = keys.is_some();
+    let pruner = match keys {
+        Some(keys) => match args.store.client_with(Some(keys)).await {
+            Ok(c) => c,
+            Err(e) => return vec![log(format!("retention skipped: {e}"))],
+        },
+        None => client.clone(),
+    };
+    let bucket = &args.store.bucket;
+    let outcomes = match args.object_lock_mode {
+        Some(_) => store::delete_unlocked(&pruner, bucket, &doomed, sse, Utc::now()).await,
+        None => store::delete_keys(&pruner, bucket, &doomed)
+            .await
+            .into_iter()
+            .map(|(key, outcome)| (key, outcome.map(|()| None)))
+            .collect(),
+    };
+    outcomes
         .into_iter()
         .map(|(key, outcome)| match outcome {
-            Ok(()) => log(format!("retention pruned {key}")),
+            Ok(None) => log(format!("retention pruned {key}")),
+            Ok(Some(until)) => log(format!(
+                "retention keeps {key}: locked until {}",
+                until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            )),
+            Err(e) if e.starts_with("AccessDenied") && !with_own_keys => log(format!(
+                "retention cannot prune {key}: {e} (the upload's credentials may not delete; name credentials that may in spec.bucket.pruneSecretRef)"
+            )),
             Err(e) => log(format!("retention cannot prune {key}: {e}")),
         })
         .collect()

@@ -124,7 +124,12 @@ pub async fn check_references(db: &DatabaseBackup, client: &Client) -> Result<()
     let ns = db.namespace().unwrap_or_default();
     let spec = &db.spec;
     check_credentials(client, &ns, &spec.database.credentials_secret).await?;
-    check_bucket(client, &ns, &spec.bucket).await?;
+    let keys_optional = spec.jobs.service_account_name.is_some();
+    check_bucket(client, &ns, &spec.bucket, keys_optional).await?;
+    if let Some(encryption) = &spec.encryption {
+        let secret = get_secret(client, &ns, &encryption.recipients_secret.name).await?;
+        secret_value(&secret, &encryption.recipients_secret.key)?;
+    }
     if let Some(class) = &spec.staging.storage_class_name {
         let classes: Api<StorageClass> = Api::all(client.clone());
         if classes.get_opt(class).await?.is_none() {
@@ -150,11 +155,14 @@ pub async fn check_credentials(
     Ok(())
 }
 
-/// The bucket Secret holds a valid bucket name and the keys; a CA bundle is PEM.
+/// The bucket Secret holds a valid bucket name and the keys (unless a web
+/// identity replaces them, or `keys_optional`); a CA bundle is PEM; an SSE-C
+/// key is 32 bytes; a prune Secret holds its keys.
 pub async fn check_bucket(
     client: &Client,
     ns: &str,
     bucket: &BucketSpec,
+    keys_optional: bool,
 ) -> Result<(), CheckError> {
     let secret = get_secret(client, ns, &bucket.secret_ref.name).await?;
     if bucket.name.is_none() {
@@ -171,8 +179,32 @@ pub async fn check_bucket(
             .into());
         }
     }
-    secret_value(&secret, &bucket.secret_ref.access_key_id_key)?;
-    secret_value(&secret, &bucket.secret_ref.secret_access_key_key)?;
+    if bucket.web_identity.is_none() && !keys_optional {
+        secret_value(&secret, &bucket.secret_ref.access_key_id_key)?;
+        secret_value(&secret, &bucket.secret_ref.secret_access_key_key)?;
+    }
+    if let Some(prune) = &bucket.prune_secret_ref {
+        let secret = get_secret(client, ns, &prune.name).await?;
+        secret_value(&secret, &prune.access_key_id_key)?;
+        secret_value(&secret, &prune.secret_access_key_key)?;
+    }
+    let customer_key = bucket
+        .server_side_encryption
+        .as_ref()
+        .and_then(|s| s.customer_key_secret.as_ref());
+    if let Some(key) = customer_key {
+        let secret = get_secret(client, ns, &key.name).await?;
+        if !crate::api::valid_sse_customer_key(secret_value(&secret, &key.key)?) {
+            return Err(Problem::new(
+                reasons::INVALID_SSE_KEY,
+                format!(
+                    "secret {:?} key {:?} is not an SSE-C key: 32 bytes, base64-encoded",
+                    key.name, key.key
+                ),
+            )
+            .into());
+        }
+    }
 
     if let Some(ca) = &bucket.ca_bundle {
         let secret = get_secret(client, ns, &ca.name).await?;

@@ -6,13 +6,14 @@
 //! database's image, the store's flags and Secret, the database's address).
 
 use super::Settings;
-use crate::api::{BucketSpec, CaBundleRef, DatabaseSpec, Engine};
+use crate::api::{BucketSpec, DatabaseSpec, Engine};
 use crate::names;
 use k8s_openapi::api::batch::v1::JobSpec;
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile,
-    SecretKeySelector, SecretVolumeSource, SecurityContext, Toleration, Volume, VolumeMount,
+    PodSecurityContext, PodSpec, PodTemplateSpec, ProjectedVolumeSource, ResourceRequirements,
+    SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext,
+    ServiceAccountTokenProjection, Toleration, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -21,6 +22,9 @@ use std::collections::BTreeMap;
 pub const TERMINATION_LOG: &str = "/dev/termination-log";
 
 pub(crate) const CA_MOUNT: &str = "/etc/dbbackup/ca";
+
+/// Where the store's containers find the ServiceAccount token of a web identity.
+pub(crate) const TOKEN_MOUNT: &str = "/var/run/secrets/dbbackup/store-token";
 
 /// UID of the `postgres`, `mysql` and `mariadb` users in the official images.
 pub(crate) const DUMP_UID: i64 = 999;
@@ -136,23 +140,47 @@ pub(crate) fn container_security() -> SecurityContext {
     }
 }
 
-/// The CA bundle Secret as a volume, and its read-only mount at `CA_MOUNT`.
-pub(crate) fn ca_volume(ca: &CaBundleRef) -> (Volume, VolumeMount) {
-    let volume = Volume {
-        name: "ca-bundle".into(),
-        secret: Some(SecretVolumeSource {
-            secret_name: Some(ca.name.clone()),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let mount = VolumeMount {
-        name: "ca-bundle".into(),
-        mount_path: CA_MOUNT.into(),
+/// The volumes only the containers that talk to the store mount: the CA
+/// bundle Secret at `CA_MOUNT`, and the ServiceAccount token for a web
+/// identity at `TOKEN_MOUNT` (so no other container ever sees it).
+pub(crate) fn store_volumes(bucket: &BucketSpec) -> (Vec<Volume>, Vec<VolumeMount>) {
+    let read_only = |name: &str, path: &str| VolumeMount {
         read_only: Some(true),
-        ..Default::default()
+        ..mount(name, path)
     };
-    (volume, mount)
+    let mut volumes = vec![];
+    let mut mounts = vec![];
+    if let Some(ca) = &bucket.ca_bundle {
+        volumes.push(Volume {
+            name: "ca-bundle".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(ca.name.clone()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        mounts.push(read_only("ca-bundle", CA_MOUNT));
+    }
+    if let Some(identity) = &bucket.web_identity {
+        volumes.push(Volume {
+            name: "store-token".into(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(vec![VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        audience: Some(identity.audience.clone()),
+                        expiration_seconds: Some(3600),
+                        path: "token".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        mounts.push(read_only("store-token", TOKEN_MOUNT));
+    }
+    (volumes, mounts)
 }
 
 /// One step's container. Its argv and env reach the step as written
@@ -192,6 +220,9 @@ impl StepContainer {
 /// `prefix` for "latest"), checks it and leaves it decompressed at `out`.
 pub(crate) struct Fetch<'a> {
     pub bucket: &'a BucketSpec,
+    /// The pod's ServiceAccount gives the store's credentials (a webhook's
+    /// web identity, or the node's), so the bucket Secret may hold no keys.
+    pub keys_optional: bool,
     pub prefix: &'a str,
     pub key: &'a str,
     pub out: &'a str,
@@ -211,7 +242,7 @@ impl Fetch<'_> {
             format!("--termination-log={TERMINATION_LOG}"),
         ];
         args.extend(store_args(self.bucket));
-        let mut env = store_env(self.bucket);
+        let mut env = store_env(self.bucket, self.keys_optional);
         env.push(plain_env("HOME", "/tmp"));
         let mut fetch = StepContainer {
             name: "fetch",
@@ -238,20 +269,18 @@ pub(crate) const WORK_MOUNT: &str = "/work";
 pub(crate) const DOWNLOADED_DUMP: &str = "/work/restore.sql";
 
 /// A pod that downloads a dump: its volumes (the scratch volume `work`,
-/// bounded by `size`, a `/tmp`, and the bucket's CA bundle), the download's
-/// mounts (with the CA bundle) and the other containers' mounts (without).
+/// bounded by `size`, a `/tmp`, and the `store_volumes`), the download's
+/// mounts (with the store's) and the other containers' mounts (without).
 pub(crate) fn download_volumes(
     size: Option<String>,
-    ca: Option<&CaBundleRef>,
+    bucket: &BucketSpec,
 ) -> (Vec<Volume>, Vec<VolumeMount>, Vec<VolumeMount>) {
     let mut volumes = vec![empty_dir("work", size), empty_dir("tmp", None)];
     let scratch = vec![mount("work", WORK_MOUNT), mount("tmp", "/tmp")];
     let mut fetch_mounts = scratch.clone();
-    if let Some(ca) = ca {
-        let (volume, mount) = ca_volume(ca);
-        volumes.push(volume);
-        fetch_mounts.push(mount);
-    }
+    let (store, store_mounts) = store_volumes(bucket);
+    volumes.extend(store);
+    fetch_mounts.extend(store_mounts);
     (volumes, fetch_mounts, scratch)
 }
 
@@ -261,6 +290,8 @@ pub(crate) struct Placement {
     pub node_selector: Option<BTreeMap<String, String>>,
     pub tolerations: Option<Vec<Toleration>>,
     pub affinity: Option<Affinity>,
+    /// Whose identity the pod has; only pods that talk to the store get one.
+    pub service_account: Option<String>,
 }
 
 /// The pod every Job of ours runs: never restarted in place, no API token
@@ -276,6 +307,7 @@ pub(crate) fn job_pod(
     PodSpec {
         restart_policy: Some("Never".into()),
         automount_service_account_token: Some(false),
+        service_account_name: placement.service_account,
         enable_service_links: Some(false),
         security_context: Some(pod_security(uid)),
         init_containers: (!init_containers.is_empty()).then_some(init_containers),
@@ -406,7 +438,8 @@ fn database_args(db: &DatabaseSpec) -> Vec<String> {
     ]
 }
 
-/// Flags of the store: addressing and CA bundle (mounted at `CA_MOUNT`).
+/// Flags of the store: addressing, CA bundle (mounted at `CA_MOUNT`) and
+/// server-side encryption.
 pub(crate) fn store_args(bucket: &BucketSpec) -> Vec<String> {
     let mut args = vec![];
     if let Some(path_style) = bucket.force_path_style {
@@ -415,43 +448,75 @@ pub(crate) fn store_args(bucket: &BucketSpec) -> Vec<String> {
     if let Some(ca) = &bucket.ca_bundle {
         args.push(format!("--ca-bundle={CA_MOUNT}/{}", ca.key));
     }
+    if let Some(sse) = &bucket.server_side_encryption {
+        args.push(format!("--sse={}", sse.kind.as_str()));
+        if let Some(id) = &sse.kms_key_id {
+            args.push(format!("--sse-kms-key-id={id}"));
+        }
+    }
     args
 }
 
-/// Bucket, credentials, endpoint and region, from the spec or the bucket Secret.
-pub(crate) fn store_env(bucket: &BucketSpec) -> Vec<EnvVar> {
+/// Bucket, credentials, endpoint and region, from the spec or the bucket
+/// Secret, and the SSE-C key from its Secret. A web identity replaces the
+/// access keys; `keys_optional` lets the Secret lack them.
+pub(crate) fn store_env(bucket: &BucketSpec, keys_optional: bool) -> Vec<EnvVar> {
     let secret = &bucket.secret_ref;
-    vec![
-        match &bucket.name {
-            Some(name) => plain_env(names::BUCKET_ENV, name),
-            None => secret_env(names::BUCKET_ENV, &secret.name, &secret.bucket_key, false),
-        },
-        secret_env(
-            names::ACCESS_KEY_ENV,
-            &secret.name,
-            &secret.access_key_id_key,
-            false,
-        ),
-        secret_env(
-            names::SECRET_KEY_ENV,
-            &secret.name,
-            &secret.secret_access_key_key,
-            false,
-        ),
-        match &bucket.endpoint {
-            Some(url) => plain_env(names::ENDPOINT_ENV, url),
-            None => secret_env(
-                names::ENDPOINT_ENV,
+    let endpoint = |name: &str| match &bucket.endpoint {
+        Some(url) => plain_env(name, url),
+        None => secret_env(name, &secret.name, &secret.endpoint_key, true),
+    };
+    let mut env = vec![match &bucket.name {
+        Some(name) => plain_env(names::BUCKET_ENV, name),
+        None => secret_env(names::BUCKET_ENV, &secret.name, &secret.bucket_key, false),
+    }];
+    match &bucket.web_identity {
+        None => env.extend([
+            secret_env(
+                names::ACCESS_KEY_ENV,
                 &secret.name,
-                &secret.endpoint_key,
-                true,
+                &secret.access_key_id_key,
+                keys_optional,
             ),
-        },
+            secret_env(
+                names::SECRET_KEY_ENV,
+                &secret.name,
+                &secret.secret_access_key_key,
+                keys_optional,
+            ),
+        ]),
+        // The SDK's own variables for AssumeRoleWithWebIdentity; an
+        // S3-compatible store serves STS at its S3 endpoint.
+        Some(identity) => env.extend([
+            plain_env("AWS_ROLE_ARN", &identity.role_arn),
+            plain_env(
+                "AWS_WEB_IDENTITY_TOKEN_FILE",
+                &format!("{TOKEN_MOUNT}/token"),
+            ),
+            plain_env("AWS_ROLE_SESSION_NAME", names::MANAGER),
+            endpoint("AWS_ENDPOINT_URL_STS"),
+        ]),
+    }
+    env.extend([
+        endpoint(names::ENDPOINT_ENV),
         match &bucket.region {
             Some(region) => plain_env(names::REGION_ENV, region),
             None => secret_env(names::REGION_ENV, &secret.name, &secret.region_key, true),
         },
-    ]
+    ]);
+    if let Some(key) = bucket
+        .server_side_encryption
+        .as_ref()
+        .and_then(|s| s.customer_key_secret.as_ref())
+    {
+        env.push(secret_env(
+            names::SSE_CUSTOMER_KEY_ENV,
+            &key.name,
+            &key.key,
+            false,
+        ));
+    }
+    env
 }
 
 #[cfg(test)]

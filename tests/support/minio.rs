@@ -8,8 +8,27 @@ use tempfile::TempDir;
 
 pub const BUCKET: &str = "backups";
 
+/// How a server is started beyond the defaults.
+#[derive(Clone, Debug, Default)]
+pub struct MinioOpts {
+    /// Serve https, with a certificate from a fresh test CA (`Minio::ca_pem`).
+    pub tls: bool,
+    /// Its built-in KMS key, `KMS_KEY`, for SSE-S3 and SSE-KMS.
+    pub kms: bool,
+    /// More environment (an OpenID provider's settings).
+    pub env: Vec<(String, String)>,
+    /// A PEM CA it trusts as a client (an OpenID provider's).
+    pub trust: Option<String>,
+}
+
+/// The name of the built-in KMS key of a server started with `kms`.
+pub const KMS_KEY: &str = "dbbackup-test-key";
+
 pub struct Minio {
     process: ServerProcess,
+    opts: MinioOpts,
+    /// The test CA of a server started with `tls`.
+    pub ca_pem: Option<String>,
     /// Where it listens: loopback, or the node's address for pods.
     pub host: String,
     pub port: u16,
@@ -72,6 +91,27 @@ impl Minio {
         access_key: &str,
         secret_key: &str,
     ) -> Minio {
+        Self::start_opts(parent, host, access_key, secret_key, MinioOpts::default())
+    }
+
+    /// A loopback server with random credentials, started as `opts` say.
+    pub fn start_with_opts(opts: MinioOpts) -> Minio {
+        Self::start_opts(
+            &std::env::temp_dir(),
+            "127.0.0.1",
+            &format!("AK{}", random_token(18)),
+            &format!("s3SECRET{}", random_token(32)),
+            opts,
+        )
+    }
+
+    fn start_opts(
+        parent: &std::path::Path,
+        host: &str,
+        access_key: &str,
+        secret_key: &str,
+        opts: MinioOpts,
+    ) -> Minio {
         let dir = tempfile::Builder::new()
             .prefix("dbbackup-minio-")
             .tempdir_in(parent)
@@ -80,14 +120,29 @@ impl Minio {
         let (access_key, secret_key) = (access_key.to_string(), secret_key.to_string());
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
-        let mut process = Self::spawn(dir.path(), &data, host, port, &access_key, &secret_key);
-        let endpoint = format!("http://{host}:{port}");
-        wait_until("MinIO to report live", Duration::from_secs(60), || {
-            process.assert_running();
-            health_ok(host, port)
-        });
+        let ca_pem = opts.tls.then(|| write_certs(dir.path(), host));
+        if let Some(trust) = &opts.trust {
+            let cas = dir.path().join("certs/CAs");
+            std::fs::create_dir_all(&cas).unwrap();
+            std::fs::write(cas.join("trusted.crt"), trust).unwrap();
+        }
+        let spawn = Spawn {
+            dir: dir.path(),
+            data: &data,
+            host,
+            port,
+            access_key: &access_key,
+            secret_key: &secret_key,
+            opts: &opts,
+        };
+        let mut process = spawn.run();
+        let scheme = if opts.tls { "https" } else { "http" };
+        let endpoint = format!("{scheme}://{host}:{port}");
+        wait_live(&mut process, host, port, ca_pem.as_deref());
         Minio {
             process,
+            opts,
+            ca_pem,
             host: host.into(),
             port,
             endpoint,
@@ -95,30 +150,6 @@ impl Minio {
             secret_key,
             dir,
         }
-    }
-
-    fn spawn(
-        dir: &std::path::Path,
-        data: &std::path::Path,
-        host: &str,
-        port: u16,
-        access_key: &str,
-        secret_key: &str,
-    ) -> ServerProcess {
-        let mut cmd = Command::new(bin("minio"));
-        cmd.arg("server")
-            .arg(data)
-            .arg("--address")
-            .arg(format!("{host}:{port}"))
-            .arg("--console-address")
-            .arg(format!("127.0.0.1:{}", free_port()))
-            .arg("--quiet")
-            .env("MINIO_ROOT_USER", access_key)
-            .env("MINIO_ROOT_PASSWORD", secret_key)
-            .env("MINIO_UPDATE", "off")
-            .env("MINIO_BROWSER", "off")
-            .env("HOME", dir);
-        ServerProcess::spawn("minio", cmd, dir, libc::SIGTERM)
     }
 
     /// Kills the server at once, as a crash would.
@@ -130,20 +161,42 @@ impl Minio {
     pub fn restart(&mut self) {
         self.process.kill();
         let data = self.dir.path().join("data");
-        self.process = Self::spawn(
-            self.dir.path(),
-            &data,
+        self.process = Spawn {
+            dir: self.dir.path(),
+            data: &data,
+            host: &self.host,
+            port: self.port,
+            access_key: &self.access_key,
+            secret_key: &self.secret_key,
+            opts: &self.opts,
+        }
+        .run();
+        wait_live(
+            &mut self.process,
             &self.host,
             self.port,
-            &self.access_key,
-            &self.secret_key,
+            self.ca_pem.as_deref(),
         );
-        let (host, port) = (&self.host, self.port);
-        let process = &mut self.process;
-        wait_until("MinIO to report live", Duration::from_secs(60), || {
-            process.assert_running();
-            health_ok(host, port)
-        });
+    }
+
+    /// Whether any file the server keeps on disk holds `needle`.
+    pub fn disk_contains(&self, needle: &[u8]) -> bool {
+        fn walk(dir: &std::path::Path, needle: &[u8]) -> bool {
+            std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|e| {
+                    let path = e.path();
+                    if path.is_dir() {
+                        walk(&path, needle)
+                    } else {
+                        std::fs::read(&path)
+                            .is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
+                    }
+                })
+        }
+        walk(&self.dir.path().join("data"), needle)
     }
 
     /// The server's process id (benchmarks read its CPU time).
@@ -154,6 +207,26 @@ impl Minio {
     /// An aws-sdk-s3 client for this server: custom endpoint, path-style addressing.
     pub async fn s3_client(&self) -> aws_sdk_s3::Client {
         self.s3_client_at(&self.endpoint)
+    }
+
+    /// A client through this server's test CA, with the operator's own setup
+    /// (a server started with `tls`).
+    pub async fn tls_client(&self) -> aws_sdk_s3::Client {
+        self.client_as(&self.access_key, &self.secret_key).await
+    }
+
+    /// A client with other credentials, with the operator's own setup.
+    pub async fn client_as(&self, access_key: &str, secret_key: &str) -> aws_sdk_s3::Client {
+        let settings = dbbackup_operator::jobs::store::StoreSettings {
+            endpoint: Some(self.endpoint.clone()),
+            region: "us-east-1".into(),
+            ca_bundle: self.ca_pem.as_ref().map(|p| p.as_bytes().to_vec()),
+            keys: Some((access_key.into(), secret_key.into())),
+            ..Default::default()
+        };
+        dbbackup_operator::jobs::store::client(&settings)
+            .await
+            .unwrap()
     }
 
     /// A client with the SDK's default settings (request checksums included)
@@ -175,6 +248,112 @@ impl Minio {
             .build();
         aws_sdk_s3::Client::from_conf(config)
     }
+}
+
+/// One start of the server process.
+struct Spawn<'a> {
+    dir: &'a std::path::Path,
+    data: &'a std::path::Path,
+    host: &'a str,
+    port: u16,
+    access_key: &'a str,
+    secret_key: &'a str,
+    opts: &'a MinioOpts,
+}
+
+impl Spawn<'_> {
+    fn run(&self) -> ServerProcess {
+        let mut cmd = Command::new(bin("minio"));
+        cmd.arg("server")
+            .arg(self.data)
+            .arg("--address")
+            .arg(format!("{}:{}", self.host, self.port))
+            .arg("--console-address")
+            .arg(format!("127.0.0.1:{}", free_port()))
+            .arg("--certs-dir")
+            .arg(self.dir.join("certs"))
+            .arg("--quiet")
+            .env("MINIO_ROOT_USER", self.access_key)
+            .env("MINIO_ROOT_PASSWORD", self.secret_key)
+            .env("MINIO_UPDATE", "off")
+            .env("MINIO_BROWSER", "off")
+            .env("HOME", self.dir)
+            .envs(self.opts.env.iter().map(|(k, v)| (k, v)));
+        if self.opts.kms {
+            use base64::Engine as _;
+            let key: [u8; 32] = rand::random();
+            let key = base64::engine::general_purpose::STANDARD.encode(key);
+            // The key must survive a restart: a new one could not decrypt.
+            let file = self.dir.join("kms-key");
+            if !file.exists() {
+                std::fs::write(&file, format!("{KMS_KEY}:{key}")).unwrap();
+            }
+            cmd.env("MINIO_KMS_SECRET_KEY_FILE", file);
+        }
+        ServerProcess::spawn("minio", cmd, self.dir, libc::SIGTERM)
+    }
+}
+
+/// A server certificate for `host` from a fresh CA, where MinIO's
+/// --certs-dir expects it; returns the CA's PEM.
+fn write_certs(dir: &std::path::Path, host: &str) -> String {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec![host.to_string(), "localhost".into()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::write(certs.join("public.crt"), cert.pem()).unwrap();
+    std::fs::write(certs.join("private.key"), key.serialize_pem()).unwrap();
+    ca_cert.pem()
+}
+
+/// Waits for the health endpoint; over https, for a listing through the CA.
+fn wait_live(process: &mut ServerProcess, host: &str, port: u16, ca: Option<&str>) {
+    wait_until("MinIO to report live", Duration::from_secs(60), || {
+        process.assert_running();
+        match ca {
+            None => health_ok(host, port),
+            Some(ca) => tls_health_ok(host, port, ca),
+        }
+    });
+}
+
+/// The live endpoint over https, with the operator's own store client setup.
+fn tls_health_ok(host: &str, port: u16, ca: &str) -> bool {
+    let (host, ca) = (host.to_string(), ca.as_bytes().to_vec());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let settings = dbbackup_operator::jobs::store::StoreSettings {
+                endpoint: Some(format!("https://{host}:{port}")),
+                region: "us-east-1".into(),
+                ca_bundle: Some(ca),
+                keys: Some(("probe".into(), "probe-secret".into())),
+                ..Default::default()
+            };
+            let client = dbbackup_operator::jobs::store::client(&settings)
+                .await
+                .unwrap();
+            // Any HTTP answer (here: a refusal of the unknown key) is a live server.
+            match client.list_buckets().send().await {
+                Ok(_) => true,
+                Err(e) => e.raw_response().is_some(),
+            }
+        })
+    })
+    .join()
+    .unwrap()
 }
 
 fn health_ok(host: &str, port: u16) -> bool {

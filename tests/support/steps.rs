@@ -167,7 +167,7 @@ fn path_env() -> String {
     )
 }
 
-fn finish(mut cmd: Command, termlog: &Path) -> StepRun {
+pub fn finish(mut cmd: Command, termlog: &Path) -> StepRun {
     let output = cmd.output().unwrap();
     let result = std::fs::read_to_string(termlog)
         .ok()

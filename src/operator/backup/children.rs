@@ -86,8 +86,8 @@ pub fn staging_pvc(db: &DatabaseBackup) -> PersistentVolumeClaim {
 }
 
 /// The staging volume and a scratch `/tmp` (the root filesystem is
-/// read-only), and the CA bundle when `with_ca` and the bucket has one.
-fn volumes(db: &DatabaseBackup, with_ca: bool) -> (Vec<Volume>, Vec<VolumeMount>) {
+/// read-only), and the `store_volumes` when `with_store`.
+fn volumes(db: &DatabaseBackup, with_store: bool) -> (Vec<Volume>, Vec<VolumeMount>) {
     let mut volumes = vec![
         Volume {
             name: "staging".into(),
@@ -103,10 +103,10 @@ fn volumes(db: &DatabaseBackup, with_ca: bool) -> (Vec<Volume>, Vec<VolumeMount>
         pod::mount("staging", STAGING_MOUNT),
         pod::mount("tmp", "/tmp"),
     ];
-    if let (true, Some(ca)) = (with_ca, &db.spec.bucket.ca_bundle) {
-        let (volume, mount) = pod::ca_volume(ca);
-        volumes.push(volume);
-        mounts.push(mount);
+    if with_store {
+        let (store, store_mounts) = pod::store_volumes(&db.spec.bucket);
+        volumes.extend(store);
+        mounts.extend(store_mounts);
     }
     (volumes, mounts)
 }
@@ -117,6 +117,7 @@ fn placement(db: &DatabaseBackup) -> Placement {
         node_selector: jobs.node_selector.clone(),
         tolerations: jobs.tolerations.clone(),
         affinity: jobs.affinity.clone(),
+        service_account: None,
     }
 }
 
@@ -207,7 +208,27 @@ pub fn upload_cronjob(db: &DatabaseBackup, settings: &Settings) -> CronJob {
             args.push(format!("--keep-verified={key}"));
         }
     }
-    let mut env = pod::store_env(bucket);
+    if let Some(lock) = &bucket.object_lock {
+        args.push(format!("--object-lock-mode={}", lock.mode.as_str()));
+        args.push(format!("--object-lock-days={}", lock.days));
+    }
+    let mut env = pod::store_env(bucket, spec.jobs.service_account_name.is_some());
+    if let Some(prune) = &bucket.prune_secret_ref {
+        env.extend([
+            pod::secret_env(
+                names::PRUNE_ACCESS_KEY_ENV,
+                &prune.name,
+                &prune.access_key_id_key,
+                false,
+            ),
+            pod::secret_env(
+                names::PRUNE_SECRET_KEY_ENV,
+                &prune.name,
+                &prune.secret_access_key_key,
+                false,
+            ),
+        ]);
+    }
     env.push(pod::plain_env("HOME", "/tmp"));
     let (volumes, mounts) = volumes(db, true);
     let upload = StepContainer {
@@ -224,6 +245,7 @@ pub fn upload_cronjob(db: &DatabaseBackup, settings: &Settings) -> CronJob {
     placement.affinity = placement
         .affinity
         .or_else(|| Some(prefer_dump_node(&db.name_any())));
+    placement.service_account = spec.jobs.service_account_name.clone();
     let pod = pod::job_pod(UPLOAD_UID, vec![], vec![upload], volumes, placement);
     let name = names::upload_cronjob_name(&db.name_any());
     cronjob(db, Step::Upload, name, &spec.upload_schedule, pod)

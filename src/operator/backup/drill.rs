@@ -28,10 +28,10 @@ const KEEP_FINISHED_SECONDS: i32 = 24 * 3600;
 pub fn verify_job(db: &DatabaseBackup, settings: &Settings, key: &str, run: &str) -> Option<Job> {
     let verify = db.spec.verify.as_ref()?;
     let spec = &db.spec;
-    let (mut volumes, fetch_mounts, mut mounts) =
-        pod::download_volumes(None, spec.bucket.ca_bundle.as_ref());
+    let (mut volumes, fetch_mounts, mut mounts) = pod::download_volumes(None, &spec.bucket);
     let fetch = pod::Fetch {
         bucket: &spec.bucket,
+        keys_optional: spec.jobs.service_account_name.is_some(),
         prefix: &key_prefix(db),
         key,
         out: DOWNLOADED_DUMP,
@@ -74,6 +74,7 @@ pub fn verify_job(db: &DatabaseBackup, settings: &Settings, key: &str, run: &str
         node_selector: spec.jobs.node_selector.clone(),
         tolerations: spec.jobs.tolerations.clone(),
         affinity: None,
+        service_account: spec.jobs.service_account_name.clone(),
     };
     let pod = pod::job_pod(DUMP_UID, vec![fetch, copy], vec![drill], volumes, placement);
     let owner = db.name_any();

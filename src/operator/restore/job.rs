@@ -22,6 +22,8 @@ use std::collections::BTreeMap;
 pub struct Source {
     pub bucket: BucketSpec,
     pub prefix: String,
+    /// The restore's ServiceAccount, or else its backup's.
+    pub service_account: Option<String>,
 }
 
 /// The restore's Job name (`names::restore_job_name`).
@@ -47,7 +49,7 @@ fn labels(restore: &str) -> BTreeMap<String, String> {
 pub fn restore_job(r: &DatabaseRestore, source: &Source, settings: &Settings) -> Job {
     let spec = &r.spec;
     let (mut volumes, fetch_mounts, scratch) =
-        pod::download_volumes(spec.scratch_size.clone(), source.bucket.ca_bundle.as_ref());
+        pod::download_volumes(spec.scratch_size.clone(), &source.bucket);
     let (copy, load, binary) = DatabaseStep {
         name: "restore",
         subcommand: "load",
@@ -72,9 +74,11 @@ pub fn restore_job(r: &DatabaseRestore, source: &Source, settings: &Settings) ->
         node_selector: spec.node_selector.clone(),
         tolerations: spec.tolerations.clone(),
         affinity: None,
+        service_account: source.service_account.clone(),
     };
     let mut fetch = pod::Fetch {
         bucket: &source.bucket,
+        keys_optional: source.service_account.is_some(),
         prefix: &source.prefix,
         key: &spec.key,
         out: DOWNLOADED_DUMP,
@@ -145,6 +149,7 @@ mod tests {
         Source {
             bucket: serde_json::from_value(bucket).unwrap(),
             prefix: "shop/orders/".into(),
+            service_account: None,
         }
     }
 

@@ -117,18 +117,25 @@ async fn resolve_source(r: &DatabaseRestore, ctx: &Context) -> Result<Source, Ch
             })?;
             Source {
                 prefix: backup::key_prefix(&backup),
+                service_account: r
+                    .spec
+                    .service_account_name
+                    .clone()
+                    .or(backup.spec.jobs.service_account_name),
                 bucket: backup.spec.bucket,
             }
         }
         (None, Some(bucket)) => Source {
             prefix: bucket.prefix.clone().unwrap_or_default(),
             bucket: bucket.clone(),
+            service_account: r.spec.service_account_name.clone(),
         },
         (None, None) => {
             return Err(Problem::new(reasons::NO_SOURCE, "set spec.backup or spec.bucket").into());
         }
     };
-    checks::check_bucket(&ctx.client, &ns, &source.bucket).await?;
+    let keys_optional = source.service_account.is_some();
+    checks::check_bucket(&ctx.client, &ns, &source.bucket, keys_optional).await?;
     checks::check_credentials(&ctx.client, &ns, &r.spec.target.credentials_secret).await?;
     Ok(source)
 }
