@@ -217,3 +217,189 @@ async fn sse_kms_and_aes256_send_their_headers_and_the_proof_holds() {
         "plaintext on MinIO's disk"
     );
 }
+
+/// A dump uploaded now by `minio`'s upload step with `args`, `env`; its key.
+fn upload_one(minio: &Minio, args: &[String], env: &[(&str, &str)]) -> (String, Vec<String>) {
+    let staging = Staging::new();
+    stage(&staging, 10);
+    let run = upload(minio, &staging, args, env);
+    (uploaded_key(&run), staging.log_lines())
+}
+
+#[tokio::test]
+async fn a_locked_dump_survives_retention_and_a_direct_delete_and_is_pruned_once_unlocked() {
+    use aws_sdk_s3::primitives::DateTime;
+    use aws_sdk_s3::types::{ObjectLockMode, ObjectLockRetention, ObjectLockRetentionMode};
+    let minio = Minio::start();
+    let s3 = minio.s3_client().await;
+    s3.create_bucket()
+        .bucket(BUCKET)
+        .object_lock_enabled_for_bucket(true)
+        .send()
+        .await
+        .unwrap();
+    let args: Vec<String> = [
+        "--object-lock-mode=GOVERNANCE",
+        "--object-lock-days=1",
+        "--keep-last=1",
+    ]
+    .map(String::from)
+    .to_vec();
+    let (first, _) = upload_one(&minio, &args, &[]);
+    let head = s3
+        .head_object()
+        .bucket(BUCKET)
+        .key(&first)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.object_lock_mode(), Some(&ObjectLockMode::Governance));
+    let until = head.object_lock_retain_until_date().unwrap().secs();
+    let day = chrono::Utc::now().timestamp() + 24 * 3600;
+    assert!(
+        (until - day).abs() < 120,
+        "locked for a day: {until} vs {day}"
+    );
+    let version = head.version_id().unwrap().to_string();
+
+    // A direct delete of the version is refused, even to the root user.
+    let deleted = s3
+        .delete_object()
+        .bucket(BUCKET)
+        .key(&first)
+        .version_id(&version)
+        .send()
+        .await;
+    assert!(deleted.is_err(), "a locked version was deleted");
+
+    // Retention would prune the first dump, but leaves it while locked.
+    let (second, log) = upload_one(&minio, &args, &[]);
+    assert!(
+        log.iter().any(|l| l.ends_with(&format!(
+            "retention keeps {first}: locked until {}",
+            chrono::DateTime::from_timestamp(until, 0)
+                .unwrap()
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ))),
+        "{log:#?}"
+    );
+    s3.head_object()
+        .bucket(BUCKET)
+        .key(&first)
+        .version_id(&version)
+        .send()
+        .await
+        .unwrap();
+
+    // Once the lock ends (shortened here, as GOVERNANCE lets its admin),
+    // the next upload's retention prunes it: the version itself, not a
+    // delete marker in front of it.
+    let soon = chrono::Utc::now().timestamp() + 2;
+    s3.put_object_retention()
+        .bucket(BUCKET)
+        .key(&first)
+        .version_id(&version)
+        .bypass_governance_retention(true)
+        .retention(
+            ObjectLockRetention::builder()
+                .mode(ObjectLockRetentionMode::Governance)
+                .retain_until_date(DateTime::from_secs(soon))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let (third, log) = upload_one(&minio, &args, &[]);
+    assert!(
+        log.iter()
+            .any(|l| l.ends_with(&format!("retention pruned {first}"))),
+        "{log:#?}"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.contains(&format!("retention keeps {second}: locked until"))),
+        "{log:#?}"
+    );
+    let versions = s3
+        .list_object_versions()
+        .bucket(BUCKET)
+        .prefix(&first)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        versions.versions().is_empty() && versions.delete_markers().is_empty(),
+        "{versions:?}"
+    );
+    assert_eq!(bucket_keys(&minio).await, [second, third]);
+}
+
+/// S3 actions an upload needs: write, list, read back, clean up its own
+/// multipart uploads. No DeleteObject.
+const WRITE_ONLY: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow",
+ "Action":["s3:PutObject","s3:GetObject","s3:ListBucket","s3:AbortMultipartUpload","s3:ListMultipartUploadParts","s3:ListBucketMultipartUploads"],
+ "Resource":["arn:aws:s3:::backups","arn:aws:s3:::backups/*"]}]}"#;
+
+/// What pruning needs: list, read the lock, delete.
+const PRUNE: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow",
+ "Action":["s3:ListBucket","s3:GetObject","s3:DeleteObject"],
+ "Resource":["arn:aws:s3:::backups","arn:aws:s3:::backups/*"]}]}"#;
+
+#[tokio::test]
+async fn write_only_upload_credentials_upload_and_prune_with_the_second_secret() {
+    let minio = Minio::start();
+    create_bucket(&minio).await;
+    let (writer, writer_secret) = minio.add_user("writer", WRITE_ONLY);
+    let (pruner, pruner_secret) = minio.add_user("pruner", PRUNE);
+    let as_writer = [
+        ("AWS_ACCESS_KEY_ID", writer.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", writer_secret.as_str()),
+    ];
+    // The policy holds: the writer cannot delete.
+    let (first, _) = upload_one(&minio, &["--keep-last=1".into()], &as_writer);
+    let denied = minio
+        .client_as(&writer, &writer_secret)
+        .await
+        .delete_object()
+        .bucket(BUCKET)
+        .key(&first)
+        .send()
+        .await;
+    assert!(denied.is_err(), "the write-only user deleted an object");
+
+    // Without a prune Secret: the upload succeeds, and pruning says why it cannot.
+    let (second, log) = upload_one(&minio, &["--keep-last=1".into()], &as_writer);
+    let line = log
+        .iter()
+        .find(|l| l.contains(&format!("retention cannot prune {first}: AccessDenied")))
+        .unwrap_or_else(|| panic!("{log:#?}"));
+    assert!(line.contains("spec.bucket.pruneSecretRef"), "{line}");
+    assert!(
+        log.iter()
+            .any(|l| l.ends_with("file successfully uploaded")),
+        "{log:#?}"
+    );
+
+    // With the second pair, retention prunes; the upload still used the first.
+    let mut env = as_writer.to_vec();
+    env.extend([
+        ("DBBACKUP_PRUNE_ACCESS_KEY_ID", pruner.as_str()),
+        ("DBBACKUP_PRUNE_SECRET_ACCESS_KEY", pruner_secret.as_str()),
+    ]);
+    let (third, log) = upload_one(&minio, &["--keep-last=1".into()], &env);
+    for key in [&first, &second] {
+        assert!(
+            log.iter()
+                .any(|l| l.ends_with(&format!("retention pruned {key}"))),
+            "{log:#?}"
+        );
+    }
+    assert_eq!(bucket_keys(&minio).await, [third]);
+    for line in log {
+        assert!(
+            !line.contains(&pruner_secret) && !line.contains(&writer_secret),
+            "{line}"
+        );
+    }
+}

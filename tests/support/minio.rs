@@ -179,6 +179,56 @@ impl Minio {
         );
     }
 
+    /// `mc` against this server as its root user; panics with its output on failure.
+    pub fn mc(&self, args: &[&str]) -> String {
+        let host = self.endpoint.replacen(
+            "://",
+            &format!("://{}:{}@", self.access_key, self.secret_key),
+            1,
+        );
+        let out = Command::new(bin("mc"))
+            .arg("--config-dir")
+            .arg(self.dir.path().join("mc"))
+            .arg("--quiet")
+            .args(args)
+            .env("MC_HOST_test", host)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "mc {args:?}: {text}");
+        text
+    }
+
+    /// A MinIO user with only `policy` (JSON); its access keys.
+    pub fn add_user(&self, name: &str, policy: &str) -> (String, String) {
+        let (access_key, secret_key) = (format!("{name}{}", random_token(8)), random_token(32));
+        let file = self.dir.path().join(format!("{name}-policy.json"));
+        std::fs::write(&file, policy).unwrap();
+        self.mc(&["admin", "user", "add", "test", &access_key, &secret_key]);
+        self.mc(&[
+            "admin",
+            "policy",
+            "create",
+            "test",
+            name,
+            file.to_str().unwrap(),
+        ]);
+        self.mc(&[
+            "admin",
+            "policy",
+            "attach",
+            "test",
+            name,
+            "--user",
+            &access_key,
+        ]);
+        (access_key, secret_key)
+    }
+
     /// Whether any file the server keeps on disk holds `needle`.
     pub fn disk_contains(&self, needle: &[u8]) -> bool {
         fn walk(dir: &std::path::Path, needle: &[u8]) -> bool {
