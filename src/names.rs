@@ -58,6 +58,14 @@ pub const REGION_ENV: &str = "AWS_REGION";
 pub const ACCESS_KEY_ENV: &str = "AWS_ACCESS_KEY_ID";
 pub const SECRET_KEY_ENV: &str = "AWS_SECRET_ACCESS_KEY";
 
+/// A web identity, in the variables the SDKs (and the EKS webhook) use:
+/// the ServiceAccount token, the role to assume, the session's name, and
+/// where STS is (an S3-compatible store serves it at its S3 endpoint).
+pub const TOKEN_FILE_ENV: &str = "AWS_WEB_IDENTITY_TOKEN_FILE";
+pub const ROLE_ARN_ENV: &str = "AWS_ROLE_ARN";
+pub const SESSION_NAME_ENV: &str = "AWS_ROLE_SESSION_NAME";
+pub const STS_ENDPOINT_ENV: &str = "AWS_ENDPOINT_URL_STS";
+
 /// The SSE-C key (base64 of 32 bytes), from its Secret, for every step that
 /// reads or writes the dumps.
 pub const SSE_CUSTOMER_KEY_ENV: &str = "DBBACKUP_SSE_CUSTOMER_KEY";

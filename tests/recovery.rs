@@ -10,7 +10,6 @@ use support::faultproxy::{self, FaultProxy};
 use support::k8s::*;
 use support::minio::*;
 use support::operator::*;
-use support::pods::Pods;
 use support::process::wait_for;
 use support::steps::*;
 
@@ -194,30 +193,7 @@ async fn without_bulk_delete_pruning_deletes_one_by_one() {
 // ---------------------------------------------------------------------------
 // Restore.
 
-use dbbackup_operator::api::{DatabaseRestore, DatabaseRestoreStatus, RestorePhase};
-
-/// Waits for the restore pod and then for the status to show its end.
-async fn run_restore(b: &Bed, pods: &mut Pods, name: &str) -> DatabaseRestoreStatus {
-    let pod = pods.finished(1, POD_TIMEOUT).await.remove(0);
-    assert_eq!(pod.step, "restore");
-    let api: Api<DatabaseRestore> = Api::namespaced(b.client.clone(), &b.ns);
-    let status = wait_for("the restore to finish", Duration::from_secs(30), || async {
-        let s = api.get(name).await.ok()?.status?;
-        s.phase.filter(|p| p.finished()).map(|_| s)
-    })
-    .await;
-    println!("restore pod output:\n{}", pod.output);
-    status
-}
-
-fn restored(status: &DatabaseRestoreStatus) -> (String, String) {
-    let c = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Restored")
-        .expect("a Restored condition");
-    (c.status.clone(), c.reason.clone())
-}
+use dbbackup_operator::api::{DatabaseRestore, RestorePhase};
 
 async fn restore_latest_into_a_fresh_database(engine: Engine) {
     let (b, _op, mut pods) = ready_bed(engine, "").await;

@@ -52,6 +52,10 @@ use std::collections::BTreeMap;
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = cel(&[(
+    "!has(self.verify) || !has(self.encryption) || has(self.encryption.identitySecret)",
+    "restore drills (spec.verify) of encrypted dumps need spec.encryption.identitySecret"
+)])))]
 pub struct DatabaseBackupSpec {
     /// The database to dump.
     pub database: DatabaseSpec,

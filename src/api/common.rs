@@ -400,6 +400,12 @@ pub struct CaBundleRef {
 pub struct EncryptionSpec {
     /// A Secret holding the age X25519 public keys (age1…) to encrypt to, one a line.
     pub recipients_secret: SecretKeyRef,
+    /// The Secret key holding an age identity that decrypts the dumps, for
+    /// restore drills only (spec.verify); it reaches only the drill's
+    /// download. Leave it unset, and keep the identity out of the cluster,
+    /// where drills are not wanted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_secret: Option<IdentitySecretRef>,
 }
 
 /// One key of a Secret in the resource's own namespace.

@@ -17,6 +17,7 @@ pub mod throwaway;
 pub mod tool;
 pub mod upload;
 pub mod verify;
+pub mod webidentity;
 
 use crate::api::Engine;
 use std::path::Path;

@@ -292,6 +292,11 @@ pub async fn client(settings: &StoreSettings) -> Result<Client, String> {
     }
     let shared = loader.load().await;
     let mut config = aws_sdk_s3::config::Builder::from(&shared);
+    if settings.keys.is_none()
+        && let Some(identity) = super::webidentity::WebIdentity::from_env(&shared)
+    {
+        config = config.credentials_provider(identity);
+    }
     match &settings.endpoint {
         Some(endpoint) => {
             // Since 2025 the SDK adds CRC checksums to every request by default, which

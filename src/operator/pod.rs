@@ -223,6 +223,8 @@ pub(crate) struct Fetch<'a> {
     /// The pod's ServiceAccount gives the store's credentials (a webhook's
     /// web identity, or the node's), so the bucket Secret may hold no keys.
     pub keys_optional: bool,
+    /// The age identity that decrypts an encrypted dump.
+    pub identity: Option<&'a crate::api::IdentitySecretRef>,
     pub prefix: &'a str,
     pub key: &'a str,
     pub out: &'a str,
@@ -244,6 +246,14 @@ impl Fetch<'_> {
         args.extend(store_args(self.bucket));
         let mut env = store_env(self.bucket, self.keys_optional);
         env.push(plain_env("HOME", "/tmp"));
+        if let Some(identity) = self.identity {
+            env.push(secret_env(
+                names::AGE_IDENTITY_ENV,
+                &identity.name,
+                &identity.key,
+                false,
+            ));
+        }
         let mut fetch = StepContainer {
             name: "fetch",
             image: settings.uploader_image.clone(),

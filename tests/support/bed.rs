@@ -5,13 +5,15 @@
 
 use super::incluster::HelmOperator;
 use super::k8s::*;
-use super::minio::{BUCKET, create_bucket};
+use super::minio::{BUCKET, MinioOpts, create_bucket};
 use super::node::NODE_IP;
 use super::operator::*;
 use super::pods::{Pods, RanPod};
-use super::process::poll;
+use super::process::{poll, wait_for};
 use super::*;
-use dbbackup_operator::api::{DatabaseBackup, DatabaseBackupStatus, Engine};
+use dbbackup_operator::api::{
+    DatabaseBackup, DatabaseBackupStatus, DatabaseRestore, DatabaseRestoreStatus, Engine,
+};
 use kube::Client;
 use kube::api::Api;
 use std::path::PathBuf;
@@ -67,11 +69,29 @@ pub async fn bed_alone(engine: Engine) -> Bed {
     make_bed(cluster, share, engine, &[]).await
 }
 
+/// A bed whose MinIO is started as `opts` says, given the cluster.
+pub async fn bed_with_minio(engine: Engine, opts: impl FnOnce(&Cluster) -> MinioOpts) -> Bed {
+    let cluster = Cluster::shared();
+    let share = Share::With(cluster.share().await);
+    let opts = opts(&cluster);
+    make_bed_with(cluster, share, engine, &[], opts).await
+}
+
 async fn make_bed(
     cluster: Arc<Cluster>,
     share: Share,
     engine: Engine,
     labels: &[(&str, &str)],
+) -> Bed {
+    make_bed_with(cluster, share, engine, labels, MinioOpts::default()).await
+}
+
+async fn make_bed_with(
+    cluster: Arc<Cluster>,
+    share: Share,
+    engine: Engine,
+    labels: &[(&str, &str)],
+    opts: MinioOpts,
 ) -> Bed {
     let client = cluster.client().await;
     let ns = cluster.namespace_with("shop", labels).await;
@@ -79,7 +99,7 @@ async fn make_bed(
         .node
         .volume_for(&client, &ns, "orders-staging")
         .await;
-    let minio = Minio::start_for_pods();
+    let minio = Minio::start_for_pods_with(opts);
     create_bucket(&minio).await;
     let db = Database::with_shop_on(engine, NODE_IP);
     let (_, user, password) = db.login();
@@ -327,6 +347,18 @@ pub fn apply_restore(b: &Bed, name: &str, target: &str, overwrite: bool) {
 
 /// As `apply_restore`, logging in with the credentials in Secret `credentials`.
 pub fn apply_restore_as(b: &Bed, name: &str, target: &str, overwrite: bool, credentials: &str) {
+    apply_restore_with(b, name, target, overwrite, credentials, "");
+}
+
+/// As `apply_restore_as`, with more spec fields (YAML indented as under `spec:`).
+pub fn apply_restore_with(
+    b: &Bed,
+    name: &str,
+    target: &str,
+    overwrite: bool,
+    credentials: &str,
+    more_spec: &str,
+) {
     let (port, _, _) = b.db.login();
     let manifest = format!(
         r#"apiVersion: dbbackup.io/v1alpha1
@@ -346,7 +378,7 @@ spec:
     credentialsSecret:
       name: {credentials}
   overwrite: {overwrite}
-"#,
+{more_spec}"#,
         ns = b.ns,
         host = NODE_IP,
         image = b.db.image(),
@@ -355,6 +387,29 @@ spec:
     let path = b.dir().join(format!("{name}.yaml"));
     std::fs::write(&path, manifest).unwrap();
     kubectl(b.cp(), &["apply", "-f", path.to_str().unwrap()]);
+}
+
+/// Waits for the restore pod and then for the status to show its end.
+pub async fn run_restore(b: &Bed, pods: &mut Pods, name: &str) -> DatabaseRestoreStatus {
+    let pod = pods.finished(1, POD_TIMEOUT).await.remove(0);
+    assert_eq!(pod.step, "restore");
+    let api: Api<DatabaseRestore> = Api::namespaced(b.client.clone(), &b.ns);
+    let status = wait_for("the restore to finish", Duration::from_secs(30), || async {
+        let s = api.get(name).await.ok()?.status?;
+        s.phase.filter(|p| p.finished()).map(|_| s)
+    })
+    .await;
+    println!("restore pod output:\n{}", pod.output);
+    status
+}
+
+pub fn restored(status: &DatabaseRestoreStatus) -> (String, String) {
+    let c = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Restored")
+        .expect("a Restored condition");
+    (c.status.clone(), c.reason.clone())
 }
 
 /// Creates or replaces a Secret with the real kubectl, as a user fixing one would.

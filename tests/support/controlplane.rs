@@ -283,6 +283,9 @@ fn apiserver_args(
             pki.sa_key.display()
         ),
         "--service-account-issuer=https://kubernetes.default.svc".into(),
+        // Where an OpenID client (MinIO, in the keyless tests) fetches the
+        // token keys: this server, as the host reaches it.
+        format!("--service-account-jwks-uri=https://{host}:{port}/openid/v1/jwks"),
         "--service-cluster-ip-range=10.0.0.0/24".into(),
         "--authorization-mode=RBAC".into(),
         "--allow-privileged=true".into(),

@@ -59,6 +59,11 @@ impl Minio {
         Self::start_in(&std::env::temp_dir(), super::node::NODE_IP)
     }
 
+    /// A server for pods, started as `opts` say.
+    pub fn start_for_pods_with(opts: MinioOpts) -> Minio {
+        Self::start_opts_on(super::node::NODE_IP, opts)
+    }
+
     /// Frees the space of deleted objects now. MinIO moves them to a trash
     /// folder and empties it every few minutes; a benchmark that writes and
     /// deletes gigabytes a minute would otherwise fill the drive (or, on tmpfs,
@@ -96,9 +101,13 @@ impl Minio {
 
     /// A loopback server with random credentials, started as `opts` say.
     pub fn start_with_opts(opts: MinioOpts) -> Minio {
+        Self::start_opts_on("127.0.0.1", opts)
+    }
+
+    fn start_opts_on(host: &str, opts: MinioOpts) -> Minio {
         Self::start_opts(
             &std::env::temp_dir(),
-            "127.0.0.1",
+            host,
             &format!("AK{}", random_token(18)),
             &format!("s3SECRET{}", random_token(32)),
             opts,

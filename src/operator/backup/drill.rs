@@ -32,6 +32,10 @@ pub fn verify_job(db: &DatabaseBackup, settings: &Settings, key: &str, run: &str
     let fetch = pod::Fetch {
         bucket: &spec.bucket,
         keys_optional: spec.jobs.service_account_name.is_some(),
+        identity: spec
+            .encryption
+            .as_ref()
+            .and_then(|e| e.identity_secret.as_ref()),
         prefix: &key_prefix(db),
         key,
         out: DOWNLOADED_DUMP,

@@ -76,9 +76,10 @@ pub fn restore_job(r: &DatabaseRestore, source: &Source, settings: &Settings) ->
         affinity: None,
         service_account: source.service_account.clone(),
     };
-    let mut fetch = pod::Fetch {
+    let fetch = pod::Fetch {
         bucket: &source.bucket,
         keys_optional: source.service_account.is_some(),
+        identity: spec.identity_secret.as_ref(),
         prefix: &source.prefix,
         key: &spec.key,
         out: DOWNLOADED_DUMP,
@@ -86,15 +87,6 @@ pub fn restore_job(r: &DatabaseRestore, source: &Source, settings: &Settings) ->
         resources: spec.resources.clone(),
     }
     .build(settings);
-    if let Some(identity) = &spec.identity_secret {
-        let env = pod::secret_env(
-            names::AGE_IDENTITY_ENV,
-            &identity.name,
-            &identity.key,
-            false,
-        );
-        fetch.env.get_or_insert_with(Vec::new).push(env);
-    }
     let pod = pod::job_pod(DUMP_UID, vec![fetch, copy], vec![load], volumes, placement);
     let labels = labels(&r.name_any());
     Job {
