@@ -379,7 +379,7 @@ async fn admission_rejects_bad_input_and_names_the_field() {
     };
     // A table: one case a line reads better than rustfmt's five.
     #[rustfmt::skip]
-    let cases: [(&[&str], serde_json::Value, &str, &str); 14] = [
+    let cases: [(&[&str], serde_json::Value, &str, &str); 18] = [
         (&["schedule"], serde_json::json!("not a cron"), "spec.schedule", "5-field cron"),
         (&["schedule"], serde_json::json!("0 0 3 * * *"), "spec.schedule", "seconds are not supported"),
         (&["schedule"], serde_json::json!("CRON_TZ=UTC 0 3 * * *"), "spec.schedule", "CRON_TZ"),
@@ -394,12 +394,25 @@ async fn admission_rejects_bad_input_and_names_the_field() {
         (&["bucket", "name"], serde_json::json!("Not_A_Bucket"), "spec.bucket.name", "valid S3 bucket name"),
         (&["bucket", "prefix"], serde_json::json!("/abs/"), "spec.bucket.prefix", "must not start with '/'"),
         (&["staging"], serde_json::json!({"size": "lots"}), "spec.staging.size", "quantity"),
+        (&["bucket", "serverSideEncryption"], serde_json::json!({"type": "SSE-C"}), "spec.bucket.serverSideEncryption", "type SSE-C needs customerKeySecret"),
+        (&["bucket", "serverSideEncryption"], serde_json::json!({"type": "AES256", "kmsKeyId": "k"}), "spec.bucket.serverSideEncryption", "kmsKeyId is only for type aws:kms"),
+        (&["bucket", "objectLock"], serde_json::json!({"mode": "FOREVER", "days": 1}), "spec.bucket.objectLock.mode", "Unsupported value"),
+        (&["bucket", "objectLock"], serde_json::json!({"mode": "GOVERNANCE", "days": 0}), "spec.bucket.objectLock.days", "greater than or equal to 1"),
     ];
     for (path, value, field, text) in cases {
         let message = rejection(&client, with(path, value)).await;
         assert!(message.contains(field), "{field}: {message}");
         assert!(message.contains(text), "{field}: {message}");
     }
+    // Drills of encrypted dumps need the identity that decrypts them.
+    let mut drilled = backup_manifest("bad", "mariadb");
+    drilled["spec"]["encryption"] = serde_json::json!({"recipientsSecret": {"name": "age"}});
+    drilled["spec"]["verify"] = serde_json::json!({});
+    let message = rejection(&client, drilled).await;
+    assert!(
+        message.contains("need spec.encryption.identitySecret"),
+        "{message}"
+    );
     let mut long = backup_manifest(&"x".repeat(64), "mariadb");
     long["metadata"]["name"] = "x".repeat(64).into();
     assert!(

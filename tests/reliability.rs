@@ -27,6 +27,28 @@ async fn warning_event(client: &Client, ns: &str, name: &str, reason: &str) -> E
 }
 
 #[tokio::test]
+async fn an_sse_c_key_that_is_not_32_bytes_is_reported_without_showing_it() {
+    let (_cp, client) = setup("shop").await;
+    create_sample_secrets(&client, "shop").await;
+    let short = "c2hvcnQta2V5LXZhbHVl"; // base64 of 15 bytes
+    create_secret(&client, "shop", "sse", &[("key", short)]).await;
+    let _op = RunningOperator::start(&client);
+    let mut manifest = backup_manifest("orders", "mariadb");
+    manifest["spec"]["bucket"]["serverSideEncryption"] =
+        serde_json::json!({"type": "SSE-C", "customerKeySecret": {"name": "sse"}});
+    create_backup(&client, "shop", manifest).await;
+    let backups: Api<DatabaseBackup> = Api::namespaced(client.clone(), "shop");
+    let db = wait_ready(&backups, "orders", "False", "InvalidSSEKey").await;
+    let ready = db.status.unwrap().conditions[0].clone();
+    assert_eq!(
+        ready.message,
+        r#"secret "sse" key "key" is not an SSE-C key: 32 bytes, base64-encoded"#
+    );
+    let event = warning_event(&client, "shop", "orders", "InvalidSSEKey").await;
+    assert!(!event.message.unwrap_or_default().contains(short));
+}
+
+#[tokio::test]
 async fn a_ca_bundle_that_is_not_pem_is_reported_and_heals_when_fixed() {
     let (_cp, client) = setup("shop").await;
     create_sample_secrets(&client, "shop").await;

@@ -524,3 +524,37 @@ pub async fn ensure_bucket(client: &Client, bucket: &str, locked: bool) -> Resul
         Err(e) => Err(format!("cannot reach bucket {bucket}: {}", describe(&e))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_sse_c_key_is_32_bytes_of_base64_and_never_shown() {
+        let text = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="; // bytes 0..32
+        let Sse::Customer { key, md5 } = Sse::customer(&format!("{text}\n")).unwrap() else {
+            panic!("not SSE-C");
+        };
+        assert_eq!(key, text);
+        assert_eq!(md5, "tP/LI3N87DFaSk0aoqYgzg==");
+        assert_eq!(format!("{:?}", Sse::customer(text).unwrap()), "SSE-C(…)");
+        for bad in ["c2hvcnQ=", "not base64 at all!", ""] {
+            let e = Sse::customer(bad).unwrap_err();
+            assert!(
+                e.contains("32 bytes") && (bad.is_empty() || !e.contains(bad)),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_kms_and_sse_c_hide_the_md5() {
+        assert!(!Sse::None.hides_md5() && !Sse::S3.hides_md5());
+        assert!(Sse::Kms(None).hides_md5());
+        assert!(
+            Sse::customer("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=")
+                .unwrap()
+                .hides_md5()
+        );
+    }
+}

@@ -199,3 +199,117 @@ fn encryption_hands_the_recipients_to_the_dump_step_from_their_secret() {
             .all(|e| e.name != "DBBACKUP_AGE_RECIPIENTS")
     );
 }
+
+/// The names of a container's variables, and those whose value is written
+/// into the spec rather than read from a Secret.
+fn env_of(c: &k8s_openapi::api::core::v1::Container) -> (Vec<&str>, Vec<&str>) {
+    let env = c.env.as_deref().unwrap_or_default();
+    let names = env.iter().map(|e| e.name.as_str()).collect();
+    let literal = env
+        .iter()
+        .filter(|e| e.value.is_some())
+        .map(|e| e.name.as_str())
+        .collect();
+    (names, literal)
+}
+
+#[test]
+fn store_protections_reach_only_the_upload_and_keys_come_from_secrets() {
+    let db = fixture(
+        "postgres",
+        serde_json::json!({
+            "jobs": {"serviceAccountName": "backup-store"},
+            "bucket": {
+                "serverSideEncryption": {"type": "SSE-C", "customerKeySecret": {"name": "sse"}},
+                "objectLock": {"mode": "COMPLIANCE", "days": 30},
+                "pruneSecretRef": {"name": "pruner"},
+                "webIdentity": {"roleArn": "arn:aws:iam::123456789012:role/backups"}
+            }
+        }),
+    );
+    let upload = pod_of(upload_cronjob(&db, &settings()));
+    let c = &upload.containers[0];
+    let args = c.args.as_ref().unwrap();
+    for flag in [
+        "--sse=SSE-C",
+        "--object-lock-mode=COMPLIANCE",
+        "--object-lock-days=30",
+    ] {
+        assert!(args.contains(&flag.to_string()), "{flag}: {args:?}");
+    }
+    let (names, literal) = env_of(c);
+    for secret in [
+        "DBBACKUP_SSE_CUSTOMER_KEY",
+        "DBBACKUP_PRUNE_ACCESS_KEY_ID",
+        "DBBACKUP_PRUNE_SECRET_ACCESS_KEY",
+    ] {
+        assert!(
+            names.contains(&secret) && !literal.contains(&secret),
+            "{secret}"
+        );
+    }
+    // A web identity replaces the access keys; its token is mounted in this
+    // container, with the default audience, and the pod has no API token.
+    assert!(!names.contains(&"AWS_ACCESS_KEY_ID"), "{names:?}");
+    assert!(literal.contains(&"AWS_ROLE_ARN") && literal.contains(&"AWS_WEB_IDENTITY_TOKEN_FILE"));
+    assert_eq!(upload.service_account_name.as_deref(), Some("backup-store"));
+    assert_eq!(upload.automount_service_account_token, Some(false));
+    let token = upload
+        .volumes
+        .iter()
+        .flatten()
+        .find_map(|v| v.projected.as_ref())
+        .and_then(|p| p.sources.as_ref())
+        .and_then(|s| s[0].service_account_token.clone())
+        .unwrap();
+    assert_eq!(token.audience.as_deref(), Some("sts.amazonaws.com"));
+    assert!(
+        c.volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.name == "store-token")
+    );
+
+    // The dump pod talks to the database only: none of it.
+    let dump = pod_of(dump_cronjob(&db, &settings()));
+    assert!(dump.service_account_name.is_none());
+    assert!(dump.volumes.iter().flatten().all(|v| v.projected.is_none()));
+    for c in dump
+        .containers
+        .iter()
+        .chain(dump.init_containers.iter().flatten())
+    {
+        let (names, _) = env_of(c);
+        assert!(
+            names
+                .iter()
+                .all(|n| !n.starts_with("AWS_") && !n.contains("SSE")),
+            "{names:?}"
+        );
+    }
+}
+
+#[test]
+fn a_service_account_alone_makes_the_access_keys_optional() {
+    let db = fixture(
+        "mariadb",
+        serde_json::json!({"jobs": {"serviceAccountName": "irsa"}}),
+    );
+    let upload = pod_of(upload_cronjob(&db, &settings()));
+    let key = upload.containers[0]
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "AWS_ACCESS_KEY_ID")
+        .and_then(|e| e.value_from.as_ref()?.secret_key_ref.clone())
+        .unwrap();
+    assert_eq!(key.optional, Some(true));
+    // No token of ours: the webhook (IRSA, Pod Identity) injects its own.
+    assert!(
+        upload
+            .volumes
+            .iter()
+            .flatten()
+            .all(|v| v.projected.is_none())
+    );
+}
