@@ -410,15 +410,7 @@ async fn minio_stopped_mid_upload_keeps_the_dump_and_the_next_run_uploads_it_onc
         std::slice::from_ref(&key),
         "uploaded exactly once"
     );
-    let head = minio
-        .s3_client()
-        .await
-        .head_object()
-        .bucket(BUCKET)
-        .key(&key)
-        .send()
-        .await
-        .unwrap();
+    let head = head_object(&minio, &key).await;
     assert_eq!(head.content_length(), Some(600 * 1024 * 1024));
     assert!(!dump.exists() && !staging.kept_dump().exists());
     // The interrupted run's multipart upload was aborted by the next run.

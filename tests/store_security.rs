@@ -51,16 +51,14 @@ fn ca_args(minio: &Minio, dir: &std::path::Path) -> Vec<String> {
     vec![format!("--ca-bundle={}", path.display())]
 }
 
-async fn create_tls_bucket(minio: &Minio, locked: bool) {
+/// A server over https (its CA in `Minio::ca_pem`) with the bucket.
+async fn tls_minio() -> Minio {
+    let minio = Minio::start_with_opts(MinioOpts {
+        tls: true,
+        ..Default::default()
+    });
+    create_bucket(&minio).await;
     minio
-        .tls_client()
-        .await
-        .create_bucket()
-        .bucket(BUCKET)
-        .object_lock_enabled_for_bucket(locked)
-        .send()
-        .await
-        .unwrap();
 }
 
 fn uploaded_key(run: &StepRun) -> String {
@@ -71,11 +69,7 @@ fn uploaded_key(run: &StepRun) -> String {
 #[tokio::test]
 async fn sse_c_over_tls_with_a_ca_bundle_is_proven_restored_and_unreadable_without_the_key() {
     use base64::Engine as _;
-    let minio = Minio::start_with_opts(MinioOpts {
-        tls: true,
-        ..Default::default()
-    });
-    create_tls_bucket(&minio, false).await;
+    let minio = tls_minio().await;
     let dir = tempfile::tempdir().unwrap();
     let key_text = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
     let sse_env = [("DBBACKUP_SSE_CUSTOMER_KEY", key_text.as_str())];
@@ -133,11 +127,7 @@ async fn sse_c_over_tls_with_a_ca_bundle_is_proven_restored_and_unreadable_witho
 
 #[tokio::test]
 async fn an_sse_c_key_that_is_not_32_bytes_fails_the_upload_without_showing_it() {
-    let minio = Minio::start_with_opts(MinioOpts {
-        tls: true,
-        ..Default::default()
-    });
-    create_tls_bucket(&minio, false).await;
+    let minio = tls_minio().await;
     let dir = tempfile::tempdir().unwrap();
     let mut args = ca_args(&minio, dir.path());
     args.push("--sse=SSE-C".into());
@@ -162,7 +152,6 @@ async fn sse_kms_and_aes256_send_their_headers_and_the_proof_holds() {
         ..Default::default()
     });
     create_bucket(&minio).await;
-    let s3 = minio.s3_client().await;
     let cases = [
         (
             vec![
@@ -191,13 +180,7 @@ async fn sse_kms_and_aes256_send_their_headers_and_the_proof_holds() {
             let proof = run.result.as_ref().unwrap().checksum.clone().unwrap();
             let kms = expected == ServerSideEncryption::AwsKms;
             assert!(!kms || proof.starts_with("crc64nvme:"), "{args:?}: {proof}");
-            let head = s3
-                .head_object()
-                .bucket(BUCKET)
-                .key(&key)
-                .send()
-                .await
-                .unwrap();
+            let head = head_object(&minio, &key).await;
             assert_eq!(head.server_side_encryption(), Some(&expected), "{args:?}");
             if expected == ServerSideEncryption::AwsKms {
                 let id = head.ssekms_key_id().unwrap_or_default();
@@ -246,13 +229,7 @@ async fn a_locked_dump_survives_retention_and_a_direct_delete_and_is_pruned_once
     .map(String::from)
     .to_vec();
     let (first, _) = upload_one(&minio, &args, &[]);
-    let head = s3
-        .head_object()
-        .bucket(BUCKET)
-        .key(&first)
-        .send()
-        .await
-        .unwrap();
+    let head = head_object(&minio, &first).await;
     assert_eq!(head.object_lock_mode(), Some(&ObjectLockMode::Governance));
     let until = head.object_lock_retain_until_date().unwrap().secs();
     let day = chrono::Utc::now().timestamp() + 24 * 3600;

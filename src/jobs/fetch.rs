@@ -188,12 +188,7 @@ async fn save(
             .map(|f| Decompressor::Plain(std::io::BufWriter::with_capacity(1 << 20, f))),
         false => Decompressor::create(out, key),
     };
-    let mut file = create.map_err(|e| {
-        fail(
-            reasons::DOWNLOAD_FAILED,
-            format!("cannot write {}: {e}", out.display()),
-        )
-    })?;
+    let mut file = create.map_err(|e| cannot_write(out, e))?;
     let corrupt = |e: std::io::Error| {
         fail(
             reasons::CORRUPT_DUMP,
@@ -242,6 +237,13 @@ async fn save(
     }
     file.finish().map_err(corrupt)?;
     Ok((size, proof))
+}
+
+fn cannot_write(out: &Path, e: std::io::Error) -> Failure {
+    fail(
+        reasons::DOWNLOAD_FAILED,
+        format!("cannot write {}: {e}", out.display()),
+    )
 }
 
 /// The newest of our dumps under `prefix`.
@@ -344,12 +346,7 @@ fn decrypt(from: &Path, out: &Path, key: &str, identity: Option<&Hidden>) -> Res
         .decrypt(std::iter::once(&identity as &dyn age::Identity))
         .map_err(|_| denied(&format!("the identity cannot decrypt {key}: its public key is not among the dump's recipients")))?;
     let inner = key.strip_suffix(".age").unwrap_or(key);
-    let mut sink = Decompressor::create(out, inner).map_err(|e| {
-        fail(
-            reasons::DOWNLOAD_FAILED,
-            format!("cannot write {}: {e}", out.display()),
-        )
-    })?;
+    let mut sink = Decompressor::create(out, inner).map_err(|e| cannot_write(out, e))?;
     let corrupt = |e: std::io::Error| {
         fail(
             reasons::CORRUPT_DUMP,

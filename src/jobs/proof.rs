@@ -3,7 +3,7 @@
 //! what the store reports (only after that proof is a dump deleted); and on
 //! the way back, the ETag recomputed over the downloaded bytes.
 
-use super::store::{DEFAULT_PART_SIZE, Sse, WithSse, describe};
+use super::store::{DEFAULT_PART_SIZE, Sse, describe};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::types::ChecksumMode;
 use base64::Engine as _;
@@ -66,7 +66,7 @@ pub async fn verify(
     written: &Written,
     sse: &Sse,
 ) -> Result<(), String> {
-    let mut head = client.head_object().bucket(bucket).key(key).with_sse(sse);
+    let mut head = super::store::head(client, bucket, key, sse);
     if matches!(written.proof, Proof::Crc64Nvme(_)) {
         head = head.checksum_mode(ChecksumMode::Enabled);
     }

@@ -395,11 +395,7 @@ pub async fn delete_unlocked(
     let mut results = vec![];
     for key in keys {
         let outcome = async {
-            let head = client
-                .head_object()
-                .bucket(bucket)
-                .key(key)
-                .with_sse(sse)
+            let head = head(client, bucket, key, sse)
                 .send()
                 .await
                 .map_err(|e| describe(&e))?;
@@ -464,20 +460,23 @@ async fn delete_bulk(
         .collect())
 }
 
+/// A HEAD request of `key`, with the SSE-C key a HEAD of such an object needs.
+pub fn head(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    sse: &Sse,
+) -> op::head_object::builders::HeadObjectFluentBuilder {
+    client.head_object().bucket(bucket).key(key).with_sse(sse)
+}
+
 pub async fn object_exists(
     client: &Client,
     bucket: &str,
     key: &str,
     sse: &Sse,
 ) -> Result<bool, String> {
-    match client
-        .head_object()
-        .bucket(bucket)
-        .key(key)
-        .with_sse(sse)
-        .send()
-        .await
-    {
+    match head(client, bucket, key, sse).send().await {
         Ok(_) => Ok(true),
         Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(false),
         Err(e) => Err(describe(&e)),

@@ -530,6 +530,17 @@ pub(crate) fn store_env(bucket: &BucketSpec, keys_optional: bool) -> Vec<EnvVar>
 }
 
 #[cfg(test)]
+/// The Secret and key container `c`'s variable `var` is read from; panics
+/// when the variable is missing or written into the spec.
+pub(crate) fn secret_source(c: &Container, var: &str) -> (String, String) {
+    let env = c.env.iter().flatten().find(|e| e.name == var);
+    let from = env
+        .and_then(|e| e.value_from.as_ref()?.secret_key_ref.as_ref())
+        .unwrap_or_else(|| panic!("{var} is not read from a Secret in {}", c.name));
+    (from.name.clone(), from.key.clone())
+}
+
+#[cfg(test)]
 /// Compares with `tests/golden/<name>`; `UPDATE_GOLDEN=1` rewrites it.
 pub(crate) fn assert_golden(name: &str, actual: &str) {
     let path = format!("{}/tests/golden/{name}", env!("CARGO_MANIFEST_DIR"));

@@ -264,8 +264,12 @@ impl Minio {
     }
 
     /// An aws-sdk-s3 client for this server: custom endpoint, path-style addressing.
+    /// Over https, through the server's test CA.
     pub async fn s3_client(&self) -> aws_sdk_s3::Client {
-        self.s3_client_at(&self.endpoint)
+        match self.ca_pem {
+            Some(_) => self.tls_client().await,
+            None => self.s3_client_at(&self.endpoint),
+        }
     }
 
     /// A client through this server's test CA, with the operator's own setup
@@ -486,4 +490,19 @@ pub async fn get_object(minio: &Minio, key: &str) -> Vec<u8> {
         .await
         .unwrap();
     out.body.collect().await.unwrap().into_bytes().to_vec()
+}
+
+pub async fn head_object(
+    minio: &Minio,
+    key: &str,
+) -> aws_sdk_s3::operation::head_object::HeadObjectOutput {
+    minio
+        .s3_client()
+        .await
+        .head_object()
+        .bucket(BUCKET)
+        .key(key)
+        .send()
+        .await
+        .unwrap()
 }

@@ -1,7 +1,7 @@
 //! Golden files and rules of the backup's children.
 
 use super::*;
-use crate::operator::pod::{assert_golden, database_port};
+use crate::operator::pod::{assert_golden, database_port, secret_source};
 
 fn fixture(engine: &str, extra: serde_json::Value) -> DatabaseBackup {
     let mut manifest = serde_json::json!({
@@ -174,21 +174,10 @@ fn encryption_hands_the_recipients_to_the_dump_step_from_their_secret() {
         serde_json::json!({"encryption": {"recipientsSecret": {"name": "age-keys"}}}),
     );
     let dump = pod_of(dump_cronjob(&db, &settings()));
-    let env = &dump.containers[0].env.as_ref().unwrap();
-    let recipients = env
-        .iter()
-        .find(|e| e.name == "DBBACKUP_AGE_RECIPIENTS")
-        .expect("the recipients reach the dump step");
-    let from = recipients
-        .value_from
-        .as_ref()
-        .and_then(|v| v.secret_key_ref.as_ref())
-        .unwrap();
     assert_eq!(
-        (from.name.as_str(), from.key.as_str()),
-        ("age-keys", "recipients")
+        secret_source(&dump.containers[0], "DBBACKUP_AGE_RECIPIENTS"),
+        ("age-keys".into(), "recipients".into())
     );
-    assert!(recipients.value.is_none());
     // The upload step needs no key: it sends what the volume holds.
     let upload = pod_of(upload_cronjob(&db, &settings()));
     assert!(

@@ -159,20 +159,9 @@ mod tests {
         let job = restore_job(&r, &source(serde_json::json!({})), &settings());
         let pod = job.spec.unwrap().template.spec.unwrap();
         let fetch = &pod.init_containers.as_ref().unwrap()[0];
-        let var = fetch
-            .env
-            .iter()
-            .flatten()
-            .find(|e| e.name == "DBBACKUP_AGE_IDENTITY")
-            .expect("the identity reaches fetch");
-        let from = var
-            .value_from
-            .as_ref()
-            .and_then(|v| v.secret_key_ref.as_ref())
-            .unwrap();
         assert_eq!(
-            (from.name.as_str(), from.key.as_str()),
-            ("age-id", "identity")
+            pod::secret_source(fetch, "DBBACKUP_AGE_IDENTITY"),
+            ("age-id".into(), "identity".into())
         );
         assert!(
             pod.containers[0]
