@@ -60,7 +60,7 @@ pub const SECRET_KEY_ENV: &str = "AWS_SECRET_ACCESS_KEY";
 
 /// A web identity, in the variables the SDKs (and the EKS webhook) use:
 /// the ServiceAccount token, the role to assume, the session's name, and
-/// where STS is (an S3-compatible store serves it at its S3 endpoint).
+/// where STS is when it is not at the store's endpoint.
 pub const TOKEN_FILE_ENV: &str = "AWS_WEB_IDENTITY_TOKEN_FILE";
 pub const ROLE_ARN_ENV: &str = "AWS_ROLE_ARN";
 pub const SESSION_NAME_ENV: &str = "AWS_ROLE_SESSION_NAME";

@@ -14,6 +14,7 @@ pub const INVALID_RETENTION: &str = "InvalidRetention";
 pub const INVALID_BUCKET_NAME: &str = "InvalidBucketName";
 pub const INVALID_CA_BUNDLE: &str = "InvalidCABundle";
 pub const INVALID_SSE_KEY: &str = "InvalidSSEKey";
+pub const INVALID_AGE_KEY: &str = "InvalidAgeKey";
 pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
 pub const SECRET_KEY_MISSING: &str = "SecretKeyMissing";
 pub const STORAGE_CLASS_NOT_FOUND: &str = "StorageClassNotFound";

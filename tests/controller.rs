@@ -379,7 +379,7 @@ async fn admission_rejects_bad_input_and_names_the_field() {
     };
     // A table: one case a line reads better than rustfmt's five.
     #[rustfmt::skip]
-    let cases: [(&[&str], serde_json::Value, &str, &str); 18] = [
+    let cases: [(&[&str], serde_json::Value, &str, &str); 19] = [
         (&["schedule"], serde_json::json!("not a cron"), "spec.schedule", "5-field cron"),
         (&["schedule"], serde_json::json!("0 0 3 * * *"), "spec.schedule", "seconds are not supported"),
         (&["schedule"], serde_json::json!("CRON_TZ=UTC 0 3 * * *"), "spec.schedule", "CRON_TZ"),
@@ -398,6 +398,7 @@ async fn admission_rejects_bad_input_and_names_the_field() {
         (&["bucket", "serverSideEncryption"], serde_json::json!({"type": "AES256", "kmsKeyId": "k"}), "spec.bucket.serverSideEncryption", "kmsKeyId is only for type aws:kms"),
         (&["bucket", "objectLock"], serde_json::json!({"mode": "FOREVER", "days": 1}), "spec.bucket.objectLock.mode", "Unsupported value"),
         (&["bucket", "objectLock"], serde_json::json!({"mode": "GOVERNANCE", "days": 0}), "spec.bucket.objectLock.days", "greater than or equal to 1"),
+        (&["bucket"], serde_json::json!({"secretRef": {"name": "s3-creds"}, "endpoint": "http://minio:9000", "serverSideEncryption": {"type": "SSE-C", "customerKeySecret": {"name": "k"}}}), "spec.bucket", "the endpoint must be https://"),
     ];
     for (path, value, field, text) in cases {
         let message = rejection(&client, with(path, value)).await;

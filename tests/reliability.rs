@@ -49,6 +49,28 @@ async fn an_sse_c_key_that_is_not_32_bytes_is_reported_without_showing_it() {
 }
 
 #[tokio::test]
+async fn age_recipients_that_are_no_public_keys_are_reported_by_line() {
+    let (_cp, client) = setup("shop").await;
+    create_sample_secrets(&client, "shop").await;
+    let secret_looking =
+        "AGE-SECRET-KEY-1QQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQ";
+    let text = format!("# created: today\n{secret_looking}\n");
+    create_secret(&client, "shop", "age", &[("recipients", &text)]).await;
+    let _op = RunningOperator::start(&client);
+    let mut manifest = backup_manifest("orders", "mariadb");
+    manifest["spec"]["encryption"] = serde_json::json!({"recipientsSecret": {"name": "age"}});
+    create_backup(&client, "shop", manifest).await;
+    let backups: Api<DatabaseBackup> = Api::namespaced(client.clone(), "shop");
+    let db = wait_ready(&backups, "orders", "False", "InvalidAgeKey").await;
+    assert_eq!(
+        db.status.unwrap().conditions[0].message,
+        r#"secret "age" key "recipients": line 1 of the recipients is not an age X25519 public key (age1…)"#
+    );
+    let event = warning_event(&client, "shop", "orders", "InvalidAgeKey").await;
+    assert!(!event.message.unwrap_or_default().contains("AGE-SECRET-KEY"));
+}
+
+#[tokio::test]
 async fn a_ca_bundle_that_is_not_pem_is_reported_and_heals_when_fixed() {
     let (_cp, client) = setup("shop").await;
     create_sample_secrets(&client, "shop").await;

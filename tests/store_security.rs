@@ -380,3 +380,37 @@ async fn write_only_upload_credentials_upload_and_prune_with_the_second_secret()
         );
     }
 }
+
+// The proxy serves from this runtime while the uploader runs as a blocking child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_without_crc64nvme_gets_no_kms_dump_it_cannot_prove_and_the_dump_stays() {
+    use support::faultproxy::{self, FaultProxy};
+    let minio = Minio::start_with_opts(MinioOpts {
+        kms: true,
+        ..Default::default()
+    });
+    create_bucket(&minio).await;
+    let proxy = FaultProxy::start(&minio.endpoint, faultproxy::reject_checksums()).await;
+    // Multipart: the store ignores CRC64/NVME, and a KMS ETag proves nothing.
+    let staging = Staging::new();
+    stage(&staging, 12 * 1024 * 1024 / ROW.len());
+    let opts = UploadOpts {
+        prefix: "p/".into(),
+        endpoint: Some(proxy.endpoint.clone()),
+        extra_args: ["--sse=aws:kms", "--part-size-mib=5"]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    };
+    let run = run_upload(&minio, &staging, &opts);
+    assert!(!run.succeeded());
+    assert!(
+        run.text()
+            .contains("the only proof of an upload under SSE-KMS or SSE-C"),
+        "{}",
+        run.text()
+    );
+    assert_eq!(staging.dumps().len(), 1, "the dump is kept");
+    assert!(bucket_keys(&minio).await.is_empty());
+    assert_no_pending_uploads(&minio).await;
+}

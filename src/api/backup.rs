@@ -224,9 +224,9 @@ pub struct JobSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
     /// ServiceAccount of the pods that talk to the store (upload and drill,
-    /// never the dump), for keyless credentials: EKS IRSA or Pod Identity,
-    /// GKE workload identity, or spec.bucket.webIdentity. The bucket Secret
-    /// then need not hold access keys. No API token is mounted.
+    /// never the dump), for keyless credentials: EKS IRSA or Pod Identity, or
+    /// spec.bucket.webIdentity. The bucket Secret then need not hold access
+    /// keys. No API token is mounted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub service_account_name: Option<String>,

@@ -127,6 +127,10 @@ pub(super) fn default_password_key() -> String {
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = cel(&[(
+    "!has(self.serverSideEncryption) || self.serverSideEncryption.type != 'SSE-C' || !has(self.endpoint) || self.endpoint.startsWith('https://')",
+    "SSE-C sends its key with every request: the endpoint must be https://"
+)])))]
 pub struct BucketSpec {
     /// Secret (in this namespace) with the bucket name and the access keys, as
     /// the original pipeline kept them. It may also hold endpoint and region.
@@ -408,6 +412,45 @@ pub struct EncryptionSpec {
     pub identity_secret: Option<IdentitySecretRef>,
 }
 
+/// One or more `age1…` public keys, one a line; blank lines and `#`
+/// comments are skipped. The operator checks the Secret with it, and the
+/// dump step reads it.
+pub fn parse_age_recipients(text: &str) -> Result<Vec<age::x25519::Recipient>, String> {
+    let keys: Result<Vec<_>, String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .enumerate()
+        .map(|(i, l)| {
+            l.parse::<age::x25519::Recipient>().map_err(|_| {
+                format!(
+                    "line {} of the recipients is not an age X25519 public key (age1…)",
+                    i + 1
+                )
+            })
+        })
+        .collect();
+    let keys = keys?;
+    if keys.is_empty() {
+        return Err("the recipients hold no age public key".into());
+    }
+    Ok(keys)
+}
+
+/// The one age X25519 identity (AGE-SECRET-KEY-1…) of a Secret's text, as
+/// `age-keygen` writes its file (comment lines skipped). The operator checks
+/// the Secret with it, and the download step reads it.
+pub fn parse_age_identity(text: &str) -> Option<age::x25519::Identity> {
+    let mut keys = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'));
+    match (keys.next()?.parse(), keys.next()) {
+        (Ok(identity), None) => Some(identity),
+        _ => None,
+    }
+}
+
 /// One key of a Secret in the resource's own namespace.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -559,5 +602,37 @@ mod tests {
         ] {
             assert!(parse_age(bad).is_err(), "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod age_tests {
+    use super::*;
+    use age::secrecy::ExposeSecret;
+
+    #[test]
+    fn age_keys_parse_as_age_keygen_writes_them() {
+        let identity = age::x25519::Identity::generate();
+        let secret = identity.to_string();
+        let file = format!(
+            "# created: 2026-11-26T17:00:00Z\n# public key: {}\n{}\n",
+            identity.to_public(),
+            secret.expose_secret()
+        );
+        assert!(parse_age_identity(&file).is_some());
+        assert!(parse_age_identity("# nothing\n").is_none());
+        let two = format!("{}\n{}\n", secret.expose_secret(), secret.expose_secret());
+        assert!(parse_age_identity(&two).is_none(), "one identity only");
+        let recipients = format!(
+            "# ops\n{}\n\n{}\n",
+            identity.to_public(),
+            identity.to_public()
+        );
+        assert_eq!(parse_age_recipients(&recipients).unwrap().len(), 2);
+        let e = parse_age_recipients(&format!("{}\nage1nope\n", identity.to_public())).unwrap_err();
+        assert_eq!(
+            e,
+            "line 2 of the recipients is not an age X25519 public key (age1…)"
+        );
     }
 }

@@ -47,27 +47,9 @@ pub struct DumpArgs {
 #[derive(Clone, Debug)]
 pub struct Recipients(pub Vec<age::x25519::Recipient>);
 
-/// One or more `age1…` public keys, one a line; blank lines and `#` comments are skipped.
+/// The recipients of the Secret's text (`api::parse_age_recipients`).
 pub fn parse_recipients(text: &str) -> Result<Recipients, String> {
-    let keys: Result<Vec<_>, String> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .enumerate()
-        .map(|(i, l)| {
-            l.parse::<age::x25519::Recipient>().map_err(|_| {
-                format!(
-                    "line {} of the recipients is not an age X25519 public key (age1…)",
-                    i + 1
-                )
-            })
-        })
-        .collect();
-    let keys = keys?;
-    if keys.is_empty() {
-        return Err("the recipients hold no age public key".into());
-    }
-    Ok(Recipients(keys))
+    crate::api::parse_age_recipients(text).map(Recipients)
 }
 
 /// Name of the finished dump in the staging `dumps/` directory: `.age` after

@@ -328,10 +328,10 @@ fn decrypt(from: &Path, out: &Path, key: &str, identity: Option<&Hidden>) -> Res
     let denied = |why: &str| fail(reasons::DECRYPTION_FAILED, why.to_string());
     let identity = identity.ok_or_else(|| {
         denied(&format!(
-            "{key} is encrypted; name the Secret with its age identity in spec.encryption.identitySecret"
+            "{key} is encrypted; name the Secret with its age identity in spec.identitySecret"
         ))
     })?;
-    let identity: age::x25519::Identity = identity.0.trim().parse().map_err(|_| {
+    let identity = crate::api::parse_age_identity(&identity.0).ok_or_else(|| {
         denied("the identity Secret holds no age X25519 identity (AGE-SECRET-KEY-1…)")
     })?;
     let file = std::fs::File::open(from).map_err(|e| {

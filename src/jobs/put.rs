@@ -245,6 +245,15 @@ async fn start_multipart(put: &Put<'_>, part_size: u64) -> Result<Target, PutErr
     let upload_id = created
         .upload_id()
         .ok_or_else(|| PutError::Failed("store returned no upload id".into()))?;
+    let crc = created.checksum_algorithm() == Some(&ChecksumAlgorithm::Crc64Nvme);
+    if !crc && put.sse.hides_md5() {
+        // Its ETag proves nothing under KMS or SSE-C, and no dump goes
+        // without a proof.
+        abort(put.client, put.bucket, put.key, upload_id).await;
+        return Err(PutError::Failed(
+            "the store keeps no CRC64/NVME checksum, the only proof of an upload under SSE-KMS or SSE-C".into(),
+        ));
+    }
     Ok(Target {
         client: put.client.clone(),
         bucket: put.bucket.to_string(),
@@ -253,7 +262,7 @@ async fn start_multipart(put: &Put<'_>, part_size: u64) -> Result<Target, PutErr
         sse: put.sse.clone(),
         // A store that does not name the algorithm back ignored it (older
         // S3-compatible stores); its ETag is the proof there.
-        crc: created.checksum_algorithm() == Some(&ChecksumAlgorithm::Crc64Nvme),
+        crc,
     })
 }
 

@@ -1,7 +1,7 @@
 //! Which uploaded dumps a retention policy lets go.
 //!
 //! Only keys of our own naming under the resource's prefix count
-//! (`<prefix>YYYY-MM-DD/datadumpN.sql[.gz|.zst]`); anything else in the bucket
+//! (`<prefix>YYYY-MM-DD/datadumpN.sql[.gz|.zst][.age]`); anything else in the bucket
 //! is never a candidate. A dump is kept when any rule keeps it, and the newest
 //! dump is kept whatever the rules say, so a policy can never empty the bucket.
 

@@ -293,7 +293,8 @@ pub async fn client(settings: &StoreSettings) -> Result<Client, String> {
     let shared = loader.load().await;
     let mut config = aws_sdk_s3::config::Builder::from(&shared);
     if settings.keys.is_none()
-        && let Some(identity) = super::webidentity::WebIdentity::from_env(&shared)
+        && let Some(identity) =
+            super::webidentity::WebIdentity::from_env(&shared, settings.endpoint.as_deref())
     {
         config = config.credentials_provider(identity);
     }

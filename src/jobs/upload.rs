@@ -341,6 +341,12 @@ async fn put_under_free_key(
     ))
 }
 
+/// Whether a store error is a refusal of these credentials (a HEAD's carries
+/// no error code, only the status).
+fn refused(error: &str) -> bool {
+    error.starts_with("AccessDenied") || error.starts_with("HTTP 403")
+}
+
 /// Applies the retention policy after a confirmed upload of `uploaded`, and
 /// returns the log lines it wrote. A failure here is logged and leaves the
 /// upload a success: the dump is safe, and the next run prunes again.
@@ -411,7 +417,7 @@ async fn prune(
                 "retention keeps {key}: locked until {}",
                 until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             )),
-            Err(e) if e.starts_with("AccessDenied") && !with_own_keys => log(format!(
+            Err(e) if refused(&e) && !with_own_keys => log(format!(
                 "retention cannot prune {key}: {e} (the upload's credentials may not delete; name credentials that may in spec.bucket.pruneSecretRef)"
             )),
             Err(e) => log(format!("retention cannot prune {key}: {e}")),

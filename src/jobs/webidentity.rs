@@ -5,7 +5,7 @@
 //! Our own, not aws-config's provider: that one refuses a response whose
 //! AssumedRoleUser ARN is not an AWS ARN, and MinIO sends an empty one.
 
-use crate::names::{ROLE_ARN_ENV, SESSION_NAME_ENV, TOKEN_FILE_ENV};
+use crate::names::{ROLE_ARN_ENV, SESSION_NAME_ENV, STS_ENDPOINT_ENV, TOKEN_FILE_ENV};
 use aws_credential_types::provider::{self, ProvideCredentials};
 use aws_sdk_s3::config::Credentials;
 
@@ -18,13 +18,20 @@ pub struct WebIdentity {
 }
 
 impl WebIdentity {
-    /// The web identity the environment names, if it names one; STS is
-    /// reached as `config` says (region, CA bundle, AWS_ENDPOINT_URL_STS).
-    pub fn from_env(config: &aws_config::SdkConfig) -> Option<WebIdentity> {
+    /// The web identity the environment names, if it names one. STS is
+    /// reached as `config` says (region, CA bundle); where: at
+    /// AWS_ENDPOINT_URL_STS if set, else at the store's own endpoint (an
+    /// S3-compatible store serves STS there), else AWS's.
+    pub fn from_env(config: &aws_config::SdkConfig, store: Option<&str>) -> Option<WebIdentity> {
         let token_file = std::env::var_os(TOKEN_FILE_ENV)?;
         let role_arn = std::env::var(ROLE_ARN_ENV).ok()?;
+        let mut sts = aws_sdk_sts::config::Builder::from(config);
+        let sts_set = std::env::var(STS_ENDPOINT_ENV).is_ok_and(|e| !e.is_empty());
+        if let (false, Some(endpoint)) = (sts_set, store) {
+            sts = sts.endpoint_url(endpoint);
+        }
         Some(WebIdentity {
-            sts: aws_sdk_sts::Client::new(config),
+            sts: aws_sdk_sts::Client::from_conf(sts.build()),
             token_file: token_file.into(),
             role_arn,
             session_name: std::env::var(SESSION_NAME_ENV)

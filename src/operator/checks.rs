@@ -2,7 +2,7 @@
 //! refers to. Each problem carries a condition reason and a message that
 //! names what to fix, and never a Secret's value.
 
-use crate::api::{BucketSpec, CredentialsSecretRef, DatabaseBackup};
+use crate::api::{BucketSpec, CredentialsSecretRef, DatabaseBackup, IdentitySecretRef};
 use crate::reasons;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::storage::v1::StorageClass;
@@ -127,8 +127,19 @@ pub async fn check_references(db: &DatabaseBackup, client: &Client) -> Result<()
     let keys_optional = spec.jobs.service_account_name.is_some();
     check_bucket(client, &ns, &spec.bucket, keys_optional).await?;
     if let Some(encryption) = &spec.encryption {
-        let secret = get_secret(client, &ns, &encryption.recipients_secret.name).await?;
-        secret_value(&secret, &encryption.recipients_secret.key)?;
+        let recipients = &encryption.recipients_secret;
+        let secret = get_secret(client, &ns, &recipients.name).await?;
+        let text = String::from_utf8_lossy(secret_value(&secret, &recipients.key)?);
+        // The error names the line, never its text.
+        crate::api::parse_age_recipients(&text).map_err(|e| {
+            Problem::new(
+                reasons::INVALID_AGE_KEY,
+                format!("secret {:?} key {:?}: {e}", recipients.name, recipients.key),
+            )
+        })?;
+        if let Some(identity) = &encryption.identity_secret {
+            check_age_identity(client, &ns, identity).await?;
+        }
     }
     if let Some(class) = &spec.staging.storage_class_name {
         let classes: Api<StorageClass> = Api::all(client.clone());
@@ -139,6 +150,27 @@ pub async fn check_references(db: &DatabaseBackup, client: &Client) -> Result<()
             )
             .into());
         }
+    }
+    Ok(())
+}
+
+/// The Secret key holds one age identity.
+pub async fn check_age_identity(
+    client: &Client,
+    ns: &str,
+    identity: &IdentitySecretRef,
+) -> Result<(), CheckError> {
+    let secret = get_secret(client, ns, &identity.name).await?;
+    let text = String::from_utf8_lossy(secret_value(&secret, &identity.key)?);
+    if crate::api::parse_age_identity(&text).is_none() {
+        return Err(Problem::new(
+            reasons::INVALID_AGE_KEY,
+            format!(
+                "secret {:?} key {:?} holds no age X25519 identity (AGE-SECRET-KEY-1…)",
+                identity.name, identity.key
+            ),
+        )
+        .into());
     }
     Ok(())
 }

@@ -472,10 +472,6 @@ pub(crate) fn store_args(bucket: &BucketSpec) -> Vec<String> {
 /// access keys; `keys_optional` lets the Secret lack them.
 pub(crate) fn store_env(bucket: &BucketSpec, keys_optional: bool) -> Vec<EnvVar> {
     let secret = &bucket.secret_ref;
-    let endpoint = |name: &str| match &bucket.endpoint {
-        Some(url) => plain_env(name, url),
-        None => secret_env(name, &secret.name, &secret.endpoint_key, true),
-    };
     let mut env = vec![match &bucket.name {
         Some(name) => plain_env(names::BUCKET_ENV, name),
         None => secret_env(names::BUCKET_ENV, &secret.name, &secret.bucket_key, false),
@@ -495,20 +491,23 @@ pub(crate) fn store_env(bucket: &BucketSpec, keys_optional: bool) -> Vec<EnvVar>
                 keys_optional,
             ),
         ]),
-        // The SDK's own variables for AssumeRoleWithWebIdentity; an
-        // S3-compatible store serves STS at its S3 endpoint.
+        // The SDK's own variables for AssumeRoleWithWebIdentity.
         Some(identity) => env.extend([
-            plain_env("AWS_ROLE_ARN", &identity.role_arn),
-            plain_env(
-                "AWS_WEB_IDENTITY_TOKEN_FILE",
-                &format!("{TOKEN_MOUNT}/token"),
-            ),
-            plain_env("AWS_ROLE_SESSION_NAME", names::MANAGER),
-            endpoint("AWS_ENDPOINT_URL_STS"),
+            plain_env(names::ROLE_ARN_ENV, &identity.role_arn),
+            plain_env(names::TOKEN_FILE_ENV, &format!("{TOKEN_MOUNT}/token")),
+            plain_env(names::SESSION_NAME_ENV, names::MANAGER),
         ]),
     }
     env.extend([
-        endpoint(names::ENDPOINT_ENV),
+        match &bucket.endpoint {
+            Some(url) => plain_env(names::ENDPOINT_ENV, url),
+            None => secret_env(
+                names::ENDPOINT_ENV,
+                &secret.name,
+                &secret.endpoint_key,
+                true,
+            ),
+        },
         match &bucket.region {
             Some(region) => plain_env(names::REGION_ENV, region),
             None => secret_env(names::REGION_ENV, &secret.name, &secret.region_key, true),

@@ -136,6 +136,9 @@ async fn resolve_source(r: &DatabaseRestore, ctx: &Context) -> Result<Source, Ch
     };
     let keys_optional = source.service_account.is_some();
     checks::check_bucket(&ctx.client, &ns, &source.bucket, keys_optional).await?;
+    if let Some(identity) = &r.spec.identity_secret {
+        checks::check_age_identity(&ctx.client, &ns, identity).await?;
+    }
     checks::check_credentials(&ctx.client, &ns, &r.spec.target.credentials_secret).await?;
     Ok(source)
 }
