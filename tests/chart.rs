@@ -112,6 +112,7 @@ async fn helm_template_applies_cleanly_with_each_documented_switch() {
         &["replicas=2"],
         &["leaderElection.enabled=true,leaderElection.leaseDurationSeconds=30"],
         &["metrics.serviceMonitor.enabled=true,metrics.prometheusRule.enabled=true"],
+        &["metrics.dashboard.enabled=true"],
         &["metrics.service.enabled=false"],
         &["serviceAccount.create=false,serviceAccount.name=existing"],
         &["logFormat=text,image.tag=1.2.3,image.pullPolicy=Always"],
@@ -471,4 +472,107 @@ fn which(tool: &str) -> Option<PathBuf> {
             .map(|p| p.join(tool))
             .find(|p| p.exists())
     })
+}
+
+/// The metric names the operator's /metrics can hold: each family, with the
+/// suffixes its samples take. Families show only once they hold a series,
+/// so one backup gets one of each.
+fn exported_metric_names() -> std::collections::BTreeSet<String> {
+    let metrics = dbbackup_operator::operator::metrics::Metrics::default();
+    metrics.set_stale("shop", "orders", false);
+    metrics.set_verification("shop", "orders", true, Some(1), Some(1));
+    metrics.set_last_upload("shop", "orders", 1, Some(1));
+    metrics.step_finished("shop", "orders", "upload", Some(1), true);
+    metrics.reconcile_failed("APIError");
+    let text = metrics.encode();
+    let mut names = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        if let (Some("#"), Some("TYPE"), Some(name), Some(kind)) =
+            (words.next(), words.next(), words.next(), words.next())
+        {
+            let suffixes: &[&str] = match kind {
+                "counter" => &["_total"],
+                "histogram" => &["_bucket", "_sum", "_count"],
+                _ => &[""],
+            };
+            names.extend(suffixes.iter().map(|s| format!("{name}{s}")));
+        }
+    }
+    names
+}
+
+#[test]
+fn every_metric_the_dashboard_and_the_alerts_query_is_one_the_operator_exports() {
+    let exported = exported_metric_names();
+    assert!(
+        exported.contains("dbbackup_last_success_timestamp_seconds"),
+        "{exported:?}"
+    );
+    let files = [
+        format!("{CHART}/dashboards/dbbackup.json"),
+        format!("{CHART}/templates/prometheusrule.yaml"),
+    ];
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let mut queried = 0;
+        for (i, _) in text.match_indices("dbbackup_") {
+            let name: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if name == "dbbackup_operator" || name.starts_with("dbbackup_operator") {
+                continue;
+            }
+            assert!(
+                exported.contains(&name),
+                "{file}: {name} is not exported: {exported:?}"
+            );
+            queried += 1;
+        }
+        assert!(queried >= 3, "{file}");
+    }
+    // The dashboard is valid JSON, and every panel has a query.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{CHART}/dashboards/dbbackup.json")).unwrap(),
+    )
+    .unwrap();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        assert!(panel["targets"][0]["expr"].is_string(), "{panel}");
+    }
+}
+
+#[test]
+fn the_alert_rules_pass_promtool_check_and_their_unit_tests() {
+    let dir = tempfile::tempdir().unwrap();
+    let rendered = output(
+        Command::new(support::process::bin("helm"))
+            .args(["template", "dbb", CHART, "-n", RELEASE_NS])
+            .args(["--set", "metrics.prometheusRule.enabled=true"])
+            .args(["--show-only", "templates/prometheusrule.yaml"]),
+    );
+    assert!(rendered.status.success(), "{}", text(&rendered));
+    let rule: serde_yaml::Value = serde_yaml::from_slice(&rendered.stdout).unwrap();
+    let groups = serde_yaml::to_string(&serde_yaml::Mapping::from_iter([(
+        "groups".into(),
+        rule["spec"]["groups"].clone(),
+    )]))
+    .unwrap();
+    std::fs::write(dir.path().join("rules.yaml"), groups).unwrap();
+    std::fs::copy(
+        format!("{CHART}/tests/rules_test.yaml"),
+        dir.path().join("rules_test.yaml"),
+    )
+    .unwrap();
+    for args in [
+        ["check", "rules", "rules.yaml"],
+        ["test", "rules", "rules_test.yaml"],
+    ] {
+        let out = output(
+            Command::new(support::process::bin("promtool"))
+                .args(args)
+                .current_dir(dir.path()),
+        );
+        assert!(out.status.success(), "promtool {args:?}: {}", text(&out));
+    }
 }

@@ -379,7 +379,7 @@ async fn admission_rejects_bad_input_and_names_the_field() {
     };
     // A table: one case a line reads better than rustfmt's five.
     #[rustfmt::skip]
-    let cases: [(&[&str], serde_json::Value, &str, &str); 19] = [
+    let cases: [(&[&str], serde_json::Value, &str, &str); 21] = [
         (&["schedule"], serde_json::json!("not a cron"), "spec.schedule", "5-field cron"),
         (&["schedule"], serde_json::json!("0 0 3 * * *"), "spec.schedule", "seconds are not supported"),
         (&["schedule"], serde_json::json!("CRON_TZ=UTC 0 3 * * *"), "spec.schedule", "CRON_TZ"),
@@ -394,6 +394,8 @@ async fn admission_rejects_bad_input_and_names_the_field() {
         (&["bucket", "name"], serde_json::json!("Not_A_Bucket"), "spec.bucket.name", "valid S3 bucket name"),
         (&["bucket", "prefix"], serde_json::json!("/abs/"), "spec.bucket.prefix", "must not start with '/'"),
         (&["staging"], serde_json::json!({"size": "lots"}), "spec.staging.size", "quantity"),
+        (&["retention"], serde_json::json!({}), "spec.retention", "set at least one of keepLast, maxAge, keepDaily"),
+        (&["retention"], serde_json::json!({"keepWeekly": 0}), "spec.retention.keepWeekly", "greater than or equal to 1"),
         (&["bucket", "serverSideEncryption"], serde_json::json!({"type": "SSE-C"}), "spec.bucket.serverSideEncryption", "type SSE-C needs customerKeySecret"),
         (&["bucket", "serverSideEncryption"], serde_json::json!({"type": "AES256", "kmsKeyId": "k"}), "spec.bucket.serverSideEncryption", "kmsKeyId is only for type aws:kms"),
         (&["bucket", "objectLock"], serde_json::json!({"mode": "FOREVER", "days": 1}), "spec.bucket.objectLock.mode", "Unsupported value"),

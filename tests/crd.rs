@@ -59,6 +59,12 @@ fn crd_names_and_columns() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
+    // The size only with -o wide.
+    let size = &version["additionalPrinterColumns"][4];
+    assert_eq!(
+        (size["name"].as_str(), size["priority"].as_i64()),
+        (Some("Size"), Some(1))
+    );
     assert_eq!(
         columns,
         [
@@ -66,6 +72,7 @@ fn crd_names_and_columns() {
             "Schedule",
             "Last Upload",
             "Uploaded",
+            "Size",
             "Verified",
             "Ready",
             "Age"

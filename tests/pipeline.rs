@@ -597,3 +597,46 @@ async fn a_multipart_upload_carries_the_full_object_crc64nvme() {
         head.e_tag()
     );
 }
+
+/// Forty daily dumps, 2025-01-01 to 2025-02-09, each uploaded by the real
+/// upload step with a calendar policy; what stays is exactly the union of the
+/// tiers. (The dump's modification time names its date folder.)
+#[tokio::test]
+async fn gfs_retention_over_40_days_of_dumps_keeps_exactly_the_daily_weekly_and_monthly_ones() {
+    let minio = Minio::start();
+    create_bucket(&minio).await;
+    let opts = UploadOpts {
+        prefix: "p/".into(),
+        extra_args: ["--keep-daily=7", "--keep-weekly=4", "--keep-monthly=2"]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    };
+    let first = chrono::NaiveDate::from_ymd_opt(2025, 1, 1).unwrap();
+    for day in first.iter_days().take(40) {
+        let staging = Staging::new();
+        let dump = staging.staged_dump();
+        std::fs::write(&dump, format!("-- dump of {day}\n")).unwrap();
+        let noon = day.and_hms_opt(12, 0, 0).unwrap().and_utc();
+        std::fs::File::options()
+            .write(true)
+            .open(&dump)
+            .unwrap()
+            .set_modified(noon.into())
+            .unwrap();
+        let key = upload_ok(&minio, &staging, &opts);
+        assert_eq!(key, format!("p/{day}/datadump1.sql"));
+    }
+    let kept: Vec<String> = [
+        // Monthly: January's newest (Feb's is daily).
+        "01-31", // Weekly: the Sundays ending ISO weeks 3, 4, 5 (week 6's is daily).
+        "01-19", "01-26", "02-02", // Daily: the newest seven days.
+        "02-03", "02-04", "02-05", "02-06", "02-07", "02-08", "02-09",
+    ]
+    .iter()
+    .map(|d| format!("p/2025-{d}/datadump1.sql"))
+    .collect();
+    let mut expected = kept.clone();
+    expected.sort();
+    assert_eq!(bucket_keys(&minio).await, expected);
+}

@@ -616,3 +616,64 @@ async fn a_restore_of_a_missing_backup_waits_and_says_why() {
     })
     .await;
 }
+
+/// The per-backup metrics follow the status: absent before the first upload,
+/// then the upload's time and size and each step's duration; a failed pod
+/// counts once; all of them leave with the resource.
+#[tokio::test]
+async fn the_metrics_follow_uploads_and_failures_and_leave_with_the_resource() {
+    let (b, op, mut pods) = ready_bed(Engine::Mariadb, "").await;
+    let series = |name: &str, extra: &str| {
+        format!("{name}{{namespace=\"{}\",name=\"orders\"{extra}}}", b.ns)
+    };
+    let metrics = || op.metrics().encode();
+    let success = series("dbbackup_last_success_timestamp_seconds", "");
+    assert!(
+        !metrics().contains(&success),
+        "a timestamp before the first upload"
+    );
+
+    backup_now(&b, &mut pods, "first", &mut vec![]).await;
+    let status = status_of(&b).await;
+    let at = status.last_upload_time.unwrap().0.as_second();
+    let bytes = status.last_upload_size.unwrap();
+    wait_for("the upload's metrics", Duration::from_secs(30), || async {
+        let text = metrics();
+        (text.contains(&format!("{success} {at}"))
+            && text.contains(&format!(
+                "{} {bytes}",
+                series("dbbackup_last_upload_bytes", "")
+            ))
+            && text.contains(&series("dbbackup_step_duration_seconds", ",step=\"dump\""))
+            && text.contains(&series(
+                "dbbackup_step_duration_seconds",
+                ",step=\"upload\"",
+            )))
+        .then_some(())
+    })
+    .await;
+    assert_eq!(status.recent.len(), 1, "{:?}", status.recent);
+    assert_eq!(status.recent[0].size, Some(bytes));
+
+    // A wrong secret key: the next upload fails, and counts once.
+    apply_bucket_secret(&b, BUCKET, "not-the-secret", &b.minio.endpoint);
+    request_backup(&b, "second");
+    next_succeeded(&mut pods, "dump").await;
+    let failed = pods.finished(1, POD_TIMEOUT).await.remove(0);
+    assert_eq!(failed.step, "upload");
+    let failures = series("dbbackup_step_failures_total", ",step=\"upload\"");
+    wait_for("the failure's count", Duration::from_secs(30), || async {
+        metrics().contains(&format!("{failures} 1")).then_some(())
+    })
+    .await;
+
+    b.backups()
+        .delete("orders", &Default::default())
+        .await
+        .unwrap();
+    wait_for("the series to go", Duration::from_secs(30), || async {
+        let text = metrics();
+        (!text.contains(&success) && !text.contains(&failures)).then_some(())
+    })
+    .await;
+}

@@ -36,6 +36,12 @@ use std::collections::BTreeMap;
         json_path = ".status.lastUploadTime"
     ),
     printcolumn(
+        name = "Size",
+        type_ = "integer",
+        json_path = ".status.lastUploadSize",
+        priority = "1"
+    ),
+    printcolumn(
         name = "Verified",
         type_ = "date",
         json_path = ".status.lastVerifiedTime"
@@ -119,12 +125,13 @@ pub struct DatabaseBackupSpec {
 
 /// A retention policy, applied by the upload job right after a confirmed upload
 /// (never after a failed one), to the dumps under this resource's prefix only.
-/// A dump is kept when either rule keeps it, and the newest dump is always kept.
+/// A dump is kept when any rule keeps it, and the newest dump (and the newest
+/// verified one) is always kept.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = cel(&[(
-    "has(self.keepLast) || has(self.maxAge)",
-    "set keepLast, maxAge or both"
+    "has(self.keepLast) || has(self.maxAge) || has(self.keepDaily) || has(self.keepWeekly) || has(self.keepMonthly) || has(self.keepYearly)",
+    "set at least one of keepLast, maxAge, keepDaily, keepWeekly, keepMonthly, keepYearly"
 )])))]
 pub struct RetentionSpec {
     /// Keep the newest N dumps.
@@ -141,6 +148,23 @@ pub struct RetentionSpec {
         "must be an age in days, hours or minutes, such as 30d, 12h or 1d12h"
     )])))]
     pub max_age: Option<String>,
+    /// Keep the newest dump of each of the N newest days that have one (in
+    /// timeZone), as restic's --keep-daily.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub keep_daily: Option<i32>,
+    /// Keep the newest dump of each of the N newest ISO weeks that have one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub keep_weekly: Option<i32>,
+    /// Keep the newest dump of each of the N newest months that have one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub keep_monthly: Option<i32>,
+    /// Keep the newest dump of each of the N newest years that have one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub keep_yearly: Option<i32>,
 }
 
 fn default_time_zone() -> String {
@@ -299,6 +323,10 @@ pub struct DatabaseBackupStatus {
     /// Size in bytes of the last uploaded object.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_upload_size: Option<i64>,
+    /// The last uploads, newest first (at most 20): the catalog `kubectl get
+    /// dbb NAME -o yaml` shows without access to the bucket.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent: Vec<CatalogEntry>,
     /// When the last successful dump finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_dump_time: Option<Time>,
@@ -325,6 +353,30 @@ pub struct DatabaseBackupStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub processed_pods: Vec<String>,
 }
+
+/// One confirmed upload.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CatalogEntry {
+    /// Object key.
+    pub key: String,
+    /// Size in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<i64>,
+    /// When the upload was confirmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Time>,
+    /// The checksum the store confirmed: crc64nvme:<base64> or etag:<ETag>.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
+    /// Whether a restore drill of it passed (true) or failed (false); unset
+    /// until one ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<bool>,
+}
+
+/// How many uploads `status.recent` keeps.
+pub const RECENT_KEPT: usize = 20;
 
 /// The CRD, with the rules that apply to the whole object.
 pub fn crd()

@@ -50,6 +50,16 @@ pub struct UploadArgs {
     /// Retention: after a confirmed upload, keep only the newest N dumps under the prefix.
     #[arg(long)]
     pub keep_last: Option<usize>,
+    /// Retention: keep the newest dump of each of the N newest days (ISO
+    /// weeks, months, years) that have one, in --time-zone.
+    #[arg(long)]
+    pub keep_daily: Option<usize>,
+    #[arg(long)]
+    pub keep_weekly: Option<usize>,
+    #[arg(long)]
+    pub keep_monthly: Option<usize>,
+    #[arg(long)]
+    pub keep_yearly: Option<usize>,
     /// Retention never deletes this key: the newest dump that passed its restore drill.
     #[arg(long)]
     pub keep_verified: Option<String>,
@@ -258,6 +268,10 @@ async fn send(
     let policy = retention::Policy {
         keep_last: args.keep_last,
         max_age: args.max_age,
+        keep_daily: args.keep_daily,
+        keep_weekly: args.keep_weekly,
+        keep_monthly: args.keep_monthly,
+        keep_yearly: args.keep_yearly,
     };
     let more_log = prune(client, args, sse, policy, &key).await;
     Ok(JobResult {

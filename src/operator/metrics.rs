@@ -24,6 +24,13 @@ pub struct BackupLabel {
     pub name: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabel {
+    pub namespace: String,
+    pub name: String,
+    pub step: String,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     reconciles: Counter,
@@ -34,6 +41,10 @@ pub struct Metrics {
     verified_at: Family<BackupLabel, Gauge>,
     drill_seconds: Family<BackupLabel, Gauge>,
     drill_passed: Family<BackupLabel, Gauge>,
+    uploaded_at: Family<BackupLabel, Gauge>,
+    upload_bytes: Family<BackupLabel, Gauge>,
+    step_seconds: Family<StepLabel, Gauge>,
+    step_failures: Family<StepLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -83,8 +94,36 @@ impl Default for Metrics {
             "1 when the last restore drill passed, 0 when it failed",
             drill_passed.clone(),
         );
+        let uploaded_at = Family::<BackupLabel, Gauge>::default();
+        registry.register(
+            "last_success_timestamp_seconds",
+            "When the last confirmed upload of a DatabaseBackup finished (absent before the first)",
+            uploaded_at.clone(),
+        );
+        let upload_bytes = Family::<BackupLabel, Gauge>::default();
+        registry.register(
+            "last_upload_bytes",
+            "Size of the last confirmed upload",
+            upload_bytes.clone(),
+        );
+        let step_seconds = Family::<StepLabel, Gauge>::default();
+        registry.register(
+            "step_duration_seconds",
+            "How long the last finished pod of a step (dump, upload) ran",
+            step_seconds.clone(),
+        );
+        let step_failures = Family::<StepLabel, Counter>::default();
+        registry.register(
+            "step_failures",
+            "Pods of a step (dump, upload, verify) that failed",
+            step_failures.clone(),
+        );
         Metrics {
             registry,
+            uploaded_at,
+            upload_bytes,
+            step_seconds,
+            step_failures,
             reconciles,
             failures,
             duration,
@@ -183,6 +222,40 @@ impl Metrics {
         }
     }
 
+    /// The last confirmed upload: when (seconds since the epoch) and its size.
+    pub fn set_last_upload(&self, namespace: &str, name: &str, at: i64, bytes: Option<i64>) {
+        let label = BackupLabel {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        };
+        self.uploaded_at.get_or_create(&label).set(at);
+        if let Some(bytes) = bytes {
+            self.upload_bytes.get_or_create(&label).set(bytes);
+        }
+    }
+
+    /// A finished pod of `step`: how long it ran, and whether it failed.
+    pub fn step_finished(
+        &self,
+        namespace: &str,
+        name: &str,
+        step: &str,
+        seconds: Option<i64>,
+        failed: bool,
+    ) {
+        let label = StepLabel {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            step: step.to_string(),
+        };
+        if let Some(seconds) = seconds {
+            self.step_seconds.get_or_create(&label).set(seconds);
+        }
+        if failed {
+            self.step_failures.get_or_create(&label).inc();
+        }
+    }
+
     /// Drops a deleted backup's series, so that it is not reported stale for ever.
     pub fn forget_backup(&self, namespace: &str, name: &str) {
         let label = BackupLabel {
@@ -193,6 +266,17 @@ impl Metrics {
         self.verified_at.remove(&label);
         self.drill_seconds.remove(&label);
         self.drill_passed.remove(&label);
+        self.uploaded_at.remove(&label);
+        self.upload_bytes.remove(&label);
+        for step in ["dump", "upload", "verify"] {
+            let label = StepLabel {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                step: step.to_string(),
+            };
+            self.step_seconds.remove(&label);
+            self.step_failures.remove(&label);
+        }
     }
 
     pub fn reconciles(&self) -> u64 {

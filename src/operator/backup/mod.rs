@@ -45,6 +45,7 @@ pub async fn reconcile(db: Arc<DatabaseBackup>, ctx: Arc<Context>) -> Result<Act
         run_now(&db, &ctx, &children.dump, &mut pass).await?;
         chain_uploads(&db, &ctx, &children.upload, &reports, &pass.status).await?;
     }
+    publish_steps(&db, &ctx, &reports, &old);
     pass.record(reports, &present);
     let mut next_drill = None;
     if applied.is_ok() {
@@ -52,6 +53,7 @@ pub async fn reconcile(db: Arc<DatabaseBackup>, ctx: Arc<Context>) -> Result<Act
     }
     pass.record_stuck(stuck_pods(&db, &ctx));
     publish_verification(&db, &ctx, &pass.status);
+    publish_upload(&db, &ctx, &pass.status);
     let recheck = pass.judge_staleness(&db, &ctx, &old);
     let recheck = next_drill.map_or(recheck, |due| recheck.min(due));
     publish(&db, &ctx, &old, pass).await?;
@@ -348,6 +350,47 @@ fn drill_running(db: &DatabaseBackup, ctx: &Context) -> bool {
 }
 
 /// The last drill's metrics, from the status that records it.
+/// The metrics of pods this status has not reflected yet: each step's last
+/// duration, and its failures.
+fn publish_steps(
+    db: &DatabaseBackup,
+    ctx: &Context,
+    reports: &[PodReport],
+    old: &DatabaseBackupStatus,
+) {
+    let new = reports
+        .iter()
+        .filter(|r| !old.processed_pods.contains(&r.uid));
+    for r in new {
+        if r.step == Step::Upload && r.result.outcome == Outcome::Nothing {
+            continue;
+        }
+        let seconds = r
+            .started
+            .as_ref()
+            .map(|s| r.finished.0.as_second() - s.0.as_second());
+        ctx.metrics.step_finished(
+            &db.namespace().unwrap_or_default(),
+            &db.name_any(),
+            r.step.as_str(),
+            seconds,
+            r.result.outcome == Outcome::Failed,
+        );
+    }
+}
+
+/// The last confirmed upload, from the status (absent before the first).
+fn publish_upload(db: &DatabaseBackup, ctx: &Context, status: &DatabaseBackupStatus) {
+    if let Some(at) = &status.last_upload_time {
+        ctx.metrics.set_last_upload(
+            &db.namespace().unwrap_or_default(),
+            &db.name_any(),
+            at.0.as_second(),
+            status.last_upload_size,
+        );
+    }
+}
+
 fn publish_verification(db: &DatabaseBackup, ctx: &Context, status: &DatabaseBackupStatus) {
     let Some(last) = &status.last_verification else {
         return;

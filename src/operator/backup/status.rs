@@ -2,7 +2,7 @@
 //! conditions, and whether uploads are stale. Computed without the API.
 
 use super::reports::PodReport;
-use crate::api::{DatabaseBackupStatus, Verification};
+use crate::api::{CatalogEntry, DatabaseBackupStatus, RECENT_KEPT, Verification};
 use crate::jobresult::{Outcome, Step};
 use crate::operator::conditions::{
     DUMP_SUCCEEDED, Note, Observed, STALE, UPLOAD_SUCCEEDED, VERIFIED, set_condition,
@@ -68,6 +68,7 @@ fn observed(r: &PodReport, status: &mut DatabaseBackupStatus) -> Option<Observed
             status.last_upload_time = Some(r.finished.clone());
             status.last_upload_size = r.result.size.map(|s| s as i64);
             let key = r.result.key.clone().unwrap_or_default();
+            catalog(status, &key, r);
             (
                 UPLOAD_SUCCEEDED,
                 true,
@@ -82,6 +83,22 @@ fn observed(r: &PodReport, status: &mut DatabaseBackupStatus) -> Option<Observed
         (Step::Upload, Outcome::Nothing) | (Step::Fetch | Step::Restore, _) => return None,
     };
     Some(Observed::new(type_, succeeded, reason, message))
+}
+
+/// Puts a confirmed upload first in `recent`, once, and keeps it bounded.
+fn catalog(status: &mut DatabaseBackupStatus, key: &str, r: &PodReport) {
+    status.recent.retain(|e| e.key != key);
+    status.recent.insert(
+        0,
+        CatalogEntry {
+            key: key.to_string(),
+            size: r.result.size.map(|s| s as i64),
+            time: Some(r.finished.clone()),
+            checksum: r.result.checksum.clone(),
+            verified: None,
+        },
+    );
+    status.recent.truncate(RECENT_KEPT);
 }
 
 /// Records a drill in `lastVerification` (and, when it passed, as the newest
@@ -102,6 +119,9 @@ fn drilled(r: &PodReport, outcome: Outcome, status: &mut DatabaseBackupStatus) -
         checks: r.result.checks.clone(),
     });
     let key = key.unwrap_or_default();
+    if let Some(entry) = status.recent.iter_mut().find(|e| e.key == key) {
+        entry.verified = Some(passed);
+    }
     if !passed {
         let reason = r
             .result

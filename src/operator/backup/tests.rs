@@ -431,3 +431,33 @@ fn a_drill_schedule_is_due_once_its_time_passed_and_says_when_next() {
     );
     assert!(!due);
 }
+
+#[test]
+fn the_catalog_holds_the_newest_uploads_first_bounded_and_marks_drills() {
+    let mut status = DatabaseBackupStatus::default();
+    let pods: Vec<Pod> = (0..25)
+        .map(|i| upload_ok(&format!("u{i}"), 100 + i, &format!("k{i}")))
+        .collect();
+    let (r, present) = reports(&pods);
+    record_reports(&mut status, r, &present, Some(1), &at(200));
+    let keys: Vec<&str> = status.recent.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys.len(), crate::api::RECENT_KEPT);
+    assert_eq!((keys[0], keys[19]), ("k24", "k5"));
+    assert_eq!(status.recent[0].size, Some(10));
+    assert_eq!(status.recent[0].time, Some(at(124)));
+    // A drill's verdict lands on its entry.
+    let drill = pod(
+        "v1",
+        "verify",
+        "Succeeded",
+        0,
+        r#"{"step":"verify","outcome":"succeeded","key":"k23","tables":3,"log":"2026-11-25,03:10:00,backup verified k23 (3 tables)"}"#,
+        300,
+    );
+    let (r, _) = reports(std::slice::from_ref(&drill));
+    let mut present: Vec<String> = present;
+    present.push("v1".into());
+    record_reports(&mut status, r, &present, Some(1), &at(300));
+    assert_eq!(status.recent[1].verified, Some(true));
+    assert_eq!(status.recent[0].verified, None);
+}
