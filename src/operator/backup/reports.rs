@@ -60,18 +60,20 @@ pub fn pod_report(pod: &Pod, tz: chrono_tz::Tz) -> Option<PodReport> {
     };
     let result = parsed.unwrap_or_else(|| {
         if oom {
-            return failure(step, &finished, tz, &out_of_memory(pod));
+            return failure(step, &finished, tz, &out_of_memory(pod, None));
         }
         let cause = match terminated {
             Some(t) => exit_cause(t),
-            None => format!(
-                "pod failed: {}",
-                status
-                    .reason
-                    .clone()
-                    .or(status.message.clone())
-                    .unwrap_or_else(|| "unknown reason".into())
-            ),
+            None => init_failure(pod).unwrap_or_else(|| {
+                format!(
+                    "pod failed: {}",
+                    status
+                        .reason
+                        .clone()
+                        .or(status.message.clone())
+                        .unwrap_or_else(|| "unknown reason".into())
+                )
+            }),
         };
         failure(step, &finished, tz, &cause)
     });
@@ -107,12 +109,36 @@ fn fetch_failure(pod: &Pod) -> Option<JobResult> {
     })
 }
 
-/// "out of memory (limit 64Mi)": the limit of the pod's container, if any.
-fn out_of_memory(pod: &Pod) -> String {
+/// Why an init container failed, so the step never started: "container
+/// \"copy-binary\": out of memory (limit 24Mi)" rather than an unknown reason.
+fn init_failure(pod: &Pod) -> Option<String> {
+    let (name, t) = pod
+        .status
+        .as_ref()?
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .find_map(|c| {
+            let t = c.state.as_ref()?.terminated.as_ref()?;
+            (t.exit_code != 0).then_some((&c.name, t))
+        })?;
+    let cause = match t.reason.as_deref() {
+        Some("OOMKilled") => out_of_memory(pod, Some(name)),
+        _ => exit_cause(t),
+    };
+    Some(format!("container {name:?}: {cause}"))
+}
+
+/// "out of memory (limit 64Mi)": the limit of the init container `init`, or
+/// else of the pod's container, if any.
+fn out_of_memory(pod: &Pod, init: Option<&str>) -> String {
     let limit = pod
         .spec
         .as_ref()
-        .and_then(|s| s.containers.first())
+        .and_then(|s| match init {
+            Some(name) => s.init_containers.iter().flatten().find(|c| c.name == name),
+            None => s.containers.first(),
+        })
         .and_then(|c| {
             c.resources
                 .as_ref()?

@@ -145,6 +145,57 @@ fn an_oom_kill_names_the_memory_limit_over_the_steps_own_result() {
     );
 }
 
+/// A pod whose init container was killed never ran its step: the line says
+/// which container, and its own limit, instead of "unknown reason".
+#[test]
+fn a_failed_init_container_is_named_with_its_cause() {
+    let p: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": { "uid": "x", "creationTimestamp": "2025-11-25T03:00:00Z",
+                      "labels": { "dbbackup.io/step": "dump" } },
+        "spec": {
+            "initContainers": [{ "name": "copy-binary",
+                                 "resources": {"limits": {"memory": "24Mi"}} }],
+            "containers": [{ "name": "dump", "resources": {"limits": {"memory": "1Gi"}} }]
+        },
+        "status": {
+            "phase": "Failed",
+            "initContainerStatuses": [{
+                "name": "copy-binary", "image": "", "imageID": "", "ready": false,
+                "restartCount": 0,
+                "state": { "terminated": { "exitCode": 137, "reason": "OOMKilled" } }
+            }],
+            "containerStatuses": [{
+                "name": "dump", "image": "", "imageID": "", "ready": false,
+                "restartCount": 0,
+                "state": { "waiting": { "reason": "PodInitializing" } }
+            }]
+        }
+    }))
+    .unwrap();
+    let paris = chrono_tz::Tz::from_str("Europe/Paris").unwrap();
+    assert_eq!(
+        pod_report(&p, paris).unwrap().result.log,
+        "2025-11-25,04:00:00,database dump failed: container \"copy-binary\": \
+         out of memory (limit 24Mi)"
+    );
+    let mut p = p;
+    let init = &mut p
+        .status
+        .as_mut()
+        .unwrap()
+        .init_container_statuses
+        .as_mut()
+        .unwrap()[0];
+    let t = init.state.as_mut().unwrap().terminated.as_mut().unwrap();
+    t.exit_code = 1;
+    t.reason = Some("Error".into());
+    assert_eq!(
+        pod_report(&p, paris).unwrap().result.log,
+        "2025-11-25,04:00:00,database dump failed: container \"copy-binary\": \
+         container exited with code 1 (Error)"
+    );
+}
+
 fn waiting(step: &str, reason: &str, message: &str) -> Pod {
     serde_json::from_value(serde_json::json!({
         "metadata": { "name": "orders-dump-1-x", "labels": { "dbbackup.io/step": step } },
