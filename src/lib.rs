@@ -7,6 +7,7 @@ pub mod jobs;
 pub mod logline;
 pub mod names;
 pub mod operator;
+pub mod plugin;
 pub mod reasons;
 
 pub use api::{

@@ -34,6 +34,13 @@ pub const UPLOADS_CURRENT: &str = "UploadsCurrent";
 pub const NO_RECENT_UPLOAD: &str = "NoRecentUpload";
 pub const BACKUP_STALE: &str = "BackupStale";
 pub const BACKUP_REQUESTED: &str = "BackupRequested";
+/// A dump pod started running (the healthchecks "start" ping says so).
+pub const DUMP_STARTED: &str = "DumpStarted";
+
+// Notified: how the last message to each notification target went.
+pub const NOTIFICATIONS_READY: &str = "NotificationsReady";
+pub const NOTIFICATIONS_DELIVERED: &str = "NotificationsDelivered";
+pub const NOTIFICATION_FAILED: &str = "NotificationFailed";
 
 // Restored: where a restore stands.
 pub const PENDING: &str = "Pending";

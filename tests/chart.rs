@@ -306,30 +306,6 @@ async fn rbac_allows_exactly_what_the_controller_needs() {
     assert!(!can_i(&cp, &["list", "pods", "-A"]));
 }
 
-/// A kubeconfig that authenticates with the chart's ServiceAccount token.
-fn service_account_kubeconfig(cp: &ControlPlane) -> PathBuf {
-    let token = kubectl_ok(
-        cp,
-        &["create", "token", SA, "-n", RELEASE_NS, "--duration=1h"],
-    );
-    let admin = std::fs::read_to_string(&cp.kubeconfig).unwrap();
-    let ca = admin
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("certificate-authority-data: "))
-        .unwrap();
-    let path = cp.dir().join("operator-sa.kubeconfig");
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\nusers:\n- name: sa\n  user:\n    token: {}\ncontexts:\n- name: c\n  context: {{cluster: c, user: sa}}\ncurrent-context: c\n",
-            cp.url,
-            token.trim()
-        ),
-    )
-    .unwrap();
-    path
-}
-
 #[tokio::test]
 async fn the_operator_with_the_charts_service_account_reconciles() {
     let cp = cluster().await;
@@ -349,7 +325,7 @@ async fn the_operator_with_the_charts_service_account_reconciles() {
     ])
     .arg(format!("--listen=127.0.0.1:{port}"))
     .env_clear()
-    .env("KUBECONFIG", service_account_kubeconfig(&cp))
+    .env("KUBECONFIG", token_kubeconfig(&cp, RELEASE_NS, SA))
     .env("POD_NAME", "operator-0")
     .env("DBBACKUP_UPLOADER_IMAGE", UPLOADER_IMAGE);
     let log_dir = tempfile::tempdir().unwrap();
@@ -577,6 +553,9 @@ fn the_alert_rules_pass_promtool_check_and_their_unit_tests() {
     }
 }
 
+/// The workflow lints clean, pushes the image the chart defaults to, and
+/// builds a plugin archive for each platform of the Krew manifest, under the
+/// name the manifest downloads.
 #[test]
 fn the_release_workflow_passes_actionlint_and_pushes_the_charts_default_image() {
     let root = env!("CARGO_MANIFEST_DIR");
@@ -592,4 +571,24 @@ fn the_release_workflow_passes_actionlint_and_pushes_the_charts_default_image() 
     let workflow = read(".github/workflows/release.yaml");
     let values = read("charts/dbbackup-operator/values.yaml");
     assert_eq!(workflow["env"]["IMAGE"], values["image"]["repository"]);
+
+    let krew = read("krew/dbbackup.yaml");
+    let platforms = krew["spec"]["platforms"].as_sequence().unwrap();
+    let built = workflow["jobs"]["plugin"]["strategy"]["matrix"]["include"]
+        .as_sequence()
+        .unwrap();
+    assert_eq!(platforms.len(), built.len());
+    for m in built {
+        let (os, arch) = (m["os"].as_str().unwrap(), m["arch"].as_str().unwrap());
+        let p = platforms
+            .iter()
+            .find(|p| {
+                let labels = &p["selector"]["matchLabels"];
+                labels["os"].as_str() == Some(os) && labels["arch"].as_str() == Some(arch)
+            })
+            .unwrap_or_else(|| panic!("no Krew platform for {os}/{arch}"));
+        let uri = p["uri"].as_str().unwrap();
+        assert!(uri.ends_with(&format!("/kubectl-dbbackup-{os}-{arch}.tar.gz")), "{uri}");
+        assert_eq!(p["bin"], "kubectl-dbbackup");
+    }
 }

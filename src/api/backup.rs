@@ -1,6 +1,7 @@
 //! The `DatabaseBackup` resource: what to dump, when, and where to keep it.
 
 use super::common::*;
+use super::notify::NotifyTarget;
 use super::verify::{Verification, VerifySpec};
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -121,6 +122,15 @@ pub struct DatabaseBackupSpec {
     /// Restore drills that prove dumps restorable. Unset runs none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<VerifySpec>,
+
+    /// Where the operator sends word of failures, staleness, failed drills
+    /// and (when asked) successes. Each message is sent at most once, retried
+    /// with backoff; a target that cannot be reached sets the Notified
+    /// condition, and never holds up the backups.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub notify: Vec<NotifyTarget>,
 }
 
 /// A retention policy, applied by the upload job right after a confirmed upload

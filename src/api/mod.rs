@@ -7,10 +7,12 @@
 
 mod backup;
 mod common;
+mod notify;
 mod restore;
 mod verify;
 
 pub use backup::*;
 pub use common::*;
+pub use notify::*;
 pub use restore::*;
 pub use verify::*;

@@ -85,30 +85,7 @@ async fn fetch(args: &FetchArgs) -> Result<JobResult, Failure> {
         args.key.clone()
     };
     info!(%key, "downloading");
-    let got = get(&client, bucket, &key, &sse).await?;
-    let etag = got
-        .e_tag()
-        .unwrap_or_default()
-        .trim_matches('"')
-        .to_string();
-    let encrypted = key.ends_with(".age");
-    let download = match encrypted {
-        true => args.out.with_extension("age-download"),
-        false => args.out.clone(),
-    };
-    // An ETag that is no MD5 must not be checked as one.
-    let etag = if sse.hides_md5() { String::new() } else { etag };
-    let saved = save(got, &etag, &key, &download).await;
-    let saved = match (saved, encrypted) {
-        (Ok(saved), true) => {
-            decrypt(&download, &args.out, &key, args.identity.as_ref()).map(|()| saved)
-        }
-        (other, _) => other,
-    };
-    if encrypted {
-        let _ = std::fs::remove_file(&download);
-    }
-    let (size, proof) = saved?;
+    let (size, proof) = download(&client, &sse, bucket, &key, &args.out, args.identity.as_ref()).await?;
     let how = if proof.is_some() {
         "checksum verified"
     } else {
@@ -128,6 +105,42 @@ async fn fetch(args: &FetchArgs) -> Result<JobResult, Failure> {
         tables: None,
         checks: vec![],
     })
+}
+
+/// Downloads `key` into `out`: checked against the store's checksum,
+/// decrypted with `identity` when the key ends in .age, and decompressed by
+/// its suffix. Returns its size and the checksum that held, if any could be
+/// checked; leaves `out` only when every byte checked out.
+pub async fn download(
+    client: &aws_sdk_s3::Client,
+    sse: &store::Sse,
+    bucket: &str,
+    key: &str,
+    out: &Path,
+    identity: Option<&Hidden>,
+) -> Result<(u64, Option<String>), Failure> {
+    let got = get(client, bucket, key, sse).await?;
+    let etag = got
+        .e_tag()
+        .unwrap_or_default()
+        .trim_matches('"')
+        .to_string();
+    let encrypted = key.ends_with(".age");
+    let download = match encrypted {
+        true => out.with_extension("age-download"),
+        false => out.to_path_buf(),
+    };
+    // An ETag that is no MD5 must not be checked as one.
+    let etag = if sse.hides_md5() { String::new() } else { etag };
+    let saved = save(got, &etag, key, &download).await;
+    let saved = match (saved, encrypted) {
+        (Ok(saved), true) => decrypt(&download, out, key, identity).map(|()| saved),
+        (other, _) => other,
+    };
+    if encrypted {
+        let _ = std::fs::remove_file(&download);
+    }
+    saved
 }
 
 async fn get(
@@ -247,7 +260,7 @@ fn cannot_write(out: &Path, e: std::io::Error) -> Failure {
 }
 
 /// The newest of our dumps under `prefix`.
-async fn latest(
+pub async fn latest(
     client: &aws_sdk_s3::Client,
     bucket: &str,
     prefix: &str,

@@ -77,11 +77,12 @@ impl Policy {
     }
 }
 
-/// An object as listed: its key and when the store last modified it.
+/// An object as listed: its key, when the store last modified it, and its size.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listed {
     pub key: String,
     pub last_modified: Option<DateTime<Utc>>,
+    pub size: Option<i64>,
 }
 
 /// The date and index of one of our dumps under `prefix`, or None for any other key.
@@ -165,6 +166,7 @@ mod tests {
         Listed {
             key: key.into(),
             last_modified: modified,
+            size: None,
         }
     }
 

@@ -338,6 +338,7 @@ pub async fn list_objects(
                 last_modified: o
                     .last_modified()
                     .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())),
+                size: o.size(),
             })
         }));
     }

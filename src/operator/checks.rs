@@ -7,6 +7,7 @@ use crate::reasons;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::{Api, Client, ResourceExt};
+use std::collections::HashMap;
 use std::str::FromStr;
 
 /// A user-fixable problem with a `DatabaseBackup`.
@@ -107,6 +108,36 @@ fn secret_value<'a>(secret: &'a Secret, key: &str) -> Result<&'a [u8], Problem> 
             format!("secret {:?} has no key {key:?}", secret.name_any()),
         )),
     }
+}
+
+/// Each notification target's URL, read from its Secret, or what is wrong
+/// with it (never the URL itself: it is a credential). An API error is
+/// returned as such: the next reconcile reads again.
+pub async fn notify_urls(
+    db: &DatabaseBackup,
+    client: &Client,
+) -> Result<HashMap<String, Result<String, String>>, kube::Error> {
+    let ns = db.namespace().unwrap_or_default();
+    let mut urls = HashMap::new();
+    for t in &db.spec.notify {
+        let s = &t.url_secret;
+        let url = match get_secret(client, &ns, &s.name).await {
+            Err(CheckError::Kube(e)) => return Err(e),
+            Err(CheckError::Problem(p)) => Err(p.message),
+            Ok(secret) => match secret_value(&secret, &s.key) {
+                Err(p) => Err(p.message),
+                Ok(v) => {
+                    let url = String::from_utf8_lossy(v).trim().to_string();
+                    match super::notify::check_url(&url) {
+                        Ok(()) => Ok(url),
+                        Err(e) => Err(format!("the value of key {:?} in secret {:?} {e}", s.key, s.name)),
+                    }
+                }
+            },
+        };
+        urls.insert(t.name.clone(), url);
+    }
+    Ok(urls)
 }
 
 /// Either a user-fixable problem, or the API failing us.

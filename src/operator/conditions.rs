@@ -9,6 +9,8 @@ pub const UPLOAD_SUCCEEDED: &str = "UploadSucceeded";
 pub const STALE: &str = "Stale";
 /// Whether the last restore drill proved the dump it drilled restorable.
 pub const VERIFIED: &str = "Verified";
+/// Whether every notification target took its last message.
+pub const NOTIFIED: &str = "Notified";
 /// The condition a restore reports.
 pub const RESTORED: &str = "Restored";
 

@@ -8,6 +8,7 @@ pub mod checks;
 pub mod conditions;
 pub mod leader;
 pub mod metrics;
+pub mod notify;
 pub mod pod;
 pub mod restore;
 pub mod results;
@@ -92,6 +93,8 @@ pub struct Context {
     pub(crate) pvcs: Store<PartialObjectMeta<PersistentVolumeClaim>>,
     writers: Mutex<Option<Writers>>,
     pub(crate) reporter: Reporter,
+    /// Delivers notifications off the reconcile path.
+    pub(crate) notifier: Arc<notify::Notifier>,
     /// Consecutive failures per resource, for exponential backoff.
     pub(crate) failures: Mutex<HashMap<ObjectRef<DatabaseBackup>, u32>>,
     pub(crate) restore_failures: Mutex<HashMap<ObjectRef<DatabaseRestore>, u32>>,
@@ -102,6 +105,8 @@ struct Writers {
     jobs: Writer<Job>,
     cronjobs: Writer<PartialObjectMeta<CronJob>>,
     pvcs: Writer<PartialObjectMeta<PersistentVolumeClaim>>,
+    /// Backups whose notification outcome changed, to reconcile.
+    notified: Option<futures::channel::mpsc::UnboundedReceiver<ObjectRef<DatabaseBackup>>>,
 }
 
 impl Context {
@@ -114,6 +119,7 @@ impl Context {
         // `applied`), and whole CronJobs were most of the operator's memory.
         let (cronjobs, cronjob_writer) = reflector::store();
         let (pvcs, pvc_writer) = reflector::store();
+        let (notifier, notified) = notify::Notifier::new(notify::Retry::default());
         Context {
             client,
             settings,
@@ -127,11 +133,13 @@ impl Context {
                 jobs: job_writer,
                 cronjobs: cronjob_writer,
                 pvcs: pvc_writer,
+                notified: Some(notified),
             })),
             reporter: Reporter {
                 controller: names::MANAGER.into(),
                 instance: std::env::var("POD_NAME").ok(),
             },
+            notifier,
             failures: Mutex::new(HashMap::new()),
             restore_failures: Mutex::new(HashMap::new()),
         }
@@ -142,13 +150,14 @@ impl Context {
 /// and Jobs, and start once every cache holds its first list.
 pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     let ns = namespace.as_deref();
-    let writers = ctx
+    let mut writers = ctx
         .writers
         .lock()
         .unwrap()
         .take()
         .expect("a Context runs one controller");
-    let backups = backup_controller(&ctx, ns, &writers);
+    let notified = writers.notified.take().expect("taken once");
+    let backups = backup_controller(&ctx, ns, &writers, notified);
     let restores = restore_controller(&ctx, ns, &writers);
     let caches = drive_caches(&ctx.client, ns, writers);
     // Results count only once every cache holds its first list, so a restart
@@ -208,12 +217,14 @@ fn backup_controller(
     ctx: &Arc<Context>,
     ns: Option<&str>,
     writers: &Writers,
+    notified: futures::channel::mpsc::UnboundedReceiver<ObjectRef<DatabaseBackup>>,
 ) -> impl Future<Output = ()> + use<> {
     let client = &ctx.client;
     // Status writes bump resourceVersion but not generation; reconciling on them
     // would only redo work. Annotations pass, for the "back up now" trigger.
     let (reader, writer) = reflector::store();
     let metrics = ctx.metrics.clone();
+    let notifier = ctx.notifier.clone();
     let triggers = watch(
         api::<DatabaseBackup>(client, ns),
         &watcher::Config::default(),
@@ -222,6 +233,7 @@ fn backup_controller(
     .inspect(move |event| {
         if let Ok(watcher::Event::Delete(db)) = event {
             metrics.forget_backup(&db.namespace().unwrap_or_default(), &db.name_any());
+            notifier.forget(&ObjectRef::from_obj(db));
         }
     })
     .applied_objects()
@@ -239,6 +251,7 @@ fn backup_controller(
         .owns(api::<PartialObjectMeta<PersistentVolumeClaim>>(client, ns), ours())
         .watches_shared_stream(writers.pods.subscribe().expect("a shared store"), to_backup::<Pod>)
         .watches_shared_stream(writers.jobs.subscribe().expect("a shared store"), to_backup::<Job>)
+        .reconcile_on(notified)
         .shutdown_on_signal()
         .run(
             |db, ctx| {

@@ -228,3 +228,31 @@ pub async fn wait_events(
     })
     .await
 }
+
+/// A kubeconfig that authenticates as ServiceAccount `ns/sa`, with a token
+/// from the TokenRequest API: a user with exactly that account's rights.
+pub fn token_kubeconfig(cp: &super::ControlPlane, ns: &str, sa: &str) -> std::path::PathBuf {
+    let out = cp
+        .kubectl()
+        .args(["create", "token", sa, "-n", ns, "--duration=1h"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap();
+    let admin = std::fs::read_to_string(&cp.kubeconfig).unwrap();
+    let ca = admin
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("certificate-authority-data: "))
+        .unwrap();
+    let path = cp.dir().join(format!("{ns}-{sa}.kubeconfig"));
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\nusers:\n- name: sa\n  user:\n    token: {}\ncontexts:\n- name: c\n  context: {{cluster: c, user: sa}}\ncurrent-context: c\n",
+            cp.url,
+            token.trim()
+        ),
+    )
+    .unwrap();
+    path
+}

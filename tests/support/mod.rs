@@ -17,6 +17,7 @@ pub mod node;
 pub mod operator;
 pub mod pki;
 pub mod pods;
+pub mod receiver;
 pub mod postgres;
 pub mod process;
 pub mod steps;

@@ -16,9 +16,10 @@ pub use reports::{PodReport, job_report, pod_report, stuck};
 pub use status::{LOG_LINES_KEPT, record_reports, staleness};
 
 use super::apiserver::{apply, backoff_after, create_job, labelled_owner, write_status};
-use super::conditions::{self, Note, Observed, READY, STALE};
+use super::conditions::{self, NOTIFIED, Note, Observed, READY, STALE};
+use super::notify::Notice;
 use super::{Context, Error, checks, results};
-use crate::api::{DatabaseBackup, DatabaseBackupStatus};
+use crate::api::{DatabaseBackup, DatabaseBackupStatus, NotifyEvent};
 use crate::jobresult::{Outcome, Step};
 use crate::{names, reasons};
 use k8s_openapi::api::batch::v1::CronJob;
@@ -52,11 +53,18 @@ pub async fn reconcile(db: Arc<DatabaseBackup>, ctx: Arc<Context>) -> Result<Act
         next_drill = start_drill(&db, &ctx, &mut pass).await?;
     }
     pass.record_stuck(stuck_pods(&db, &ctx));
+    pass.notices.extend(started_dumps(&db, &ctx));
     publish_verification(&db, &ctx, &pass.status);
     publish_upload(&db, &ctx, &pass.status);
     let recheck = pass.judge_staleness(&db, &ctx, &old);
     let recheck = next_drill.map_or(recheck, |due| recheck.min(due));
+    let urls = pass.judge_notifications(&db, &ctx).await?;
+    let notices = std::mem::take(&mut pass.notices);
     publish(&db, &ctx, &old, pass).await?;
+    // Only once the status that records them is written: a failed write
+    // finds them again in the next pass, and nothing goes out twice.
+    ctx.notifier
+        .send(&ObjectRef::from_obj(&*db), &db.spec.notify, &urls, &notices);
     applied?;
     ctx.failures
         .lock()
@@ -103,6 +111,8 @@ fn ready(applied: &Result<Children, Error>) -> Observed {
 struct Pass {
     status: DatabaseBackupStatus,
     notes: Vec<Note>,
+    /// What the notification targets hear of, once the status is written.
+    notices: Vec<Notice>,
     ready: Observed,
     generation: Option<i64>,
     now: Time,
@@ -119,6 +129,7 @@ impl Pass {
         Pass {
             status,
             notes: vec![],
+            notices: vec![],
             ready,
             generation,
             now,
@@ -135,7 +146,7 @@ impl Pass {
     }
 
     fn record(&mut self, reports: Vec<PodReport>, present: &[String]) {
-        let notes = record_reports(
+        let (notes, notices) = record_reports(
             &mut self.status,
             reports,
             present,
@@ -143,6 +154,44 @@ impl Pass {
             &self.now,
         );
         self.notes.extend(notes);
+        self.notices.extend(notices);
+    }
+
+    /// Hands the notifier the targets and their URLs, and sets Notified from
+    /// how their deliveries went (an Event when that turns). Returns the URLs.
+    async fn judge_notifications(
+        &mut self,
+        db: &DatabaseBackup,
+        ctx: &Context,
+    ) -> Result<HashMap<String, Result<String, String>>, Error> {
+        let key = ObjectRef::from_obj(db);
+        let urls = match db.spec.notify.is_empty() {
+            true => HashMap::new(),
+            false => checks::notify_urls(db, &ctx.client).await?,
+        };
+        ctx.notifier.configure(&key, &db.spec.notify, &urls);
+        let Some(notified) = ctx.notifier.condition(&key) else {
+            self.status.conditions.retain(|c| c.type_ != NOTIFIED);
+            return Ok(urls);
+        };
+        let was = conditions::find(&self.status.conditions, NOTIFIED)
+            .map(|c| (c.status == "True", c.message.clone()));
+        let turned = match &was {
+            None => !notified.status,
+            Some((status, message)) => {
+                *status != notified.status || (!notified.status && *message != notified.message)
+            }
+        };
+        if turned {
+            self.note(!notified.status, &notified.reason, notified.message.clone());
+        }
+        conditions::set_condition(
+            &mut self.status.conditions,
+            &notified,
+            self.generation,
+            &self.now,
+        );
+        Ok(urls)
     }
 
     /// Pods that cannot start, each said once (not at every kubelet retry).
@@ -189,6 +238,17 @@ impl Pass {
             conditions::find(&old.conditions, STALE).is_some_and(|c| c.status == "True");
         if stale.status && !was_stale {
             self.note(true, reasons::BACKUP_STALE, stale.message.clone());
+            self.notices.push(Notice {
+                event: NotifyEvent::Stale,
+                id: format!(
+                    "stale:{}",
+                    self.status.last_upload_time.as_ref().map_or(0, |t| t.0.as_second())
+                ),
+                reason: reasons::NO_RECENT_UPLOAD.into(),
+                message: stale.message.clone(),
+                key: None,
+                time: self.now.clone(),
+            });
         }
         conditions::set_condition(
             &mut self.status.conditions,
@@ -522,6 +582,39 @@ fn upload_started_since(db: &DatabaseBackup, ctx: &Context, dump: &str, ended: &
             && node(p).as_ref() == Some(&dump_node)
             && started(p).is_some_and(|t| t.0.as_second() > ended.0.as_second())
     })
+}
+
+/// A notice for each dump pod of this backup that has not finished: the
+/// "start" ping. Its creation is always seen, unlike a Running phase a short
+/// dump may pass through between two reconciles; a start after the end would
+/// read as a run that never finished, so a finished pod gets none.
+fn started_dumps(db: &DatabaseBackup, ctx: &Context) -> Vec<Notice> {
+    if !db.spec.notify.iter().any(|t| t.wants(NotifyEvent::Start)) {
+        return vec![];
+    }
+    let key = Some(ObjectRef::from_obj(db));
+    let dump = Some(Step::Dump.as_str());
+    ctx.pods
+        .state()
+        .iter()
+        .filter(|p| labelled_owner(&***p, names::LABEL_BACKUP) == key)
+        .filter(|p| p.labels().get(names::LABEL_STEP).map(String::as_str) == dump)
+        .filter(|p| {
+            let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+            p.metadata.deletion_timestamp.is_none()
+                && !matches!(phase, Some("Succeeded" | "Failed"))
+        })
+        .filter_map(|p| {
+            Some(Notice {
+                event: NotifyEvent::Start,
+                id: format!("{}:start", p.uid()?),
+                reason: reasons::DUMP_STARTED.into(),
+                message: format!("database dump started (pod {})", p.name_any()),
+                key: None,
+                time: p.metadata.creation_timestamp.clone()?,
+            })
+        })
+        .collect()
 }
 
 /// Pods of this backup that cannot start, as the conditions of their steps.

@@ -4,9 +4,11 @@
 use super::reports::PodReport;
 use crate::api::{CatalogEntry, DatabaseBackupStatus, RECENT_KEPT, Verification};
 use crate::jobresult::{Outcome, Step};
+use crate::api::NotifyEvent;
 use crate::operator::conditions::{
     DUMP_SUCCEEDED, Note, Observed, STALE, UPLOAD_SUCCEEDED, VERIFIED, set_condition,
 };
+use crate::operator::notify::Notice;
 use crate::operator::results::to_chrono;
 use crate::reasons;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -17,19 +19,21 @@ pub const LOG_LINES_KEPT: usize = 50;
 /// Folds new pod reports into the status: log lines (oldest first, bounded),
 /// last dump and upload, conditions. Each pod counts once: its UID is recorded
 /// in the same write as its lines, so a restart neither repeats nor loses any.
+/// Returns the Events to publish and the notices to send.
 pub fn record_reports(
     status: &mut DatabaseBackupStatus,
     mut reports: Vec<PodReport>,
     present: &[String],
     generation: Option<i64>,
     now: &Time,
-) -> Vec<Note> {
+) -> (Vec<Note>, Vec<Notice>) {
     // Pods and Jobs that no longer exist cannot be reported again.
     status.processed_pods.retain(|uid| present.contains(uid));
     let covered: Vec<String> = reports.iter().filter_map(|r| r.job.clone()).collect();
     reports.retain(|r| !status.processed_pods.contains(&r.uid) && !covered.contains(&r.uid));
     reports.sort_by(|a, b| a.finished.0.cmp(&b.finished.0).then(a.uid.cmp(&b.uid)));
     let mut notes = vec![];
+    let mut notices = vec![];
     for r in reports {
         status.processed_pods.push(r.uid.clone());
         if let Some(job) = &r.job
@@ -41,6 +45,16 @@ pub fn record_reports(
         status.log.extend(r.result.more_log.iter().cloned());
         if let Some(observed) = observed(&r, status) {
             set_condition(&mut status.conditions, &observed, generation, now);
+            if let Some(event) = notify_event(&observed) {
+                notices.push(Notice {
+                    event,
+                    id: r.uid.clone(),
+                    reason: observed.reason.clone(),
+                    message: observed.message.clone(),
+                    key: r.result.key.clone().or_else(|| r.key.clone()),
+                    time: r.finished.clone(),
+                });
+            }
             notes.push(Note {
                 warning: !observed.status,
                 reason: observed.reason.clone(),
@@ -50,7 +64,17 @@ pub fn record_reports(
     }
     let excess = status.log.len().saturating_sub(LOG_LINES_KEPT);
     status.log.drain(..excess);
-    notes
+    (notes, notices)
+}
+
+/// What a report's condition tells the notification targets, if anything.
+fn notify_event(observed: &Observed) -> Option<NotifyEvent> {
+    match (observed.type_, observed.status) {
+        (DUMP_SUCCEEDED | UPLOAD_SUCCEEDED, false) => Some(NotifyEvent::Failure),
+        (UPLOAD_SUCCEEDED, true) => Some(NotifyEvent::Success),
+        (VERIFIED, false) => Some(NotifyEvent::VerificationFailure),
+        _ => None,
+    }
 }
 
 /// The condition a report sets (its Event says the same), and the last dump

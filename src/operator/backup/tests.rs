@@ -91,7 +91,7 @@ fn each_pod_counts_once_in_finish_order() {
     let pods = [upload_ok("u1", 20, "k1"), dump_ok("d1", 10)];
     let mut status = DatabaseBackupStatus::default();
     let (r, present) = reports(&pods);
-    let notes = record_reports(&mut status, r.clone(), &present, Some(1), &at(30));
+    let (notes, _) = record_reports(&mut status, r.clone(), &present, Some(1), &at(30));
     assert_eq!(notes.len(), 2);
     assert_eq!(status.log.len(), 2);
     assert!(status.log[0].ends_with("database dump completed"));
@@ -100,9 +100,42 @@ fn each_pod_counts_once_in_finish_order() {
     assert_eq!(status.last_dump_time, Some(at(10)));
     // The same pods again (a resync, a restart): nothing changes.
     let before = status.clone();
-    let notes = record_reports(&mut status, r, &present, Some(1), &at(40));
+    let (notes, _) = record_reports(&mut status, r, &present, Some(1), &at(40));
     assert!(notes.is_empty());
     assert_eq!(status, before);
+}
+
+/// Failures and confirmed uploads become notices, named by their pod, once;
+/// a completed dump tells the receivers nothing.
+#[test]
+fn failures_and_uploads_become_notices_once() {
+    let failed = pod(
+        "d2",
+        "dump",
+        "Failed",
+        2,
+        r#"{"step":"dump","outcome":"failed","log":"2025-11-25,04:00:00,database dump failed: access denied"}"#,
+        30,
+    );
+    let pods = [upload_ok("u1", 20, "k1"), dump_ok("d1", 10), failed];
+    let mut status = DatabaseBackupStatus::default();
+    let (r, present) = reports(&pods);
+    let (_, notices) = record_reports(&mut status, r.clone(), &present, Some(1), &at(40));
+    let seen: Vec<_> = notices
+        .iter()
+        .map(|n| (n.event, n.id.as_str(), n.reason.as_str(), n.key.as_deref()))
+        .collect();
+    use crate::api::NotifyEvent::*;
+    assert_eq!(
+        seen,
+        [
+            (Success, "u1", UPLOADED, Some("k1")),
+            (Failure, "d2", DUMP_FAILED, None)
+        ]
+    );
+    assert_eq!(notices[1].message, "database dump failed: access denied");
+    let (_, again) = record_reports(&mut status, r, &present, Some(1), &at(50));
+    assert!(again.is_empty());
 }
 
 #[test]
@@ -250,7 +283,7 @@ fn a_pod_without_a_result_still_reports_its_failure() {
         "2025-11-25,04:00:00,database dump failed: container exited with code 1 (Error)"
     );
     let mut status = DatabaseBackupStatus::default();
-    let notes = record_reports(&mut status, vec![r], &["x".into()], None, &at(1));
+    let (notes, _) = record_reports(&mut status, vec![r], &["x".into()], None, &at(1));
     assert!(notes[0].warning);
     let c = find(&status.conditions, DUMP_SUCCEEDED).unwrap();
     assert_eq!(
@@ -271,7 +304,7 @@ fn nothing_to_upload_logs_without_touching_conditions() {
     );
     let mut status = DatabaseBackupStatus::default();
     let (r, present) = reports(&[p]);
-    let notes = record_reports(&mut status, r, &present, None, &at(6));
+    let (notes, _) = record_reports(&mut status, r, &present, None, &at(6));
     assert!(notes.is_empty());
     assert!(status.conditions.is_empty());
     assert_eq!(

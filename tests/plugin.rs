@@ -1,0 +1,140 @@
+//! `kubectl dbbackup`, run as kubectl runs it (the built binary, a
+//! kubeconfig), against the real apiserver, MinIO, database and node.
+
+mod support;
+
+use std::path::Path;
+use std::process::Output;
+use support::bed::*;
+use support::k8s::*;
+use support::minio::get_object;
+
+use dbbackup_operator::api::Engine;
+
+/// Runs the plugin with `kubeconfig` in the bed's namespace, off the runtime
+/// (the operator under test runs on it meanwhile).
+async fn plugin(b: &Bed, kubeconfig: &Path, args: &[&str]) -> Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-dbbackup"));
+    cmd.env("KUBECONFIG", kubeconfig)
+        .args(["-n", &b.ns])
+        .args(args);
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+async fn plugin_ok(b: &Bed, args: &[&str]) -> String {
+    let out = plugin(b, &b.cp().kubeconfig, args).await;
+    assert!(out.status.success(), "kubectl dbbackup {args:?}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every subcommand on one zstd backup: `backup --wait` follows it to its
+/// key, `list` shows it with its size, `download` gives back exactly the SQL
+/// the dump tool wrote (the object, decompressed by the zstd tool), `restore
+/// --to-database --wait` loads it into a copy equal to the source, and
+/// `status` shows the conditions and log lines.
+#[tokio::test]
+async fn every_subcommand_works_on_a_compressed_backup() {
+    let (b, _op, _pods) = ready_bed(Engine::Postgres, "  compression: zstd\n").await;
+
+    let out = plugin_ok(&b, &["backup", "orders", "--wait", "--timeout=300"]).await;
+    let status = status_of(&b).await;
+    let key = status.last_upload_key.clone().unwrap();
+    assert!(key.ends_with(".sql.zst"), "{key}");
+    assert!(out.contains(",database dump completed\n"), "{out}");
+    assert!(out.contains(",file successfully uploaded\n"), "{out}");
+    assert!(out.ends_with(&format!("uploaded {key}\n")), "{out}");
+
+    let out = plugin_ok(&b, &["list", "orders"]).await;
+    let row = out.lines().find(|l| l.starts_with(&key)).unwrap_or_else(|| panic!("{out}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    let size = status.last_upload_size.unwrap().to_string();
+    assert_eq!((cells[1], cells[3]), (size.as_str(), "-"), "{out}");
+    assert!(out.starts_with("KEY"), "{out}");
+
+    let file = b.dir().join("orders.sql");
+    let out = plugin_ok(&b, &["download", "orders", &key, "-o", file.to_str().unwrap()]).await;
+    assert!(out.contains("checksum verified"), "{out}");
+    let object = b.dir().join("object.zst");
+    std::fs::write(&object, get_object(&b.minio, &key).await).unwrap();
+    let tool = std::process::Command::new("zstd")
+        .args(["-d", "-c"])
+        .arg(&object)
+        .output()
+        .unwrap();
+    assert!(tool.status.success());
+    let downloaded = std::fs::read(&file).unwrap();
+    assert!(downloaded.len() > 1000);
+    assert!(downloaded == tool.stdout, "the download differs from the dump");
+    // "latest" is the same dump.
+    let latest = b.dir().join("latest.sql");
+    plugin_ok(&b, &["download", "orders", "latest", "-o", latest.to_str().unwrap()]).await;
+    assert!(std::fs::read(&latest).unwrap() == downloaded);
+
+    let out = plugin_ok(
+        &b,
+        &["restore", "orders", "--to-database", "shop_copy", "--wait", "--timeout=300"],
+    )
+    .await;
+    assert!(out.contains(&format!("restored {key}")), "{out}");
+    assert_eq!(b.db.fingerprint("shop_copy"), b.db.fingerprint("shop"));
+
+    let out = plugin_ok(&b, &["status", "orders"]).await;
+    for expected in ["UploadSucceeded", "Uploaded", &format!("last upload: {key}")] {
+        assert!(out.contains(expected), "{expected:?} in {out}");
+    }
+    assert!(out.contains(",file successfully uploaded"), "{out}");
+}
+
+/// The plugin reads Secrets with the user's rights: a user who may read
+/// backups but not Secrets is told which Secret it could not read (and
+/// nothing from it); granted that, the same user lists the bucket.
+#[tokio::test]
+async fn the_plugin_reads_secrets_with_the_users_own_rights() {
+    let (b, _op, mut pods) = ready_bed(Engine::Mariadb, "").await;
+    backup_now(&b, &mut pods, "first", &mut vec![]).await;
+    let key = status_of(&b).await.last_upload_key.unwrap();
+    let ns = b.ns.as_str();
+    for args in [
+        vec!["create", "serviceaccount", "viewer"],
+        vec![
+            "create", "role", "backup-reader", "--verb=get,list",
+            "--resource=databasebackups.dbbackup.io",
+        ],
+        vec!["create", "rolebinding", "viewer-backups", "--role=backup-reader", &format!("--serviceaccount={ns}:viewer")],
+    ] {
+        kubectl(b.cp(), &[&["-n", ns][..], &args].concat());
+    }
+    let viewer = token_kubeconfig(b.cp(), ns, "viewer");
+
+    let out = plugin(&b, &viewer, &["list", "orders"]).await;
+    assert!(!out.status.success());
+    let said = text(&out);
+    assert!(
+        said.contains(&format!(r#"cannot read secret "s3-creds" in namespace "{ns}" with your kubeconfig"#)),
+        "{said}"
+    );
+    assert!(said.contains("forbidden"), "{said}");
+    assert!(!said.contains(&b.minio.secret_key));
+
+    kubectl(
+        b.cp(),
+        &["-n", ns, "create", "role", "secret-reader", "--verb=get", "--resource=secrets", "--resource-name=s3-creds"],
+    );
+    kubectl(
+        b.cp(),
+        &["-n", ns, "create", "rolebinding", "viewer-secret", "--role=secret-reader", &format!("--serviceaccount={ns}:viewer")],
+    );
+    let out = plugin(&b, &viewer, &["list", "orders"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(&key));
+}
