@@ -588,7 +588,10 @@ fn the_release_workflow_passes_actionlint_and_pushes_the_charts_default_image() 
             })
             .unwrap_or_else(|| panic!("no Krew platform for {os}/{arch}"));
         let uri = p["uri"].as_str().unwrap();
-        assert!(uri.ends_with(&format!("/kubectl-dbbackup-{os}-{arch}.tar.gz")), "{uri}");
+        assert!(
+            uri.ends_with(&format!("/kubectl-dbbackup-{os}-{arch}.tar.gz")),
+            "{uri}"
+        );
         assert_eq!(p["bin"], "kubectl-dbbackup");
     }
 }

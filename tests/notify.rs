@@ -75,25 +75,41 @@ async fn each_failed_run_is_one_message_per_target_and_a_500_is_retried() {
         request_backup(&b, run);
         next_succeeded(&mut pods, "dump").await;
         let failed = pods.finished(1, POD_TIMEOUT).await.remove(0);
-        assert_eq!((failed.step.as_str(), failed.exit_code != 0), ("upload", true));
+        assert_eq!(
+            (failed.step.as_str(), failed.exit_code != 0),
+            ("upload", true)
+        );
         exactly(&chat, n, "one Slack message per failed run").await;
     }
     let hooks = exactly(&hook, 3, "two failures, the first sent twice").await;
-    assert_eq!(hooks[0].body, hooks[1].body, "the retry sends the same message");
+    assert_eq!(
+        hooks[0].body, hooks[1].body,
+        "the retry sends the same message"
+    );
     assert_ne!(hooks[1].body, hooks[2].body);
     for r in &hooks {
         let m = json(r);
         assert_eq!(r.content_type, "application/json");
         assert_eq!(
-            (m["event"].as_str(), m["namespace"].as_str(), m["name"].as_str()),
+            (
+                m["event"].as_str(),
+                m["namespace"].as_str(),
+                m["name"].as_str()
+            ),
             (Some("failure"), Some(b.ns.as_str()), Some("orders"))
         );
         assert_eq!(m["reason"], "UploadFailed");
-        assert!(m["message"].as_str().unwrap().starts_with("upload failed:"), "{m}");
+        assert!(
+            m["message"].as_str().unwrap().starts_with("upload failed:"),
+            "{m}"
+        );
     }
     for r in chat.received() {
         let text = json(&r)["text"].as_str().unwrap().to_string();
-        assert!(text.starts_with(&format!("DatabaseBackup {}/orders: upload failed:", b.ns)), "{text}");
+        assert!(
+            text.starts_with(&format!("DatabaseBackup {}/orders: upload failed:", b.ns)),
+            "{text}"
+        );
     }
     let hc_paths: Vec<_> = exactly(&hc, 6, "start and fail of each failed run")
         .await
@@ -102,15 +118,32 @@ async fn each_failed_run_is_one_message_per_target_and_a_500_is_retried() {
         .collect();
     assert_eq!(
         hc_paths[2..],
-        ["/ping/uuid-1/start", "/ping/uuid-1/fail", "/ping/uuid-1/start", "/ping/uuid-1/fail"]
+        [
+            "/ping/uuid-1/start",
+            "/ping/uuid-1/fail",
+            "/ping/uuid-1/start",
+            "/ping/uuid-1/fail"
+        ]
     );
     let everything: Vec<Received> = [hook.received(), chat.received(), hc.received()].concat();
     for r in &everything {
-        for secret in [b.minio.secret_key.as_str(), "not-the-secret", "secret-token", "uuid-1"] {
+        for secret in [
+            b.minio.secret_key.as_str(),
+            "not-the-secret",
+            "secret-token",
+            "uuid-1",
+        ] {
             assert!(!r.body.contains(secret), "{secret:?} in {}", r.body);
         }
     }
-    let s = wait_orders(&b, "Notified", Some("True"), "NotificationsDelivered", Duration::from_secs(30)).await;
+    let s = wait_orders(
+        &b,
+        "Notified",
+        Some("True"),
+        "NotificationsDelivered",
+        Duration::from_secs(30),
+    )
+    .await;
     assert!(s.conditions.iter().any(|c| c.type_ == "Notified"));
 }
 
@@ -159,18 +192,34 @@ async fn a_dead_target_sets_notified_false_and_holds_up_nothing_and_deletion_sto
     let got = exactly(&live, 1, "the live target's message").await;
     assert_eq!(json(&got[0])["event"], "success");
 
-    let c = wait_for("Notified to name both targets", Duration::from_secs(60), || async {
-        let s = status_of(&b).await;
-        let c = s.conditions.into_iter().find(|c| c.type_ == "Notified")?;
-        (c.status == "False" && c.message.contains("dead") && c.message.contains("failing"))
-            .then_some(c)
-    })
+    let c = wait_for(
+        "Notified to name both targets",
+        Duration::from_secs(60),
+        || async {
+            let s = status_of(&b).await;
+            let c = s.conditions.into_iter().find(|c| c.type_ == "Notified")?;
+            (c.status == "False" && c.message.contains("dead") && c.message.contains("failing"))
+                .then_some(c)
+        },
+    )
     .await;
     assert_eq!(c.reason, "NotificationFailed");
-    assert!(c.message.contains(r#"target "dead": cannot connect"#), "{}", c.message);
-    assert!(c.message.contains(r#"target "failing": HTTP 500"#), "{}", c.message);
+    assert!(
+        c.message.contains(r#"target "dead": cannot connect"#),
+        "{}",
+        c.message
+    );
+    assert!(
+        c.message.contains(r#"target "failing": HTTP 500"#),
+        "{}",
+        c.message
+    );
     assert!(c.message.contains("after 5 attempts"), "{}", c.message);
-    assert!(!c.message.contains("127.0.0.1"), "the URL is a secret: {}", c.message);
+    assert!(
+        !c.message.contains("127.0.0.1"),
+        "the URL is a secret: {}",
+        c.message
+    );
     wait_events(
         &b.client,
         &b.ns,
@@ -185,11 +234,16 @@ async fn a_dead_target_sets_notified_false_and_holds_up_nothing_and_deletion_sto
     request_backup(&b, "second");
     next_succeeded(&mut pods, "dump").await;
     next_succeeded(&mut pods, "upload").await;
-    wait_for("the second message's first attempt", Duration::from_secs(30), || async {
-        (failing.received().len() >= 6).then_some(())
-    })
+    wait_for(
+        "the second message's first attempt",
+        Duration::from_secs(30),
+        || async { (failing.received().len() >= 6).then_some(()) },
+    )
     .await;
-    b.backups().delete("orders", &Default::default()).await.unwrap();
+    b.backups()
+        .delete("orders", &Default::default())
+        .await
+        .unwrap();
     let at_delete = failing.received().len();
     tokio::time::sleep(Duration::from_secs(20)).await;
     assert!(

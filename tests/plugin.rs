@@ -33,7 +33,11 @@ fn text(out: &Output) -> String {
 
 async fn plugin_ok(b: &Bed, args: &[&str]) -> String {
     let out = plugin(b, &b.cp().kubeconfig, args).await;
-    assert!(out.status.success(), "kubectl dbbackup {args:?}: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "kubectl dbbackup {args:?}: {}",
+        text(&out)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -55,14 +59,21 @@ async fn every_subcommand_works_on_a_compressed_backup() {
     assert!(out.ends_with(&format!("uploaded {key}\n")), "{out}");
 
     let out = plugin_ok(&b, &["list", "orders"]).await;
-    let row = out.lines().find(|l| l.starts_with(&key)).unwrap_or_else(|| panic!("{out}"));
+    let row = out
+        .lines()
+        .find(|l| l.starts_with(&key))
+        .unwrap_or_else(|| panic!("{out}"));
     let cells: Vec<&str> = row.split_whitespace().collect();
     let size = status.last_upload_size.unwrap().to_string();
     assert_eq!((cells[1], cells[3]), (size.as_str(), "-"), "{out}");
     assert!(out.starts_with("KEY"), "{out}");
 
     let file = b.dir().join("orders.sql");
-    let out = plugin_ok(&b, &["download", "orders", &key, "-o", file.to_str().unwrap()]).await;
+    let out = plugin_ok(
+        &b,
+        &["download", "orders", &key, "-o", file.to_str().unwrap()],
+    )
+    .await;
     assert!(out.contains("checksum verified"), "{out}");
     let object = b.dir().join("object.zst");
     std::fs::write(&object, get_object(&b.minio, &key).await).unwrap();
@@ -74,22 +85,46 @@ async fn every_subcommand_works_on_a_compressed_backup() {
     assert!(tool.status.success());
     let downloaded = std::fs::read(&file).unwrap();
     assert!(downloaded.len() > 1000);
-    assert!(downloaded == tool.stdout, "the download differs from the dump");
+    assert!(
+        downloaded == tool.stdout,
+        "the download differs from the dump"
+    );
     // "latest" is the same dump.
     let latest = b.dir().join("latest.sql");
-    plugin_ok(&b, &["download", "orders", "latest", "-o", latest.to_str().unwrap()]).await;
+    plugin_ok(
+        &b,
+        &[
+            "download",
+            "orders",
+            "latest",
+            "-o",
+            latest.to_str().unwrap(),
+        ],
+    )
+    .await;
     assert!(std::fs::read(&latest).unwrap() == downloaded);
 
     let out = plugin_ok(
         &b,
-        &["restore", "orders", "--to-database", "shop_copy", "--wait", "--timeout=300"],
+        &[
+            "restore",
+            "orders",
+            "--to-database",
+            "shop_copy",
+            "--wait",
+            "--timeout=300",
+        ],
     )
     .await;
     assert!(out.contains(&format!("restored {key}")), "{out}");
     assert_eq!(b.db.fingerprint("shop_copy"), b.db.fingerprint("shop"));
 
     let out = plugin_ok(&b, &["status", "orders"]).await;
-    for expected in ["UploadSucceeded", "Uploaded", &format!("last upload: {key}")] {
+    for expected in [
+        "UploadSucceeded",
+        "Uploaded",
+        &format!("last upload: {key}"),
+    ] {
         assert!(out.contains(expected), "{expected:?} in {out}");
     }
     assert!(out.contains(",file successfully uploaded"), "{out}");
@@ -107,10 +142,19 @@ async fn the_plugin_reads_secrets_with_the_users_own_rights() {
     for args in [
         vec!["create", "serviceaccount", "viewer"],
         vec![
-            "create", "role", "backup-reader", "--verb=get,list",
+            "create",
+            "role",
+            "backup-reader",
+            "--verb=get,list",
             "--resource=databasebackups.dbbackup.io",
         ],
-        vec!["create", "rolebinding", "viewer-backups", "--role=backup-reader", &format!("--serviceaccount={ns}:viewer")],
+        vec![
+            "create",
+            "rolebinding",
+            "viewer-backups",
+            "--role=backup-reader",
+            &format!("--serviceaccount={ns}:viewer"),
+        ],
     ] {
         kubectl(b.cp(), &[&["-n", ns][..], &args].concat());
     }
@@ -120,7 +164,9 @@ async fn the_plugin_reads_secrets_with_the_users_own_rights() {
     assert!(!out.status.success());
     let said = text(&out);
     assert!(
-        said.contains(&format!(r#"cannot read secret "s3-creds" in namespace "{ns}" with your kubeconfig"#)),
+        said.contains(&format!(
+            r#"cannot read secret "s3-creds" in namespace "{ns}" with your kubeconfig"#
+        )),
         "{said}"
     );
     assert!(said.contains("forbidden"), "{said}");
@@ -128,11 +174,28 @@ async fn the_plugin_reads_secrets_with_the_users_own_rights() {
 
     kubectl(
         b.cp(),
-        &["-n", ns, "create", "role", "secret-reader", "--verb=get", "--resource=secrets", "--resource-name=s3-creds"],
+        &[
+            "-n",
+            ns,
+            "create",
+            "role",
+            "secret-reader",
+            "--verb=get",
+            "--resource=secrets",
+            "--resource-name=s3-creds",
+        ],
     );
     kubectl(
         b.cp(),
-        &["-n", ns, "create", "rolebinding", "viewer-secret", "--role=secret-reader", &format!("--serviceaccount={ns}:viewer")],
+        &[
+            "-n",
+            ns,
+            "create",
+            "rolebinding",
+            "viewer-secret",
+            "--role=secret-reader",
+            &format!("--serviceaccount={ns}:viewer"),
+        ],
     );
     let out = plugin(&b, &viewer, &["list", "orders"]).await;
     assert!(out.status.success(), "{}", text(&out));

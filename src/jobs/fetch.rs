@@ -85,7 +85,15 @@ async fn fetch(args: &FetchArgs) -> Result<JobResult, Failure> {
         args.key.clone()
     };
     info!(%key, "downloading");
-    let (size, proof) = download(&client, &sse, bucket, &key, &args.out, args.identity.as_ref()).await?;
+    let (size, proof) = download(
+        &client,
+        &sse,
+        bucket,
+        &key,
+        &args.out,
+        args.identity.as_ref(),
+    )
+    .await?;
     let how = if proof.is_some() {
         "checksum verified"
     } else {

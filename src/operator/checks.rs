@@ -130,7 +130,10 @@ pub async fn notify_urls(
                     let url = String::from_utf8_lossy(v).trim().to_string();
                     match super::notify::check_url(&url) {
                         Ok(()) => Ok(url),
-                        Err(e) => Err(format!("the value of key {:?} in secret {:?} {e}", s.key, s.name)),
+                        Err(e) => Err(format!(
+                            "the value of key {:?} in secret {:?} {e}",
+                            s.key, s.name
+                        )),
                     }
                 }
             },

@@ -176,7 +176,9 @@ impl Notifier {
     ) {
         let mut backups = self.backups.lock().unwrap();
         let backup = backups.entry(key.clone()).or_default();
-        backup.targets.retain(|name, _| targets.iter().any(|t| t.name == *name));
+        backup
+            .targets
+            .retain(|name, _| targets.iter().any(|t| t.name == *name));
         for t in targets {
             let target = backup
                 .targets
@@ -209,8 +211,12 @@ impl Notifier {
                 backup.sent.pop_front();
             }
             for t in targets.iter().filter(|t| t.wants(n.event)) {
-                if let (Some(target), Some(Ok(url))) = (backup.targets.get(&t.name), urls.get(&t.name)) {
-                    let _ = target.queue.unbounded_send(message(t.type_, url, &ns, name, n));
+                if let (Some(target), Some(Ok(url))) =
+                    (backup.targets.get(&t.name), urls.get(&t.name))
+                {
+                    let _ = target
+                        .queue
+                        .unbounded_send(message(t.type_, url, &ns, name, n));
                 }
             }
         }
@@ -232,7 +238,12 @@ impl Notifier {
             })
             .collect();
         Some(if !failed.is_empty() {
-            Observed::new(NOTIFIED, false, reasons::NOTIFICATION_FAILED, failed.join("; "))
+            Observed::new(
+                NOTIFIED,
+                false,
+                reasons::NOTIFICATION_FAILED,
+                failed.join("; "),
+            )
         } else if targets.values().any(|t| t.last.is_some()) {
             Observed::new(
                 NOTIFIED,
@@ -277,14 +288,11 @@ impl Notifier {
 
     fn finished(&self, key: &Key, target: &str, outcome: Result<(), String>) {
         let mut backups = self.backups.lock().unwrap();
-        let Some(t) = backups
-            .get_mut(key)
-            .and_then(|b| b.targets.get_mut(target))
-        else {
+        let Some(t) = backups.get_mut(key).and_then(|b| b.targets.get_mut(target)) else {
             return;
         };
-        if outcome.is_err() {
-            tracing::warn!(backup = %key, target, "notification failed: {}", outcome.as_ref().unwrap_err());
+        if let Err(e) = &outcome {
+            tracing::warn!(backup = %key, target, "notification failed: {e}");
         }
         if t.last.as_ref() != Some(&outcome) {
             t.last = Some(outcome);
@@ -457,7 +465,10 @@ mod tests {
 
     #[test]
     fn only_http_urls_pass_and_the_answer_never_holds_the_url() {
-        assert_eq!(check_url("https://hooks.slack.com/services/T/B/secret"), Ok(()));
+        assert_eq!(
+            check_url("https://hooks.slack.com/services/T/B/secret"),
+            Ok(())
+        );
         assert_eq!(check_url("http://10.0.0.1:8080/hook"), Ok(()));
         for bad in ["hooks.slack.com/x", "ftp://x/y", "", "https://"] {
             let e = check_url(bad).unwrap_err();

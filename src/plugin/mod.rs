@@ -246,7 +246,11 @@ async fn backup(
     let before = db.status.clone().unwrap_or_default();
     let patch = serde_json::json!({"metadata": {"annotations": {names::RUN_NOW: token}}});
     backups
-        .patch(&db.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .patch(
+            &db.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
         .await
         .context("cannot request the backup")?;
     println!("backup of {} requested ({token})", db.name_any());
@@ -254,8 +258,13 @@ async fn backup(
         return Ok(());
     }
     let mut seen: HashSet<String> = before.log.iter().cloned().collect();
-    follow(timeout, || async {
-        let status = backups.get(&db.name_any()).await?.status.unwrap_or_default();
+    let waiting = Waiting::new(timeout);
+    loop {
+        let status = backups
+            .get(&db.name_any())
+            .await?
+            .status
+            .unwrap_or_default();
         for line in status.log.iter().filter(|l| seen.insert(l.to_string())) {
             println!("{line}");
             let message = line.splitn(3, ',').nth(2).unwrap_or_default();
@@ -263,16 +272,15 @@ async fn backup(
                 bail!("the backup failed");
             }
         }
-        let uploaded = status.last_upload_time != before.last_upload_time;
-        Ok(match (uploaded, status.last_upload_key) {
-            (true, Some(key)) => {
-                println!("uploaded {key}");
-                Some(())
-            }
-            _ => None,
-        })
-    })
-    .await
+        if let (true, Some(key)) = (
+            status.last_upload_time != before.last_upload_time,
+            status.last_upload_key,
+        ) {
+            println!("uploaded {key}");
+            return Ok(());
+        }
+        waiting.tick().await?;
+    }
 }
 
 struct RestoreRequest {
@@ -292,7 +300,11 @@ async fn restore(
 ) -> anyhow::Result<()> {
     let mut target = db.spec.database.clone();
     target.name = request.to_database;
-    let identity = db.spec.encryption.as_ref().and_then(|e| e.identity_secret.clone());
+    let identity = db
+        .spec
+        .encryption
+        .as_ref()
+        .and_then(|e| e.identity_secret.clone());
     let spec: DatabaseRestoreSpec = serde_json::from_value(serde_json::json!({
         "backup": db.name_any(),
         "key": request.key,
@@ -315,7 +327,8 @@ async fn restore(
         return Ok(());
     }
     let mut seen = HashSet::new();
-    follow(timeout, || async {
+    let waiting = Waiting::new(timeout);
+    loop {
         let status = restores.get(&name).await?.status.unwrap_or_default();
         for line in status.log.iter().filter(|l| seen.insert(l.to_string())) {
             println!("{line}");
@@ -323,7 +336,7 @@ async fn restore(
         match status.phase {
             Some(RestorePhase::Succeeded) => {
                 println!("restored {}", status.key.unwrap_or_default());
-                Ok(Some(()))
+                return Ok(());
             }
             Some(phase) if phase.finished() => {
                 let why = status
@@ -334,28 +347,31 @@ async fn restore(
                     .unwrap_or_default();
                 bail!("the restore failed: {why}")
             }
-            _ => Ok(None),
+            _ => waiting.tick().await?,
         }
-    })
-    .await
+    }
 }
 
-/// Polls `step` each second until it returns a value or fails, at most
-/// `timeout` seconds.
-async fn follow<F, Fut>(timeout: u64, mut step: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<Option<()>>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(timeout);
-    loop {
-        if step().await?.is_some() {
-            return Ok(());
+/// A --wait of at most `timeout` seconds, polling each second.
+struct Waiting {
+    deadline: Instant,
+    timeout: u64,
+}
+
+impl Waiting {
+    fn new(timeout: u64) -> Waiting {
+        Waiting {
+            deadline: Instant::now() + Duration::from_secs(timeout),
+            timeout,
         }
-        if Instant::now() > deadline {
-            bail!("gave up waiting after {timeout}s");
+    }
+
+    async fn tick(&self) -> anyhow::Result<()> {
+        if Instant::now() > self.deadline {
+            bail!("gave up waiting after {}s", self.timeout);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+        Ok(())
     }
 }
 
@@ -375,9 +391,10 @@ async fn download(
     };
     let identity = match (key.ends_with(".age"), identity) {
         (false, _) => None,
-        (true, Some(path)) => Some(Hidden(std::fs::read_to_string(&path).with_context(
-            || format!("cannot read identity file {}", path.display()),
-        )?)),
+        (true, Some(path)) => Some(Hidden(
+            std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read identity file {}", path.display()))?,
+        )),
         (true, None) => Some(store::identity(client, db).await?),
     };
     let got = fetch::download(

@@ -20,7 +20,9 @@ async fn secret(client: &Client, db: &DatabaseBackup, name: &str) -> anyhow::Res
     Api::<Secret>::namespaced(client.clone(), &ns)
         .get(name)
         .await
-        .with_context(|| format!("cannot read secret {name:?} in namespace {ns:?} with your kubeconfig"))
+        .with_context(|| {
+            format!("cannot read secret {name:?} in namespace {ns:?} with your kubeconfig")
+        })
 }
 
 /// The value of `key`, trimmed; None when absent or empty.
@@ -90,9 +92,7 @@ impl Store {
             keys,
         };
         Ok(Store {
-            client: store::client(&settings)
-                .await
-                .map_err(anyhow::Error::msg)?,
+            client: store::client(&settings).await.map_err(anyhow::Error::msg)?,
             bucket: crate::api::bucket_name(&name).to_string(),
             sse,
         })
@@ -109,5 +109,8 @@ pub async fn identity(client: &Client, db: &DatabaseBackup) -> anyhow::Result<Hi
         .ok_or_else(|| {
             anyhow!("the dump is encrypted: give --identity, or set spec.encryption.identitySecret")
         })?;
-    Ok(Hidden(required(&secret(client, db, &r.name).await?, &r.key)?))
+    Ok(Hidden(required(
+        &secret(client, db, &r.name).await?,
+        &r.key,
+    )?))
 }

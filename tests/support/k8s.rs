@@ -237,7 +237,11 @@ pub fn token_kubeconfig(cp: &super::ControlPlane, ns: &str, sa: &str) -> std::pa
         .args(["create", "token", sa, "-n", ns, "--duration=1h"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let token = String::from_utf8(out.stdout).unwrap();
     let admin = std::fs::read_to_string(&cp.kubeconfig).unwrap();
     let ca = admin

@@ -17,9 +17,9 @@ pub mod node;
 pub mod operator;
 pub mod pki;
 pub mod pods;
-pub mod receiver;
 pub mod postgres;
 pub mod process;
+pub mod receiver;
 pub mod steps;
 pub mod tcpstall;
 

@@ -242,7 +242,10 @@ impl Pass {
                 event: NotifyEvent::Stale,
                 id: format!(
                     "stale:{}",
-                    self.status.last_upload_time.as_ref().map_or(0, |t| t.0.as_second())
+                    self.status
+                        .last_upload_time
+                        .as_ref()
+                        .map_or(0, |t| t.0.as_second())
                 ),
                 reason: reasons::NO_RECENT_UPLOAD.into(),
                 message: stale.message.clone(),

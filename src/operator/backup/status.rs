@@ -2,9 +2,9 @@
 //! conditions, and whether uploads are stale. Computed without the API.
 
 use super::reports::PodReport;
+use crate::api::NotifyEvent;
 use crate::api::{CatalogEntry, DatabaseBackupStatus, RECENT_KEPT, Verification};
 use crate::jobresult::{Outcome, Step};
-use crate::api::NotifyEvent;
 use crate::operator::conditions::{
     DUMP_SUCCEEDED, Note, Observed, STALE, UPLOAD_SUCCEEDED, VERIFIED, set_condition,
 };
