@@ -545,3 +545,46 @@ fn the_catalog_holds_the_newest_uploads_first_bounded_and_marks_drills() {
     assert_eq!(status.recent[1].verified, Some(true));
     assert_eq!(status.recent[0].verified, None);
 }
+
+/// A failed drill is a verificationFailure notice, with the drilled key and
+/// the drill's own reason; a passed one tells the receivers nothing.
+#[test]
+fn a_failed_drill_becomes_a_verification_failure_notice() {
+    let mut status = DatabaseBackupStatus::default();
+    let drills = [
+        pod(
+            "v1",
+            "verify",
+            "Succeeded",
+            0,
+            r#"{"step":"verify","outcome":"succeeded","key":"k1","tables":3,"log":"2026-11-25,03:10:00,backup verified k1 (3 tables)"}"#,
+            10,
+        ),
+        pod(
+            "v2",
+            "verify",
+            "Failed",
+            1,
+            r#"{"step":"verify","outcome":"failed","key":"k2","reason":"CheckFailed","log":"2026-11-25,04:10:00,verification failed: SELECT count(*) FROM orders returned 0, expected at least 1"}"#,
+            20,
+        ),
+    ];
+    let (r, present) = reports(&drills);
+    let (_, notices) = record_reports(&mut status, r, &present, Some(1), &at(30));
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    let n = &notices[0];
+    assert_eq!(
+        (n.event, n.id.as_str(), n.reason.as_str(), n.key.as_deref()),
+        (
+            crate::api::NotifyEvent::VerificationFailure,
+            "v2",
+            CHECK_FAILED,
+            Some("k2")
+        )
+    );
+    assert!(
+        n.message.starts_with("verification failed:"),
+        "{}",
+        n.message
+    );
+}
