@@ -538,9 +538,14 @@ async fn a_forced_resync_after_convergence_writes_nothing() {
 async fn a_scheduled_run_without_an_upload_makes_it_stale_and_deletion_drops_the_metric() {
     let (_cp, client) = setup("shop").await;
     create_sample_secrets(&client, "shop").await;
+    // A Slack target with its default events: the staleness reaches it, once.
+    let chat = receiver::Receiver::start(&[]).await;
+    create_secret(&client, "shop", "hooks", &[("url", &chat.url)]).await;
     let op = RunningOperator::start(&client);
     let mut manifest = backup_manifest("orders", "mariadb");
     manifest["spec"]["schedule"] = "* * * * *".into();
+    manifest["spec"]["notify"] =
+        serde_json::json!([{"name": "ops", "type": "slack", "urlSecret": {"name": "hooks"}}]);
     create_backup(&client, "shop", manifest).await;
     let backups: Api<DatabaseBackup> = Api::namespaced(client.clone(), "shop");
     let stale_status = |db: &DatabaseBackup| {
@@ -570,6 +575,20 @@ async fn a_scheduled_run_without_an_upload_makes_it_stale_and_deletion_drops_the
         Duration::from_secs(10),
     )
     .await;
+    wait_for("the stale message", Duration::from_secs(30), || async {
+        (!chat.received().is_empty()).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let got = chat.received();
+    assert_eq!(got.len(), 1, "{got:#?}");
+    let text: serde_json::Value = serde_json::from_str(&got[0].body).unwrap();
+    assert!(
+        text["text"].as_str().unwrap().starts_with(
+            "DatabaseBackup shop/orders: no upload has succeeded since the resource was created"
+        ),
+        "{text}"
+    );
     let series = r#"dbbackup_backup_stale{namespace="shop",name="orders"} 1"#;
     assert!(
         op.metrics().encode().contains(series),

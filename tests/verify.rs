@@ -121,6 +121,7 @@ use std::time::Duration;
 use support::bed::*;
 use support::k8s::{EventFilter, wait_events};
 use support::minio::{BUCKET, bucket_keys};
+use support::receiver::Receiver;
 
 const DRILL_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -260,11 +261,29 @@ async fn an_object_that_fails_midway_is_not_restorable_and_production_is_never_c
 #[tokio::test]
 async fn a_failing_check_says_what_it_got_and_what_was_expected() {
     let spec = verify_spec(r#"[{query: "SELECT count(*) FROM orders", atLeast: 1000000}]"#);
-    let (b, _op, mut pods) = ready_bed(Engine::Postgres, &spec).await;
+    // A webhook with its default events: the failed drill reaches it, once.
+    let hook = Receiver::start(&[]).await;
+    let b = bed(Engine::Postgres).await;
+    apply_secret(&b, "hooks", &[("url", &format!("{}/hook", hook.url))]);
+    let notify = "  notify:\n  - {name: ops, type: webhook, urlSecret: {name: hooks}}\n";
+    let (b, _op, mut pods) = ready(b, &format!("{spec}{notify}")).await;
     backup_now(&b, &mut pods, "first", &mut vec![]).await;
     let drill = pods.finished(1, POD_TIMEOUT).await.remove(0);
     assert_eq!(drill.step, "verify", "{}", drill.output);
     let status = wait_orders(&b, "Verified", Some("False"), "CheckFailed", DRILL_TIMEOUT).await;
+    wait_for("the drill's message", Duration::from_secs(30), || async {
+        (!hook.received().is_empty()).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let got = hook.received();
+    assert_eq!(got.len(), 1, "{got:#?}");
+    let m: serde_json::Value = serde_json::from_str(&got[0].body).unwrap();
+    assert_eq!(
+        (m["event"].as_str(), m["reason"].as_str()),
+        (Some("verificationFailure"), Some("CheckFailed"))
+    );
+    assert_eq!(m["key"], status.last_upload_key.clone().unwrap());
     let condition = status
         .conditions
         .iter()
