@@ -119,6 +119,37 @@ async fn every_subcommand_works_on_a_compressed_backup() {
     assert!(out.contains(&format!("restored {key}")), "{out}");
     assert_eq!(b.db.fingerprint("shop_copy"), b.db.fingerprint("shop"));
 
+    // The backed-up database itself is refused; a failed download leaves a
+    // file already at -o as it was.
+    let out = plugin(
+        &b,
+        &b.cp().kubeconfig,
+        &["restore", "orders", "--to-database", "shop"],
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains(r#""shop" is the database this backup dumps"#),
+        "{}",
+        text(&out)
+    );
+    std::fs::write(&file, "keep me").unwrap();
+    let out = plugin(
+        &b,
+        &b.cp().kubeconfig,
+        &[
+            "download",
+            "orders",
+            "1999-01-01/datadump9.sql",
+            "-o",
+            file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(text(&out).contains("ObjectNotFound"), "{}", text(&out));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+
     let out = plugin_ok(&b, &["status", "orders"]).await;
     for expected in [
         "UploadSucceeded",

@@ -111,18 +111,19 @@ fn secret_value<'a>(secret: &'a Secret, key: &str) -> Result<&'a [u8], Problem> 
 }
 
 /// Each notification target's URL, read from its Secret, or what is wrong
-/// with it (never the URL itself: it is a credential). An API error is
-/// returned as such: the next reconcile reads again.
+/// with it (never the URL itself: it is a credential). An API error is the
+/// target's problem for this pass, not the reconcile's: notifications never
+/// hold up the status.
 pub async fn notify_urls(
     db: &DatabaseBackup,
     client: &Client,
-) -> Result<HashMap<String, Result<String, String>>, kube::Error> {
+) -> HashMap<String, Result<String, String>> {
     let ns = db.namespace().unwrap_or_default();
     let mut urls = HashMap::new();
     for t in &db.spec.notify {
         let s = &t.url_secret;
         let url = match get_secret(client, &ns, &s.name).await {
-            Err(CheckError::Kube(e)) => return Err(e),
+            Err(CheckError::Kube(e)) => Err(format!("cannot read secret {:?}: {e}", s.name)),
             Err(CheckError::Problem(p)) => Err(p.message),
             Ok(secret) => match secret_value(&secret, &s.key) {
                 Err(p) => Err(p.message),
@@ -140,7 +141,7 @@ pub async fn notify_urls(
         };
         urls.insert(t.name.clone(), url);
     }
-    Ok(urls)
+    urls
 }
 
 /// Either a user-fixable problem, or the API failing us.

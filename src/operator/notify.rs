@@ -50,6 +50,7 @@ pub fn message(type_: NotifyType, url: &str, namespace: &str, name: &str, n: &No
             url: url.to_string(),
             content_type: "application/json",
             body: serde_json::json!({
+                "id": n.id,
                 "event": n.event.as_str(),
                 "namespace": namespace,
                 "name": name,
@@ -76,8 +77,13 @@ pub fn message(type_: NotifyType, url: &str, namespace: &str, name: &str, n: &No
                     "/fail"
                 }
             };
+            // The suffix goes on the path: healthchecks URLs may carry a query (?create=1).
+            let (path, query) = url
+                .split_once('?')
+                .map_or((url, None), |(p, q)| (p, Some(q)));
+            let query = query.map(|q| format!("?{q}")).unwrap_or_default();
             Message {
-                url: format!("{}{suffix}", url.trim_end_matches('/')),
+                url: format!("{}{suffix}{query}", path.trim_end_matches('/')),
                 content_type: "text/plain; charset=utf-8",
                 body: format!("{namespace}/{name}: {}", n.message),
             }
@@ -390,7 +396,7 @@ mod tests {
         assert_eq!(
             body,
             serde_json::json!({
-                "event": "failure", "namespace": "shop", "name": "orders",
+                "id": "uid-1", "event": "failure", "namespace": "shop", "name": "orders",
                 "reason": "UploadFailed", "message": "file upload failed: AccessDenied",
                 "key": null, "time": "2025-11-25T03:00:00Z",
             })
@@ -431,6 +437,17 @@ mod tests {
         assert_eq!(
             url(NotifyEvent::VerificationFailure),
             "https://hc-ping.com/uuid/fail"
+        );
+        let with_query = message(
+            NotifyType::Healthchecks,
+            "https://hc-ping.com/key/orders-backup?create=1",
+            "shop",
+            "orders",
+            &notice(NotifyEvent::Failure),
+        );
+        assert_eq!(
+            with_query.url,
+            "https://hc-ping.com/key/orders-backup/fail?create=1"
         );
     }
 

@@ -242,7 +242,7 @@ async fn backup(
     wait: bool,
     timeout: u64,
 ) -> anyhow::Result<()> {
-    let token = format!("kubectl-{}", chrono::Utc::now().format("%Y%m%dt%H%M%S"));
+    let token = format!("kubectl-{}", chrono::Utc::now().format("%Y%m%dt%H%M%S%.3f"));
     let before = db.status.clone().unwrap_or_default();
     let patch = serde_json::json!({"metadata": {"annotations": {names::RUN_NOW: token}}});
     backups
@@ -257,22 +257,37 @@ async fn backup(
     if !wait {
         return Ok(());
     }
+    // A Job that retries a failed pod may still succeed.
+    let retried = db.spec.jobs.backoff_limit > 0;
     let mut seen: HashSet<String> = before.log.iter().cloned().collect();
+    let mut dumped = false;
     let waiting = Waiting::new(timeout);
     loop {
-        let status = backups
-            .get(&db.name_any())
-            .await?
-            .status
-            .unwrap_or_default();
+        let db = backups.get(&db.name_any()).await?;
+        let status = db.status.unwrap_or_default();
+        if status.last_run_now.as_ref() != Some(&token) {
+            // The operator takes a request only while the backup is Ready.
+            if let Some(c) = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Ready" && c.status == "False")
+            {
+                bail!("the backup is not Ready ({}: {})", c.reason, c.message);
+            }
+        }
         for line in status.log.iter().filter(|l| seen.insert(l.to_string())) {
             println!("{line}");
             let message = line.splitn(3, ',').nth(2).unwrap_or_default();
-            if message.starts_with("database dump failed") || message.starts_with("upload failed") {
+            let failed =
+                message.starts_with("database dump failed") || message.starts_with("upload failed");
+            if failed && !retried {
                 bail!("the backup failed");
             }
+            dumped |= message == "database dump completed";
         }
-        if let (true, Some(key)) = (
+        // The upload after our dump: it took the newest staged dump, ours.
+        if let (true, true, Some(key)) = (
+            dumped,
             status.last_upload_time != before.last_upload_time,
             status.last_upload_key,
         ) {
@@ -298,6 +313,13 @@ async fn restore(
     wait: bool,
     timeout: u64,
 ) -> anyhow::Result<()> {
+    if request.to_database == db.spec.database.name {
+        bail!(
+            "{:?} is the database this backup dumps; restore into another database \
+             (to replace it, create a DatabaseRestore with overwrite: true yourself)",
+            db.spec.database.name
+        );
+    }
     let mut target = db.spec.database.clone();
     target.name = request.to_database;
     let identity = db
@@ -397,19 +419,24 @@ async fn download(
         )),
         (true, None) => Some(store::identity(client, db).await?),
     };
+    // Beside the output, and renamed over it only once every byte checked
+    // out: a failed download leaves a file already there untouched.
+    let partial = output.with_extension("dbbackup-partial");
     let got = fetch::download(
         &store.client,
         &store.sse,
         &store.bucket,
         &key,
-        output,
+        &partial,
         identity.as_ref(),
     )
     .await;
     let (size, proof) = got.map_err(|f| {
-        let _ = std::fs::remove_file(output);
+        let _ = std::fs::remove_file(&partial);
         anyhow::anyhow!("{} ({})", f.message, f.reason)
     })?;
+    std::fs::rename(&partial, output)
+        .with_context(|| format!("cannot write {}", output.display()))?;
     let how = match proof {
         Some(_) => "checksum verified",
         None => "the store's ETag is no MD5; decompression checks only",

@@ -48,9 +48,16 @@ impl Store {
             Some(name) => name.clone(),
             None => required(&s, &secret_ref.bucket_key)?,
         };
-        let keys = match bucket.web_identity {
-            Some(_) => None,
-            None => Some((
+        // Without keys in the Secret (a web identity, or a ServiceAccount the
+        // cloud gives credentials), your own AWS credentials are used.
+        let keyless = bucket.web_identity.is_some() || db.spec.jobs.service_account_name.is_some();
+        let keys = match (
+            value(&s, &secret_ref.access_key_id_key),
+            value(&s, &secret_ref.secret_access_key_key),
+        ) {
+            (Some(id), Some(secret)) if bucket.web_identity.is_none() => Some((id, secret)),
+            _ if keyless => None,
+            _ => Some((
                 required(&s, &secret_ref.access_key_id_key)?,
                 required(&s, &secret_ref.secret_access_key_key)?,
             )),

@@ -22,7 +22,7 @@ MC_VERSION=v0.0.0-20250313080218-cf909e1063a9
 # promtool, which checks and unit-tests the chart's alert rules (Prometheus v3.16.0).
 PROMETHEUS_VERSION=v0.316.0
 # actionlint, which checks the release workflow (.github/workflows).
-ACTIONLINT_VERSION=v1.7.7
+ACTIONLINT_VERSION=v1.7.12
 # Krew and its manifest validator, which check the plugin's Krew manifest and
 # install the plugin archive as the release packs it.
 KREW_VERSION=v0.4.3

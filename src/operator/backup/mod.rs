@@ -58,7 +58,7 @@ pub async fn reconcile(db: Arc<DatabaseBackup>, ctx: Arc<Context>) -> Result<Act
     publish_upload(&db, &ctx, &pass.status);
     let recheck = pass.judge_staleness(&db, &ctx, &old);
     let recheck = next_drill.map_or(recheck, |due| recheck.min(due));
-    let urls = pass.judge_notifications(&db, &ctx).await?;
+    let urls = pass.judge_notifications(&db, &ctx).await;
     let notices = std::mem::take(&mut pass.notices);
     publish(&db, &ctx, &old, pass).await?;
     // Only once the status that records them is written: a failed write
@@ -163,16 +163,16 @@ impl Pass {
         &mut self,
         db: &DatabaseBackup,
         ctx: &Context,
-    ) -> Result<HashMap<String, Result<String, String>>, Error> {
+    ) -> HashMap<String, Result<String, String>> {
         let key = ObjectRef::from_obj(db);
         let urls = match db.spec.notify.is_empty() {
             true => HashMap::new(),
-            false => checks::notify_urls(db, &ctx.client).await?,
+            false => checks::notify_urls(db, &ctx.client).await,
         };
         ctx.notifier.configure(&key, &db.spec.notify, &urls);
         let Some(notified) = ctx.notifier.condition(&key) else {
             self.status.conditions.retain(|c| c.type_ != NOTIFIED);
-            return Ok(urls);
+            return urls;
         };
         let was = conditions::find(&self.status.conditions, NOTIFIED)
             .map(|c| (c.status == "True", c.message.clone()));
@@ -191,7 +191,7 @@ impl Pass {
             self.generation,
             &self.now,
         );
-        Ok(urls)
+        urls
     }
 
     /// Pods that cannot start, each said once (not at every kubelet retry).
@@ -240,13 +240,8 @@ impl Pass {
             self.note(true, reasons::BACKUP_STALE, stale.message.clone());
             self.notices.push(Notice {
                 event: NotifyEvent::Stale,
-                id: format!(
-                    "stale:{}",
-                    self.status
-                        .last_upload_time
-                        .as_ref()
-                        .map_or(0, |t| t.0.as_second())
-                ),
+                // The message names the missed run: one notice per episode.
+                id: format!("stale:{}", stale.message),
                 reason: reasons::NO_RECENT_UPLOAD.into(),
                 message: stale.message.clone(),
                 key: None,
