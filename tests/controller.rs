@@ -575,13 +575,7 @@ async fn a_scheduled_run_without_an_upload_makes_it_stale_and_deletion_drops_the
         Duration::from_secs(10),
     )
     .await;
-    wait_for("the stale message", Duration::from_secs(30), || async {
-        (!chat.received().is_empty()).then_some(())
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let got = chat.received();
-    assert_eq!(got.len(), 1, "{got:#?}");
+    let got = chat.exactly(1, "the stale message").await;
     let text: serde_json::Value = serde_json::from_str(&got[0].body).unwrap();
     assert!(
         text["text"].as_str().unwrap().starts_with(

@@ -29,19 +29,6 @@ fn json(r: &Received) -> serde_json::Value {
     serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.body))
 }
 
-/// Waits until `receiver` got `n` requests, then a while longer to see that
-/// no more come; returns them.
-async fn exactly(receiver: &Receiver, n: usize, what: &str) -> Vec<Received> {
-    wait_for(what, Duration::from_secs(60), || async {
-        (receiver.received().len() >= n).then_some(())
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let got = receiver.received();
-    assert_eq!(got.len(), n, "{what}: {got:#?}");
-    got
-}
-
 /// A good run pings healthchecks' start and success, and tells the webhook
 /// and Slack nothing. Each failed run reaches each target exactly once; the
 /// webhook's first answer, a 500, is retried. No payload holds a secret.
@@ -63,7 +50,7 @@ async fn each_failed_run_is_one_message_per_target_and_a_500_is_retried() {
     let (b, _op, mut pods) = ready(b, TARGETS).await;
 
     backup_now(&b, &mut pods, "good", &mut vec![]).await;
-    let pings = exactly(&hc, 2, "the start and success pings").await;
+    let pings = hc.exactly(2, "the start and success pings").await;
     let paths: Vec<_> = pings.iter().map(|r| r.path.as_str()).collect();
     assert_eq!(paths, ["/ping/uuid-1/start", "/ping/uuid-1"]);
     let key = status_of(&b).await.last_upload_key.unwrap();
@@ -79,9 +66,9 @@ async fn each_failed_run_is_one_message_per_target_and_a_500_is_retried() {
             (failed.step.as_str(), failed.exit_code != 0),
             ("upload", true)
         );
-        exactly(&chat, n, "one Slack message per failed run").await;
+        chat.exactly(n, "one Slack message per failed run").await;
     }
-    let hooks = exactly(&hook, 3, "two failures, the first sent twice").await;
+    let hooks = hook.exactly(3, "two failures, the first sent twice").await;
     assert_eq!(
         hooks[0].body, hooks[1].body,
         "the retry sends the same message"
@@ -111,7 +98,8 @@ async fn each_failed_run_is_one_message_per_target_and_a_500_is_retried() {
             "{text}"
         );
     }
-    let hc_paths: Vec<_> = exactly(&hc, 6, "start and fail of each failed run")
+    let hc_paths: Vec<_> = hc
+        .exactly(6, "start and fail of each failed run")
         .await
         .into_iter()
         .map(|r| r.path)
@@ -189,7 +177,7 @@ async fn a_dead_target_sets_notified_false_and_holds_up_nothing_and_deletion_sto
         "{:?}",
         s.conditions
     );
-    let got = exactly(&live, 1, "the live target's message").await;
+    let got = live.exactly(1, "the live target's message").await;
     assert_eq!(json(&got[0])["event"], "success");
 
     let c = wait_for(
@@ -234,12 +222,9 @@ async fn a_dead_target_sets_notified_false_and_holds_up_nothing_and_deletion_sto
     request_backup(&b, "second");
     next_succeeded(&mut pods, "dump").await;
     next_succeeded(&mut pods, "upload").await;
-    wait_for(
-        "the second message's first attempt",
-        Duration::from_secs(30),
-        || async { (failing.received().len() >= 6).then_some(()) },
-    )
-    .await;
+    failing
+        .at_least(6, "the second message's first attempt")
+        .await;
     b.backups()
         .delete("orders", &Default::default())
         .await

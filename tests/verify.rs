@@ -271,13 +271,7 @@ async fn a_failing_check_says_what_it_got_and_what_was_expected() {
     let drill = pods.finished(1, POD_TIMEOUT).await.remove(0);
     assert_eq!(drill.step, "verify", "{}", drill.output);
     let status = wait_orders(&b, "Verified", Some("False"), "CheckFailed", DRILL_TIMEOUT).await;
-    wait_for("the drill's message", Duration::from_secs(30), || async {
-        (!hook.received().is_empty()).then_some(())
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let got = hook.received();
-    assert_eq!(got.len(), 1, "{got:#?}");
+    let got = hook.exactly(1, "the drill's message").await;
     let m: serde_json::Value = serde_json::from_str(&got[0].body).unwrap();
     assert_eq!(
         (m["event"].as_str(), m["reason"].as_str()),

@@ -382,14 +382,17 @@ mod tests {
         }
     }
 
+    /// The message a target at `url` gets for `event` of shop/orders.
+    fn sent(type_: NotifyType, url: &str, event: NotifyEvent) -> Message {
+        message(type_, url, "shop", "orders", &notice(event))
+    }
+
     #[test]
     fn a_webhook_gets_the_event_as_json() {
-        let m = message(
+        let m = sent(
             NotifyType::Webhook,
             "https://hooks.example/x",
-            "shop",
-            "orders",
-            &notice(NotifyEvent::Failure),
+            NotifyEvent::Failure,
         );
         assert_eq!(m.url, "https://hooks.example/x");
         let body: serde_json::Value = serde_json::from_str(&m.body).unwrap();
@@ -405,12 +408,10 @@ mod tests {
 
     #[test]
     fn slack_gets_one_line_of_text() {
-        let m = message(
+        let m = sent(
             NotifyType::Slack,
             "https://hooks.slack.com/services/T/B/x",
-            "shop",
-            "orders",
-            &notice(NotifyEvent::Failure),
+            NotifyEvent::Failure,
         );
         assert_eq!(
             m.body,
@@ -420,16 +421,7 @@ mod tests {
 
     #[test]
     fn healthchecks_pings_start_success_and_fail() {
-        let url = |event| {
-            message(
-                NotifyType::Healthchecks,
-                "https://hc-ping.com/uuid/",
-                "shop",
-                "orders",
-                &notice(event),
-            )
-            .url
-        };
+        let url = |event| sent(NotifyType::Healthchecks, "https://hc-ping.com/uuid/", event).url;
         assert_eq!(url(NotifyEvent::Start), "https://hc-ping.com/uuid/start");
         assert_eq!(url(NotifyEvent::Success), "https://hc-ping.com/uuid");
         assert_eq!(url(NotifyEvent::Failure), "https://hc-ping.com/uuid/fail");
@@ -438,12 +430,10 @@ mod tests {
             url(NotifyEvent::VerificationFailure),
             "https://hc-ping.com/uuid/fail"
         );
-        let with_query = message(
+        let with_query = sent(
             NotifyType::Healthchecks,
             "https://hc-ping.com/key/orders-backup?create=1",
-            "shop",
-            "orders",
-            &notice(NotifyEvent::Failure),
+            NotifyEvent::Failure,
         );
         assert_eq!(
             with_query.url,

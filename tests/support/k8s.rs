@@ -232,15 +232,9 @@ pub async fn wait_events(
 /// A kubeconfig that authenticates as ServiceAccount `ns/sa`, with a token
 /// from the TokenRequest API: a user with exactly that account's rights.
 pub fn token_kubeconfig(cp: &super::ControlPlane, ns: &str, sa: &str) -> std::path::PathBuf {
-    let out = cp
-        .kubectl()
-        .args(["create", "token", sa, "-n", ns, "--duration=1h"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = super::run_ok(
+        cp.kubectl()
+            .args(["create", "token", sa, "-n", ns, "--duration=1h"]),
     );
     let token = String::from_utf8(out.stdout).unwrap();
     let admin = std::fs::read_to_string(&cp.kubeconfig).unwrap();

@@ -8,6 +8,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// One request as it arrived.
 #[derive(Clone, Debug)]
@@ -89,5 +90,23 @@ impl Receiver {
     /// Every request so far, in arrival order.
     pub fn received(&self) -> Vec<Received> {
         self.got.lock().unwrap().clone()
+    }
+
+    /// Waits until `n` requests arrived, at most a minute.
+    pub async fn at_least(&self, n: usize, what: &str) {
+        super::process::wait_for(what, Duration::from_secs(60), || async {
+            (self.received().len() >= n).then_some(())
+        })
+        .await;
+    }
+
+    /// Waits until `n` requests arrived, then a while longer to see that no
+    /// more come; returns them.
+    pub async fn exactly(&self, n: usize, what: &str) -> Vec<Received> {
+        self.at_least(n, what).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let got = self.received();
+        assert_eq!(got.len(), n, "{what}: {got:#?}");
+        got
     }
 }
