@@ -71,6 +71,13 @@ pub struct JobResult {
     /// The drill's checks as run (verify only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<crate::api::CheckResult>,
+    /// Names the staged dump (its finish time, `staging::dump_id`): the dump
+    /// that made it, and the upload that sent it (dump and upload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dumped: Option<String>,
+    /// The unsent dump this one replaced, named likewise (dump only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced: Option<String>,
 }
 
 /// A restore step's failure: the Restored condition's reason, and what happened.
@@ -101,6 +108,8 @@ impl JobResult {
             more_log: vec![],
             tables: None,
             checks: vec![],
+            dumped: None,
+            replaced: None,
         }
     }
 
@@ -118,13 +127,40 @@ impl JobResult {
         std::fs::write(path, json + "\n")
     }
 
-    /// Drops trailing `more_log` lines until the JSON fits in `MAX_BYTES`, and
-    /// says how many went; the per-day log files on the volume keep them all.
+    /// Makes the JSON fit in `MAX_BYTES`: first drops trailing `more_log`
+    /// lines and says how many went (the per-day log files on the volume keep
+    /// them all), then shortens the drill's check texts, which may be long
+    /// queries. A cut message is no message: the operator could not read it.
     pub fn fit(&mut self) {
-        let fits = |r: &JobResult| serde_json::to_string(r).map_or(true, |s| s.len() <= MAX_BYTES);
-        if fits(self) {
-            return;
+        if !self.fits() {
+            self.fit_more_log();
         }
+        if !self.fits() {
+            self.fit_checks();
+        }
+    }
+
+    fn fits(&self) -> bool {
+        serde_json::to_string(self).map_or(true, |s| s.len() <= MAX_BYTES)
+    }
+
+    /// Shortens each check's query, value and expectation to the longest
+    /// length that fits, keeping whether it passed; past that, keeps the
+    /// failed checks first.
+    fn fit_checks(&mut self) {
+        let all = std::mem::take(&mut self.checks);
+        for limit in [512, 256, 128, 96, 64, 48, 32, 24, 16, 8, 0] {
+            self.checks = all.iter().map(|c| shortened(c, limit)).collect();
+            if self.fits() {
+                return;
+            }
+        }
+        self.checks.sort_by_key(|c| c.passed);
+        while !self.fits() && self.checks.pop().is_some() {}
+    }
+
+    fn fit_more_log(&mut self) {
+        let fits = |r: &JobResult| r.fits();
         let all = std::mem::take(&mut self.more_log);
         // The summary line takes the date and time of the last line it stands for.
         let stamp = all.last().map_or(String::new(), |l| {
@@ -146,6 +182,20 @@ impl JobResult {
     /// tail Kubernetes substitutes when a container died before writing one).
     pub fn parse(message: &str) -> Option<JobResult> {
         serde_json::from_str(message.trim()).ok()
+    }
+}
+
+/// `c` with each text cut to `limit` characters, an ellipsis marking a cut.
+fn shortened(c: &crate::api::CheckResult, limit: usize) -> crate::api::CheckResult {
+    let cut = |t: &str| match t.char_indices().nth(limit) {
+        Some((at, _)) => format!("{}…", &t[..at]),
+        None => t.to_string(),
+    };
+    crate::api::CheckResult {
+        query: cut(&c.query),
+        passed: c.passed,
+        got: cut(&c.got),
+        expected: cut(&c.expected),
     }
 }
 
@@ -178,6 +228,8 @@ mod tests {
             more_log: vec!["2026-11-25,03:05:01,retention pruned 2026-11-20/datadump1.sql".into()],
             tables: None,
             checks: vec![],
+            dumped: None,
+            replaced: None,
         };
         let text = serde_json::to_string(&r).unwrap();
         assert_eq!(JobResult::parse(&text), Some(r));
@@ -200,6 +252,8 @@ mod tests {
                 .collect(),
             tables: None,
             checks: vec![],
+            dumped: None,
+            replaced: None,
         };
         r.fit();
         let text = serde_json::to_string(&r).unwrap();
@@ -214,6 +268,49 @@ mod tests {
             )
         );
         assert!(r.more_log[0].ends_with("datadump0.sql"));
+    }
+
+    #[test]
+    fn twenty_checks_with_long_queries_fit_and_parse() {
+        let long = |i: usize| {
+            format!(
+                "SELECT count(*) FROM t{i} WHERE {}",
+                "x = 'é' AND ".repeat(340)
+            )
+        };
+        let mut r = JobResult::new(
+            Step::Verify,
+            Outcome::Succeeded,
+            "2026-11-25,03:10:00,backup verified k1 (20 tables)".into(),
+        );
+        r.key = Some("2026-11-25/datadump1.sql.zst".into());
+        r.tables = Some(20);
+        r.checks = (0..20)
+            .map(|i| crate::api::CheckResult {
+                query: long(i),
+                passed: i != 7,
+                got: "1".repeat(1000),
+                expected: format!("equals \"{}\"", "\"".repeat(1000)),
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("termination-log");
+        r.write_to(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.len() <= MAX_BYTES + 1, "{}", text.len());
+        let back = JobResult::parse(&text).expect("the message parses");
+        assert_eq!(back.outcome, Outcome::Succeeded);
+        assert_eq!(back.checks.len(), 20);
+        assert_eq!(
+            back.checks.iter().map(|c| c.passed).collect::<Vec<_>>(),
+            (0..20).map(|i| i != 7).collect::<Vec<_>>()
+        );
+        assert!(
+            back.checks[0]
+                .query
+                .starts_with("SELECT count(*) FROM t0 WHERE x")
+        );
+        assert!(back.checks[0].query.ends_with('…'));
     }
 
     #[test]

@@ -6,6 +6,8 @@ use std::fmt;
 pub const DUMP_COMPLETED: &str = "database dump completed";
 pub const NOTHING_TO_UPLOAD: &str = "there is no file to upload";
 pub const UPLOADED: &str = "file successfully uploaded";
+/// Followed by when the replaced dump was finished, `YYYY-MM-DD HH:MM:SS`.
+pub const REPLACED: &str = "replaced an unsent dump from";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogLine {

@@ -56,6 +56,10 @@ struct RunArgs {
     /// Name of the Lease.
     #[arg(long, default_value = "dbbackup-operator")]
     lease_name: String,
+    /// Internal networks (CIDRs, comma-separated) notifications may go to;
+    /// loopback, link-local and private addresses are refused otherwise.
+    #[arg(long, value_delimiter = ',', env = "DBBACKUP_NOTIFY_ALLOWED_NETWORKS")]
+    notify_allowed_networks: Vec<ipnet::IpNet>,
     /// Namespace of the Lease (the operator's own).
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     lease_namespace: String,
@@ -156,6 +160,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     health.set_ready();
     let settings = Settings {
         uploader_image: args.uploader_image,
+        notify_allowed: operator::egress::Allowed::new(args.notify_allowed_networks),
     };
     let ctx = Arc::new(Context::new(client.clone(), settings, metrics));
     if !args.leader_election {

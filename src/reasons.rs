@@ -15,6 +15,10 @@ pub const INVALID_BUCKET_NAME: &str = "InvalidBucketName";
 pub const INVALID_CA_BUNDLE: &str = "InvalidCABundle";
 pub const INVALID_SSE_KEY: &str = "InvalidSSEKey";
 pub const INVALID_AGE_KEY: &str = "InvalidAgeKey";
+/// An SSE-C key or a web-identity token would travel over plain http.
+pub const INSECURE_ENDPOINT: &str = "InsecureEndpoint";
+/// spec.bucket.webIdentity.audience is one the apiserver accepts tokens for.
+pub const APISERVER_AUDIENCE: &str = "APIServerAudience";
 pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
 pub const SECRET_KEY_MISSING: &str = "SecretKeyMissing";
 pub const STORAGE_CLASS_NOT_FOUND: &str = "StorageClassNotFound";
@@ -32,6 +36,8 @@ pub const CONTAINER_NOT_STARTED: &str = "ContainerNotStarted";
 // Stale, and the Events of a backup's life.
 pub const UPLOADS_CURRENT: &str = "UploadsCurrent";
 pub const NO_RECENT_UPLOAD: &str = "NoRecentUpload";
+/// Stale=False while spec.suspend is true.
+pub const SUSPENDED: &str = "Suspended";
 pub const BACKUP_STALE: &str = "BackupStale";
 pub const BACKUP_REQUESTED: &str = "BackupRequested";
 /// A dump pod started running (the healthchecks "start" ping says so).
@@ -51,6 +57,8 @@ pub const BACKUP_NOT_FOUND: &str = "BackupNotFound";
 pub const NO_SOURCE: &str = "NoSource";
 pub const JOB_FAILED: &str = "JobFailed";
 pub const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
+/// The restore's Job went before its result was seen; it is not run again.
+pub const JOB_DISAPPEARED: &str = "JobDisappeared";
 
 // Failures the restore's steps report (fetch, then load).
 pub const DOWNLOAD_FAILED: &str = "DownloadFailed";

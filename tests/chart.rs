@@ -37,6 +37,45 @@ fn helm_lint_strict_passes() {
     assert!(out.status.success(), "{}", text(&out));
 }
 
+/// The chart rendered by the real helm with `--set` values.
+fn helm_template(sets: &[&str]) -> String {
+    let mut helm = Command::new(bin("helm"));
+    helm.args(["template", "dbb", CHART, "-n", RELEASE_NS]);
+    for s in sets {
+        helm.args(["--set", s]);
+    }
+    let out = output(&mut helm);
+    assert!(out.status.success(), "helm template: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The Deployment's update strategy type as rendered ("" for the default,
+/// RollingUpdate).
+fn strategy(rendered: &str) -> String {
+    let doc = rendered
+        .split("\n---")
+        .find(|d| d.contains("\nkind: Deployment"))
+        .expect("a Deployment");
+    let deployment: serde_json::Value = serde_yaml::from_str(doc).unwrap();
+    deployment["spec"]["strategy"]["type"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A single replica without leader election is replaced by stopping it
+/// first: a rolling update would run two operators at once. With leader
+/// election (enabled, or implied by replicas > 1) the rolling update stays.
+#[test]
+fn without_leader_election_an_upgrade_never_runs_two_operators() {
+    assert_eq!(strategy(&helm_template(&[])), "Recreate");
+    assert_eq!(
+        strategy(&helm_template(&["leaderElection.enabled=true"])),
+        ""
+    );
+    assert_eq!(strategy(&helm_template(&["replicas=2"])), "");
+}
+
 #[test]
 fn chart_ships_the_generated_crd() {
     let root = env!("CARGO_MANIFEST_DIR");

@@ -597,3 +597,85 @@ async fn a_scheduled_run_without_an_upload_makes_it_stale_and_deletion_drops_the
     )
     .await;
 }
+
+/// A drill that passes protects its dump from retention at once: the upload
+/// CronJob (whose Jobs prune) carries `--keep-verified` with the key as soon
+/// as the status records the drill, although a status write starts no
+/// reconcile by itself. The drill pod is made here as a finished one looks
+/// to the operator (no node runs it), so nothing else happens meanwhile.
+#[tokio::test]
+async fn a_passed_drill_reaches_the_upload_cronjob_without_another_event() {
+    let (_cp, client) = setup("shop").await;
+    create_sample_secrets(&client, "shop").await;
+    let _op = RunningOperator::start(&client);
+    let mut manifest = backup_manifest("orders", "mariadb");
+    manifest["spec"]["verify"] = serde_json::json!({"afterUpload": true});
+    create_backup(&client, "shop", manifest).await;
+    let backups: Api<DatabaseBackup> = Api::namespaced(client.clone(), "shop");
+    wait_ready(&backups, "orders", "True", "Reconciled").await;
+    let key = "shop/orders/2026-12-01/datadump1.sql";
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {
+            "name": "orders-verify-1",
+            "labels": {
+                "app.kubernetes.io/managed-by": "dbbackup-operator",
+                "dbbackup.io/backup": "orders",
+                "dbbackup.io/step": "verify"
+            },
+            "annotations": {"dbbackup.io/verify-key": key}
+        },
+        "spec": {
+            "nodeName": "nowhere",
+            "containers": [{"name": "verify", "image": "registry.test/none"}]
+        }
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let message = format!(
+        r#"{{"step":"verify","outcome":"succeeded","key":"{key}","tables":3,"log":"2026-12-01,03:10:00,backup verified {key} (3 tables)"}}"#
+    );
+    let status = serde_json::json!({"status": {
+        "phase": "Succeeded",
+        "startTime": "2026-12-01T03:09:00Z",
+        "containerStatuses": [{
+            "name": "verify", "image": "registry.test/none", "imageID": "", "ready": false,
+            "restartCount": 0,
+            "state": {"terminated": {
+                "exitCode": 0, "reason": "Completed", "message": message,
+                "startedAt": "2026-12-01T03:09:00Z", "finishedAt": "2026-12-01T03:10:00Z"
+            }}
+        }]
+    }});
+    pods.patch_status(
+        "orders-verify-1",
+        &PatchParams::default(),
+        &Patch::Merge(&status),
+    )
+    .await
+    .unwrap();
+    wait_for(
+        "the verified key in the status",
+        Duration::from_secs(30),
+        || async {
+            let s = backups.get("orders").await.ok()?.status?;
+            (s.last_verified_key.as_deref() == Some(key)).then_some(())
+        },
+    )
+    .await;
+    let flag = format!("--keep-verified={key}");
+    wait_for(
+        "--keep-verified on the upload CronJob",
+        Duration::from_secs(5),
+        || async {
+            let cj = get_cronjob(&client, "shop", "orders-upload").await?;
+            container(&cj)
+                .args
+                .iter()
+                .flatten()
+                .any(|a| *a == flag)
+                .then_some(())
+        },
+    )
+    .await;
+}

@@ -238,3 +238,106 @@ async fn a_dead_target_sets_notified_false_and_holds_up_nothing_and_deletion_sto
         failing.received().len()
     );
 }
+
+/// The notifier, as the operator runs it, sending one failure notice of
+/// shop/orders to each target in `urls` (name → URL); returns the Notified
+/// condition once every target's delivery ended.
+async fn notify_once(
+    allowed: &[&str],
+    urls: &[(&str, String)],
+) -> dbbackup_operator::operator::conditions::Observed {
+    use dbbackup_operator::api::{DatabaseBackup, NotifyEvent, NotifyTarget};
+    use dbbackup_operator::operator::egress::Allowed;
+    use dbbackup_operator::operator::notify::{Notice, Notifier, Retry};
+    use kube::runtime::reflector::ObjectRef;
+    let allowed = Allowed::new(allowed.iter().map(|n| n.parse().unwrap()).collect());
+    let retry = Retry {
+        delays: vec![],
+        timeout: Duration::from_secs(5),
+    };
+    let (notifier, _woken) = Notifier::new(retry, allowed);
+    let key = ObjectRef::<DatabaseBackup>::new("orders").within("shop");
+    let targets: Vec<NotifyTarget> = urls
+        .iter()
+        .map(|(name, _)| {
+            serde_json::from_value(serde_json::json!({
+                "name": name, "type": "webhook", "urlSecret": {"name": "hooks", "key": name}
+            }))
+            .unwrap()
+        })
+        .collect();
+    let urls = urls
+        .iter()
+        .map(|(name, url)| (name.to_string(), Ok(url.clone())))
+        .collect();
+    notifier.configure(&key, &targets, &urls);
+    let notice = Notice {
+        event: NotifyEvent::Failure,
+        id: "run-1".into(),
+        reason: "UploadFailed".into(),
+        message: "file upload failed".into(),
+        key: None,
+        time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        ),
+    };
+    notifier.send(&key, &targets, &urls, &[notice]);
+    let names: Vec<String> = targets
+        .iter()
+        .map(|t| format!("target {:?}", t.name))
+        .collect();
+    wait_for("every delivery to end", Duration::from_secs(30), || async {
+        let c = notifier.condition(&key)?;
+        let ended = match c.status {
+            true => c.reason == "NotificationsDelivered",
+            false => names.iter().all(|n| c.message.contains(n)),
+        };
+        ended.then_some(c)
+    })
+    .await
+}
+
+/// A webhook URL pointing at a loopback, private or link-local address is
+/// refused before any connection, by address or by a name resolving there,
+/// with one message whether or not anything listens: the operator is no
+/// probe of the cluster's network. The operator's allow-list lets it through.
+#[tokio::test]
+async fn notifications_to_internal_addresses_are_refused_unless_allowed() {
+    let live = Receiver::start(&[]).await;
+    let port = live.url.rsplit(':').next().unwrap().to_string();
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let urls = [
+        ("open", format!("{}/hook", live.url)),
+        ("closed", format!("http://127.0.0.1:{closed}/hook")),
+        ("named", format!("http://localhost:{port}/hook")),
+        (
+            "metadata",
+            "http://169.254.169.254/latest/meta-data/".to_string(),
+        ),
+    ];
+    let c = notify_once(&[], &urls).await;
+    assert_eq!((c.status, c.reason.as_str()), (false, "NotificationFailed"));
+    let refused = "the URL's host is a loopback, link-local or private address, \
+                   which the operator's notify.allowedNetworks does not name";
+    for target in ["open", "closed", "metadata"] {
+        assert!(
+            c.message.contains(&format!("target {target:?}: {refused}")),
+            "{target}: {}",
+            c.message
+        );
+    }
+    assert!(
+        c.message
+            .contains(&format!(r#"target "named": cannot connect: {refused}"#)),
+        "{}",
+        c.message
+    );
+    assert!(live.received().is_empty(), "a refused target was reached");
+
+    let c = notify_once(&["127.0.0.0/8"], &urls[..1]).await;
+    assert_eq!(c.reason, "NotificationsDelivered", "{}", c.message);
+    assert_eq!(live.received().len(), 1);
+}

@@ -48,6 +48,7 @@ async fn an_encrypted_round_trip_on_the_node(engine: Engine) {
     backup_now(&b, &mut pods, "first", &mut vec![]).await;
     let key = status_of(&b).await.last_upload_key.unwrap();
     assert!(key.ends_with("/datadump1.sql.zst.age"), "{key}");
+    let first = b.db.fingerprint("shop");
     // Neither the bucket nor the staging volume holds a row of the data.
     let object = get_object(&b.minio, &key).await;
     assert!(object.starts_with(b"age-encryption.org/v1"));
@@ -61,12 +62,23 @@ async fn an_encrypted_round_trip_on_the_node(engine: Engine) {
     let status = wait_orders(&b, "Verified", Some("True"), "Verified", DRILL_TIMEOUT).await;
     assert_eq!(status.last_verified_key.as_deref(), Some(key.as_str()));
 
-    // A restore with the right identity brings the data back.
+    // A newer dump, then a restore of the older one by its key (an .age key
+    // the restore's admission once refused) with the right identity brings
+    // that dump's data back.
+    b.db.query(
+        "shop",
+        "INSERT INTO products VALUES (201, 'Late product', 9.99)",
+    );
+    backup_now(&b, &mut pods, "second", &mut vec![]).await;
+    next_succeeded(&mut pods, "verify").await;
     let with = |secret: &str| format!("  identitySecret:\n    name: {secret}\n");
-    apply_restore_with(&b, "back", "restored", false, "db-creds", &with("age-key"));
+    let older = format!("{}  key: {key}\n", with("age-key"));
+    apply_restore_with(&b, "back", "restored", false, "db-creds", &older);
     let status = run_restore(&b, &mut pods, "back").await;
     assert_eq!(status.phase, Some(RestorePhase::Succeeded), "{status:?}");
-    assert_eq!(b.db.fingerprint("restored"), b.db.fingerprint("shop"));
+    assert_eq!(status.key.as_deref(), Some(key.as_str()));
+    assert_eq!(b.db.fingerprint("restored"), first);
+    assert_ne!(b.db.fingerprint("shop"), first);
 
     // A wrong identity: a specific reason, and nothing loaded.
     apply_restore_with(&b, "wrong", "wrong", false, "db-creds", &with("stranger"));

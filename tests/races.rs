@@ -232,3 +232,29 @@ async fn a_dump_the_store_confirmed_before_a_kill_is_not_sent_again() {
     assert_eq!(bucket_keys(&minio).await.len(), 2);
     assert_eq!(staging.dumps(), Vec::<std::path::PathBuf>::new());
 }
+
+/// An upload killed after it deleted its dump but before its `.sent-` marker
+/// leaves that marker, naming an object the store holds. A new dump staged
+/// beside it is a different dump: it is uploaded under a new key, not
+/// deleted as if it were the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leftover_sent_marker_does_not_stand_for_a_new_dump() {
+    let minio = Minio::start();
+    create_bucket(&minio).await;
+    let staging = Staging::new();
+    std::fs::write(staging.staged_dump(), b"-- yesterday\n".repeat(1000)).unwrap();
+    let old = run_upload(&minio, &staging, &UploadOpts::default());
+    let old_key = old.result.unwrap().key.unwrap();
+    let dumps = staging.path().join("dumps");
+    std::fs::write(dumps.join(".sent-datadump.sql"), &old_key).unwrap();
+    let body = b"-- today\n".repeat(1000);
+    std::fs::write(staging.staged_dump(), &body).unwrap();
+    let new = run_upload(&minio, &staging, &UploadOpts::default());
+    let result = new.result.clone().unwrap();
+    assert_eq!(result.outcome, Outcome::Succeeded, "{}", new.text());
+    let key = result.key.unwrap();
+    assert_ne!(key, old_key, "the new dump was taken for the old one");
+    assert_eq!(get_object(&minio, &key).await, body);
+    assert_eq!(bucket_keys(&minio).await.len(), 2);
+    assert_eq!(staging.dumps(), Vec::<std::path::PathBuf>::new());
+}

@@ -677,3 +677,96 @@ async fn the_metrics_follow_uploads_and_failures_and_leave_with_the_resource() {
     })
     .await;
 }
+
+/// A restore whose Job vanished before its result was seen (deleted by
+/// hand, or by a TTL, while the operator was down) is never started again:
+/// with `overwrite` a second load would wipe what was written since. It
+/// ends Failed, says why, and no new Job appears. (No pod runs: a control
+/// plane of its own is enough.)
+#[tokio::test]
+async fn a_started_restore_whose_job_vanished_fails_and_never_runs_again() {
+    use k8s_openapi::api::batch::v1::Job;
+    const NS: &str = "shop";
+    let (_cp, client) = setup(NS).await;
+    create_sample_secrets(&client, NS).await;
+    create_backup(&client, NS, backup_manifest("orders", "mariadb")).await;
+    let op = RunningOperator::start(&client);
+    let restore: DatabaseRestore = serde_json::from_value(serde_json::json!({
+        "apiVersion": "dbbackup.io/v1alpha1",
+        "kind": "DatabaseRestore",
+        "metadata": { "name": "once" },
+        "spec": {
+            "backup": "orders",
+            "overwrite": true,
+            "target": {
+                "engine": "mariadb",
+                "host": "db.example.svc",
+                "name": "shop",
+                "credentialsSecret": { "name": "db-creds" }
+            }
+        }
+    }))
+    .unwrap();
+    let api: Api<DatabaseRestore> = Api::namespaced(client.clone(), NS);
+    api.create(&Default::default(), &restore).await.unwrap();
+    let jobs: Api<Job> = Api::namespaced(client.clone(), NS);
+    let labelled = kube::api::ListParams::default().labels("dbbackup.io/restore=once");
+    wait_condition(
+        &api,
+        "once",
+        "Restored",
+        None,
+        "Running",
+        Duration::from_secs(60),
+    )
+    .await;
+    drop(op);
+    let job = jobs.list(&labelled).await.unwrap().items.remove(0);
+    jobs.delete(
+        &job.metadata.name.unwrap(),
+        &kube::api::DeleteParams::background(),
+    )
+    .await
+    .unwrap();
+    wait_for("the job to go", Duration::from_secs(30), || async {
+        jobs.list(&labelled)
+            .await
+            .ok()?
+            .items
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+
+    let _op = RunningOperator::start(&client);
+    let status = wait_condition(
+        &api,
+        "once",
+        "Restored",
+        Some("False"),
+        "JobDisappeared",
+        Duration::from_secs(60),
+    )
+    .await
+    .status
+    .unwrap();
+    assert_eq!(status.phase, Some(RestorePhase::Failed));
+    let c = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Restored")
+        .unwrap();
+    assert!(c.message.contains("is never run again"), "{}", c.message);
+    wait_events(
+        &client,
+        NS,
+        EventFilter::warning("once", "JobDisappeared"),
+        Duration::from_secs(30),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        jobs.list(&labelled).await.unwrap().items.is_empty(),
+        "the restore ran again"
+    );
+}

@@ -355,6 +355,10 @@ pub struct DatabaseBackupStatus {
     /// When that drill ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_verified_time: Option<Time>,
+    /// When spec.suspend was last turned off: staleness counts the scheduled
+    /// runs from then, not from an upload before the suspension.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_time: Option<Time>,
     /// When the operator last started a drill on spec.verify.schedule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scheduled_drill: Option<Time>,

@@ -127,10 +127,16 @@ pub(super) fn default_password_key() -> String {
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-validations" = cel(&[(
-    "!has(self.serverSideEncryption) || self.serverSideEncryption.type != 'SSE-C' || !has(self.endpoint) || self.endpoint.startsWith('https://')",
-    "SSE-C sends its key with every request: the endpoint must be https://"
-)])))]
+#[schemars(extend("x-kubernetes-validations" = cel(&[
+    (
+        "!has(self.serverSideEncryption) || self.serverSideEncryption.type != 'SSE-C' || !has(self.endpoint) || self.endpoint.startsWith('https://')",
+        "SSE-C sends its key with every request: the endpoint must be https://",
+    ),
+    (
+        "!has(self.webIdentity) || !has(self.endpoint) || self.endpoint.startsWith('https://')",
+        "webIdentity sends the ServiceAccount token to the store: the endpoint must be https://",
+    ),
+])))]
 pub struct BucketSpec {
     /// Secret (in this namespace) with the bucket name and the access keys, as
     /// the original pipeline kept them. It may also hold endpoint and region.
@@ -338,9 +344,15 @@ pub struct WebIdentity {
     /// The role to assume (for MinIO: the ARN it prints for its OpenID provider).
     #[schemars(length(min = 1, max = 2048))]
     pub role_arn: String,
-    /// The token's audience, which the identity provider expects (default sts.amazonaws.com).
+    /// The token's audience, which the identity provider expects (default
+    /// sts.amazonaws.com). Never one the Kubernetes API server accepts: the
+    /// token would then be an API token.
     #[serde(default = "default_audience")]
     #[schemars(length(min = 1, max = 253))]
+    #[schemars(extend("x-kubernetes-validations" = cel(&[(
+        "!self.matches('^(https://)?kubernetes\\\\.default(\\\\.svc)?(\\\\.|/|$)') && self != 'api'",
+        "must not be an audience of the Kubernetes API server (such as https://kubernetes.default.svc): the token would be an API token"
+    )])))]
     pub audience: String,
 }
 

@@ -65,8 +65,8 @@ pub struct DatabaseRestoreSpec {
     #[serde(default = "default_restore_key")]
     #[schemars(length(min = 1, max = 1024))]
     #[schemars(extend("x-kubernetes-validations" = cel(&[(
-        "self == 'latest' || self.matches('\\\\.sql(\\\\.gz|\\\\.zst)?$')",
-        "must be \"latest\" or an object key ending in .sql, .sql.gz or .sql.zst"
+        "self == 'latest' || self.matches('\\\\.sql(\\\\.gz|\\\\.zst)?(\\\\.age)?$')",
+        "must be \"latest\" or an object key ending in .sql, .sql.gz or .sql.zst, encrypted or not (.age)"
     )])))]
     pub key: String,
 

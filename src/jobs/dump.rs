@@ -9,7 +9,7 @@
 //! is finished and said. Every run appends one log line and writes the
 //! one-line JSON result the operator reads from the termination log.
 
-use super::staging::{Lock, Staging};
+use super::staging::{Lock, Published, Staging, dump_id};
 use super::tool::{self, Server};
 use crate::api::Compression;
 use crate::jobresult::{JobResult, Outcome, Step};
@@ -116,14 +116,25 @@ pub async fn run(args: DumpArgs) -> i32 {
 }
 
 /// Logs the outcome, writes the result, and returns the exit code.
-fn finish(args: &DumpArgs, staging: &Staging, outcome: Result<u64, String>) -> i32 {
+fn finish(args: &DumpArgs, staging: &Staging, outcome: Result<Dumped, String>) -> i32 {
     let tz = args.time_zone;
     let (mut result, code) = match outcome {
-        Ok(size) => {
+        Ok(Dumped { size, published }) => {
             let line = staging.log(tz, logline::DUMP_COMPLETED);
             info!(size, "{line}");
             let mut r = JobResult::new(Step::Dump, Outcome::Succeeded, line.to_string());
             r.size = Some(size);
+            r.dumped = Some(dump_id(published.finished));
+            // The original pipeline's rule stands (a newer dump replaces one
+            // not yet sent), but it is said: that run's dump is never uploaded.
+            if let Some(replaced) = published.replaced {
+                let at = chrono::DateTime::<chrono::Utc>::from(replaced).with_timezone(&tz);
+                let message = format!("{} {}", logline::REPLACED, at.format("%Y-%m-%d %H:%M:%S"));
+                let line = staging.log(tz, &message);
+                warn!("{line}");
+                r.more_log.push(line.to_string());
+                r.replaced = Some(dump_id(replaced));
+            }
             (r, 0)
         }
         Err(message) => {
@@ -141,8 +152,14 @@ fn finish(args: &DumpArgs, staging: &Staging, outcome: Result<u64, String>) -> i
     code
 }
 
-/// The dump itself, on a blocking thread; the size of the finished dump.
-fn dump(args: &DumpArgs, staging: &Staging, phase: &Mutex<Phase>) -> Result<u64, String> {
+/// A dump in place: its size, and what putting it there replaced.
+struct Dumped {
+    size: u64,
+    published: Published,
+}
+
+/// The dump itself, on a blocking thread.
+fn dump(args: &DumpArgs, staging: &Staging, phase: &Mutex<Phase>) -> Result<Dumped, String> {
     let dumps = staging.dumps();
     staging
         .create()
@@ -170,10 +187,10 @@ fn dump(args: &DumpArgs, staging: &Staging, phase: &Mutex<Phase>) -> Result<u64,
         }
     };
     set(phase, |_| Phase::Committing)?;
-    staging
+    let published = staging
         .publish(&partial, &name)
         .map_err(|e| format!("cannot put the dump in place: {e}"))?;
-    Ok(size)
+    Ok(Dumped { size, published })
 }
 
 /// Moves the run to its next phase, unless a SIGTERM stopped it.

@@ -18,7 +18,9 @@
 //!   renaming it to `.uploading-<name>`, reads only that file, and deletes it
 //!   once the store confirmed it. A dump finished meanwhile is not touched: the
 //!   next upload sends it. A claim left by a killed upload is sent first by the
-//!   next one, unless its `.sent-` marker names an object the store holds.
+//!   next one, unless its `.sent-` marker names an object the store holds. A
+//!   fresh claim first removes a marker of its name: one left by an upload
+//!   killed between deleting its dump and its marker names another dump.
 //!   Two uploads therefore never send the same dump.
 //!
 //! The locks are `flock`s: the kernel releases them when their holder dies,
@@ -55,6 +57,21 @@ pub struct Staging {
 pub enum Lock {
     Dump,
     Upload,
+}
+
+/// A dump put in place.
+#[derive(Debug)]
+pub struct Published {
+    /// When it was finished: it names this dump until it is uploaded.
+    pub finished: SystemTime,
+    /// When the unsent dump it replaced was finished.
+    pub replaced: Option<SystemTime>,
+}
+
+/// How a dump's finish time names it in results (`JobResult::dumped`), to
+/// the nanosecond: the dump and the upload that sent it say the same.
+pub fn dump_id(finished: SystemTime) -> String {
+    chrono::DateTime::<Utc>::from(finished).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
 }
 
 /// A dump an upload claimed: only this upload reads or deletes it.
@@ -149,14 +166,26 @@ impl Staging {
     }
 
     /// Puts the whole, synced `partial` in place as `name`, replacing a dump
-    /// not yet claimed (of any compression), and syncs the folder.
-    pub fn publish(&self, partial: &Path, name: &str) -> io::Result<()> {
+    /// not yet claimed (of any compression), and syncs the folder. Says when
+    /// the new dump and the one it replaced, if any, were finished: the
+    /// replaced one is never uploaded, and its run must be told.
+    pub fn publish(&self, partial: &Path, name: &str) -> io::Result<Published> {
         let dumps = self.dumps();
+        let mut replaced = None;
+        for staged in DUMP_FILES {
+            if let Ok(meta) = std::fs::metadata(dumps.join(staged)) {
+                replaced = replaced.max(Some(meta.modified()?));
+            }
+        }
         std::fs::rename(partial, dumps.join(name))?;
         for other in DUMP_FILES.iter().filter(|n| **n != name) {
             remove_if_present(&dumps.join(other))?;
         }
-        File::open(&dumps)?.sync_all()
+        File::open(&dumps)?.sync_all()?;
+        Ok(Published {
+            finished: std::fs::metadata(dumps.join(name))?.modified()?,
+            replaced,
+        })
     }
 
     /// The dump this upload is to send: a claim a killed upload left, else
@@ -167,6 +196,12 @@ impl Staging {
             return Ok(Some(left));
         }
         for name in DUMP_FILES {
+            if !dumps.join(name).exists() {
+                continue;
+            }
+            // A marker left by an upload killed after deleting its dump names
+            // an older dump's key: it must never speak for this one.
+            remove_if_present(&self.sent_marker(name))?;
             let claimed = dumps.join(format!("{CLAIMED}{name}"));
             match std::fs::rename(dumps.join(name), &claimed) {
                 Ok(()) => {
@@ -211,28 +246,33 @@ impl Staging {
     /// dump is deleted: an upload killed in between leaves the claim, and the
     /// next one then finds the object instead of sending the dump again.
     pub fn mark_sent(&self, claimed: &Claimed, key: &str) -> io::Result<()> {
-        let mut f = File::create(self.sent_marker(claimed))?;
+        let mut f = File::create(self.sent_marker(claimed.name))?;
         f.write_all(key.as_bytes())?;
         f.sync_all()?;
         File::open(self.dumps())?.sync_all()
     }
 
     /// The key a killed upload recorded for `claimed`, if it got that far.
+    /// Only a claim a killed upload left can have one: a fresh claim's dump
+    /// was never sent.
     pub fn sent_key(&self, claimed: &Claimed) -> Option<String> {
-        std::fs::read_to_string(self.sent_marker(claimed))
+        if !claimed.left_over {
+            return None;
+        }
+        std::fs::read_to_string(self.sent_marker(claimed.name))
             .ok()
             .filter(|k| !k.is_empty())
     }
 
-    fn sent_marker(&self, claimed: &Claimed) -> PathBuf {
-        self.dumps().join(format!(".sent-{}", claimed.name))
+    fn sent_marker(&self, name: &str) -> PathBuf {
+        self.dumps().join(format!(".sent-{name}"))
     }
 
     /// Deletes a claimed dump the store confirmed, then its marker, and
     /// syncs the folder.
     pub fn release(&self, claimed: &Claimed) -> io::Result<()> {
         std::fs::remove_file(&claimed.path)?;
-        remove_if_present(&self.sent_marker(claimed))?;
+        remove_if_present(&self.sent_marker(claimed.name))?;
         File::open(self.dumps())?.sync_all()
     }
 }
@@ -285,7 +325,7 @@ mod tests {
     #[test]
     fn a_sent_marker_lives_until_its_claim_is_released() {
         let (_d, s) = staging();
-        std::fs::write(s.dumps().join("datadump.sql"), "x").unwrap();
+        std::fs::write(s.dumps().join(".uploading-datadump.sql"), "x").unwrap();
         let c = s.claim().unwrap().unwrap();
         assert_eq!(s.sent_key(&c), None);
         s.mark_sent(&c, "2026-11-26/datadump1.sql").unwrap();
@@ -293,6 +333,22 @@ mod tests {
         s.release(&c).unwrap();
         assert_eq!(s.sent_key(&c), None);
         assert!(!c.path.exists());
+    }
+
+    #[test]
+    fn a_marker_left_beside_a_new_dump_names_nothing_and_is_removed() {
+        let (_d, s) = staging();
+        // An upload killed after deleting its claim, before its marker.
+        std::fs::write(
+            s.dumps().join(".sent-datadump.sql"),
+            "2026-11-25/datadump1.sql",
+        )
+        .unwrap();
+        std::fs::write(s.dumps().join("datadump.sql"), "new").unwrap();
+        let c = s.claim().unwrap().unwrap();
+        assert!(!c.left_over);
+        assert_eq!(s.sent_key(&c), None);
+        assert!(!s.dumps().join(".sent-datadump.sql").exists());
     }
 
     #[test]
@@ -315,9 +371,18 @@ mod tests {
     fn publishing_replaces_an_unclaimed_dump_of_another_compression() {
         let (_d, s) = staging();
         std::fs::write(s.dumps().join("datadump.sql.gz"), "old").unwrap();
+        let old = std::fs::metadata(s.dumps().join("datadump.sql.gz"))
+            .unwrap()
+            .modified()
+            .unwrap();
         let partial = s.partial("datadump.sql.zst");
         std::fs::write(&partial, "new").unwrap();
-        s.publish(&partial, "datadump.sql.zst").unwrap();
+        let published = s.publish(&partial, "datadump.sql.zst").unwrap();
+        assert_eq!(published.replaced, Some(old));
+        let partial = s.partial("datadump.sql.zst");
+        std::fs::write(&partial, "newer").unwrap();
+        let again = s.publish(&partial, "datadump.sql.zst").unwrap();
+        assert_eq!(again.replaced, Some(published.finished));
         let mut names: Vec<_> = std::fs::read_dir(s.dumps())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())

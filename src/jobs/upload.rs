@@ -8,7 +8,7 @@
 //! on any failure keeps the dump for the next run and exits non-zero.
 
 use super::proof::{self, Written};
-use super::staging::{Claimed, Lock, Staging};
+use super::staging::{self, Claimed, Lock, Staging};
 use super::{keys, put, retention, store};
 use crate::jobresult::{JobResult, Outcome, Step};
 use crate::logline;
@@ -227,6 +227,7 @@ fn finish_sent(
     let line = staging.log(tz, logline::UPLOADED);
     let mut r = JobResult::new(Step::Upload, Outcome::Succeeded, line.to_string());
     r.key = Some(key);
+    r.dumped = Some(staging::dump_id(claimed.finished));
     Ok(r)
 }
 
@@ -281,8 +282,8 @@ async fn send(
         size: Some(written.size),
         checksum: Some(written.proof.to_string()),
         log: line.to_string(),
-        reason: None,
         more_log,
+        dumped: Some(staging::dump_id(claimed.finished)),
         ..JobResult::new(Step::Upload, Outcome::Succeeded, String::new())
     })
 }

@@ -6,6 +6,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::collections::HashSet;
+use std::sync::Mutex;
 use std::time::Instant;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -45,6 +47,8 @@ pub struct Metrics {
     upload_bytes: Family<BackupLabel, Gauge>,
     step_seconds: Family<StepLabel, Gauge>,
     step_failures: Family<StepLabel, Counter>,
+    /// The backups that have series, for `keep_only`.
+    backups: Mutex<HashSet<BackupLabel>>,
 }
 
 impl Default for Metrics {
@@ -132,6 +136,7 @@ impl Default for Metrics {
             verified_at,
             drill_seconds,
             drill_passed,
+            backups: Mutex::new(HashSet::new()),
         }
     }
 }
@@ -190,11 +195,27 @@ impl Metrics {
 
     pub fn set_stale(&self, namespace: &str, name: &str, stale: bool) {
         self.stale
-            .get_or_create(&BackupLabel {
-                namespace: namespace.to_string(),
-                name: name.to_string(),
-            })
+            .get_or_create(&self.backup(namespace, name))
             .set(i64::from(stale));
+    }
+
+    /// The label of a backup's series, which now has some.
+    fn backup(&self, namespace: &str, name: &str) -> BackupLabel {
+        let label = BackupLabel {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        };
+        self.backups.lock().unwrap().insert(label.clone());
+        label
+    }
+
+    /// Drops the series of every backup `live` does not know: a deletion the
+    /// watch missed, or a reconcile that wrote after it, leaves none for ever.
+    pub fn keep_only(&self, live: impl Fn(&str, &str) -> bool) {
+        let known: Vec<BackupLabel> = self.backups.lock().unwrap().iter().cloned().collect();
+        for b in known.iter().filter(|b| !live(&b.namespace, &b.name)) {
+            self.forget_backup(&b.namespace, &b.name);
+        }
     }
 
     /// The last drill of a backup: its result and duration, and when a dump
@@ -207,10 +228,7 @@ impl Metrics {
         seconds: Option<i64>,
         verified_at: Option<i64>,
     ) {
-        let label = BackupLabel {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-        };
+        let label = self.backup(namespace, name);
         self.drill_passed
             .get_or_create(&label)
             .set(i64::from(passed));
@@ -224,10 +242,7 @@ impl Metrics {
 
     /// The last confirmed upload: when (seconds since the epoch) and its size.
     pub fn set_last_upload(&self, namespace: &str, name: &str, at: i64, bytes: Option<i64>) {
-        let label = BackupLabel {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-        };
+        let label = self.backup(namespace, name);
         self.uploaded_at.get_or_create(&label).set(at);
         if let Some(bytes) = bytes {
             self.upload_bytes.get_or_create(&label).set(bytes);
@@ -243,6 +258,7 @@ impl Metrics {
         seconds: Option<i64>,
         failed: bool,
     ) {
+        self.backup(namespace, name);
         let label = StepLabel {
             namespace: namespace.to_string(),
             name: name.to_string(),
@@ -262,6 +278,7 @@ impl Metrics {
             namespace: namespace.to_string(),
             name: name.to_string(),
         };
+        self.backups.lock().unwrap().remove(&label);
         self.stale.remove(&label);
         self.verified_at.remove(&label);
         self.drill_seconds.remove(&label);
@@ -310,4 +327,34 @@ pub fn counting_client(client: kube::Client, metrics: std::sync::Arc<Metrics>) -
         async move { client.send(req).await }
     });
     kube::client::ClientBuilder::new(counted, namespace).build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A backup whose deletion was missed loses its series at the next sweep;
+    /// a live one keeps them.
+    #[test]
+    fn a_sweep_drops_the_series_of_backups_that_are_gone() {
+        let m = Metrics::default();
+        for name in ["gone", "live"] {
+            m.set_stale("shop", name, true);
+            m.set_last_upload("shop", name, 1_764_039_600, Some(10));
+            m.step_finished("shop", name, "dump", Some(3), true);
+        }
+        m.keep_only(|ns, name| (ns, name) == ("shop", "live"));
+        let text = m.encode();
+        assert!(!text.contains(r#"name="gone""#), "{text}");
+        assert!(
+            text.contains(r#"dbbackup_backup_stale{namespace="shop",name="live"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"dbbackup_step_failures_total{namespace="shop",name="live",step="dump"} 1"#
+            ),
+            "{text}"
+        );
+    }
 }

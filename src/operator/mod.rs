@@ -6,6 +6,7 @@ pub mod applied;
 pub mod backup;
 pub mod checks;
 pub mod conditions;
+pub mod egress;
 pub mod leader;
 pub mod metrics;
 pub mod notify;
@@ -43,6 +44,8 @@ pub struct Settings {
     /// Image of this operator, which runs the upload and fetch steps and
     /// brings our binary into the database's image.
     pub uploader_image: String,
+    /// Internal networks notifications may still go to.
+    pub notify_allowed: egress::Allowed,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,7 +122,8 @@ impl Context {
         // `applied`), and whole CronJobs were most of the operator's memory.
         let (cronjobs, cronjob_writer) = reflector::store();
         let (pvcs, pvc_writer) = reflector::store();
-        let (notifier, notified) = notify::Notifier::new(notify::Retry::default());
+        let (notifier, notified) =
+            notify::Notifier::new(notify::Retry::default(), settings.notify_allowed.clone());
         Context {
             client,
             settings,
@@ -244,8 +248,9 @@ fn backup_controller(
     fn to_backup<K: Resource>(obj: Arc<K>) -> Option<ObjectRef<DatabaseBackup>> {
         labelled_owner(&*obj, names::LABEL_BACKUP)
     }
+    let sweep = sweep_forgotten(reader.clone(), ctx.metrics.clone(), ctx.notifier.clone());
     // Pods and Jobs of our CronJobs map back to their DatabaseBackup by label.
-    Controller::for_stream(triggers, reader)
+    let controller = Controller::for_stream(triggers, reader)
         .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
         .owns(api::<PartialObjectMeta<CronJob>>(client, ns), ours())
         .owns(api::<PartialObjectMeta<PersistentVolumeClaim>>(client, ns), ours())
@@ -261,7 +266,36 @@ fn backup_controller(
             backup::error_policy,
             ctx.clone(),
         )
-        .for_each(log_controller_error)
+        .for_each(log_controller_error);
+    async move {
+        futures::pin_mut!(controller, sweep);
+        futures::future::select(controller, sweep).await;
+    }
+}
+
+/// How often the state kept per backup outside the cluster (metrics,
+/// notification targets) is checked against the backups that exist.
+const SWEEP: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Drops the metrics and notification state of backups that are gone, which
+/// a Delete event missed across a watch restart (or a reconcile that wrote
+/// after it) would leave for ever.
+async fn sweep_forgotten(
+    backups: reflector::Store<DatabaseBackup>,
+    metrics: Arc<metrics::Metrics>,
+    notifier: Arc<notify::Notifier>,
+) {
+    let _ = backups.wait_until_ready().await;
+    loop {
+        tokio::time::sleep(SWEEP).await;
+        let live: std::collections::HashSet<ObjectRef<DatabaseBackup>> = backups
+            .state()
+            .iter()
+            .map(|b| ObjectRef::from_obj(&**b))
+            .collect();
+        metrics.keep_only(|ns, name| live.contains(&ObjectRef::new(name).within(ns)));
+        notifier.keep_only(|key| live.contains(key));
+    }
 }
 
 fn restore_controller(

@@ -6,6 +6,7 @@
 //! through a reconcile the task asks for: the status keeps one writer.
 
 use super::conditions::{NOTIFIED, Observed};
+use super::egress::{self, Allowed};
 use crate::api::{DatabaseBackup, NotifyEvent, NotifyTarget, NotifyType};
 use crate::reasons;
 use bytes::Bytes;
@@ -116,7 +117,7 @@ impl Default for Retry {
     }
 }
 
-type Https = hyper_rustls::HttpsConnector<HttpConnector>;
+type Https = hyper_rustls::HttpsConnector<HttpConnector<egress::Resolver>>;
 type Key = ObjectRef<DatabaseBackup>;
 
 /// Occurrences remembered per backup, so a reconcile that runs on an older
@@ -126,6 +127,7 @@ const SENT_KEPT: usize = 256;
 /// The deliveries of every backup, and how each target's last one went.
 pub struct Notifier {
     http: Client<Https, Full<Bytes>>,
+    allowed: Allowed,
     retry: Retry,
     backups: Mutex<HashMap<Key, Backup>>,
     wake: UnboundedSender<Key>,
@@ -154,17 +156,21 @@ impl Drop for Target {
 
 impl Notifier {
     /// A notifier, and the stream of backups whose Notified condition changed.
-    pub fn new(retry: Retry) -> (Arc<Notifier>, UnboundedReceiver<Key>) {
+    /// A notifier that sends to internal addresses only where `allowed` says.
+    pub fn new(retry: Retry, allowed: Allowed) -> (Arc<Notifier>, UnboundedReceiver<Key>) {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut http = HttpConnector::new_with_resolver(egress::Resolver(allowed.clone()));
+        http.enforce_http(false);
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_provider_and_native_roots(provider)
             .expect("the TLS provider's defaults")
             .https_or_http()
             .enable_http1()
-            .build();
+            .wrap_connector(http);
         let (wake, woken) = unbounded();
         let notifier = Notifier {
             http: Client::builder(TokioExecutor::new()).build(https),
+            allowed,
             retry,
             backups: Mutex::new(HashMap::new()),
             wake,
@@ -272,6 +278,12 @@ impl Notifier {
         self.backups.lock().unwrap().remove(key);
     }
 
+    /// Forgets every backup `live` does not know (a deletion the watch
+    /// missed, or a reconcile that configured it after the deletion).
+    pub fn keep_only(&self, live: impl Fn(&Key) -> bool) {
+        self.backups.lock().unwrap().retain(|key, _| live(key));
+    }
+
     /// The task that delivers a target's messages, in order.
     fn start(self: &Arc<Self>, key: &Key, target: &str) -> Target {
         let (queue, mut messages) = unbounded::<Message>();
@@ -328,6 +340,13 @@ impl Notifier {
     /// One POST; its error says what failed without the URL, and whether
     /// another attempt may do better.
     async fn attempt(&self, m: &Message) -> Result<(), (String, bool)> {
+        // An address in the URL is never looked up: the resolver cannot check it.
+        let host = m.url.parse::<http::Uri>().ok();
+        if let Some(host) = host.as_ref().and_then(|u| u.host())
+            && !self.allowed.permits_host(host)
+        {
+            return Err((egress::REFUSED.to_string(), false));
+        }
         let request = http::Request::post(&m.url)
             .header(http::header::CONTENT_TYPE, m.content_type)
             .header(http::header::USER_AGENT, crate::names::MANAGER)
@@ -341,7 +360,11 @@ impl Notifier {
                     true,
                 ));
             }
-            Ok(Err(e)) => return Err((without_url(&e), true)),
+            Ok(Err(e)) => {
+                let error = without_url(&e);
+                let retry = !error.ends_with(egress::REFUSED);
+                return Err((error, retry));
+            }
             Ok(Ok(response)) => response.status(),
         };
         match status.as_u16() {
@@ -481,5 +504,24 @@ mod tests {
             let e = check_url(bad).unwrap_err();
             assert!(bad.is_empty() || !e.contains(bad), "{e}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_sweep_forgets_the_targets_of_backups_that_are_gone() {
+        let (n, _woken) = Notifier::new(Retry::default(), Allowed::default());
+        let target: NotifyTarget = serde_json::from_value(serde_json::json!({
+            "name": "hook", "type": "webhook", "urlSecret": {"name": "hooks"}
+        }))
+        .unwrap();
+        let (gone, live) = (
+            Key::new("gone").within("shop"),
+            Key::new("live").within("shop"),
+        );
+        for key in [&gone, &live] {
+            n.configure(key, std::slice::from_ref(&target), &HashMap::new());
+        }
+        n.keep_only(|k| *k == live);
+        assert!(n.condition(&gone).is_none());
+        assert!(n.condition(&live).is_some());
     }
 }

@@ -350,7 +350,8 @@ pub fn apply_restore_as(b: &Bed, name: &str, target: &str, overwrite: bool, cred
     apply_restore_with(b, name, target, overwrite, credentials, "");
 }
 
-/// As `apply_restore_as`, with more spec fields (YAML indented as under `spec:`).
+/// As `apply_restore_as`, with more spec fields (YAML indented as under
+/// `spec:`); a `key:` among them replaces `latest`.
 pub fn apply_restore_with(
     b: &Bed,
     name: &str,
@@ -368,8 +369,7 @@ metadata:
   namespace: {ns}
 spec:
   backup: orders
-  key: latest
-  target:
+{latest}  target:
     engine: {engine}
     host: {host}
     port: {port}
@@ -380,6 +380,10 @@ spec:
   overwrite: {overwrite}
 {more_spec}"#,
         ns = b.ns,
+        latest = match more_spec.lines().any(|l| l.starts_with("  key:")) {
+            true => "",
+            false => "  key: latest\n",
+        },
         host = NODE_IP,
         image = b.db.image(),
         engine = b.engine.as_str()

@@ -3,6 +3,7 @@
 
 use super::k8s::create_secret;
 use dbbackup_operator::api::DatabaseBackup;
+use dbbackup_operator::operator::egress::Allowed;
 use dbbackup_operator::operator::metrics::{Metrics, counting_client};
 use dbbackup_operator::operator::{self, Context, Settings};
 use kube::Client;
@@ -22,6 +23,13 @@ impl RunningOperator {
         Self::start_with(client, None, UPLOADER_IMAGE)
     }
 
+    /// One that sends notifications to internal addresses only where
+    /// `allowed` says (the others allow the loopback test receivers).
+    pub fn start_allowing(client: &Client, allowed: &[&str]) -> RunningOperator {
+        let allowed = allowed.iter().map(|n| n.parse().unwrap()).collect();
+        Self::start_settings(client, None, UPLOADER_IMAGE, Allowed::new(allowed))
+    }
+
     /// One watching `namespace` only, as tests sharing a cluster need, whose
     /// upload pods run the real node's operator image.
     pub fn start_in(client: &Client, namespace: &str) -> RunningOperator {
@@ -32,6 +40,16 @@ impl RunningOperator {
         client: &Client,
         namespace: Option<String>,
         uploader_image: &str,
+    ) -> RunningOperator {
+        let loopback = Allowed::new(vec!["127.0.0.0/8".parse().unwrap()]);
+        Self::start_settings(client, namespace, uploader_image, loopback)
+    }
+
+    fn start_settings(
+        client: &Client,
+        namespace: Option<String>,
+        uploader_image: &str,
+        notify_allowed: Allowed,
     ) -> RunningOperator {
         // Operator logs go to the test's output (shown for failing tests).
         let _ = tracing_subscriber::fmt()
@@ -48,6 +66,7 @@ impl RunningOperator {
             client,
             Settings {
                 uploader_image: uploader_image.into(),
+                notify_allowed,
             },
             metrics,
         ));

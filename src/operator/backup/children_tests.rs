@@ -53,6 +53,7 @@ fn pod_of(cronjob: CronJob) -> PodSpec {
 fn settings() -> Settings {
     Settings {
         uploader_image: "ghcr.io/dbbackup-operator/dbbackup-operator:0.1.0".into(),
+        notify_allowed: Default::default(),
     }
 }
 

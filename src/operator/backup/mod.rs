@@ -38,16 +38,22 @@ const RESYNC: Duration = Duration::from_secs(15 * 60);
 
 pub async fn reconcile(db: Arc<DatabaseBackup>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_started();
-    let applied = check_and_apply(&db, &ctx).await;
+    let mut applied = check_and_apply(&db, &ctx).await;
     let old = db.status.clone().unwrap_or_default();
     let mut pass = Pass::new(&db, &old, ready(&applied));
     let (reports, present) = reports(&db, &ctx, pass.tz);
-    if let Ok(children) = &applied {
-        run_now(&db, &ctx, &children.dump, &mut pass).await?;
-        chain_uploads(&db, &ctx, &children.upload, &reports, &pass.status).await?;
-    }
+    let chained = uploads_to_chain(&db, &ctx, &reports, &pass.status);
     publish_steps(&db, &ctx, &reports, &old);
     pass.record(reports, &present);
+    if let Ok(children) = &mut applied {
+        if pass.status.last_verified_key != old.last_verified_key {
+            children.upload = apply_upload(&db, &ctx, &pass.status).await?;
+        }
+        run_now(&db, &ctx, &children.dump, &mut pass).await?;
+        for run in &chained {
+            create_job(&ctx, &job_from_cronjob(&children.upload, run), "job").await?;
+        }
+    }
     let mut next_drill = None;
     if applied.is_ok() {
         next_drill = start_drill(&db, &ctx, &mut pass).await?;
@@ -226,14 +232,25 @@ impl Pass {
         let max_run = chrono::Duration::seconds(
             jobs.starting_deadline_seconds + 2 * jobs.active_deadline_seconds,
         );
-        let (stale, due) = staleness(
-            &schedule,
-            self.tz,
-            max_run,
-            self.status.last_upload_time.as_ref(),
-            db.metadata.creation_timestamp.as_ref(),
-            chrono::Utc::now(),
-        );
+        let was_suspended = conditions::find(&old.conditions, STALE)
+            .is_some_and(|c| c.reason == reasons::SUSPENDED);
+        if was_suspended && !db.spec.suspend {
+            self.status.resumed_time = Some(self.now.clone());
+        }
+        let (stale, due) = match db.spec.suspend {
+            true => (status::suspended(), None),
+            false => staleness(
+                &schedule,
+                self.tz,
+                max_run,
+                self.status.last_upload_time.as_ref(),
+                (
+                    db.metadata.creation_timestamp.as_ref(),
+                    self.status.resumed_time.as_ref(),
+                ),
+                chrono::Utc::now(),
+            ),
+        };
         let was_stale =
             conditions::find(&old.conditions, STALE).is_some_and(|c| c.status == "True");
         if stale.status && !was_stale {
@@ -294,28 +311,50 @@ async fn run_now(
 
 /// No dump waits for the upload schedule: each success starts its upload
 /// (one per Job, even if the Job ran a second pod). The upload CronJob stays
-/// as the retry and the original pipeline's poller.
-async fn chain_uploads(
+/// as the retry and the original pipeline's poller. Returns the runs to
+/// start an upload Job for.
+fn uploads_to_chain(
     db: &DatabaseBackup,
     ctx: &Context,
-    upload: &CronJob,
     reports: &[PodReport],
     status: &DatabaseBackupStatus,
-) -> Result<(), Error> {
-    for r in reports {
-        let chained = r.step == Step::Dump
-            && r.result.outcome == Outcome::Succeeded
-            && !status.processed_pods.contains(&r.uid)
-            && !upload_started_since(db, ctx, &r.uid, &r.finished);
-        if chained {
-            let run = r
-                .run_now
+) -> Vec<String> {
+    reports
+        .iter()
+        .filter(|r| {
+            r.step == Step::Dump
+                && r.result.outcome == Outcome::Succeeded
+                && !status.processed_pods.contains(&r.uid)
+                && !upload_started_since(db, ctx, &r.uid, &r.finished)
+        })
+        .map(|r| {
+            r.run_now
                 .clone()
-                .unwrap_or_else(|| names::run_now_id(r.job.as_deref().unwrap_or(&r.uid)));
-            create_job(ctx, &job_from_cronjob(upload, &run), "job").await?;
-        }
-    }
-    Ok(())
+                .unwrap_or_else(|| names::run_now_id(r.job.as_deref().unwrap_or(&r.uid)))
+        })
+        .collect()
+}
+
+/// The upload CronJob again, from the status this pass computed: a drill
+/// that just passed is protected from retention (`--keep-verified`) by the
+/// next upload at once. Status writes start no reconcile of their own, so
+/// waiting for one would leave the newly verified dump prunable meanwhile.
+async fn apply_upload(
+    db: &DatabaseBackup,
+    ctx: &Context,
+    status: &DatabaseBackupStatus,
+) -> Result<CronJob, Error> {
+    let mut now = db.clone();
+    now.status = Some(status.clone());
+    let cronjobs: Api<CronJob> =
+        Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());
+    apply(
+        cronjobs,
+        &upload_cronjob(&now, &ctx.settings),
+        &ctx.cronjobs,
+        true,
+    )
+    .await
 }
 
 /// Drills the newest upload: once after its upload (`afterUpload`), and

@@ -170,20 +170,36 @@ fn drilled(r: &PodReport, outcome: Outcome, status: &mut DatabaseBackupStatus) -
     )
 }
 
+/// Stale is False while the schedule is suspended: no run is due, so none
+/// can be missed.
+pub fn suspended() -> Observed {
+    Observed::new(
+        STALE,
+        false,
+        reasons::SUSPENDED,
+        "spec.suspend is true: no dump is scheduled",
+    )
+}
+
 /// Stale when a scheduled dump run passed, plus its grace, without a new
-/// upload: the first run after the last upload (or the creation), in the
-/// schedule's time zone. Its grace is the time its Jobs may take
-/// (`max_run`), but no longer than until the run after it. Also returns when
-/// to look again.
+/// upload: the first run after the last upload (or the creation, or the
+/// resume of a suspended schedule, whichever is latest), in the schedule's
+/// time zone. Its grace is the time its Jobs may take (`max_run`), but no
+/// longer than until the run after it. Also returns when to look again.
 pub fn staleness(
     schedule: &croner::Cron,
     tz: chrono_tz::Tz,
     max_run: chrono::Duration,
     last_upload: Option<&Time>,
-    created: Option<&Time>,
+    (created, resumed): (Option<&Time>, Option<&Time>),
     now: chrono::DateTime<chrono::Utc>,
 ) -> (Observed, Option<std::time::Duration>) {
-    let since = last_upload.or(created).map(to_chrono).unwrap_or(now);
+    let resumed = resumed
+        .map(to_chrono)
+        .filter(|r| last_upload.is_none_or(|u| to_chrono(u) < *r));
+    let since = resumed
+        .or(last_upload.or(created).map(to_chrono))
+        .unwrap_or(now);
     let current = || {
         Observed::new(
             STALE,
@@ -202,12 +218,16 @@ pub fn staleness(
     if now < deadline {
         return (current(), (deadline - now).to_std().ok());
     }
-    let what = match last_upload {
-        Some(_) => format!(
+    let what = match (resumed, last_upload) {
+        (Some(r), _) => format!(
+            "no upload has succeeded since the schedule was resumed at {}",
+            r.format("%Y-%m-%dT%H:%M:%SZ")
+        ),
+        (None, Some(_)) => format!(
             "the last successful upload was at {}",
             since.format("%Y-%m-%dT%H:%M:%SZ")
         ),
-        None => "no upload has succeeded since the resource was created".to_string(),
+        (None, None) => "no upload has succeeded since the resource was created".to_string(),
     };
     let o = Observed::new(
         STALE,

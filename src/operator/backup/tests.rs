@@ -397,7 +397,7 @@ fn stale_at(schedule: &str, tz: &str, uploaded: &str, now: &str) -> bool {
         tz.parse().unwrap(),
         chrono::Duration::minutes(65),
         Some(&time(uploaded)),
-        None,
+        (None, None),
         now,
     );
     o.status
@@ -461,7 +461,7 @@ fn staleness_counts_from_creation_and_says_when_to_look_again() {
         chrono_tz::UTC,
         chrono::Duration::hours(6),
         None,
-        Some(&created),
+        (Some(&created), None),
         to_chrono(&time("2026-11-26T11:30:00Z")),
     );
     assert!(!fresh.status);
@@ -472,7 +472,7 @@ fn staleness_counts_from_creation_and_says_when_to_look_again() {
         chrono_tz::UTC,
         chrono::Duration::hours(6),
         None,
-        Some(&created),
+        (Some(&created), None),
         to_chrono(&time("2026-11-26T12:00:01Z")),
     );
     assert_eq!(
@@ -587,4 +587,51 @@ fn a_failed_drill_becomes_a_verification_failure_notice() {
         "{}",
         n.message
     );
+}
+
+/// A schedule suspended for days and resumed is not stale for the runs the
+/// suspension skipped: runs count from the resume. While suspended, Stale is
+/// False with reason Suspended.
+#[test]
+fn a_resumed_schedule_counts_runs_from_the_resume() {
+    let hourly = crate::operator::checks::parse_schedule("0 * * * *").unwrap();
+    let judge = |resumed: Option<&Time>, now: &str| {
+        staleness(
+            &hourly,
+            chrono_tz::UTC,
+            chrono::Duration::hours(6),
+            Some(&time("2026-11-20T10:05:00Z")),
+            (Some(&time("2026-11-01T00:00:00Z")), resumed),
+            to_chrono(&time(now)),
+        )
+        .0
+    };
+    let resumed = time("2026-11-26T10:30:00Z");
+    assert!(
+        judge(None, "2026-11-26T10:31:00Z").status,
+        "without the resume time"
+    );
+    assert!(!judge(Some(&resumed), "2026-11-26T10:31:00Z").status);
+    assert!(!judge(Some(&resumed), "2026-11-26T11:59:00Z").status);
+    let missed = judge(Some(&resumed), "2026-11-26T12:00:01Z");
+    assert!(missed.status);
+    assert!(
+        missed.message.starts_with(
+            "no upload has succeeded since the schedule was resumed at 2026-11-26T10:30:00Z"
+        ),
+        "{}",
+        missed.message
+    );
+    // An upload after the resume counts as usual.
+    let (after, _) = staleness(
+        &hourly,
+        chrono_tz::UTC,
+        chrono::Duration::hours(6),
+        Some(&time("2026-11-26T11:05:00Z")),
+        (None, Some(&resumed)),
+        to_chrono(&time("2026-11-26T12:30:00Z")),
+    );
+    assert!(!after.status);
+    let s = suspended();
+    assert_eq!((s.status, s.reason.as_str()), (false, "Suspended"));
 }

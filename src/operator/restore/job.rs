@@ -148,6 +148,7 @@ mod tests {
     fn settings() -> Settings {
         Settings {
             uploader_image: "ghcr.io/dbbackup-operator/dbbackup-operator:0.1.0".into(),
+            notify_allowed: Default::default(),
         }
     }
 

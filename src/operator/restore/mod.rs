@@ -1,5 +1,9 @@
 //! The DatabaseRestore reconciler: one Job per restore, and its status from
-//! that Job's pod. A restore runs once: a finished one is never looked at again.
+//! that Job's pod. A restore runs once: a finished one is never looked at
+//! again, and one that started never starts again. The status says Running
+//! before the Job is created, so a Job that vanishes before its result was
+//! seen (deleted, a TTL, while the operator was down) ends the restore as
+//! Failed instead of loading the dump a second time over what came since.
 
 mod job;
 mod status;
@@ -30,6 +34,10 @@ pub async fn reconcile(r: Arc<DatabaseRestore>, ctx: Arc<Context>) -> Result<Act
     }
     let job = match existing_job(&r, &ctx) {
         Some(job) => Some(job),
+        None if old.phase == Some(RestorePhase::Running) => match live_job(&r, &ctx).await? {
+            Some(job) => Some(job),
+            None => return vanished(&r, &ctx, &old).await,
+        },
         None => start(&r, &ctx, &old).await?,
     };
     ctx.restore_failures
@@ -92,15 +100,51 @@ async fn start(
         }
     };
     let desired = restore_job(r, &source, &ctx.settings);
-    match create_job(ctx, &desired, "restore job").await? {
-        Some(created) => Ok(Some(Arc::new(created))),
+    // Said before the Job exists: from here on the restore never starts again.
+    let mut starting = old.clone();
+    starting.phase = Some(RestorePhase::Running);
+    write_status(r, ctx, &starting).await?;
+    match create_job(ctx, &desired, "restore job").await {
+        Ok(Some(created)) => Ok(Some(Arc::new(created))),
         // Created meanwhile (our cache lags): the apiserver has it.
-        None => {
-            let jobs: Api<Job> =
-                Api::namespaced(ctx.client.clone(), &r.namespace().unwrap_or_default());
-            Ok(jobs.get_opt(&job_name(r)).await?.map(Arc::new))
+        Ok(None) => live_job(r, ctx).await,
+        Err(e) => {
+            // Not created: the restore has not started after all.
+            if live_job(r, ctx).await.ok().flatten().is_none() {
+                let _ = write_status(r, ctx, old).await;
+            }
+            Err(e)
         }
     }
+}
+
+/// This restore's Job as the apiserver has it now (the cache may lag).
+async fn live_job(r: &DatabaseRestore, ctx: &Context) -> Result<Option<Arc<Job>>, Error> {
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &r.namespace().unwrap_or_default());
+    Ok(jobs.get_opt(&job_name(r)).await?.map(Arc::new))
+}
+
+/// A restore that started and whose Job is gone, its result unseen: Failed,
+/// never run again.
+async fn vanished(
+    r: &DatabaseRestore,
+    ctx: &Context,
+    old: &DatabaseRestoreStatus,
+) -> Result<Action, Error> {
+    let mut new = old.clone();
+    new.phase = Some(RestorePhase::Failed);
+    new.completion_time = Some(now());
+    let observed = Observed::new(
+        RESTORED,
+        false,
+        reasons::JOB_DISAPPEARED,
+        format!(
+            "job {} disappeared before its result was seen (deleted, or removed by a TTL); \
+             a restore that started is never run again: create a new DatabaseRestore to restore again",
+            job_name(r)
+        ),
+    );
+    publish(r, ctx, old, new, observed).await
 }
 
 /// The bucket and prefix the spec points at, or what is missing.
