@@ -26,6 +26,8 @@ pub const STORAGE_CLASS_NOT_FOUND: &str = "StorageClassNotFound";
 // DumpSucceeded and UploadSucceeded, and their Events.
 pub const DUMP_COMPLETED: &str = "DumpCompleted";
 pub const DUMP_FAILED: &str = "DumpFailed";
+/// A finished dump replaced one that was not uploaded yet (an Event).
+pub const DUMP_REPLACED: &str = "DumpReplaced";
 pub const UPLOADED: &str = "Uploaded";
 pub const UPLOAD_FAILED: &str = "UploadFailed";
 /// A pod of the step cannot start by itself: its image cannot be pulled.

@@ -65,16 +65,20 @@ fn contract_1_dump_into_empty_folder_postgres() {
     dump_into_empty_folder(Engine::Postgres);
 }
 
-// 2. Dump done, folder holds one: it is replaced.
+// 2. Dump done, folder holds one: it is replaced, and that is said: the
+// replaced dump is never uploaded, so its run must not read as a plain success.
 fn second_dump_replaces_the_first(engine: Engine) {
     let server = Database::with_shop(engine);
     let staging = Staging::new();
-    dump_ok(&server.source("shop"), &staging, Compression::None);
+    let first = run_dump(&server.source("shop"), &staging, Compression::None);
+    let first = first.result.unwrap();
     server.query(
         "shop",
         "INSERT INTO products VALUES (9999, 'Added later', 1.00)",
     );
-    dump_ok(&server.source("shop"), &staging, Compression::None);
+    let second = run_dump(&server.source("shop"), &staging, Compression::None);
+    assert!(second.succeeded(), "{}", second.text());
+    let second = second.result.unwrap();
     let files = staging.dumps();
     assert_eq!(files.len(), 1, "{files:?}");
     assert!(
@@ -82,7 +86,21 @@ fn second_dump_replaces_the_first(engine: Engine) {
             .unwrap()
             .contains("Added later")
     );
-    assert_eq!(staging.log_lines().len(), 2);
+    assert!(first.dumped.is_some());
+    assert_eq!(second.replaced, first.dumped, "{second:?}");
+    let lines = staging.log_lines();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(lines[1].ends_with(",database dump completed"), "{lines:?}");
+    // When the first was finished, to the second, in the original format.
+    let finished = chrono::DateTime::parse_from_rfc3339(first.dumped.as_deref().unwrap()).unwrap();
+    assert!(
+        lines[2].ends_with(&format!(
+            ",replaced an unsent dump from {}",
+            finished.format("%Y-%m-%d %H:%M:%S")
+        )),
+        "{lines:?}"
+    );
+    assert_eq!(second.more_log, lines[2..]);
     staging.assert_log_format();
 }
 

@@ -5,6 +5,7 @@ mod support;
 
 use std::path::Path;
 use std::process::Output;
+use support::Database;
 use support::bed::*;
 use support::k8s::*;
 use support::minio::get_object;
@@ -231,4 +232,99 @@ async fn the_plugin_reads_secrets_with_the_users_own_rights() {
     let out = plugin(&b, &viewer, &["list", "orders"]).await;
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains(&key));
+}
+
+/// `backup --wait` of a request queued behind a slow scheduled dump waits
+/// for its own dump's upload: the scheduled dump's upload, which lands
+/// first, is not its answer. (The request dumps another database, by a spec
+/// change after the scheduled Job was made, so its object shows whose it is;
+/// each dump waits for a table lock the test holds.)
+#[tokio::test]
+async fn backup_wait_behind_a_slow_scheduled_dump_prints_its_own_key() {
+    use std::time::Duration;
+    use support::process::wait_for;
+    let (b, _op, _pods) = ready_bed(Engine::Mariadb, "").await;
+    let Database::Maria(db) = &b.db else {
+        unreachable!()
+    };
+    b.db.query(
+        "shop",
+        "CREATE DATABASE other; CREATE TABLE other.only_in_other (id INT PRIMARY KEY); \
+         INSERT INTO other.only_in_other VALUES (1)",
+    );
+    let hold = |database: &str, table: &str| {
+        let mut lock = db.client(database);
+        lock.arg("-e")
+            .arg(format!("LOCK TABLES {table} WRITE; SELECT SLEEP(300)"));
+        lock.spawn().unwrap()
+    };
+    let mut shop_lock = hold("shop", "orders");
+    let mut other_lock = hold("other", "only_in_other");
+    create_job_from(&b, "orders-dump", "scheduled");
+    kubectl(
+        b.cp(),
+        &[
+            "patch",
+            "dbb",
+            "orders",
+            "-n",
+            &b.ns,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"database":{"name":"other"}}}"#,
+        ],
+    );
+    wait_for(
+        "the dump CronJob to dump other",
+        Duration::from_secs(30),
+        || async {
+            let cj = kubectl(
+                b.cp(),
+                &["get", "cronjob", "orders-dump", "-n", &b.ns, "-o", "json"],
+            );
+            cj.contains("\"other\"").then_some(())
+        },
+    )
+    .await;
+
+    let mut waiter = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-dbbackup"))
+        .env("KUBECONFIG", &b.cp().kubeconfig)
+        .args(["-n", &b.ns, "backup", "orders", "--wait", "--timeout=300"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The scheduled dump goes through and is uploaded; the request's waits.
+    let _ = shop_lock.kill();
+    let _ = shop_lock.wait();
+    let scheduled = wait_for(
+        "the scheduled dump's upload",
+        Duration::from_secs(120),
+        || async { status_of(&b).await.last_upload_key },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        waiter.try_wait().unwrap().is_none(),
+        "backup --wait ended with the scheduled dump's upload"
+    );
+    let _ = other_lock.kill();
+    let _ = other_lock.wait();
+    let out = tokio::task::spawn_blocking(move || waiter.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let key = stdout
+        .lines()
+        .last()
+        .and_then(|l| l.strip_prefix("uploaded "))
+        .unwrap_or_else(|| panic!("{stdout}"))
+        .to_string();
+    assert_ne!(key, scheduled);
+    let object = get_object(&b.minio, &key).await;
+    assert!(
+        object.windows(13).any(|w| w == b"only_in_other"),
+        "{key} is not the request's dump"
+    );
 }

@@ -3,6 +3,7 @@
 //! bucket's Secret only where the user may (never with the operator's
 //! rights), and to the store with the keys that Secret holds.
 
+mod follow;
 mod store;
 
 use crate::api::{
@@ -13,9 +14,12 @@ use crate::jobs::tool::Hidden;
 use crate::jobs::{fetch, retention};
 use crate::names;
 use crate::operator::backup::key_prefix;
+use crate::operator::backup::{PodReport, pod_report};
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -125,7 +129,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             name,
             wait,
             timeout,
-        } => backup(&backups, &get(&name).await?, wait, timeout).await,
+        } => backup(&client, &backups, &get(&name).await?, wait, timeout).await,
         Command::Restore {
             name,
             to_database,
@@ -235,8 +239,11 @@ fn status(db: &DatabaseBackup) {
 }
 
 /// Asks for a backup now, as the run-now annotation does, and with `wait`
-/// prints each new log line until the upload is confirmed or a step fails.
+/// prints each new log line until the upload of this request's own dump is
+/// confirmed (not the first upload after it: that may be a scheduled dump's),
+/// or the request's dump fails.
 async fn backup(
+    client: &Client,
     backups: &Api<DatabaseBackup>,
     db: &DatabaseBackup,
     wait: bool,
@@ -257,10 +264,17 @@ async fn backup(
     if !wait {
         return Ok(());
     }
+    let ns = db.namespace().unwrap_or_default();
+    let (pods, jobs): (Api<Pod>, Api<Job>) = (
+        Api::namespaced(client.clone(), &ns),
+        Api::namespaced(client.clone(), &ns),
+    );
+    let ours = ListParams::default().labels(&format!("{}={}", names::LABEL_BACKUP, db.name_any()));
+    let run = names::run_now_id(&token);
+    let tz = db.spec.time_zone.parse().unwrap_or(chrono_tz::UTC);
     // A Job that retries a failed pod may still succeed.
     let retried = db.spec.jobs.backoff_limit > 0;
     let mut seen: HashSet<String> = before.log.iter().cloned().collect();
-    let mut dumped = false;
     let waiting = Waiting::new(timeout);
     loop {
         let db = backups.get(&db.name_any()).await?;
@@ -277,24 +291,36 @@ async fn backup(
         }
         for line in status.log.iter().filter(|l| seen.insert(l.to_string())) {
             println!("{line}");
-            let message = line.splitn(3, ',').nth(2).unwrap_or_default();
-            let failed =
-                message.starts_with("database dump failed") || message.starts_with("upload failed");
-            if failed && !retried {
-                bail!("the backup failed");
+        }
+        let mine = |labels: &std::collections::BTreeMap<String, String>| {
+            labels.get(names::RUN_NOW) == Some(&run)
+        };
+        let listed = pods.list(&ours).await?.items;
+        let reports = |p: &&Pod| pod_report(p, tz);
+        let all: Vec<PodReport> = listed.iter().filter_map(|p| reports(&p)).collect();
+        let run_pods: Vec<PodReport> = listed
+            .iter()
+            .filter(|p| mine(p.labels()))
+            .filter_map(|p| reports(&p))
+            .collect();
+        let job_failed = jobs.list(&ours).await?.items.iter().any(|j| {
+            mine(j.labels())
+                && j.labels().get(names::LABEL_STEP).map(String::as_str) == Some("dump")
+                && crate::operator::results::job_failure(j).is_some()
+        });
+        match follow::progress(&run_pods, &all, retried, job_failed) {
+            follow::Progress::Uploaded { key, replaced } => {
+                if replaced {
+                    println!(
+                        "a newer dump replaced this request's before it was sent; it holds all of it"
+                    );
+                }
+                println!("uploaded {key}");
+                return Ok(());
             }
-            dumped |= message == "database dump completed";
+            follow::Progress::Failed(why) => bail!("the backup failed: {why}"),
+            follow::Progress::Waiting => waiting.tick().await?,
         }
-        // The upload after our dump: it took the newest staged dump, ours.
-        if let (true, true, Some(key)) = (
-            dumped,
-            status.last_upload_time != before.last_upload_time,
-            status.last_upload_key,
-        ) {
-            println!("uploaded {key}");
-            return Ok(());
-        }
-        waiting.tick().await?;
     }
 }
 

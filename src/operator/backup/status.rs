@@ -43,6 +43,17 @@ pub fn record_reports(
         }
         status.log.push(r.result.log.clone());
         status.log.extend(r.result.more_log.iter().cloned());
+        if let Some(replaced) = r.result.replaced.as_ref().filter(|_| r.step == Step::Dump) {
+            // The original pipeline's rule, said: the replaced dump's run
+            // completed, and its dump will never be uploaded.
+            notes.push(Note {
+                warning: true,
+                reason: reasons::DUMP_REPLACED.into(),
+                message: format!(
+                    "a newer dump replaced the unsent dump finished at {replaced}; only the newer one is uploaded"
+                ),
+            });
+        }
         if let Some(observed) = observed(&r, status) {
             set_condition(&mut status.conditions, &observed, generation, now);
             if let Some(event) = notify_event(&observed) {

@@ -635,3 +635,31 @@ fn a_resumed_schedule_counts_runs_from_the_resume() {
     let s = suspended();
     assert_eq!((s.status, s.reason.as_str()), (false, "Suspended"));
 }
+
+/// A dump that replaced an unsent one shows its line in the status and a
+/// Warning Event naming the replaced dump's finish.
+#[test]
+fn a_replacing_dump_says_what_it_replaced() {
+    let replacing = pod(
+        "p2",
+        "dump",
+        "Succeeded",
+        0,
+        r#"{"step":"dump","outcome":"succeeded","size":10,"log":"2026-11-25,03:00:05,database dump completed","more_log":["2026-11-25,03:00:05,replaced an unsent dump from 2026-11-25 03:00:01"],"dumped":"2026-11-25T03:00:05.2Z","replaced":"2026-11-25T03:00:01.1Z"}"#,
+        5,
+    );
+    let mut status = DatabaseBackupStatus::default();
+    let (r, present) = reports(&[dump_ok("p1", 1), replacing]);
+    let (notes, _) = record_reports(&mut status, r, &present, None, &at(10));
+    assert_eq!(
+        status.log.last().unwrap(),
+        "2026-11-25,03:00:05,replaced an unsent dump from 2026-11-25 03:00:01"
+    );
+    let replaced: Vec<_> = notes
+        .iter()
+        .filter(|n| n.reason == "DumpReplaced")
+        .collect();
+    assert_eq!(replaced.len(), 1, "{notes:?}");
+    assert!(replaced[0].warning);
+    assert!(replaced[0].message.contains("2026-11-25T03:00:01.1Z"));
+}
