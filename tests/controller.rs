@@ -379,7 +379,7 @@ async fn admission_rejects_bad_input_and_names_the_field() {
     };
     // A table: one case a line reads better than rustfmt's five.
     #[rustfmt::skip]
-    let cases: [(&[&str], serde_json::Value, &str, &str); 25] = [
+    let cases: [(&[&str], serde_json::Value, &str, &str); 27] = [
         (&["schedule"], serde_json::json!("not a cron"), "spec.schedule", "5-field cron"),
         (&["schedule"], serde_json::json!("0 0 3 * * *"), "spec.schedule", "seconds are not supported"),
         (&["schedule"], serde_json::json!("CRON_TZ=UTC 0 3 * * *"), "spec.schedule", "CRON_TZ"),
@@ -401,6 +401,8 @@ async fn admission_rejects_bad_input_and_names_the_field() {
         (&["bucket", "objectLock"], serde_json::json!({"mode": "FOREVER", "days": 1}), "spec.bucket.objectLock.mode", "Unsupported value"),
         (&["bucket", "objectLock"], serde_json::json!({"mode": "GOVERNANCE", "days": 0}), "spec.bucket.objectLock.days", "greater than or equal to 1"),
         (&["bucket"], serde_json::json!({"secretRef": {"name": "s3-creds"}, "endpoint": "http://minio:9000", "serverSideEncryption": {"type": "SSE-C", "customerKeySecret": {"name": "k"}}}), "spec.bucket", "the endpoint must be https://"),
+        (&["bucket"], serde_json::json!({"secretRef": {"name": "s3-creds"}, "endpoint": "http://minio:9000", "webIdentity": {"roleArn": "arn:aws:iam::1:role/r"}}), "spec.bucket", "webIdentity sends the ServiceAccount token to the store: the endpoint must be https://"),
+        (&["bucket"], serde_json::json!({"secretRef": {"name": "s3-creds"}, "webIdentity": {"roleArn": "arn:aws:iam::1:role/r", "audience": "https://kubernetes.default.svc.cluster.local"}}), "spec.bucket.webIdentity.audience", "must not be an audience of the Kubernetes API server"),
         (&["notify"], serde_json::json!([{"name": "ops", "type": "teams", "urlSecret": {"name": "h"}}]), "spec.notify[0].type", "Unsupported value"),
         (&["notify"], serde_json::json!([{"name": "Ops!", "type": "slack", "urlSecret": {"name": "h"}}]), "spec.notify[0].name", "should match"),
         (&["notify"], serde_json::json!([{"name": "ops", "type": "slack", "urlSecret": {"name": "h"}, "events": ["sometimes"]}]), "spec.notify[0].events[0]", "Unsupported value"),

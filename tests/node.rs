@@ -558,3 +558,41 @@ async fn awkward_database_names_round_trip_on_mariadb() {
 async fn awkward_database_names_round_trip_on_postgres() {
     awkward_names_round_trip(Engine::Postgres).await;
 }
+
+/// Two run-now requests 0.1 s apart, three rounds: each completed dump is
+/// accounted for, either uploaded or replaced by the next one before its
+/// upload claimed it, and a replacement says so in the log, in the original
+/// format, with a Warning Event.
+#[tokio::test]
+async fn run_now_twice_at_once_every_completed_dump_is_uploaded_or_said_replaced() {
+    let (b, _op, mut pods) = bed::ready_bed(dbbackup_operator::api::Engine::Mariadb, "").await;
+    for round in 0..3 {
+        bed::request_backup(&b, &format!("a{round}"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        bed::request_backup(&b, &format!("b{round}"));
+        // Two dumps, and the upload each success chains.
+        let ran = pods.finished(4, bed::POD_TIMEOUT).await;
+        assert!(ran.iter().all(|p| p.exit_code == 0), "{ran:?}");
+    }
+    let s = wait_for("every line of the six runs", Duration::from_secs(30), || async {
+        let s = bed::status_of(&b).await;
+        let n = |m: &str| bed::count(&s.log, m);
+        (n("database dump completed") == 6 && n("file successfully uploaded") + n("there is no file to upload") == 6)
+            .then_some(s)
+    })
+    .await;
+    let replaced = s
+        .log
+        .iter()
+        .filter(|l| l.contains(",replaced an unsent dump from "))
+        .count();
+    let uploaded = bed::count(&s.log, "file successfully uploaded");
+    assert_eq!(uploaded + replaced, 6, "{:?}", s.log);
+    let events = events(
+        &b.client,
+        &b.ns,
+        EventFilter::warning("orders", "DumpReplaced"),
+    )
+    .await;
+    assert_eq!(events.len(), replaced, "{events:?}");
+}

@@ -159,22 +159,32 @@ subjects:
                 ),
             ],
             trust: Some(std::fs::read_to_string(cluster.cp.ca_cert()).unwrap()),
+            // The token is a credential: it travels over https only.
+            tls: true,
             ..Default::default()
         }
     })
     .await;
     // No access keys anywhere: the bucket Secret names the bucket and endpoint only.
+    assert!(b.minio.endpoint.starts_with("https://"));
     apply_secret(
         &b,
         "s3-creds",
         &[("bucket", BUCKET), ("endpoint", &b.minio.endpoint)],
+    );
+    apply_secret(
+        &b,
+        "minio-ca",
+        &[("ca.crt", b.minio.ca_pem.as_deref().unwrap())],
     );
     kubectl(
         b.cp(),
         &["create", "serviceaccount", "-n", &b.ns, "backup-store"],
     );
     let spec = format!(
-        "    webIdentity:
+        "    caBundle:
+      name: minio-ca
+    webIdentity:
       roleArn: {arn}
       audience: {AUDIENCE}
   jobs:
