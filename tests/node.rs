@@ -123,22 +123,6 @@ fn staged_files(b: &Bed) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn patch_backup(b: &Bed, patch: &str) {
-    kubectl(
-        b.cp(),
-        &[
-            "patch",
-            "dbb",
-            "orders",
-            "-n",
-            &b.ns,
-            "--type=merge",
-            "-p",
-            patch,
-        ],
-    );
-}
-
 /// An image that is not on the node and cannot be pulled: the resource says
 /// so within a minute, instead of waiting hours for the Job's deadline.
 #[tokio::test]
@@ -225,10 +209,7 @@ async fn a_dump_past_its_deadline_reports_once_and_leaves_nothing() {
     let Database::Maria(db) = &b.db else {
         unreachable!()
     };
-    let mut lock = db.client("shop");
-    lock.arg("-e")
-        .arg("LOCK TABLES orders WRITE; SELECT SLEEP(120)");
-    let mut holder = lock.spawn().unwrap();
+    let mut holder = db.lock_table("shop", "orders", 120);
     // The resource's deadline is a minute at least; a Job of ours, shortened.
     create_job_from(&b, "orders-dump", "slow");
     kubectl(
@@ -574,12 +555,17 @@ async fn run_now_twice_at_once_every_completed_dump_is_uploaded_or_said_replaced
         let ran = pods.finished(4, bed::POD_TIMEOUT).await;
         assert!(ran.iter().all(|p| p.exit_code == 0), "{ran:?}");
     }
-    let s = wait_for("every line of the six runs", Duration::from_secs(30), || async {
-        let s = bed::status_of(&b).await;
-        let n = |m: &str| bed::count(&s.log, m);
-        (n("database dump completed") == 6 && n("file successfully uploaded") + n("there is no file to upload") == 6)
-            .then_some(s)
-    })
+    let s = wait_for(
+        "every line of the six runs",
+        Duration::from_secs(30),
+        || async {
+            let s = bed::status_of(&b).await;
+            let n = |m: &str| bed::count(&s.log, m);
+            (n("database dump completed") == 6
+                && n("file successfully uploaded") + n("there is no file to upload") == 6)
+                .then_some(s)
+        },
+    )
     .await;
     let replaced = s
         .log

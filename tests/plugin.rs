@@ -252,28 +252,10 @@ async fn backup_wait_behind_a_slow_scheduled_dump_prints_its_own_key() {
         "CREATE DATABASE other; CREATE TABLE other.only_in_other (id INT PRIMARY KEY); \
          INSERT INTO other.only_in_other VALUES (1)",
     );
-    let hold = |database: &str, table: &str| {
-        let mut lock = db.client(database);
-        lock.arg("-e")
-            .arg(format!("LOCK TABLES {table} WRITE; SELECT SLEEP(300)"));
-        lock.spawn().unwrap()
-    };
-    let mut shop_lock = hold("shop", "orders");
-    let mut other_lock = hold("other", "only_in_other");
+    let mut shop_lock = db.lock_table("shop", "orders", 300);
+    let mut other_lock = db.lock_table("other", "only_in_other", 300);
     create_job_from(&b, "orders-dump", "scheduled");
-    kubectl(
-        b.cp(),
-        &[
-            "patch",
-            "dbb",
-            "orders",
-            "-n",
-            &b.ns,
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"database":{"name":"other"}}}"#,
-        ],
-    );
+    patch_backup(&b, r#"{"spec":{"database":{"name":"other"}}}"#);
     wait_for(
         "the dump CronJob to dump other",
         Duration::from_secs(30),

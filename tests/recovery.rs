@@ -550,6 +550,27 @@ async fn fetch_refuses_an_object_that_does_not_match_its_etag() {
     assert_eq!(result()["reason"], "ObjectNotFound");
 }
 
+/// A DatabaseRestore `name` of backup "orders" into `target` of a MariaDB
+/// no pod reaches (for tests with a control plane only).
+fn restore_of_orders(name: &str, target: &str, overwrite: bool) -> DatabaseRestore {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "dbbackup.io/v1alpha1",
+        "kind": "DatabaseRestore",
+        "metadata": { "name": name },
+        "spec": {
+            "backup": "orders",
+            "overwrite": overwrite,
+            "target": {
+                "engine": "mariadb",
+                "host": "db.example.svc",
+                "name": target,
+                "credentialsSecret": { "name": "db-creds" }
+            }
+        }
+    }))
+    .unwrap()
+}
+
 /// A restore naming a DatabaseBackup that does not exist waits, says why in
 /// its condition and an Event, and starts once the backup appears. (No pod
 /// runs: a control plane of its own is enough.)
@@ -559,21 +580,7 @@ async fn a_restore_of_a_missing_backup_waits_and_says_why() {
     let (_cp, client) = setup(NS).await;
     create_sample_secrets(&client, NS).await;
     let _op = RunningOperator::start(&client);
-    let restore: DatabaseRestore = serde_json::from_value(serde_json::json!({
-        "apiVersion": "dbbackup.io/v1alpha1",
-        "kind": "DatabaseRestore",
-        "metadata": { "name": "orphan" },
-        "spec": {
-            "backup": "orders",
-            "target": {
-                "engine": "mariadb",
-                "host": "db.example.svc",
-                "name": "copy",
-                "credentialsSecret": { "name": "db-creds" }
-            }
-        }
-    }))
-    .unwrap();
+    let restore = restore_of_orders("orphan", "copy", false);
     let api: Api<DatabaseRestore> = Api::namespaced(client.clone(), NS);
     api.create(&Default::default(), &restore).await.unwrap();
     let status = wait_condition(
@@ -691,22 +698,7 @@ async fn a_started_restore_whose_job_vanished_fails_and_never_runs_again() {
     create_sample_secrets(&client, NS).await;
     create_backup(&client, NS, backup_manifest("orders", "mariadb")).await;
     let op = RunningOperator::start(&client);
-    let restore: DatabaseRestore = serde_json::from_value(serde_json::json!({
-        "apiVersion": "dbbackup.io/v1alpha1",
-        "kind": "DatabaseRestore",
-        "metadata": { "name": "once" },
-        "spec": {
-            "backup": "orders",
-            "overwrite": true,
-            "target": {
-                "engine": "mariadb",
-                "host": "db.example.svc",
-                "name": "shop",
-                "credentialsSecret": { "name": "db-creds" }
-            }
-        }
-    }))
-    .unwrap();
+    let restore = restore_of_orders("once", "shop", true);
     let api: Api<DatabaseRestore> = Api::namespaced(client.clone(), NS);
     api.create(&Default::default(), &restore).await.unwrap();
     let jobs: Api<Job> = Api::namespaced(client.clone(), NS);

@@ -326,6 +326,23 @@ pub async fn run_job_from(b: &Bed, pods: &mut Pods, cronjob: &str, job: &str) ->
 }
 
 /// `kubectl create job --from=cronjob/<cronjob> <job>`.
+/// Merge-patches backup "orders" with `patch` (JSON), as a user would.
+pub fn patch_backup(b: &Bed, patch: &str) {
+    kubectl(
+        b.cp(),
+        &[
+            "patch",
+            "dbb",
+            "orders",
+            "-n",
+            &b.ns,
+            "--type=merge",
+            "-p",
+            patch,
+        ],
+    );
+}
+
 pub fn create_job_from(b: &Bed, cronjob: &str, job: &str) {
     kubectl(
         b.cp(),

@@ -135,6 +135,16 @@ impl MariaDb {
     }
 
     /// Runs SQL as the backup user over TCP and returns its trimmed output.
+    /// A session holding a write lock on `table` for `seconds` (or until
+    /// killed): a dump of it waits meanwhile.
+    pub fn lock_table(&self, database: &str, table: &str, seconds: u32) -> std::process::Child {
+        let mut lock = self.client(database);
+        lock.arg("-e").arg(format!(
+            "LOCK TABLES {table} WRITE; SELECT SLEEP({seconds})"
+        ));
+        lock.spawn().unwrap()
+    }
+
     pub fn query(&self, database: &str, sql: &str) -> String {
         let out = run_ok(self.client(database).arg("-e").arg(sql));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
