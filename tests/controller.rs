@@ -600,48 +600,38 @@ async fn a_scheduled_run_without_an_upload_makes_it_stale_and_deletion_drops_the
     .await;
 }
 
-/// A drill that passes protects its dump from retention at once: the upload
-/// CronJob (whose Jobs prune) carries `--keep-verified` with the key as soon
-/// as the status records the drill, although a status write starts no
-/// reconcile by itself. The drill pod is made here as a finished one looks
-/// to the operator (no node runs it), so nothing else happens meanwhile.
-#[tokio::test]
-async fn a_passed_drill_reaches_the_upload_cronjob_without_another_event() {
-    let (_cp, client) = setup("shop").await;
-    create_sample_secrets(&client, "shop").await;
-    let _op = RunningOperator::start(&client);
-    let mut manifest = backup_manifest("orders", "mariadb");
-    manifest["spec"]["verify"] = serde_json::json!({"afterUpload": true});
-    create_backup(&client, "shop", manifest).await;
-    let backups: Api<DatabaseBackup> = Api::namespaced(client.clone(), "shop");
-    wait_ready(&backups, "orders", "True", "Reconciled").await;
-    let key = "shop/orders/2026-12-01/datadump1.sql";
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
+/// Creates pod `name` of backup "orders" for `step`, finished as the
+/// operator sees a finished pod, with `message` as its result (no node runs
+/// it: the test makes it as the kubelet would report it).
+async fn finished_pod(
+    pods: &Api<Pod>,
+    name: &str,
+    step: &str,
+    message: &str,
+    annotations: serde_json::Value,
+) {
     let pod: Pod = serde_json::from_value(serde_json::json!({
         "metadata": {
-            "name": "orders-verify-1",
+            "name": name,
             "labels": {
                 "app.kubernetes.io/managed-by": "dbbackup-operator",
                 "dbbackup.io/backup": "orders",
-                "dbbackup.io/step": "verify"
+                "dbbackup.io/step": step
             },
-            "annotations": {"dbbackup.io/verify-key": key}
+            "annotations": annotations
         },
         "spec": {
             "nodeName": "nowhere",
-            "containers": [{"name": "verify", "image": "registry.test/none"}]
+            "containers": [{"name": step, "image": "registry.test/none"}]
         }
     }))
     .unwrap();
     pods.create(&PostParams::default(), &pod).await.unwrap();
-    let message = format!(
-        r#"{{"step":"verify","outcome":"succeeded","key":"{key}","tables":3,"log":"2026-12-01,03:10:00,backup verified {key} (3 tables)"}}"#
-    );
     let status = serde_json::json!({"status": {
         "phase": "Succeeded",
         "startTime": "2026-12-01T03:09:00Z",
         "containerStatuses": [{
-            "name": "verify", "image": "registry.test/none", "imageID": "", "ready": false,
+            "name": step, "image": "registry.test/none", "imageID": "", "ready": false,
             "restartCount": 0,
             "state": {"terminated": {
                 "exitCode": 0, "reason": "Completed", "message": message,
@@ -649,35 +639,61 @@ async fn a_passed_drill_reaches_the_upload_cronjob_without_another_event() {
             }}
         }]
     }});
-    pods.patch_status(
-        "orders-verify-1",
-        &PatchParams::default(),
-        &Patch::Merge(&status),
+    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+}
+
+/// A drill that passes protects its dump from retention at once: an upload
+/// started in the same reconcile that records the drill (the chained upload
+/// of a dump that finished meanwhile) already carries `--keep-verified`
+/// with the key, as does the upload CronJob; a status write starts no
+/// reconcile by itself, so waiting for the next one would leave the dump
+/// prunable. Both pods finish while the operator is down, so that one
+/// reconcile sees both.
+#[tokio::test]
+async fn a_passed_drill_protects_its_dump_in_the_upload_started_with_it() {
+    let (_cp, client) = setup("shop").await;
+    create_sample_secrets(&client, "shop").await;
+    let op = RunningOperator::start(&client);
+    let mut manifest = backup_manifest("orders", "mariadb");
+    manifest["spec"]["verify"] = serde_json::json!({"afterUpload": true});
+    manifest["spec"]["retention"] = serde_json::json!({"keepLast": 3});
+    create_backup(&client, "shop", manifest).await;
+    let backups: Api<DatabaseBackup> = Api::namespaced(client.clone(), "shop");
+    wait_ready(&backups, "orders", "True", "Reconciled").await;
+    drop(op);
+
+    let key = "shop/orders/2026-12-01/datadump1.sql";
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
+    let drilled = format!(
+        r#"{{"step":"verify","outcome":"succeeded","key":"{key}","tables":3,"log":"2026-12-01,03:10:00,backup verified {key} (3 tables)"}}"#
+    );
+    let annotations = serde_json::json!({"dbbackup.io/verify-key": key});
+    finished_pod(&pods, "orders-verify-1", "verify", &drilled, annotations).await;
+    let dumped = r#"{"step":"dump","outcome":"succeeded","size":10,"log":"2026-12-01,03:10:00,database dump completed"}"#;
+    finished_pod(
+        &pods,
+        "orders-dump-2",
+        "dump",
+        dumped,
+        serde_json::json!({}),
     )
-    .await
-    .unwrap();
-    wait_for(
-        "the verified key in the status",
-        Duration::from_secs(30),
-        || async {
-            let s = backups.get("orders").await.ok()?.status?;
-            (s.last_verified_key.as_deref() == Some(key)).then_some(())
-        },
-    )
+    .await;
+
+    let _op = RunningOperator::start(&client);
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), "shop");
+    let uploads = ListParams::default().labels("dbbackup.io/step=upload");
+    let job = wait_for("the chained upload", Duration::from_secs(30), || async {
+        jobs.list(&uploads).await.ok()?.items.into_iter().next()
+    })
     .await;
     let flag = format!("--keep-verified={key}");
-    wait_for(
-        "--keep-verified on the upload CronJob",
-        Duration::from_secs(5),
-        || async {
-            let cj = get_cronjob(&client, "shop", "orders-upload").await?;
-            container(&cj)
-                .args
-                .iter()
-                .flatten()
-                .any(|a| *a == flag)
-                .then_some(())
-        },
-    )
-    .await;
+    let args = |pod: &k8s_openapi::api::core::v1::PodSpec| {
+        pod.containers[0].args.clone().unwrap_or_default()
+    };
+    let job_args = args(job.spec.unwrap().template.spec.as_ref().unwrap());
+    assert!(job_args.contains(&flag), "{job_args:?}");
+    let cj = get_cronjob(&client, "shop", "orders-upload").await.unwrap();
+    assert!(container(&cj).args.iter().flatten().any(|a| *a == flag));
 }
