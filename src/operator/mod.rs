@@ -7,6 +7,7 @@ pub mod backup;
 pub mod checks;
 pub mod conditions;
 pub mod egress;
+mod exposure;
 pub mod leader;
 pub mod metrics;
 pub mod notify;

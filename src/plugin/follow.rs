@@ -5,8 +5,103 @@
 //! upload, says the same name. A newer dump that replaced ours before it was
 //! sent says so (`replaced`), and is followed instead: it holds all ours did.
 
+use super::Waiting;
+use crate::api::DatabaseBackup;
 use crate::jobresult::{Outcome, Step};
-use crate::operator::backup::PodReport;
+use crate::names;
+use crate::operator::backup::{PodReport, pod_report};
+use anyhow::{Context as _, bail};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use std::collections::HashSet;
+
+/// Asks for a backup now, as the run-now annotation does, and with `wait`
+/// prints each new log line until the upload of this request's own dump is
+/// confirmed (not the first upload after it: that may be a scheduled dump's),
+/// or the request's dump fails.
+pub async fn backup(
+    client: &Client,
+    backups: &Api<DatabaseBackup>,
+    db: &DatabaseBackup,
+    wait: bool,
+    timeout: u64,
+) -> anyhow::Result<()> {
+    let token = format!("kubectl-{}", chrono::Utc::now().format("%Y%m%dt%H%M%S%.3f"));
+    let before = db.status.clone().unwrap_or_default();
+    let patch = serde_json::json!({"metadata": {"annotations": {names::RUN_NOW: token}}});
+    backups
+        .patch(
+            &db.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .context("cannot request the backup")?;
+    println!("backup of {} requested ({token})", db.name_any());
+    if !wait {
+        return Ok(());
+    }
+    let ns = db.namespace().unwrap_or_default();
+    let (pods, jobs): (Api<Pod>, Api<Job>) = (
+        Api::namespaced(client.clone(), &ns),
+        Api::namespaced(client.clone(), &ns),
+    );
+    let ours = ListParams::default().labels(&format!("{}={}", names::LABEL_BACKUP, db.name_any()));
+    let run = names::run_now_id(&token);
+    let tz = db.spec.time_zone.parse().unwrap_or(chrono_tz::UTC);
+    // A Job that retries a failed pod may still succeed.
+    let retried = db.spec.jobs.backoff_limit > 0;
+    let mut seen: HashSet<String> = before.log.iter().cloned().collect();
+    let waiting = Waiting::new(timeout);
+    loop {
+        let db = backups.get(&db.name_any()).await?;
+        let status = db.status.unwrap_or_default();
+        if status.last_run_now.as_ref() != Some(&token) {
+            // The operator takes a request only while the backup is Ready.
+            if let Some(c) = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Ready" && c.status == "False")
+            {
+                bail!("the backup is not Ready ({}: {})", c.reason, c.message);
+            }
+        }
+        for line in status.log.iter().filter(|l| seen.insert(l.to_string())) {
+            println!("{line}");
+        }
+        let mine = |labels: &std::collections::BTreeMap<String, String>| {
+            labels.get(names::RUN_NOW) == Some(&run)
+        };
+        let listed = pods.list(&ours).await?.items;
+        let reports = |p: &&Pod| pod_report(p, tz);
+        let all: Vec<PodReport> = listed.iter().filter_map(|p| reports(&p)).collect();
+        let run_pods: Vec<PodReport> = listed
+            .iter()
+            .filter(|p| mine(p.labels()))
+            .filter_map(|p| reports(&p))
+            .collect();
+        let job_failed = jobs.list(&ours).await?.items.iter().any(|j| {
+            mine(j.labels())
+                && j.labels().get(names::LABEL_STEP).map(String::as_str) == Some("dump")
+                && crate::operator::results::job_failure(j).is_some()
+        });
+        match progress(&run_pods, &all, retried, job_failed) {
+            Progress::Uploaded { key, replaced } => {
+                if replaced {
+                    println!(
+                        "a newer dump replaced this request's before it was sent; it holds all of it"
+                    );
+                }
+                println!("uploaded {key}");
+                return Ok(());
+            }
+            Progress::Failed(why) => bail!("the backup failed: {why}"),
+            Progress::Waiting => waiting.tick().await?,
+        }
+    }
+}
 
 #[derive(Debug, PartialEq)]
 pub enum Progress {

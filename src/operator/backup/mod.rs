@@ -4,6 +4,8 @@
 
 mod children;
 mod drill;
+mod observe;
+mod pass;
 mod reports;
 mod status;
 #[cfg(test)]
@@ -15,21 +17,21 @@ pub use children::{
 pub use reports::{PodReport, job_report, pod_report, stuck};
 pub use status::{LOG_LINES_KEPT, record_reports, staleness};
 
+use observe::{reports, started_dumps, stuck_pods, upload_started_since};
+use pass::Pass;
+
 use super::apiserver::{apply, backoff_after, create_job, labelled_owner, write_status};
-use super::conditions::{self, NOTIFIED, Note, Observed, READY, STALE};
-use super::notify::Notice;
+use super::conditions::{self, Observed, READY};
 use super::{Context, Error, checks, results};
-use crate::api::{DatabaseBackup, DatabaseBackupStatus, NotifyEvent};
+use crate::api::{DatabaseBackup, DatabaseBackupStatus};
 use crate::jobresult::{Outcome, Step};
 use crate::{names, reasons};
 use k8s_openapi::api::batch::v1::CronJob;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -109,174 +111,6 @@ fn ready(applied: &Result<Children, Error>) -> Observed {
         Ok(_) => Observed::new(READY, true, reasons::RECONCILED, "children are up to date"),
         Err(Error::Invalid(p)) => Observed::new(READY, false, p.reason, p.message.clone()),
         Err(e) => Observed::new(READY, false, e.reason(), e.to_string()),
-    }
-}
-
-/// One reconcile's view of the status it is computing, and the Events to
-/// publish once that status is written.
-struct Pass {
-    status: DatabaseBackupStatus,
-    notes: Vec<Note>,
-    /// What the notification targets hear of, once the status is written.
-    notices: Vec<Notice>,
-    ready: Observed,
-    generation: Option<i64>,
-    now: Time,
-    tz: chrono_tz::Tz,
-}
-
-impl Pass {
-    fn new(db: &DatabaseBackup, old: &DatabaseBackupStatus, ready: Observed) -> Pass {
-        let generation = db.metadata.generation;
-        let now = Time(k8s_openapi::jiff::Timestamp::now());
-        let mut status = old.clone();
-        status.observed_generation = generation;
-        conditions::set_condition(&mut status.conditions, &ready, generation, &now);
-        Pass {
-            status,
-            notes: vec![],
-            notices: vec![],
-            ready,
-            generation,
-            now,
-            tz: db.spec.time_zone.parse().unwrap_or(chrono_tz::UTC),
-        }
-    }
-
-    fn note(&mut self, warning: bool, reason: &str, message: String) {
-        self.notes.push(Note {
-            warning,
-            reason: reason.to_string(),
-            message,
-        });
-    }
-
-    fn record(&mut self, reports: Vec<PodReport>, present: &[String]) {
-        let (notes, notices) = record_reports(
-            &mut self.status,
-            reports,
-            present,
-            self.generation,
-            &self.now,
-        );
-        self.notes.extend(notes);
-        self.notices.extend(notices);
-    }
-
-    /// Hands the notifier the targets and their URLs, and sets Notified from
-    /// how their deliveries went (an Event when that turns). Returns the URLs.
-    async fn judge_notifications(
-        &mut self,
-        db: &DatabaseBackup,
-        ctx: &Context,
-    ) -> HashMap<String, Result<String, String>> {
-        let key = ObjectRef::from_obj(db);
-        let urls = match db.spec.notify.is_empty() {
-            true => HashMap::new(),
-            false => checks::notify_urls(db, &ctx.client).await,
-        };
-        ctx.notifier.configure(&key, &db.spec.notify, &urls);
-        let Some(notified) = ctx.notifier.condition(&key) else {
-            self.status.conditions.retain(|c| c.type_ != NOTIFIED);
-            return urls;
-        };
-        let was = conditions::find(&self.status.conditions, NOTIFIED)
-            .map(|c| (c.status == "True", c.message.clone()));
-        let turned = match &was {
-            None => !notified.status,
-            Some((status, message)) => {
-                *status != notified.status || (!notified.status && *message != notified.message)
-            }
-        };
-        if turned {
-            self.note(!notified.status, &notified.reason, notified.message.clone());
-        }
-        conditions::set_condition(
-            &mut self.status.conditions,
-            &notified,
-            self.generation,
-            &self.now,
-        );
-        urls
-    }
-
-    /// Pods that cannot start, each said once (not at every kubelet retry).
-    fn record_stuck(&mut self, stuck: Vec<(&'static str, Observed)>) {
-        for (reason, stuck) in stuck {
-            let known = conditions::find(&self.status.conditions, stuck.type_)
-                .is_some_and(|c| conditions::says_stuck(c, &stuck));
-            if !known {
-                self.note(true, reason, stuck.message.clone());
-                conditions::set_condition(
-                    &mut self.status.conditions,
-                    &stuck,
-                    self.generation,
-                    &self.now,
-                );
-            }
-        }
-    }
-
-    /// Sets Stale and its metric; returns when to look again, at the latest
-    /// when the next scheduled upload becomes overdue.
-    fn judge_staleness(
-        &mut self,
-        db: &DatabaseBackup,
-        ctx: &Context,
-        old: &DatabaseBackupStatus,
-    ) -> Duration {
-        let Ok(schedule) = checks::parse_schedule(&db.spec.schedule) else {
-            return RESYNC;
-        };
-        let jobs = &db.spec.jobs;
-        let max_run = chrono::Duration::seconds(
-            jobs.starting_deadline_seconds + 2 * jobs.active_deadline_seconds,
-        );
-        let was_suspended = conditions::find(&old.conditions, STALE)
-            .is_some_and(|c| c.reason == reasons::SUSPENDED);
-        if was_suspended && !db.spec.suspend {
-            self.status.resumed_time = Some(self.now.clone());
-        }
-        let (stale, due) = match db.spec.suspend {
-            true => (status::suspended(), None),
-            false => staleness(
-                &schedule,
-                self.tz,
-                max_run,
-                self.status.last_upload_time.as_ref(),
-                (
-                    db.metadata.creation_timestamp.as_ref(),
-                    self.status.resumed_time.as_ref(),
-                ),
-                chrono::Utc::now(),
-            ),
-        };
-        let was_stale =
-            conditions::find(&old.conditions, STALE).is_some_and(|c| c.status == "True");
-        if stale.status && !was_stale {
-            self.note(true, reasons::BACKUP_STALE, stale.message.clone());
-            self.notices.push(Notice {
-                event: NotifyEvent::Stale,
-                // The message names the missed run: one notice per episode.
-                id: format!("stale:{}", stale.message),
-                reason: reasons::NO_RECENT_UPLOAD.into(),
-                message: stale.message.clone(),
-                key: None,
-                time: self.now.clone(),
-            });
-        }
-        conditions::set_condition(
-            &mut self.status.conditions,
-            &stale,
-            self.generation,
-            &self.now,
-        );
-        ctx.metrics.set_stale(
-            &db.namespace().unwrap_or_default(),
-            &db.name_any(),
-            stale.status,
-        );
-        due.map_or(RESYNC, |due| RESYNC.min(due + Duration::from_secs(1)))
     }
 }
 
@@ -530,137 +364,4 @@ async fn publish(
         ctx.publish(db, type_, &note.reason, &note.message).await;
     }
     Ok(())
-}
-
-/// Finished pods and failed Jobs of this backup, from the operator's caches,
-/// and the UIDs of all of them that still exist.
-fn reports(db: &DatabaseBackup, ctx: &Context, tz: chrono_tz::Tz) -> (Vec<PodReport>, Vec<String>) {
-    let key = Some(ObjectRef::from_obj(db));
-    let pods: Vec<_> = ctx
-        .pods
-        .state()
-        .into_iter()
-        .filter(|p| labelled_owner(&**p, names::LABEL_BACKUP) == key)
-        .collect();
-    let jobs: Vec<_> = ctx
-        .jobs
-        .state()
-        .into_iter()
-        .filter(|j| labelled_owner(&**j, names::LABEL_BACKUP) == key)
-        .collect();
-    let present = pods
-        .iter()
-        .filter_map(|p| p.uid())
-        .chain(jobs.iter().filter_map(|j| j.uid()))
-        .collect();
-    // A pod stopped because its Job ran out of time reports the deadline, not
-    // the signal that stopped it.
-    let deadline_exceeded: HashMap<String, String> = jobs
-        .iter()
-        .filter(|j| results::deadline_exceeded(j))
-        .filter_map(|j| {
-            let seconds = j.spec.as_ref()?.active_deadline_seconds?;
-            Some((
-                j.uid()?,
-                format!("job failed: DeadlineExceeded (activeDeadlineSeconds {seconds})"),
-            ))
-        })
-        .collect();
-    let reports = pods
-        .iter()
-        .filter_map(|p| reports::pod_report(p, tz))
-        .map(|mut r| {
-            let cause = r.job.as_ref().and_then(|j| deadline_exceeded.get(j));
-            if let (Some(cause), false) = (cause, r.result.outcome == Outcome::Succeeded) {
-                r.result = results::failure(r.step, &r.finished, tz, cause);
-                r.result.reason = Some(reasons::DEADLINE_EXCEEDED.into());
-            }
-            r
-        })
-        .chain(jobs.iter().filter_map(|j| reports::job_report(j, tz)))
-        .collect();
-    (reports, present)
-}
-
-/// Whether an upload pod of this backup started after the dump pod `dump`
-/// ended: it took whatever dump was staged, so that dump needs no upload of
-/// its own (a dump finished while the operator was down, then an upload).
-/// Both times come from the kubelet of the dump's node, so only upload pods
-/// on that node count, and only strictly later seconds: when in doubt, chain.
-fn upload_started_since(db: &DatabaseBackup, ctx: &Context, dump: &str, ended: &Time) -> bool {
-    let key = Some(ObjectRef::from_obj(db));
-    let pods = ctx.pods.state();
-    let node = |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.clone());
-    let Some(dump_node) = pods
-        .iter()
-        .find(|p| p.uid().as_deref() == Some(dump))
-        .and_then(|p| node(p))
-    else {
-        return false;
-    };
-    let started = |p: &Pod| {
-        let state = p
-            .status
-            .as_ref()?
-            .container_statuses
-            .as_ref()?
-            .first()?
-            .state
-            .as_ref()?;
-        state
-            .running
-            .as_ref()
-            .and_then(|r| r.started_at.clone())
-            .or_else(|| state.terminated.as_ref()?.started_at.clone())
-    };
-    pods.iter().any(|p| {
-        labelled_owner(&**p, names::LABEL_BACKUP) == key
-            && p.labels().get(names::LABEL_STEP).map(String::as_str) == Some(Step::Upload.as_str())
-            && node(p).as_ref() == Some(&dump_node)
-            && started(p).is_some_and(|t| t.0.as_second() > ended.0.as_second())
-    })
-}
-
-/// A notice for each dump pod of this backup that has not finished: the
-/// "start" ping. Its creation is always seen, unlike a Running phase a short
-/// dump may pass through between two reconciles; a start after the end would
-/// read as a run that never finished, so a finished pod gets none.
-fn started_dumps(db: &DatabaseBackup, ctx: &Context) -> Vec<Notice> {
-    if !db.spec.notify.iter().any(|t| t.wants(NotifyEvent::Start)) {
-        return vec![];
-    }
-    let key = Some(ObjectRef::from_obj(db));
-    let dump = Some(Step::Dump.as_str());
-    ctx.pods
-        .state()
-        .iter()
-        .filter(|p| labelled_owner(&***p, names::LABEL_BACKUP) == key)
-        .filter(|p| p.labels().get(names::LABEL_STEP).map(String::as_str) == dump)
-        .filter(|p| {
-            let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
-            p.metadata.deletion_timestamp.is_none()
-                && !matches!(phase, Some("Succeeded" | "Failed"))
-        })
-        .filter_map(|p| {
-            Some(Notice {
-                event: NotifyEvent::Start,
-                id: format!("{}:start", p.uid()?),
-                reason: reasons::DUMP_STARTED.into(),
-                message: format!("database dump started (pod {})", p.name_any()),
-                key: None,
-                time: p.metadata.creation_timestamp.clone()?,
-            })
-        })
-        .collect()
-}
-
-/// Pods of this backup that cannot start, as the conditions of their steps.
-fn stuck_pods(db: &DatabaseBackup, ctx: &Context) -> Vec<(&'static str, Observed)> {
-    let key = Some(ObjectRef::from_obj(db));
-    ctx.pods
-        .state()
-        .iter()
-        .filter(|p| labelled_owner(&***p, names::LABEL_BACKUP) == key)
-        .filter_map(|p| reports::stuck(p))
-        .collect()
 }

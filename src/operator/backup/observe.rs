@@ -1,0 +1,159 @@
+//! What the operator's caches show of a backup's pods and Jobs: their
+//! finished reports, which dumps already have an upload, which dumps are
+//! running, and which pods cannot start.
+
+use super::reports::{self, PodReport};
+use crate::api::{DatabaseBackup, NotifyEvent};
+use crate::jobresult::{Outcome, Step};
+use crate::operator::apiserver::labelled_owner;
+use crate::operator::conditions::Observed;
+use crate::operator::notify::Notice;
+use crate::operator::{Context, results};
+use crate::{names, reasons};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use kube::runtime::reflector::ObjectRef;
+use std::collections::HashMap;
+
+/// Finished pods and failed Jobs of this backup, from the operator's caches,
+/// and the UIDs of all of them that still exist.
+pub(super) fn reports(
+    db: &DatabaseBackup,
+    ctx: &Context,
+    tz: chrono_tz::Tz,
+) -> (Vec<PodReport>, Vec<String>) {
+    let key = Some(ObjectRef::from_obj(db));
+    let pods: Vec<_> = ctx
+        .pods
+        .state()
+        .into_iter()
+        .filter(|p| labelled_owner(&**p, names::LABEL_BACKUP) == key)
+        .collect();
+    let jobs: Vec<_> = ctx
+        .jobs
+        .state()
+        .into_iter()
+        .filter(|j| labelled_owner(&**j, names::LABEL_BACKUP) == key)
+        .collect();
+    let present = pods
+        .iter()
+        .filter_map(|p| p.uid())
+        .chain(jobs.iter().filter_map(|j| j.uid()))
+        .collect();
+    // A pod stopped because its Job ran out of time reports the deadline, not
+    // the signal that stopped it.
+    let deadline_exceeded: HashMap<String, String> = jobs
+        .iter()
+        .filter(|j| results::deadline_exceeded(j))
+        .filter_map(|j| {
+            let seconds = j.spec.as_ref()?.active_deadline_seconds?;
+            Some((
+                j.uid()?,
+                format!("job failed: DeadlineExceeded (activeDeadlineSeconds {seconds})"),
+            ))
+        })
+        .collect();
+    let reports = pods
+        .iter()
+        .filter_map(|p| reports::pod_report(p, tz))
+        .map(|mut r| {
+            let cause = r.job.as_ref().and_then(|j| deadline_exceeded.get(j));
+            if let (Some(cause), false) = (cause, r.result.outcome == Outcome::Succeeded) {
+                r.result = results::failure(r.step, &r.finished, tz, cause);
+                r.result.reason = Some(reasons::DEADLINE_EXCEEDED.into());
+            }
+            r
+        })
+        .chain(jobs.iter().filter_map(|j| reports::job_report(j, tz)))
+        .collect();
+    (reports, present)
+}
+
+/// Whether an upload pod of this backup started after the dump pod `dump`
+/// ended: it took whatever dump was staged, so that dump needs no upload of
+/// its own (a dump finished while the operator was down, then an upload).
+/// Both times come from the kubelet of the dump's node, so only upload pods
+/// on that node count, and only strictly later seconds: when in doubt, chain.
+pub(super) fn upload_started_since(
+    db: &DatabaseBackup,
+    ctx: &Context,
+    dump: &str,
+    ended: &Time,
+) -> bool {
+    let key = Some(ObjectRef::from_obj(db));
+    let pods = ctx.pods.state();
+    let node = |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.clone());
+    let Some(dump_node) = pods
+        .iter()
+        .find(|p| p.uid().as_deref() == Some(dump))
+        .and_then(|p| node(p))
+    else {
+        return false;
+    };
+    let started = |p: &Pod| {
+        let state = p
+            .status
+            .as_ref()?
+            .container_statuses
+            .as_ref()?
+            .first()?
+            .state
+            .as_ref()?;
+        state
+            .running
+            .as_ref()
+            .and_then(|r| r.started_at.clone())
+            .or_else(|| state.terminated.as_ref()?.started_at.clone())
+    };
+    pods.iter().any(|p| {
+        labelled_owner(&**p, names::LABEL_BACKUP) == key
+            && p.labels().get(names::LABEL_STEP).map(String::as_str) == Some(Step::Upload.as_str())
+            && node(p).as_ref() == Some(&dump_node)
+            && started(p).is_some_and(|t| t.0.as_second() > ended.0.as_second())
+    })
+}
+
+/// A notice for each dump pod of this backup that has not finished: the
+/// "start" ping. Its creation is always seen, unlike a Running phase a short
+/// dump may pass through between two reconciles; a start after the end would
+/// read as a run that never finished, so a finished pod gets none.
+pub(super) fn started_dumps(db: &DatabaseBackup, ctx: &Context) -> Vec<Notice> {
+    if !db.spec.notify.iter().any(|t| t.wants(NotifyEvent::Start)) {
+        return vec![];
+    }
+    let key = Some(ObjectRef::from_obj(db));
+    let dump = Some(Step::Dump.as_str());
+    ctx.pods
+        .state()
+        .iter()
+        .filter(|p| labelled_owner(&***p, names::LABEL_BACKUP) == key)
+        .filter(|p| p.labels().get(names::LABEL_STEP).map(String::as_str) == dump)
+        .filter(|p| {
+            let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+            p.metadata.deletion_timestamp.is_none()
+                && !matches!(phase, Some("Succeeded" | "Failed"))
+        })
+        .filter_map(|p| {
+            Some(Notice {
+                event: NotifyEvent::Start,
+                id: format!("{}:start", p.uid()?),
+                reason: reasons::DUMP_STARTED.into(),
+                message: format!("database dump started (pod {})", p.name_any()),
+                key: None,
+                time: p.metadata.creation_timestamp.clone()?,
+            })
+        })
+        .collect()
+}
+
+/// Pods of this backup that cannot start, as the conditions of their steps.
+pub(super) fn stuck_pods(db: &DatabaseBackup, ctx: &Context) -> Vec<(&'static str, Observed)> {
+    let key = Some(ObjectRef::from_obj(db));
+    ctx.pods
+        .state()
+        .iter()
+        .filter(|p| labelled_owner(&***p, names::LABEL_BACKUP) == key)
+        .filter_map(|p| reports::stuck(p))
+        .collect()
+}
