@@ -168,24 +168,42 @@ impl Staging {
     /// Puts the whole, synced `partial` in place as `name`, replacing a dump
     /// not yet claimed (of any compression), and syncs the folder. Says when
     /// the new dump and the one it replaced, if any, were finished: the
-    /// replaced one is never uploaded, and its run must be told.
+    /// replaced one is never uploaded, and its run must be told. Only a dump
+    /// this call took away counts as replaced (an upload may claim it at the
+    /// same moment), and at no moment is neither dump staged.
     pub fn publish(&self, partial: &Path, name: &str) -> io::Result<Published> {
         let dumps = self.dumps();
+        let finished = std::fs::metadata(partial)?.modified()?;
+        let target = dumps.join(name);
         let mut replaced = None;
-        for staged in DUMP_FILES {
-            if let Ok(meta) = std::fs::metadata(dumps.join(staged)) {
-                replaced = replaced.max(Some(meta.modified()?));
+        match exchange(partial, &target) {
+            // `partial` now holds the dump it replaced.
+            Ok(()) => {
+                replaced = Some(std::fs::metadata(partial)?.modified()?);
+                std::fs::remove_file(partial)?;
+            }
+            // Nothing staged under this name (none, or claimed just now).
+            Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::rename(partial, &target)?,
+            // A filesystem that cannot exchange (NFS): look, then replace.
+            Err(_) => {
+                replaced = std::fs::metadata(&target).and_then(|m| m.modified()).ok();
+                std::fs::rename(partial, &target)?;
             }
         }
-        std::fs::rename(partial, dumps.join(name))?;
+        // One of another compression: taken away once the new one is in place.
         for other in DUMP_FILES.iter().filter(|n| **n != name) {
-            remove_if_present(&dumps.join(other))?;
+            let away = dumps.join(format!("{PARTIAL}replaced-{other}"));
+            match std::fs::rename(dumps.join(other), &away) {
+                Ok(()) => {
+                    replaced = replaced.max(Some(std::fs::metadata(&away)?.modified()?));
+                    std::fs::remove_file(&away)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
         }
         File::open(&dumps)?.sync_all()?;
-        Ok(Published {
-            finished: std::fs::metadata(dumps.join(name))?.modified()?,
-            replaced,
-        })
+        Ok(Published { finished, replaced })
     }
 
     /// The dump this upload is to send: a claim a killed upload left, else
@@ -290,6 +308,27 @@ fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
     }
 }
 
+/// Swaps two paths atomically (`renameat2` with `RENAME_EXCHANGE`).
+fn exchange(a: &Path, b: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
+    let (a, b) = (c(a)?, c(b)?);
+    // SAFETY: two NUL-terminated paths that outlive the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    match rc {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
 fn remove_if_present(path: &Path) -> io::Result<()> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
@@ -389,6 +428,27 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, ["datadump.sql.zst"]);
+    }
+
+    #[test]
+    fn a_dump_claimed_before_the_next_is_published_was_not_replaced() {
+        let (_d, s) = staging();
+        std::fs::write(s.dumps().join("datadump.sql"), "first").unwrap();
+        let claimed = s.claim().unwrap().unwrap();
+        let partial = s.partial("datadump.sql");
+        std::fs::write(&partial, "second").unwrap();
+        let published = s.publish(&partial, "datadump.sql").unwrap();
+        assert_eq!(published.replaced, None);
+        assert_eq!(std::fs::read_to_string(&claimed.path).unwrap(), "first");
+        let partial = s.partial("datadump.sql");
+        std::fs::write(&partial, "third").unwrap();
+        let again = s.publish(&partial, "datadump.sql").unwrap();
+        assert_eq!(again.replaced, Some(published.finished));
+        assert_eq!(
+            std::fs::read_to_string(s.dumps().join("datadump.sql")).unwrap(),
+            "third"
+        );
+        assert!(!partial.exists(), "the replaced dump is removed");
     }
 
     #[test]

@@ -30,9 +30,15 @@ impl Allowed {
         Allowed(Arc::new(networks))
     }
 
-    /// Whether a notification may go to `ip`.
+    /// Whether a notification may go to `ip` (an IPv4 address embedded in
+    /// an IPv6 one counts as itself).
     pub fn permits(&self, ip: IpAddr) -> bool {
-        !internal(ip) || self.0.iter().any(|n| n.contains(&ip))
+        let v4 = match ip {
+            IpAddr::V6(v6) => embedded_v4(v6).map(IpAddr::V4),
+            IpAddr::V4(_) => None,
+        };
+        let listed = |ip: IpAddr| self.0.iter().any(|n| n.contains(&ip));
+        !internal(ip) || listed(ip) || v4.is_some_and(listed)
     }
 
     /// For a URL whose host is an address (no lookup happens for it): whether
@@ -58,7 +64,7 @@ fn internal(ip: IpAddr) -> bool {
                 // Shared address space (RFC 6598), used by some pod networks.
                 || (a == 100 && (64..128).contains(&b))
         }
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+        IpAddr::V6(v6) => match embedded_v4(v6) {
             Some(v4) => internal(IpAddr::V4(v4)),
             None => {
                 let first = v6.segments()[0];
@@ -70,6 +76,18 @@ fn internal(ip: IpAddr) -> bool {
             }
         },
     }
+}
+
+/// The IPv4 address an IPv6 one carries: mapped (::ffff:a.b.c.d), the old
+/// compatible form (::a.b.c.d) or NAT64's well-known prefix (64:ff9b::/96),
+/// each of which reaches that IPv4 address.
+fn embedded_v4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    let s = v6.segments();
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        let [.., a, b, c, d] = v6.octets();
+        return Some(std::net::Ipv4Addr::new(a, b, c, d));
+    }
+    v6.to_ipv4()
 }
 
 /// A DNS resolver that keeps only the addresses `Allowed` permits, and fails
@@ -118,6 +136,8 @@ mod tests {
             "fd00::1",
             "fe80::1",
             "::ffff:10.0.0.1",
+            "64:ff9b::a00:1",
+            "::10.0.0.1",
         ] {
             assert!(!none.permits(refused.parse().unwrap()), "{refused}");
         }
@@ -127,6 +147,7 @@ mod tests {
         let cluster = Allowed::new(vec!["10.96.0.0/12".parse().unwrap()]);
         assert!(cluster.permits("10.96.0.1".parse().unwrap()));
         assert!(!cluster.permits("10.0.0.1".parse().unwrap()));
+        assert!(cluster.permits("::ffff:10.96.0.1".parse().unwrap()));
         assert!(!none.permits_host("[::1]"));
         assert!(!none.permits_host("127.0.0.1"));
         assert!(none.permits_host("hooks.example"));

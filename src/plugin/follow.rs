@@ -163,7 +163,13 @@ pub fn progress(run: &[PodReport], all: &[PodReport], retried: bool, job_failed:
             None => break,
         }
     }
-    match finished(Step::Upload, Outcome::Failed) {
+    // Our upload failed sending our dump (not a dump an earlier upload left).
+    let ours_failed = run.iter().find(|u| {
+        u.step == Step::Upload
+            && u.result.outcome == Outcome::Failed
+            && u.result.dumped.as_ref().is_none_or(|d| *d == id)
+    });
+    match ours_failed {
         Some(f) if !retried => Progress::Failed(f.result.message()),
         _ => Progress::Waiting,
     }

@@ -38,7 +38,11 @@ pub async fn reconcile(r: Arc<DatabaseRestore>, ctx: Arc<Context>) -> Result<Act
             Some(job) => Some(job),
             None => return vanished(&r, &ctx, &old).await,
         },
-        None => start(&r, &ctx, &old).await?,
+        None => match start(&r, &ctx, &old).await? {
+            Some(job) => Some(job),
+            // Its name was taken, and the Job is gone again: it may have run.
+            None => return vanished(&r, &ctx, &old).await,
+        },
     };
     ctx.restore_failures
         .lock()
@@ -139,8 +143,9 @@ async fn vanished(
         false,
         reasons::JOB_DISAPPEARED,
         format!(
-            "job {} disappeared before its result was seen (deleted, or removed by a TTL); \
-             a restore that started is never run again: create a new DatabaseRestore to restore again",
+            "job {} is gone and its result was never seen (deleted, removed by a TTL, or its \
+             creation failed after the restore was marked started); a restore that may have \
+             started is never run again: create a new DatabaseRestore to restore again",
             job_name(r)
         ),
     );
