@@ -264,7 +264,7 @@ async fn backup_wait_behind_a_slow_scheduled_dump_prints_its_own_key() {
                 b.cp(),
                 &["get", "cronjob", "orders-dump", "-n", &b.ns, "-o", "json"],
             );
-            cj.contains("\"other\"").then_some(())
+            cj.contains("--database=other").then_some(())
         },
     )
     .await;
