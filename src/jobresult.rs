@@ -160,7 +160,6 @@ impl JobResult {
     }
 
     fn fit_more_log(&mut self) {
-        let fits = |r: &JobResult| r.fits();
         let all = std::mem::take(&mut self.more_log);
         // The summary line takes the date and time of the last line it stands for.
         let stamp = all.last().map_or(String::new(), |l| {
@@ -172,7 +171,7 @@ impl JobResult {
                 "{stamp},{} more lines are in the log file on the staging volume",
                 all.len() - shown
             ));
-            if fits(self) {
+            if self.fits() {
                 return;
             }
         }

@@ -75,12 +75,11 @@ pub async fn backup(
             labels.get(names::RUN_NOW) == Some(&run)
         };
         let listed = pods.list(&ours).await?.items;
-        let reports = |p: &&Pod| pod_report(p, tz);
-        let all: Vec<PodReport> = listed.iter().filter_map(|p| reports(&p)).collect();
+        let all: Vec<PodReport> = listed.iter().filter_map(|p| pod_report(p, tz)).collect();
         let run_pods: Vec<PodReport> = listed
             .iter()
             .filter(|p| mine(p.labels()))
-            .filter_map(|p| reports(&p))
+            .filter_map(|p| pod_report(p, tz))
             .collect();
         let job_failed = jobs.list(&ours).await?.items.iter().any(|j| {
             mine(j.labels())

@@ -48,8 +48,12 @@ pub async fn reconcile(db: Arc<DatabaseBackup>, ctx: Arc<Context>) -> Result<Act
     publish_steps(&db, &ctx, &reports, &old);
     pass.record(reports, &present);
     if let Ok(children) = &mut applied {
+        // A drill that passed in this pass protects its dump from the next
+        // upload at once: status writes start no reconcile of their own.
         if pass.status.last_verified_key != old.last_verified_key {
-            children.upload = apply_upload(&db, &ctx, &pass.status).await?;
+            let mut now = (*db).clone();
+            now.status = Some(pass.status.clone());
+            children.upload = apply_upload(&now, &ctx).await?;
         }
         run_now(&db, &ctx, &children.dump, &mut pass).await?;
         for run in &chained {
@@ -99,10 +103,9 @@ async fn check_and_apply(db: &DatabaseBackup, ctx: &Context) -> Result<Children,
     let cronjobs: Api<CronJob> = Api::namespaced(ctx.client.clone(), &ns);
     apply(pvcs, &staging_pvc(db), &ctx.pvcs, false).await?;
     let dump = dump_cronjob(db, &ctx.settings);
-    let upload = upload_cronjob(db, &ctx.settings);
     Ok(Children {
-        dump: apply(cronjobs.clone(), &dump, &ctx.cronjobs, true).await?,
-        upload: apply(cronjobs, &upload, &ctx.cronjobs, true).await?,
+        dump: apply(cronjobs, &dump, &ctx.cronjobs, true).await?,
+        upload: apply_upload(db, ctx).await?,
     })
 }
 
@@ -169,26 +172,13 @@ fn uploads_to_chain(
         .collect()
 }
 
-/// The upload CronJob again, from the status this pass computed: a drill
-/// that just passed is protected from retention (`--keep-verified`) by the
-/// next upload at once. Status writes start no reconcile of their own, so
-/// waiting for one would leave the newly verified dump prunable meanwhile.
-async fn apply_upload(
-    db: &DatabaseBackup,
-    ctx: &Context,
-    status: &DatabaseBackupStatus,
-) -> Result<CronJob, Error> {
-    let mut now = db.clone();
-    now.status = Some(status.clone());
+/// Applies the upload CronJob as built from `db`, status included: its
+/// `--keep-verified` comes from `status.lastVerifiedKey`.
+async fn apply_upload(db: &DatabaseBackup, ctx: &Context) -> Result<CronJob, Error> {
     let cronjobs: Api<CronJob> =
         Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());
-    apply(
-        cronjobs,
-        &upload_cronjob(&now, &ctx.settings),
-        &ctx.cronjobs,
-        true,
-    )
-    .await
+    let upload = upload_cronjob(db, &ctx.settings);
+    apply(cronjobs, &upload, &ctx.cronjobs, true).await
 }
 
 /// Drills the newest upload: once after its upload (`afterUpload`), and
