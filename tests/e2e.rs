@@ -297,29 +297,34 @@ async fn operator_killed_mid_reconcile_and_apiserver_restarted_converge() {
     // operator saw it finish and reported it.
     let succeeded = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
     let watch = tokio::spawn({
-        use futures::TryStreamExt;
+        use futures::StreamExt;
         let succeeded = succeeded.clone();
         let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(b.client.clone(), &b.ns);
         let selector = format!(
             "dbbackup.io/step=dump,dbbackup.io/run-now={}",
             dbbackup_operator::names::run_now_id("second")
         );
+        // The watch outlives the apiserver restart: its errors are retried
+        // with backoff, not the end of it (a pod ending after the restart
+        // would go unseen).
         async move {
+            use kube::runtime::WatchStreamExt;
             let pods = kube::runtime::watcher(
                 api,
                 kube::runtime::watcher::Config::default().labels(&selector),
-            );
-            let _ = kube::runtime::WatchStreamExt::applied_objects(pods)
-                .try_for_each(|p| {
-                    let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
-                    if let Some(phase @ ("Succeeded" | "Failed")) = phase {
-                        let ok = phase == "Succeeded";
-                        let uid = p.uid().unwrap_or_default();
-                        succeeded.lock().unwrap().insert((uid, ok));
-                    }
-                    std::future::ready(Ok(()))
-                })
-                .await;
+            )
+            .default_backoff()
+            .applied_objects();
+            let mut pods = std::pin::pin!(pods);
+            while let Some(p) = pods.next().await {
+                let Ok(p) = p else { continue };
+                let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+                if let Some(phase @ ("Succeeded" | "Failed")) = phase {
+                    let ok = phase == "Succeeded";
+                    let uid = p.uid().unwrap_or_default();
+                    succeeded.lock().unwrap().insert((uid, ok));
+                }
+            }
         }
     });
     request_backup(&b, "second");
@@ -355,6 +360,11 @@ async fn operator_killed_mid_reconcile_and_apiserver_restarted_converge() {
     watch.abort();
     // A second pod deleted while it still ran ends Failed, unseen too.
     let ended = succeeded.lock().unwrap().clone();
+    // A watch that died at the restart would see none and count nothing unseen.
+    assert!(
+        ended.iter().filter(|(_, ok)| *ok).count() >= dumps_ok,
+        "the watch missed pods the operator reported: {ended:?}"
+    );
     let unseen_ok = ended
         .iter()
         .filter(|(_, ok)| *ok)
