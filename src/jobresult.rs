@@ -81,7 +81,7 @@ pub struct JobResult {
 }
 
 /// A restore step's failure: the Restored condition's reason, and what happened.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Failure {
     pub reason: &'static str,
     pub message: String,

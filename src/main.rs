@@ -75,7 +75,7 @@ enum Command {
     Fetch(dbbackup_operator::jobs::fetch::FetchArgs),
     /// Dump the database onto the staging volume (run in the database image by the dump CronJob).
     Dump(dbbackup_operator::jobs::dump::DumpArgs),
-    /// Load a fetched dump into the target database (run in the database image by the restore Job).
+    /// Download a dump and load it into the target database as it arrives (run in the database image by the restore Job).
     Load(dbbackup_operator::jobs::load::LoadArgs),
     /// Load a fetched dump into a throwaway server and run the checks (run in the database image by a verify Job).
     Verify(dbbackup_operator::jobs::verify::VerifyArgs),
@@ -126,11 +126,16 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Load(args) => {
             init_tracing(LogFormat::Text);
-            std::process::exit(dbbackup_operator::jobs::load::run(args));
+            std::process::exit(dbbackup_operator::jobs::load::run(args).await);
         }
         Command::CopyBinary { to } => {
             dbbackup_operator::jobs::copy_binary(&to)
                 .map_err(|e| anyhow::anyhow!("cannot copy this binary to {}: {e}", to.display()))?;
+            if let Some(dir) = to.parent() {
+                dbbackup_operator::jobs::copy_image_roots(dir).map_err(|e| {
+                    anyhow::anyhow!("cannot copy the CA store to {}: {e}", dir.display())
+                })?;
+            }
         }
         Command::Upload(args) => {
             init_tracing(LogFormat::Text);

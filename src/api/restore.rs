@@ -74,12 +74,17 @@ pub struct DatabaseRestoreSpec {
     /// created when missing.
     pub target: DatabaseSpec,
 
-    /// Restore into a database that already has tables. Its tables, views and
-    /// sequences (postgres: its schemas) are dropped first. Off by default.
+    /// Restore into a database that already has tables: its content is
+    /// replaced by the dump's only once the whole dump loaded and checked out
+    /// (postgres: in one transaction; mariadb/mysql: loaded into the shadow
+    /// database `<name>__dbbackup_new` first, so the restoring role needs all
+    /// privileges on it and on `<name>__dbbackup_old`). Off by default.
     #[serde(default)]
     pub overwrite: bool,
 
-    /// Size limit of the scratch volume that holds the downloaded, decompressed dump.
+    /// Size limit of the restore pod's scratch (the SQL client's /tmp). The
+    /// dump streams from the store into the database and is never copied to
+    /// the node, so a few hundred MiB do for any size of dump.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64))]
     #[schemars(extend("x-kubernetes-validations" = cel(&[(

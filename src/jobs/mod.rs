@@ -5,14 +5,17 @@
 //! (`staging`). Nothing here talks to the Kubernetes API.
 
 pub mod dump;
+pub mod feed;
 pub mod fetch;
 pub mod keys;
 pub mod load;
 pub mod proof;
 pub mod put;
 pub mod retention;
+pub mod shadow;
 pub mod staging;
 pub mod store;
+pub mod stream;
 pub mod throwaway;
 pub mod tool;
 pub mod upload;
@@ -80,6 +83,18 @@ pub fn copy_binary(to: &Path) -> std::io::Result<()> {
     }
     std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o755))?;
     std::fs::rename(&partial, to)
+}
+
+/// Copies this image's CA store, if it has one, into `dir` as
+/// `ca-certificates.crt`: a database image may have none (the official
+/// postgres image has none), and the restore reaches the store from it.
+pub fn copy_image_roots(dir: &Path) -> std::io::Result<()> {
+    const ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+    match std::fs::read(ROOTS) {
+        Ok(pem) => std::fs::write(dir.join("ca-certificates.crt"), pem),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]

@@ -203,3 +203,68 @@ impl EtagCheck {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::store::DEFAULT_PART_SIZE;
+
+    use md5::Md5;
+
+    fn multipart_etag(data: &[u8], part: usize) -> String {
+        let md5s: Vec<u8> = data
+            .chunks(part)
+            .flat_map(|c| Md5::digest(c).to_vec())
+            .collect();
+        format!("{}-{}", hex(&Md5::digest(&md5s)), data.len().div_ceil(part))
+    }
+
+    /// Feeds `data` in uneven chunks, as a network stream would.
+    fn check(etag: &str, part: Option<u64>, data: &[u8]) -> Result<bool, String> {
+        let mut c = EtagCheck::new(etag, part);
+        for chunk in data.chunks(7777) {
+            c.update(chunk);
+        }
+        c.verify()
+    }
+
+    #[test]
+    fn single_part_md5() {
+        let data = vec![42u8; 100_000];
+        assert_eq!(check(&hex(&Md5::digest(&data)), None, &data), Ok(true));
+        let mut bad = data.clone();
+        bad[5] = 0;
+        assert!(check(&hex(&Md5::digest(&data)), None, &bad).is_err());
+        assert_eq!(check("not-an-md5-etag", None, &data), Ok(false));
+    }
+
+    #[test]
+    fn multipart_with_our_part_size() {
+        let data: Vec<u8> = (0..50_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let etag = multipart_etag(&data, 65_536);
+        assert_eq!(check(&etag, Some(65_536), &data), Ok(true));
+        let mut bad = data.clone();
+        bad[100_000] ^= 1;
+        assert!(check(&etag, Some(65_536), &bad).is_err());
+    }
+
+    #[test]
+    fn multipart_of_unknown_part_size_is_unverifiable_not_wrong() {
+        let data = vec![1u8; 3 * DEFAULT_PART_SIZE as usize / 2];
+        // Another tool's 5 MiB parts: 3 parts, where 8 MiB would give 2.
+        let etag = multipart_etag(&data, 5 * 1024 * 1024);
+        assert_eq!(check(&etag, None, &data), Ok(false));
+        // The default part size, as boto3 uses it: checked.
+        let etag = multipart_etag(&data, DEFAULT_PART_SIZE as usize);
+        assert_eq!(check(&etag, None, &data), Ok(true));
+    }
+
+    #[test]
+    fn part_sizes_outside_what_s3_allows_are_refused() {
+        for bad in ["0", "1", "-5", "x", "5242879", "5368709121"] {
+            let e = parse_part_size(bad).unwrap_err();
+            assert!(e.contains("not between 5 MiB and 5 GiB"), "{e}");
+        }
+        assert_eq!(parse_part_size("8388608"), Ok(8 * 1024 * 1024));
+    }
+}

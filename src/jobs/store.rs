@@ -62,6 +62,10 @@ pub struct StoreArgs {
     /// The SSE-C key, base64 of 32 bytes, from its Secret.
     #[arg(long, env = names::SSE_CUSTOMER_KEY_ENV, hide_env_values = true)]
     pub sse_customer_key: Option<super::tool::Hidden>,
+    /// PEM roots added to the system's when the file exists: our image's CA
+    /// store, for a step that runs in a database image that may have none.
+    #[arg(long, hide = true)]
+    pub image_roots: Option<std::path::PathBuf>,
 }
 
 /// Server-side encryption as the requests carry it.
@@ -206,6 +210,20 @@ impl StoreArgs {
                 Some(pem)
             }
             None => None,
+        };
+        // Missing or unreadable: the system's roots are all there is.
+        let image_roots = self
+            .image_roots
+            .as_ref()
+            .and_then(|p| std::fs::read(p).ok())
+            .filter(|pem| crate::api::valid_ca_bundle(pem));
+        let ca_bundle = match (ca_bundle, image_roots) {
+            (Some(mut pem), Some(roots)) => {
+                pem.push(b'\n');
+                pem.extend(roots);
+                Some(pem)
+            }
+            (pem, roots) => pem.or(roots),
         };
         client(&StoreSettings {
             endpoint: self.endpoint.clone().filter(|e| !e.is_empty()),

@@ -242,6 +242,26 @@ pub fn collect_stderr(child: &mut Child) -> JoinHandle<Vec<u8>> {
     })
 }
 
+/// A MariaDB/MySQL identifier in backquotes.
+pub(crate) fn my_ident(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+/// A MariaDB/MySQL string literal (backslashes escape there).
+pub(crate) fn my_string(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// A PostgreSQL identifier in double quotes.
+pub(crate) fn pg_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A PostgreSQL string literal.
+pub(crate) fn pg_string(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -39,6 +39,9 @@ const STAGING_GID: i64 = 65532;
 const BINARY_DIR: &str = "/dbbackup";
 
 pub(crate) const BINARY: &str = "/dbbackup/dbbackup-operator";
+/// Our image's CA store, copied beside the binary (`jobs::copy_image_roots`)
+/// for a step that reaches the store from a database image.
+pub(crate) const IMAGE_ROOTS: &str = "/dbbackup/ca-certificates.crt";
 
 pub fn database_port(db: &DatabaseSpec) -> u16 {
     db.port

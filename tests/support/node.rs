@@ -291,6 +291,15 @@ evictionHard:
         path
     }
 
+    /// Where the kubelet keeps pod `uid`'s emptyDir volumes, one directory each.
+    pub fn empty_dirs(&self, uid: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join("kubelet/pods")
+            .join(uid)
+            .join("volumes/kubernetes.io~empty-dir")
+    }
+
     pub fn kubelet_log(&self) -> String {
         self.kubelet.as_ref().map(|k| k.log()).unwrap_or_default()
     }

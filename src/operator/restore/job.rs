@@ -1,17 +1,16 @@
 //! The restore Job, built from the spec and its resolved source alone.
 //!
-//! Its init containers download, verify and decompress the dump onto a
-//! scratch volume (`fetch`, our image) and bring our binary into the database
-//! image; its main container loads the dump (`load`). Each writes a one-line
-//! JSON result to its termination log, as the backup jobs do.
+//! Its init container brings our binary into the database image; its one
+//! container downloads the dump and loads it as it arrives (`load`: checked,
+//! decrypted and decompressed on the way, committed only once the whole
+//! object checked out), with no copy of the dump on the node. It writes a
+//! one-line JSON result to its termination log, as the backup jobs do.
 
 use crate::api::{BucketSpec, DatabaseRestore};
 use crate::jobresult::Step;
 use crate::names;
 use crate::operator::Settings;
-use crate::operator::pod::{
-    self, DOWNLOADED_DUMP, DUMP_UID, DatabaseStep, Placement, TERMINATION_LOG,
-};
+use crate::operator::pod::{self, DUMP_UID, DatabaseStep, Placement, TERMINATION_LOG};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
@@ -48,46 +47,51 @@ fn labels(restore: &str) -> BTreeMap<String, String> {
 /// The restore Job, built from the spec and its resolved source alone.
 pub fn restore_job(r: &DatabaseRestore, source: &Source, settings: &Settings) -> Job {
     let spec = &r.spec;
-    let (mut volumes, fetch_mounts, scratch) =
-        pod::download_volumes(spec.scratch_size.clone(), &source.bucket);
-    let (copy, load, binary) = DatabaseStep {
+    // No copy of the dump: the scratch is the client's /tmp, bounded by scratchSize.
+    let mut volumes = vec![pod::empty_dir("tmp", spec.scratch_size.clone())];
+    let mut mounts = vec![pod::mount("tmp", "/tmp")];
+    let (store_volumes, store_mounts) = pod::store_volumes(&source.bucket);
+    volumes.extend(store_volumes);
+    mounts.extend(store_mounts);
+    let mut flags = vec![
+        format!("--key={}", spec.key),
+        format!("--prefix={}", source.prefix),
+        format!("--termination-log={TERMINATION_LOG}"),
+    ];
+    flags.extend(pod::store_args(&source.bucket));
+    // The database image may have no CA store: ours comes along.
+    flags.push(format!("--image-roots={}", pod::IMAGE_ROOTS));
+    flags.extend(spec.overwrite.then(|| "--overwrite".to_string()));
+    let (copy, mut load, binary) = DatabaseStep {
         name: "restore",
         subcommand: "load",
         db: &spec.target,
-        flags: [
-            vec![
-                format!("--file={DOWNLOADED_DUMP}"),
-                format!("--termination-log={TERMINATION_LOG}"),
-            ],
-            spec.overwrite
-                .then(|| "--overwrite".to_string())
-                .into_iter()
-                .collect(),
-        ]
-        .concat(),
-        mounts: scratch,
+        flags,
+        mounts,
         resources: spec.resources.clone(),
     }
     .build(settings);
     volumes.push(binary);
+    let env = load.env.get_or_insert_with(Vec::new);
+    env.extend(pod::store_env(
+        &source.bucket,
+        source.service_account.is_some(),
+    ));
+    if let Some(identity) = &spec.identity_secret {
+        env.push(pod::secret_env(
+            names::AGE_IDENTITY_ENV,
+            &identity.name,
+            &identity.key,
+            false,
+        ));
+    }
     let placement = Placement {
         node_selector: spec.node_selector.clone(),
         tolerations: spec.tolerations.clone(),
         affinity: None,
         service_account: source.service_account.clone(),
     };
-    let fetch = pod::Fetch {
-        bucket: &source.bucket,
-        keys_optional: source.service_account.is_some(),
-        identity: spec.identity_secret.as_ref(),
-        prefix: &source.prefix,
-        key: &spec.key,
-        out: DOWNLOADED_DUMP,
-        mounts: fetch_mounts,
-        resources: spec.resources.clone(),
-    }
-    .build(settings);
-    let pod = pod::job_pod(DUMP_UID, vec![fetch, copy], vec![load], volumes, placement);
+    let pod = pod::job_pod(DUMP_UID, vec![copy], vec![load], volumes, placement);
     let labels = labels(&r.name_any());
     Job {
         metadata: ObjectMeta {
@@ -153,22 +157,21 @@ mod tests {
     }
 
     #[test]
-    fn the_identity_reaches_only_the_download_from_its_secret() {
+    fn the_identity_reaches_the_restore_from_its_secret() {
         let r = restore(
             serde_json::json!({ "backup": "orders", "identitySecret": { "name": "age-id" } }),
         );
         let job = restore_job(&r, &source(serde_json::json!({})), &settings());
         let pod = job.spec.unwrap().template.spec.unwrap();
-        let fetch = &pod.init_containers.as_ref().unwrap()[0];
         assert_eq!(
-            pod::secret_source(fetch, "DBBACKUP_AGE_IDENTITY"),
+            pod::secret_source(&pod.containers[0], "DBBACKUP_AGE_IDENTITY"),
             ("age-id".into(), "identity".into())
         );
         assert!(
-            pod.containers[0]
-                .env
+            pod.init_containers
                 .iter()
                 .flatten()
+                .flat_map(|c| c.env.iter().flatten())
                 .all(|e| e.name != "DBBACKUP_AGE_IDENTITY")
         );
     }
@@ -182,7 +185,7 @@ mod tests {
     }
 
     #[test]
-    fn the_job_fetches_with_our_image_and_loads_with_the_database_image() {
+    fn the_job_streams_the_dump_into_the_database_image_with_no_copy() {
         let r = restore(serde_json::json!({ "backup": "orders", "scratchSize": "20Gi" }));
         let source = source(serde_json::json!({}));
         let settings = settings();
@@ -191,40 +194,39 @@ mod tests {
         let spec = job.spec.unwrap();
         assert_eq!(spec.backoff_limit, Some(0));
         let pod = spec.template.spec.unwrap();
-        let fetch = &pod.init_containers.as_ref().unwrap()[0];
-        let args = fetch.args.clone().unwrap();
+        let inits = pod.init_containers.as_ref().unwrap();
+        assert_eq!(inits.len(), 1);
+        assert_eq!(inits[0].args.clone().unwrap()[0], "copy-binary");
+        let load = &pod.containers[0];
+        assert_eq!(load.image.as_deref(), Some("docker.io/library/postgres:17"));
+        let args = load.args.clone().unwrap();
+        assert_eq!(load.command, Some(vec![BINARY.to_string()]));
+        assert_eq!(&args[..2], ["load", "--engine=postgres"]);
         for want in [
-            "fetch",
             "--key=latest",
             "--prefix=shop/orders/",
-            "--out=/work/restore.sql",
             "--ca-bundle=/etc/dbbackup/ca/ca.crt",
         ] {
             assert!(args.contains(&want.to_string()), "{want} in {args:?}");
         }
-        assert_eq!(fetch.image, Some(settings.uploader_image.clone()));
-        let load = &pod.containers[0];
-        assert_eq!(load.image.as_deref(), Some("docker.io/library/postgres:17"));
-        let load_args = load.args.clone().unwrap();
-        assert_eq!(load.command, Some(vec![BINARY.to_string()]));
-        assert_eq!(&load_args[..2], ["load", "--engine=postgres"]);
-        assert!(load_args.contains(&"--file=/work/restore.sql".to_string()));
-        let copy = &pod.init_containers.as_ref().unwrap()[1];
-        assert_eq!(copy.args.clone().unwrap()[0], "copy-binary");
+        assert!(!args.iter().any(|a| a.starts_with("--file")), "{args:?}");
         let env: Vec<&str> = load.env.iter().flatten().map(|e| e.name.as_str()).collect();
-        assert!(
-            env.contains(&"PGPASSWORD") && env.contains(&"DB_USER"),
-            "{env:?}"
-        );
+        for want in ["PGPASSWORD", "DB_USER", "AWS_ACCESS_KEY_ID"] {
+            assert!(env.contains(&want), "{want} in {env:?}");
+        }
         assert!(
             load.env
                 .iter()
                 .flatten()
                 .all(|e| e.value.as_deref().is_none_or(|v| !v.contains("secret")))
         );
-        let work = &pod.volumes.unwrap()[0];
+        // The only scratch is the client's /tmp, bounded by scratchSize.
+        let volumes = pod.volumes.unwrap();
+        let scratch: Vec<_> = volumes.iter().filter(|v| v.empty_dir.is_some()).collect();
+        assert_eq!(scratch.len(), 2, "tmp and the binary's: {volumes:?}");
+        assert_eq!(scratch[0].name, "tmp");
         assert_eq!(
-            work.empty_dir.as_ref().unwrap().size_limit,
+            scratch[0].empty_dir.as_ref().unwrap().size_limit,
             Some(Quantity("20Gi".into()))
         );
     }

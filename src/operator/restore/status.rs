@@ -39,9 +39,10 @@ pub fn observe(
             .and_then(|st| st.start_time.clone())
     });
     let pod_status = pod.and_then(|p| p.status.as_ref());
+    // Jobs made before restores streamed downloaded in a `fetch` init container.
     let fetched = pod_status
         .and_then(|st| st.init_container_statuses.as_ref())
-        .and_then(|cs| cs.first())
+        .and_then(|cs| cs.iter().find(|c| c.name == "fetch"))
         .and_then(|c| container_result(c, Step::Fetch));
     let loaded = pod_status
         .and_then(|st| st.container_statuses.as_ref())
@@ -50,14 +51,16 @@ pub fn observe(
     s.log = fetched
         .iter()
         .chain(&loaded)
-        .map(|(r, _)| r.log.clone())
+        .flat_map(|(r, _)| std::iter::once(&r.log).chain(&r.more_log))
+        .cloned()
         .collect();
-    if let Some((f, _)) = fetched
-        .as_ref()
-        .filter(|(f, _)| f.outcome == Outcome::Succeeded)
+    if let Some((r, _)) = fetched
+        .iter()
+        .chain(&loaded)
+        .rfind(|(r, _)| r.outcome == Outcome::Succeeded && r.key.is_some())
     {
-        s.key = f.key.clone();
-        s.size = f.size.map(|n| n as i64);
+        s.key = r.key.clone();
+        s.size = r.size.map(|n| n as i64);
     }
     let observed = finished(&mut s, job, fetched, loaded).unwrap_or_else(|| {
         let (phase, reason, message) = match job {
@@ -180,11 +183,8 @@ mod tests {
 
     #[test]
     fn success_records_key_times_and_both_lines() {
-        let done = r#"{"step":"restore","outcome":"succeeded","reason":"","log":"2026-11-25,10:00:09,database restore completed"}"#;
-        let p = pod(
-            Some(terminated("fetch", 0, FETCHED, 101)),
-            Some(terminated("restore", 0, done, 109)),
-        );
+        let done = r#"{"step":"restore","outcome":"succeeded","key":"2026-11-25/datadump2.sql","size":42,"log":"2026-11-25,10:00:08,downloaded 2026-11-25/datadump2.sql (42 bytes, checksum verified)","more_log":["2026-11-25,10:00:09,database restore completed"]}"#;
+        let p = pod(None, Some(terminated("restore", 0, done, 109)));
         let (s, c) = observe(&Default::default(), Some(&job()), Some(&p));
         assert_eq!(s.phase, Some(RestorePhase::Succeeded));
         assert_eq!(s.key.as_deref(), Some("2026-11-25/datadump2.sql"));
@@ -193,8 +193,28 @@ mod tests {
             (s.start_time, s.completion_time),
             (Some(at(100)), Some(at(109)))
         );
-        assert_eq!(s.log.len(), 2);
+        assert_eq!(s.log.len(), 2, "{:?}", s.log);
+        assert!(s.log[1].ends_with(",database restore completed"));
         assert!(c.status);
+        // A Job of before: its fetch init container's result, then the load's.
+        let loaded = r#"{"step":"restore","outcome":"succeeded","log":"2026-11-25,10:00:09,database restore completed"}"#;
+        let p = pod(
+            Some(terminated("fetch", 0, FETCHED, 101)),
+            Some(terminated("restore", 0, loaded, 109)),
+        );
+        let (s, _) = observe(&Default::default(), Some(&job()), Some(&p));
+        assert_eq!(s.key.as_deref(), Some("2026-11-25/datadump2.sql"));
+        assert_eq!(s.log.len(), 2);
+    }
+
+    #[test]
+    fn a_dump_that_does_not_check_out_names_why() {
+        let bad = r#"{"step":"restore","outcome":"failed","reason":"ChecksumMismatch","log":"2026-11-25,10:00:01,database restore failed: k does not match its checksum; the target is unchanged"}"#;
+        let p = pod(None, Some(terminated("restore", 1, bad, 101)));
+        let (s, c) = observe(&Default::default(), Some(&job()), Some(&p));
+        assert_eq!(s.phase, Some(RestorePhase::Failed));
+        assert_eq!(c.reason, "ChecksumMismatch");
+        assert_eq!(s.key, None);
     }
 
     #[test]

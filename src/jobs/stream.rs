@@ -1,0 +1,479 @@
+//! An object of the store read as its plain SQL while it downloads, so that
+//! a restore loads as the bytes arrive and keeps no copy of the dump.
+//!
+//! A task downloads the object and checks every byte against the store's
+//! checksum (the MD5 ETag, or where that is no MD5 the CRC64/NVME); the
+//! reader decrypts (`.age`) and decompresses by the key's suffix. The
+//! reader's end of file comes only once the whole object checked out: a
+//! mismatch, a cut-off download or a corrupt stream is a read error instead.
+//! A load that commits at end of file therefore commits only a proven dump.
+
+use super::proof::{EtagCheck, parse_part_size};
+use super::store::{self, WithSse as _};
+use super::tool::Hidden;
+use crate::api::Compression;
+use crate::jobresult::{Failure, fail};
+use crate::reasons;
+use aws_sdk_s3::operation::get_object::GetObjectOutput;
+use bytes::{Buf as _, Bytes};
+use std::io::{self, Read};
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+
+/// Chunks in flight between the download and the reader: memory stays
+/// bounded whatever the object's size (the SDK's chunks are at most a few
+/// tens of KiB).
+const QUEUE: usize = 64;
+
+/// A whole object that checked out: its size, and the checksum that held
+/// (None where the store gave nothing to check against).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Proven {
+    pub size: u64,
+    pub proof: Option<String>,
+}
+
+enum Piece {
+    Data(Bytes),
+    End(Result<Proven, Failure>),
+}
+
+/// How the download ended, as its reader met the end.
+#[derive(Clone, Default)]
+struct Verdict(Arc<Mutex<Option<Result<Proven, Failure>>>>);
+
+impl Verdict {
+    fn set(&self, end: Result<Proven, Failure>) {
+        *self.0.lock().unwrap() = Some(end);
+    }
+
+    fn failure(&self) -> Option<Failure> {
+        match &*self.0.lock().unwrap() {
+            Some(Err(f)) => Some(f.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// The object's raw bytes as they arrive; end of file only after proof.
+pub struct Raw {
+    rx: mpsc::Receiver<Piece>,
+    current: Bytes,
+    proven: bool,
+    verdict: Verdict,
+}
+
+impl Read for Raw {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            if self.proven {
+                return Ok(0);
+            }
+            match self.rx.blocking_recv() {
+                Some(Piece::Data(bytes)) => self.current = bytes,
+                Some(Piece::End(Ok(proven))) => {
+                    self.verdict.set(Ok(proven));
+                    self.proven = true;
+                }
+                Some(Piece::End(Err(f))) => {
+                    let message = f.message.clone();
+                    self.verdict.set(Err(f));
+                    return Err(io::Error::other(message));
+                }
+                None => return Err(io::Error::other("the download stopped")),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        self.current.advance(n);
+        Ok(n)
+    }
+}
+
+/// Starts downloading `key`; the checks run on the download's task, off the
+/// reader's thread.
+pub async fn start(
+    client: &aws_sdk_s3::Client,
+    sse: &store::Sse,
+    bucket: &str,
+    key: &str,
+) -> Result<Raw, Failure> {
+    let got = get(client, bucket, key, sse).await?;
+    let check = Check::of(&got, sse, key)?;
+    let (tx, rx) = mpsc::channel(QUEUE);
+    tokio::spawn(pump(got, check, key.to_string(), tx));
+    Ok(Raw {
+        rx,
+        current: Bytes::new(),
+        proven: false,
+        verdict: Verdict::default(),
+    })
+}
+
+async fn pump(got: GetObjectOutput, mut check: Check, key: String, tx: mpsc::Sender<Piece>) {
+    let mut body = got.body;
+    let end = loop {
+        match body.try_next().await {
+            Ok(Some(chunk)) => {
+                check.update(&chunk);
+                if tx.send(Piece::Data(chunk)).await.is_err() {
+                    // The reader stopped: nothing waits for the rest.
+                    return;
+                }
+            }
+            Ok(None) => break check.verify(&key),
+            Err(e) => {
+                break Err(fail(
+                    reasons::DOWNLOAD_FAILED,
+                    format!("download of {key} broke off: {e}"),
+                ));
+            }
+        }
+    };
+    let _ = tx.send(Piece::End(end)).await;
+}
+
+async fn get(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    sse: &store::Sse,
+) -> Result<GetObjectOutput, Failure> {
+    let get = client.get_object().bucket(bucket).key(key).with_sse(sse);
+    // Where the ETag may be no MD5, the object's CRC64/NVME is what we check.
+    let get = match sse.hides_md5() {
+        true => get.checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled),
+        false => get,
+    };
+    get.send().await.map_err(|e| {
+        if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
+            fail(
+                reasons::OBJECT_NOT_FOUND,
+                format!("object {key} not found in bucket {bucket}"),
+            )
+        } else {
+            fail(
+                reasons::DOWNLOAD_FAILED,
+                format!("cannot download {key}: {}", store::describe(&e)),
+            )
+        }
+    })
+}
+
+/// What the store says the object is, and the same computed over its bytes.
+struct Check {
+    etag: String,
+    md5: EtagCheck,
+    /// A full-object CRC64/NVME the store reports, and ours.
+    crc: Option<(String, crc_fast::Digest)>,
+    size: u64,
+    expected_size: i64,
+}
+
+impl Check {
+    fn of(got: &GetObjectOutput, sse: &store::Sse, key: &str) -> Result<Check, Failure> {
+        let part_size = got
+            .metadata()
+            .and_then(|m| m.get(store::PART_SIZE_META))
+            .map(|v| {
+                parse_part_size(v).map_err(|e| fail(reasons::CORRUPT_DUMP, format!("{key}: {e}")))
+            })
+            .transpose()?;
+        // An ETag that is no MD5 must not be checked as one.
+        let etag = match sse.hides_md5() {
+            true => String::new(),
+            false => got
+                .e_tag()
+                .unwrap_or_default()
+                .trim_matches('"')
+                .to_string(),
+        };
+        // Composite CRCs (of parts) end in -N and are no whole-object check.
+        let crc = got
+            .checksum_crc64_nvme()
+            .filter(|c| !c.contains('-'))
+            .map(|c| {
+                (
+                    c.to_string(),
+                    crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Nvme),
+                )
+            });
+        Ok(Check {
+            md5: EtagCheck::new(&etag, part_size),
+            etag,
+            crc,
+            size: 0,
+            expected_size: got.content_length().unwrap_or(-1),
+        })
+    }
+
+    fn update(&mut self, chunk: &[u8]) {
+        if let Some((_, crc)) = &mut self.crc {
+            crc.update(chunk);
+        }
+        self.md5.update(chunk);
+        self.size += chunk.len() as u64;
+    }
+
+    fn verify(self, key: &str) -> Result<Proven, Failure> {
+        if self.size as i64 != self.expected_size {
+            return Err(fail(
+                reasons::DOWNLOAD_FAILED,
+                format!(
+                    "{key}: received {} bytes of {}",
+                    self.size, self.expected_size
+                ),
+            ));
+        }
+        let mismatch = |e: String| {
+            fail(
+                reasons::CHECKSUM_MISMATCH,
+                format!("{key} does not match its checksum: {e}"),
+            )
+        };
+        let mut proof = self
+            .md5
+            .verify()
+            .map_err(mismatch)?
+            .then(|| format!("etag:{}", self.etag));
+        if let (None, Some((expected, crc))) = (&proof, self.crc) {
+            let got = super::proof::crc64nvme_base64(crc.finalize());
+            if got != expected {
+                return Err(mismatch(format!(
+                    "CRC64/NVME {got}, the store's is {expected}"
+                )));
+            }
+            proof = Some(format!("crc64nvme:{got}"));
+        }
+        Ok(Proven {
+            size: self.size,
+            proof,
+        })
+    }
+}
+
+/// The dump's SQL as it downloads: read `reader` to its end, then ask
+/// `proven` (reading blocks, so this lives off the async runtime).
+pub struct Sql {
+    pub reader: Box<dyn Read + Send>,
+    key: String,
+    verdict: Verdict,
+}
+
+impl Sql {
+    /// The SQL of the object `raw` downloads: decrypted with `identity` when
+    /// the key ends in .age, then decompressed by the key's suffix. The
+    /// identity never shows in a message; a wrong one is named as such.
+    pub fn open(raw: Raw, key: &str, identity: Option<&Hidden>) -> Result<Sql, Failure> {
+        let verdict = raw.verdict.clone();
+        let (inner, inner_key): (Box<dyn Read + Send>, _) = match key.strip_suffix(".age") {
+            Some(inner_key) => (Box::new(decrypt(raw, key, identity)?), inner_key),
+            None => (Box::new(raw), key),
+        };
+        let reader: Box<dyn Read + Send> = match Compression::of_name(inner_key) {
+            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(inner)),
+            Compression::Zstd => Box::new(
+                zstd::stream::read::Decoder::new(inner)
+                    .map_err(|e| fail(reasons::CORRUPT_DUMP, format!("{key}: {e}")))?,
+            ),
+            Compression::None => inner,
+        };
+        Ok(Sql {
+            reader,
+            key: key.to_string(),
+            verdict,
+        })
+    }
+
+    /// Why reading stopped with `e`: the download's own failure if it had
+    /// one (a checksum that did not hold, a cut-off), else a corrupt stream.
+    pub fn failure(&self, e: &io::Error) -> Failure {
+        self.verdict.failure().unwrap_or_else(|| {
+            let key = &self.key;
+            fail(
+                reasons::CORRUPT_DUMP,
+                match e.kind() {
+                    io::ErrorKind::UnexpectedEof => format!("{key} ends early (truncated): {e}"),
+                    _ => format!("cannot decrypt or decompress {key}: {e}"),
+                },
+            )
+        })
+    }
+
+    /// After the reader's end: the proof that every byte checked out.
+    pub fn proven(&self) -> Result<Proven, Failure> {
+        match &*self.verdict.0.lock().unwrap() {
+            Some(Ok(proven)) => Ok(proven.clone()),
+            _ => Err(fail(
+                reasons::DOWNLOAD_FAILED,
+                format!("{}: the dump ended before the download did", self.key),
+            )),
+        }
+    }
+}
+
+fn decrypt(
+    raw: Raw,
+    key: &str,
+    identity: Option<&Hidden>,
+) -> Result<impl Read + Send + use<>, Failure> {
+    let denied = |why: &str| fail(reasons::DECRYPTION_FAILED, why.to_string());
+    let identity = identity.ok_or_else(|| {
+        denied(&format!(
+            "{key} is encrypted; name the Secret with its age identity in spec.identitySecret"
+        ))
+    })?;
+    let identity = crate::api::parse_age_identity(&identity.0).ok_or_else(|| {
+        denied("the identity Secret holds no age X25519 identity (AGE-SECRET-KEY-1…)")
+    })?;
+    let verdict = raw.verdict.clone();
+    let decryptor = age::Decryptor::new(raw).map_err(|e| {
+        verdict
+            .failure()
+            .unwrap_or_else(|| fail(reasons::CORRUPT_DUMP, format!("{key} is no age file: {e}")))
+    })?;
+    decryptor
+        .decrypt(std::iter::once(&identity as &dyn age::Identity))
+        .map_err(|_| denied(&format!("the identity cannot decrypt {key}: its public key is not among the dump's recipients")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use age::secrecy::ExposeSecret;
+    use std::io::Write;
+
+    fn encrypted(to: &age::x25519::Identity, data: &[u8]) -> Vec<u8> {
+        let recipient = to.to_public();
+        let encryptor =
+            age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
+                .unwrap();
+        let mut w = encryptor.wrap_output(vec![]).unwrap();
+        w.write_all(data).unwrap();
+        w.finish().unwrap()
+    }
+
+    /// A download that delivers `data` in uneven chunks, then `end`.
+    fn raw_of(data: Vec<u8>, end: Result<Proven, Failure>) -> Raw {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        std::thread::spawn(move || {
+            for chunk in data.chunks(7777) {
+                let _ = tx.blocking_send(Piece::Data(Bytes::copy_from_slice(chunk)));
+            }
+            let _ = tx.blocking_send(Piece::End(end));
+        });
+        Raw {
+            rx,
+            current: Bytes::new(),
+            proven: false,
+            verdict: Verdict::default(),
+        }
+    }
+
+    fn proven(size: usize) -> Result<Proven, Failure> {
+        Ok(Proven {
+            size: size as u64,
+            proof: Some("etag:x".into()),
+        })
+    }
+
+    /// Reads the SQL of `data` under `key` to its end, then its proof.
+    fn read_all(
+        data: Vec<u8>,
+        end: Result<Proven, Failure>,
+        key: &str,
+        identity: Option<&Hidden>,
+    ) -> Result<Vec<u8>, Failure> {
+        let mut sql = Sql::open(raw_of(data, end), key, identity)?;
+        let mut out = vec![];
+        sql.reader
+            .read_to_end(&mut out)
+            .map_err(|e| sql.failure(&e))?;
+        sql.proven().map(|_| out)
+    }
+
+    #[test]
+    fn an_encrypted_dump_decrypts_with_its_identity_and_names_a_wrong_one() {
+        let identity = age::x25519::Identity::generate();
+        let data = b"INSERT INTO t VALUES ('row');\n".repeat(300);
+        let sealed = encrypted(&identity, &zstd::encode_all(&data[..], 3).unwrap());
+        let key = "p/2026-11-26/datadump1.sql.zst.age";
+        let text = Hidden(identity.to_string().expose_secret().to_string());
+        let read = |id: Option<&Hidden>| read_all(sealed.clone(), proven(sealed.len()), key, id);
+        assert_eq!(read(Some(&text)).unwrap(), data);
+        let stranger = Hidden(
+            age::x25519::Identity::generate()
+                .to_string()
+                .expose_secret()
+                .to_string(),
+        );
+        let f = read(Some(&stranger)).unwrap_err();
+        assert_eq!(f.reason, "DecryptionFailed");
+        assert!(
+            f.message.contains("not among the dump's recipients"),
+            "{}",
+            f.message
+        );
+        assert!(!f.message.contains("AGE-SECRET-KEY"), "{}", f.message);
+        let f = read(None).unwrap_err();
+        assert_eq!(f.reason, "DecryptionFailed");
+        let f = read(Some(&Hidden("nonsense".into()))).unwrap_err();
+        assert!(
+            f.message.contains("no age X25519 identity"),
+            "{}",
+            f.message
+        );
+    }
+
+    #[test]
+    fn the_end_of_the_sql_comes_only_after_the_proof() {
+        let sql = b"CREATE TABLE t (id int);\n".repeat(1000);
+        let zst = zstd::encode_all(&sql[..], 3).unwrap();
+        let mismatch = || {
+            Err(fail(
+                reasons::CHECKSUM_MISMATCH,
+                "k does not match its checksum",
+            ))
+        };
+        for (key, data) in [("a.sql", sql.clone()), ("a.sql.zst", zst.clone())] {
+            // Every byte arrived and decodes, but the checksum did not hold.
+            let f = read_all(data.clone(), mismatch(), key, None).unwrap_err();
+            assert_eq!(f.reason, "ChecksumMismatch", "{key}");
+            // The download stopped without an end (its task died).
+            let (tx, rx) = mpsc::channel(QUEUE);
+            tx.blocking_send(Piece::Data(Bytes::from(data))).unwrap();
+            drop(tx);
+            let raw = Raw {
+                rx,
+                current: Bytes::new(),
+                proven: false,
+                verdict: Verdict::default(),
+            };
+            let mut sql = Sql::open(raw, key, None).unwrap();
+            let mut out = vec![];
+            assert!(sql.reader.read_to_end(&mut out).is_err(), "{key}");
+        }
+    }
+
+    #[test]
+    fn decompresses_by_suffix_and_refuses_truncation() {
+        let sql = b"CREATE TABLE t (id int);\n".repeat(1000);
+        let gz = {
+            let mut e = flate2::write::GzEncoder::new(vec![], flate2::Compression::fast());
+            e.write_all(&sql).unwrap();
+            e.finish().unwrap()
+        };
+        let zst = zstd::encode_all(&sql[..], 3).unwrap();
+        for (key, data) in [("a.sql.gz", &gz), ("a.sql.zst", &zst), ("a.sql", &sql)] {
+            let got = read_all(data.clone(), proven(data.len()), key, None).unwrap();
+            assert_eq!(got, sql, "{key}");
+        }
+        // A whole object (its checksum held) that is itself cut short.
+        for (key, data) in [("a.sql.gz", &gz), ("a.sql.zst", &zst)] {
+            let cut = data[..data.len() / 2].to_vec();
+            let f = read_all(cut, proven(data.len() / 2), key, None).unwrap_err();
+            assert_eq!(f.reason, "CorruptDump", "a truncated stream: {key}");
+        }
+    }
+}
