@@ -18,9 +18,10 @@ use support::process::wait_for;
 use support::steps::*;
 
 /// About 12 MiB of table data in `shop`, so the dump is larger than the
-/// restore's scratch limit and than one 5 MiB part.
+/// restore's scratch limit and than one 5 MiB part; with a view, a trigger
+/// and a routine on it, which an overwrite must bring back.
 fn fill(b: &Bed) {
-    let sql = match b.engine {
+    let table = match b.engine {
         Engine::Postgres => {
             "CREATE TABLE filler (id int PRIMARY KEY, pad text); INSERT INTO filler SELECT g, repeat(md5(g::text), 32) FROM generate_series(1, 12000) g"
         }
@@ -28,7 +29,41 @@ fn fill(b: &Bed) {
             "CREATE TABLE filler (id INT PRIMARY KEY, pad TEXT); INSERT INTO filler SELECT seq, REPEAT(MD5(seq), 32) FROM seq_1_to_12000"
         }
     };
-    b.db.query("shop", sql);
+    b.db.query("shop", table);
+    b.db.query(
+        "shop",
+        "CREATE VIEW big_filler AS SELECT id FROM filler WHERE id > 100",
+    );
+    match b.engine {
+        Engine::Postgres => {
+            b.db.query("shop", "CREATE FUNCTION count_filler() RETURNS bigint LANGUAGE sql AS 'SELECT count(*) FROM filler'");
+            b.db.query("shop", "CREATE FUNCTION pad_filler() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN NEW.pad := ''t:'' || NEW.pad; RETURN NEW; END'");
+            b.db.query("shop", "CREATE TRIGGER filler_pad BEFORE INSERT ON filler FOR EACH ROW EXECUTE FUNCTION pad_filler()");
+        }
+        _ => {
+            b.db.query(
+                "shop",
+                "CREATE PROCEDURE count_filler() SELECT COUNT(*) FROM filler",
+            );
+            b.db.query("shop", "CREATE TRIGGER filler_pad BEFORE INSERT ON filler FOR EACH ROW SET NEW.pad = CONCAT('t:', NEW.pad)");
+        }
+    }
+}
+
+/// The view, routine and trigger of `fill` work in `db`.
+fn filler_objects_work(b: &Bed, db: &str) {
+    assert_eq!(b.db.query(db, "SELECT count(*) FROM big_filler"), "11900");
+    let counted = match b.engine {
+        Engine::Postgres => b.db.query(db, "SELECT count_filler()"),
+        _ => b.db.query(db, "CALL count_filler()"),
+    };
+    assert_eq!(counted, "12000");
+    b.db.query(db, "INSERT INTO filler VALUES (20000, 'x')");
+    assert_eq!(
+        b.db.query(db, "SELECT pad FROM filler WHERE id = 20000"),
+        "t:x"
+    );
+    b.db.query(db, "DELETE FROM filler WHERE id = 20000");
 }
 
 /// Tables (and views) in `db`, or None when it does not exist.
@@ -182,7 +217,10 @@ async fn a_streamed_restore_keeps_no_copy_and_commits_nothing_unproven(engine: E
     stop.store(true, Ordering::Relaxed);
     let (peak, binary) = peak.await.unwrap();
     assert_eq!(status.phase, Some(RestorePhase::Succeeded), "{status:?}");
-    assert!(binary > 1 << 20, "the sampling saw no volume ({binary} bytes)");
+    assert!(
+        binary > 1 << 20,
+        "the sampling saw no volume ({binary} bytes)"
+    );
     assert_eq!(b.db.fingerprint("whole"), b.db.fingerprint("shop"));
     let filler = |db: &str| b.db.query(db, "SELECT count(*) FROM filler");
     assert_eq!(filler("whole"), "12000");
@@ -204,11 +242,18 @@ async fn a_streamed_restore_keeps_no_copy_and_commits_nothing_unproven(engine: E
         .await
         .unwrap();
 
+    // The target moves on from the dump: a load that committed would show.
+    let dumped = b.db.fingerprint("shop");
+    b.db.query(
+        "shop",
+        "INSERT INTO products VALUES (203, 'After the dump', 2.00)",
+    );
     let before = (
         b.db.fingerprint("shop"),
         tables_in(&b, "shop"),
         filler("shop"),
     );
+    assert_ne!(before.0, dumped);
     for (name, key, reason) in [
         ("mismatch", &mismatch, "ChecksumMismatch"),
         ("cut", &cut, "CorruptDump"),
@@ -254,6 +299,32 @@ async fn a_streamed_restore_keeps_no_copy_and_commits_nothing_unproven(engine: E
             tables_in(&b, &fresh).unwrap_or(0) == 0,
             "{name}: the fresh target holds tables"
         );
+    }
+
+    // The whole dump over a changed target: its content, view, trigger and
+    // routine are the dump's again, and nothing of the swap is left.
+    b.db.query("shop", "DELETE FROM filler WHERE id > 6000");
+    b.db.query("shop", "DROP VIEW big_filler");
+    apply_restore_with(
+        &b,
+        "over",
+        "shop",
+        true,
+        "db-creds",
+        &format!("  key: {key}\n"),
+    );
+    let status = run_restore(&b, &mut pods, "over").await;
+    assert_eq!(status.phase, Some(RestorePhase::Succeeded), "{status:?}");
+    assert_eq!(b.db.fingerprint("shop"), dumped);
+    assert_eq!(filler("shop"), "12000");
+    filler_objects_work(&b, "shop");
+    filler_objects_work(&b, "whole");
+    if engine != Engine::Postgres {
+        let left = b.db.query(
+            "",
+            "SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name LIKE 'shop\\_\\_dbbackup%'",
+        );
+        assert_eq!(left, "0", "a shadow or trash database is left");
     }
 }
 
