@@ -443,49 +443,9 @@ async fn a_restore_created_again_after_an_orphaning_delete_runs_its_own_job() {
 
 /// Uploads `parts` × 5 MiB of `byte` to `key` as a multipart upload, recording
 /// `declared` as the part size the way our uploader does.
-async fn put_multipart(minio: &Minio, key: &str, parts: i32, declared: usize, byte: u8) {
-    use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
-    let s3 = minio.s3_client().await;
-    let created = s3
-        .create_multipart_upload()
-        .bucket(BUCKET)
-        .key(key)
-        .metadata("dbbackup-part-size", declared.to_string())
-        .send()
-        .await
-        .unwrap();
-    let id = created.upload_id().unwrap();
-    let mut done = vec![];
-    for n in 1..=parts {
-        let out = s3
-            .upload_part()
-            .bucket(BUCKET)
-            .key(key)
-            .upload_id(id)
-            .part_number(n)
-            .body(vec![byte; 5 << 20].into())
-            .send()
-            .await
-            .unwrap();
-        done.push(
-            CompletedPart::builder()
-                .part_number(n)
-                .set_e_tag(out.e_tag().map(str::to_string))
-                .build(),
-        );
-    }
-    s3.complete_multipart_upload()
-        .bucket(BUCKET)
-        .key(key)
-        .upload_id(id)
-        .multipart_upload(
-            CompletedMultipartUpload::builder()
-                .set_parts(Some(done))
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
+async fn put_multipart(minio: &Minio, key: &str, parts: usize, declared: usize, byte: u8) {
+    let part = vec![byte; 5 << 20];
+    put_parts(minio, key, std::iter::repeat_n(&part[..], parts), declared).await;
 }
 
 /// The restore's `fetch` step checks every byte against the store's ETag: an

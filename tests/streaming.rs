@@ -87,57 +87,6 @@ fn tables_in(b: &Bed, db: &str) -> Option<u64> {
     (exists.trim() != "0").then(|| b.db.query(db, &count).trim().parse().unwrap())
 }
 
-/// Uploads `data` in parts of `part` bytes while recording `declared` as
-/// the part size: the object's ETag cannot be matched under it, as an
-/// object whose bytes changed after upload would not match.
-async fn put_with_part_size(minio: &Minio, key: &str, data: &[u8], part: usize, declared: usize) {
-    use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
-    let s3 = minio.s3_client().await;
-    let id = s3
-        .create_multipart_upload()
-        .bucket(BUCKET)
-        .key(key)
-        .metadata("dbbackup-part-size", declared.to_string())
-        .send()
-        .await
-        .unwrap()
-        .upload_id()
-        .unwrap()
-        .to_string();
-    let mut done = vec![];
-    for (n, chunk) in data.chunks(part).enumerate() {
-        let n = n as i32 + 1;
-        let out = s3
-            .upload_part()
-            .bucket(BUCKET)
-            .key(key)
-            .upload_id(&id)
-            .part_number(n)
-            .body(chunk.to_vec().into())
-            .send()
-            .await
-            .unwrap();
-        done.push(
-            CompletedPart::builder()
-                .part_number(n)
-                .set_e_tag(out.e_tag().map(str::to_string))
-                .build(),
-        );
-    }
-    s3.complete_multipart_upload()
-        .bucket(BUCKET)
-        .key(key)
-        .upload_id(&id)
-        .multipart_upload(
-            CompletedMultipartUpload::builder()
-                .set_parts(Some(done))
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
-}
-
 /// Bytes in `dir`'s files, recursively (0 once it is gone).
 fn bytes_under(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -228,7 +177,7 @@ async fn a_streamed_restore_keeps_no_copy_and_commits_nothing_unproven(engine: E
     assert!(peak < limit, "the restore pod's scratch held {peak} bytes");
 
     let mismatch = format!("{}/datadump8.sql", today());
-    put_with_part_size(&b.minio, &mismatch, &dump, 6 << 20, 5 << 20).await;
+    put_parts(&b.minio, &mismatch, dump.chunks(6 << 20), 5 << 20).await;
     let cut = format!("{}/datadump9.sql.zst", today());
     let zst = zstd::encode_all(&dump[..], 3).unwrap();
     b.minio

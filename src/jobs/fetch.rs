@@ -19,23 +19,13 @@ use tracing::{error, info};
 #[derive(clap::Args, Debug, Clone)]
 pub struct FetchArgs {
     #[command(flatten)]
-    pub store: store::StoreArgs,
-    /// Object key, or "latest" for the newest dump under --prefix.
-    #[arg(long, default_value = crate::api::LATEST)]
-    pub key: String,
-    /// Key prefix searched for "latest", ending in '/' or empty.
-    #[arg(long, default_value = "")]
-    pub prefix: String,
+    pub object: stream::ObjectArgs,
     /// Where the decompressed SQL goes.
     #[arg(long)]
     pub out: PathBuf,
     /// Where to write the one-line JSON result for the operator.
     #[arg(long, default_value = "/dev/termination-log")]
     pub termination_log: PathBuf,
-    /// The age identity (AGE-SECRET-KEY-1…) that decrypts a `.age` dump, from
-    /// the restore's identity Secret.
-    #[arg(long, env = crate::names::AGE_IDENTITY_ENV, hide_env_values = true)]
-    pub identity: Option<Hidden>,
 }
 
 fn line(message: &str) -> String {
@@ -66,44 +56,25 @@ pub async fn run(args: FetchArgs) -> i32 {
 }
 
 async fn fetch(args: &FetchArgs) -> Result<JobResult, Failure> {
-    let client = args
-        .store
-        .client()
-        .await
-        .map_err(|e| fail(reasons::DOWNLOAD_FAILED, e))?;
-    let sse = args
-        .store
-        .sse()
-        .map_err(|e| fail(reasons::DOWNLOAD_FAILED, e))?;
-    let bucket = &args.store.bucket;
-    let key = if args.key == crate::api::LATEST {
-        latest(&client, bucket, &args.prefix).await?
-    } else {
-        args.key.clone()
-    };
+    let (client, sse, key) = stream::locate(&args.object).await?;
     info!(%key, "downloading");
-    let (size, proof) = download(
+    let proven = download(
         &client,
         &sse,
-        bucket,
+        &args.object.store.bucket,
         &key,
         &args.out,
-        args.identity.as_ref(),
+        args.object.identity.as_ref(),
     )
     .await?;
-    let how = if proof.is_some() {
-        "checksum verified"
-    } else {
-        "the store's ETag is no MD5; decompression checks only"
-    };
-    let log = line(&format!("downloaded {key} ({size} bytes, {how})"));
+    let log = line(&proven.downloaded(&key));
     info!("{log}");
     Ok(JobResult {
         step: Step::Fetch,
         outcome: Outcome::Succeeded,
         key: Some(key),
-        size: Some(size),
-        checksum: proof,
+        size: Some(proven.size),
+        checksum: proven.proof,
         log,
         ..JobResult::new(Step::Fetch, Outcome::Succeeded, String::new())
     })
@@ -111,8 +82,7 @@ async fn fetch(args: &FetchArgs) -> Result<JobResult, Failure> {
 
 /// Downloads `key` into `out`: checked against the store's checksum,
 /// decrypted with `identity` when the key ends in .age, and decompressed by
-/// its suffix. Returns its size and the checksum that held, if any could be
-/// checked. Every byte counted, checked and decompressed, or an error.
+/// its suffix. Every byte counted, checked and decompressed, or an error.
 pub async fn download(
     client: &aws_sdk_s3::Client,
     sse: &store::Sse,
@@ -120,10 +90,10 @@ pub async fn download(
     key: &str,
     out: &Path,
     identity: Option<&Hidden>,
-) -> Result<(u64, Option<String>), Failure> {
+) -> Result<stream::Proven, Failure> {
     let raw = stream::start(client, sse, bucket, key).await?;
     let (key, out, identity) = (key.to_string(), out.to_path_buf(), identity.cloned());
-    let saved = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let mut sql = stream::Sql::open(raw, &key, identity.as_ref())?;
         save(&mut sql, &out)?;
         sql.proven()
@@ -134,8 +104,7 @@ pub async fn download(
             reasons::DOWNLOAD_FAILED,
             format!("the download stopped: {e}"),
         )
-    })?;
-    saved.map(|p| (p.size, p.proof))
+    })?
 }
 
 /// Writes the whole SQL into `out` and syncs it.

@@ -16,9 +16,9 @@
 //! lines and the one-line JSON result.
 
 use super::feed::{Stopped, run_client};
+use super::shadow;
 use super::stream::{self, Proven, Sql};
-use super::tool::{Hidden, Server, my_ident, my_string, pg_ident, pg_string};
-use super::{fetch, shadow, store};
+use super::tool::{Server, my_ident, my_string, pg_ident, pg_string};
 use crate::api::Engine;
 use crate::jobresult::{Failure, JobResult, Outcome, Step, fail};
 use crate::logline::LogLine;
@@ -32,17 +32,7 @@ pub struct LoadArgs {
     #[command(flatten)]
     pub db: super::DatabaseArgs,
     #[command(flatten)]
-    pub store: store::StoreArgs,
-    /// Object key, or "latest" for the newest dump under --prefix.
-    #[arg(long, default_value = crate::api::LATEST)]
-    pub key: String,
-    /// Key prefix searched for "latest", ending in '/' or empty.
-    #[arg(long, default_value = "")]
-    pub prefix: String,
-    /// The age identity (AGE-SECRET-KEY-1…) that decrypts a `.age` dump, from
-    /// the restore's identity Secret.
-    #[arg(long, env = crate::names::AGE_IDENTITY_ENV, hide_env_values = true)]
-    pub identity: Option<Hidden>,
+    pub object: stream::ObjectArgs,
     /// Replace the content of a target that already has tables.
     #[arg(long)]
     pub overwrite: bool,
@@ -67,11 +57,7 @@ pub async fn run(args: LoadArgs) -> i32 {
     let now = || chrono::Utc::now().with_timezone(&args.time_zone);
     let (mut result, code) = match restore(&args).await {
         Ok(Restored { key, proven }) => {
-            let how = match proven.proof {
-                Some(_) => "checksum verified",
-                None => "the store's ETag is no MD5; decompression checks only",
-            };
-            let downloaded = format!("downloaded {key} ({} bytes, {how})", proven.size);
+            let downloaded = proven.downloaded(&key);
             let mut r = JobResult::new(
                 Step::Restore,
                 Outcome::Succeeded,
@@ -112,22 +98,9 @@ async fn restore(args: &LoadArgs) -> Result<Restored, Failure> {
         .map_err(|e| fail(reasons::RESTORE_FAILED, e))?;
     let db = args.db.database.clone();
     let overwrite = args.overwrite;
-    let client = args
-        .store
-        .client()
-        .await
-        .map_err(|e| fail(reasons::DOWNLOAD_FAILED, e))?;
-    let sse = args
-        .store
-        .sse()
-        .map_err(|e| fail(reasons::DOWNLOAD_FAILED, e))?;
-    let bucket = &args.store.bucket;
-    let key = match args.key.as_str() {
-        crate::api::LATEST => fetch::latest(&client, bucket, &args.prefix).await?,
-        key => key.to_string(),
-    };
-    let raw = stream::start(&client, &sse, bucket, &key).await?;
-    let identity = args.identity.clone();
+    let (client, sse, key) = stream::locate(&args.object).await?;
+    let raw = stream::start(&client, &sse, &args.object.store.bucket, &key).await?;
+    let identity = args.object.identity.clone();
     tokio::task::spawn_blocking(move || {
         // An identity that cannot decrypt is named before the target is touched.
         let mut sql = Sql::open(raw, &key, identity.as_ref())?;

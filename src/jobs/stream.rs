@@ -33,6 +33,52 @@ pub struct Proven {
     pub proof: Option<String>,
 }
 
+impl Proven {
+    /// "downloaded <key> (<size> bytes, <how it was checked>)", for the log.
+    pub fn downloaded(&self, key: &str) -> String {
+        let how = match self.proof {
+            Some(_) => "checksum verified",
+            None => "the store's ETag is no MD5; decompression checks only",
+        };
+        format!("downloaded {key} ({} bytes, {how})", self.size)
+    }
+}
+
+/// Which object a download takes, and how to reach and read it.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ObjectArgs {
+    #[command(flatten)]
+    pub store: store::StoreArgs,
+    /// Object key, or "latest" for the newest dump under --prefix.
+    #[arg(long, default_value = crate::api::LATEST)]
+    pub key: String,
+    /// Key prefix searched for "latest", ending in '/' or empty.
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+    /// The age identity (AGE-SECRET-KEY-1…) that decrypts a `.age` dump, from
+    /// the restore's identity Secret.
+    #[arg(long, env = crate::names::AGE_IDENTITY_ENV, hide_env_values = true)]
+    pub identity: Option<Hidden>,
+}
+
+/// The store's client and encryption, and the key resolved ("latest": the
+/// newest dump under the prefix).
+pub async fn locate(
+    object: &ObjectArgs,
+) -> Result<(aws_sdk_s3::Client, store::Sse, String), Failure> {
+    let (store, prefix) = (&object.store, object.prefix.as_str());
+    let client = store
+        .client()
+        .await
+        .map_err(|e| fail(reasons::DOWNLOAD_FAILED, e))?;
+    let sse = store.sse().map_err(|e| fail(reasons::DOWNLOAD_FAILED, e))?;
+    let key = match object.key.as_str() {
+        crate::api::LATEST => super::fetch::latest(&client, &store.bucket, prefix).await?,
+        key => key.to_string(),
+    };
+    Ok((client, sse, key))
+}
+
 enum Piece {
     Data(Bytes),
     End(Result<Proven, Failure>),

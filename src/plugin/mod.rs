@@ -367,19 +367,12 @@ async fn download(
         identity.as_ref(),
     )
     .await;
-    let (size, proof) = got.map_err(|f| {
+    let proven = got.map_err(|f| {
         let _ = std::fs::remove_file(&partial);
         anyhow::anyhow!("{} ({})", f.message, f.reason)
     })?;
     std::fs::rename(&partial, output)
         .with_context(|| format!("cannot write {}", output.display()))?;
-    let how = match proof {
-        Some(_) => "checksum verified",
-        None => "the store's ETag is no MD5; decompression checks only",
-    };
-    println!(
-        "downloaded {key} ({size} bytes, {how}) to {}",
-        output.display()
-    );
+    println!("{} to {}", proven.downloaded(&key), output.display());
     Ok(())
 }

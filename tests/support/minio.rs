@@ -506,3 +506,59 @@ pub async fn head_object(
         .await
         .unwrap()
 }
+
+/// Uploads `parts` to `key` as a multipart upload, recording `declared` as
+/// the part size the way our uploader does (a wrong one makes an object
+/// whose ETag its bytes cannot match, as if they changed after the upload).
+pub async fn put_parts<'a>(
+    minio: &Minio,
+    key: &str,
+    parts: impl IntoIterator<Item = &'a [u8]>,
+    declared: usize,
+) {
+    use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+    let s3 = minio.s3_client().await;
+    let id = s3
+        .create_multipart_upload()
+        .bucket(BUCKET)
+        .key(key)
+        .metadata("dbbackup-part-size", declared.to_string())
+        .send()
+        .await
+        .unwrap()
+        .upload_id()
+        .unwrap()
+        .to_string();
+    let mut done = vec![];
+    for (n, chunk) in parts.into_iter().enumerate() {
+        let n = n as i32 + 1;
+        let out = s3
+            .upload_part()
+            .bucket(BUCKET)
+            .key(key)
+            .upload_id(&id)
+            .part_number(n)
+            .body(chunk.to_vec().into())
+            .send()
+            .await
+            .unwrap();
+        done.push(
+            CompletedPart::builder()
+                .part_number(n)
+                .set_e_tag(out.e_tag().map(str::to_string))
+                .build(),
+        );
+    }
+    s3.complete_multipart_upload()
+        .bucket(BUCKET)
+        .key(key)
+        .upload_id(&id)
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .set_parts(Some(done))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+}
