@@ -77,7 +77,7 @@ enum Command {
     Dump(dbbackup_operator::jobs::dump::DumpArgs),
     /// Download a dump and load it into the target database as it arrives (run in the database image by the restore Job).
     Load(dbbackup_operator::jobs::load::LoadArgs),
-    /// Load a fetched dump into a throwaway server and run the checks (run in the database image by a verify Job).
+    /// Stream a dump into a throwaway server and run the checks (run in the database image by a verify Job).
     Verify(dbbackup_operator::jobs::verify::VerifyArgs),
     /// Copy this binary to a path, for a Job's database-image container to run.
     CopyBinary {
@@ -122,7 +122,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Verify(args) => {
             init_tracing(LogFormat::Text);
-            std::process::exit(dbbackup_operator::jobs::verify::run(args));
+            std::process::exit(dbbackup_operator::jobs::verify::run(args).await);
         }
         Command::Load(args) => {
             init_tracing(LogFormat::Text);

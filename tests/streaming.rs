@@ -139,8 +139,8 @@ fn watch_scratch(
 }
 
 /// A dump larger than the restore's scratch limit restores with no copy on
-/// the node; a dump whose bytes do not match the store's checksum, and one
-/// cut short, load nothing: a target with tables stays as it was, a fresh
+/// the node; a dump whose bytes do not match the store's checksum, one cut
+/// short, and one that holds nothing load nothing: a target with tables stays as it was, a fresh
 /// one is left absent or empty, and the restore names why.
 async fn a_streamed_restore_keeps_no_copy_and_commits_nothing_unproven(engine: Engine) {
     let (b, _op, mut pods) = ready_bed(engine, "").await;
@@ -197,6 +197,18 @@ async fn a_streamed_restore_keeps_no_copy_and_commits_nothing_unproven(engine: E
         "shop",
         "INSERT INTO products VALUES (203, 'After the dump', 2.00)",
     );
+    // An object that checks out but holds nothing: it must not empty the target.
+    let empty = format!("{}/datadump7.sql", today());
+    b.minio
+        .s3_client()
+        .await
+        .put_object()
+        .bucket(BUCKET)
+        .key(&empty)
+        .body(vec![].into())
+        .send()
+        .await
+        .unwrap();
     let before = (
         b.db.fingerprint("shop"),
         tables_in(&b, "shop"),
@@ -206,6 +218,7 @@ async fn a_streamed_restore_keeps_no_copy_and_commits_nothing_unproven(engine: E
     for (name, key, reason) in [
         ("mismatch", &mismatch, "ChecksumMismatch"),
         ("cut", &cut, "CorruptDump"),
+        ("empty", &empty, "CorruptDump"),
     ] {
         let spec = format!("  key: {key}\n");
         let over = format!("{name}-over");

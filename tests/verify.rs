@@ -6,24 +6,43 @@ mod support;
 use dbbackup_operator::api::Engine;
 use dbbackup_operator::jobresult::Outcome;
 use support::databases::Database;
+use support::minio::{Minio, create_bucket};
 use support::process::wait_for;
 use support::steps::{Staging, run_dump, run_verify};
 
-/// A dump of the shop data, made by the dump step.
-fn shop_dump(engine: Engine, staging: &Staging) -> std::path::PathBuf {
+/// A MinIO holding a dump of the shop data, made by the dump step, at `key`.
+async fn shop_dump(engine: Engine, key: &str) -> Minio {
+    let staging = Staging::new();
     let db = Database::with_shop(engine);
-    let run = run_dump(&db.source("shop"), staging, Default::default());
+    let run = run_dump(&db.source("shop"), &staging, Default::default());
     assert!(run.succeeded(), "{}", run.text());
-    staging.staged_dump()
+    store(key, &std::fs::read(staging.staged_dump()).unwrap()).await
 }
 
-fn a_good_dump_is_verified_with_its_tables_and_checks(engine: Engine) {
-    let staging = Staging::new();
-    let dump = shop_dump(engine, &staging);
+/// A MinIO holding `data` at `key`.
+async fn store(key: &str, data: &[u8]) -> Minio {
+    let minio = Minio::start();
+    create_bucket(&minio).await;
+    minio
+        .s3_client()
+        .await
+        .put_object()
+        .bucket(BUCKET)
+        .key(key)
+        .body(data.to_vec().into())
+        .send()
+        .await
+        .unwrap();
+    minio
+}
+
+async fn a_good_dump_is_verified_with_its_tables_and_checks(engine: Engine) {
+    let key = "shop/2026-11-26/datadump1.sql";
+    let minio = shop_dump(engine, key).await;
     let run = run_verify(
         engine,
-        &dump,
-        "shop/2026-11-26/datadump1.sql",
+        &minio,
+        key,
         &[
             r#"{"query":"SELECT count(*) FROM orders","atLeast":2000}"#,
             r#"{"query":"SELECT title FROM products WHERE id = 3","equals":"Product 3"}"#,
@@ -43,25 +62,23 @@ fn a_good_dump_is_verified_with_its_tables_and_checks(engine: Engine) {
     );
 }
 
-#[test]
-fn a_good_dump_is_verified_mariadb() {
-    a_good_dump_is_verified_with_its_tables_and_checks(Engine::Mariadb);
+#[tokio::test]
+async fn a_good_dump_is_verified_mariadb() {
+    a_good_dump_is_verified_with_its_tables_and_checks(Engine::Mariadb).await;
 }
 
-#[test]
-fn a_good_dump_is_verified_postgres() {
-    a_good_dump_is_verified_with_its_tables_and_checks(Engine::Postgres);
+#[tokio::test]
+async fn a_good_dump_is_verified_postgres() {
+    a_good_dump_is_verified_with_its_tables_and_checks(Engine::Postgres).await;
 }
 
-fn sql_that_fails_midway_is_not_restorable(engine: Engine) {
-    let dir = tempfile::tempdir().unwrap();
-    let dump = dir.path().join("broken.sql");
-    std::fs::write(
-        &dump,
-        "CREATE TABLE first_half (id INT PRIMARY KEY);\nINSERT INTO first_half VALUES (1);\nINSERT INTO no_such_table VALUES (2);\nCREATE TABLE never (id INT);\n",
+async fn sql_that_fails_midway_is_not_restorable(engine: Engine) {
+    let minio = store(
+        "k/broken.sql",
+        b"CREATE TABLE first_half (id INT PRIMARY KEY);\nINSERT INTO first_half VALUES (1);\nINSERT INTO no_such_table VALUES (2);\nCREATE TABLE never (id INT);\n",
     )
-    .unwrap();
-    let run = run_verify(engine, &dump, "k/broken.sql", &[]);
+    .await;
+    let run = run_verify(engine, &minio, "k/broken.sql", &[]);
     assert!(!run.succeeded(), "{}", run.text());
     let r = run.result.expect("a result");
     assert_eq!(r.outcome, Outcome::Failed);
@@ -69,23 +86,22 @@ fn sql_that_fails_midway_is_not_restorable(engine: Engine) {
     assert!(r.message().contains("no_such_table"), "{}", r.log);
 }
 
-#[test]
-fn sql_that_fails_midway_is_not_restorable_mariadb() {
-    sql_that_fails_midway_is_not_restorable(Engine::Mariadb);
+#[tokio::test]
+async fn sql_that_fails_midway_is_not_restorable_mariadb() {
+    sql_that_fails_midway_is_not_restorable(Engine::Mariadb).await;
 }
 
-#[test]
-fn sql_that_fails_midway_is_not_restorable_postgres() {
-    sql_that_fails_midway_is_not_restorable(Engine::Postgres);
+#[tokio::test]
+async fn sql_that_fails_midway_is_not_restorable_postgres() {
+    sql_that_fails_midway_is_not_restorable(Engine::Postgres).await;
 }
 
-#[test]
-fn a_failing_check_names_its_query_what_it_got_and_what_was_expected() {
-    let staging = Staging::new();
-    let dump = shop_dump(Engine::Postgres, &staging);
+#[tokio::test]
+async fn a_failing_check_names_its_query_what_it_got_and_what_was_expected() {
+    let minio = shop_dump(Engine::Postgres, "k/datadump1.sql").await;
     let run = run_verify(
         Engine::Postgres,
-        &dump,
+        &minio,
         "k/datadump1.sql",
         &[
             r#"{"query":"SELECT count(*) FROM customers","atLeast":1}"#,

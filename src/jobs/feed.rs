@@ -1,11 +1,13 @@
 //! Feeding SQL to a database's client as it arrives, for a restore that
 //! keeps no copy of its dump, and for the drill.
 //!
-//! The client commits what it ran once its input ends (PostgreSQL's
-//! `--single-transaction` at end of file), so a source that fails midway
-//! never ends the client's input: the client is killed first, and its work
-//! is rolled back (or, for MariaDB/MySQL, discarded with the shadow database
-//! it loaded into).
+//! What commits is written only after the whole source was read (which a
+//! download's source allows only once it checked out): PostgreSQL loads
+//! between a `BEGIN` we write first and a `COMMIT` we write last, so an input
+//! that ends any other way (our failure, our death) rolls back. A source
+//! that fails midway kills the client before its input ends; MariaDB/MySQL
+//! work of such a load is discarded with the shadow database it went into,
+//! or removed from the fresh target.
 
 use super::tool::{self, Server};
 use crate::api::Engine;
@@ -21,6 +23,27 @@ pub enum Stopped {
     /// Reading the SQL failed (a download that did not check out, a corrupt
     /// stream); the client was killed before its input ended.
     Source(std::io::Error),
+    /// The source held no SQL at all: nothing is committed (an empty dump
+    /// would otherwise replace a target with nothing).
+    Empty,
+}
+
+/// What the client gets around the source: `begin` first, `commit` only
+/// after all of it (for PostgreSQL, `BEGIN` and `COMMIT`).
+#[derive(Clone, Copy, Default)]
+pub struct Around<'a> {
+    pub begin: &'a str,
+    pub commit: &'a str,
+}
+
+impl Around<'_> {
+    /// One PostgreSQL transaction, opened by `begin` (ending in `;`).
+    pub fn transaction(begin: &str) -> Around<'_> {
+        Around {
+            begin,
+            commit: "\nCOMMIT;\n",
+        }
+    }
 }
 
 impl std::fmt::Display for Stopped {
@@ -28,17 +51,18 @@ impl std::fmt::Display for Stopped {
         match self {
             Stopped::Client(e) => f.write_str(e),
             Stopped::Source(e) => write!(f, "cannot read the dump: {e}"),
+            Stopped::Empty => f.write_str("the dump holds no SQL"),
         }
     }
 }
 
 /// Runs the SQL client on `db` with `extra` arguments, feeding it `sql`
-/// (MariaDB/MySQL without `DEFINER` clauses) if given.
+/// (MariaDB/MySQL without `DEFINER` clauses) within `around` if given.
 pub fn run_client(
     server: &Server,
     db: &str,
     extra: &[String],
-    sql: Option<&mut dyn Read>,
+    sql: Option<(&mut dyn Read, Around)>,
 ) -> Result<(), Stopped> {
     let (program, mut args) = server.client_argv(db);
     args.extend(extra.iter().cloned());
@@ -57,7 +81,7 @@ pub fn run_client(
     let stderr = tool::collect_stderr(&mut child);
     let mut stdin = child.stdin.take();
     let fed = match (sql, &mut stdin) {
-        (Some(sql), Some(stdin)) => copy(sql, stdin, server.engine),
+        (Some((sql, around)), Some(stdin)) => copy(sql, stdin, server.engine, around),
         _ => Ok(()),
     };
     if fed.is_err() {
@@ -67,23 +91,48 @@ pub fn run_client(
     drop(stdin);
     let status = child.wait().map_err(|e| Stopped::Client(e.to_string()))?;
     let stderr = stderr.join().unwrap_or_default();
-    fed.map_err(Stopped::Source)?;
+    match fed {
+        Err(e) if e.get_ref().is_some_and(|e| e.is::<NoSql>()) => return Err(Stopped::Empty),
+        other => other.map_err(Stopped::Source)?,
+    }
     if !status.success() {
         return Err(Stopped::Client(tool::failed(&program, status, &stderr)));
     }
     Ok(())
 }
 
-/// Copies all of `from` into `to`, line by line without definers for
-/// MariaDB/MySQL. A client that stopped reading is no error here (its exit
-/// status says why); a source that failed is, and leaves nothing buffered
-/// to reach the client after it.
-fn copy(from: &mut dyn Read, to: &mut impl Write, engine: Engine) -> std::io::Result<()> {
+/// The source's end came before any SQL.
+#[derive(Debug)]
+struct NoSql;
+
+impl std::fmt::Display for NoSql {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the dump holds no SQL")
+    }
+}
+
+impl std::error::Error for NoSql {}
+
+/// Copies all of `from` into `to` within `around`, line by line without
+/// definers for MariaDB/MySQL. A client that stopped reading is no error
+/// here (its exit status says why); a source that failed, or held nothing,
+/// is, and leaves nothing buffered to reach the client after it.
+fn copy(
+    from: &mut dyn Read,
+    to: &mut impl Write,
+    engine: Engine,
+    around: Around,
+) -> std::io::Result<()> {
+    let mut from = Counted { inner: from, n: 0 };
     let mut to = BufWriter::with_capacity(1 << 20, to);
-    let written = match engine {
-        Engine::Postgres => copy_plain(from, &mut to),
-        Engine::Mariadb | Engine::Mysql => copy_without_definers(from, &mut to),
-    };
+    let written = write_to(&mut to, around.begin.as_bytes()).and_then(|_| match engine {
+        Engine::Postgres => copy_plain(&mut from, &mut to),
+        Engine::Mariadb | Engine::Mysql => copy_without_definers(&mut from, &mut to),
+    });
+    let written = written.and_then(|()| match from.n {
+        0 => Err(std::io::Error::other(NoSql)),
+        _ => write_to(&mut to, around.commit.as_bytes()).map(|_| ()),
+    });
     let written = written.and_then(|()| match to.flush() {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => other,
@@ -93,6 +142,20 @@ fn copy(from: &mut dyn Read, to: &mut impl Write, engine: Engine) -> std::io::Re
         let _ = to.into_parts();
     }
     written
+}
+
+/// A source that counts what it gave.
+struct Counted<'a> {
+    inner: &'a mut dyn Read,
+    n: u64,
+}
+
+impl Read for Counted<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.n += n as u64;
+        Ok(n)
+    }
 }
 
 /// Source errors pass as they are; a write error means the client stopped.
@@ -224,10 +287,23 @@ mod tests {
     fn a_failing_source_reaches_the_client_with_nothing_after_it() {
         for engine in [Engine::Postgres, Engine::Mariadb] {
             let mut to = vec![];
-            let e = copy(&mut Failing(false), &mut to, engine).unwrap_err();
+            let around = Around::transaction("BEGIN;\n");
+            let e = copy(&mut Failing(false), &mut to, engine, around).unwrap_err();
             assert_eq!(e.to_string(), "checksum mismatch");
             // What came before the failure stays in the buffer, unsent.
             assert!(to.is_empty(), "{engine:?}: {to:?}");
         }
+    }
+
+    #[test]
+    fn the_commit_comes_only_after_all_of_a_source_that_held_sql() {
+        let around = Around::transaction("BEGIN;\n");
+        let mut to = vec![];
+        copy(&mut &b"SELECT 1;\n"[..], &mut to, Engine::Postgres, around).unwrap();
+        assert_eq!(to, b"BEGIN;\nSELECT 1;\n\nCOMMIT;\n");
+        let mut to = vec![];
+        let e = copy(&mut &b""[..], &mut to, Engine::Postgres, around).unwrap_err();
+        assert!(e.get_ref().unwrap().is::<NoSql>(), "{e}");
+        assert!(to.is_empty(), "{to:?}");
     }
 }

@@ -15,7 +15,7 @@
 //! objects belong to that role. Writes the download's and the load's log
 //! lines and the one-line JSON result.
 
-use super::feed::{Stopped, run_client};
+use super::feed::{Around, Stopped, run_client};
 use super::shadow;
 use super::stream::{self, Proven, Sql};
 use super::tool::{Server, my_ident, my_string, pg_ident, pg_string};
@@ -24,7 +24,6 @@ use crate::jobresult::{Failure, JobResult, Outcome, Step, fail};
 use crate::logline::LogLine;
 use crate::reasons;
 use chrono_tz::Tz;
-use std::path::Path;
 use tracing::warn;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -54,6 +53,7 @@ pub async fn run(args: LoadArgs) -> i32 {
     unsafe {
         libc::umask(0o077);
     }
+    super::tool::keep_secrets_from_the_client();
     let now = || chrono::Utc::now().with_timezone(&args.time_zone);
     let (mut result, code) = match restore(&args).await {
         Ok(Restored { key, proven }) => {
@@ -148,29 +148,22 @@ fn prepare(server: &Server, db: &str, overwrite: bool) -> Result<Target, Failure
 
 /// Loads the SQL as it arrives; returns the proof once all of it loaded.
 fn load(server: &Server, db: &str, target: Target, sql: &mut Sql) -> Result<Proven, Failure> {
-    let stopped = |stopped: Stopped, sql: &Sql, kept: &str| match stopped {
-        Stopped::Source(e) => {
-            let f = sql.failure(&e);
-            fail(f.reason, format!("{}{kept}", f.message))
-        }
-        Stopped::Client(e) => fail(
-            reasons::RESTORE_FAILED,
-            format!("the client stopped at an error: {e}{kept}"),
-        ),
+    const UNCHANGED: &str = "; the target is unchanged";
+    // Loaded, and every byte of the object checked out; or why not.
+    let loaded = |sql: &mut Sql, into: &str, around: Around, kept: &str| {
+        run_client(server, into, &[], Some((&mut sql.reader, around)))
+            .map_err(|e| stopped(e, sql, kept))
+            .and_then(|()| sql.proven())
     };
     match (server.engine, target) {
         (Engine::Postgres, target) => {
             let replace = matches!(target, Target::Replace);
-            let mut extra = vec!["--single-transaction".to_string()];
-            extra.extend(replace.then(|| format!("--command={PG_DROP_ALL}")));
-            extra.push("--file=-".into());
-            let kept = if replace {
-                "; the target is unchanged"
-            } else {
-                ""
+            let begin = match replace {
+                true => format!("BEGIN;\n{PG_DROP_ALL};\n"),
+                false => "BEGIN;\n".to_string(),
             };
-            run_client(server, db, &extra, Some(&mut sql.reader))
-                .map_err(|e| stopped(e, sql, kept))?;
+            let kept = if replace { UNCHANGED } else { "" };
+            loaded(sql, db, Around::transaction(&begin), kept)
         }
         (_, Target::Replace) => {
             let shadow = shadow::shadow_name(db);
@@ -180,31 +173,50 @@ fn load(server: &Server, db: &str, target: Target, sql: &mut Sql) -> Result<Prov
                     format!("cannot create the shadow database {shadow} an overwrite loads into (the restoring role needs all privileges on it and on {db}__dbbackup_old; nothing was changed): {e}"),
                 )
             })?;
-            let loaded = run_client(server, &shadow, &[], Some(&mut sql.reader));
-            if let Err(e) = loaded.map_err(|e| stopped(e, sql, "; the target is unchanged")) {
+            let proven = loaded(sql, &shadow, Around::default(), UNCHANGED).inspect_err(|_| {
                 let _ = shadow::drop_shadow(server, db);
-                return Err(e);
-            }
-            sql.proven()?;
+            })?;
             shadow::swap(server, db).map_err(|e| fail(reasons::RESTORE_FAILED, e))?;
+            Ok(proven)
         }
         (_, Target::Fresh { created }) => {
-            if let Err(e) = run_client(server, db, &[], Some(&mut sql.reader)) {
+            let before = shadow::held(server, db).map_err(|e| {
+                fail(
+                    reasons::CONNECTION_FAILED,
+                    format!("cannot read the target: {e}"),
+                )
+            })?;
+            loaded(sql, db, Around::default(), "").map_err(|f| {
                 let cleared = match created {
                     true => server
                         .query("", &format!("DROP DATABASE IF EXISTS {}", my_ident(db)))
                         .map(|_| ()),
-                    false => shadow::empty(server, db),
+                    false => shadow::remove_all_but(server, db, &before),
                 };
                 let kept = match cleared {
                     Ok(()) => "; what it loaded was removed".to_string(),
                     Err(c) => format!("; removing what it loaded failed too: {c}"),
                 };
-                return Err(stopped(e, sql, &kept));
-            }
+                fail(f.reason, format!("{}{kept}", f.message))
+            })
         }
     }
-    sql.proven()
+}
+
+/// Why a load stopped, with what became of the target (`kept`).
+fn stopped(stopped: Stopped, sql: &Sql, kept: &str) -> Failure {
+    let f = match stopped {
+        Stopped::Source(e) => sql.failure(&e),
+        Stopped::Empty => fail(
+            reasons::CORRUPT_DUMP,
+            format!("{} holds no SQL: an empty dump restores nothing", sql.key()),
+        ),
+        Stopped::Client(e) => fail(
+            reasons::RESTORE_FAILED,
+            format!("the client stopped at an error: {e}"),
+        ),
+    };
+    fail(f.reason, format!("{}{kept}", f.message))
 }
 
 /// Creates `db` when missing; true when it did.
@@ -237,17 +249,6 @@ pub(crate) fn create_if_missing(server: &Server, db: &str) -> Result<bool, Failu
         )
     })?;
     Ok(true)
-}
-
-/// Loads the SQL file `file` into the empty database `db` (the drill):
-/// PostgreSQL in one transaction. The client's first error if it stops.
-pub(crate) fn load_into_empty(server: &Server, db: &str, file: &Path) -> Result<(), String> {
-    let mut sql = std::fs::File::open(file).map_err(|e| format!("cannot read the dump: {e}"))?;
-    let extra = match server.engine {
-        Engine::Postgres => vec!["--single-transaction".into(), "--file=-".into()],
-        Engine::Mariadb | Engine::Mysql => vec![],
-    };
-    run_client(server, db, &extra, Some(&mut sql)).map_err(|e| e.to_string())
 }
 
 const PG_USER_SCHEMAS: &str = "nspname NOT IN ('pg_catalog', 'information_schema') AND nspname NOT LIKE 'pg_toast%' AND nspname NOT LIKE 'pg_temp%'";

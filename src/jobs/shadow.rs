@@ -7,8 +7,12 @@
 //! those cannot move between databases. A swap that fails is undone, so the
 //! target is either as it was or the dump's.
 
-use super::feed::{run_client, strip_definer};
+use super::feed::{Around, run_client, strip_definer};
 use super::tool::{Server, my_ident, my_string};
+
+/// Applications' locks may hold a swap up; it gives up rather than wait for
+/// hours (the server's default) and be killed halfway by the Job's deadline.
+const LOCK_WAIT: &str = "SET SESSION lock_wait_timeout = 60;\n";
 
 /// The shadow database an overwrite restore of `db` loads into.
 pub fn shadow_name(db: &str) -> String {
@@ -75,13 +79,15 @@ impl Kind {
         }
     }
 
-    /// The columns of `SHOW CREATE <kind>` holding the sql_mode (None for
-    /// views) and the statement.
-    fn columns(self) -> (Option<usize>, usize) {
+    /// The columns of `SHOW CREATE <kind>`: the statement, and the session
+    /// settings it was created under that change what it means. (Its
+    /// character set is not among them: the client reads it back, and
+    /// sends it, as UTF-8.)
+    fn columns(self) -> (usize, &'static [(&'static str, usize)]) {
         match self {
-            Kind::View => (None, 1),
-            Kind::Trigger | Kind::Procedure | Kind::Function => (Some(1), 2),
-            Kind::Event => (Some(1), 3),
+            Kind::View => (1, &[]),
+            Kind::Trigger | Kind::Procedure | Kind::Function => (2, &[("sql_mode", 1)]),
+            Kind::Event => (3, &[("sql_mode", 1), ("time_zone", 2)]),
         }
     }
 }
@@ -91,7 +97,8 @@ impl Kind {
 struct Definition {
     kind: Kind,
     name: String,
-    sql_mode: Option<String>,
+    /// `SET SESSION …` of the settings it was created under.
+    session: String,
     create: String,
 }
 
@@ -161,14 +168,22 @@ fn definition(server: &Server, db: &str, kind: Kind, name: String) -> Result<Def
         ),
     )?;
     let fields: Vec<String> = out.split('\t').map(unescape).collect();
-    let (mode, statement) = kind.columns();
+    let (statement, settings) = kind.columns();
+    // A role that may not read a body gets NULL: nothing to recreate from.
     let create = fields
         .get(statement)
-        .filter(|s| !s.is_empty())
+        .filter(|s| !s.is_empty() && *s != "NULL")
         .ok_or_else(|| format!("cannot read the definition of {} {name}", kind.word()))?;
+    let session: String = settings
+        .iter()
+        .filter_map(|(setting, column)| {
+            let value = fields.get(*column)?;
+            Some(format!("SET SESSION {setting} = {};\n", my_string(value)))
+        })
+        .collect();
     Ok(Definition {
         kind,
-        sql_mode: mode.and_then(|m| fields.get(m).cloned()),
+        session,
         create: String::from_utf8_lossy(&strip_definer(create.as_bytes())).into_owned(),
         name,
     })
@@ -203,7 +218,9 @@ fn drop_all(server: &Server, db: &str, defs: &[Definition]) -> Result<(), String
         .iter()
         .map(|d| format!("DROP {} IF EXISTS {}", d.kind.word(), my_ident(&d.name)))
         .collect();
-    server.query(db, &sql.join("; ")).map(|_| ())
+    server
+        .query(db, &format!("{LOCK_WAIT}{}", sql.join("; ")))
+        .map(|_| ())
 }
 
 /// Creates `defs` in `db`, their names in `from` (a view's definition names
@@ -220,13 +237,15 @@ fn create_all(server: &Server, db: &str, defs: &[Definition], from: &str) -> Res
                 Kind::View => d.create.replace(&qualified, ""),
                 _ => d.create.clone(),
             };
-            let mode = d
-                .sql_mode
-                .as_deref()
-                .map(|m| format!("SET SESSION sql_mode = {};\n", my_string(m)))
-                .unwrap_or_default();
-            let sql = format!("{mode}DELIMITER ;;\n{create};;\nDELIMITER ;\n");
-            if let Err(e) = run_client(server, db, &[], Some(&mut sql.as_bytes())) {
+            let sql = format!(
+                "{LOCK_WAIT}{}DELIMITER ;;\n{create};;\nDELIMITER ;\n",
+                d.session
+            );
+            let script = (
+                &mut sql.as_bytes() as &mut dyn std::io::Read,
+                Around::default(),
+            );
+            if let Err(e) = run_client(server, db, &[], Some(script)) {
                 last = format!("cannot recreate {} {}: {e}", d.kind.word(), d.name);
                 failed.push(*d);
             }
@@ -263,21 +282,40 @@ fn rename(server: &Server, moves: &[(&str, &str, &[String])]) -> Result<(), Stri
         .query(
             "",
             &format!(
-                "SET FOREIGN_KEY_CHECKS=0; RENAME TABLE {}",
+                "{LOCK_WAIT}SET FOREIGN_KEY_CHECKS=0; RENAME TABLE {}",
                 pairs.join(", ")
             ),
         )
         .map(|_| ())
 }
 
-/// Drops everything `db` holds (a fresh target whose load failed).
-pub fn empty(server: &Server, db: &str) -> Result<(), String> {
-    let held = objects(server, db)?;
-    drop_all(server, db, &held.others)?;
-    if held.tables.is_empty() {
+/// What a database holds before a load, to tell what the load added.
+pub struct Held(Objects);
+
+pub fn held(server: &Server, db: &str) -> Result<Held, String> {
+    objects(server, db).map(Held)
+}
+
+/// Drops what `db` holds beyond `before` (a fresh target whose load failed:
+/// it had no tables, and keeps the routines and events it had).
+pub fn remove_all_but(server: &Server, db: &str, before: &Held) -> Result<(), String> {
+    let now = objects(server, db)?;
+    let added: Vec<Definition> = now
+        .others
+        .into_iter()
+        .filter(|d| {
+            !before
+                .0
+                .others
+                .iter()
+                .any(|b| b.kind == d.kind && b.name == d.name)
+        })
+        .collect();
+    drop_all(server, db, &added)?;
+    if now.tables.is_empty() {
         return Ok(());
     }
-    let tables: Vec<String> = held.tables.iter().map(|t| my_ident(t)).collect();
+    let tables: Vec<String> = now.tables.iter().map(|t| my_ident(t)).collect();
     server
         .query(
             db,
@@ -295,16 +333,11 @@ pub fn swap(server: &Server, db: &str) -> Result<(), String> {
     let (shadow, trash) = (shadow_name(db), trash_name(db));
     let old = objects(server, db).map_err(|e| format!("cannot read the target: {e}"))?;
     let new = objects(server, &shadow).map_err(|e| format!("cannot read the shadow: {e}"))?;
+    // One left behind holds a target's tables an undo could not put back.
     server
-        .query(
-            "",
-            &format!(
-                "DROP DATABASE IF EXISTS {t}; CREATE DATABASE {t}",
-                t = my_ident(&trash)
-            ),
-        )
+        .query("", &format!("CREATE DATABASE {}", my_ident(&trash)))
         .map_err(|e| {
-            format!("cannot create the database {trash} the target's tables move to: {e}")
+            format!("cannot create the database {trash} the target's tables move to (if it exists, an earlier overwrite left the target's former tables there: move them back or drop it): {e}")
         })?;
     // Triggers cannot move between databases with their tables.
     let triggers: Vec<Definition> = new

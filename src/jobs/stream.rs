@@ -346,6 +346,11 @@ impl Sql {
         })
     }
 
+    /// The object's key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
     /// After the reader's end: the proof that every byte checked out.
     pub fn proven(&self) -> Result<Proven, Failure> {
         match &*self.verdict.0.lock().unwrap() {

@@ -52,9 +52,14 @@ impl Server {
         })
     }
 
-    /// A command for one of the engine's tools, with our password if we hold one.
+    /// A command for one of the engine's tools, with our password if we
+    /// hold one, and without the store's secrets: a client runs what its
+    /// input says (`\!` shell commands too), and a restore's input is a dump.
     pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new(program);
+        for secret in STORE_SECRETS {
+            cmd.env_remove(secret);
+        }
         if let Some(Hidden(password)) = &self.password {
             cmd.env(crate::names::password_env(self.engine), password);
         }
@@ -177,6 +182,25 @@ impl Server {
     }
 }
 
+/// The store's secrets a step that downloads may hold in its environment.
+const STORE_SECRETS: [&str; 5] = [
+    crate::names::ACCESS_KEY_ENV,
+    crate::names::SECRET_KEY_ENV,
+    "AWS_SESSION_TOKEN",
+    crate::names::SSE_CUSTOMER_KEY_ENV,
+    crate::names::AGE_IDENTITY_ENV,
+];
+
+/// Makes this process undumpable: a database client it starts runs as the
+/// same user, and must not read the store's secrets from our
+/// `/proc/<pid>/environ` or memory.
+pub fn keep_secrets_from_the_client() {
+    // SAFETY: prctl(PR_SET_DUMPABLE) only changes this process's attributes.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+    }
+}
+
 /// What starting `program` failed with, saying where to look.
 pub fn cannot_run(program: &str, e: &std::io::Error) -> String {
     if e.kind() == std::io::ErrorKind::NotFound {
@@ -264,6 +288,30 @@ pub(crate) fn pg_string(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_database_client_gets_none_of_the_store_secrets() {
+        let server = Server {
+            engine: Engine::Postgres,
+            host: "db".into(),
+            port: 5432,
+            user: "u".into(),
+            password: Some(Hidden("pw".into())),
+        };
+        let cmd = server.command("psql");
+        let removed: Vec<_> = cmd
+            .get_envs()
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| k.to_string_lossy().into_owned())
+            .collect();
+        for secret in STORE_SECRETS {
+            assert!(
+                removed.iter().any(|r| r == secret),
+                "{secret} in {removed:?}"
+            );
+        }
+    }
+
     use super::*;
 
     fn server(engine: Engine) -> Server {

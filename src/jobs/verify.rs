@@ -1,13 +1,16 @@
 //! The restore drill (`dbbackup-operator verify`), run in the database's own
-//! image after `fetch` left the checksum-verified, decompressed dump on the
-//! scratch volume.
+//! image.
 //!
 //! It starts a throwaway server from the image's binaries (`throwaway`),
-//! loads the dump into an empty database, counts its tables, runs the user's
-//! checks, and writes one log line and the one-line JSON result. It never
-//! connects anywhere but to the server it started.
+//! streams the dump into an empty database as it downloads (`stream`, `feed`:
+//! checked against the store's checksum on the way, with no copy of the dump
+//! on the node), counts its tables, runs the user's checks, and writes one
+//! log line and the one-line JSON result. It never connects to a database
+//! but the server it started.
 
-use super::load::{count_tables_sql, create_if_missing, load_into_empty};
+use super::feed::{Around, Stopped, run_client};
+use super::load::{count_tables_sql, create_if_missing};
+use super::stream::{self, Sql};
 use super::throwaway::Throwaway;
 use crate::api::{CheckResult, Engine, VerifyCheck};
 use crate::jobresult::{Failure, JobResult, Outcome, Step, fail};
@@ -24,12 +27,9 @@ const DRILL_DATABASE: &str = "drill";
 pub struct VerifyArgs {
     #[arg(long, value_parser = super::parse_enum::<Engine>)]
     pub engine: Engine,
-    /// The decompressed dump.
-    #[arg(long)]
-    pub file: PathBuf,
-    /// The object the dump came from, for the log line and the result.
-    #[arg(long)]
-    pub key: String,
+    /// The dump to drill (its key, never "latest" here) and its store.
+    #[command(flatten)]
+    pub object: stream::ObjectArgs,
     /// A check as JSON, `{"query": …, "atLeast": N}` or `{"query": …, "equals": "…"}`; repeatable.
     #[arg(long = "check", value_parser = parse_check, allow_hyphen_values = true)]
     pub checks: Vec<VerifyCheck>,
@@ -54,14 +54,15 @@ pub struct Drilled {
 }
 
 /// Runs one drill; returns the process exit code.
-pub fn run(args: VerifyArgs) -> i32 {
+pub async fn run(args: VerifyArgs) -> i32 {
     // SAFETY: umask only changes this process's file creation mask.
     unsafe {
         libc::umask(0o077);
     }
+    super::tool::keep_secrets_from_the_client();
     let now = || chrono::Utc::now().with_timezone(&args.time_zone);
-    let key = &args.key;
-    let (mut result, code) = match drill(&args) {
+    let key = &args.object.key;
+    let (mut result, code) = match drill(&args).await {
         Ok(d) if d.checks.iter().all(|c| c.passed) => {
             let line = LogLine::at(
                 &now(),
@@ -117,26 +118,39 @@ fn result(
     r
 }
 
-/// Loads the dump into a throwaway server and runs the checks.
-pub fn drill(args: &VerifyArgs) -> Result<Drilled, Failure> {
-    let empty = std::fs::metadata(&args.file).map_or(true, |m| m.len() == 0);
-    if empty {
-        return Err(fail(
-            reasons::NOT_RESTORABLE,
-            "the downloaded dump is missing or empty",
-        ));
-    }
+/// Loads the dump into a throwaway server as it downloads, and runs the checks.
+pub async fn drill(args: &VerifyArgs) -> Result<Drilled, Failure> {
+    let (client, sse, key) = stream::locate(&args.object).await?;
+    let raw = stream::start(&client, &sse, &args.object.store.bucket, &key).await?;
+    let args = args.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut sql = Sql::open(raw, &key, args.object.identity.as_ref())?;
+        drill_stream(&args, &mut sql)
+    })
+    .await
+    .map_err(|e| fail(reasons::DRILL_FAILED, format!("the drill stopped: {e}")))?
+}
+
+fn drill_stream(args: &VerifyArgs, sql: &mut Sql) -> Result<Drilled, Failure> {
     let throwaway = Throwaway::start(args.engine, &args.work_dir)
         .map_err(|e| fail(reasons::DRILL_FAILED, e))?;
     let server = &throwaway.server;
     create_if_missing(server, DRILL_DATABASE)
         .map_err(|f| fail(reasons::DRILL_FAILED, f.message))?;
-    load_into_empty(server, DRILL_DATABASE, &args.file).map_err(|e| {
-        fail(
-            reasons::NOT_RESTORABLE,
-            format!("the dump does not load: {e}"),
-        )
-    })?;
+    let around = match args.engine {
+        Engine::Postgres => Around::transaction("BEGIN;\n"),
+        Engine::Mariadb | Engine::Mysql => Around::default(),
+    };
+    run_client(server, DRILL_DATABASE, &[], Some((&mut sql.reader, around))).map_err(
+        |e| match e {
+            Stopped::Source(e) => sql.failure(&e),
+            stopped => fail(
+                reasons::NOT_RESTORABLE,
+                format!("the dump does not load: {stopped}"),
+            ),
+        },
+    )?;
+    sql.proven()?;
     let counted = server
         .query(
             DRILL_DATABASE,

@@ -219,82 +219,15 @@ impl StepContainer {
     }
 }
 
-/// The `fetch` step (our image): downloads `key` (or the newest dump under
-/// `prefix` for "latest"), checks it and leaves it decompressed at `out`.
-pub(crate) struct Fetch<'a> {
-    pub bucket: &'a BucketSpec,
-    /// The pod's ServiceAccount gives the store's credentials (a webhook's
-    /// web identity, or the node's), so the bucket Secret may hold no keys.
-    pub keys_optional: bool,
-    /// The age identity that decrypts an encrypted dump.
-    pub identity: Option<&'a crate::api::IdentitySecretRef>,
-    pub prefix: &'a str,
-    pub key: &'a str,
-    pub out: &'a str,
-    pub mounts: Vec<VolumeMount>,
-    pub resources: Option<ResourceRequirements>,
-}
-
-impl Fetch<'_> {
-    /// The init container, run as our image's user though the pod runs as
-    /// the database image's user for the step after it.
-    pub fn build(self, settings: &Settings) -> Container {
-        let mut args = vec![
-            "fetch".to_string(),
-            format!("--key={}", self.key),
-            format!("--prefix={}", self.prefix),
-            format!("--out={}", self.out),
-            format!("--termination-log={TERMINATION_LOG}"),
-        ];
-        args.extend(store_args(self.bucket));
-        let mut env = store_env(self.bucket, self.keys_optional);
-        env.push(plain_env("HOME", "/tmp"));
-        if let Some(identity) = self.identity {
-            env.push(secret_env(
-                names::AGE_IDENTITY_ENV,
-                &identity.name,
-                &identity.key,
-                false,
-            ));
-        }
-        let mut fetch = StepContainer {
-            name: "fetch",
-            image: settings.uploader_image.clone(),
-            command: None,
-            args,
-            env,
-            mounts: self.mounts,
-            resources: self.resources,
-        }
-        .build();
-        fetch.security_context = Some(SecurityContext {
-            run_as_user: Some(UPLOAD_UID),
-            run_as_group: Some(UPLOAD_UID),
-            ..container_security()
-        });
-        fetch
-    }
-}
-
-/// Where a downloading pod's scratch volume is mounted, and the dump `fetch`
-/// leaves there for the step after it (restore and drill pods alike).
-pub(crate) const WORK_MOUNT: &str = "/work";
-pub(crate) const DOWNLOADED_DUMP: &str = "/work/restore.sql";
-
-/// A pod that downloads a dump: its volumes (the scratch volume `work`,
-/// bounded by `size`, a `/tmp`, and the `store_volumes`), the download's
-/// mounts (with the store's) and the other containers' mounts (without).
-pub(crate) fn download_volumes(
-    size: Option<String>,
-    bucket: &BucketSpec,
-) -> (Vec<Volume>, Vec<VolumeMount>, Vec<VolumeMount>) {
-    let mut volumes = vec![empty_dir("work", size), empty_dir("tmp", None)];
-    let scratch = vec![mount("work", WORK_MOUNT), mount("tmp", "/tmp")];
-    let mut fetch_mounts = scratch.clone();
+/// A drill pod's volumes (the scratch volume `work` for the throwaway
+/// server, a `/tmp`, and the `store_volumes`) and its container's mounts.
+pub(crate) fn drill_volumes(bucket: &BucketSpec) -> (Vec<Volume>, Vec<VolumeMount>) {
+    let mut volumes = vec![empty_dir("work", None), empty_dir("tmp", None)];
+    let mut mounts = vec![mount("work", "/work"), mount("tmp", "/tmp")];
     let (store, store_mounts) = store_volumes(bucket);
     volumes.extend(store);
-    fetch_mounts.extend(store_mounts);
-    (volumes, fetch_mounts, scratch)
+    mounts.extend(store_mounts);
+    (volumes, mounts)
 }
 
 /// Where the user lets a Job's pod run.

@@ -247,7 +247,12 @@ pub fn upload_command(minio: &Minio, staging: &Staging, opts: &UploadOpts) -> (C
 /// The operator binary's `subcommand` with the environment its job pods get
 /// for `minio`'s bucket (bucket, endpoint, keys), and nothing else.
 pub fn store_command(minio: &Minio, subcommand: &str) -> Command {
-    let mut cmd = Command::new(super::process::operator_bin());
+    store_command_of(&super::process::operator_bin(), minio, subcommand)
+}
+
+/// As `store_command`, running the operator binary at `program`.
+fn store_command_of(program: &Path, minio: &Minio, subcommand: &str) -> Command {
+    let mut cmd = Command::new(program);
     cmd.arg(subcommand)
         .env_clear()
         .env("PATH", path_env())
@@ -276,10 +281,11 @@ pub fn today() -> String {
 }
 
 /// The verify Job's drill step, the operator binary's `verify` subcommand,
-/// on `file` (`key` names it), with the server binaries of the test bed and
-/// `checks` as JSON. It runs as the unprivileged server user, as it does in
-/// the database image, in a scratch directory of its own.
-pub fn run_verify(engine: Engine, file: &Path, key: &str, checks: &[&str]) -> StepRun {
+/// on object `key` of `minio` (streamed in as the pod does), with the server
+/// binaries of the test bed and `checks` as JSON. It runs as the
+/// unprivileged server user, as it does in the database image, in a scratch
+/// directory of its own.
+pub fn run_verify(engine: Engine, minio: &Minio, key: &str, checks: &[&str]) -> StepRun {
     use std::os::unix::fs::PermissionsExt;
     let scratch = tempfile::Builder::new()
         .prefix("dbbackup-drill-")
@@ -289,9 +295,6 @@ pub fn run_verify(engine: Engine, file: &Path, key: &str, checks: &[&str]) -> St
     std::fs::create_dir(&work).unwrap();
     super::process::chown_to_server_user(&work);
     std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let dump = scratch.path().join("restore.sql");
-    std::fs::copy(file, &dump).unwrap();
-    std::fs::set_permissions(&dump, std::fs::Permissions::from_mode(0o644)).unwrap();
     let termlog = scratch.path().join("termination-log");
     // The package paths of the server and its client: the test bed's links
     // sit under root's home, which the server user cannot traverse.
@@ -310,20 +313,16 @@ pub fn run_verify(engine: Engine, file: &Path, key: &str, checks: &[&str]) -> St
     // The binary too: cargo's target directory is under root's home.
     let binary = scratch.path().join("dbbackup-operator");
     std::fs::copy(super::process::operator_bin(), &binary).unwrap();
-    let mut cmd = Command::new(&binary);
-    cmd.arg("verify")
-        .arg(format!("--engine={}", engine.as_str()))
-        .arg(format!("--file={}", dump.display()))
+    let mut cmd = store_command_of(&binary, minio, "verify");
+    cmd.arg(format!("--engine={}", engine.as_str()))
         .arg(format!("--key={key}"))
         .arg(format!("--work-dir={}", work.display()))
         .arg(format!("--termination-log={}", termlog.display()))
         .args(checks.iter().map(|c| format!("--check={c}")))
-        .env_clear()
         .env(
             "PATH",
             format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", dirs.join(":")),
-        )
-        .env("HOME", "/tmp");
+        );
     super::process::as_server_user(&mut cmd);
     finish(cmd, &termlog)
 }

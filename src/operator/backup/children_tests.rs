@@ -303,3 +303,34 @@ fn a_service_account_alone_makes_the_access_keys_optional() {
             .all(|v| v.projected.is_none())
     );
 }
+
+#[test]
+fn a_drill_streams_the_dump_in_with_the_store_and_identity_and_keeps_no_copy() {
+    let db = fixture(
+        "postgres",
+        serde_json::json!({"verify": {}, "encryption": {
+            "recipientsSecret": {"name": "age-keys"},
+            "identitySecret": {"name": "age-id"}
+        }}),
+    );
+    let key = "shop/orders/2026-12-01/datadump1.sql.zst.age";
+    let job = super::super::drill::verify_job(&db, &settings(), key, "run").unwrap();
+    let pod = job.spec.unwrap().template.spec.unwrap();
+    let inits = pod.init_containers.unwrap();
+    assert_eq!(inits.len(), 1, "only the binary's copy: no fetch");
+    assert_eq!(inits[0].args.as_ref().unwrap()[0], "copy-binary");
+    let verify = &pod.containers[0];
+    let args = verify.args.clone().unwrap();
+    for want in [format!("--key={key}"), "--prefix=shop/orders/".into()] {
+        assert!(args.contains(&want), "{want} in {args:?}");
+    }
+    assert!(!args.iter().any(|a| a.starts_with("--file")), "{args:?}");
+    assert_eq!(
+        secret_source(verify, "DBBACKUP_AGE_IDENTITY").0,
+        "age-id".to_string()
+    );
+    assert_eq!(
+        secret_source(verify, "AWS_ACCESS_KEY_ID").0,
+        "s3-creds".to_string()
+    );
+}

@@ -1,9 +1,9 @@
 //! The restore drill's Job, built from the backup and the key to drill alone.
 //!
-//! Its init containers download and check the dump (`fetch`, our image) and
-//! bring our binary into the database image; its main container runs
-//! `verify`, which starts a throwaway server from that image's binaries,
-//! loads the dump and runs the checks. The pod gets neither the production
+//! Its init container brings our binary into the database image; its main
+//! container runs `verify`, which starts a throwaway server from that image's
+//! binaries, streams the dump into it as it downloads (checked on the way, no
+//! copy on the node) and runs the checks. The pod gets neither the production
 //! database's address nor its credentials: it cannot contact it.
 
 use super::children::{key_prefix, labels};
@@ -11,14 +11,12 @@ use crate::api::DatabaseBackup;
 use crate::jobresult::Step;
 use crate::names;
 use crate::operator::Settings;
-use crate::operator::pod::{
-    self, BINARY, DOWNLOADED_DUMP, DUMP_UID, Placement, StepContainer, TERMINATION_LOG,
-};
+use crate::operator::pod::{self, BINARY, DUMP_UID, Placement, StepContainer, TERMINATION_LOG};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
-/// The throwaway server's data, beside the dump on the scratch volume.
+/// The throwaway server's data, on the scratch volume.
 const SERVER_DIR: &str = "/work/server";
 /// How long a finished drill's Job stays for the operator to read.
 const KEEP_FINISHED_SECONDS: i32 = 24 * 3600;
@@ -28,32 +26,21 @@ const KEEP_FINISHED_SECONDS: i32 = 24 * 3600;
 pub fn verify_job(db: &DatabaseBackup, settings: &Settings, key: &str, run: &str) -> Option<Job> {
     let verify = db.spec.verify.as_ref()?;
     let spec = &db.spec;
-    let (mut volumes, fetch_mounts, mut mounts) = pod::download_volumes(None, &spec.bucket);
-    let fetch = pod::Fetch {
-        bucket: &spec.bucket,
-        keys_optional: spec.jobs.service_account_name.is_some(),
-        identity: spec
-            .encryption
-            .as_ref()
-            .and_then(|e| e.identity_secret.as_ref()),
-        prefix: &key_prefix(db),
-        key,
-        out: DOWNLOADED_DUMP,
-        mounts: fetch_mounts,
-        resources: verify.resources.clone(),
-    }
-    .build(settings);
+    // The scratch holds the throwaway server's data only: the dump streams in.
+    let (mut volumes, mut mounts) = pod::drill_volumes(&spec.bucket);
     let (copy, binary, binary_mount) = pod::binary_copy(settings, verify.resources.clone());
     volumes.push(binary);
     let mut args = vec![
         "verify".to_string(),
         format!("--engine={}", spec.database.engine.as_str()),
-        format!("--file={DOWNLOADED_DUMP}"),
         format!("--key={key}"),
+        format!("--prefix={}", key_prefix(db)),
         format!("--work-dir={SERVER_DIR}"),
         format!("--termination-log={TERMINATION_LOG}"),
         format!("--time-zone={}", spec.time_zone),
+        format!("--image-roots={}", pod::IMAGE_ROOTS),
     ];
+    args.extend(pod::store_args(&spec.bucket));
     args.extend(verify.checks.iter().map(|c| {
         format!(
             "--check={}",
@@ -61,6 +48,20 @@ pub fn verify_job(db: &DatabaseBackup, settings: &Settings, key: &str, run: &str
         )
     }));
     mounts.push(binary_mount);
+    let mut env = pod::store_env(&spec.bucket, spec.jobs.service_account_name.is_some());
+    env.push(pod::plain_env("HOME", "/tmp"));
+    if let Some(identity) = spec
+        .encryption
+        .as_ref()
+        .and_then(|e| e.identity_secret.as_ref())
+    {
+        env.push(pod::secret_env(
+            names::AGE_IDENTITY_ENV,
+            &identity.name,
+            &identity.key,
+            false,
+        ));
+    }
     let drill = StepContainer {
         name: "verify",
         image: verify
@@ -69,7 +70,7 @@ pub fn verify_job(db: &DatabaseBackup, settings: &Settings, key: &str, run: &str
             .unwrap_or_else(|| pod::database_image(&spec.database)),
         command: Some(BINARY),
         args,
-        env: vec![pod::plain_env("HOME", "/tmp")],
+        env,
         mounts,
         resources: verify.resources.clone(),
     }
@@ -80,7 +81,7 @@ pub fn verify_job(db: &DatabaseBackup, settings: &Settings, key: &str, run: &str
         affinity: None,
         service_account: spec.jobs.service_account_name.clone(),
     };
-    let pod = pod::job_pod(DUMP_UID, vec![fetch, copy], vec![drill], volumes, placement);
+    let pod = pod::job_pod(DUMP_UID, vec![copy], vec![drill], volumes, placement);
     let owner = db.name_any();
     let labels = labels(&owner, Some(Step::Verify));
     let mut job_spec = pod::job_spec(labels.clone(), pod, 0, verify.active_deadline_seconds);
