@@ -484,20 +484,7 @@ async fn bench_verify(report: &mut String) {
     let minio = Minio::start();
     create_bucket(&minio).await;
     let key = "bench/datadump1.sql";
-    minio
-        .s3_client()
-        .await
-        .put_object()
-        .bucket(BUCKET)
-        .key(key)
-        .body(
-            aws_sdk_s3::primitives::ByteStream::from_path(&dump)
-                .await
-                .unwrap(),
-        )
-        .send()
-        .await
-        .unwrap();
+    put_object(&minio, key, std::fs::read(&dump).unwrap()).await;
     let (mut drill_secs, mut load_secs) = (vec![], vec![]);
     for rep in 0..reps {
         let start = Instant::now();

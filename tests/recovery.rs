@@ -24,16 +24,7 @@ fn days_ago(days: i64) -> String {
 }
 
 async fn put(minio: &Minio, key: &str) {
-    minio
-        .s3_client()
-        .await
-        .put_object()
-        .bucket(BUCKET)
-        .key(key)
-        .body(format!("-- {key}\n").into_bytes().into())
-        .send()
-        .await
-        .unwrap();
+    put_object(minio, key, format!("-- {key}\n").into_bytes()).await;
 }
 
 /// Keys no retention policy of ours may touch: other names, other prefixes.

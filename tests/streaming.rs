@@ -180,16 +180,7 @@ async fn a_streamed_restore_keeps_no_copy_and_commits_nothing_unproven(engine: E
     put_parts(&b.minio, &mismatch, dump.chunks(6 << 20), 5 << 20).await;
     let cut = format!("{}/datadump9.sql.zst", today());
     let zst = zstd::encode_all(&dump[..], 3).unwrap();
-    b.minio
-        .s3_client()
-        .await
-        .put_object()
-        .bucket(BUCKET)
-        .key(&cut)
-        .body(zst[..zst.len() / 2].to_vec().into())
-        .send()
-        .await
-        .unwrap();
+    put_object(&b.minio, &cut, zst[..zst.len() / 2].to_vec()).await;
 
     // The target moves on from the dump: a load that committed would show.
     let dumped = b.db.fingerprint("shop");
@@ -199,16 +190,7 @@ async fn a_streamed_restore_keeps_no_copy_and_commits_nothing_unproven(engine: E
     );
     // An object that checks out but holds nothing: it must not empty the target.
     let empty = format!("{}/datadump7.sql", today());
-    b.minio
-        .s3_client()
-        .await
-        .put_object()
-        .bucket(BUCKET)
-        .key(&empty)
-        .body(vec![].into())
-        .send()
-        .await
-        .unwrap();
+    put_object(&b.minio, &empty, vec![]).await;
     let before = (
         b.db.fingerprint("shop"),
         tables_in(&b, "shop"),

@@ -6,7 +6,7 @@ mod support;
 use dbbackup_operator::api::Engine;
 use dbbackup_operator::jobresult::Outcome;
 use support::databases::Database;
-use support::minio::{Minio, create_bucket};
+use support::minio::{Minio, create_bucket, put_object};
 use support::process::wait_for;
 use support::steps::{Staging, run_dump, run_verify};
 
@@ -23,16 +23,7 @@ async fn shop_dump(engine: Engine, key: &str) -> Minio {
 async fn store(key: &str, data: &[u8]) -> Minio {
     let minio = Minio::start();
     create_bucket(&minio).await;
-    minio
-        .s3_client()
-        .await
-        .put_object()
-        .bucket(BUCKET)
-        .key(key)
-        .body(data.to_vec().into())
-        .send()
-        .await
-        .unwrap();
+    put_object(&minio, key, data.to_vec()).await;
     minio
 }
 

@@ -562,3 +562,17 @@ pub async fn put_parts<'a>(
         .await
         .unwrap();
 }
+
+/// Stores `body` at `key` of the test bucket, as any S3 client would.
+pub async fn put_object(minio: &Minio, key: &str, body: Vec<u8>) {
+    minio
+        .s3_client()
+        .await
+        .put_object()
+        .bucket(BUCKET)
+        .key(key)
+        .body(body.into())
+        .send()
+        .await
+        .unwrap();
+}
