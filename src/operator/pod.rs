@@ -384,6 +384,26 @@ fn database_args(db: &DatabaseSpec) -> Vec<String> {
     ]
 }
 
+/// A step that downloads a dump from the database image (restore, drill):
+/// the store's flags, and our CA store, which that image may lack.
+pub(crate) fn download_args(bucket: &BucketSpec) -> Vec<String> {
+    let mut args = store_args(bucket);
+    args.push(format!("--image-roots={IMAGE_ROOTS}"));
+    args
+}
+
+/// Such a step's environment: the store's, and the age identity that
+/// decrypts an encrypted dump, from its Secret.
+pub(crate) fn download_env(
+    bucket: &BucketSpec,
+    keys_optional: bool,
+    identity: Option<&crate::api::IdentitySecretRef>,
+) -> Vec<EnvVar> {
+    let mut env = store_env(bucket, keys_optional);
+    env.extend(identity.map(|i| secret_env(names::AGE_IDENTITY_ENV, &i.name, &i.key, false)));
+    env
+}
+
 /// Flags of the store: addressing, CA bundle (mounted at `CA_MOUNT`) and
 /// server-side encryption.
 pub(crate) fn store_args(bucket: &BucketSpec) -> Vec<String> {

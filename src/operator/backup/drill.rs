@@ -38,9 +38,8 @@ pub fn verify_job(db: &DatabaseBackup, settings: &Settings, key: &str, run: &str
         format!("--work-dir={SERVER_DIR}"),
         format!("--termination-log={TERMINATION_LOG}"),
         format!("--time-zone={}", spec.time_zone),
-        format!("--image-roots={}", pod::IMAGE_ROOTS),
     ];
-    args.extend(pod::store_args(&spec.bucket));
+    args.extend(pod::download_args(&spec.bucket));
     args.extend(verify.checks.iter().map(|c| {
         format!(
             "--check={}",
@@ -48,20 +47,16 @@ pub fn verify_job(db: &DatabaseBackup, settings: &Settings, key: &str, run: &str
         )
     }));
     mounts.push(binary_mount);
-    let mut env = pod::store_env(&spec.bucket, spec.jobs.service_account_name.is_some());
-    env.push(pod::plain_env("HOME", "/tmp"));
-    if let Some(identity) = spec
+    let identity = spec
         .encryption
         .as_ref()
-        .and_then(|e| e.identity_secret.as_ref())
-    {
-        env.push(pod::secret_env(
-            names::AGE_IDENTITY_ENV,
-            &identity.name,
-            &identity.key,
-            false,
-        ));
-    }
+        .and_then(|e| e.identity_secret.as_ref());
+    let mut env = pod::download_env(
+        &spec.bucket,
+        spec.jobs.service_account_name.is_some(),
+        identity,
+    );
+    env.push(pod::plain_env("HOME", "/tmp"));
     let drill = StepContainer {
         name: "verify",
         image: verify

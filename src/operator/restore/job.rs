@@ -58,9 +58,7 @@ pub fn restore_job(r: &DatabaseRestore, source: &Source, settings: &Settings) ->
         format!("--prefix={}", source.prefix),
         format!("--termination-log={TERMINATION_LOG}"),
     ];
-    flags.extend(pod::store_args(&source.bucket));
-    // The database image may have no CA store: ours comes along.
-    flags.push(format!("--image-roots={}", pod::IMAGE_ROOTS));
+    flags.extend(pod::download_args(&source.bucket));
     flags.extend(spec.overwrite.then(|| "--overwrite".to_string()));
     let (copy, mut load, binary) = DatabaseStep {
         name: "restore",
@@ -72,19 +70,13 @@ pub fn restore_job(r: &DatabaseRestore, source: &Source, settings: &Settings) ->
     }
     .build(settings);
     volumes.push(binary);
-    let env = load.env.get_or_insert_with(Vec::new);
-    env.extend(pod::store_env(
-        &source.bucket,
-        source.service_account.is_some(),
-    ));
-    if let Some(identity) = &spec.identity_secret {
-        env.push(pod::secret_env(
-            names::AGE_IDENTITY_ENV,
-            &identity.name,
-            &identity.key,
-            false,
+    load.env
+        .get_or_insert_with(Vec::new)
+        .extend(pod::download_env(
+            &source.bucket,
+            source.service_account.is_some(),
+            spec.identity_secret.as_ref(),
         ));
-    }
     let placement = Placement {
         node_selector: spec.node_selector.clone(),
         tolerations: spec.tolerations.clone(),
