@@ -493,11 +493,17 @@ fn which(tool: &str) -> Option<PathBuf> {
 /// suffixes its samples take. Families show only once they hold a series,
 /// so one backup gets one of each.
 fn exported_metric_names() -> std::collections::BTreeSet<String> {
-    let metrics = dbbackup_operator::operator::metrics::Metrics::default();
-    metrics.set_stale("shop", "orders", false);
-    metrics.set_verification("shop", "orders", true, Some(1), Some(1));
-    metrics.set_last_upload("shop", "orders", 1, Some(1));
-    metrics.step_finished("shop", "orders", "upload", Some(1), true);
+    use dbbackup_operator::operator::metrics::{BackupId, Metrics};
+    let metrics = Metrics::default();
+    let id = BackupId {
+        namespace: "shop".into(),
+        name: "orders".into(),
+        uid: "1".into(),
+    };
+    metrics.set_stale(&id, false);
+    metrics.set_verification(&id, true, Some(1), Some(1));
+    metrics.set_last_upload(&id, 1, Some(1));
+    metrics.step_finished(&id, "upload", Some(1), true);
     metrics.reconcile_failed("APIError");
     let text = metrics.encode();
     let mut names = std::collections::BTreeSet::new();

@@ -237,7 +237,7 @@ fn backup_controller(
     .reflect(writer)
     .inspect(move |event| {
         if let Ok(watcher::Event::Delete(db)) = event {
-            metrics.forget_backup(&db.namespace().unwrap_or_default(), &db.name_any());
+            metrics.forget_backup(&metrics::BackupId::of(db));
             notifier.forget(&ObjectRef::from_obj(db));
         }
     })

@@ -22,6 +22,7 @@ use pass::Pass;
 
 use super::apiserver::{apply, backoff_after, create_job, labelled_owner, write_status};
 use super::conditions::{self, Observed, READY};
+use super::metrics::BackupId;
 use super::{Context, Error, checks, results};
 use crate::api::{DatabaseBackup, DatabaseBackupStatus};
 use crate::jobresult::{Outcome, Step};
@@ -291,8 +292,7 @@ fn publish_steps(
             .as_ref()
             .map(|s| r.finished.0.as_second() - s.0.as_second());
         ctx.metrics.step_finished(
-            &db.namespace().unwrap_or_default(),
-            &db.name_any(),
+            &BackupId::of(db),
             r.step.as_str(),
             seconds,
             r.result.outcome == Outcome::Failed,
@@ -303,12 +303,8 @@ fn publish_steps(
 /// The last confirmed upload, from the status (absent before the first).
 fn publish_upload(db: &DatabaseBackup, ctx: &Context, status: &DatabaseBackupStatus) {
     if let Some(at) = &status.last_upload_time {
-        ctx.metrics.set_last_upload(
-            &db.namespace().unwrap_or_default(),
-            &db.name_any(),
-            at.0.as_second(),
-            status.last_upload_size,
-        );
+        ctx.metrics
+            .set_last_upload(&BackupId::of(db), at.0.as_second(), status.last_upload_size);
     }
 }
 
@@ -317,8 +313,7 @@ fn publish_verification(db: &DatabaseBackup, ctx: &Context, status: &DatabaseBac
         return;
     };
     ctx.metrics.set_verification(
-        &db.namespace().unwrap_or_default(),
-        &db.name_any(),
+        &BackupId::of(db),
         last.passed,
         last.duration_seconds,
         status.last_verified_time.as_ref().map(|t| t.0.as_second()),

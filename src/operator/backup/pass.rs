@@ -6,11 +6,11 @@ use super::reports::PodReport;
 use super::status::{self, record_reports, staleness};
 use crate::api::{DatabaseBackup, DatabaseBackupStatus, NotifyEvent};
 use crate::operator::conditions::{self, NOTIFIED, Note, Observed, STALE};
+use crate::operator::metrics::BackupId;
 use crate::operator::notify::Notice;
 use crate::operator::{Context, checks};
 use crate::reasons;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -174,11 +174,7 @@ impl Pass {
             self.generation,
             &self.now,
         );
-        ctx.metrics.set_stale(
-            &db.namespace().unwrap_or_default(),
-            &db.name_any(),
-            stale.status,
-        );
+        ctx.metrics.set_stale(&BackupId::of(db), stale.status);
         due.map_or(RESYNC, |due| RESYNC.min(due + Duration::from_secs(1)))
     }
 }

@@ -6,9 +6,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -24,6 +24,42 @@ pub struct VerbLabel {
 pub struct BackupLabel {
     pub namespace: String,
     pub name: String,
+}
+
+/// The backup a series belongs to. Its UID tells a deleted backup, whose
+/// in-flight reconcile may still write, from a new one of the same name.
+pub struct BackupId {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+impl BackupId {
+    pub fn of(obj: &impl kube::Resource) -> Self {
+        BackupId {
+            namespace: obj.meta().namespace.clone().unwrap_or_default(),
+            name: obj.meta().name.clone().unwrap_or_default(),
+            uid: obj.meta().uid.clone().unwrap_or_default(),
+        }
+    }
+
+    fn label(&self) -> BackupLabel {
+        BackupLabel {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+}
+
+/// How long a deleted backup's UID is remembered: longer than any reconcile
+/// that started before the deletion can still run.
+const GONE_FOR: Duration = Duration::from_secs(600);
+
+/// The backups that have series, and those deleted lately, by UID.
+#[derive(Default)]
+struct Known {
+    live: HashSet<BackupLabel>,
+    gone: HashMap<String, Instant>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -47,8 +83,9 @@ pub struct Metrics {
     upload_bytes: Family<BackupLabel, Gauge>,
     step_seconds: Family<StepLabel, Gauge>,
     step_failures: Family<StepLabel, Counter>,
-    /// The backups that have series, for `keep_only`.
-    backups: Mutex<HashSet<BackupLabel>>,
+    /// Held while a backup's series are written or dropped, so that a
+    /// deletion and a late write cannot interleave.
+    known: Mutex<Known>,
 }
 
 impl Default for Metrics {
@@ -136,7 +173,7 @@ impl Default for Metrics {
             verified_at,
             drill_seconds,
             drill_passed,
-            backups: Mutex::new(HashSet::new()),
+            known: Mutex::default(),
         }
     }
 }
@@ -193,28 +230,38 @@ impl Metrics {
             .sum()
     }
 
-    pub fn set_stale(&self, namespace: &str, name: &str, stale: bool) {
-        self.stale
-            .get_or_create(&self.backup(namespace, name))
-            .set(i64::from(stale));
+    pub fn set_stale(&self, id: &BackupId, stale: bool) {
+        self.write(id, |label| {
+            self.stale.get_or_create(label).set(i64::from(stale));
+        });
     }
 
-    /// The label of a backup's series, which now has some.
-    fn backup(&self, namespace: &str, name: &str) -> BackupLabel {
-        let label = BackupLabel {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-        };
-        self.backups.lock().unwrap().insert(label.clone());
-        label
+    /// Writes a backup's series, unless it was deleted: a reconcile that
+    /// started before the deletion must not bring them back.
+    fn write(&self, id: &BackupId, write: impl FnOnce(&BackupLabel)) {
+        let mut known = self.known.lock().unwrap();
+        if known.gone.contains_key(&id.uid) {
+            return;
+        }
+        let label = id.label();
+        known.live.insert(label.clone());
+        write(&label);
     }
 
-    /// Drops the series of every backup `live` does not know: a deletion the
-    /// watch missed, or a reconcile that wrote after it, leaves none for ever.
+    /// Drops the series of every backup `live` does not know (a deletion the
+    /// watch missed leaves none for ever), and forgets old deletions.
     pub fn keep_only(&self, live: impl Fn(&str, &str) -> bool) {
-        let known: Vec<BackupLabel> = self.backups.lock().unwrap().iter().cloned().collect();
-        for b in known.iter().filter(|b| !live(&b.namespace, &b.name)) {
-            self.forget_backup(&b.namespace, &b.name);
+        let mut known = self.known.lock().unwrap();
+        known.gone.retain(|_, at| at.elapsed() < GONE_FOR);
+        let dead: Vec<BackupLabel> = known
+            .live
+            .iter()
+            .filter(|b| !live(&b.namespace, &b.name))
+            .cloned()
+            .collect();
+        for label in dead {
+            known.live.remove(&label);
+            self.remove_series(&label);
         }
     }
 
@@ -222,69 +269,69 @@ impl Metrics {
     /// last passed (`verified_at`, seconds since the epoch, if one ever did).
     pub fn set_verification(
         &self,
-        namespace: &str,
-        name: &str,
+        id: &BackupId,
         passed: bool,
         seconds: Option<i64>,
         verified_at: Option<i64>,
     ) {
-        let label = self.backup(namespace, name);
-        self.drill_passed
-            .get_or_create(&label)
-            .set(i64::from(passed));
-        if let Some(seconds) = seconds {
-            self.drill_seconds.get_or_create(&label).set(seconds);
-        }
-        if let Some(at) = verified_at {
-            self.verified_at.get_or_create(&label).set(at);
-        }
+        self.write(id, |label| {
+            self.drill_passed
+                .get_or_create(label)
+                .set(i64::from(passed));
+            if let Some(seconds) = seconds {
+                self.drill_seconds.get_or_create(label).set(seconds);
+            }
+            if let Some(at) = verified_at {
+                self.verified_at.get_or_create(label).set(at);
+            }
+        });
     }
 
     /// The last confirmed upload: when (seconds since the epoch) and its size.
-    pub fn set_last_upload(&self, namespace: &str, name: &str, at: i64, bytes: Option<i64>) {
-        let label = self.backup(namespace, name);
-        self.uploaded_at.get_or_create(&label).set(at);
-        if let Some(bytes) = bytes {
-            self.upload_bytes.get_or_create(&label).set(bytes);
-        }
+    pub fn set_last_upload(&self, id: &BackupId, at: i64, bytes: Option<i64>) {
+        self.write(id, |label| {
+            self.uploaded_at.get_or_create(label).set(at);
+            if let Some(bytes) = bytes {
+                self.upload_bytes.get_or_create(label).set(bytes);
+            }
+        });
     }
 
     /// A finished pod of `step`: how long it ran, and whether it failed.
-    pub fn step_finished(
-        &self,
-        namespace: &str,
-        name: &str,
-        step: &str,
-        seconds: Option<i64>,
-        failed: bool,
-    ) {
-        self.backup(namespace, name);
-        let label = StepLabel {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-            step: step.to_string(),
-        };
-        if let Some(seconds) = seconds {
-            self.step_seconds.get_or_create(&label).set(seconds);
-        }
-        if failed {
-            self.step_failures.get_or_create(&label).inc();
-        }
+    pub fn step_finished(&self, id: &BackupId, step: &str, seconds: Option<i64>, failed: bool) {
+        self.write(id, |backup| {
+            let label = StepLabel {
+                namespace: backup.namespace.clone(),
+                name: backup.name.clone(),
+                step: step.to_string(),
+            };
+            if let Some(seconds) = seconds {
+                self.step_seconds.get_or_create(&label).set(seconds);
+            }
+            if failed {
+                self.step_failures.get_or_create(&label).inc();
+            }
+        });
     }
 
-    /// Drops a deleted backup's series, so that it is not reported stale for ever.
-    pub fn forget_backup(&self, namespace: &str, name: &str) {
-        let label = BackupLabel {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-        };
-        self.backups.lock().unwrap().remove(&label);
-        self.stale.remove(&label);
-        self.verified_at.remove(&label);
-        self.drill_seconds.remove(&label);
-        self.drill_passed.remove(&label);
-        self.uploaded_at.remove(&label);
-        self.upload_bytes.remove(&label);
+    /// Drops a deleted backup's series, so that it is not reported stale for
+    /// ever, and keeps them from coming back.
+    pub fn forget_backup(&self, id: &BackupId) {
+        let mut known = self.known.lock().unwrap();
+        known.gone.insert(id.uid.clone(), Instant::now());
+        let label = id.label();
+        known.live.remove(&label);
+        self.remove_series(&label);
+    }
+
+    fn remove_series(&self, label: &BackupLabel) {
+        let (namespace, name) = (&label.namespace, &label.name);
+        self.stale.remove(label);
+        self.verified_at.remove(label);
+        self.drill_seconds.remove(label);
+        self.drill_passed.remove(label);
+        self.uploaded_at.remove(label);
+        self.upload_bytes.remove(label);
         for step in ["dump", "upload", "verify"] {
             let label = StepLabel {
                 namespace: namespace.to_string(),
@@ -330,31 +377,4 @@ pub fn counting_client(client: kube::Client, metrics: std::sync::Arc<Metrics>) -
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A backup whose deletion was missed loses its series at the next sweep;
-    /// a live one keeps them.
-    #[test]
-    fn a_sweep_drops_the_series_of_backups_that_are_gone() {
-        let m = Metrics::default();
-        for name in ["gone", "live"] {
-            m.set_stale("shop", name, true);
-            m.set_last_upload("shop", name, 1_764_039_600, Some(10));
-            m.step_finished("shop", name, "dump", Some(3), true);
-        }
-        m.keep_only(|ns, name| (ns, name) == ("shop", "live"));
-        let text = m.encode();
-        assert!(!text.contains(r#"name="gone""#), "{text}");
-        assert!(
-            text.contains(r#"dbbackup_backup_stale{namespace="shop",name="live"} 1"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(
-                r#"dbbackup_step_failures_total{namespace="shop",name="live",step="dump"} 1"#
-            ),
-            "{text}"
-        );
-    }
-}
+mod tests;
