@@ -7,6 +7,7 @@ mod support;
 use dbbackup_operator::api::{Compression, Engine};
 use dbbackup_operator::jobresult::{JobResult, Outcome};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 use support::faultproxy::{self, FaultProxy};
 use support::minio::*;
@@ -456,4 +457,119 @@ async fn a_ca_bundle_that_is_not_pem_fails_the_upload_saying_so() {
         line.contains("holds no well-formed PEM certificate"),
         "{line}"
     );
+}
+
+/// `len` bytes that repeat nowhere at a range's distance, so that a range
+/// from the wrong place or object would not pass for the right one.
+fn unrepeating(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Starts a download of `key` through `client` and reads it on a blocking
+/// thread: `first` bytes, then (once `go` is sent) the rest; the SQL read,
+/// or the failure that stopped it.
+fn read_object(
+    client: aws_sdk_s3::Client,
+    key: &'static str,
+    first: usize,
+    go: std::sync::mpsc::Receiver<()>,
+    read_first: std::sync::mpsc::Sender<()>,
+) -> tokio::task::JoinHandle<Result<(Vec<u8>, String), String>> {
+    use dbbackup_operator::jobs::{download, store::Sse, stream::Sql};
+    use std::io::Read as _;
+    tokio::spawn(async move {
+        let raw = download::start(&client, &Sse::None, BUCKET, key)
+            .await
+            .map_err(|f| f.message)?;
+        tokio::task::spawn_blocking(move || {
+            let mut sql = Sql::open(raw, key, None).map_err(|f| f.message)?;
+            let mut out = vec![0; first];
+            sql.reader.read_exact(&mut out).unwrap();
+            read_first.send(()).unwrap();
+            go.recv().unwrap();
+            sql.reader
+                .read_to_end(&mut out)
+                .map_err(|e| sql.failure(&e).message)?;
+            let proven = sql.proven().map_err(|f| f.message)?;
+            Ok((out, proven.downloaded(key)))
+        })
+        .await
+        .unwrap()
+    })
+}
+
+/// A download is many ranged GETs in flight at once, in order. An object of
+/// many ranges comes back whole and proven by its CRC64/NVME; a range whose
+/// connection drops halfway is fetched again; and an object replaced while
+/// the download runs fails it ("changed") instead of splicing two versions.
+#[tokio::test]
+async fn a_ranged_download_comes_whole_retries_a_range_and_never_splices_two_objects() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let minio = Minio::start();
+    create_bucket(&minio).await;
+    let s3 = minio.s3_client().await;
+    let put = |key: &'static str, body: Vec<u8>| {
+        s3.put_object()
+            .bucket(BUCKET)
+            .key(key)
+            .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc64Nvme)
+            .body(body.into())
+            .send()
+    };
+    let key = "2026-11-25/datadump1.sql";
+    let first = unrepeating(100 << 20, 1);
+    put(key, first.clone()).await.unwrap();
+
+    // The third range's first response is cut halfway; its retry passes.
+    let failed = Arc::new(AtomicUsize::new(0));
+    let counted = failed.clone();
+    let rule: faultproxy::Rule = Arc::new(move |req| {
+        let third = req
+            .headers
+            .get("range")
+            .is_some_and(|r| r.as_bytes().starts_with(b"bytes=16777216-"));
+        (third && counted.fetch_add(1, Ordering::SeqCst) == 0)
+            .then_some((http::StatusCode::OK, faultproxy::CUT_BODY))
+    });
+    let proxy = FaultProxy::start(&minio.endpoint, rule).await;
+    let (go, wait) = std::sync::mpsc::channel();
+    let (read_first, first_read) = std::sync::mpsc::channel();
+    go.send(()).unwrap();
+    let whole = read_object(
+        minio.s3_client_at(&proxy.endpoint),
+        key,
+        1,
+        wait,
+        read_first,
+    );
+    let (got, line) = whole.await.unwrap().unwrap();
+    first_read.recv().unwrap();
+    assert!(got == first, "the object came back changed");
+    assert!(line.contains("CRC64/NVME checksum verified"), "{line}");
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        2,
+        "the range was not retried"
+    );
+
+    // Replaced after the first byte was read: later ranges must not come
+    // from the new object.
+    let (go, wait) = std::sync::mpsc::channel();
+    let (read_first, first_read) = std::sync::mpsc::channel();
+    let reading = read_object(s3.clone(), key, 1, wait, read_first);
+    tokio::task::spawn_blocking(move || first_read.recv().unwrap())
+        .await
+        .unwrap();
+    put(key, unrepeating(100 << 20, 2)).await.unwrap();
+    go.send(()).unwrap();
+    let e = reading.await.unwrap().unwrap_err();
+    assert!(e.contains("changed or went while it downloaded"), "{e}");
 }

@@ -91,7 +91,7 @@ pub async fn download(
     out: &Path,
     identity: Option<&Hidden>,
 ) -> Result<stream::Proven, Failure> {
-    let raw = stream::start(client, sse, bucket, key).await?;
+    let raw = super::download::start(client, sse, bucket, key).await?;
     let (key, out, identity) = (key.to_string(), out.to_path_buf(), identity.cloned());
     tokio::task::spawn_blocking(move || {
         let mut sql = stream::Sql::open(raw, &key, identity.as_ref())?;

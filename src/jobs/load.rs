@@ -99,7 +99,7 @@ async fn restore(args: &LoadArgs) -> Result<Restored, Failure> {
     let db = args.db.database.clone();
     let overwrite = args.overwrite;
     let (client, sse, key) = stream::locate(&args.object).await?;
-    let raw = stream::start(&client, &sse, &args.object.store.bucket, &key).await?;
+    let raw = super::download::start(&client, &sse, &args.object.store.bucket, &key).await?;
     let identity = args.object.identity.clone();
     tokio::task::spawn_blocking(move || {
         // An identity that cannot decrypt is named before the target is touched.

@@ -4,6 +4,7 @@
 //! and retention, and the hand-off between pods on the staging volume
 //! (`staging`). Nothing here talks to the Kubernetes API.
 
+pub mod download;
 pub mod dump;
 pub mod feed;
 pub mod fetch;

@@ -1,20 +1,17 @@
 //! An object of the store read as its plain SQL while it downloads, so that
 //! a restore loads as the bytes arrive and keeps no copy of the dump.
 //!
-//! A task downloads the object and checks every byte against the store's
-//! checksum (the MD5 ETag, or where that is no MD5 the CRC64/NVME); the
-//! reader decrypts (`.age`) and decompresses by the key's suffix. The
+//! The download (`download.rs`) checks every byte against the store's
+//! checksum; the reader decrypts (`.age`) and decompresses by the key's suffix. The
 //! reader's end of file comes only once the whole object checked out: a
 //! mismatch, a cut-off download or a corrupt stream is a read error instead.
 //! A load that commits at end of file therefore commits only a proven dump.
 
-use super::proof::{EtagCheck, parse_part_size};
-use super::store::{self, WithSse as _};
+use super::store;
 use super::tool::Hidden;
 use crate::api::Compression;
 use crate::jobresult::{Failure, fail};
 use crate::reasons;
-use aws_sdk_s3::operation::get_object::GetObjectOutput;
 use bytes::{Buf as _, Bytes};
 use std::io::{self, Read};
 use std::sync::{Arc, Mutex};
@@ -23,7 +20,7 @@ use tokio::sync::mpsc;
 /// Chunks in flight between the download and the reader: memory stays
 /// bounded whatever the object's size (the SDK's chunks are at most a few
 /// tens of KiB).
-const QUEUE: usize = 64;
+pub(super) const QUEUE: usize = 64;
 
 /// A whole object that checked out: its size, and the checksum that held
 /// (None where the store gave nothing to check against).
@@ -36,8 +33,9 @@ pub struct Proven {
 impl Proven {
     /// "downloaded <key> (<size> bytes, <how it was checked>)", for the log.
     pub fn downloaded(&self, key: &str) -> String {
-        let how = match self.proof {
-            Some(_) => "checksum verified",
+        let how = match self.proof.as_deref() {
+            Some(p) if p.starts_with("crc64nvme:") => "CRC64/NVME checksum verified",
+            Some(_) => "MD5 ETag checksum verified",
             None => "the store's ETag is no MD5; decompression checks only",
         };
         format!("downloaded {key} ({} bytes, {how})", self.size)
@@ -79,7 +77,7 @@ pub async fn locate(
     Ok((client, sse, key))
 }
 
-enum Piece {
+pub(super) enum Piece {
     Data(Bytes),
     End(Result<Proven, Failure>),
 }
@@ -109,6 +107,17 @@ pub struct Raw {
     verdict: Verdict,
 }
 
+impl Raw {
+    pub(super) fn new(rx: mpsc::Receiver<Piece>) -> Raw {
+        Raw {
+            rx,
+            current: Bytes::new(),
+            proven: false,
+            verdict: Verdict::default(),
+        }
+    }
+}
+
 impl Read for Raw {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.current.is_empty() {
@@ -133,168 +142,6 @@ impl Read for Raw {
         buf[..n].copy_from_slice(&self.current[..n]);
         self.current.advance(n);
         Ok(n)
-    }
-}
-
-/// Starts downloading `key`; the checks run on the download's task, off the
-/// reader's thread.
-pub async fn start(
-    client: &aws_sdk_s3::Client,
-    sse: &store::Sse,
-    bucket: &str,
-    key: &str,
-) -> Result<Raw, Failure> {
-    let got = get(client, bucket, key, sse).await?;
-    let check = Check::of(&got, sse, key)?;
-    let (tx, rx) = mpsc::channel(QUEUE);
-    tokio::spawn(pump(got, check, key.to_string(), tx));
-    Ok(Raw {
-        rx,
-        current: Bytes::new(),
-        proven: false,
-        verdict: Verdict::default(),
-    })
-}
-
-async fn pump(got: GetObjectOutput, mut check: Check, key: String, tx: mpsc::Sender<Piece>) {
-    let mut body = got.body;
-    let end = loop {
-        match body.try_next().await {
-            Ok(Some(chunk)) => {
-                check.update(&chunk);
-                if tx.send(Piece::Data(chunk)).await.is_err() {
-                    // The reader stopped: nothing waits for the rest.
-                    return;
-                }
-            }
-            Ok(None) => break check.verify(&key),
-            Err(e) => {
-                break Err(fail(
-                    reasons::DOWNLOAD_FAILED,
-                    format!("download of {key} broke off: {e}"),
-                ));
-            }
-        }
-    };
-    let _ = tx.send(Piece::End(end)).await;
-}
-
-async fn get(
-    client: &aws_sdk_s3::Client,
-    bucket: &str,
-    key: &str,
-    sse: &store::Sse,
-) -> Result<GetObjectOutput, Failure> {
-    let get = client.get_object().bucket(bucket).key(key).with_sse(sse);
-    // Where the ETag may be no MD5, the object's CRC64/NVME is what we check.
-    let get = match sse.hides_md5() {
-        true => get.checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled),
-        false => get,
-    };
-    get.send().await.map_err(|e| {
-        if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
-            fail(
-                reasons::OBJECT_NOT_FOUND,
-                format!("object {key} not found in bucket {bucket}"),
-            )
-        } else {
-            fail(
-                reasons::DOWNLOAD_FAILED,
-                format!("cannot download {key}: {}", store::describe(&e)),
-            )
-        }
-    })
-}
-
-/// What the store says the object is, and the same computed over its bytes.
-struct Check {
-    etag: String,
-    md5: EtagCheck,
-    /// A full-object CRC64/NVME the store reports, and ours.
-    crc: Option<(String, crc_fast::Digest)>,
-    size: u64,
-    expected_size: i64,
-}
-
-impl Check {
-    fn of(got: &GetObjectOutput, sse: &store::Sse, key: &str) -> Result<Check, Failure> {
-        let part_size = got
-            .metadata()
-            .and_then(|m| m.get(store::PART_SIZE_META))
-            .map(|v| {
-                parse_part_size(v).map_err(|e| fail(reasons::CORRUPT_DUMP, format!("{key}: {e}")))
-            })
-            .transpose()?;
-        // An ETag that is no MD5 must not be checked as one.
-        let etag = match sse.hides_md5() {
-            true => String::new(),
-            false => got
-                .e_tag()
-                .unwrap_or_default()
-                .trim_matches('"')
-                .to_string(),
-        };
-        // Composite CRCs (of parts) end in -N and are no whole-object check.
-        let crc = got
-            .checksum_crc64_nvme()
-            .filter(|c| !c.contains('-'))
-            .map(|c| {
-                (
-                    c.to_string(),
-                    crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Nvme),
-                )
-            });
-        Ok(Check {
-            md5: EtagCheck::new(&etag, part_size),
-            etag,
-            crc,
-            size: 0,
-            expected_size: got.content_length().unwrap_or(-1),
-        })
-    }
-
-    fn update(&mut self, chunk: &[u8]) {
-        if let Some((_, crc)) = &mut self.crc {
-            crc.update(chunk);
-        }
-        self.md5.update(chunk);
-        self.size += chunk.len() as u64;
-    }
-
-    fn verify(self, key: &str) -> Result<Proven, Failure> {
-        if self.size as i64 != self.expected_size {
-            return Err(fail(
-                reasons::DOWNLOAD_FAILED,
-                format!(
-                    "{key}: received {} bytes of {}",
-                    self.size, self.expected_size
-                ),
-            ));
-        }
-        let mismatch = |e: String| {
-            fail(
-                reasons::CHECKSUM_MISMATCH,
-                format!("{key} does not match its checksum: {e}"),
-            )
-        };
-        let mut proof = self
-            .md5
-            .verify()
-            .map_err(mismatch)?
-            .then(|| format!("etag:{}", self.etag));
-        if let (None, Some((expected, crc))) = (&proof, self.crc) {
-            let got = super::proof::crc64nvme_base64(crc.finalize());
-            if got != expected {
-                return Err(mismatch(format!(
-                    "CRC64/NVME {got}, the store's is {expected}"
-                )));
-            }
-            proof = Some(format!("crc64nvme:{got}"));
-        }
-        Ok(Proven {
-            size: self.size,
-            proof,
-        })
     }
 }
 

@@ -121,7 +121,7 @@ fn result(
 /// Loads the dump into a throwaway server as it downloads, and runs the checks.
 pub async fn drill(args: &VerifyArgs) -> Result<Drilled, Failure> {
     let (client, sse, key) = stream::locate(&args.object).await?;
-    let raw = stream::start(&client, &sse, &args.object.store.bucket, &key).await?;
+    let raw = super::download::start(&client, &sse, &args.object.store.bucket, &key).await?;
     let args = args.clone();
     tokio::task::spawn_blocking(move || {
         let mut sql = Sql::open(raw, &key, args.object.identity.as_ref())?;

@@ -2,10 +2,12 @@
 //! It stands in only for what a healthy MinIO never does: a store that
 //! rejects the SDK's default request checksums, or one that answers 5xx in
 //! the middle of a multipart upload, or one whose writes stall (a slow link,
-//! so that tests can act while an upload is in flight). Every other request
+//! so that tests can act while an upload is in flight), or a connection that
+//! drops in the middle of a response body. Every other request
 //! reaches MinIO as sent (the Host header is kept, so signatures still verify).
 
-use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::Frame;
 use hyper::body::{Bytes, Incoming};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode, Uri};
@@ -110,7 +112,11 @@ impl Drop for FaultProxy {
     }
 }
 
-type Body = BoxBody<Bytes, hyper::Error>;
+type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// The code a rule returns to have the request answered, but the
+/// connection dropped halfway through the response body.
+pub const CUT_BODY: &str = "CutBody";
 
 fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())
@@ -137,7 +143,9 @@ async fn forward(
             let _ = tokio::time::timeout(std::time::Duration::from_millis(100), opened).await;
         }
     }
-    if let Some((status, code)) = rule(&parts) {
+    let verdict = rule(&parts);
+    let cut = matches!(verdict, Some((_, CUT_BODY)));
+    if let Some((status, code)) = verdict.filter(|_| !cut) {
         rejected.fetch_add(1, Ordering::SeqCst);
         // Read the body, as a store would, before answering with S3's error shape.
         let _ = body.collect().await;
@@ -159,7 +167,21 @@ async fn forward(
         .parse()
         .unwrap();
     match client.request(Request::from_parts(parts, body)).await {
-        Ok(resp) => Ok(resp.map(|b| b.boxed())),
+        Ok(resp) if cut => {
+            rejected.fetch_add(1, Ordering::SeqCst);
+            let (head, body) = resp.into_parts();
+            let bytes = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let half = bytes.slice(..bytes.len() / 2);
+            let frames: Vec<Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>> =
+                vec![Ok(Frame::data(half)), Err("cut by the test store".into())];
+            let body = StreamBody::new(futures::stream::iter(frames)).boxed();
+            Ok(Response::from_parts(head, body))
+        }
+        Ok(resp) => Ok(resp.map(|b| b.map_err(Into::into).boxed())),
         Err(e) => Ok(Response::builder()
             .status(StatusCode::BAD_GATEWAY)
             .body(full(e.to_string()))
