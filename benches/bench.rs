@@ -2,17 +2,20 @@
 //!
 //! 1. upload: our `upload` subcommand against boto3's `upload_file` and
 //!    `aws s3 cp`, interleaved, on the loopback MinIO, with peak RSS;
-//! 2. dump: the `dump` subcommand against a bare `mariadb-dump > file`, and
+//! 2. transfer: our `upload` and `fetch` against `mc cp` up and down
+//!    (`bench/transfer.rs`);
+//! 3. dump: the `dump` subcommand against a bare `mariadb-dump > file`, and
 //!    with zstd against `mariadb-dump | zstd`;
-//! 3. scale: the operator binary against the test-bed apiserver with 100,
+//! 4. scale: the operator binary against the test-bed apiserver with 100,
 //!    1,000 and 3,000 resources: convergence time, RSS, and the writes of a
 //!    forced full resync, from the operator's own request counter.
 //!
 //! Run with `make bench` (which installs boto3 and awscli first), or
 //! `cargo bench --bench bench` with `BENCH_PYTHON` pointing at a Python that
-//! has both. `BENCH_SIZES` (MiB, default `256,2048,4096`), `BENCH_REPS`
+//! has both. `BENCH_SIZES` (MiB, default `256,2048,4096`; `BENCH_TRANSFER_SIZES` for transfer,
+//! default `1024,4096`), `BENCH_REPS`
 //! (default 5), `BENCH_SCALES` (default `100,1000,3000`) and `BENCH_ONLY`
-//! (`upload`, `dump`, `verify` or `scale`) narrow a run; the report holds what ran.
+//! (`upload`, `transfer`, `dump`, `verify` or `scale`) narrow a run; the report holds what ran.
 //! `BENCH_STORES` (default `disk,tmpfs`) says where MinIO keeps its data for
 //! the upload runs. `BENCH_UPLOAD_ARGS` adds flags to our uploader (tuning runs, e.g.
 //! `--concurrency=8 --part-size-mib=16`).
@@ -20,6 +23,8 @@
 
 #[path = "../tests/support/mod.rs"]
 mod support;
+#[path = "bench/transfer.rs"]
+mod transfer;
 
 use dbbackup_operator::api::Compression;
 use k8s_openapi::api::batch::v1::CronJob;
@@ -726,6 +731,9 @@ async fn main() {
         for store in StoreOn::all() {
             bench_upload(&mut report, &mut goals, store).await;
         }
+    }
+    if wants("transfer") {
+        transfer::bench_transfer(&mut report, &mut goals).await;
     }
     if wants("dump") {
         bench_dump(&mut report, &mut goals);

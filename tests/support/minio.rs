@@ -190,19 +190,7 @@ impl Minio {
 
     /// `mc` against this server as its root user; panics with its output on failure.
     pub fn mc(&self, args: &[&str]) -> String {
-        let host = self.endpoint.replacen(
-            "://",
-            &format!("://{}:{}@", self.access_key, self.secret_key),
-            1,
-        );
-        let out = Command::new(bin("mc"))
-            .arg("--config-dir")
-            .arg(self.dir.path().join("mc"))
-            .arg("--quiet")
-            .args(args)
-            .env("MC_HOST_test", host)
-            .output()
-            .unwrap();
+        let out = self.mc_command(args).output().unwrap();
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -210,6 +198,25 @@ impl Minio {
         );
         assert!(out.status.success(), "mc {args:?}: {text}");
         text
+    }
+
+    /// The `mc` command line against this server as its root user (alias `test`).
+    pub fn mc_command(&self, args: &[&str]) -> Command {
+        let host = self.endpoint.replacen(
+            "://",
+            &format!("://{}:{}@", self.access_key, self.secret_key),
+            1,
+        );
+        let mut cmd = Command::new(bin("mc"));
+        cmd.arg("--config-dir")
+            .arg(self.dir.path().join("mc"))
+            .arg("--quiet")
+            .args(args)
+            .env("MC_HOST_test", host)
+            // Spelled out: a measured run starts from an empty environment.
+            .env("HOME", self.dir.path())
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+        cmd
     }
 
     /// A MinIO user with only `policy` (JSON); its access keys.

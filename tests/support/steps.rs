@@ -251,7 +251,7 @@ pub fn store_command(minio: &Minio, subcommand: &str) -> Command {
 }
 
 /// As `store_command`, running the operator binary at `program`.
-fn store_command_of(program: &Path, minio: &Minio, subcommand: &str) -> Command {
+pub fn store_command_of(program: &Path, minio: &Minio, subcommand: &str) -> Command {
     let mut cmd = Command::new(program);
     cmd.arg(subcommand)
         .env_clear()
