@@ -8,6 +8,24 @@ pub const NOTHING_TO_UPLOAD: &str = "there is no file to upload";
 pub const UPLOADED: &str = "file successfully uploaded";
 /// Followed by when the replaced dump was finished, `YYYY-MM-DD HH:MM:SS`.
 pub const REPLACED: &str = "replaced an unsent dump from";
+/// Followed by ` (<used>/<size>)` of the volume when the dump stopped.
+pub const STAGING_FULL: &str = "staging volume full";
+
+/// A size as people read it: `512 KiB`, `3.2 GiB`.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    match unit {
+        0 => format!("{bytes} B"),
+        _ if value >= 100.0 => format!("{value:.0} {}", UNITS[unit]),
+        _ => format!("{value:.1} {}", UNITS[unit]),
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogLine {
@@ -73,6 +91,15 @@ impl fmt::Display for LogLine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(human_size(0), "0 B");
+        assert_eq!(human_size(1023), "1023 B");
+        assert_eq!(human_size(64 << 10), "64.0 KiB");
+        assert_eq!(human_size(1320 << 20), "1.3 GiB");
+        assert_eq!(human_size(200 << 30), "200 GiB");
+    }
     use chrono::Utc;
 
     #[test]

@@ -97,8 +97,10 @@ impl Drop for TinyVolume<'_> {
     }
 }
 
+/// A dump that does not fit says so with the volume's use and size, leaves
+/// no partial file, and keeps the dump staged before it (not yet sent).
 #[test]
-fn a_full_disk_fails_the_dump_and_leaves_no_partial_file() {
+fn a_full_disk_fails_the_dump_and_keeps_the_staged_one() {
     for engine in [Engine::Mariadb, Engine::Postgres] {
         let (_server, src) = source(engine);
         let staging = Staging::new();
@@ -106,9 +108,19 @@ fn a_full_disk_fails_the_dump_and_leaves_no_partial_file() {
         let line = failed_dump(&src, &staging);
         assert!(
             line.contains("database dump failed: ")
-                && line.ends_with("; no space left on the staging volume"),
+                && line.contains("; staging volume full (")
+                && line.ends_with("/64.0 KiB)"),
             "{engine:?}: {line}"
         );
+        // Again, with an unsent dump of 16 KiB staged: it is kept as it was.
+        let previous = vec![b'x'; 16 << 10];
+        let staged = stage(&staging, &previous);
+        let run = run_dump(&src, &staging, Compression::None);
+        assert!(!run.succeeded(), "{}", run.text());
+        let line = run.result.unwrap().log;
+        assert!(line.contains("; staging volume full ("), "{line}");
+        assert_eq!(std::fs::read(&staged).unwrap(), previous);
+        assert_eq!(staging.dumps(), vec![staged], "a partial file was left");
     }
 }
 
@@ -528,7 +540,7 @@ async fn a_ranged_download_comes_whole_retries_a_range_and_never_splices_two_obj
     let first = unrepeating(100 << 20, 1);
     put(key, first.clone()).await.unwrap();
 
-    // The third range's first response is cut halfway; its retry passes.
+    // The first response for the range at 16 MiB is cut halfway; its retry passes.
     let failed = Arc::new(AtomicUsize::new(0));
     let counted = failed.clone();
     let rule: faultproxy::Rule = Arc::new(move |req| {

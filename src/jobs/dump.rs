@@ -260,8 +260,13 @@ fn write_dump(args: &DumpArgs, partial: &Path, phase: &Mutex<Phase>) -> Result<u
     if let Some(mut message) = failure {
         // A full volume often shows only as a write error; say it while the
         // partial file still holds the space.
-        if volume_full(partial) {
-            message.push_str("; no space left on the staging volume");
+        if let Some((used, size)) = volume_full(partial) {
+            message.push_str(&format!(
+                "; {} ({}/{})",
+                logline::STAGING_FULL,
+                logline::human_size(used),
+                logline::human_size(size)
+            ));
         }
         return Err(message);
     }
@@ -315,17 +320,21 @@ fn settle(partial: &Path, read: Option<u64>) -> Result<u64, String> {
     Ok(size)
 }
 
-/// Whether the file system holding `path` has no block left for us.
-fn volume_full(path: &Path) -> bool {
+/// Where the file system holding `path` has no block left for us: its
+/// bytes in use and its size.
+fn volume_full(path: &Path) -> Option<(u64, u64)> {
     use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
     // SAFETY: statvfs writes into the zeroed struct we own; the path is a valid C string.
-    unsafe {
+    let st = unsafe {
         let mut st: libc::statvfs = std::mem::zeroed();
-        libc::statvfs(c.as_ptr(), &mut st) == 0 && st.f_bavail == 0
-    }
+        (libc::statvfs(c.as_ptr(), &mut st) == 0).then_some(st)?
+    };
+    let block = st.f_frsize as u64;
+    (st.f_bavail == 0).then(|| {
+        let size = st.f_blocks as u64 * block;
+        (size - st.f_bfree as u64 * block, size)
+    })
 }
 
 /// Compresses the tool's output into `file` and syncs it; returns the bytes

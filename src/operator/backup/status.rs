@@ -97,7 +97,13 @@ fn observed(r: &PodReport, status: &mut DatabaseBackupStatus) -> Option<Observed
             status.last_dump_time = Some(r.finished.clone());
             (DUMP_SUCCEEDED, true, reasons::DUMP_COMPLETED, message)
         }
-        (Step::Dump, _) => (DUMP_SUCCEEDED, false, reasons::DUMP_FAILED, message),
+        (Step::Dump, _) => {
+            let message = match message.contains(crate::logline::STAGING_FULL) {
+                true => format!("{message}. {}", staging_hint(status.last_upload_size)),
+                false => message,
+            };
+            (DUMP_SUCCEEDED, false, reasons::DUMP_FAILED, message)
+        }
         (Step::Upload, Outcome::Succeeded) => {
             status.last_upload_key = r.result.key.clone();
             status.last_upload_time = Some(r.finished.clone());
@@ -118,6 +124,20 @@ fn observed(r: &PodReport, status: &mut DatabaseBackupStatus) -> Option<Observed
         (Step::Upload, Outcome::Nothing) | (Step::Fetch | Step::Restore, _) => return None,
     };
     Some(Observed::new(type_, succeeded, reason, message))
+}
+
+/// What staging size would have fitted, from the last dump's size: the
+/// volume holds a dump not yet sent and the next one beside it.
+pub fn staging_hint(last_dump: Option<i64>) -> String {
+    use crate::logline::human_size;
+    match last_dump.and_then(|s| u64::try_from(s).ok()) {
+        Some(last) => format!(
+            "The last dump was {}; the staging volume holds an unsent dump and the next one, so set spec.staging.size to at least {} (twice that, plus a tenth for growth)",
+            human_size(last),
+            human_size(last * 2 + last / 5)
+        ),
+        None => "No dump has completed yet: set spec.staging.size above twice the size of the database's dump".to_string(),
+    }
 }
 
 /// Puts a confirmed upload first in `recent`, once, and keeps it bounded.

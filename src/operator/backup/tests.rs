@@ -663,3 +663,46 @@ fn a_replacing_dump_says_what_it_replaced() {
     assert!(replaced[0].warning);
     assert!(replaced[0].message.contains("2026-11-25T03:00:01.1Z"));
 }
+
+/// A dump that ran out of staging space says, in its condition, what size
+/// would have fitted: from the last dump's size, or that none is known yet.
+#[test]
+fn a_full_staging_volume_is_answered_with_the_size_that_fits() {
+    let full = |uid: &str, t: i64| {
+        pod(
+            uid,
+            "dump",
+            "Failed",
+            1,
+            r#"{"step":"dump","outcome":"failed","log":"2026-11-25,04:00:00,database dump failed: cannot write the dump: No space left on device (os error 28); staging volume full (1.0 GiB/1.0 GiB)"}"#,
+            t,
+        )
+    };
+    let dump_condition = |status: &DatabaseBackupStatus| {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "DumpSucceeded")
+            .map(|c| c.message.clone())
+            .unwrap()
+    };
+    let mut status = DatabaseBackupStatus::default();
+    let (r, present) = reports(&[full("d1", 10)]);
+    record_reports(&mut status, r, &present, Some(1), &at(20));
+    let message = dump_condition(&status);
+    assert!(
+        message.contains("staging volume full (1.0 GiB/1.0 GiB)")
+            && message.contains("No dump has completed yet"),
+        "{message}"
+    );
+
+    status.last_upload_size = Some(600 << 20);
+    let (r, present) = reports(&[full("d1", 10), full("d2", 30)]);
+    record_reports(&mut status, r, &present, Some(1), &at(40));
+    let message = dump_condition(&status);
+    assert!(
+        message.contains("The last dump was 600 MiB")
+            && message.contains("spec.staging.size to at least 1.3 GiB"),
+        "{message}"
+    );
+}
