@@ -6,14 +6,16 @@ use super::proof::{Proof, Written, crc64nvme_base64, hex, multipart_etag};
 use super::store::{MAX_PARTS, MIB, PART_SIZE_META, Sse, WithSse, abort, describe, http_status};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumType, CompletedMultipartUpload, CompletedPart};
 use base64::Engine as _;
-use bytes::Bytes;
 use md5::{Digest as _, Md5};
-use std::path::Path;
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-/// Throughput knobs; memory stays near `part_size × (concurrency + 1)`.
+/// Throughput knobs. Memory does not grow with either: parts are read from
+/// the file in pieces of `PIECE`, once to checksum and once to send.
 #[derive(Clone, Copy, Debug)]
 pub struct Tuning {
     pub min_part_size: u64,
@@ -51,19 +53,14 @@ where
     }
 }
 
-/// Reads up to `buf.capacity()` bytes; fewer only at end of file.
-fn read_part(file: &mut std::fs::File, buf: &mut Vec<u8>) -> std::io::Result<()> {
-    use std::io::Read as _;
-    buf.clear();
-    let want = buf.capacity() as u64;
-    file.take(want).read_to_end(buf)?;
-    Ok(())
-}
+/// The size of the pieces a part is read in, to checksum and to send.
+const PIECE: usize = 512 * 1024;
 
-/// The next part of the file, read into a reused buffer, with its checksums.
+/// One part of the file: where it is, and its checksums.
+#[derive(Clone, Copy)]
 struct Part {
-    file: std::fs::File,
-    buf: Vec<u8>,
+    offset: u64,
+    len: u64,
     /// Only where the store's ETag is the proof: MD5 costs more CPU than the
     /// rest of the upload together.
     md5: Option<[u8; 16]>,
@@ -71,26 +68,57 @@ struct Part {
     crc64nvme: u64,
 }
 
-/// Reads and checksums the next part on a blocking thread, so the uploads in
-/// flight keep the runtime to themselves.
-async fn next_part(
-    mut file: std::fs::File,
-    mut buf: Vec<u8>,
+/// Checksums `len` bytes of `file` from `offset` on a blocking thread (so
+/// the uploads in flight keep the runtime to themselves), in pieces: the
+/// part is never held whole. The send reads it again, from the page cache.
+async fn checksum_part(
+    file: Arc<std::fs::File>,
+    offset: u64,
+    len: u64,
     with_md5: bool,
 ) -> std::io::Result<Part> {
     tokio::task::spawn_blocking(move || {
-        read_part(&mut file, &mut buf)?;
-        let md5 = with_md5.then(|| Md5::digest(&buf).into());
-        let crc64nvme = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, &buf);
+        let mut buf = vec![0u8; PIECE];
+        let mut md5 = with_md5.then(Md5::new);
+        let mut crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Nvme);
+        let mut at = offset;
+        while at < offset + len {
+            let want = ((offset + len - at) as usize).min(PIECE);
+            let piece = &mut buf[..want];
+            file.read_exact_at(piece, at).map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => {
+                    std::io::Error::other("the dump shrank while uploading")
+                }
+                _ => e,
+            })?;
+            crc.update(piece);
+            if let Some(md5) = &mut md5 {
+                md5.update(&*piece);
+            }
+            at += want as u64;
+        }
         Ok(Part {
-            file,
-            buf,
-            md5,
-            crc64nvme,
+            offset,
+            len,
+            md5: md5.map(|m| m.finalize().into()),
+            crc64nvme: crc.finalize(),
         })
     })
     .await
     .map_err(std::io::Error::other)?
+}
+
+/// The body of a part: its bytes read from the file as the request sends
+/// them (and again on a retry).
+async fn body(path: &Path, part: &Part) -> Result<ByteStream, PutError> {
+    ByteStream::read_from()
+        .path(path)
+        .offset(part.offset)
+        .length(Length::Exact(part.len))
+        .buffer_size(PIECE)
+        .build()
+        .await
+        .map_err(|e| PutError::Failed(format!("cannot read {}: {e}", path.display())))
 }
 
 fn content_md5(md5: &[u8; 16]) -> String {
@@ -154,7 +182,7 @@ macro_rules! locked {
 pub async fn put_file(put: &Put<'_>, on_start: OnStart<'_>) -> Result<Written, PutError> {
     let io =
         |e: std::io::Error| PutError::Failed(format!("cannot read {}: {e}", put.path.display()));
-    let file = std::fs::File::open(put.path).map_err(io)?;
+    let file = Arc::new(std::fs::File::open(put.path).map_err(io)?);
     let part_size = part_size(put.size, put.tuning.min_part_size);
     if put.size <= part_size {
         return put_single(put, file).await;
@@ -164,7 +192,7 @@ pub async fn put_file(put: &Put<'_>, on_start: OnStart<'_>) -> Result<Written, P
     let stored = async {
         on_start(&upload_id)
             .map_err(|e| PutError::Failed(format!("cannot record the upload: {e}")))?;
-        let (parts, sums) = upload_parts(target, file, put.size, part_size, put.tuning).await?;
+        let (parts, sums) = upload_parts(target, file, put, part_size).await?;
         complete_multipart(put, &upload_id, parts, sums).await
     }
     .await;
@@ -175,8 +203,8 @@ pub async fn put_file(put: &Put<'_>, on_start: OnStart<'_>) -> Result<Written, P
 }
 
 /// A dump no larger than one part, in one request.
-async fn put_single(put: &Put<'_>, file: std::fs::File) -> Result<Written, PutError> {
-    let part = next_part(file, Vec::with_capacity(put.size as usize), true)
+async fn put_single(put: &Put<'_>, file: Arc<std::fs::File>) -> Result<Written, PutError> {
+    let part = checksum_part(file, 0, put.size, true)
         .await
         .map_err(|e| PutError::Failed(format!("cannot read {}: {e}", put.path.display())))?;
     let md5 = part.md5.expect("asked for");
@@ -186,8 +214,8 @@ async fn put_single(put: &Put<'_>, file: std::fs::File) -> Result<Written, PutEr
         .bucket(put.bucket)
         .key(put.key)
         .content_md5(content_md5(&md5))
-        .content_length(part.buf.len() as i64)
-        .body(ByteStream::from(part.buf))
+        .content_length(part.len as i64)
+        .body(body(put.path, &part).await?)
         .with_sse(put.sse);
     let mut request = locked!(request, put.lock);
     if put.conditional {
@@ -263,6 +291,7 @@ async fn start_multipart(put: &Put<'_>, part_size: u64) -> Result<Target, PutErr
         // A store that does not name the algorithm back ignored it (older
         // S3-compatible stores); its ETag is the proof there.
         crc,
+        path: put.path.to_path_buf(),
     })
 }
 
@@ -315,6 +344,8 @@ struct Target {
     sse: Sse,
     /// Parts carry CRC64/NVME instead of Content-MD5.
     crc: bool,
+    /// The file the parts are read from.
+    path: PathBuf,
 }
 
 /// The parts' MD5s, or the CRC64/NVME of the whole file.
@@ -324,14 +355,8 @@ enum PartSums {
 }
 
 impl Target {
-    /// Uploads one part; hands back its buffer for reuse.
-    async fn send(
-        self,
-        number: i32,
-        md5: Option<[u8; 16]>,
-        crc64nvme: u64,
-        bytes: Bytes,
-    ) -> Result<(CompletedPart, Bytes), PutError> {
+    /// Uploads one part, read from the file as it goes.
+    async fn send(self, number: i32, part: Part) -> Result<CompletedPart, PutError> {
         let mut request = self
             .client
             .upload_part()
@@ -339,11 +364,11 @@ impl Target {
             .key(self.key)
             .upload_id(self.upload_id)
             .part_number(number)
-            .content_length(bytes.len() as i64)
-            .body(ByteStream::from(bytes.clone()))
+            .content_length(part.len as i64)
+            .body(body(&self.path, &part).await?)
             .with_sse(&self.sse);
-        let crc = self.crc.then(|| crc64nvme_base64(crc64nvme));
-        request = match (&crc, md5) {
+        let crc = self.crc.then(|| crc64nvme_base64(part.crc64nvme));
+        request = match (&crc, part.md5) {
             (Some(crc), _) => request.checksum_crc64_nvme(crc),
             (None, Some(md5)) => request.content_md5(content_md5(&md5)),
             (None, None) => unreachable!("a part without a checksum"),
@@ -356,12 +381,11 @@ impl Target {
             .send()
             .await
             .map_err(|e| PutError::Failed(format!("part {number}: {}", describe(&e))))?;
-        let part = CompletedPart::builder()
+        Ok(CompletedPart::builder()
             .part_number(number)
             .set_e_tag(out.e_tag().map(str::to_string))
             .set_checksum_crc64_nvme(crc)
-            .build();
-        Ok((part, bytes))
+            .build())
     }
 }
 
@@ -375,20 +399,19 @@ fn combine_crc(before: Option<u64>, part: u64, len: u64) -> u64 {
     }
 }
 
-/// Reads parts in order and keeps up to `concurrency` uploads in flight, each
-/// its own task, while the next part is read and checksummed. Memory stays at
-/// `concurrency + 1` part buffers, reused once their upload is done. Returns
-/// the parts and their checksums.
+/// Checksums parts in order and keeps up to `concurrency` uploads in
+/// flight, each its own task, while the next part is checksummed. No part is
+/// held in memory (each is read from the file as it is sent), so neither the
+/// part size nor the concurrency moves the memory used. Returns the parts
+/// and their checksums.
 async fn upload_parts(
     target: Target,
-    mut file: std::fs::File,
-    size: u64,
+    file: Arc<std::fs::File>,
+    put: &Put<'_>,
     part_size: u64,
-    tuning: Tuning,
 ) -> Result<(Vec<CompletedPart>, PartSums), PutError> {
-    let count = size.div_ceil(part_size);
+    let count = put.size.div_ceil(part_size);
     let mut in_flight = tokio::task::JoinSet::new();
-    let mut pool: Vec<Vec<u8>> = vec![];
     let mut parts = Vec::with_capacity(count as usize);
     let mut md5s = Vec::with_capacity(count as usize);
     let mut whole_crc = None;
@@ -396,39 +419,20 @@ async fn upload_parts(
         r.map_err(|e| PutError::Failed(format!("part upload stopped: {e}")))?
     };
     for number in 1..=count {
-        if in_flight.len() >= tuning.concurrency.max(1) {
-            let (part, bytes): (CompletedPart, Bytes) =
-                joined(in_flight.join_next().await.expect("non-empty"))?;
-            parts.push(part);
-            if let Ok(buf) = bytes.try_into_mut() {
-                pool.push(buf.into());
-            }
+        if in_flight.len() >= put.tuning.concurrency.max(1) {
+            parts.push(joined(in_flight.join_next().await.expect("non-empty"))?);
         }
-        let buf = pool
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(part_size as usize));
-        let mut part = next_part(file, buf, !target.crc)
+        let offset = (number - 1) * part_size;
+        let len = part_size.min(put.size - offset);
+        let part = checksum_part(file.clone(), offset, len, !target.crc)
             .await
             .map_err(|e| PutError::Failed(format!("cannot read the dump: {e}")))?;
-        if part.buf.is_empty() {
-            return Err(PutError::Failed("the dump shrank while uploading".into()));
-        }
-        whole_crc = Some(combine_crc(
-            whole_crc,
-            part.crc64nvme,
-            part.buf.len() as u64,
-        ));
+        whole_crc = Some(combine_crc(whole_crc, part.crc64nvme, len));
         md5s.extend(part.md5);
-        let bytes = Bytes::from(std::mem::take(&mut part.buf));
-        in_flight.spawn(
-            target
-                .clone()
-                .send(number as i32, part.md5, part.crc64nvme, bytes),
-        );
-        file = part.file;
+        in_flight.spawn(target.clone().send(number as i32, part));
     }
     while let Some(done) = in_flight.join_next().await {
-        parts.push(joined(done)?.0);
+        parts.push(joined(done)?);
     }
     parts.sort_by_key(|p| p.part_number());
     let sums = if target.crc {
