@@ -4,9 +4,10 @@
 //!    `aws s3 cp`, interleaved, on the loopback MinIO, with peak RSS;
 //! 2. transfer: our `upload` and `fetch` against `mc cp` up and down
 //!    (`bench/transfer.rs`);
-//! 3. dump: the `dump` subcommand against a bare `mariadb-dump > file`, and
+//! 3. levels: zstd and gzip levels on dump-like SQL (`bench/levels.rs`);
+//! 4. dump: the `dump` subcommand against a bare `mariadb-dump > file`, and
 //!    with zstd against `mariadb-dump | zstd`;
-//! 4. scale: the operator binary against the test-bed apiserver with 100,
+//! 5. scale: the operator binary against the test-bed apiserver with 100,
 //!    1,000 and 3,000 resources: convergence time, RSS, and the writes of a
 //!    forced full resync, from the operator's own request counter.
 //!
@@ -15,12 +16,14 @@
 //! has both. `BENCH_SIZES` (MiB, default `256,2048,4096`; `BENCH_TRANSFER_SIZES` for transfer,
 //! default `1024,4096`), `BENCH_REPS`
 //! (default 5), `BENCH_SCALES` (default `100,1000,3000`) and `BENCH_ONLY`
-//! (`upload`, `transfer`, `dump`, `verify` or `scale`) narrow a run; the report holds what ran.
+//! (`upload`, `transfer`, `dump`, `levels`, `verify` or `scale`) narrow a run; the report holds what ran.
 //! `BENCH_STORES` (default `disk,tmpfs`) says where MinIO keeps its data for
 //! the upload runs. `BENCH_UPLOAD_ARGS` adds flags to our uploader (tuning runs, e.g.
 //! `--concurrency=8 --part-size-mib=16`).
 //! Nothing here asserts a timing.
 
+#[path = "bench/levels.rs"]
+mod levels;
 #[path = "../tests/support/mod.rs"]
 mod support;
 #[path = "bench/transfer.rs"]
@@ -737,6 +740,9 @@ async fn main() {
     }
     if wants("dump") {
         bench_dump(&mut report, &mut goals);
+    }
+    if wants("levels") {
+        levels::bench_levels(&mut report, &mut goals);
     }
     if wants("verify") {
         bench_verify(&mut report).await;

@@ -369,8 +369,11 @@ fn compress(
             let mut out = out;
             (feed(&mut out)?, out)
         }
+        // Levels by measurement (`make bench`, levels): gzip 1 is the only
+        // level that outruns the dump tool (173 MiB/s against its 107;
+        // level 6 manages 26), zstd 3 the best ratio that does (193 MiB/s).
         Compression::Gzip => {
-            let mut gz = flate2::write::GzEncoder::new(out, flate2::Compression::default());
+            let mut gz = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
             (feed(&mut gz)?, gz.finish()?)
         }
         Compression::Zstd => {
