@@ -281,3 +281,104 @@ async fn a_streamed_mariadb_restore_keeps_no_copy_and_commits_nothing_unproven()
 async fn a_streamed_postgres_restore_keeps_no_copy_and_commits_nothing_unproven() {
     a_streamed_restore_keeps_no_copy_and_commits_nothing_unproven(Engine::Postgres).await;
 }
+
+/// SIGKILLs the restore step (`load`) that loads into the database server
+/// on `port`: the death no code of ours sees coming. How many it killed.
+fn kill_load(port: u16) -> usize {
+    let port = format!("--port={port}");
+    let mut killed = 0;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if args.get(1) == Some(&&b"load"[..]) && args.contains(&port.as_bytes()) {
+            let pid = entry.file_name().to_string_lossy().to_string();
+            let ok = std::process::Command::new("kill")
+                .args(["-KILL", &pid])
+                .status()
+                .unwrap()
+                .success();
+            killed += usize::from(ok);
+        }
+    }
+    killed
+}
+
+/// A restore whose step is killed in the middle of the load (its download
+/// stalled halfway at a proxy in front of the store, then SIGKILL) leaves
+/// the target as it was: PostgreSQL never saw COMMIT, MariaDB/MySQL loaded
+/// into the shadow only. The next restore runs as if nothing had happened
+/// and leaves no shadow behind.
+async fn a_restore_killed_mid_load_leaves_the_target_as_it_was(engine: Engine) {
+    use dbbackup_operator::api::DatabaseRestore;
+    use support::faultproxy::{self, FaultProxy};
+    let (b, _op, mut pods) = ready_bed(engine, "").await;
+    fill(&b);
+    backup_now(&b, &mut pods, "first", &mut vec![]).await;
+    let key = status_of(&b).await.last_upload_key.unwrap();
+    let size = get_object(&b.minio, &key).await.len() as u64;
+    assert!(size > 10 << 20, "a dump of {size} bytes");
+    let dumped = b.db.fingerprint("shop");
+    b.db.query(
+        "shop",
+        "INSERT INTO products VALUES (203, 'After the dump', 2.00)",
+    );
+    let before = (b.db.fingerprint("shop"), tables_in(&b, "shop"));
+
+    // The restore reaches the store through a proxy that holds every range
+    // from 8 MiB on: the client gets the first 8 MiB, then waits.
+    let proxy = FaultProxy::start(&b.minio.endpoint, faultproxy::refuse_nothing()).await;
+    proxy.hold_ranges_from(8 << 20);
+    apply_bucket_secret(&b, BUCKET, &b.minio.secret_key, &proxy.endpoint);
+    let spec = format!("  key: {key}\n");
+    apply_restore_with(&b, "killed", "shop", true, "db-creds", &spec);
+    wait_for("the download to stall halfway", POD_TIMEOUT, || async {
+        (proxy.held() > 0).then_some(())
+    })
+    .await;
+    // The first 8 MiB are in the client by now (it loads at tens of MiB/s).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(kill_load(b.db.login().0), 1, "no restore step to kill");
+    proxy.release();
+
+    let restores: Api<DatabaseRestore> = Api::namespaced(b.client.clone(), &b.ns);
+    let status = wait_for("the killed restore to end", POD_TIMEOUT, || async {
+        let s = restores.get("killed").await.ok()?.status?;
+        s.phase.filter(|p| p.finished()).map(|_| s)
+    })
+    .await;
+    assert_eq!(status.phase, Some(RestorePhase::Failed), "{status:?}");
+    let pod = pods.finished(1, POD_TIMEOUT).await.remove(0);
+    assert_eq!(pod.step, "restore");
+    // (PostgreSQL: reading waits for the dead client's transaction to end.)
+    assert_eq!(
+        (b.db.fingerprint("shop"), tables_in(&b, "shop")),
+        before,
+        "the killed restore changed the target"
+    );
+
+    apply_bucket_secret(&b, BUCKET, &b.minio.secret_key, &b.minio.endpoint);
+    apply_restore_with(&b, "again", "shop", true, "db-creds", &spec);
+    let status = run_restore(&b, &mut pods, "again").await;
+    assert_eq!(status.phase, Some(RestorePhase::Succeeded), "{status:?}");
+    assert_eq!(b.db.fingerprint("shop"), dumped);
+    filler_objects_work(&b, "shop");
+    if engine != Engine::Postgres {
+        let left = b.db.query(
+            "",
+            "SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name LIKE 'shop\\_\\_dbbackup%'",
+        );
+        assert_eq!(left, "0", "a shadow or trash database is left");
+    }
+}
+
+#[tokio::test]
+async fn a_mariadb_restore_killed_mid_load_leaves_the_target_as_it_was() {
+    a_restore_killed_mid_load_leaves_the_target_as_it_was(Engine::Mariadb).await;
+}
+
+#[tokio::test]
+async fn a_postgres_restore_killed_mid_load_leaves_the_target_as_it_was() {
+    a_restore_killed_mid_load_leaves_the_target_as_it_was(Engine::Postgres).await;
+}

@@ -28,10 +28,13 @@ pub struct FaultProxy {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// While closed, PUT requests wait at the proxy (counted in `held`).
+/// While closed, PUT requests wait at the proxy (counted in `held`), and
+/// ranged GETs from `from_byte` on.
 #[derive(Default)]
 struct Gate {
     closed: std::sync::atomic::AtomicBool,
+    /// Ranged GETs starting here or later are held too (0: none are).
+    from_byte: std::sync::atomic::AtomicU64,
     held: AtomicUsize,
     opened: tokio::sync::Notify,
 }
@@ -89,6 +92,13 @@ impl FaultProxy {
         self.gate.closed.store(true, Ordering::SeqCst);
     }
 
+    /// From now on ranged GETs that start at `from_byte` or later wait at
+    /// the proxy until `release` (a download stalls halfway), as PUTs do.
+    pub fn hold_ranges_from(&self, from_byte: u64) {
+        self.gate.from_byte.store(from_byte, Ordering::SeqCst);
+        self.gate.closed.store(true, Ordering::SeqCst);
+    }
+
     /// Lets the held PUTs (and all later ones) through.
     pub fn release(&self) {
         self.gate.closed.store(false, Ordering::SeqCst);
@@ -118,6 +128,27 @@ type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 /// connection dropped halfway through the response body.
 pub const CUT_BODY: &str = "CutBody";
 
+/// Whether the closed gate holds this request: a PUT, or a ranged GET from
+/// the gate's byte on.
+fn held(parts: &http::request::Parts, gate: &Gate) -> bool {
+    if !gate.closed.load(Ordering::SeqCst) {
+        return false;
+    }
+    let from = gate.from_byte.load(Ordering::SeqCst);
+    let range_start = parts
+        .headers
+        .get("range")
+        .and_then(|r| r.to_str().ok())
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.split('-').next())
+        .and_then(|start| start.parse::<u64>().ok());
+    match parts.method {
+        http::Method::PUT => true,
+        http::Method::GET => from > 0 && range_start.is_some_and(|start| start >= from),
+        _ => false,
+    }
+}
+
 fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())
         .map_err(|never| match never {})
@@ -133,7 +164,7 @@ async fn forward(
     gate: Arc<Gate>,
 ) -> Result<Response<Body>, Infallible> {
     let (mut parts, body) = req.into_parts();
-    if parts.method == http::Method::PUT && gate.closed.load(Ordering::SeqCst) {
+    if held(&parts, &gate) {
         gate.held.fetch_add(1, Ordering::SeqCst);
         while gate.closed.load(Ordering::SeqCst) {
             let opened = gate.opened.notified();
