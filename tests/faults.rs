@@ -585,3 +585,35 @@ async fn a_ranged_download_comes_whole_retries_a_range_and_never_splices_two_obj
     let e = reading.await.unwrap().unwrap_err();
     assert!(e.contains("changed or went while it downloaded"), "{e}");
 }
+
+/// A store (or a proxy before it) that ignores Range would send the whole
+/// object for every range: the download refuses at the first answer, names
+/// why, and holds none of it.
+#[tokio::test]
+async fn a_store_that_ignores_range_fails_the_download_and_says_so() {
+    let minio = Minio::start();
+    create_bucket(&minio).await;
+    let key = "2026-11-25/datadump1.sql";
+    put_object(&minio, key, unrepeating(20 << 20, 3)).await;
+    let rule: faultproxy::Rule = Arc::new(|req| {
+        req.headers
+            .contains_key("range")
+            .then_some((http::StatusCode::OK, faultproxy::IGNORE_RANGE))
+    });
+    let proxy = FaultProxy::start(&minio.endpoint, rule).await;
+    let (go, wait) = std::sync::mpsc::channel();
+    let (read_first, _first_read) = std::sync::mpsc::channel();
+    go.send(()).unwrap();
+    let e = read_object(
+        minio.s3_client_at(&proxy.endpoint),
+        key,
+        0,
+        wait,
+        read_first,
+    )
+    .await
+    .unwrap()
+    .unwrap_err();
+    assert!(e.contains("it does not honour Range"), "{e}");
+    assert!(proxy.rejected() >= 1);
+}

@@ -44,8 +44,9 @@ pub async fn start(
         bucket: bucket.to_string(),
         key: key.to_string(),
         etag: head.e_tag().map(str::to_string),
+        size: u64::try_from(head.content_length().unwrap_or(0)).unwrap_or(0),
     };
-    let size = u64::try_from(head.content_length().unwrap_or(0)).unwrap_or(0);
+    let size = object.size;
     let (tx, rx) = mpsc::channel(super::stream::QUEUE);
     tokio::spawn(pump(object, ranges(size), check, tx));
     Ok(Raw::new(rx))
@@ -66,6 +67,18 @@ struct Object {
     bucket: String,
     key: String,
     etag: Option<String>,
+    /// The object's size at HEAD, which every Content-Range must name.
+    size: u64,
+}
+
+/// A range's task, stopped when its download is dropped (the reader gave up
+/// or another range failed), so that nothing downloads for no one.
+struct RangeTask(tokio::task::JoinHandle<Result<Vec<Bytes>, String>>);
+
+impl Drop for RangeTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn pump(object: Object, ranges: Vec<Range<u64>>, mut check: Check, tx: mpsc::Sender<Piece>) {
@@ -75,7 +88,8 @@ async fn pump(object: Object, ranges: Vec<Range<u64>>, mut check: Check, tx: mps
     let mut bodies = futures::stream::iter(ranges.into_iter().map(|range| {
         let object = object.clone();
         async move {
-            tokio::spawn(fetch(object, range))
+            let mut task = RangeTask(tokio::spawn(fetch(object, range)));
+            (&mut task.0)
                 .await
                 .unwrap_or_else(|e| Err(format!("the download task died: {e}")))
         }
@@ -107,12 +121,14 @@ async fn pump(object: Object, ranges: Vec<Range<u64>>, mut check: Check, tx: mps
 /// One range, whole, retried where the connection broke.
 async fn fetch(object: Object, range: Range<u64>) -> Result<Vec<Bytes>, String> {
     let mut last = String::new();
-    for _ in 0..ATTEMPTS {
+    for attempt in 1..=ATTEMPTS {
         match fetch_once(&object, &range).await {
             Ok(chunks) => return Ok(chunks),
             Err(Fetch::Final(e)) => return Err(e),
             Err(Fetch::Retry(e)) => last = e,
         }
+        // A store restarting gets a moment before the next attempt.
+        tokio::time::sleep(std::time::Duration::from_millis(200 * attempt as u64)).await;
     }
     Err(last)
 }
@@ -142,10 +158,21 @@ async fn fetch_once(object: &Object, range: &Range<u64>) -> Result<Vec<Bytes>, F
             Some(404 | 412) => Fetch::Final(format!(
                 "the object changed or went while it downloaded ({why})"
             )),
+            Some(408 | 429) => Fetch::Retry(why),
             Some(400..=499) => Fetch::Final(why),
             _ => Fetch::Retry(why),
         }
     })?;
+    // A store (or a proxy) that ignores Range sends the whole object for
+    // every range: refused before its body is read, not held in memory.
+    let expected = format!("bytes {}-{}/{}", range.start, range.end - 1, object.size);
+    if got.content_range() != Some(expected.as_str()) {
+        return Err(Fetch::Final(format!(
+            "the store answered a request for {expected} with {:?}: it does not honour Range",
+            got.content_range().unwrap_or("the whole object")
+        )));
+    }
+    let want = range.end - range.start;
     let mut body = got.body;
     let (mut chunks, mut len) = (vec![], 0u64);
     while let Some(chunk) = body
@@ -154,6 +181,9 @@ async fn fetch_once(object: &Object, range: &Range<u64>) -> Result<Vec<Bytes>, F
         .map_err(|e| Fetch::Retry(e.to_string()))?
     {
         len += chunk.len() as u64;
+        if len > want {
+            break;
+        }
         chunks.push(chunk);
     }
     // A range cut short (or grown) would shift every byte after it.

@@ -331,9 +331,13 @@ fn volume_full(path: &Path) -> Option<(u64, u64)> {
         (libc::statvfs(c.as_ptr(), &mut st) == 0).then_some(st)?
     };
     let block = st.f_frsize as u64;
+    // Some file systems (FUSE, overlay, NFS) report more free than total.
     (st.f_bavail == 0).then(|| {
-        let size = st.f_blocks as u64 * block;
-        (size - st.f_bfree as u64 * block, size)
+        let used = (st.f_blocks as u64).saturating_sub(st.f_bfree as u64);
+        (
+            used.saturating_mul(block),
+            (st.f_blocks as u64).saturating_mul(block),
+        )
     })
 }
 

@@ -14,8 +14,9 @@ use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Throughput knobs. Memory does not grow with either: parts are read from
-/// the file in pieces of `PIECE`, once to checksum and once to send.
+/// Throughput knobs. Memory does not grow with the part size and only by
+/// `PIECE` per part in flight: parts are read from the file in pieces, once
+/// to checksum and once to send.
 #[derive(Clone, Copy, Debug)]
 pub struct Tuning {
     pub min_part_size: u64,
@@ -401,8 +402,8 @@ fn combine_crc(before: Option<u64>, part: u64, len: u64) -> u64 {
 
 /// Checksums parts in order and keeps up to `concurrency` uploads in
 /// flight, each its own task, while the next part is checksummed. No part is
-/// held in memory (each is read from the file as it is sent), so neither the
-/// part size nor the concurrency moves the memory used. Returns the parts
+/// held in memory (each is read from the file as it is sent): memory is
+/// about `PIECE` per part in flight, whatever the part size. Returns the parts
 /// and their checksums.
 async fn upload_parts(
     target: Target,

@@ -42,9 +42,9 @@ pub struct UploadArgs {
     /// Smallest multipart part, in MiB.
     #[arg(long, default_value_t = 8, hide = true)]
     pub part_size_mib: u64,
-    /// Parts uploaded at once. With one more buffer being read and
-    /// checksummed, 3 keeps the peak RSS under 48 MiB; 4 or 8 were no faster
-    /// on 2 cores shared with the store.
+    /// Parts uploaded at once. Each costs a 512 KiB read buffer (parts are
+    /// read from the file as they are sent); 4 or 8 were no faster on 2
+    /// cores shared with the store.
     #[arg(long, default_value_t = 3, hide = true)]
     pub concurrency: usize,
     /// Retention: after a confirmed upload, keep only the newest N dumps under the prefix.

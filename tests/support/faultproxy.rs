@@ -128,6 +128,11 @@ type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 /// connection dropped halfway through the response body.
 pub const CUT_BODY: &str = "CutBody";
 
+/// The code a rule returns to have a ranged GET answered as a store that
+/// ignores Range answers: `200` with no Content-Range (the Range header is
+/// signed, so the proxy cannot drop it from the request).
+pub const IGNORE_RANGE: &str = "IgnoreRange";
+
 /// Whether the closed gate holds this request: a PUT, or a ranged GET from
 /// the gate's byte on.
 fn held(parts: &http::request::Parts, gate: &Gate) -> bool {
@@ -176,7 +181,8 @@ async fn forward(
     }
     let verdict = rule(&parts);
     let cut = matches!(verdict, Some((_, CUT_BODY)));
-    if let Some((status, code)) = verdict.filter(|_| !cut) {
+    let whole = matches!(verdict, Some((_, IGNORE_RANGE)));
+    if let Some((status, code)) = verdict.filter(|(_, c)| !cut && *c != IGNORE_RANGE) {
         rejected.fetch_add(1, Ordering::SeqCst);
         // Read the body, as a store would, before answering with S3's error shape.
         let _ = body.collect().await;
@@ -211,6 +217,12 @@ async fn forward(
                 vec![Ok(Frame::data(half)), Err("cut by the test store".into())];
             let body = StreamBody::new(futures::stream::iter(frames)).boxed();
             Ok(Response::from_parts(head, body))
+        }
+        Ok(mut resp) if whole => {
+            rejected.fetch_add(1, Ordering::SeqCst);
+            *resp.status_mut() = StatusCode::OK;
+            resp.headers_mut().remove("content-range");
+            Ok(resp.map(|b| b.map_err(Into::into).boxed()))
         }
         Ok(resp) => Ok(resp.map(|b| b.map_err(Into::into).boxed())),
         Err(e) => Ok(Response::builder()
