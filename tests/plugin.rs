@@ -255,6 +255,22 @@ async fn backup_wait_behind_a_slow_scheduled_dump_prints_its_own_key() {
     let mut shop_lock = db.lock_table("shop", "orders", 300);
     let mut other_lock = db.lock_table("other", "only_in_other", 300);
     create_job_from(&b, "orders-dump", "scheduled");
+    // The scheduled dump must hold the volume's dump lock before the request
+    // starts, or the request's dump takes it first and waits on its own
+    // table lock with the scheduled one queued behind it: its tool waiting
+    // on the table shows it holds it.
+    wait_for(
+        "the scheduled dump to wait on the table lock",
+        Duration::from_secs(120),
+        || async {
+            let waiting = b.db.query(
+                "",
+                "SELECT COUNT(*) FROM information_schema.processlist WHERE db = 'shop' AND state LIKE 'Waiting for table%'",
+            );
+            (waiting.trim() != "0").then_some(())
+        },
+    )
+    .await;
     patch_backup(&b, r#"{"spec":{"database":{"name":"other"}}}"#);
     wait_for(
         "the dump CronJob to dump other",

@@ -87,6 +87,17 @@ fn tables_in(b: &Bed, db: &str) -> Option<u64> {
     (exists.trim() != "0").then(|| b.db.query(db, &count).trim().parse().unwrap())
 }
 
+/// MariaDB/MySQL: no shadow or trash database of `shop` is left.
+fn assert_no_shadow_left(b: &Bed) {
+    if b.engine != Engine::Postgres {
+        let left = b.db.query(
+            "",
+            "SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name LIKE 'shop\\_\\_dbbackup%'",
+        );
+        assert_eq!(left, "0", "a shadow or trash database is left");
+    }
+}
+
 /// Bytes in `dir`'s files, recursively (0 once it is gone).
 fn bytes_under(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -263,13 +274,7 @@ async fn a_streamed_restore_keeps_no_copy_and_commits_nothing_unproven(engine: E
     assert_eq!(filler("shop"), "12000");
     filler_objects_work(&b, "shop");
     filler_objects_work(&b, "whole");
-    if engine != Engine::Postgres {
-        let left = b.db.query(
-            "",
-            "SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name LIKE 'shop\\_\\_dbbackup%'",
-        );
-        assert_eq!(left, "0", "a shadow or trash database is left");
-    }
+    assert_no_shadow_left(&b);
 }
 
 #[tokio::test]
@@ -364,13 +369,7 @@ async fn a_restore_killed_mid_load_leaves_the_target_as_it_was(engine: Engine) {
     assert_eq!(status.phase, Some(RestorePhase::Succeeded), "{status:?}");
     assert_eq!(b.db.fingerprint("shop"), dumped);
     filler_objects_work(&b, "shop");
-    if engine != Engine::Postgres {
-        let left = b.db.query(
-            "",
-            "SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name LIKE 'shop\\_\\_dbbackup%'",
-        );
-        assert_eq!(left, "0", "a shadow or trash database is left");
-    }
+    assert_no_shadow_left(&b);
 }
 
 #[tokio::test]
