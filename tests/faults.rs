@@ -485,15 +485,20 @@ fn unrepeating(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// A pause after the first byte of a download: `read_first` says it was
+/// read, and the rest is read once `go` is sent.
+struct Pause {
+    read_first: std::sync::mpsc::Sender<()>,
+    go: std::sync::mpsc::Receiver<()>,
+}
+
 /// Starts a download of `key` through `client` and reads it on a blocking
-/// thread: `first` bytes, then (once `go` is sent) the rest; the SQL read,
-/// or the failure that stopped it.
+/// thread, with `pause` after its first byte; the SQL read, or the failure
+/// that stopped it.
 fn read_object(
     client: aws_sdk_s3::Client,
     key: &'static str,
-    first: usize,
-    go: std::sync::mpsc::Receiver<()>,
-    read_first: std::sync::mpsc::Sender<()>,
+    pause: Option<Pause>,
 ) -> tokio::task::JoinHandle<Result<(Vec<u8>, String), String>> {
     use dbbackup_operator::jobs::{download, store::Sse, stream::Sql};
     use std::io::Read as _;
@@ -503,10 +508,13 @@ fn read_object(
             .map_err(|f| f.message)?;
         tokio::task::spawn_blocking(move || {
             let mut sql = Sql::open(raw, key, None).map_err(|f| f.message)?;
-            let mut out = vec![0; first];
-            sql.reader.read_exact(&mut out).unwrap();
-            read_first.send(()).unwrap();
-            go.recv().unwrap();
+            let mut out = vec![];
+            if let Some(pause) = pause {
+                out.resize(1, 0);
+                sql.reader.read_exact(&mut out).unwrap();
+                pause.read_first.send(()).unwrap();
+                pause.go.recv().unwrap();
+            }
             sql.reader
                 .read_to_end(&mut out)
                 .map_err(|e| sql.failure(&e).message)?;
@@ -552,18 +560,8 @@ async fn a_ranged_download_comes_whole_retries_a_range_and_never_splices_two_obj
             .then_some((http::StatusCode::OK, faultproxy::CUT_BODY))
     });
     let proxy = FaultProxy::start(&minio.endpoint, rule).await;
-    let (go, wait) = std::sync::mpsc::channel();
-    let (read_first, first_read) = std::sync::mpsc::channel();
-    go.send(()).unwrap();
-    let whole = read_object(
-        minio.s3_client_at(&proxy.endpoint),
-        key,
-        1,
-        wait,
-        read_first,
-    );
+    let whole = read_object(minio.s3_client_at(&proxy.endpoint), key, None);
     let (got, line) = whole.await.unwrap().unwrap();
-    first_read.recv().unwrap();
     assert!(got == first, "the object came back changed");
     assert!(line.contains("CRC64/NVME checksum verified"), "{line}");
     assert_eq!(
@@ -576,7 +574,11 @@ async fn a_ranged_download_comes_whole_retries_a_range_and_never_splices_two_obj
     // from the new object.
     let (go, wait) = std::sync::mpsc::channel();
     let (read_first, first_read) = std::sync::mpsc::channel();
-    let reading = read_object(s3.clone(), key, 1, wait, read_first);
+    let pause = Pause {
+        read_first,
+        go: wait,
+    };
+    let reading = read_object(s3.clone(), key, Some(pause));
     tokio::task::spawn_blocking(move || first_read.recv().unwrap())
         .await
         .unwrap();
@@ -601,19 +603,10 @@ async fn a_store_that_ignores_range_fails_the_download_and_says_so() {
             .then_some((http::StatusCode::OK, faultproxy::IGNORE_RANGE))
     });
     let proxy = FaultProxy::start(&minio.endpoint, rule).await;
-    let (go, wait) = std::sync::mpsc::channel();
-    let (read_first, _first_read) = std::sync::mpsc::channel();
-    go.send(()).unwrap();
-    let e = read_object(
-        minio.s3_client_at(&proxy.endpoint),
-        key,
-        0,
-        wait,
-        read_first,
-    )
-    .await
-    .unwrap()
-    .unwrap_err();
+    let e = read_object(minio.s3_client_at(&proxy.endpoint), key, None)
+        .await
+        .unwrap()
+        .unwrap_err();
     assert!(e.contains("it does not honour Range"), "{e}");
     assert!(proxy.rejected() >= 1);
 }

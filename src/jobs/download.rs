@@ -3,7 +3,7 @@
 //! thread. The object's full CRC64/NVME is preferred (cheap to compute); the
 //! MD5 ETag is recomputed only where the store has no such CRC.
 
-use super::proof::{EtagCheck, parse_part_size};
+use super::proof::{EtagCheck, Proof, parse_part_size};
 use super::store::{self, WithSse as _};
 use super::stream::{Piece, Proven, Raw};
 use crate::jobresult::{Failure, fail};
@@ -296,12 +296,11 @@ impl Check {
                         "CRC64/NVME {got}, the store's is {expected}"
                     )));
                 }
-                Some(format!("crc64nvme:{got}"))
+                Some(Proof::Crc64Nvme(got))
             }
-            (None, Some((etag, md5))) => md5
-                .verify()
-                .map_err(mismatch)?
-                .then(|| format!("etag:{etag}")),
+            (None, Some((etag, md5))) => {
+                md5.verify().map_err(mismatch)?.then_some(Proof::ETag(etag))
+            }
             (None, None) => None,
         };
         Ok(Proven {
@@ -349,7 +348,7 @@ mod tests {
 
         let by_crc = head(Some(&crc), "0123456789abcdef0123456789abcdef", size);
         let proven = checked(&by_crc, &data).unwrap();
-        assert_eq!(proven.proof, Some(format!("crc64nvme:{crc}")));
+        assert_eq!(proven.proof, Some(Proof::Crc64Nvme(crc.clone())));
         assert!(
             proven
                 .downloaded("k")
@@ -362,7 +361,7 @@ mod tests {
         // A composite CRC (of parts) is no proof of the whole: the ETag is.
         let by_etag = head(Some("AAAAAAAAAAA=-2"), &md5, size);
         let proven = checked(&by_etag, &data).unwrap();
-        assert_eq!(proven.proof, Some(format!("etag:{md5}")));
+        assert_eq!(proven.proof, Some(Proof::ETag(md5.clone())));
         assert!(
             proven
                 .downloaded("k")

@@ -74,7 +74,7 @@ async fn fetch(args: &FetchArgs) -> Result<JobResult, Failure> {
         outcome: Outcome::Succeeded,
         key: Some(key),
         size: Some(proven.size),
-        checksum: proven.proof,
+        checksum: proven.proof.map(|p| p.to_string()),
         log,
         ..JobResult::new(Step::Fetch, Outcome::Succeeded, String::new())
     })

@@ -66,7 +66,7 @@ pub async fn run(args: LoadArgs) -> i32 {
             r.more_log = vec![LogLine::at(&now(), "database restore completed").to_string()];
             r.key = Some(key);
             r.size = Some(proven.size);
-            r.checksum = proven.proof;
+            r.checksum = proven.proof.map(|p| p.to_string());
             (r, 0)
         }
         Err(f) => {

@@ -7,6 +7,7 @@
 //! mismatch, a cut-off download or a corrupt stream is a read error instead.
 //! A load that commits at end of file therefore commits only a proven dump.
 
+use super::proof::Proof;
 use super::store;
 use super::tool::Hidden;
 use crate::api::Compression;
@@ -27,15 +28,15 @@ pub(super) const QUEUE: usize = 8;
 #[derive(Clone, Debug, PartialEq)]
 pub struct Proven {
     pub size: u64,
-    pub proof: Option<String>,
+    pub proof: Option<Proof>,
 }
 
 impl Proven {
     /// "downloaded <key> (<size> bytes, <how it was checked>)", for the log.
     pub fn downloaded(&self, key: &str) -> String {
-        let how = match self.proof.as_deref() {
-            Some(p) if p.starts_with("crc64nvme:") => "CRC64/NVME checksum verified",
-            Some(_) => "MD5 ETag checksum verified",
+        let how = match self.proof {
+            Some(Proof::Crc64Nvme(_)) => "CRC64/NVME checksum verified",
+            Some(Proof::ETag(_)) => "MD5 ETag checksum verified",
             None => "the store's ETag is no MD5; decompression checks only",
         };
         format!("downloaded {key} ({} bytes, {how})", self.size)
@@ -272,7 +273,7 @@ mod tests {
     fn proven(size: usize) -> Result<Proven, Failure> {
         Ok(Proven {
             size: size as u64,
-            proof: Some("etag:x".into()),
+            proof: Some(Proof::ETag("x".into())),
         })
     }
 
