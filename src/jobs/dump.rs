@@ -9,6 +9,7 @@
 //! is finished and said. Every run appends one log line and writes the
 //! one-line JSON result the operator reads from the termination log.
 
+use super::proof::Checksummed;
 use super::staging::{Lock, Published, Staging, dump_id};
 use super::tool::{self, Server};
 use crate::api::Compression;
@@ -178,7 +179,12 @@ fn dump(args: &DumpArgs, staging: &Staging, phase: &Mutex<Phase>) -> Result<Dump
         tool: None,
         partial: partial.clone(),
     })?;
-    let written = write_dump(args, &partial, phase);
+    let written = write_dump(args, &partial, phase).and_then(|settled| {
+        staging
+            .record_checksum(&partial, settled.size, settled.crc)
+            .map_err(|e| format!("cannot record the dump's checksum: {e}"))?;
+        Ok(settled.size)
+    });
     let size = match written {
         Ok(size) => size,
         Err(e) => {
@@ -203,8 +209,8 @@ fn set(phase: &Mutex<Phase>, next: impl FnOnce(&Phase) -> Phase) -> Result<(), S
     Ok(())
 }
 
-/// Runs the dump tool into `partial`, compressed and synced; its size.
-fn write_dump(args: &DumpArgs, partial: &Path, phase: &Mutex<Phase>) -> Result<u64, String> {
+/// Runs the dump tool into `partial`, compressed and synced.
+fn write_dump(args: &DumpArgs, partial: &Path, phase: &Mutex<Phase>) -> Result<Settled, String> {
     let server = Server::from_env(args.db.engine, &args.db.host, args.db.port)?;
     let (program, argv) = server.dump_argv(&args.db.database);
     let file = File::options()
@@ -212,22 +218,13 @@ fn write_dump(args: &DumpArgs, partial: &Path, phase: &Mutex<Phase>) -> Result<u
         .create_new(true)
         .open(partial)
         .map_err(|e| format!("cannot create {}: {e}", partial.display()))?;
-    // Uncompressed and unencrypted, the tool writes the file itself, as
-    // `tool > file` would; else we read its output through a pipe.
-    let direct = args.compression == Compression::None && args.encrypt_to.is_none();
-    let stdout = if direct {
-        let out = file
-            .try_clone()
-            .map_err(|e| format!("cannot open {}: {e}", partial.display()))?;
-        Stdio::from(out)
-    } else {
-        Stdio::piped()
-    };
+    // Through our pipe even uncompressed: the checksum of what reaches the
+    // file is what lets an upload that followed the file prove it sent it.
     let mut child = server
         .command(&program)
         .args(&argv)
         .stdin(Stdio::null())
-        .stdout(stdout)
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| tool::cannot_run(&program, &e))?;
@@ -242,7 +239,7 @@ fn write_dump(args: &DumpArgs, partial: &Path, phase: &Mutex<Phase>) -> Result<u
             args.compression,
             args.encrypt_to.as_ref(),
         ),
-        None => Ok(0),
+        None => Err(io::Error::other("the tool's output pipe is missing")),
     };
     let status = child
         .wait()
@@ -270,11 +267,20 @@ fn write_dump(args: &DumpArgs, partial: &Path, phase: &Mutex<Phase>) -> Result<u
         }
         return Err(message);
     }
-    let read = match direct {
-        true => None,
-        false => Some(written.unwrap_or(0)),
-    };
-    settle(partial, read)
+    let (read, crc) = written.unwrap_or_default();
+    if read == 0 {
+        return Err("dump tool wrote nothing".into());
+    }
+    let size = std::fs::metadata(partial)
+        .map(|m| m.len())
+        .map_err(|e| format!("cannot read {}: {e}", partial.display()))?;
+    Ok(Settled { size, crc })
+}
+
+/// A dump whole on disk: its size and the CRC64/NVME of its bytes.
+struct Settled {
+    size: u64,
+    crc: u64,
 }
 
 /// Records the running tool's PID (for SIGTERM to pass on), or that it ended.
@@ -302,34 +308,10 @@ fn widened(pipe: std::process::ChildStdout) -> std::process::ChildStdout {
     pipe
 }
 
-/// The finished file's size, once on disk. `read`: what the tool wrote
-/// through our pipe (`compress` synced the file); `None` when the tool wrote
-/// the file itself, which we sync here. A tool that wrote nothing failed.
-fn settle(partial: &Path, read: Option<u64>) -> Result<u64, String> {
-    if read.is_none() {
-        File::open(partial)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| format!("cannot sync {}: {e}", partial.display()))?;
-    }
-    let size = std::fs::metadata(partial)
-        .map(|m| m.len())
-        .map_err(|e| format!("cannot read {}: {e}", partial.display()))?;
-    if read.unwrap_or(size) == 0 {
-        return Err("dump tool wrote nothing".into());
-    }
-    Ok(size)
-}
-
 /// Where the file system holding `path` has no block left for us: its
 /// bytes in use and its size.
 fn volume_full(path: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs writes into the zeroed struct we own; the path is a valid C string.
-    let st = unsafe {
-        let mut st: libc::statvfs = std::mem::zeroed();
-        (libc::statvfs(c.as_ptr(), &mut st) == 0).then_some(st)?
-    };
+    let st = super::staging::statvfs(path)?;
     let block = st.f_frsize as u64;
     // Some file systems (FUSE, overlay, NFS) report more free than total.
     (st.f_bavail == 0).then(|| {
@@ -342,7 +324,7 @@ fn volume_full(path: &Path) -> Option<(u64, u64)> {
 }
 
 /// Compresses the tool's output into `file` and syncs it; returns the bytes
-/// the tool wrote. Large reads from a widened pipe keep the compressor busy
+/// the tool wrote and the CRC64/NVME of the bytes written to the file. Large reads from a widened pipe keep the compressor busy
 /// with few system calls; zstd compresses on a worker thread of its own, so
 /// reading and compressing overlap as in `tool | zstd`.
 fn compress(
@@ -350,9 +332,12 @@ fn compress(
     file: File,
     compression: Compression,
     encrypt_to: Option<&Recipients>,
-) -> io::Result<u64> {
+) -> io::Result<(u64, u64)> {
     const BUFFER: usize = 1024 * 1024;
-    let out = Sink::new(io::BufWriter::with_capacity(BUFFER, file), encrypt_to)?;
+    let out = Sink::new(
+        io::BufWriter::with_capacity(BUFFER, Checksummed::new(file)),
+        encrypt_to,
+    )?;
     let mut buf = vec![0u8; BUFFER];
     let mut feed = |to: &mut dyn Write| -> io::Result<u64> {
         let mut read = 0u64;
@@ -386,12 +371,16 @@ fn compress(
             (feed(&mut z)?, z.finish()?)
         }
     };
-    let file = out.finish()?.into_inner().map_err(|e| e.into_error())?;
+    let (file, crc) = out
+        .finish()?
+        .into_inner()
+        .map_err(|e| e.into_error())?
+        .finish();
     file.sync_all()?;
-    Ok(read)
+    Ok((read, crc))
 }
 
-type Out = io::BufWriter<File>;
+type Out = io::BufWriter<Checksummed<File>>;
 
 /// Where the (compressed) dump goes: the file, or an age stream into it.
 enum Sink {

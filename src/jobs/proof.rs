@@ -35,6 +35,38 @@ impl std::fmt::Display for Proof {
     }
 }
 
+/// A writer that keeps the CRC64/NVME of what went through it.
+pub struct Checksummed<W> {
+    inner: W,
+    crc: crc_fast::Digest,
+}
+
+impl<W> Checksummed<W> {
+    pub fn new(inner: W) -> Checksummed<W> {
+        Checksummed {
+            inner,
+            crc: crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Nvme),
+        }
+    }
+
+    /// The writer, and the CRC64/NVME of all it was given.
+    pub fn finish(self) -> (W, u64) {
+        (self.inner, self.crc.finalize())
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for Checksummed<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// CRC64/NVME as S3 writes it: the big-endian bytes, base64.
 pub fn crc64nvme_base64(crc: u64) -> String {
     base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes())

@@ -2,16 +2,13 @@
 //! small dump, else a multipart upload with a bounded number of parts in
 //! flight, each carrying a checksum the store checks on receipt.
 
-use super::proof::{Proof, Written, crc64nvme_base64, hex, multipart_etag};
+use super::multipart::{Multipart, Target, body, checksum_part, content_md5};
+use super::proof::{Proof, Written, crc64nvme_base64, hex};
 use super::store::{MAX_PARTS, MIB, PART_SIZE_META, Sse, WithSse, abort, describe, http_status};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::primitives::{ByteStream, Length};
-use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumType, CompletedMultipartUpload, CompletedPart};
-use base64::Engine as _;
-use md5::{Digest as _, Md5};
-use std::os::unix::fs::FileExt as _;
-use std::path::{Path, PathBuf};
+use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumType};
+use std::path::Path;
 use std::sync::Arc;
 
 /// Throughput knobs. Memory does not grow with the part size and only by
@@ -41,7 +38,7 @@ pub enum PutError {
     Failed(String),
 }
 
-fn classify<E>(err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>, key: &str) -> PutError
+pub(super) fn classify<E>(err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>, key: &str) -> PutError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
@@ -52,78 +49,6 @@ where
         (Some(501), _) | (_, Some("NotImplemented")) => PutError::ConditionalUnsupported,
         _ => PutError::Failed(describe(&err)),
     }
-}
-
-/// The size of the pieces a part is read in, to checksum and to send.
-const PIECE: usize = 512 * 1024;
-
-/// One part of the file: where it is, and its checksums.
-#[derive(Clone, Copy)]
-struct Part {
-    offset: u64,
-    len: u64,
-    /// Only where the store's ETag is the proof: MD5 costs more CPU than the
-    /// rest of the upload together.
-    md5: Option<[u8; 16]>,
-    /// Hardware-assisted; next to free.
-    crc64nvme: u64,
-}
-
-/// Checksums `len` bytes of `file` from `offset` on a blocking thread (so
-/// the uploads in flight keep the runtime to themselves), in pieces: the
-/// part is never held whole. The send reads it again, from the page cache.
-async fn checksum_part(
-    file: Arc<std::fs::File>,
-    offset: u64,
-    len: u64,
-    with_md5: bool,
-) -> std::io::Result<Part> {
-    tokio::task::spawn_blocking(move || {
-        let mut buf = vec![0u8; PIECE];
-        let mut md5 = with_md5.then(Md5::new);
-        let mut crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Nvme);
-        let mut at = offset;
-        while at < offset + len {
-            let want = ((offset + len - at) as usize).min(PIECE);
-            let piece = &mut buf[..want];
-            file.read_exact_at(piece, at).map_err(|e| match e.kind() {
-                std::io::ErrorKind::UnexpectedEof => {
-                    std::io::Error::other("the dump shrank while uploading")
-                }
-                _ => e,
-            })?;
-            crc.update(piece);
-            if let Some(md5) = &mut md5 {
-                md5.update(&*piece);
-            }
-            at += want as u64;
-        }
-        Ok(Part {
-            offset,
-            len,
-            md5: md5.map(|m| m.finalize().into()),
-            crc64nvme: crc.finalize(),
-        })
-    })
-    .await
-    .map_err(std::io::Error::other)?
-}
-
-/// The body of a part: its bytes read from the file as the request sends
-/// them (and again on a retry).
-async fn body(path: &Path, part: &Part) -> Result<ByteStream, PutError> {
-    ByteStream::read_from()
-        .path(path)
-        .offset(part.offset)
-        .length(Length::Exact(part.len))
-        .buffer_size(PIECE)
-        .build()
-        .await
-        .map_err(|e| PutError::Failed(format!("cannot read {}: {e}", path.display())))
-}
-
-fn content_md5(md5: &[u8; 16]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(md5)
 }
 
 /// Called with the multipart upload id as soon as it exists, so an interrupted
@@ -188,19 +113,27 @@ pub async fn put_file(put: &Put<'_>, on_start: OnStart<'_>) -> Result<Written, P
     if put.size <= part_size {
         return put_single(put, file).await;
     }
-    let target = start_multipart(put, part_size).await?;
-    let upload_id = target.upload_id.clone();
+    let mut upload = start_multipart(put, part_size).await?;
     let stored = async {
-        on_start(&upload_id)
+        on_start(upload.upload_id())
             .map_err(|e| PutError::Failed(format!("cannot record the upload: {e}")))?;
-        let (parts, sums) = upload_parts(target, file, put, part_size).await?;
-        complete_multipart(put, &upload_id, parts, sums).await
+        upload.push(&file, put.size, true).await
     }
     .await;
-    if stored.is_err() {
-        abort(put.client, put.bucket, put.key, &upload_id).await;
+    match stored {
+        Ok(()) => {
+            let upload_id = upload.upload_id().to_string();
+            let completed = upload.complete(put.size, put.conditional).await;
+            if completed.is_err() {
+                abort(put.client, put.bucket, put.key, &upload_id).await;
+            }
+            completed
+        }
+        Err(e) => {
+            upload.abort().await;
+            Err(e)
+        }
     }
-    stored
 }
 
 /// A dump no larger than one part, in one request.
@@ -246,7 +179,10 @@ async fn put_single(put: &Put<'_>, file: Arc<std::fs::File>) -> Result<Written, 
 }
 
 /// Creates the multipart upload, asking for a full-object CRC64/NVME.
-async fn start_multipart(put: &Put<'_>, part_size: u64) -> Result<Target, PutError> {
+pub(super) async fn start_multipart(
+    put: &Put<'_>,
+    part_size: u64,
+) -> Result<Multipart, PutError> {
     let create = || {
         let create = put
             .client
@@ -283,7 +219,7 @@ async fn start_multipart(put: &Put<'_>, part_size: u64) -> Result<Target, PutErr
             "the store keeps no CRC64/NVME checksum, the only proof of an upload under SSE-KMS or SSE-C".into(),
         ));
     }
-    Ok(Target {
+    let target = Target {
         client: put.client.clone(),
         bucket: put.bucket.to_string(),
         key: put.key.to_string(),
@@ -293,155 +229,8 @@ async fn start_multipart(put: &Put<'_>, part_size: u64) -> Result<Target, PutErr
         // S3-compatible stores); its ETag is the proof there.
         crc,
         path: put.path.to_path_buf(),
-    })
-}
-
-/// Completes the upload with the proof the parts add up to.
-async fn complete_multipart(
-    put: &Put<'_>,
-    upload_id: &str,
-    parts: Vec<CompletedPart>,
-    sums: PartSums,
-) -> Result<Written, PutError> {
-    let mut complete = put
-        .client
-        .complete_multipart_upload()
-        .bucket(put.bucket)
-        .key(put.key)
-        .upload_id(upload_id)
-        .with_sse(put.sse)
-        .multipart_upload(
-            CompletedMultipartUpload::builder()
-                .set_parts(Some(parts))
-                .build(),
-        );
-    let proof = match sums {
-        PartSums::Md5(md5s) => Proof::ETag(multipart_etag(&md5s.concat(), md5s.len())),
-        PartSums::Crc64Nvme(whole) => {
-            let whole = crc64nvme_base64(whole);
-            complete = complete
-                .checksum_crc64_nvme(&whole)
-                .checksum_type(ChecksumType::FullObject);
-            Proof::Crc64Nvme(whole)
-        }
     };
-    if put.conditional {
-        complete = complete.if_none_match("*");
-    }
-    complete.send().await.map_err(|e| classify(e, put.key))?;
-    Ok(Written {
-        size: put.size,
-        proof,
-    })
-}
-
-/// Where the parts of one multipart upload go.
-#[derive(Clone)]
-struct Target {
-    client: Client,
-    bucket: String,
-    key: String,
-    upload_id: String,
-    sse: Sse,
-    /// Parts carry CRC64/NVME instead of Content-MD5.
-    crc: bool,
-    /// The file the parts are read from.
-    path: PathBuf,
-}
-
-/// The parts' MD5s, or the CRC64/NVME of the whole file.
-enum PartSums {
-    Md5(Vec<[u8; 16]>),
-    Crc64Nvme(u64),
-}
-
-impl Target {
-    /// Uploads one part, read from the file as it goes.
-    async fn send(self, number: i32, part: Part) -> Result<CompletedPart, PutError> {
-        let mut request = self
-            .client
-            .upload_part()
-            .bucket(self.bucket)
-            .key(self.key)
-            .upload_id(self.upload_id)
-            .part_number(number)
-            .content_length(part.len as i64)
-            .body(body(&self.path, &part).await?)
-            .with_sse(&self.sse);
-        let crc = self.crc.then(|| crc64nvme_base64(part.crc64nvme));
-        request = match (&crc, part.md5) {
-            (Some(crc), _) => request.checksum_crc64_nvme(crc),
-            (None, Some(md5)) => request.content_md5(content_md5(&md5)),
-            (None, None) => unreachable!("a part without a checksum"),
-        };
-        // The part's checksum is a signed header and guards the body; signing
-        // the payload too would hash it once more here and once at the store.
-        let out = request
-            .customize()
-            .disable_payload_signing()
-            .send()
-            .await
-            .map_err(|e| PutError::Failed(format!("part {number}: {}", describe(&e))))?;
-        Ok(CompletedPart::builder()
-            .part_number(number)
-            .set_e_tag(out.e_tag().map(str::to_string))
-            .set_checksum_crc64_nvme(crc)
-            .build())
-    }
-}
-
-/// The CRC64/NVME of the file so far, extended by a part of `len` bytes.
-fn combine_crc(before: Option<u64>, part: u64, len: u64) -> u64 {
-    match before {
-        None => part,
-        Some(before) => {
-            crc_fast::checksum_combine(crc_fast::CrcAlgorithm::Crc64Nvme, before, part, len)
-        }
-    }
-}
-
-/// Checksums parts in order and keeps up to `concurrency` uploads in
-/// flight, each its own task, while the next part is checksummed. No part is
-/// held in memory (each is read from the file as it is sent): memory is
-/// about `PIECE` per part in flight, whatever the part size. Returns the parts
-/// and their checksums.
-async fn upload_parts(
-    target: Target,
-    file: Arc<std::fs::File>,
-    put: &Put<'_>,
-    part_size: u64,
-) -> Result<(Vec<CompletedPart>, PartSums), PutError> {
-    let count = put.size.div_ceil(part_size);
-    let mut in_flight = tokio::task::JoinSet::new();
-    let mut parts = Vec::with_capacity(count as usize);
-    let mut md5s = Vec::with_capacity(count as usize);
-    let mut whole_crc = None;
-    let joined = |r: Result<_, tokio::task::JoinError>| {
-        r.map_err(|e| PutError::Failed(format!("part upload stopped: {e}")))?
-    };
-    for number in 1..=count {
-        if in_flight.len() >= put.tuning.concurrency.max(1) {
-            parts.push(joined(in_flight.join_next().await.expect("non-empty"))?);
-        }
-        let offset = (number - 1) * part_size;
-        let len = part_size.min(put.size - offset);
-        let part = checksum_part(file.clone(), offset, len, !target.crc)
-            .await
-            .map_err(|e| PutError::Failed(format!("cannot read the dump: {e}")))?;
-        whole_crc = Some(combine_crc(whole_crc, part.crc64nvme, len));
-        md5s.extend(part.md5);
-        in_flight.spawn(target.clone().send(number as i32, part));
-    }
-    while let Some(done) = in_flight.join_next().await {
-        parts.push(joined(done)?);
-    }
-    parts.sort_by_key(|p| p.part_number());
-    let sums = if target.crc {
-        PartSums::Crc64Nvme(whole_crc.expect("at least one part"))
-    } else {
-        PartSums::Md5(md5s)
-    };
-    Ok((parts, sums))
+    Ok(Multipart::new(target, part_size, put.tuning.concurrency))
 }
 
 #[cfg(test)]

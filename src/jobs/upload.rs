@@ -9,7 +9,7 @@
 
 use super::proof::{self, Written};
 use super::staging::{self, Claimed, Lock, Staging};
-use super::{keys, put, retention, store};
+use super::{follow, keys, prune, put, retention, store};
 use crate::jobresult::{JobResult, Outcome, Step};
 use crate::logline;
 use chrono::{DateTime, Utc};
@@ -36,6 +36,10 @@ pub struct UploadArgs {
     pub time_zone: Tz,
     #[command(flatten)]
     pub store: store::StoreArgs,
+    /// With no dump staged, follow a dump being written on the volume and
+    /// send it as it grows (chained uploads; the CronJob's poller does not).
+    #[arg(long)]
+    pub follow_dump: bool,
     /// Create the bucket when it does not exist.
     #[arg(long)]
     pub create_bucket: bool,
@@ -81,7 +85,7 @@ pub struct UploadArgs {
 
 impl UploadArgs {
     /// The lock a dump uploaded now gets.
-    fn lock(&self) -> Option<put::Lock> {
+    pub(super) fn lock(&self) -> Option<put::Lock> {
         Some(put::Lock {
             mode: self.object_lock_mode?,
             until: Utc::now() + chrono::Duration::days(self.object_lock_days?.into()),
@@ -101,8 +105,29 @@ fn state_path(dumps: &Path) -> PathBuf {
     dumps.join(".multipart-upload.json")
 }
 
+/// Records a multipart upload under way, for the next run to abort if this
+/// one dies before it ends.
+pub(super) fn record_pending(
+    dumps: &Path,
+    bucket: &str,
+    key: &str,
+    upload_id: &str,
+) -> std::io::Result<()> {
+    let pending = PendingUpload {
+        bucket: bucket.to_string(),
+        key: key.to_string(),
+        upload_id: upload_id.to_string(),
+    };
+    std::fs::write(state_path(dumps), serde_json::to_vec(&pending).expect("serializes"))
+}
+
+/// The multipart upload recorded ended (completed or aborted).
+pub(super) fn clear_pending(dumps: &Path) {
+    let _ = std::fs::remove_file(state_path(dumps));
+}
+
 /// Aborts the multipart upload an interrupted earlier run left behind.
-async fn abort_leftover(client: &aws_sdk_s3::Client, dumps: &Path) {
+pub(super) async fn abort_leftover(client: &aws_sdk_s3::Client, dumps: &Path) {
     let path = state_path(dumps);
     let Ok(text) = std::fs::read_to_string(&path) else {
         return;
@@ -168,32 +193,30 @@ async fn upload(args: &UploadArgs) -> Result<JobResult, String> {
     let sse = args.store.sse()?;
     let mut client = None;
     let mut sent: Vec<JobResult> = vec![];
-    // A claim a killed upload left goes first, then the dump staged now. A
-    // dump finished after that waits for the next upload.
-    while let Some(claimed) = staging.claim().map_err(cannot)? {
-        if claimed.left_over {
-            info!(file = %claimed.path.display(), "sending the dump an interrupted upload claimed");
-        }
-        let client = match &client {
-            Some(c) => c,
-            None => client.insert(args.store.client().await?),
-        };
-        let left_over = claimed.left_over;
-        let confirmed = match staging.sent_key(&claimed) {
-            Some(key) if store::object_exists(client, &args.store.bucket, &key, &sse).await? => {
-                Some(key)
+    let fresh = send_staged(args, &staging, &sse, &mut client, &mut sent).await?;
+    // Chained to a dump that is running: send its file as it is written.
+    if args.follow_dump && !fresh {
+        let mut grace = follow::GRACE;
+        loop {
+            match follow::next(&staging, grace).await.map_err(cannot)? {
+                follow::Next::Quiet => break,
+                follow::Next::Staged => {
+                    send_staged(args, &staging, &sse, &mut client, &mut sent).await?;
+                    break;
+                }
+                follow::Next::Writing(dump) => {
+                    let client = match &client {
+                        Some(c) => c,
+                        None => client.insert(args.store.client().await?),
+                    };
+                    if let Some(result) = follow::follow(client, args, &sse, &staging, dump).await? {
+                        sent.push(result);
+                        break;
+                    }
+                }
             }
-            _ => None,
-        };
-        let result = match confirmed {
-            // The killed upload got the store's confirmation: only the
-            // deletion was left to do.
-            Some(key) => finish_sent(&staging, tz, &claimed, key)?,
-            None => send(client, args, &sse, &staging, &claimed).await?,
-        };
-        sent.push(result);
-        if !left_over {
-            break;
+            // The dump went without being put in place: another may follow.
+            grace = std::time::Duration::ZERO;
         }
     }
     let Some(mut last) = sent.pop() else {
@@ -208,6 +231,46 @@ async fn upload(args: &UploadArgs) -> Result<JobResult, String> {
         last.log = first.log;
     }
     Ok(last)
+}
+
+/// Sends the claims killed uploads left, then the dump staged now, if any;
+/// says whether it sent that one. A dump finished after that waits for the
+/// next upload.
+async fn send_staged(
+    args: &UploadArgs,
+    staging: &Staging,
+    sse: &store::Sse,
+    client: &mut Option<aws_sdk_s3::Client>,
+    sent: &mut Vec<JobResult>,
+) -> Result<bool, String> {
+    let cannot = |e: std::io::Error| format!("cannot read {}: {e}", staging.dumps().display());
+    while let Some(claimed) = staging.claim().map_err(cannot)? {
+        if claimed.left_over {
+            info!(file = %claimed.path.display(), "sending the dump an interrupted upload claimed");
+        }
+        let client = match client {
+            Some(c) => &*c,
+            None => client.insert(args.store.client().await?),
+        };
+        let left_over = claimed.left_over;
+        let confirmed = match staging.sent_key(&claimed) {
+            Some(key) if store::object_exists(client, &args.store.bucket, &key, sse).await? => {
+                Some(key)
+            }
+            _ => None,
+        };
+        let result = match confirmed {
+            // The killed upload got the store's confirmation: only the
+            // deletion was left to do.
+            Some(key) => finish_sent(staging, args.time_zone, &claimed, key)?,
+            None => send(client, args, sse, staging, &claimed).await?,
+        };
+        sent.push(result);
+        if !left_over {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Deletes a claimed dump a killed upload already sent as `key`, and says so.
@@ -233,7 +296,7 @@ fn finish_sent(
 
 /// Uploads one claimed dump under a fresh key, verifies it, deletes it, and
 /// applies retention.
-async fn send(
+pub(super) async fn send(
     client: &aws_sdk_s3::Client,
     args: &UploadArgs,
     sse: &store::Sse,
@@ -253,6 +316,20 @@ async fn send(
         store::ensure_bucket(client, &args.store.bucket, locked).await?;
     }
     let (key, written) = put_under_free_key(client, args, sse, staging, claimed, size).await?;
+    confirm(client, args, sse, staging, claimed, key, written).await
+}
+
+/// Proves `claimed` stored as `key`, deletes it, applies retention, and says
+/// so.
+pub(super) async fn confirm(
+    client: &aws_sdk_s3::Client,
+    args: &UploadArgs,
+    sse: &store::Sse,
+    staging: &Staging,
+    claimed: &Claimed,
+    key: String,
+    written: Written,
+) -> Result<JobResult, String> {
     proof::verify(client, &args.store.bucket, &key, &written, sse).await?;
     // Only now is the dump safe to drop: exactly the file this run claimed.
     staging
@@ -274,7 +351,7 @@ async fn send(
         keep_monthly: args.keep_monthly,
         keep_yearly: args.keep_yearly,
     };
-    let more_log = prune(client, args, sse, policy, &key).await;
+    let more_log = prune::prune(client, args, sse, policy, &key).await;
     Ok(JobResult {
         step: Step::Upload,
         outcome: Outcome::Succeeded,
@@ -304,7 +381,7 @@ async fn put_under_free_key(
     let date = finished.with_timezone(&args.time_zone).date_naive();
     let folder = keys::date_folder(&args.prefix, date);
     let bucket = &args.store.bucket;
-    let state = state_path(&staging.dumps());
+    let dumps = staging.dumps();
     let mut conditional = true;
     for _ in 0..MAX_KEY_ATTEMPTS {
         let existing = store::list_keys(client, bucket, &folder).await?;
@@ -312,14 +389,7 @@ async fn put_under_free_key(
         if !conditional && store::object_exists(client, bucket, &key, sse).await? {
             continue;
         }
-        let record_upload = |upload_id: &str| {
-            let pending = PendingUpload {
-                bucket: bucket.clone(),
-                key: key.clone(),
-                upload_id: upload_id.to_string(),
-            };
-            std::fs::write(&state, serde_json::to_vec(&pending).expect("serializes"))
-        };
+        let record_upload = |upload_id: &str| record_pending(&dumps, bucket, &key, upload_id);
         info!(%key, "uploading");
         let request = put::Put {
             client,
@@ -336,7 +406,7 @@ async fn put_under_free_key(
             lock: args.lock(),
         };
         let result = put::put_file(&request, &record_upload).await;
-        let _ = std::fs::remove_file(&state);
+        clear_pending(&dumps);
         match result {
             Ok(written) => return Ok((key, written)),
             Err(put::PutError::KeyTaken(k)) => {
@@ -354,88 +424,4 @@ async fn put_under_free_key(
     Err(format!(
         "no free key under {folder} after {MAX_KEY_ATTEMPTS} attempts"
     ))
-}
-
-/// Whether a store error is a refusal of these credentials (a HEAD's carries
-/// no error code, only the status).
-fn refused(error: &str) -> bool {
-    error.starts_with("AccessDenied") || error.starts_with("HTTP 403")
-}
-
-/// Applies the retention policy after a confirmed upload of `uploaded`, and
-/// returns the log lines it wrote. A failure here is logged and leaves the
-/// upload a success: the dump is safe, and the next run prunes again.
-async fn prune(
-    client: &aws_sdk_s3::Client,
-    args: &UploadArgs,
-    sse: &store::Sse,
-    policy: retention::Policy,
-    uploaded: &str,
-) -> Vec<String> {
-    if !policy.is_set() {
-        return vec![];
-    }
-    let log = |message: String| {
-        let line = Staging::new(&args.staging_dir).log(args.time_zone, &message);
-        info!("{line}");
-        line.to_string()
-    };
-    let objects = match store::list_objects(client, &args.store.bucket, &args.prefix).await {
-        Ok(objects) => objects,
-        Err(e) => {
-            return vec![log(format!(
-                "retention skipped: cannot list the dumps: {e}"
-            ))];
-        }
-    };
-    let doomed = retention::to_prune(
-        &args.prefix,
-        &objects,
-        policy,
-        Utc::now(),
-        args.time_zone,
-        &[Some(uploaded), args.keep_verified.as_deref()]
-            .into_iter()
-            .flatten()
-            .collect::<Vec<_>>(),
-    );
-    if doomed.is_empty() {
-        return vec![];
-    }
-    let keys = args
-        .prune_access_key_id
-        .as_ref()
-        .zip(args.prune_secret_access_key.as_ref())
-        .map(|(id, secret)| (id.0.clone(), secret.0.clone()));
-    let with_own_keys = keys.is_some();
-    let pruner = match keys {
-        Some(keys) => match args.store.client_with(Some(keys)).await {
-            Ok(c) => c,
-            Err(e) => return vec![log(format!("retention skipped: {e}"))],
-        },
-        None => client.clone(),
-    };
-    let bucket = &args.store.bucket;
-    let outcomes = match args.object_lock_mode {
-        Some(_) => store::delete_unlocked(&pruner, bucket, &doomed, sse, Utc::now()).await,
-        None => store::delete_keys(&pruner, bucket, &doomed)
-            .await
-            .into_iter()
-            .map(|(key, outcome)| (key, outcome.map(|()| None)))
-            .collect(),
-    };
-    outcomes
-        .into_iter()
-        .map(|(key, outcome)| match outcome {
-            Ok(None) => log(format!("retention pruned {key}")),
-            Ok(Some(until)) => log(format!(
-                "retention keeps {key}: locked until {}",
-                until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            )),
-            Err(e) if refused(&e) && !with_own_keys => log(format!(
-                "retention cannot prune {key}: {e} (the upload's credentials may not delete; name credentials that may in spec.bucket.pruneSecretRef)"
-            )),
-            Err(e) => log(format!("retention cannot prune {key}: {e}")),
-        })
-        .collect()
 }

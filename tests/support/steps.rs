@@ -56,6 +56,17 @@ impl Staging {
         }
     }
 
+    /// A staging folder on the file system of `parent` (its size sets the
+    /// part size of an upload that follows a dump).
+    pub fn new_in(parent: &Path) -> Staging {
+        Staging {
+            dir: tempfile::Builder::new()
+                .prefix("dbbackup-staging-")
+                .tempdir_in(parent)
+                .unwrap(),
+        }
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
@@ -79,12 +90,13 @@ impl Staging {
         }
     }
 
-    /// The files in `dumps/`, but the two lock files (empty, and kept).
+    /// The files in `dumps/`, but the two lock files (empty, and kept) and
+    /// the last dump's checksum record (removed by the next dump).
     pub fn dumps(&self) -> Vec<PathBuf> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(self.path().join("dumps"))
             .map(|rd| rd.map(|e| e.unwrap().path()).collect())
             .unwrap_or_default();
-        files.retain(|f| f.extension().is_none_or(|e| e != "lock"));
+        files.retain(|f| f.extension().is_none_or(|e| e != "lock" && e != "crc64nvme"));
         files.sort();
         files
     }

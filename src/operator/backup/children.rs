@@ -297,6 +297,20 @@ pub fn job_from_cronjob(cronjob: &CronJob, run: &str) -> Job {
     }
 }
 
+/// The upload Job chained to one dump run: it sends the staged dump, or
+/// follows the dump while it is written (`upload --follow-dump`).
+pub fn chained_upload(upload: &CronJob, run: &str) -> Job {
+    let mut job = job_from_cronjob(upload, run);
+    let pod = job.spec.as_mut().and_then(|s| s.template.spec.as_mut());
+    if let Some(container) = pod.and_then(|p| p.containers.first_mut()) {
+        container
+            .args
+            .get_or_insert_with(Vec::new)
+            .push("--follow-dump".into());
+    }
+    job
+}
+
 /// With a ReadWriteOnce volume, an upload pod on another node than a running
 /// dump pod would hit Multi-Attach; prefer the dump pod's node.
 fn prefer_dump_node(owner: &str) -> Affinity {

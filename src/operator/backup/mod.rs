@@ -12,12 +12,13 @@ mod status;
 mod tests;
 
 pub use children::{
-    dump_cronjob, job_from_cronjob, key_prefix, labels, staging_pvc, upload_cronjob,
+    chained_upload, dump_cronjob, job_from_cronjob, key_prefix, labels, staging_pvc,
+    upload_cronjob,
 };
 pub use reports::{PodReport, job_report, pod_report, stuck};
 pub use status::{LOG_LINES_KEPT, record_reports, staleness};
 
-use observe::{reports, started_dumps, stuck_pods, upload_started_since};
+use observe::{reports, running_dumps, started_dumps, stuck_pods, upload_started_since};
 use pass::Pass;
 
 use super::apiserver::{apply, backoff_after, create_job, labelled_owner, write_status};
@@ -57,8 +58,8 @@ pub async fn reconcile(db: Arc<DatabaseBackup>, ctx: Arc<Context>) -> Result<Act
             children.upload = apply_upload(&now, &ctx).await?;
         }
         run_now(&db, &ctx, &children.dump, &mut pass).await?;
-        for run in &chained {
-            create_job(&ctx, &job_from_cronjob(&children.upload, run), "job").await?;
+        for run in chained.iter().chain(&running_dumps(&db, &ctx)) {
+            create_job(&ctx, &chained_upload(&children.upload, run), "job").await?;
         }
     }
     let mut next_drill = None;
@@ -148,7 +149,8 @@ async fn run_now(
 }
 
 /// No dump waits for the upload schedule: each success starts its upload
-/// (one per Job, even if the Job ran a second pod). The upload CronJob stays
+/// (one per Job, even if the Job ran a second pod), unless the upload that
+/// followed it while it ran exists (the same Job name). The upload CronJob stays
 /// as the retry and the original pipeline's poller. Returns the runs to
 /// start an upload Job for.
 fn uploads_to_chain(

@@ -147,6 +147,39 @@ pub(super) fn started_dumps(db: &DatabaseBackup, ctx: &Context) -> Vec<Notice> {
         .collect()
 }
 
+/// The runs of this backup's dumps whose tool is running: each gets an
+/// upload that follows its file as it is written (`jobs::follow`), named as
+/// the upload chained to its success would be, so it is made once.
+pub(super) fn running_dumps(db: &DatabaseBackup, ctx: &Context) -> Vec<String> {
+    let key = Some(ObjectRef::from_obj(db));
+    let dump = Some(Step::Dump.as_str());
+    ctx.pods
+        .state()
+        .iter()
+        .filter(|p| labelled_owner(&***p, names::LABEL_BACKUP) == key)
+        .filter(|p| p.labels().get(names::LABEL_STEP).map(String::as_str) == dump)
+        .filter(|p| p.metadata.deletion_timestamp.is_none() && running(p))
+        .filter_map(|p| {
+            let job = p.owner_references().iter().find(|o| o.kind == "Job");
+            let run = p.labels().get(names::RUN_NOW).cloned();
+            run.or_else(|| Some(names::run_now_id(&job?.uid)))
+        })
+        .collect()
+}
+
+/// Whether the pod's step container runs (its init containers are done).
+fn running(pod: &Pod) -> bool {
+    let Some(status) = &pod.status else {
+        return false;
+    };
+    status.phase.as_deref() == Some("Running")
+        && status
+            .container_statuses
+            .iter()
+            .flatten()
+            .any(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
+}
+
 /// Pods of this backup that cannot start, as the conditions of their steps.
 pub(super) fn stuck_pods(db: &DatabaseBackup, ctx: &Context) -> Vec<(&'static str, Observed)> {
     let key = Some(ObjectRef::from_obj(db));

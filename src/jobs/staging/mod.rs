@@ -4,6 +4,7 @@
 //! ```text
 //! dumps/datadump.sql[.gz|.zst][.age] the finished dump, waiting for an upload
 //! dumps/.partial-<run>-<name>    a dump being written (one per run)
+//! dumps/.partial-<run>-<name>.crc64nvme  its size and checksum, once whole
 //! dumps/.uploading-<name>        a dump an upload claimed and is sending
 //! dumps/.sent-<name>             the key the store confirmed it under, until it is deleted
 //! dumps/.dump.lock               held by the one dump running on the volume
@@ -22,6 +23,11 @@
 //!   fresh claim first removes a marker of its name: one left by an upload
 //!   killed between deleting its dump and its marker names another dump.
 //!   Two uploads therefore never send the same dump.
+//!
+//! - An upload may follow a dump while it is written (`jobs::follow`): it
+//!   holds `.upload.lock`, reads the partial file only below the size it
+//!   has reached, and claims the dump as above once the dump put it in place.
+//!   The dump's `.crc64nvme` record proves the bytes it read were the dump's.
 //!
 //! The locks are `flock`s: the kernel releases them when their holder dies,
 //! however it dies, so a crash never leaves the volume locked.
@@ -151,6 +157,74 @@ impl Staging {
             "{PARTIAL}{}-{nanos}-{run}-{name}",
             std::process::id()
         ))
+    }
+
+    /// Whether a dump holds the dump lock now. Takes the lock for a moment
+    /// when it is free: a dump starting at that instant waits that long.
+    pub fn dump_running(&self) -> io::Result<bool> {
+        let file = match File::open(self.dumps().join(".dump.lock")) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
+            Ok(()) => Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The partial file written last, and the dump name it will get. While
+    /// a dump holds the lock, that is its file (or, for a moment after the
+    /// lock was taken, one a killed dump left, about to be removed).
+    pub fn newest_partial(&self) -> io::Result<Option<(PathBuf, &'static str)>> {
+        let mut newest: Option<(SystemTime, PathBuf, &'static str)> = None;
+        for entry in std::fs::read_dir(self.dumps())? {
+            let entry = entry?;
+            let file_name = entry.file_name();
+            let file_name = file_name.to_string_lossy();
+            let Some(run) = file_name.strip_prefix(PARTIAL) else {
+                continue;
+            };
+            // `<pid>-<nanos>-<n>-<name>`; not a checksum record or a
+            // replaced dump on its way out.
+            let Some(name) = run
+                .rsplit_once('-')
+                .and_then(|(pid, name)| pid.starts_with(|c: char| c.is_ascii_digit()).then_some(name))
+                .and_then(|name| DUMP_FILES.into_iter().find(|n| *n == name))
+            else {
+                continue;
+            };
+            let Ok(modified) = entry.metadata().and_then(|m| m.modified()) else {
+                continue;
+            };
+            if newest.as_ref().is_none_or(|(t, ..)| modified > *t) {
+                newest = Some((modified, entry.path(), name));
+            }
+        }
+        Ok(newest.map(|(_, path, name)| (path, name)))
+    }
+
+    /// Records the size and CRC64/NVME of the whole, synced `partial` next
+    /// to it, before it is put in place: an upload that read the file while
+    /// it grew compares them with what it sent.
+    pub fn record_checksum(&self, partial: &Path, size: u64, crc: u64) -> io::Result<()> {
+        let mut f = File::create(checksum_record(partial))?;
+        writeln!(f, "{size} {crc:016x}")?;
+        f.sync_all()
+    }
+
+    /// The size and CRC64/NVME the dump recorded for `partial`, if it did
+    /// and the record is still there.
+    pub fn recorded_checksum(&self, partial: &Path) -> Option<(u64, u64)> {
+        let text = std::fs::read_to_string(checksum_record(partial)).ok()?;
+        let (size, crc) = text.trim().split_once(' ')?;
+        Some((size.parse().ok()?, u64::from_str_radix(crc, 16).ok()?))
+    }
+
+    /// Removes the checksum record of `partial`, if any.
+    pub fn forget_checksum(&self, partial: &Path) -> io::Result<()> {
+        remove_if_present(&checksum_record(partial))
     }
 
     /// Removes what killed dumps left. Call with the dump lock held: then no
@@ -295,6 +369,28 @@ impl Staging {
     }
 }
 
+/// The file system holding `path`, as `statvfs` sees it.
+pub fn statvfs(path: &Path) -> Option<libc::statvfs> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs writes into the zeroed struct we own; the path is a valid C string.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        (libc::statvfs(c.as_ptr(), &mut st) == 0).then_some(st)
+    }
+}
+
+/// The size of the file system holding `path`: no dump on it is larger.
+pub fn volume_size(path: &Path) -> Option<u64> {
+    statvfs(path).map(|st| (st.f_blocks as u64).saturating_mul(st.f_frsize as u64))
+}
+
+fn checksum_record(partial: &Path) -> PathBuf {
+    let mut name = partial.as_os_str().to_owned();
+    name.push(".crc64nvme");
+    PathBuf::from(name)
+}
+
 fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
     loop {
         // SAFETY: flock on a descriptor this function borrows.
@@ -337,143 +433,4 @@ fn remove_if_present(path: &Path) -> io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn staging() -> (tempfile::TempDir, Staging) {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Staging::new(dir.path());
-        s.create().unwrap();
-        (dir, s)
-    }
-
-    #[test]
-    fn a_claim_is_not_replaced_by_a_later_dump() {
-        let (_d, s) = staging();
-        std::fs::write(s.dumps().join("datadump.sql"), "first").unwrap();
-        let claimed = s.claim().unwrap().unwrap();
-        let partial = s.partial("datadump.sql");
-        std::fs::write(&partial, "second").unwrap();
-        s.publish(&partial, "datadump.sql").unwrap();
-        assert_eq!(std::fs::read_to_string(&claimed.path).unwrap(), "first");
-        s.release(&claimed).unwrap();
-        let next = s.claim().unwrap().unwrap();
-        assert_eq!(std::fs::read_to_string(&next.path).unwrap(), "second");
-    }
-
-    #[test]
-    fn a_sent_marker_lives_until_its_claim_is_released() {
-        let (_d, s) = staging();
-        std::fs::write(s.dumps().join(".uploading-datadump.sql"), "x").unwrap();
-        let c = s.claim().unwrap().unwrap();
-        assert_eq!(s.sent_key(&c), None);
-        s.mark_sent(&c, "2026-11-26/datadump1.sql").unwrap();
-        assert_eq!(s.sent_key(&c).as_deref(), Some("2026-11-26/datadump1.sql"));
-        s.release(&c).unwrap();
-        assert_eq!(s.sent_key(&c), None);
-        assert!(!c.path.exists());
-    }
-
-    #[test]
-    fn a_marker_left_beside_a_new_dump_names_nothing_and_is_removed() {
-        let (_d, s) = staging();
-        // An upload killed after deleting its claim, before its marker.
-        std::fs::write(
-            s.dumps().join(".sent-datadump.sql"),
-            "2026-11-25/datadump1.sql",
-        )
-        .unwrap();
-        std::fs::write(s.dumps().join("datadump.sql"), "new").unwrap();
-        let c = s.claim().unwrap().unwrap();
-        assert!(!c.left_over);
-        assert_eq!(s.sent_key(&c), None);
-        assert!(!s.dumps().join(".sent-datadump.sql").exists());
-    }
-
-    #[test]
-    fn a_left_claim_is_taken_before_the_staged_dump() {
-        let (_d, s) = staging();
-        std::fs::write(s.dumps().join(".uploading-datadump.sql.gz"), "left").unwrap();
-        std::fs::write(s.dumps().join("datadump.sql"), "new").unwrap();
-        let c = s.claim().unwrap().unwrap();
-        assert_eq!(
-            (c.name, std::fs::read_to_string(&c.path).unwrap().as_str()),
-            ("datadump.sql.gz", "left")
-        );
-        assert!(
-            s.dumps().join("datadump.sql").exists(),
-            "the new dump waits"
-        );
-    }
-
-    #[test]
-    fn publishing_replaces_an_unclaimed_dump_of_another_compression() {
-        let (_d, s) = staging();
-        std::fs::write(s.dumps().join("datadump.sql.gz"), "old").unwrap();
-        let old = std::fs::metadata(s.dumps().join("datadump.sql.gz"))
-            .unwrap()
-            .modified()
-            .unwrap();
-        let partial = s.partial("datadump.sql.zst");
-        std::fs::write(&partial, "new").unwrap();
-        let published = s.publish(&partial, "datadump.sql.zst").unwrap();
-        assert_eq!(published.replaced, Some(old));
-        let partial = s.partial("datadump.sql.zst");
-        std::fs::write(&partial, "newer").unwrap();
-        let again = s.publish(&partial, "datadump.sql.zst").unwrap();
-        assert_eq!(again.replaced, Some(published.finished));
-        let mut names: Vec<_> = std::fs::read_dir(s.dumps())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        names.sort();
-        assert_eq!(names, ["datadump.sql.zst"]);
-    }
-
-    #[test]
-    fn a_dump_claimed_before_the_next_is_published_was_not_replaced() {
-        let (_d, s) = staging();
-        std::fs::write(s.dumps().join("datadump.sql"), "first").unwrap();
-        let claimed = s.claim().unwrap().unwrap();
-        let partial = s.partial("datadump.sql");
-        std::fs::write(&partial, "second").unwrap();
-        let published = s.publish(&partial, "datadump.sql").unwrap();
-        assert_eq!(published.replaced, None);
-        assert_eq!(std::fs::read_to_string(&claimed.path).unwrap(), "first");
-        let partial = s.partial("datadump.sql");
-        std::fs::write(&partial, "third").unwrap();
-        let again = s.publish(&partial, "datadump.sql").unwrap();
-        assert_eq!(again.replaced, Some(published.finished));
-        assert_eq!(
-            std::fs::read_to_string(s.dumps().join("datadump.sql")).unwrap(),
-            "third"
-        );
-        assert!(!partial.exists(), "the replaced dump is removed");
-    }
-
-    #[test]
-    fn partials_are_unique_per_run_and_swept_under_the_lock() {
-        let (_d, s) = staging();
-        let (a, b) = (s.partial("datadump.sql"), s.partial("datadump.sql"));
-        assert_ne!(a, b);
-        std::fs::write(&a, "x").unwrap();
-        let _lock = s.lock(Lock::Dump, || panic!("free")).unwrap();
-        s.remove_partials().unwrap();
-        assert!(!a.exists());
-    }
-
-    #[test]
-    fn a_held_lock_makes_the_next_taker_wait() {
-        let (_d, s) = staging();
-        let held = s.lock(Lock::Upload, || panic!("free")).unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let root = s.root.clone();
-        let waiter = std::thread::spawn(move || {
-            let s = Staging::new(root);
-            let _l = s.lock(Lock::Upload, || tx.send(()).unwrap()).unwrap();
-        });
-        rx.recv().unwrap();
-        drop(held);
-        waiter.join().unwrap();
-    }
-}
+mod tests;

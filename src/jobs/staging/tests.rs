@@ -1,0 +1,138 @@
+use super::*;
+
+fn staging() -> (tempfile::TempDir, Staging) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Staging::new(dir.path());
+    s.create().unwrap();
+    (dir, s)
+}
+
+#[test]
+fn a_claim_is_not_replaced_by_a_later_dump() {
+    let (_d, s) = staging();
+    std::fs::write(s.dumps().join("datadump.sql"), "first").unwrap();
+    let claimed = s.claim().unwrap().unwrap();
+    let partial = s.partial("datadump.sql");
+    std::fs::write(&partial, "second").unwrap();
+    s.publish(&partial, "datadump.sql").unwrap();
+    assert_eq!(std::fs::read_to_string(&claimed.path).unwrap(), "first");
+    s.release(&claimed).unwrap();
+    let next = s.claim().unwrap().unwrap();
+    assert_eq!(std::fs::read_to_string(&next.path).unwrap(), "second");
+}
+
+#[test]
+fn a_sent_marker_lives_until_its_claim_is_released() {
+    let (_d, s) = staging();
+    std::fs::write(s.dumps().join(".uploading-datadump.sql"), "x").unwrap();
+    let c = s.claim().unwrap().unwrap();
+    assert_eq!(s.sent_key(&c), None);
+    s.mark_sent(&c, "2026-11-26/datadump1.sql").unwrap();
+    assert_eq!(s.sent_key(&c).as_deref(), Some("2026-11-26/datadump1.sql"));
+    s.release(&c).unwrap();
+    assert_eq!(s.sent_key(&c), None);
+    assert!(!c.path.exists());
+}
+
+#[test]
+fn a_marker_left_beside_a_new_dump_names_nothing_and_is_removed() {
+    let (_d, s) = staging();
+    // An upload killed after deleting its claim, before its marker.
+    std::fs::write(
+        s.dumps().join(".sent-datadump.sql"),
+        "2026-11-25/datadump1.sql",
+    )
+    .unwrap();
+    std::fs::write(s.dumps().join("datadump.sql"), "new").unwrap();
+    let c = s.claim().unwrap().unwrap();
+    assert!(!c.left_over);
+    assert_eq!(s.sent_key(&c), None);
+    assert!(!s.dumps().join(".sent-datadump.sql").exists());
+}
+
+#[test]
+fn a_left_claim_is_taken_before_the_staged_dump() {
+    let (_d, s) = staging();
+    std::fs::write(s.dumps().join(".uploading-datadump.sql.gz"), "left").unwrap();
+    std::fs::write(s.dumps().join("datadump.sql"), "new").unwrap();
+    let c = s.claim().unwrap().unwrap();
+    assert_eq!(
+        (c.name, std::fs::read_to_string(&c.path).unwrap().as_str()),
+        ("datadump.sql.gz", "left")
+    );
+    assert!(
+        s.dumps().join("datadump.sql").exists(),
+        "the new dump waits"
+    );
+}
+
+#[test]
+fn publishing_replaces_an_unclaimed_dump_of_another_compression() {
+    let (_d, s) = staging();
+    std::fs::write(s.dumps().join("datadump.sql.gz"), "old").unwrap();
+    let old = std::fs::metadata(s.dumps().join("datadump.sql.gz"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let partial = s.partial("datadump.sql.zst");
+    std::fs::write(&partial, "new").unwrap();
+    let published = s.publish(&partial, "datadump.sql.zst").unwrap();
+    assert_eq!(published.replaced, Some(old));
+    let partial = s.partial("datadump.sql.zst");
+    std::fs::write(&partial, "newer").unwrap();
+    let again = s.publish(&partial, "datadump.sql.zst").unwrap();
+    assert_eq!(again.replaced, Some(published.finished));
+    let mut names: Vec<_> = std::fs::read_dir(s.dumps())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["datadump.sql.zst"]);
+}
+
+#[test]
+fn a_dump_claimed_before_the_next_is_published_was_not_replaced() {
+    let (_d, s) = staging();
+    std::fs::write(s.dumps().join("datadump.sql"), "first").unwrap();
+    let claimed = s.claim().unwrap().unwrap();
+    let partial = s.partial("datadump.sql");
+    std::fs::write(&partial, "second").unwrap();
+    let published = s.publish(&partial, "datadump.sql").unwrap();
+    assert_eq!(published.replaced, None);
+    assert_eq!(std::fs::read_to_string(&claimed.path).unwrap(), "first");
+    let partial = s.partial("datadump.sql");
+    std::fs::write(&partial, "third").unwrap();
+    let again = s.publish(&partial, "datadump.sql").unwrap();
+    assert_eq!(again.replaced, Some(published.finished));
+    assert_eq!(
+        std::fs::read_to_string(s.dumps().join("datadump.sql")).unwrap(),
+        "third"
+    );
+    assert!(!partial.exists(), "the replaced dump is removed");
+}
+
+#[test]
+fn partials_are_unique_per_run_and_swept_under_the_lock() {
+    let (_d, s) = staging();
+    let (a, b) = (s.partial("datadump.sql"), s.partial("datadump.sql"));
+    assert_ne!(a, b);
+    std::fs::write(&a, "x").unwrap();
+    let _lock = s.lock(Lock::Dump, || panic!("free")).unwrap();
+    s.remove_partials().unwrap();
+    assert!(!a.exists());
+}
+
+#[test]
+fn a_held_lock_makes_the_next_taker_wait() {
+    let (_d, s) = staging();
+    let held = s.lock(Lock::Upload, || panic!("free")).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let root = s.root.clone();
+    let waiter = std::thread::spawn(move || {
+        let s = Staging::new(root);
+        let _l = s.lock(Lock::Upload, || tx.send(()).unwrap()).unwrap();
+    });
+    rx.recv().unwrap();
+    drop(held);
+    waiter.join().unwrap();
+}

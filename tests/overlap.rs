@@ -1,0 +1,286 @@
+//! A backup's upload overlapped with its dump (`upload --follow-dump`), on
+//! real MariaDB and MinIO: the upload sends the dump's file part by part
+//! while the dump writes it, completes only once the dump put it in place,
+//! and leaves nothing in the store of a dump that failed.
+//!
+//! The dump is held midway: it writes a large table, then waits on a write
+//! lock another session holds on the next table (tables are dumped in name
+//! order). The staging folder is on /dev/shm, whose size (not this disk's)
+//! sets the part size, so parts go out within the first table.
+
+mod support;
+
+use dbbackup_operator::api::{Compression, Engine};
+use dbbackup_operator::jobresult::{JobResult, Outcome};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+use support::minio::*;
+use support::process::wait_for;
+use support::steps::*;
+use support::*;
+
+/// Rows of 1 KiB in `a_big`: 32 MiB, 6 parts of 5 MiB and more.
+const BIG_ROWS: u32 = 32 * 1024;
+
+/// A MariaDB server with database "held": `a_big` (32 MiB), then `z_held`.
+fn held_database() -> Database {
+    let db = Database::start(Engine::Mariadb);
+    db.create_database("held");
+    db.query(
+        "held",
+        &format!(
+            "CREATE TABLE a_big (id INT PRIMARY KEY AUTO_INCREMENT, v TEXT); \
+             INSERT INTO a_big (v) SELECT REPEAT(MD5(seq), 32) FROM seq_1_to_{BIG_ROWS}; \
+             CREATE TABLE z_held (id INT PRIMARY KEY); INSERT INTO z_held VALUES (42);"
+        ),
+    );
+    db
+}
+
+fn lock_held(db: &Database) -> Child {
+    match db {
+        Database::Maria(m) => m.lock_table("held", "z_held", 300),
+        Database::Pg(_) => unreachable!("MariaDB holds the dump midway"),
+    }
+}
+
+/// A step started in the background, and where its result will be.
+struct Running {
+    child: Child,
+    termlog: std::path::PathBuf,
+}
+
+impl Running {
+    fn start((mut cmd, termlog): (std::process::Command, std::path::PathBuf)) -> Running {
+        let child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Running { child, termlog }
+    }
+
+    fn still_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    async fn finish(self) -> StepRun {
+        let Running { child, termlog } = self;
+        let output = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+            .await
+            .unwrap();
+        let result = std::fs::read_to_string(&termlog)
+            .ok()
+            .and_then(|t| JobResult::parse(&t));
+        StepRun { output, result }
+    }
+}
+
+fn follower(minio: &Minio, staging: &Staging) -> Running {
+    Running::start(upload_command(
+        minio,
+        staging,
+        &UploadOpts {
+            extra_args: vec!["--follow-dump".into(), "--part-size-mib=5".into()],
+            ..Default::default()
+        },
+    ))
+}
+
+/// Waits until the store holds parts of a multipart upload; their count.
+async fn parts_in_flight(minio: &Minio) -> usize {
+    let s3 = minio.s3_client().await;
+    wait_for(
+        "parts of the dump in the store",
+        Duration::from_secs(60),
+        || async {
+            let uploads = s3
+                .list_multipart_uploads()
+                .bucket(BUCKET)
+                .send()
+                .await
+                .ok()?;
+            let upload = uploads.uploads().first()?;
+            let parts = s3
+                .list_parts()
+                .bucket(BUCKET)
+                .key(upload.key()?)
+                .upload_id(upload.upload_id()?)
+                .send()
+                .await
+                .ok()?;
+            (parts.parts().len() >= 2).then_some(parts.parts().len())
+        },
+    )
+    .await
+}
+
+/// Waits until the dump tool waits on the held table: it wrote `a_big`.
+async fn dump_held(db: &Database) {
+    wait_for(
+        "the dump to wait on the held table",
+        Duration::from_secs(60),
+        || async {
+            let waiting = db.query(
+                "",
+                "SELECT COUNT(*) FROM information_schema.processlist \
+                 WHERE db = 'held' AND state LIKE 'Waiting for table%'",
+            );
+            (waiting.trim() != "0").then_some(())
+        },
+    )
+    .await;
+}
+
+fn shm_staging() -> Staging {
+    Staging::new_in(std::path::Path::new("/dev/shm"))
+}
+
+#[tokio::test]
+async fn an_upload_follows_its_dump_and_completes_once_the_dump_is_in_place() {
+    let db = held_database();
+    let minio = Minio::start();
+    create_bucket(&minio).await;
+    let staging = shm_staging();
+    let mut lock = lock_held(&db);
+    let mut dump = Running::start(dump_command(
+        &db.source("held"),
+        &staging,
+        Compression::None,
+    ));
+    let upload = follower(&minio, &staging);
+    let parts = parts_in_flight(&minio).await;
+    dump_held(&db).await;
+    assert!(
+        dump.still_running(),
+        "the dump ended before its upload started: nothing overlapped"
+    );
+    assert!(
+        bucket_keys(&minio).await.is_empty(),
+        "an object exists before its dump was in place"
+    );
+    let _ = lock.kill();
+    let _ = lock.wait();
+    let dumped = dump.finish().await;
+    assert!(dumped.succeeded(), "dump failed: {}", dumped.text());
+    let uploaded = upload.finish().await;
+    assert!(uploaded.succeeded(), "upload failed: {}", uploaded.text());
+    let (d, u) = (dumped.result.unwrap(), uploaded.result.clone().unwrap());
+    assert_eq!(u.outcome, Outcome::Succeeded, "{u:?}");
+    assert_eq!(u.dumped, d.dumped, "the upload names another dump");
+    let key = u.key.clone().unwrap();
+    assert_eq!(key, format!("{}/datadump1.sql", today()));
+    assert!(
+        uploaded.text().contains("uploading while the dump is written"),
+        "{}",
+        uploaded.text()
+    );
+    // The whole dump, the held table last, proven by the store's CRC.
+    let object = get_object(&minio, &key).await;
+    assert!(object.len() > (BIG_ROWS as usize) * 1024, "{}", object.len());
+    assert_eq!(Some(object.len() as u64), d.size);
+    assert!(
+        object
+            .windows(24)
+            .any(|w| w == b"INSERT INTO `z_held` VAL"),
+        "the held table is missing"
+    );
+    assert!(u.checksum.unwrap().starts_with("crc64nvme:"));
+    assert!(
+        parts >= 2,
+        "{parts} parts were sent while the dump was held"
+    );
+    // Only then was the staged file deleted, and nothing is left behind.
+    assert!(staging.dumps().is_empty(), "{:?}", staging.dumps());
+    assert_no_pending_uploads(&minio).await;
+    staging.assert_log_format();
+}
+
+#[tokio::test]
+async fn a_dump_that_fails_midway_leaves_nothing_in_the_store() {
+    let db = held_database();
+    let minio = Minio::start();
+    create_bucket(&minio).await;
+    let staging = shm_staging();
+
+    // 1. The dump tool's connection is killed: the dump fails and removes
+    //    its file.
+    let mut lock = lock_held(&db);
+    let dump = Running::start(dump_command(
+        &db.source("held"),
+        &staging,
+        Compression::None,
+    ));
+    let upload = follower(&minio, &staging);
+    parts_in_flight(&minio).await;
+    dump_held(&db).await;
+    db.query(
+        "",
+        "SELECT CONCAT('KILL ', id) FROM information_schema.processlist \
+         WHERE db = 'held' AND state LIKE 'Waiting for table%' INTO @k; \
+         EXECUTE IMMEDIATE @k",
+    );
+    let dumped = dump.finish().await;
+    assert!(!dumped.succeeded(), "the dump survived its connection");
+    let uploaded = upload.finish().await;
+    assert!(uploaded.succeeded(), "{}", uploaded.text());
+    assert_eq!(uploaded.result.unwrap().outcome, Outcome::Nothing);
+    assert!(bucket_keys(&minio).await.is_empty());
+    assert_no_pending_uploads(&minio).await;
+    let _ = lock.kill();
+    let _ = lock.wait();
+
+    // 2. The dump step is killed outright: its file stays, it grows no more,
+    //    and the dump lock is free.
+    let mut lock = lock_held(&db);
+    let mut dump = Running::start(dump_command(
+        &db.source("held"),
+        &staging,
+        Compression::None,
+    ));
+    let upload = follower(&minio, &staging);
+    parts_in_flight(&minio).await;
+    dump.child.kill().unwrap();
+    let _ = dump.child.wait();
+    let uploaded = upload.finish().await;
+    assert!(uploaded.succeeded(), "{}", uploaded.text());
+    assert_eq!(uploaded.result.unwrap().outcome, Outcome::Nothing);
+    assert!(bucket_keys(&minio).await.is_empty());
+    assert_no_pending_uploads(&minio).await;
+    let _ = lock.kill();
+    let _ = lock.wait();
+}
+
+#[tokio::test]
+async fn an_upload_that_fails_while_its_dump_runs_leaves_the_dump_for_the_next() {
+    let db = held_database();
+    let minio = Minio::start();
+    create_bucket(&minio).await;
+    let staging = shm_staging();
+    let mut lock = lock_held(&db);
+    let dump = Running::start(dump_command(
+        &db.source("held"),
+        &staging,
+        Compression::None,
+    ));
+    let mut upload = follower(&minio, &staging);
+    parts_in_flight(&minio).await;
+    upload.child.kill().unwrap();
+    let _ = upload.child.wait();
+    let _ = lock.kill();
+    let _ = lock.wait();
+    let dumped = dump.finish().await;
+    assert!(dumped.succeeded(), "dump failed: {}", dumped.text());
+    assert!(
+        staging.dumps().contains(&staging.path().join("dumps/datadump.sql")),
+        "the dump is staged for the next upload: {:?}",
+        staging.dumps()
+    );
+    // The next upload sends it once and aborts the killed one's parts.
+    let next = run_upload(&minio, &staging, &UploadOpts::default());
+    assert!(next.succeeded(), "{}", next.text());
+    let key = next.result.unwrap().key.unwrap();
+    assert_eq!(bucket_keys(&minio).await, [key]);
+    assert_no_pending_uploads(&minio).await;
+    assert!(staging.dumps().is_empty());
+}
