@@ -171,18 +171,22 @@ async fn an_upload_follows_its_dump_and_completes_once_the_dump_is_in_place() {
     let key = u.key.clone().unwrap();
     assert_eq!(key, format!("{}/datadump1.sql", today()));
     assert!(
-        uploaded.text().contains("uploading while the dump is written"),
+        uploaded
+            .text()
+            .contains("uploading while the dump is written"),
         "{}",
         uploaded.text()
     );
     // The whole dump, the held table last, proven by the store's CRC.
     let object = get_object(&minio, &key).await;
-    assert!(object.len() > (BIG_ROWS as usize) * 1024, "{}", object.len());
+    assert!(
+        object.len() > (BIG_ROWS as usize) * 1024,
+        "{}",
+        object.len()
+    );
     assert_eq!(Some(object.len() as u64), d.size);
     assert!(
-        object
-            .windows(24)
-            .any(|w| w == b"INSERT INTO `z_held` VAL"),
+        object.windows(24).any(|w| w == b"INSERT INTO `z_held` VAL"),
         "the held table is missing"
     );
     assert!(u.checksum.unwrap().starts_with("crc64nvme:"));
@@ -272,7 +276,9 @@ async fn an_upload_that_fails_while_its_dump_runs_leaves_the_dump_for_the_next()
     let dumped = dump.finish().await;
     assert!(dumped.succeeded(), "dump failed: {}", dumped.text());
     assert!(
-        staging.dumps().contains(&staging.path().join("dumps/datadump.sql")),
+        staging
+            .dumps()
+            .contains(&staging.path().join("dumps/datadump.sql")),
         "the dump is staged for the next upload: {:?}",
         staging.dumps()
     );
@@ -283,4 +289,57 @@ async fn an_upload_that_fails_while_its_dump_runs_leaves_the_dump_for_the_next()
     assert_eq!(bucket_keys(&minio).await, [key]);
     assert_no_pending_uploads(&minio).await;
     assert!(staging.dumps().is_empty());
+}
+
+/// What the upload read while the file grew must be what the dump wrote: a
+/// file whose first part changed after it was sent (as a reader on a network
+/// file system may see a region before its bytes arrive) is sent whole
+/// from its file instead, never completed from the parts read early.
+#[tokio::test]
+async fn bytes_read_while_the_dump_was_written_are_checked_against_its_record() {
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+    let minio = Minio::start();
+    create_bucket(&minio).await;
+    let staging = shm_staging();
+    let dumps = staging.path().join("dumps");
+    std::fs::create_dir_all(&dumps).unwrap();
+    // A dump of our own making: it holds the dump lock and writes its file.
+    let lock = std::fs::File::create(dumps.join(".dump.lock")).unwrap();
+    // SAFETY: flock on a descriptor we own.
+    assert_eq!(
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) },
+        0
+    );
+    let partial = dumps.join(".partial-1-2-0-datadump.sql");
+    let mut file = std::fs::File::create(&partial).unwrap();
+    let mib = 1024 * 1024;
+    file.write_all(&vec![b'a'; 12 * mib]).unwrap();
+    let upload = follower(&minio, &staging);
+    parts_in_flight(&minio).await;
+    file.write_all_at(&vec![b'b'; mib], 0).unwrap();
+    file.write_all(&vec![b'c'; mib]).unwrap();
+    file.sync_all().unwrap();
+    let whole = std::fs::read(&partial).unwrap();
+    let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, &whole);
+    std::fs::write(
+        dumps.join(".partial-1-2-0-datadump.sql.crc64nvme"),
+        format!("{} {crc:016x}\n", whole.len()),
+    )
+    .unwrap();
+    std::fs::rename(&partial, dumps.join("datadump.sql")).unwrap();
+    drop(lock);
+    let uploaded = upload.finish().await;
+    assert!(uploaded.succeeded(), "{}", uploaded.text());
+    assert!(
+        uploaded.text().contains("are not the dump's"),
+        "{}",
+        uploaded.text()
+    );
+    let key = uploaded.result.unwrap().key.unwrap();
+    assert!(
+        get_object(&minio, &key).await == whole,
+        "the object is not the dump as written"
+    );
+    assert_no_pending_uploads(&minio).await;
 }

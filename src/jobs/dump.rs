@@ -311,16 +311,8 @@ fn widened(pipe: std::process::ChildStdout) -> std::process::ChildStdout {
 /// Where the file system holding `path` has no block left for us: its
 /// bytes in use and its size.
 fn volume_full(path: &Path) -> Option<(u64, u64)> {
-    let st = super::staging::statvfs(path)?;
-    let block = st.f_frsize as u64;
-    // Some file systems (FUSE, overlay, NFS) report more free than total.
-    (st.f_bavail == 0).then(|| {
-        let used = (st.f_blocks as u64).saturating_sub(st.f_bfree as u64);
-        (
-            used.saturating_mul(block),
-            (st.f_blocks as u64).saturating_mul(block),
-        )
-    })
+    let v = super::staging::volume(path)?;
+    (v.available == 0).then_some((v.used, v.size))
 }
 
 /// Compresses the tool's output into `file` and syncs it; returns the bytes
@@ -431,9 +423,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("d");
         let data = b"INSERT INTO t VALUES (1);\n".repeat(1000);
-        let read = compress(&data[..], File::create(&path).unwrap(), compression, None).unwrap();
+        let (read, crc) =
+            compress(&data[..], File::create(&path).unwrap(), compression, None).unwrap();
         assert_eq!(read, data.len() as u64);
         let raw = std::fs::read(&path).unwrap();
+        // The checksum is of the file's bytes, as an upload reads them.
+        assert_eq!(
+            crc,
+            crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, &raw)
+        );
         let mut out = vec![];
         match compression {
             Compression::None => out = raw,

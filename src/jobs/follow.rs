@@ -143,7 +143,7 @@ pub(super) async fn follow(
     info!(file = %dump.partial.display(), "following the dump being written");
     abort_leftover(client, staging).await;
     let part_size = put::part_size(
-        super::staging::volume_size(&staging.dumps()).unwrap_or(0),
+        super::staging::volume(&staging.dumps()).map_or(0, |v| v.size),
         args.part_size_mib.max(5) * store::MIB,
     );
     let mut started: Option<Started> = None;
@@ -156,10 +156,12 @@ pub(super) async fn follow(
         if started.is_none() && size >= part_size {
             started = Some(start(client, args, sse, staging, &dump, &file, part_size).await?);
         }
-        if let Some(s) = &mut started {
-            if let Err(e) = s.upload.push(&file, size, false).await {
-                return Err(stop(staging, started, e.to_string()).await);
-            }
+        let pushed = match &mut started {
+            Some(s) => s.upload.push(&file, size, false).await,
+            None => Ok(()),
+        };
+        if let Err(e) = pushed {
+            return Err(stop(staging, started, e.to_string()).await);
         }
         let mut now = place(staging, &dump, id);
         // A dump killed outright leaves its file behind, growing no more.
@@ -184,7 +186,12 @@ pub(super) async fn follow(
     }
     let cannot = |e: io::Error| format!("cannot read {}: {e}", staging.dumps().display());
     let Some(claimed) = staging.claim().map_err(cannot)? else {
-        return Err(stop(staging, started, "the dump followed went before it was claimed".into()).await);
+        return Err(stop(
+            staging,
+            started,
+            "the dump followed went before it was claimed".into(),
+        )
+        .await);
     };
     let ours = std::fs::metadata(&claimed.path).is_ok_and(|m| identity(&m) == id);
     let finished = match (started, ours) {

@@ -38,7 +38,10 @@ pub enum PutError {
     Failed(String),
 }
 
-pub(super) fn classify<E>(err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>, key: &str) -> PutError
+pub(super) fn classify<E>(
+    err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    key: &str,
+) -> PutError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
@@ -179,10 +182,7 @@ async fn put_single(put: &Put<'_>, file: Arc<std::fs::File>) -> Result<Written, 
 }
 
 /// Creates the multipart upload, asking for a full-object CRC64/NVME.
-pub(super) async fn start_multipart(
-    put: &Put<'_>,
-    part_size: u64,
-) -> Result<Multipart, PutError> {
+pub(super) async fn start_multipart(put: &Put<'_>, part_size: u64) -> Result<Multipart, PutError> {
     let create = || {
         let create = put
             .client

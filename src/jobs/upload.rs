@@ -118,7 +118,10 @@ pub(super) fn record_pending(
         key: key.to_string(),
         upload_id: upload_id.to_string(),
     };
-    std::fs::write(state_path(dumps), serde_json::to_vec(&pending).expect("serializes"))
+    std::fs::write(
+        state_path(dumps),
+        serde_json::to_vec(&pending).expect("serializes"),
+    )
 }
 
 /// The multipart upload recorded ended (completed or aborted).
@@ -182,7 +185,10 @@ async fn upload(args: &UploadArgs) -> Result<JobResult, String> {
         info!("{line}");
         JobResult::new(Step::Upload, Outcome::Nothing, line.to_string())
     };
-    if !dumps.exists() {
+    if args.follow_dump {
+        // Its dump may not have made the folders yet.
+        staging.create().map_err(cannot)?;
+    } else if !dumps.exists() {
         return Ok(nothing());
     }
     let _lock = staging
@@ -209,7 +215,8 @@ async fn upload(args: &UploadArgs) -> Result<JobResult, String> {
                         Some(c) => c,
                         None => client.insert(args.store.client().await?),
                     };
-                    if let Some(result) = follow::follow(client, args, &sse, &staging, dump).await? {
+                    if let Some(result) = follow::follow(client, args, &sse, &staging, dump).await?
+                    {
                         sent.push(result);
                         break;
                     }

@@ -96,7 +96,10 @@ impl Staging {
         let mut files: Vec<PathBuf> = std::fs::read_dir(self.path().join("dumps"))
             .map(|rd| rd.map(|e| e.unwrap().path()).collect())
             .unwrap_or_default();
-        files.retain(|f| f.extension().is_none_or(|e| e != "lock" && e != "crc64nvme"));
+        files.retain(|f| {
+            f.extension()
+                .is_none_or(|e| e != "lock" && e != "crc64nvme")
+        });
         files.sort();
         files
     }

@@ -190,7 +190,10 @@ impl Staging {
             // replaced dump on its way out.
             let Some(name) = run
                 .rsplit_once('-')
-                .and_then(|(pid, name)| pid.starts_with(|c: char| c.is_ascii_digit()).then_some(name))
+                .and_then(|(pid, name)| {
+                    pid.starts_with(|c: char| c.is_ascii_digit())
+                        .then_some(name)
+                })
                 .and_then(|name| DUMP_FILES.into_iter().find(|n| *n == name))
             else {
                 continue;
@@ -369,20 +372,33 @@ impl Staging {
     }
 }
 
+/// The file system holding a path, in bytes.
+pub struct Volume {
+    pub size: u64,
+    pub used: u64,
+    /// What an unprivileged writer may still use.
+    pub available: u64,
+}
+
 /// The file system holding `path`, as `statvfs` sees it.
-pub fn statvfs(path: &Path) -> Option<libc::statvfs> {
+// Its fields are narrower than u64 on some targets.
+#[allow(clippy::unnecessary_cast)]
+pub fn volume(path: &Path) -> Option<Volume> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
     // SAFETY: statvfs writes into the zeroed struct we own; the path is a valid C string.
-    unsafe {
+    let st = unsafe {
         let mut st: libc::statvfs = std::mem::zeroed();
-        (libc::statvfs(c.as_ptr(), &mut st) == 0).then_some(st)
-    }
-}
-
-/// The size of the file system holding `path`: no dump on it is larger.
-pub fn volume_size(path: &Path) -> Option<u64> {
-    statvfs(path).map(|st| (st.f_blocks as u64).saturating_mul(st.f_frsize as u64))
+        (libc::statvfs(c.as_ptr(), &mut st) == 0).then_some(st)?
+    };
+    let block = st.f_frsize as u64;
+    let blocks = |n: u64| n.saturating_mul(block);
+    Some(Volume {
+        size: blocks(st.f_blocks as u64),
+        // Some file systems (FUSE, overlay, NFS) report more free than total.
+        used: blocks((st.f_blocks as u64).saturating_sub(st.f_bfree as u64)),
+        available: blocks(st.f_bavail as u64),
+    })
 }
 
 fn checksum_record(partial: &Path) -> PathBuf {

@@ -136,3 +136,36 @@ fn a_held_lock_makes_the_next_taker_wait() {
     drop(held);
     waiter.join().unwrap();
 }
+
+#[test]
+fn the_newest_partial_is_followed_and_records_are_not() {
+    let (_d, s) = staging();
+    assert!(s.newest_partial().unwrap().is_none());
+    let old = s.dumps().join(".partial-1-1-0-datadump.sql.gz");
+    std::fs::write(&old, "killed").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let new = s.partial("datadump.sql.zst");
+    std::fs::write(&new, "growing").unwrap();
+    std::fs::write(s.dumps().join(".partial-replaced-datadump.sql"), "x").unwrap();
+    s.record_checksum(&old, 6, 0xabc).unwrap();
+    assert_eq!(
+        s.newest_partial().unwrap(),
+        Some((new.clone(), "datadump.sql.zst"))
+    );
+    assert_eq!(s.recorded_checksum(&old), Some((6, 0xabc)));
+    assert_eq!(s.recorded_checksum(&new), None);
+    // The next dump's sweep takes records too.
+    s.remove_partials().unwrap();
+    assert_eq!(s.recorded_checksum(&old), None);
+    assert!(s.newest_partial().unwrap().is_none());
+}
+
+#[test]
+fn a_running_dump_is_seen_by_its_lock() {
+    let (_d, s) = staging();
+    assert!(!s.dump_running().unwrap());
+    let held = s.lock(Lock::Dump, || panic!("free")).unwrap();
+    assert!(s.dump_running().unwrap());
+    drop(held);
+    assert!(!s.dump_running().unwrap());
+}

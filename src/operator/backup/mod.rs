@@ -12,8 +12,7 @@ mod status;
 mod tests;
 
 pub use children::{
-    chained_upload, dump_cronjob, job_from_cronjob, key_prefix, labels, staging_pvc,
-    upload_cronjob,
+    chained_upload, dump_cronjob, job_from_cronjob, key_prefix, labels, staging_pvc, upload_cronjob,
 };
 pub use reports::{PodReport, job_report, pod_report, stuck};
 pub use status::{LOG_LINES_KEPT, record_reports, staleness};
