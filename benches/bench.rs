@@ -7,7 +7,10 @@
 //! 3. levels: zstd and gzip levels on dump-like SQL (`bench/levels.rs`);
 //! 4. dump: the `dump` subcommand against a bare `mariadb-dump > file`, and
 //!    with zstd against `mariadb-dump | zstd`;
-//! 5. scale: the operator binary against the test-bed apiserver with 100,
+//! 5. backup: dump and upload one after the other, and overlapped (an
+//!    upload that follows the dump), against the bare dump and `mc cp`
+//!    (`bench/backup.rs`; `BENCH_BACKUP_ROWS` rows of 1 KiB, default 1,000,000);
+//! 6. scale: the operator binary against the test-bed apiserver with 100,
 //!    1,000 and 3,000 resources: convergence time, RSS, and the writes of a
 //!    forced full resync, from the operator's own request counter.
 //!
@@ -16,12 +19,14 @@
 //! has both. `BENCH_SIZES` (MiB, default `256,2048,4096`; `BENCH_TRANSFER_SIZES` for transfer,
 //! default `1024,4096`), `BENCH_REPS`
 //! (default 5), `BENCH_SCALES` (default `100,1000,3000`) and `BENCH_ONLY`
-//! (`upload`, `transfer`, `dump`, `levels`, `verify` or `scale`) narrow a run; the report holds what ran.
+//! (`upload`, `transfer`, `dump`, `backup`, `levels`, `verify` or `scale`) narrow a run; the report holds what ran.
 //! `BENCH_STORES` (default `disk,tmpfs`) says where MinIO keeps its data for
 //! the upload runs. `BENCH_UPLOAD_ARGS` adds flags to our uploader (tuning runs, e.g.
 //! `--concurrency=8 --part-size-mib=16`).
 //! Nothing here asserts a timing.
 
+#[path = "bench/backup.rs"]
+mod backup;
 #[path = "bench/levels.rs"]
 mod levels;
 #[path = "../tests/support/mod.rs"]
@@ -740,6 +745,9 @@ async fn main() {
     }
     if wants("dump") {
         bench_dump(&mut report, &mut goals);
+    }
+    if wants("backup") {
+        backup::bench_backup(&mut report, &mut goals).await;
     }
     if wants("levels") {
         levels::bench_levels(&mut report, &mut goals);

@@ -91,7 +91,7 @@ impl Staging {
     }
 
     /// The files in `dumps/`, but the two lock files (empty, and kept) and
-    /// the last dump's checksum record (removed by the next dump).
+    /// the checksum record of a dump not yet sent (removed by its upload).
     pub fn dumps(&self) -> Vec<PathBuf> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(self.path().join("dumps"))
             .map(|rd| rd.map(|e| e.unwrap().path()).collect())

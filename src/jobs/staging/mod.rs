@@ -53,6 +53,8 @@ pub const DUMP_FILES: [&str; 6] = [
 ];
 const PARTIAL: &str = ".partial-";
 const CLAIMED: &str = ".uploading-";
+/// The suffix of a dump's checksum record.
+const RECORD: &str = ".crc64nvme";
 
 pub struct Staging {
     root: PathBuf,
@@ -363,11 +365,23 @@ impl Staging {
         self.dumps().join(format!(".sent-{name}"))
     }
 
-    /// Deletes a claimed dump the store confirmed, then its marker, and
-    /// syncs the folder.
+    /// Deletes a claimed dump the store confirmed, then its marker and the
+    /// checksum records of dumps no longer being written, and syncs the
+    /// folder. Only an upload that follows a dump reads its record, while it
+    /// holds the upload lock as this one does: a dump already in place is
+    /// sent from its file, and needs none.
     pub fn release(&self, claimed: &Claimed) -> io::Result<()> {
         std::fs::remove_file(&claimed.path)?;
         remove_if_present(&self.sent_marker(claimed.name))?;
+        for entry in std::fs::read_dir(self.dumps())? {
+            let path = entry?.path();
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            if let Some(partial) = name.strip_suffix(RECORD).filter(|p| p.starts_with(PARTIAL))
+                && !self.dumps().join(partial).exists()
+            {
+                remove_if_present(&path)?;
+            }
+        }
         File::open(self.dumps())?.sync_all()
     }
 }
@@ -403,7 +417,7 @@ pub fn volume(path: &Path) -> Option<Volume> {
 
 fn checksum_record(partial: &Path) -> PathBuf {
     let mut name = partial.as_os_str().to_owned();
-    name.push(".crc64nvme");
+    name.push(RECORD);
     PathBuf::from(name)
 }
 

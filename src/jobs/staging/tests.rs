@@ -154,6 +154,16 @@ fn the_newest_partial_is_followed_and_records_are_not() {
     );
     assert_eq!(s.recorded_checksum(&old), Some((6, 0xabc)));
     assert_eq!(s.recorded_checksum(&new), None);
+    // A release keeps the records of dumps still being written only.
+    s.record_checksum(&new, 7, 0xdef).unwrap();
+    std::fs::remove_file(&old).unwrap();
+    std::fs::write(s.dumps().join("datadump.sql"), "sent").unwrap();
+    let claimed = s.claim().unwrap().unwrap();
+    s.release(&claimed).unwrap();
+    assert_eq!(s.recorded_checksum(&old), None);
+    assert_eq!(s.recorded_checksum(&new), Some((7, 0xdef)));
+    std::fs::write(&old, "killed").unwrap();
+    s.record_checksum(&old, 6, 0xabc).unwrap();
     // The next dump's sweep takes records too.
     s.remove_partials().unwrap();
     assert_eq!(s.recorded_checksum(&old), None);

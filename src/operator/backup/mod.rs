@@ -48,6 +48,7 @@ pub async fn reconcile(db: Arc<DatabaseBackup>, ctx: Arc<Context>) -> Result<Act
     let chained = uploads_to_chain(&db, &ctx, &reports, &pass.status);
     publish_steps(&db, &ctx, &reports, &old);
     pass.record(reports, &present);
+    let mut follow_due = None;
     if let Ok(children) = &mut applied {
         // A drill that passed in this pass protects its dump from the next
         // upload at once: status writes start no reconcile of their own.
@@ -57,7 +58,9 @@ pub async fn reconcile(db: Arc<DatabaseBackup>, ctx: Arc<Context>) -> Result<Act
             children.upload = apply_upload(&now, &ctx).await?;
         }
         run_now(&db, &ctx, &children.dump, &mut pass).await?;
-        for run in chained.iter().chain(&running_dumps(&db, &ctx)) {
+        let (following, due) = running_dumps(&db, &ctx);
+        follow_due = due;
+        for run in chained.iter().chain(&following) {
             create_job(&ctx, &chained_upload(&children.upload, run), "job").await?;
         }
     }
@@ -71,6 +74,7 @@ pub async fn reconcile(db: Arc<DatabaseBackup>, ctx: Arc<Context>) -> Result<Act
     publish_upload(&db, &ctx, &pass.status);
     let recheck = pass.judge_staleness(&db, &ctx, &old);
     let recheck = next_drill.map_or(recheck, |due| recheck.min(due));
+    let recheck = follow_due.map_or(recheck, |due| recheck.min(due));
     let urls = pass.judge_notifications(&db, &ctx).await;
     let notices = std::mem::take(&mut pass.notices);
     publish(&db, &ctx, &old, pass).await?;

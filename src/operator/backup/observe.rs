@@ -15,6 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 use std::collections::HashMap;
+use std::time::Duration;
 
 /// Finished pods and failed Jobs of this backup, from the operator's caches,
 /// and the UIDs of all of them that still exist.
@@ -147,37 +148,59 @@ pub(super) fn started_dumps(db: &DatabaseBackup, ctx: &Context) -> Vec<Notice> {
         .collect()
 }
 
-/// The runs of this backup's dumps whose tool is running: each gets an
-/// upload that follows its file as it is written (`jobs::follow`), named as
-/// the upload chained to its success would be, so it is made once.
-pub(super) fn running_dumps(db: &DatabaseBackup, ctx: &Context) -> Vec<String> {
+/// How long a dump runs before an upload follows it: a short dump's upload
+/// after it costs little, and a dump that fails at once (credentials, an
+/// unreachable server) gets no upload saying there is nothing to send.
+pub(super) const FOLLOW_AFTER: Duration = Duration::from_secs(15);
+
+/// The runs of this backup's dumps whose tool has run for `FOLLOW_AFTER`:
+/// each gets an upload that follows its file as it is written
+/// (`jobs::follow`), named as the upload chained to its success would be, so
+/// it is made once. Also when the next running dump comes due.
+pub(super) fn running_dumps(db: &DatabaseBackup, ctx: &Context) -> (Vec<String>, Option<Duration>) {
     let key = Some(ObjectRef::from_obj(db));
     let dump = Some(Step::Dump.as_str());
-    ctx.pods
+    let now = chrono::Utc::now();
+    let mut due = None;
+    let runs = ctx
+        .pods
         .state()
         .iter()
         .filter(|p| labelled_owner(&***p, names::LABEL_BACKUP) == key)
         .filter(|p| p.labels().get(names::LABEL_STEP).map(String::as_str) == dump)
-        .filter(|p| p.metadata.deletion_timestamp.is_none() && running(p))
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            let Some(since) = running_since(p) else {
+                return false;
+            };
+            let ran = (now - since).to_std().unwrap_or_default();
+            let left = FOLLOW_AFTER.saturating_sub(ran);
+            if !left.is_zero() {
+                due = Some(due.map_or(left, |d: Duration| d.min(left)));
+            }
+            left.is_zero()
+        })
         .filter_map(|p| {
             let job = p.owner_references().iter().find(|o| o.kind == "Job");
             let run = p.labels().get(names::RUN_NOW).cloned();
             run.or_else(|| Some(names::run_now_id(&job?.uid)))
         })
-        .collect()
+        .collect();
+    (runs, due.map(|d| d + Duration::from_secs(1)))
 }
 
-/// Whether the pod's step container runs (its init containers are done).
-fn running(pod: &Pod) -> bool {
-    let Some(status) = &pod.status else {
-        return false;
-    };
-    status.phase.as_deref() == Some("Running")
-        && status
-            .container_statuses
-            .iter()
-            .flatten()
-            .any(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
+/// Since when the pod's step container runs (its init containers done).
+fn running_since(pod: &Pod) -> Option<chrono::DateTime<chrono::Utc>> {
+    let status = pod.status.as_ref()?;
+    if status.phase.as_deref() != Some("Running") {
+        return None;
+    }
+    status
+        .container_statuses
+        .iter()
+        .flatten()
+        .find_map(|c| c.state.as_ref()?.running.as_ref()?.started_at.as_ref())
+        .map(results::to_chrono)
 }
 
 /// Pods of this backup that cannot start, as the conditions of their steps.
