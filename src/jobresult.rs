@@ -95,6 +95,21 @@ pub fn fail(reason: &'static str, message: impl Into<String>) -> Failure {
 }
 
 impl JobResult {
+    /// One result for several dumps a run sent, this one last: this one's,
+    /// with every line in time order (each dump's line, then its retention's).
+    pub fn after(self, earlier: Vec<JobResult>) -> JobResult {
+        let mut lines = earlier
+            .into_iter()
+            .chain([self.clone()])
+            .flat_map(|r| std::iter::once(r.log).chain(r.more_log));
+        let log = lines.next().unwrap_or_default();
+        JobResult {
+            log,
+            more_log: lines.collect(),
+            ..self
+        }
+    }
+
     /// A result of `step` with its log line and nothing else.
     pub fn new(step: Step, outcome: Outcome, log: String) -> JobResult {
         JobResult {
@@ -200,6 +215,23 @@ fn shortened(c: &crate::api::CheckResult, limit: usize) -> crate::api::CheckResu
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_run_that_sent_several_dumps_keeps_every_line_in_order() {
+        let sent = |line: &str, more: &[&str], key: &str| {
+            let mut r =
+                super::JobResult::new(super::Step::Upload, super::Outcome::Succeeded, line.into());
+            r.more_log = more.iter().map(|m| m.to_string()).collect();
+            r.key = Some(key.into());
+            r
+        };
+        let merged = sent("3", &["4"], "b").after(vec![sent("1", &["2"], "a")]);
+        assert_eq!(merged.log, "1");
+        assert_eq!(merged.more_log, ["2", "3", "4"]);
+        assert_eq!(merged.key.as_deref(), Some("b"));
+        let alone = sent("1", &[], "a").after(vec![]);
+        assert_eq!((alone.log.as_str(), alone.more_log.len()), ("1", 0));
+    }
+
     use super::*;
 
     #[test]

@@ -103,6 +103,13 @@ pub fn run_now_id(token: &str) -> String {
     short_hash(token)[..6].to_string()
 }
 
+/// The id naming the upload Job that follows one dump pod while it runs
+/// (for `run_job_name`): of its run and the pod, so that a Job's second pod
+/// gets an upload of its own; as short as a run id.
+pub fn follower_id(run: &str, pod_uid: &str) -> String {
+    run_now_id(&format!("{run}/{pod_uid}"))
+}
+
 /// A Job started from a CronJob's template for one run (`run_now_id`, or a
 /// hash of the dump Job it uploads for): creating it twice is a no-op.
 pub fn run_job_name(cronjob: &str, run: &str) -> String {

@@ -6,6 +6,7 @@ mod support;
 use dbbackup_operator::api::DatabaseBackup;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::ResourceExt;
 use kube::api::{Api, ListParams, PostParams};
 use std::time::Duration;
 use support::node::{MARIADB_IMAGE, NODE_IP};
@@ -589,4 +590,83 @@ async fn run_now_twice_at_once_every_completed_dump_is_uploaded_or_said_replaced
     .await;
     assert_eq!(events.len(), replaced, "{events:?}");
     println!("{replaced} of 6 dumps were replaced before an upload claimed them");
+}
+
+/// A dump that runs long gets, once its tool has run for 15 s, the upload
+/// that follows its file while it is written; that upload sends the dump
+/// once it is in place, and it is the only upload: the dump's success starts
+/// no second one.
+#[tokio::test]
+async fn a_long_dump_is_sent_by_the_upload_that_followed_it() {
+    let (b, _op, mut pods) = ready_bed(Engine::Mariadb, "").await;
+    let Database::Maria(m) = &b.db else {
+        unreachable!("a MariaDB bed")
+    };
+    let mut lock = m.lock_table("shop", "orders", 300);
+    create_job_from(&b, "orders-dump", "long");
+    let api: Api<Pod> = Api::namespaced(b.client.clone(), &b.ns);
+    let step = |p: &Pod, s: &str| {
+        p.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("dbbackup.io/step"))
+            == Some(&s.to_string())
+    };
+    let follows = |p: &Pod| {
+        p.spec.as_ref().is_some_and(|s| {
+            s.containers[0]
+                .args
+                .iter()
+                .flatten()
+                .any(|a| a == "--follow-dump")
+        })
+    };
+    let follower = wait_for(
+        "an upload that follows the held dump",
+        Duration::from_secs(120),
+        || async {
+            let list = api.list(&ListParams::default()).await.ok()?.items;
+            let dump_runs = list.iter().any(|p| {
+                step(p, "dump")
+                    && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+            });
+            let follower = list.iter().find(|p| step(p, "upload") && follows(p))?;
+            dump_runs.then(|| follower.name_any())
+        },
+    )
+    .await;
+    let _ = lock.kill();
+    let _ = lock.wait();
+    let dump = pods.finished(1, POD_TIMEOUT).await.remove(0);
+    assert_eq!(
+        (dump.step.as_str(), dump.exit_code),
+        ("dump", 0),
+        "{}",
+        dump.output
+    );
+    let upload = pods.finished(1, POD_TIMEOUT).await.remove(0);
+    assert_eq!(upload.name, follower);
+    assert_eq!(upload.exit_code, 0, "{}", upload.output);
+    let key = format!("{}/datadump1.sql", support::steps::today());
+    wait_for(
+        "the upload in the status",
+        Duration::from_secs(60),
+        || async {
+            let status = status_of(&b).await;
+            (status.last_upload_key.as_deref() == Some(key.as_str())).then_some(())
+        },
+    )
+    .await;
+    // The dump's success, seen by now, started no second upload.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let uploads = api.list(&ListParams::default()).await.unwrap().items;
+    let uploads: Vec<_> = uploads.iter().filter(|p| step(p, "upload")).collect();
+    assert_eq!(
+        uploads.len(),
+        1,
+        "{:?}",
+        uploads.iter().map(|p| p.name_any()).collect::<Vec<_>>()
+    );
+    assert_eq!(support::minio::bucket_keys(&b.minio).await, [key]);
+    assert!(staged_files(&b).is_empty(), "{:?}", staged_files(&b));
 }

@@ -10,16 +10,17 @@
 //! until the store proved the whole object. Before completing, the bytes sent
 //! are checked against the size and CRC64/NVME the dump recorded for what it
 //! wrote, so a file read while it grew (on a network file system, say) can
-//! never stand for the dump. Whenever following cannot finish the object (the
-//! dump failed or was replaced, its date or key moved on, the check fails),
+//! never stand for the dump (no record, no proof: the dump is sent whole).
+//! Whenever following cannot finish the object (the dump failed or was
+//! replaced, its date or key moved on, the check fails),
 //! the multipart upload is aborted; a dump that was put in place is then sent
 //! from its file as any upload sends it.
 
-use super::multipart::{Multipart, checksum_part};
+use super::multipart::Multipart;
 use super::put::{self, Put, PutError};
 use super::staging::{Claimed, Staging};
 use super::upload::{self, UploadArgs};
-use super::{keys, store};
+use super::{keys, pending, store};
 use crate::jobresult::JobResult;
 use chrono::{DateTime, NaiveDate, Utc};
 use std::fs::File;
@@ -141,7 +142,7 @@ pub(super) async fn follow(
     };
     let id = identity(&size_of(&file)?);
     info!(file = %dump.partial.display(), "following the dump being written");
-    abort_leftover(client, staging).await;
+    pending::abort_leftover(client, &staging.dumps()).await;
     let part_size = put::part_size(
         super::staging::volume(&staging.dumps()).map_or(0, |v| v.size),
         args.part_size_mib.max(5) * store::MIB,
@@ -178,10 +179,7 @@ pub(super) async fn follow(
     };
     if outcome == Place::Gone {
         info!("the dump followed ended without being put in place; nothing of it is kept");
-        if let Some(s) = started {
-            s.upload.abort().await;
-            upload::clear_pending(&staging.dumps());
-        }
+        drop_started(staging, started).await;
         return Ok(None);
     }
     let cannot = |e: io::Error| format!("cannot read {}: {e}", staging.dumps().display());
@@ -198,13 +196,10 @@ pub(super) async fn follow(
         (Some(s), true) => finish(client, args, staging, &dump, &file, &claimed, s).await?,
         // Small enough for one part, or replaced just before the claim.
         (started, _) => {
-            if let Some(s) = started {
-                s.upload.abort().await;
-            }
+            drop_started(staging, started).await;
             None
         }
     };
-    upload::clear_pending(&staging.dumps());
     let _ = staging.forget_checksum(&dump.partial);
     let result = match finished {
         Some((key, written)) => {
@@ -213,11 +208,6 @@ pub(super) async fn follow(
         None => upload::send(client, args, sse, staging, &claimed).await?,
     };
     Ok(Some(result))
-}
-
-/// Aborts the multipart upload an interrupted earlier run left behind.
-async fn abort_leftover(client: &aws_sdk_s3::Client, staging: &Staging) {
-    upload::abort_leftover(client, &staging.dumps()).await;
 }
 
 /// Whether the dump lock is held (by the followed dump, or the next one).
@@ -248,8 +238,10 @@ async fn start(
     let upload = put::start_multipart(&request, part_size)
         .await
         .map_err(|e| e.to_string())?;
-    upload::record_pending(&staging.dumps(), bucket, &key, upload.upload_id())
-        .map_err(|e| format!("cannot record the upload: {e}"))?;
+    if let Err(e) = pending::record(&staging.dumps(), bucket, &key, upload.upload_id()) {
+        upload.abort().await;
+        return Err(format!("cannot record the upload: {e}"));
+    }
     info!(%key, "uploading while the dump is written");
     Ok(Started { upload, date })
 }
@@ -304,64 +296,58 @@ async fn finish(
         .map_err(|e| format!("cannot read {}: {e}", claimed.path.display()))?
         .len();
     if let Err(e) = upload.push(file, size, true).await {
-        upload.abort().await;
+        drop_started(staging, Some(Started { upload, date })).await;
         return Err(e.to_string());
     }
     let finished: DateTime<Utc> = claimed.finished.into();
     let why_not = if finished.with_timezone(&args.time_zone).date_naive() != date {
-        Some("the dump finished on the next day, which names its folder".to_string())
+        Some("the dump finished on the next day, which names its folder")
     } else {
         let sent = (upload.sent(), upload.crc64nvme().unwrap_or(0));
-        match written_by_dump(staging, dump, file, size).await? {
-            theirs if theirs == sent => None,
-            _ => Some("the bytes read while the dump was written are not the dump's".into()),
+        // The record is what ties the bytes read to the dump: without it
+        // (a dump of an older version) they prove nothing.
+        match staging.recorded_checksum(&dump.partial) {
+            Some(theirs) if theirs == sent => None,
+            Some(_) => Some("the bytes read while the dump was written are not the dump's"),
+            None => Some("the dump recorded no checksum to check the bytes read against"),
         }
     };
     if let Some(why) = why_not {
         warn!("{why}; sending the dump from its file instead");
-        upload.abort().await;
+        drop_started(staging, Some(Started { upload, date })).await;
         return Ok(None);
     }
     let key = upload.key().to_string();
     let upload_id = upload.upload_id().to_string();
-    match upload.complete(size, true).await {
+    let completed = upload.complete(size, true).await;
+    let pending =
+        completed.is_ok() || store::abort(client, &args.store.bucket, &key, &upload_id).await;
+    if pending {
+        pending::clear(&staging.dumps());
+    }
+    match completed {
         Ok(written) => Ok(Some((key, written))),
         Err(e @ (PutError::KeyTaken(_) | PutError::ConditionalUnsupported)) => {
             info!(error = %e, "sending the dump from its file under another key");
-            store::abort(client, &args.store.bucket, &key, &upload_id).await;
             Ok(None)
         }
-        Err(e) => {
-            store::abort(client, &args.store.bucket, &key, &upload_id).await;
-            Err(e.to_string())
-        }
+        Err(e) => Err(e.to_string()),
     }
-}
-
-/// The size and CRC64/NVME of the dump as its dump step wrote it: from its
-/// record, or where that is gone, read from the file once more.
-async fn written_by_dump(
-    staging: &Staging,
-    dump: &Writing,
-    file: &Arc<File>,
-    size: u64,
-) -> Result<(u64, u64), String> {
-    if let Some(recorded) = staging.recorded_checksum(&dump.partial) {
-        return Ok(recorded);
-    }
-    warn!("the dump's checksum record is gone; reading the dump again to check it");
-    let part = checksum_part(file.clone(), 0, size, false)
-        .await
-        .map_err(|e| format!("cannot read the dump: {e}"))?;
-    Ok((size, part.crc64nvme))
 }
 
 /// Aborts what was started and says why the upload failed; the dump stays
 /// for the next upload.
 async fn stop(staging: &Staging, started: Option<Started>, why: String) -> String {
-    if let Some(s) = started {
-        s.upload.abort().await;
-        upload::clear_pending(&staging.dumps());
-    }
+    drop_started(staging, started).await;
     why
+}
+
+/// Aborts the upload started, if any. Its record goes only once the store
+/// took the abort: else the next run tries again.
+async fn drop_started(staging: &Staging, started: Option<Started>) {
+    if let Some(s) = started
+        && s.upload.abort().await
+    {
+        pending::clear(&staging.dumps());
+    }
 }

@@ -4,6 +4,7 @@
 //! and retention, and the hand-off between pods on the staging volume
 //! (`staging`). Nothing here talks to the Kubernetes API.
 
+mod compress;
 pub mod download;
 pub mod dump;
 pub mod feed;
@@ -12,6 +13,7 @@ mod follow;
 pub mod keys;
 pub mod load;
 mod multipart;
+mod pending;
 pub mod proof;
 mod prune;
 pub mod put;

@@ -260,12 +260,13 @@ impl Multipart {
         Ok(Written { size, proof })
     }
 
-    /// Stops the parts in flight and aborts the upload.
-    pub(super) async fn abort(mut self) {
+    /// Stops the parts in flight and aborts the upload; whether the store
+    /// took the abort.
+    pub(super) async fn abort(mut self) -> bool {
         self.in_flight.abort_all();
         while self.in_flight.join_next().await.is_some() {}
         let t = &self.target;
-        abort(&t.client, &t.bucket, &t.key, &t.upload_id).await;
+        abort(&t.client, &t.bucket, &t.key, &t.upload_id).await
     }
 }
 

@@ -505,8 +505,8 @@ pub async fn object_exists(
 
 /// Best effort: a failed abort leaves an upload that the next run, or a bucket
 /// lifecycle rule, cleans up.
-pub async fn abort(client: &Client, bucket: &str, key: &str, upload_id: &str) {
-    if let Err(e) = client
+pub async fn abort(client: &Client, bucket: &str, key: &str, upload_id: &str) -> bool {
+    match client
         .abort_multipart_upload()
         .bucket(bucket)
         .key(key)
@@ -514,7 +514,11 @@ pub async fn abort(client: &Client, bucket: &str, key: &str, upload_id: &str) {
         .send()
         .await
     {
-        tracing::warn!(key, error = %describe(&e), "cannot abort multipart upload");
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!(key, error = %describe(&e), "cannot abort multipart upload");
+            false
+        }
     }
 }
 

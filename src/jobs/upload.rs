@@ -9,12 +9,12 @@
 
 use super::proof::{self, Written};
 use super::staging::{self, Claimed, Lock, Staging};
-use super::{follow, keys, prune, put, retention, store};
+use super::{follow, keys, pending, prune, put, retention, store};
 use crate::jobresult::{JobResult, Outcome, Step};
 use crate::logline;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use tracing::{error, info, warn};
 
 /// How many times a taken key is retried with the next index.
@@ -93,55 +93,6 @@ impl UploadArgs {
     }
 }
 
-/// What the `.multipart` state file holds: an upload to abort if we die mid-way.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct PendingUpload {
-    bucket: String,
-    key: String,
-    upload_id: String,
-}
-
-fn state_path(dumps: &Path) -> PathBuf {
-    dumps.join(".multipart-upload.json")
-}
-
-/// Records a multipart upload under way, for the next run to abort if this
-/// one dies before it ends.
-pub(super) fn record_pending(
-    dumps: &Path,
-    bucket: &str,
-    key: &str,
-    upload_id: &str,
-) -> std::io::Result<()> {
-    let pending = PendingUpload {
-        bucket: bucket.to_string(),
-        key: key.to_string(),
-        upload_id: upload_id.to_string(),
-    };
-    std::fs::write(
-        state_path(dumps),
-        serde_json::to_vec(&pending).expect("serializes"),
-    )
-}
-
-/// The multipart upload recorded ended (completed or aborted).
-pub(super) fn clear_pending(dumps: &Path) {
-    let _ = std::fs::remove_file(state_path(dumps));
-}
-
-/// Aborts the multipart upload an interrupted earlier run left behind.
-pub(super) async fn abort_leftover(client: &aws_sdk_s3::Client, dumps: &Path) {
-    let path = state_path(dumps);
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        return;
-    };
-    if let Ok(p) = serde_json::from_str::<PendingUpload>(&text) {
-        info!(key = %p.key, "aborting the multipart upload of an interrupted run");
-        store::abort(client, &p.bucket, &p.key, &p.upload_id).await;
-    }
-    let _ = std::fs::remove_file(path);
-}
-
 /// Runs one upload; returns the process exit code.
 pub async fn run(args: UploadArgs) -> i32 {
     // Files we create stay writable for the dump pod's user, which shares our group.
@@ -200,44 +151,36 @@ async fn upload(args: &UploadArgs) -> Result<JobResult, String> {
     let mut client = None;
     let mut sent: Vec<JobResult> = vec![];
     let fresh = send_staged(args, &staging, &sse, &mut client, &mut sent).await?;
-    // Chained to a dump that is running: send its file as it is written.
-    if args.follow_dump && !fresh {
-        let mut grace = follow::GRACE;
+    // Chained to a running dump: send each dump as it is written, until no
+    // dump runs or waits (the one it was started for may queue behind
+    // another, or behind the dump it just sent).
+    if args.follow_dump {
+        let mut grace = match fresh {
+            true => std::time::Duration::ZERO,
+            false => follow::GRACE,
+        };
         loop {
             match follow::next(&staging, grace).await.map_err(cannot)? {
                 follow::Next::Quiet => break,
                 follow::Next::Staged => {
                     send_staged(args, &staging, &sse, &mut client, &mut sent).await?;
-                    break;
                 }
                 follow::Next::Writing(dump) => {
                     let client = match &client {
                         Some(c) => c,
                         None => client.insert(args.store.client().await?),
                     };
-                    if let Some(result) = follow::follow(client, args, &sse, &staging, dump).await?
-                    {
-                        sent.push(result);
-                        break;
-                    }
+                    let followed = follow::follow(client, args, &sse, &staging, dump).await?;
+                    sent.extend(followed);
                 }
             }
-            // The dump went without being put in place: another may follow.
             grace = std::time::Duration::ZERO;
         }
     }
-    let Some(mut last) = sent.pop() else {
+    let Some(last) = sent.pop() else {
         return Ok(nothing());
     };
-    if let Some(first) = sent.pop() {
-        // In time order: the left claim's line, then this one's, then retention's.
-        let mut more = vec![last.log.clone()];
-        more.extend(first.more_log.iter().cloned());
-        more.extend(last.more_log);
-        last.more_log = more;
-        last.log = first.log;
-    }
-    Ok(last)
+    Ok(last.after(sent))
 }
 
 /// Sends the claims killed uploads left, then the dump staged now, if any;
@@ -317,7 +260,7 @@ pub(super) async fn send(
         return Err(format!("{} is empty", claimed.path.display()));
     }
     info!(file = %claimed.path.display(), size, "found a dump");
-    abort_leftover(client, &staging.dumps()).await;
+    pending::abort_leftover(client, &staging.dumps()).await;
     if args.create_bucket {
         let locked = args.object_lock_mode.is_some();
         store::ensure_bucket(client, &args.store.bucket, locked).await?;
@@ -396,7 +339,7 @@ async fn put_under_free_key(
         if !conditional && store::object_exists(client, bucket, &key, sse).await? {
             continue;
         }
-        let record_upload = |upload_id: &str| record_pending(&dumps, bucket, &key, upload_id);
+        let record_upload = |upload_id: &str| pending::record(&dumps, bucket, &key, upload_id);
         info!(%key, "uploading");
         let request = put::Put {
             client,
@@ -413,7 +356,7 @@ async fn put_under_free_key(
             lock: args.lock(),
         };
         let result = put::put_file(&request, &record_upload).await;
-        clear_pending(&dumps);
+        pending::clear(&dumps);
         match result {
             Ok(written) => return Ok((key, written)),
             Err(put::PutError::KeyTaken(k)) => {

@@ -63,6 +63,19 @@ pub fn job_failure(job: &Job) -> Option<(Time, Option<String>, String)> {
     Some((finished, failed.reason.clone(), cause))
 }
 
+/// True once the Job completed or failed for good.
+pub fn finished(job: &Job) -> bool {
+    job.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter().any(|c| {
+                matches!(c.type_.as_str(), "Complete" | "Failed" | "FailureTarget")
+                    && c.status == "True"
+            })
+        })
+}
+
 /// True once the Job is out of time: its FailureTarget condition says so
 /// before the Job controller stops its pods.
 pub fn deadline_exceeded(job: &Job) -> bool {

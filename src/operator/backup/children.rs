@@ -298,9 +298,15 @@ pub fn job_from_cronjob(cronjob: &CronJob, run: &str) -> Job {
 }
 
 /// The upload Job chained to one dump run: it sends the staged dump, or
-/// follows the dump while it is written (`upload --follow-dump`).
-pub fn chained_upload(upload: &CronJob, run: &str) -> Job {
+/// follows the dump while it is written (`upload --follow-dump`). `follows`:
+/// the dump pod it was started beside, which names it (`names::follower_id`);
+/// else it is named by the run, as the upload after a dump's success is.
+pub fn chained_upload(upload: &CronJob, run: &str, follows: Option<&str>) -> Job {
     let mut job = job_from_cronjob(upload, run);
+    if let Some(pod) = follows {
+        let id = names::follower_id(run, pod);
+        job.metadata.name = Some(names::run_job_name(&upload.name_any(), &id));
+    }
     let pod = job.spec.as_mut().and_then(|s| s.template.spec.as_mut());
     if let Some(container) = pod.and_then(|p| p.containers.first_mut()) {
         container

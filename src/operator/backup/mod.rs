@@ -17,7 +17,7 @@ pub use children::{
 pub use reports::{PodReport, job_report, pod_report, stuck};
 pub use status::{LOG_LINES_KEPT, record_reports, staleness};
 
-use observe::{reports, running_dumps, started_dumps, stuck_pods, upload_started_since};
+use observe::{follower, reports, running_dumps, started_dumps, stuck_pods, upload_started_since};
 use pass::Pass;
 
 use super::apiserver::{apply, backoff_after, create_job, labelled_owner, write_status};
@@ -60,8 +60,12 @@ pub async fn reconcile(db: Arc<DatabaseBackup>, ctx: Arc<Context>) -> Result<Act
         run_now(&db, &ctx, &children.dump, &mut pass).await?;
         let (following, due) = running_dumps(&db, &ctx);
         follow_due = due;
-        for run in chained.iter().chain(&following) {
-            create_job(&ctx, &chained_upload(&children.upload, run), "job").await?;
+        for run in &chained {
+            create_job(&ctx, &chained_upload(&children.upload, run, None), "job").await?;
+        }
+        for (run, pod) in &following {
+            let job = chained_upload(&children.upload, run, Some(pod));
+            create_job(&ctx, &job, "job").await?;
         }
     }
     let mut next_drill = None;
@@ -153,7 +157,7 @@ async fn run_now(
 
 /// No dump waits for the upload schedule: each success starts its upload
 /// (one per Job, even if the Job ran a second pod), unless the upload that
-/// followed it while it ran exists (the same Job name). The upload CronJob stays
+/// followed it while it ran sent it or still runs. The upload CronJob stays
 /// as the retry and the original pipeline's poller. Returns the runs to
 /// start an upload Job for.
 fn uploads_to_chain(
@@ -170,12 +174,35 @@ fn uploads_to_chain(
                 && !status.processed_pods.contains(&r.uid)
                 && !upload_started_since(db, ctx, &r.uid, &r.finished)
         })
+        // Sent already by an upload that followed it (or another), or about
+        // to be by the one following it still.
+        .filter(|r| !sent(reports, r) && !following(db, ctx, r))
         .map(|r| {
             r.run_now
                 .clone()
                 .unwrap_or_else(|| names::run_now_id(r.job.as_deref().unwrap_or(&r.uid)))
         })
         .collect()
+}
+
+/// Whether an upload's result names the dump of `dump`.
+fn sent(reports: &[PodReport], dump: &PodReport) -> bool {
+    reports.iter().any(|r| {
+        r.step == Step::Upload
+            && r.result.outcome == Outcome::Succeeded
+            && r.result.dumped.is_some()
+            && r.result.dumped == dump.result.dumped
+    })
+}
+
+/// Whether the upload that followed the dump pod of `dump` still runs: it
+/// sends that dump, and every dump that runs or waits after it.
+fn following(db: &DatabaseBackup, ctx: &Context, dump: &PodReport) -> bool {
+    let run = dump
+        .run_now
+        .clone()
+        .unwrap_or_else(|| names::run_now_id(dump.job.as_deref().unwrap_or(&dump.uid)));
+    follower(db, ctx, &run, &dump.uid).is_some_and(|job| !super::results::finished(&job))
 }
 
 /// Applies the upload CronJob as built from `db`, status included: its

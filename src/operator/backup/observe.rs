@@ -157,7 +157,10 @@ pub(super) const FOLLOW_AFTER: Duration = Duration::from_secs(15);
 /// each gets an upload that follows its file as it is written
 /// (`jobs::follow`), named as the upload chained to its success would be, so
 /// it is made once. Also when the next running dump comes due.
-pub(super) fn running_dumps(db: &DatabaseBackup, ctx: &Context) -> (Vec<String>, Option<Duration>) {
+pub(super) fn running_dumps(
+    db: &DatabaseBackup,
+    ctx: &Context,
+) -> (Vec<(String, String)>, Option<Duration>) {
     let key = Some(ObjectRef::from_obj(db));
     let dump = Some(Step::Dump.as_str());
     let now = chrono::Utc::now();
@@ -180,13 +183,31 @@ pub(super) fn running_dumps(db: &DatabaseBackup, ctx: &Context) -> (Vec<String>,
             }
             left.is_zero()
         })
-        .filter_map(|p| {
-            let job = p.owner_references().iter().find(|o| o.kind == "Job");
-            let run = p.labels().get(names::RUN_NOW).cloned();
-            run.or_else(|| Some(names::run_now_id(&job?.uid)))
-        })
+        .filter_map(|p| Some((run_of(p)?, p.uid()?)))
         .collect();
     (runs, due.map(|d| d + Duration::from_secs(1)))
+}
+
+/// The run a dump pod belongs to: its run-now id, else its Job's.
+fn run_of(pod: &Pod) -> Option<String> {
+    let job = pod.owner_references().iter().find(|o| o.kind == "Job");
+    let run = pod.labels().get(names::RUN_NOW).cloned();
+    run.or_else(|| Some(names::run_now_id(&job?.uid)))
+}
+
+/// The upload Job that followed the dump pod `dump` of `run`, if any.
+pub(super) fn follower(
+    db: &DatabaseBackup,
+    ctx: &Context,
+    run: &str,
+    dump: &str,
+) -> Option<std::sync::Arc<k8s_openapi::api::batch::v1::Job>> {
+    let name = names::run_job_name(
+        &names::upload_cronjob_name(&db.name_any()),
+        &names::follower_id(run, dump),
+    );
+    ctx.jobs
+        .get(&ObjectRef::new(&name).within(&db.namespace().unwrap_or_default()))
 }
 
 /// Since when the pod's step container runs (its init containers done).
