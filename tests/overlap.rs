@@ -136,31 +136,81 @@ fn shm_staging() -> Staging {
     Staging::new_in(std::path::Path::new("/dev/shm"))
 }
 
+/// The held database, MinIO with its bucket, and staging on /dev/shm.
+struct Bench {
+    db: Database,
+    minio: Minio,
+    staging: Staging,
+}
+
+/// A dump held midway with its follower, parts of it in the store.
+struct Held {
+    lock: Child,
+    dump: Running,
+    upload: Running,
+    parts: usize,
+}
+
+impl Bench {
+    async fn new() -> Bench {
+        let db = held_database();
+        let minio = Minio::start();
+        create_bucket(&minio).await;
+        Bench {
+            db,
+            minio,
+            staging: shm_staging(),
+        }
+    }
+
+    /// Starts a dump of "held" and a follower, and waits until parts of the
+    /// dump are in the store.
+    async fn hold(&self) -> Held {
+        let lock = lock_held(&self.db);
+        let dump = Running::start(dump_command(
+            &self.db.source("held"),
+            &self.staging,
+            Compression::None,
+        ));
+        let upload = follower(&self.minio, &self.staging);
+        let parts = parts_in_flight(&self.minio).await;
+        Held {
+            lock,
+            dump,
+            upload,
+            parts,
+        }
+    }
+}
+
+impl Held {
+    fn release(&mut self) {
+        let _ = self.lock.kill();
+        let _ = self.lock.wait();
+    }
+}
+
 #[tokio::test]
 async fn an_upload_follows_its_dump_and_completes_once_the_dump_is_in_place() {
-    let db = held_database();
-    let minio = Minio::start();
-    create_bucket(&minio).await;
-    let staging = shm_staging();
-    let mut lock = lock_held(&db);
-    let mut dump = Running::start(dump_command(
-        &db.source("held"),
-        &staging,
-        Compression::None,
-    ));
-    let upload = follower(&minio, &staging);
-    let parts = parts_in_flight(&minio).await;
-    dump_held(&db).await;
+    let bench = Bench::new().await;
+    let mut held = bench.hold().await;
+    let Bench { db, minio, staging } = &bench;
+    dump_held(db).await;
     assert!(
-        dump.still_running(),
+        held.dump.still_running(),
         "the dump ended before its upload started: nothing overlapped"
     );
     assert!(
-        bucket_keys(&minio).await.is_empty(),
+        bucket_keys(minio).await.is_empty(),
         "an object exists before its dump was in place"
     );
-    let _ = lock.kill();
-    let _ = lock.wait();
+    held.release();
+    let Held {
+        dump,
+        upload,
+        parts,
+        ..
+    } = held;
     let dumped = dump.finish().await;
     assert!(dumped.succeeded(), "dump failed: {}", dumped.text());
     let uploaded = upload.finish().await;
@@ -178,7 +228,7 @@ async fn an_upload_follows_its_dump_and_completes_once_the_dump_is_in_place() {
         uploaded.text()
     );
     // The whole dump, the held table last, proven by the store's CRC.
-    let object = get_object(&minio, &key).await;
+    let object = get_object(minio, &key).await;
     assert!(
         object.len() > (BIG_ROWS as usize) * 1024,
         "{}",
@@ -196,84 +246,56 @@ async fn an_upload_follows_its_dump_and_completes_once_the_dump_is_in_place() {
     );
     // Only then was the staged file deleted, and nothing is left behind.
     assert!(staging.dumps().is_empty(), "{:?}", staging.dumps());
-    assert_no_pending_uploads(&minio).await;
+    assert_no_pending_uploads(minio).await;
     staging.assert_log_format();
 }
 
 #[tokio::test]
 async fn a_dump_that_fails_midway_leaves_nothing_in_the_store() {
-    let db = held_database();
-    let minio = Minio::start();
-    create_bucket(&minio).await;
-    let staging = shm_staging();
+    let bench = Bench::new().await;
+    let Bench { db, minio, .. } = &bench;
 
     // 1. The dump tool's connection is killed: the dump fails and removes
     //    its file.
-    let mut lock = lock_held(&db);
-    let dump = Running::start(dump_command(
-        &db.source("held"),
-        &staging,
-        Compression::None,
-    ));
-    let upload = follower(&minio, &staging);
-    parts_in_flight(&minio).await;
-    dump_held(&db).await;
+    let mut held = bench.hold().await;
+    dump_held(db).await;
     db.query(
         "",
         "SELECT CONCAT('KILL ', id) FROM information_schema.processlist \
          WHERE db = 'held' AND state LIKE 'Waiting for table%' INTO @k; \
          EXECUTE IMMEDIATE @k",
     );
-    let dumped = dump.finish().await;
+    held.release();
+    let dumped = held.dump.finish().await;
     assert!(!dumped.succeeded(), "the dump survived its connection");
-    let uploaded = upload.finish().await;
+    let uploaded = held.upload.finish().await;
     assert!(uploaded.succeeded(), "{}", uploaded.text());
     assert_eq!(uploaded.result.unwrap().outcome, Outcome::Nothing);
-    assert!(bucket_keys(&minio).await.is_empty());
-    assert_no_pending_uploads(&minio).await;
-    let _ = lock.kill();
-    let _ = lock.wait();
+    assert!(bucket_keys(minio).await.is_empty());
+    assert_no_pending_uploads(minio).await;
 
     // 2. The dump step is killed outright: its file stays, it grows no more,
     //    and the dump lock is free.
-    let mut lock = lock_held(&db);
-    let mut dump = Running::start(dump_command(
-        &db.source("held"),
-        &staging,
-        Compression::None,
-    ));
-    let upload = follower(&minio, &staging);
-    parts_in_flight(&minio).await;
-    dump.child.kill().unwrap();
-    let _ = dump.child.wait();
-    let uploaded = upload.finish().await;
+    let mut held = bench.hold().await;
+    held.dump.child.kill().unwrap();
+    let _ = held.dump.child.wait();
+    held.release();
+    let uploaded = held.upload.finish().await;
     assert!(uploaded.succeeded(), "{}", uploaded.text());
     assert_eq!(uploaded.result.unwrap().outcome, Outcome::Nothing);
-    assert!(bucket_keys(&minio).await.is_empty());
-    assert_no_pending_uploads(&minio).await;
-    let _ = lock.kill();
-    let _ = lock.wait();
+    assert!(bucket_keys(minio).await.is_empty());
+    assert_no_pending_uploads(minio).await;
 }
 
 #[tokio::test]
 async fn an_upload_that_fails_while_its_dump_runs_leaves_the_dump_for_the_next() {
-    let db = held_database();
-    let minio = Minio::start();
-    create_bucket(&minio).await;
-    let staging = shm_staging();
-    let mut lock = lock_held(&db);
-    let dump = Running::start(dump_command(
-        &db.source("held"),
-        &staging,
-        Compression::None,
-    ));
-    let mut upload = follower(&minio, &staging);
-    parts_in_flight(&minio).await;
-    upload.child.kill().unwrap();
-    let _ = upload.child.wait();
-    let _ = lock.kill();
-    let _ = lock.wait();
-    let dumped = dump.finish().await;
+    let bench = Bench::new().await;
+    let Bench { minio, staging, .. } = &bench;
+    let mut held = bench.hold().await;
+    held.upload.child.kill().unwrap();
+    let _ = held.upload.child.wait();
+    held.release();
+    let dumped = held.dump.finish().await;
     assert!(dumped.succeeded(), "dump failed: {}", dumped.text());
     assert!(
         staging
@@ -283,11 +305,11 @@ async fn an_upload_that_fails_while_its_dump_runs_leaves_the_dump_for_the_next()
         staging.dumps()
     );
     // The next upload sends it once and aborts the killed one's parts.
-    let next = run_upload(&minio, &staging, &UploadOpts::default());
+    let next = run_upload(minio, staging, &UploadOpts::default());
     assert!(next.succeeded(), "{}", next.text());
     let key = next.result.unwrap().key.unwrap();
-    assert_eq!(bucket_keys(&minio).await, [key]);
-    assert_no_pending_uploads(&minio).await;
+    assert_eq!(bucket_keys(minio).await, [key]);
+    assert_no_pending_uploads(minio).await;
     assert!(staging.dumps().is_empty());
 }
 

@@ -151,29 +151,30 @@ async fn upload(args: &UploadArgs) -> Result<JobResult, String> {
     let mut client = None;
     let mut sent: Vec<JobResult> = vec![];
     let fresh = send_staged(args, &staging, &sse, &mut client, &mut sent).await?;
-    // Chained to a running dump: send each dump as it is written, until no
-    // dump runs or waits (the one it was started for may queue behind
-    // another, or behind the dump it just sent).
-    if args.follow_dump {
-        let mut grace = match fresh {
-            true => std::time::Duration::ZERO,
-            false => follow::GRACE,
-        };
+    // Chained to a running dump, and nothing fresh was staged: send the dump
+    // as it is written. One fresh dump a run, so that its result is reported
+    // at once; a dump after it has an upload of its own.
+    if args.follow_dump && !fresh {
+        let mut grace = follow::GRACE;
         loop {
             match follow::next(&staging, grace).await.map_err(cannot)? {
                 follow::Next::Quiet => break,
                 follow::Next::Staged => {
                     send_staged(args, &staging, &sse, &mut client, &mut sent).await?;
+                    break;
                 }
                 follow::Next::Writing(dump) => {
                     let client = match &client {
                         Some(c) => c,
                         None => client.insert(args.store.client().await?),
                     };
-                    let followed = follow::follow(client, args, &sse, &staging, dump).await?;
-                    sent.extend(followed);
+                    if let Some(r) = follow::follow(client, args, &sse, &staging, dump).await? {
+                        sent.push(r);
+                        break;
+                    }
                 }
             }
+            // The dump went without being put in place: another may follow.
             grace = std::time::Duration::ZERO;
         }
     }
