@@ -9,7 +9,7 @@
 use super::support::minio::*;
 use super::support::steps::*;
 use super::support::*;
-use super::{Goals, Run, env_list, median, release_binary, timed};
+use super::{Goals, Run, env_list, median, process_cpu_secs, release_binary, timed};
 use dbbackup_operator::api::{Compression, Engine};
 use std::fmt::Write as _;
 use std::path::Path;
@@ -58,6 +58,9 @@ pub async fn bench_backup(report: &mut String, goals: &mut Goals) {
         "dump with a following upload",
     ];
     let mut runs: Vec<Vec<Run>> = (0..tools.len()).map(|_| vec![]).collect();
+    // The servers' CPU in each run: the database's and MinIO's.
+    let mut servers: Vec<Vec<f64>> = (0..tools.len()).map(|_| vec![]).collect();
+    let server_cpu = || process_cpu_secs(db.pid()) + process_cpu_secs(minio.pid());
     let mut upload_rss = vec![];
     let mut size = 0;
     for rep in 0..reps {
@@ -75,14 +78,15 @@ pub async fn bench_backup(report: &mut String, goals: &mut Goals) {
                 };
                 released(&upload_command(&minio, &staging, &opts).0)
             };
+            let before = server_cpu();
             let run = match i {
                 0 => {
                     let mut bare = Command::new("/bin/sh");
                     bare.arg("-c")
                         .arg(format!(
-                            "mariadb-dump --host=127.0.0.1 --port={} --user=\"$DB_USER\" --default-character-set=utf8mb4 --single-transaction --quick --routines --events --triggers -- shop > {} && sync {0}",
-                            src.port,
-                            file.display()
+                            "mariadb-dump --host=127.0.0.1 --port={port} --user=\"$DB_USER\" --default-character-set=utf8mb4 --single-transaction --quick --routines --events --triggers -- shop > {out} && sync {out}",
+                            port = src.port,
+                            out = file.display()
                         ))
                         .env("PATH", format!("{}:/usr/bin:/bin", process::bin_dir().display()))
                         .env("DB_USER", &src.user)
@@ -129,7 +133,14 @@ pub async fn bench_backup(report: &mut String, goals: &mut Goals) {
                     staging.dumps()
                 );
             }
-            println!("backup {tool} run {}: {:.2} s", rep + 1, run.secs);
+            servers[i].push(server_cpu() - before);
+            println!(
+                "backup {tool} run {}: {:.2} s, {:.2} s CPU, servers {:.2} s CPU",
+                rep + 1,
+                run.secs,
+                run.cpu_secs,
+                servers[i].last().unwrap()
+            );
             runs[i].push(run);
         }
         super::empty_bucket(&minio).await;
@@ -152,16 +163,20 @@ pub async fn bench_backup(report: &mut String, goals: &mut Goals) {
          \"dump, then upload\" is the old path (a dump's upload started when it ended), \"with a following upload\" \
          the upload the operator now chains to a running dump: both steps started together, wall time until both ended \
          (the object proven by HEAD and the staged file deleted).\n\n\
-         | run | wall (median) | ÷ max(bare dump, mc cp) |\n| --- | --- | --- |",
+         CPU is user + system time of the tools (ours: both steps), and of the two servers (mariadbd and MinIO, \
+         from `/proc/<pid>/stat`); this machine has 2 cores.\n\n\
+         | run | wall (median) | ÷ max(bare dump, mc cp) | CPU s (tools) | CPU s (servers) |\n| --- | --- | --- | --- | --- |",
         size as f64 / 1048576.0
     )
     .unwrap();
     for (i, tool) in tools.iter().enumerate() {
+        let cpu = median(&runs[i].iter().map(|r| r.cpu_secs).collect::<Vec<_>>());
         writeln!(
             report,
-            "| {tool} | {:.2} s | {:.2}× |",
+            "| {tool} | {:.2} s | {:.2}× | {cpu:.2} | {:.2} |",
             med(i),
-            med(i) / reference
+            med(i) / reference,
+            median(&servers[i])
         )
         .unwrap();
     }
