@@ -89,28 +89,10 @@ fn follower(minio: &Minio, staging: &Staging) -> Running {
 
 /// Waits until the store holds parts of a multipart upload; their count.
 async fn parts_in_flight(minio: &Minio) -> usize {
-    let s3 = minio.s3_client().await;
     wait_for(
         "parts of the dump in the store",
         Duration::from_secs(60),
-        || async {
-            let uploads = s3
-                .list_multipart_uploads()
-                .bucket(BUCKET)
-                .send()
-                .await
-                .ok()?;
-            let upload = uploads.uploads().first()?;
-            let parts = s3
-                .list_parts()
-                .bucket(BUCKET)
-                .key(upload.key()?)
-                .upload_id(upload.upload_id()?)
-                .send()
-                .await
-                .ok()?;
-            (parts.parts().len() >= 2).then_some(parts.parts().len())
-        },
+        || async { open_upload_parts(minio).await.filter(|n| *n >= 2) },
     )
     .await
 }

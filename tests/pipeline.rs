@@ -393,19 +393,10 @@ async fn minio_stopped_mid_upload_keeps_the_dump_and_the_next_run_uploads_it_onc
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let s3 = minio.s3_client().await;
     support::process::wait_for(
         "a multipart upload in progress",
         Duration::from_secs(30),
-        || async {
-            let uploads = s3
-                .list_multipart_uploads()
-                .bucket(BUCKET)
-                .send()
-                .await
-                .ok()?;
-            (!uploads.uploads().is_empty()).then_some(())
-        },
+        || async { open_upload_parts(&minio).await },
     )
     .await;
     minio.kill();

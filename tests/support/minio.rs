@@ -458,6 +458,28 @@ pub async fn bucket_keys(minio: &Minio) -> Vec<String> {
     keys
 }
 
+/// The parts the store holds of the first multipart upload open in the
+/// bucket, or None when none is open.
+pub async fn open_upload_parts(minio: &Minio) -> Option<usize> {
+    let s3 = minio.s3_client().await;
+    let uploads = s3
+        .list_multipart_uploads()
+        .bucket(BUCKET)
+        .send()
+        .await
+        .ok()?;
+    let upload = uploads.uploads().first()?;
+    let parts = s3
+        .list_parts()
+        .bucket(BUCKET)
+        .key(upload.key()?)
+        .upload_id(upload.upload_id()?)
+        .send()
+        .await
+        .ok()?;
+    Some(parts.parts().len())
+}
+
 /// Asserts no multipart upload is left open in the bucket (every failure aborts its own).
 pub async fn assert_no_pending_uploads(minio: &Minio) {
     let pending = minio
