@@ -10,7 +10,10 @@
 //! 5. backup: dump and upload one after the other, and overlapped (an
 //!    upload that follows the dump), against the bare dump and `mc cp`
 //!    (`bench/backup.rs`; `BENCH_BACKUP_ROWS` rows of 1 KiB, default 1,000,000);
-//! 6. scale: the operator binary against the test-bed apiserver with 100,
+//! 6. large: on the real node, a database of `BENCH_LARGE_GIB` GiB of table
+//!    data per engine (default 10) backed up, drilled and restored by the
+//!    operator, against dd, the bare tools and `mc cp` (`bench/large.rs`);
+//! 7. scale: the operator binary against the test-bed apiserver with 100,
 //!    1,000 and 3,000 resources: convergence time, RSS, and the writes of a
 //!    forced full resync, from the operator's own request counter.
 //!
@@ -19,7 +22,7 @@
 //! has both. `BENCH_SIZES` (MiB, default `256,2048,4096`; `BENCH_TRANSFER_SIZES` for transfer,
 //! default `1024,4096`), `BENCH_REPS`
 //! (default 5), `BENCH_SCALES` (default `100,1000,3000`) and `BENCH_ONLY`
-//! (`upload`, `transfer`, `dump`, `backup`, `levels`, `verify` or `scale`) narrow a run; the report holds what ran.
+//! (`upload`, `transfer`, `dump`, `backup`, `levels`, `verify`, `large` or `scale`) narrow a run; the report holds what ran.
 //! `BENCH_STORES` (default `disk,tmpfs`) says where MinIO keeps its data for
 //! the upload runs. `BENCH_UPLOAD_ARGS` adds flags to our uploader (tuning runs, e.g.
 //! `--concurrency=8 --part-size-mib=16`).
@@ -27,6 +30,8 @@
 
 #[path = "bench/backup.rs"]
 mod backup;
+#[path = "bench/large.rs"]
+mod large;
 #[path = "bench/levels.rs"]
 mod levels;
 #[path = "../tests/support/mod.rs"]
@@ -754,6 +759,9 @@ async fn main() {
     }
     if wants("verify") {
         bench_verify(&mut report).await;
+    }
+    if wants("large") {
+        large::bench_large(&mut report, &mut goals).await;
     }
     if wants("scale") {
         bench_scale(&mut report, &mut goals).await;

@@ -8,12 +8,12 @@ use dbbackup_operator::api::{Engine, RestorePhase};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use support::bed::*;
 use support::minio::*;
+use support::node::bytes_under;
 use support::process::wait_for;
 use support::steps::*;
 
@@ -96,20 +96,6 @@ fn assert_no_shadow_left(b: &Bed) {
         );
         assert_eq!(left, "0", "a shadow or trash database is left");
     }
-}
-
-/// Bytes in `dir`'s files, recursively (0 once it is gone).
-fn bytes_under(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => bytes_under(&e.path()),
-            _ => e.metadata().map(|m| m.len()).unwrap_or(0),
-        })
-        .sum()
 }
 
 /// Samples the emptyDir volumes of restore `name`'s pod every 50 ms until

@@ -352,3 +352,17 @@ fn node_env(cmd: &mut Command) -> &mut Command {
 pub fn node_port_open(port: u16) -> bool {
     port_open_on(NODE_IP, port)
 }
+
+/// Bytes in `dir`'s files, recursively (0 once it is gone).
+pub fn bytes_under(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => bytes_under(&e.path()),
+            _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+        })
+        .sum()
+}
