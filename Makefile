@@ -28,7 +28,8 @@ kind-demo:
 	bash scripts/kind-demo.sh
 
 # Upload, dump and operator-scale benchmarks against boto3 and awscli (PyPI);
-# writes bench/results.md. Takes about 13 minutes on 2 cores once the test bed is built.
+# writes bench/results.md. Takes about an hour on 2 cores once the test bed is built,
+# 45 minutes of it the scale run on the node (BENCH_ONLY=large, BENCH_LARGE_GIB=10).
 BENCH_VENV ?= $(HOME)/.cache/dbbackup-operator/bench-venv
 bench:
 	bash tests/testenv/install.sh

@@ -355,13 +355,19 @@ pub fn node_port_open(port: u16) -> bool {
 
 /// Bytes in `dir`'s files, recursively (0 once it is gone).
 pub fn bytes_under(dir: &Path) -> u64 {
+    bytes_except(dir, &[])
+}
+
+/// As `bytes_under`, leaving out the directories in `skip`.
+pub fn bytes_except(dir: &Path, skip: &[PathBuf]) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
     entries
         .flatten()
+        .filter(|e| !skip.contains(&e.path()))
         .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => bytes_under(&e.path()),
+            Ok(t) if t.is_dir() => bytes_except(&e.path(), skip),
             _ => e.metadata().map(|m| m.len()).unwrap_or(0),
         })
         .sum()
