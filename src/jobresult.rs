@@ -78,6 +78,10 @@ pub struct JobResult {
     /// The unsent dump this one replaced, named likewise (dump only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replaced: Option<String>,
+    /// Why the store's own checksum did not prove the object, when reading
+    /// it back did (upload only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_back: Option<String>,
 }
 
 /// A restore step's failure: the Restored condition's reason, and what happened.
@@ -125,6 +129,7 @@ impl JobResult {
             checks: vec![],
             dumped: None,
             replaced: None,
+            read_back: None,
         }
     }
 
@@ -261,6 +266,7 @@ mod tests {
             checks: vec![],
             dumped: None,
             replaced: None,
+            read_back: Some("the store reports no CRC64/NVME checksum for it".into()),
         };
         let text = serde_json::to_string(&r).unwrap();
         assert_eq!(JobResult::parse(&text), Some(r));
@@ -285,6 +291,7 @@ mod tests {
             checks: vec![],
             dumped: None,
             replaced: None,
+            read_back: None,
         };
         r.fit();
         let text = serde_json::to_string(&r).unwrap();

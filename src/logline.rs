@@ -8,6 +8,8 @@ pub const NOTHING_TO_UPLOAD: &str = "there is no file to upload";
 pub const UPLOADED: &str = "file successfully uploaded";
 /// Followed by when the replaced dump was finished, `YYYY-MM-DD HH:MM:SS`.
 pub const REPLACED: &str = "replaced an unsent dump from";
+/// Followed by the key and why the store's own checksum did not prove it.
+pub const READ_BACK: &str = "proven by reading it back:";
 /// Followed by ` (<used>/<size>)` of the volume when the dump stopped.
 pub const STAGING_FULL: &str = "staging volume full";
 

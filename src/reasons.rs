@@ -29,6 +29,9 @@ pub const DUMP_FAILED: &str = "DumpFailed";
 /// A finished dump replaced one that was not uploaded yet (an Event).
 pub const DUMP_REPLACED: &str = "DumpReplaced";
 pub const UPLOADED: &str = "Uploaded";
+/// An upload proven only by reading the object back: the store's own
+/// checksum was missing or wrong for the right bytes (an Event).
+pub const PROVEN_BY_READ_BACK: &str = "ProvenByReadBack";
 pub const UPLOAD_FAILED: &str = "UploadFailed";
 /// A pod of the step cannot start by itself: its image cannot be pulled.
 pub const IMAGE_PULL_FAILED: &str = "ImagePullFailed";

@@ -305,6 +305,91 @@ async fn a_store_that_rejects_checksums_still_gets_the_dump() {
     assert_eq!(bucket_keys(&minio).await.len(), 2);
 }
 
+/// A store that keeps a wrong CRC64/NVME for the right bytes (moto's server
+/// reports a 4-byte value) does not stop backups: the upload reads the
+/// object back, proves it by the bytes, says so in its log and result, and
+/// only then deletes the dump; in two parts and in four.
+// The proxy serves from this runtime while the uploader runs as a blocking child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_reporting_a_wrong_checksum_gets_the_dump_proven_by_reading_it_back() {
+    let minio = Minio::start();
+    create_bucket(&minio).await;
+    let proxy = FaultProxy::start(&minio.endpoint, faultproxy::wrong_stored_checksum()).await;
+    // Multipart: a single put is proven by its MD5 ETag, which the store computes.
+    for (i, size) in [6 * 1024 * 1024, 20 * 1024 * 1024].into_iter().enumerate() {
+        let staging = Staging::new();
+        let body = unrepeating(size, 7 + i as u64);
+        stage(&staging, &body);
+        let run = run_upload(
+            &minio,
+            &staging,
+            &UploadOpts {
+                endpoint: Some(proxy.endpoint.clone()),
+                extra_args: vec!["--part-size-mib=5".into()],
+                ..Default::default()
+            },
+        );
+        assert!(run.succeeded(), "{size} bytes: {}", run.text());
+        let result = run.result.clone().unwrap();
+        let key = result.key.clone().unwrap();
+        let why = result
+            .read_back
+            .clone()
+            .expect("the result says it read back");
+        assert!(why.contains(faultproxy::MOTO_CRC), "{why}");
+        assert!(
+            result.more_log[0].ends_with(&format!(",proven by reading it back: {key}: {why}")),
+            "{:?}",
+            result.more_log
+        );
+        assert!(
+            run.text().contains("reading the object back"),
+            "{}",
+            run.text()
+        );
+        assert_eq!(get_object(&minio, &key).await, body, "{size} bytes");
+        assert!(staging.dumps().is_empty(), "{:?}", staging.dumps());
+    }
+    assert!(
+        proxy.rejected() >= 2,
+        "the proxy never reported a wrong checksum"
+    );
+}
+
+/// Where the store's checksum and the bytes read back are both wrong, the
+/// upload is not proven: it fails naming both, the dump is kept, and the
+/// unproven object is deleted, so nothing ever counts it as a backup.
+// The proxy serves from this runtime while the uploader runs as a blocking child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_whose_checksum_and_bytes_are_both_wrong_fails_the_upload_and_keeps_the_dump() {
+    let minio = Minio::start();
+    create_bucket(&minio).await;
+    let proxy = FaultProxy::start(&minio.endpoint, faultproxy::wrong_checksum_and_bytes()).await;
+    let staging = Staging::new();
+    stage(&staging, &unrepeating(12 * 1024 * 1024, 3));
+    let line = failed_upload(
+        &minio,
+        &staging,
+        &UploadOpts {
+            endpoint: Some(proxy.endpoint.clone()),
+            extra_args: vec!["--part-size-mib=5".into()],
+            ..Default::default()
+        },
+    );
+    assert!(
+        line.contains(&format!(
+            "the store reports CRC64/NVME {} for it",
+            faultproxy::MOTO_CRC
+        )) && line.contains(", and the object read back has ")
+            && line.ends_with("; the unproven object was deleted"),
+        "{line}"
+    );
+    assert!(
+        bucket_keys(&minio).await.is_empty(),
+        "an unproven object stayed"
+    );
+}
+
 // The proxy serves from this runtime while the uploader runs as a blocking child.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_5xx_in_the_middle_of_a_multipart_upload_keeps_the_dump_and_aborts() {

@@ -89,15 +89,27 @@ pub fn md5_style(etag: &str) -> bool {
         .is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
+/// How an upload was proven.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Proven {
+    /// The store reported the checksum (or ETag) we computed.
+    ByStore,
+    /// The store's CRC64/NVME did not hold (why, in the string: missing, or
+    /// a value for other bytes), and the object read back whole did: some
+    /// stores keep no such checksum, or a wrong one, for the right bytes.
+    ReadBack(String),
+}
+
 /// Confirms the object is there with the size and the ETag or full-object
-/// checksum we computed locally.
+/// checksum we computed locally; where the store's CRC64/NVME is missing or
+/// wrong, by reading the object back and computing it ourselves.
 pub async fn verify(
     client: &Client,
     bucket: &str,
     key: &str,
     written: &Written,
     sse: &Sse,
-) -> Result<(), String> {
+) -> Result<Proven, String> {
     let mut head = super::store::head(client, bucket, key, sse);
     if matches!(written.proof, Proof::Crc64Nvme(_)) {
         head = head.checksum_mode(ChecksumMode::Enabled);
@@ -123,22 +135,60 @@ pub async fn verify(
                     "upload of {key} not confirmed: ETag {etag} differs from the expected {expected}"
                 ));
             }
+            Ok(Proven::ByStore)
         }
-        Proof::Crc64Nvme(expected) => match head.checksum_crc64_nvme() {
-            Some(crc) if crc == expected => {}
-            Some(crc) => {
+        Proof::Crc64Nvme(expected) => {
+            let why = match head.checksum_crc64_nvme() {
+                Some(crc) if crc == expected => return Ok(Proven::ByStore),
+                Some(crc) => format!("the store reports CRC64/NVME {crc} for it, not {expected}"),
+                None => "the store reports no CRC64/NVME checksum for it".to_string(),
+            };
+            tracing::warn!(%key, "{why}; reading the object back to prove it");
+            let read = read_back(client, bucket, key, head.e_tag(), sse).await?;
+            if read != *expected {
                 return Err(format!(
-                    "upload of {key} not confirmed: CRC64/NVME {crc} differs from the expected {expected}"
+                    "upload of {key} not confirmed: {why}, and the object read back has {read}"
                 ));
             }
-            None => {
-                return Err(format!(
-                    "upload of {key} not confirmed: the store reports no CRC64/NVME checksum"
-                ));
-            }
-        },
+            Ok(Proven::ReadBack(why))
+        }
     }
-    Ok(())
+}
+
+/// An object whose proof failed is no backup: it is deleted, so that
+/// neither retention nor `latest` nor a drill ever counts it; the dump stays
+/// staged for the next run. Returns `why`, saying what became of it.
+pub async fn discard_unproven(client: &Client, bucket: &str, key: &str, why: String) -> String {
+    match client.delete_object().bucket(bucket).key(key).send().await {
+        Ok(_) => format!("{why}; the unproven object was deleted"),
+        Err(e) => format!(
+            "{why}; the unproven object could not be deleted ({}) and stays",
+            describe(&e)
+        ),
+    }
+}
+
+/// The CRC64/NVME of the object as it reads back now (of the version HEAD
+/// saw), computed here over every byte, base64 as S3 writes it.
+async fn read_back(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    etag: Option<&str>,
+    sse: &Sse,
+) -> Result<String, String> {
+    use super::store::WithSse as _;
+    let broke = |e: String| format!("upload of {key} not confirmed: reading it back failed: {e}");
+    let mut get = client.get_object().bucket(bucket).key(key).with_sse(sse);
+    if let Some(etag) = etag {
+        get = get.if_match(etag);
+    }
+    let mut body = get.send().await.map_err(|e| broke(describe(&e)))?.body;
+    let mut crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Nvme);
+    while let Some(chunk) = body.try_next().await.map_err(|e| broke(e.to_string()))? {
+        crc.update(&chunk);
+    }
+    Ok(crc64nvme_base64(crc.finalize()))
 }
 
 /// The part size our metadata names: S3 parts are 5 MiB to 5 GiB (the last

@@ -7,7 +7,7 @@
 //! confirmed its size and checksum, never replaces an existing object, and
 //! on any failure keeps the dump for the next run and exits non-zero.
 
-use super::proof::{self, Written};
+use super::proof::{self, Proven, Written};
 use super::staging::{self, Claimed, Lock, Staging};
 use super::{follow, keys, pending, prune, put, retention, store};
 use crate::jobresult::{JobResult, Outcome, Step};
@@ -281,7 +281,11 @@ pub(super) async fn confirm(
     key: String,
     written: Written,
 ) -> Result<JobResult, String> {
-    proof::verify(client, &args.store.bucket, &key, &written, sse).await?;
+    let bucket = &args.store.bucket;
+    let proven = match proof::verify(client, bucket, &key, &written, sse).await {
+        Ok(proven) => proven,
+        Err(why) => return Err(proof::discard_unproven(client, bucket, &key, why).await),
+    };
     // Only now is the dump safe to drop: exactly the file this run claimed.
     staging
         .mark_sent(claimed, &key)
@@ -302,7 +306,18 @@ pub(super) async fn confirm(
         keep_monthly: args.keep_monthly,
         keep_yearly: args.keep_yearly,
     };
-    let more_log = prune::prune(client, args, sse, policy, &key).await;
+    let read_back = match proven {
+        Proven::ByStore => None,
+        Proven::ReadBack(why) => Some(why),
+    };
+    let mut more_log: Vec<String> = read_back
+        .iter()
+        .map(|why| {
+            let said = format!("{} {key}: {why}", logline::READ_BACK);
+            staging.log(args.time_zone, &said).to_string()
+        })
+        .collect();
+    more_log.extend(prune::prune(client, args, sse, policy, &key).await);
     Ok(JobResult {
         step: Step::Upload,
         outcome: Outcome::Succeeded,
@@ -312,6 +327,7 @@ pub(super) async fn confirm(
         log: line.to_string(),
         more_log,
         dumped: Some(staging::dump_id(claimed.finished)),
+        read_back,
         ..JobResult::new(Step::Upload, Outcome::Succeeded, String::new())
     })
 }

@@ -133,6 +133,19 @@ pub const CUT_BODY: &str = "CutBody";
 /// signed, so the proxy cannot drop it from the request).
 pub const IGNORE_RANGE: &str = "IgnoreRange";
 
+/// The code a rule returns to have the request answered as MinIO answers
+/// it, but with a wrong CRC64/NVME (a 4-byte value, as moto's server
+/// reports) wherever the answer carries one: a store that keeps a wrong
+/// checksum for the right bytes.
+pub const WRONG_CHECKSUM: &str = "WrongChecksum";
+
+/// The code a rule returns to have a GET answered with one byte of its body
+/// flipped, halfway: bytes that really differ from what was stored.
+pub const FLIP_BYTE: &str = "FlipByte";
+
+/// What moto's server reports as an object's CRC64/NVME.
+pub const MOTO_CRC: &str = "fXiUhg==";
+
 /// Whether the closed gate holds this request: a PUT, or a ranged GET from
 /// the gate's byte on.
 fn held(parts: &http::request::Parts, gate: &Gate) -> bool {
@@ -180,9 +193,13 @@ async fn forward(
         }
     }
     let verdict = rule(&parts);
-    let cut = matches!(verdict, Some((_, CUT_BODY)));
-    let whole = matches!(verdict, Some((_, IGNORE_RANGE)));
-    if let Some((status, code)) = verdict.filter(|(_, c)| !cut && *c != IGNORE_RANGE) {
+    let code = verdict.map(|(_, c)| c);
+    let cut = code == Some(CUT_BODY);
+    let whole = code == Some(IGNORE_RANGE);
+    let wrong_crc = code == Some(WRONG_CHECKSUM);
+    let flip = code == Some(FLIP_BYTE);
+    let answered = cut || whole || wrong_crc || flip;
+    if let Some((status, code)) = verdict.filter(|_| !answered) {
         rejected.fetch_add(1, Ordering::SeqCst);
         // Read the body, as a store would, before answering with S3's error shape.
         let _ = body.collect().await;
@@ -224,6 +241,27 @@ async fn forward(
             resp.headers_mut().remove("content-range");
             Ok(resp.map(|b| b.map_err(Into::into).boxed()))
         }
+        Ok(mut resp) if wrong_crc => {
+            if let Some(crc) = resp.headers_mut().get_mut("x-amz-checksum-crc64nvme") {
+                rejected.fetch_add(1, Ordering::SeqCst);
+                *crc = http::HeaderValue::from_static(MOTO_CRC);
+            }
+            Ok(resp.map(|b| b.map_err(Into::into).boxed()))
+        }
+        Ok(resp) if flip => {
+            rejected.fetch_add(1, Ordering::SeqCst);
+            let (head, body) = resp.into_parts();
+            let mut bytes = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes().to_vec())
+                .unwrap_or_default();
+            let half = bytes.len() / 2;
+            if let Some(b) = bytes.get_mut(half) {
+                *b ^= 0x01;
+            }
+            Ok(Response::from_parts(head, full(bytes)))
+        }
         Ok(resp) => Ok(resp.map(|b| b.map_err(Into::into).boxed())),
         Err(e) => Ok(Response::builder()
             .status(StatusCode::BAD_GATEWAY)
@@ -243,6 +281,30 @@ pub fn reject_checksums() -> Rule {
                 || h == "x-amz-trailer"
         });
         has_checksum.then_some((StatusCode::BAD_REQUEST, "InvalidArgument"))
+    })
+}
+
+/// Whether the request names an object (path style: `/<bucket>/<key>`),
+/// not a bucket (listings, multipart uploads in progress).
+fn names_object(parts: &http::request::Parts) -> bool {
+    parts.uri.path().trim_start_matches('/').contains('/')
+}
+
+/// Reports a wrong CRC64/NVME for every object, whose bytes stay right.
+pub fn wrong_stored_checksum() -> Rule {
+    Arc::new(|parts| {
+        (names_object(parts) && matches!(parts.method, http::Method::HEAD | http::Method::GET))
+            .then_some((StatusCode::OK, WRONG_CHECKSUM))
+    })
+}
+
+/// As `wrong_stored_checksum`, and every object read back with a byte
+/// flipped: the store's checksum and its bytes both wrong.
+pub fn wrong_checksum_and_bytes() -> Rule {
+    Arc::new(|parts| match parts.method {
+        http::Method::HEAD if names_object(parts) => Some((StatusCode::OK, WRONG_CHECKSUM)),
+        http::Method::GET if names_object(parts) => Some((StatusCode::OK, FLIP_BYTE)),
+        _ => None,
     })
 }
 

@@ -54,6 +54,23 @@ pub fn record_reports(
                 ),
             });
         }
+        if let Some(why) = r
+            .result
+            .read_back
+            .as_ref()
+            .filter(|_| r.step == Step::Upload)
+        {
+            // Proven, but not by the store: say so, since every upload to
+            // this store now costs a second read of the whole object.
+            notes.push(Note {
+                warning: true,
+                reason: reasons::PROVEN_BY_READ_BACK.into(),
+                message: format!(
+                    "{} was proven by reading it back: {why}; the store's checksums cannot be trusted",
+                    r.result.key.as_deref().unwrap_or("the upload")
+                ),
+            });
+        }
         if let Some(observed) = observed(&r, status) {
             set_condition(&mut status.conditions, &observed, generation, now);
             if let Some(event) = notify_event(&observed) {

@@ -664,6 +664,47 @@ fn a_replacing_dump_says_what_it_replaced() {
     assert!(replaced[0].message.contains("2026-11-25T03:00:01.1Z"));
 }
 
+/// An upload the store's checksum could not prove, but reading it back did,
+/// counts as uploaded and says so with a Warning Event naming the key.
+#[test]
+fn an_upload_proven_by_reading_it_back_says_so() {
+    let upload = pod(
+        "p2",
+        "upload",
+        "Succeeded",
+        0,
+        r#"{"step":"upload","outcome":"succeeded","key":"2026-11-25/datadump1.sql","size":10,"log":"2026-11-25,03:01:00,file successfully uploaded","more_log":["2026-11-25,03:01:00,proven by reading it back: 2026-11-25/datadump1.sql: the store reports CRC64/NVME fXiUhg== for it, not sEQOqv5rit0="],"read_back":"the store reports CRC64/NVME fXiUhg== for it, not sEQOqv5rit0="}"#,
+        5,
+    );
+    let mut status = DatabaseBackupStatus::default();
+    let (r, present) = reports(&[dump_ok("p1", 1), upload]);
+    let (notes, _) = record_reports(&mut status, r, &present, None, &at(10));
+    assert_eq!(
+        status.last_upload_key.as_deref(),
+        Some("2026-11-25/datadump1.sql")
+    );
+    assert!(
+        status
+            .log
+            .last()
+            .unwrap()
+            .contains(",proven by reading it back: ")
+    );
+    let read_back: Vec<_> = notes
+        .iter()
+        .filter(|n| n.reason == "ProvenByReadBack")
+        .collect();
+    assert_eq!(read_back.len(), 1, "{notes:?}");
+    assert!(read_back[0].warning);
+    assert!(
+        read_back[0]
+            .message
+            .starts_with("2026-11-25/datadump1.sql was proven by reading it back: the store reports CRC64/NVME fXiUhg=="),
+        "{}",
+        read_back[0].message
+    );
+}
+
 /// A dump that ran out of staging space says, in its condition, what size
 /// would have fitted: from the last dump's size, or that none is known yet.
 #[test]
