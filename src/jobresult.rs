@@ -82,6 +82,9 @@ pub struct JobResult {
     /// it back did (upload only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_back: Option<String>,
+    /// The dumps an upload left aside as stuck (upload only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stuck: Option<String>,
 }
 
 /// A restore step's failure: the Restored condition's reason, and what happened.
@@ -130,6 +133,7 @@ impl JobResult {
             dumped: None,
             replaced: None,
             read_back: None,
+            stuck: None,
         }
     }
 
@@ -267,6 +271,7 @@ mod tests {
             dumped: None,
             replaced: None,
             read_back: Some("the store reports no CRC64/NVME checksum for it".into()),
+            stuck: Some("1 unproven dump(s) kept on the staging volume".into()),
         };
         let text = serde_json::to_string(&r).unwrap();
         assert_eq!(JobResult::parse(&text), Some(r));
@@ -292,6 +297,7 @@ mod tests {
             dumped: None,
             replaced: None,
             read_back: None,
+            stuck: None,
         };
         r.fit();
         let text = serde_json::to_string(&r).unwrap();

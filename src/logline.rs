@@ -10,6 +10,10 @@ pub const UPLOADED: &str = "file successfully uploaded";
 pub const REPLACED: &str = "replaced an unsent dump from";
 /// Followed by the key and why the store's own checksum did not prove it.
 pub const READ_BACK: &str = "proven by reading it back:";
+/// A claimed dump moved aside after failed proofs (`jobs/staged.rs`).
+pub const STUCK: &str = "the dump is stuck";
+/// Followed by the stuck dump's finish and why its proof failed again.
+pub const STILL_STUCK: &str = "a stuck dump is still unproven";
 /// Followed by ` (<used>/<size>)` of the volume when the dump stopped.
 pub const STAGING_FULL: &str = "staging volume full";
 

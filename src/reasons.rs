@@ -32,6 +32,9 @@ pub const UPLOADED: &str = "Uploaded";
 /// An upload proven only by reading the object back: the store's own
 /// checksum was missing or wrong for the right bytes (an Event).
 pub const PROVEN_BY_READ_BACK: &str = "ProvenByReadBack";
+/// A dump whose uploads were sent but never proven, moved aside so that
+/// newer dumps are sent (the UploadSucceeded reason, an Event).
+pub const DUMP_STUCK: &str = "DumpStuck";
 pub const UPLOAD_FAILED: &str = "UploadFailed";
 /// A pod of the step cannot start by itself: its image cannot be pulled.
 pub const IMAGE_PULL_FAILED: &str = "ImagePullFailed";

@@ -364,7 +364,9 @@ async fn a_store_reporting_a_wrong_checksum_gets_the_dump_proven_by_reading_it_b
 async fn a_store_whose_checksum_and_bytes_are_both_wrong_fails_the_upload_and_keeps_the_dump() {
     let minio = Minio::start();
     create_bucket(&minio).await;
-    let proxy = FaultProxy::start(&minio.endpoint, faultproxy::wrong_checksum_and_bytes()).await;
+    let every = Arc::new(std::sync::Mutex::new(Some(String::new())));
+    let proxy =
+        FaultProxy::start(&minio.endpoint, faultproxy::wrong_checksum_and_bytes(every)).await;
     let staging = Staging::new();
     stage(&staging, &unrepeating(12 * 1024 * 1024, 3));
     let line = failed_upload(
@@ -388,6 +390,101 @@ async fn a_store_whose_checksum_and_bytes_are_both_wrong_fails_the_upload_and_ke
         bucket_keys(&minio).await.is_empty(),
         "an unproven object stayed"
     );
+}
+
+/// A dump the store never proves (its bytes read back wrong) does not stop
+/// backups: after 3 unproven uploads in a row it is moved aside and kept,
+/// the newer dump is sent while it stays unproven (the result says which
+/// dump is stuck), and once the store proves it, it is sent too. Every
+/// object left is byte-identical to its dump; nothing unproven stays.
+// The proxy serves from this runtime while the uploader runs as a blocking child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dump_never_proven_is_set_aside_and_newer_dumps_still_go() {
+    let minio = Minio::start();
+    create_bucket(&minio).await;
+    let yesterday = chrono::Utc::now() - chrono::Duration::days(1);
+    let old_folder = format!("{}/", yesterday.format("%Y-%m-%d"));
+    let flip = Arc::new(std::sync::Mutex::new(Some(old_folder.clone())));
+    let rule = faultproxy::wrong_checksum_and_bytes(flip.clone());
+    let proxy = FaultProxy::start(&minio.endpoint, rule).await;
+    let opts = UploadOpts {
+        endpoint: Some(proxy.endpoint.clone()),
+        extra_args: vec!["--part-size-mib=5".into()],
+        ..Default::default()
+    };
+    let staging = Staging::new();
+    // Dump A, finished yesterday: its objects go to yesterday's folder,
+    // whose reads the store corrupts.
+    let a = unrepeating(12 * 1024 * 1024, 11);
+    let staged = stage(&staging, &a);
+    let finished = std::time::SystemTime::from(yesterday);
+    std::fs::File::options()
+        .write(true)
+        .open(&staged)
+        .unwrap()
+        .set_modified(finished)
+        .unwrap();
+    for attempt in 1..=3 {
+        let run = run_upload(&minio, &staging, &opts);
+        assert!(!run.succeeded(), "attempt {attempt}: {}", run.text());
+        let line = run.result.clone().unwrap().log;
+        assert!(line.contains(", and the object read back has "), "{line}");
+        assert_eq!(
+            line.contains("the dump is stuck after 3 unproven uploads in a row"),
+            attempt == 3,
+            "attempt {attempt}: {line}"
+        );
+    }
+    let aside: Vec<_> = staging
+        .dumps()
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(".stuck-")
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "{:?}", staging.dumps());
+    assert_eq!(std::fs::read(&aside[0]).unwrap(), a);
+    assert!(bucket_keys(&minio).await.is_empty());
+
+    // Dump B, today: sent, while A is tried again and stays aside.
+    let b = unrepeating(6 * 1024 * 1024, 12);
+    stage(&staging, &b);
+    let run = run_upload(&minio, &staging, &opts);
+    assert!(run.succeeded(), "{}", run.text());
+    let result = run.result.clone().unwrap();
+    let today_b = result.key.clone().unwrap();
+    assert!(!today_b.starts_with(&old_folder), "{today_b}");
+    assert!(
+        result
+            .log
+            .contains(",a stuck dump is still unproven (finished "),
+        "{result:?}"
+    );
+    let stuck = result
+        .stuck
+        .clone()
+        .expect("the result names the stuck dump");
+    assert!(stuck.starts_with("1 unproven dump(s) kept"), "{stuck}");
+    assert_eq!(bucket_keys(&minio).await, std::slice::from_ref(&today_b));
+    assert_eq!(get_object(&minio, &today_b).await, b);
+    assert!(aside[0].exists());
+
+    // The store proves A now: it goes with the next dump, C.
+    *flip.lock().unwrap() = None;
+    let c = unrepeating(6 * 1024 * 1024, 13);
+    stage(&staging, &c);
+    let run = run_upload(&minio, &staging, &opts);
+    assert!(run.succeeded(), "{}", run.text());
+    let result = run.result.clone().unwrap();
+    assert_eq!(result.stuck, None, "{result:?}");
+    let a_key = format!("{old_folder}datadump1.sql");
+    assert_eq!(get_object(&minio, &a_key).await, a);
+    assert_eq!(get_object(&minio, result.key.as_ref().unwrap()).await, c);
+    assert_eq!(bucket_keys(&minio).await.len(), 3);
+    assert!(staging.dumps().is_empty(), "{:?}", staging.dumps());
 }
 
 // The proxy serves from this runtime while the uploader runs as a blocking child.

@@ -19,6 +19,7 @@ mod prune;
 pub mod put;
 pub mod retention;
 pub mod shadow;
+mod staged;
 pub mod staging;
 pub mod store;
 pub mod stream;

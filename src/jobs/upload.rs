@@ -9,7 +9,7 @@
 
 use super::proof::{self, Proven, Written};
 use super::staging::{self, Claimed, Lock, Staging};
-use super::{follow, keys, pending, prune, put, retention, store};
+use super::{follow, keys, pending, prune, put, retention, staged, store};
 use crate::jobresult::{JobResult, Outcome, Step};
 use crate::logline;
 use chrono::{DateTime, Utc};
@@ -150,7 +150,7 @@ async fn upload(args: &UploadArgs) -> Result<JobResult, String> {
     let sse = args.store.sse()?;
     let mut client = None;
     let mut sent: Vec<JobResult> = vec![];
-    let fresh = send_staged(args, &staging, &sse, &mut client, &mut sent).await?;
+    let fresh = staged::send_staged(args, &staging, &sse, &mut client, &mut sent).await?;
     // Chained to a running dump, and nothing fresh was staged: send the dump
     // as it is written. One fresh dump a run, so that its result is reported
     // at once; a dump after it has an upload of its own.
@@ -160,7 +160,7 @@ async fn upload(args: &UploadArgs) -> Result<JobResult, String> {
             match follow::next(&staging, grace).await.map_err(cannot)? {
                 follow::Next::Quiet => break,
                 follow::Next::Staged => {
-                    send_staged(args, &staging, &sse, &mut client, &mut sent).await?;
+                    staged::send_staged(args, &staging, &sse, &mut client, &mut sent).await?;
                     break;
                 }
                 follow::Next::Writing(dump) => {
@@ -181,68 +181,9 @@ async fn upload(args: &UploadArgs) -> Result<JobResult, String> {
     let Some(last) = sent.pop() else {
         return Ok(nothing());
     };
-    Ok(last.after(sent))
-}
-
-/// Sends the claims killed uploads left, then the dump staged now, if any;
-/// says whether it sent that one. A dump finished after that waits for the
-/// next upload.
-async fn send_staged(
-    args: &UploadArgs,
-    staging: &Staging,
-    sse: &store::Sse,
-    client: &mut Option<aws_sdk_s3::Client>,
-    sent: &mut Vec<JobResult>,
-) -> Result<bool, String> {
-    let cannot = |e: std::io::Error| format!("cannot read {}: {e}", staging.dumps().display());
-    while let Some(claimed) = staging.claim().map_err(cannot)? {
-        if claimed.left_over {
-            info!(file = %claimed.path.display(), "sending the dump an interrupted upload claimed");
-        }
-        let client = match client {
-            Some(c) => &*c,
-            None => client.insert(args.store.client().await?),
-        };
-        let left_over = claimed.left_over;
-        let confirmed = match staging.sent_key(&claimed) {
-            Some(key) if store::object_exists(client, &args.store.bucket, &key, sse).await? => {
-                Some(key)
-            }
-            _ => None,
-        };
-        let result = match confirmed {
-            // The killed upload got the store's confirmation: only the
-            // deletion was left to do.
-            Some(key) => finish_sent(staging, args.time_zone, &claimed, key)?,
-            None => send(client, args, sse, staging, &claimed).await?,
-        };
-        sent.push(result);
-        if !left_over {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
-/// Deletes a claimed dump a killed upload already sent as `key`, and says so.
-fn finish_sent(
-    staging: &Staging,
-    tz: Tz,
-    claimed: &Claimed,
-    key: String,
-) -> Result<JobResult, String> {
-    info!(%key, "the interrupted upload had sent this dump; deleting it");
-    staging.release(claimed).map_err(|e| {
-        format!(
-            "{key} is stored but {} cannot be deleted: {e}",
-            claimed.path.display()
-        )
-    })?;
-    let line = staging.log(tz, logline::UPLOADED);
-    let mut r = JobResult::new(Step::Upload, Outcome::Succeeded, line.to_string());
-    r.key = Some(key);
-    r.dumped = Some(staging::dump_id(claimed.finished));
-    Ok(r)
+    let mut result = last.after(sent);
+    result.stuck = staged::stuck_note(&staging);
+    Ok(result)
 }
 
 /// Uploads one claimed dump under a fresh key, verifies it, deletes it, and
@@ -284,7 +225,10 @@ pub(super) async fn confirm(
     let bucket = &args.store.bucket;
     let proven = match proof::verify(client, bucket, &key, &written, sse).await {
         Ok(proven) => proven,
-        Err(why) => return Err(proof::discard_unproven(client, bucket, &key, why).await),
+        Err(why) => {
+            let why = proof::discard_unproven(client, bucket, &key, why).await;
+            return Err(staged::set_aside(staging, claimed, why));
+        }
     };
     // Only now is the dump safe to drop: exactly the file this run claimed.
     staging

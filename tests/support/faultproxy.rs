@@ -298,12 +298,18 @@ pub fn wrong_stored_checksum() -> Rule {
     })
 }
 
-/// As `wrong_stored_checksum`, and every object read back with a byte
-/// flipped: the store's checksum and its bytes both wrong.
-pub fn wrong_checksum_and_bytes() -> Rule {
-    Arc::new(|parts| match parts.method {
+/// As `wrong_stored_checksum`, and every object whose path holds `flip`'s
+/// text (while it holds one; "" is every object) read back with a byte
+/// flipped: the store's checksum and those bytes both wrong.
+pub fn wrong_checksum_and_bytes(flip: Arc<std::sync::Mutex<Option<String>>>) -> Rule {
+    Arc::new(move |parts| match parts.method {
         http::Method::HEAD if names_object(parts) => Some((StatusCode::OK, WRONG_CHECKSUM)),
-        http::Method::GET if names_object(parts) => Some((StatusCode::OK, FLIP_BYTE)),
+        http::Method::GET if names_object(parts) => {
+            let flipped = flip.lock().unwrap().clone();
+            flipped
+                .is_some_and(|f| parts.uri.path().contains(&f))
+                .then_some((StatusCode::OK, FLIP_BYTE))
+        }
         _ => None,
     })
 }

@@ -92,6 +92,8 @@ pub struct Claimed {
     pub finished: SystemTime,
     /// Claimed by an upload that did not finish.
     pub left_over: bool,
+    /// Moved aside after failed proofs (`stuck.rs`), tried again after newer dumps.
+    pub stuck: bool,
 }
 
 impl Staging {
@@ -232,6 +234,7 @@ impl Staging {
             // A marker left by an upload killed after deleting its dump names
             // an older dump's key: it must never speak for this one.
             remove_if_present(&self.sent_marker(name))?;
+            self.forget_unproven(name)?;
             let claimed = dumps.join(format!("{CLAIMED}{name}"));
             match std::fs::rename(dumps.join(name), &claimed) {
                 Ok(()) => {
@@ -241,6 +244,7 @@ impl Staging {
                         path: claimed,
                         name,
                         left_over: false,
+                        stuck: false,
                     }));
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -266,6 +270,7 @@ impl Staging {
                     name,
                     finished,
                     left_over: true,
+                    stuck: false,
                 });
             }
         }
@@ -276,7 +281,7 @@ impl Staging {
     /// dump is deleted: an upload killed in between leaves the claim, and the
     /// next one then finds the object instead of sending the dump again.
     pub fn mark_sent(&self, claimed: &Claimed, key: &str) -> io::Result<()> {
-        let mut f = File::create(self.sent_marker(claimed.name))?;
+        let mut f = File::create(self.marker_of(claimed))?;
         f.write_all(key.as_bytes())?;
         f.sync_all()?;
         File::open(self.dumps())?.sync_all()
@@ -298,6 +303,22 @@ impl Staging {
         self.dumps().join(format!(".sent-{name}"))
     }
 
+    /// The marker `claimed` gets: a stuck dump's is its own, never the one
+    /// of the claim beside it, which a killed upload's next run trusts.
+    fn marker_of(&self, claimed: &Claimed) -> PathBuf {
+        match claimed.stuck {
+            true => self.dumps().join(format!(
+                ".sent-{}",
+                claimed
+                    .path
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+            )),
+            false => self.sent_marker(claimed.name),
+        }
+    }
+
     /// Deletes a claimed dump the store confirmed, then its marker and the
     /// checksum records of dumps no longer being written, and syncs the
     /// folder. Only an upload that follows a dump reads its record, while it
@@ -305,7 +326,10 @@ impl Staging {
     /// sent from its file, and needs none.
     pub fn release(&self, claimed: &Claimed) -> io::Result<()> {
         std::fs::remove_file(&claimed.path)?;
-        remove_if_present(&self.sent_marker(claimed.name))?;
+        remove_if_present(&self.marker_of(claimed))?;
+        if !claimed.stuck {
+            self.forget_unproven(claimed.name)?;
+        }
         for entry in std::fs::read_dir(self.dumps())? {
             let path = entry?.path();
             let name = path.file_name().unwrap_or_default().to_string_lossy();
@@ -360,8 +384,10 @@ fn remove_if_present(path: &Path) -> io::Result<()> {
     }
 }
 
+mod stuck;
 mod writing;
 
+pub use stuck::STUCK_AFTER;
 pub use writing::{Volume, volume};
 
 #[cfg(test)]

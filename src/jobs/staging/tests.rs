@@ -180,3 +180,44 @@ fn a_running_dump_is_seen_by_its_lock() {
     drop(held);
     assert!(!s.dump_running().unwrap());
 }
+
+/// The third failed proof in a row moves a claim aside as stuck; it is no
+/// longer claimed, so the next dump is; the count starts again for it.
+#[test]
+fn a_claim_unproven_three_times_is_moved_aside_and_the_next_dump_is_claimed() {
+    let (_d, s) = staging();
+    std::fs::write(s.dumps().join("datadump.sql"), "a").unwrap();
+    let a = s.claim().unwrap().unwrap();
+    assert_eq!(s.unproven(&a).unwrap(), None);
+    assert_eq!(s.unproven(&a).unwrap(), None);
+    let aside = s.unproven(&a).unwrap().expect("moved aside at the third");
+    assert_eq!(std::fs::read_to_string(&aside).unwrap(), "a");
+    assert_eq!(s.claim().unwrap().map(|c| c.path), None);
+    std::fs::write(s.dumps().join("datadump.sql"), "b").unwrap();
+    let b = s.claim().unwrap().unwrap();
+    assert_eq!(s.unproven(&b).unwrap(), None, "b's count starts at 0");
+    let stuck = s.stuck().unwrap();
+    assert_eq!(stuck.len(), 1);
+    assert!(stuck[0].stuck && stuck[0].path == aside);
+}
+
+/// A stuck dump sent while a claim waits beside it marks itself, never the
+/// claim: a killed upload's next run must not take the claim for sent.
+#[test]
+fn a_stuck_dumps_marker_never_speaks_for_the_claim_beside_it() {
+    let (_d, s) = staging();
+    std::fs::write(
+        s.dumps().join(".stuck-2026-11-25T03:00:00Z-datadump.sql"),
+        "a",
+    )
+    .unwrap();
+    std::fs::write(s.dumps().join(".uploading-datadump.sql"), "b").unwrap();
+    let stuck = s.stuck().unwrap().remove(0);
+    s.mark_sent(&stuck, "2026-11-25/datadump1.sql").unwrap();
+    let claim = s.claim().unwrap().unwrap();
+    assert!(claim.left_over);
+    assert_eq!(s.sent_key(&claim), None);
+    s.release(&stuck).unwrap();
+    assert!(!stuck.path.exists());
+    assert_eq!(std::fs::read_to_string(&claim.path).unwrap(), "b");
+}

@@ -71,6 +71,22 @@ pub fn record_reports(
                 ),
             });
         }
+        if let Some(stuck) = r.result.stuck.as_ref().filter(|_| r.step == Step::Upload) {
+            // Newer dumps flow, but one is not backed up: a person should know.
+            notes.push(Note {
+                warning: true,
+                reason: reasons::DUMP_STUCK.into(),
+                message: stuck.clone(),
+            });
+            notices.push(Notice {
+                event: NotifyEvent::Failure,
+                id: format!("{}-stuck", r.uid),
+                reason: reasons::DUMP_STUCK.into(),
+                message: stuck.clone(),
+                key: None,
+                time: r.finished.clone(),
+            });
+        }
         if let Some(observed) = observed(&r, status) {
             set_condition(&mut status.conditions, &observed, generation, now);
             if let Some(event) = notify_event(&observed) {
@@ -135,7 +151,11 @@ fn observed(r: &PodReport, status: &mut DatabaseBackupStatus) -> Option<Observed
             )
         }
         (Step::Upload, Outcome::Failed) => {
-            (UPLOAD_SUCCEEDED, false, reasons::UPLOAD_FAILED, message)
+            let reason = match message.contains(crate::logline::STUCK) {
+                true => reasons::DUMP_STUCK,
+                false => reasons::UPLOAD_FAILED,
+            };
+            (UPLOAD_SUCCEEDED, false, reason, message)
         }
         (Step::Verify, outcome) => return Some(drilled(r, outcome, status)),
         (Step::Upload, Outcome::Nothing) | (Step::Fetch | Step::Restore, _) => return None,

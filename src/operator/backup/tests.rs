@@ -705,6 +705,51 @@ fn an_upload_proven_by_reading_it_back_says_so() {
     );
 }
 
+/// A dump moved aside after failed proofs is the upload's failure reason;
+/// a later upload that sent a newer dump while one stays stuck says so with
+/// a Warning Event and a failure notification.
+#[test]
+fn a_stuck_dump_is_reported_when_set_aside_and_while_it_stays() {
+    let set_aside = pod(
+        "p2",
+        "upload",
+        "Failed",
+        1,
+        r#"{"step":"upload","outcome":"failed","log":"2026-11-25,03:01:00,upload failed: upload of 2026-11-25/datadump1.sql not confirmed: x; the unproven object was deleted; the dump is stuck after 3 unproven uploads in a row: kept as /staging/dumps/.stuck-2026-11-25T03:00:00Z-datadump.sql, tried again before each newer dump, which is sent"}"#,
+        5,
+    );
+    let later = pod(
+        "p3",
+        "upload",
+        "Succeeded",
+        0,
+        r#"{"step":"upload","outcome":"succeeded","key":"2026-11-26/datadump1.sql","size":10,"log":"2026-11-26,03:01:00,file successfully uploaded","stuck":"1 unproven dump(s) kept on the staging volume, finished 2026-11-25T03:00:00Z; they are sent once the store proves them"}"#,
+        9,
+    );
+    let mut status = DatabaseBackupStatus::default();
+    let (r, present) = reports(&[set_aside]);
+    let (notes, _) = record_reports(&mut status, r, &present, None, &at(6));
+    assert!(
+        notes.iter().any(|n| n.reason == "DumpStuck" && n.warning),
+        "{notes:?}"
+    );
+    let (r, present) = reports(&[later]);
+    let (notes, notices) = record_reports(&mut status, r, &present, None, &at(10));
+    let stuck: Vec<_> = notes.iter().filter(|n| n.reason == "DumpStuck").collect();
+    assert_eq!(stuck.len(), 1, "{notes:?}");
+    assert!(stuck[0].message.contains("finished 2026-11-25T03:00:00Z"));
+    assert!(
+        notices
+            .iter()
+            .any(|n| n.reason == "DumpStuck" && n.event == crate::api::NotifyEvent::Failure),
+        "{notices:?}"
+    );
+    assert_eq!(
+        status.last_upload_key.as_deref(),
+        Some("2026-11-26/datadump1.sql")
+    );
+}
+
 /// A dump that ran out of staging space says, in its condition, what size
 /// would have fitted: from the last dump's size, or that none is known yet.
 #[test]
