@@ -177,6 +177,16 @@ fn stage(staging: &Staging, body: &[u8]) -> std::path::PathBuf {
     dump
 }
 
+/// Upload options through `proxy`, in parts of 5 MiB (the least S3
+/// allows), so that a few MiB make a multipart upload.
+fn through(proxy: &FaultProxy) -> UploadOpts {
+    UploadOpts {
+        endpoint: Some(proxy.endpoint.clone()),
+        extra_args: vec!["--part-size-mib=5".into()],
+        ..Default::default()
+    }
+}
+
 /// Runs an upload that must fail; checks the dump is kept and returns the line.
 fn failed_upload(minio: &Minio, staging: &Staging, opts: &UploadOpts) -> String {
     let dump = staging.path().join("dumps/datadump.sql");
@@ -290,15 +300,7 @@ async fn a_store_that_rejects_checksums_still_gets_the_dump() {
     for (size, refusals) in [(1024, 1), (20 * 1024 * 1024, 2)] {
         let staging = Staging::new();
         stage(&staging, &vec![b'x'; size]);
-        let run = run_upload(
-            &minio,
-            &staging,
-            &UploadOpts {
-                endpoint: Some(proxy.endpoint.clone()),
-                extra_args: vec!["--part-size-mib=5".into()],
-                ..Default::default()
-            },
-        );
+        let run = run_upload(&minio, &staging, &through(&proxy));
         assert!(run.succeeded(), "{size} bytes: {}", run.text());
         assert_eq!(proxy.rejected(), refusals, "{size} bytes: {}", run.text());
     }
@@ -320,15 +322,7 @@ async fn a_store_reporting_a_wrong_checksum_gets_the_dump_proven_by_reading_it_b
         let staging = Staging::new();
         let body = unrepeating(size, 7 + i as u64);
         stage(&staging, &body);
-        let run = run_upload(
-            &minio,
-            &staging,
-            &UploadOpts {
-                endpoint: Some(proxy.endpoint.clone()),
-                extra_args: vec!["--part-size-mib=5".into()],
-                ..Default::default()
-            },
-        );
+        let run = run_upload(&minio, &staging, &through(&proxy));
         assert!(run.succeeded(), "{size} bytes: {}", run.text());
         let result = run.result.clone().unwrap();
         let key = result.key.clone().unwrap();
@@ -369,15 +363,7 @@ async fn a_store_whose_checksum_and_bytes_are_both_wrong_fails_the_upload_and_ke
         FaultProxy::start(&minio.endpoint, faultproxy::wrong_checksum_and_bytes(every)).await;
     let staging = Staging::new();
     stage(&staging, &unrepeating(12 * 1024 * 1024, 3));
-    let line = failed_upload(
-        &minio,
-        &staging,
-        &UploadOpts {
-            endpoint: Some(proxy.endpoint.clone()),
-            extra_args: vec!["--part-size-mib=5".into()],
-            ..Default::default()
-        },
-    );
+    let line = failed_upload(&minio, &staging, &through(&proxy));
     assert!(
         line.contains(&format!(
             "the store reports CRC64/NVME {} for it",
@@ -407,11 +393,7 @@ async fn a_dump_never_proven_is_set_aside_and_newer_dumps_still_go() {
     let flip = Arc::new(std::sync::Mutex::new(Some(old_folder.clone())));
     let rule = faultproxy::wrong_checksum_and_bytes(flip.clone());
     let proxy = FaultProxy::start(&minio.endpoint, rule).await;
-    let opts = UploadOpts {
-        endpoint: Some(proxy.endpoint.clone()),
-        extra_args: vec!["--part-size-mib=5".into()],
-        ..Default::default()
-    };
+    let opts = through(&proxy);
     let staging = Staging::new();
     // Dump A, finished yesterday: its objects go to yesterday's folder,
     // whose reads the store corrupts.
