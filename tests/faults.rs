@@ -189,8 +189,7 @@ fn through(proxy: &FaultProxy) -> UploadOpts {
 
 /// Runs an upload that must fail; checks the dump is kept and returns the line.
 fn failed_upload(minio: &Minio, staging: &Staging, opts: &UploadOpts) -> String {
-    let dump = staging.path().join("dumps/datadump.sql");
-    let before = std::fs::read(&dump).unwrap();
+    let before = std::fs::read(staging.kept_dump()).unwrap();
     let run = run_upload(minio, staging, opts);
     let dump = staging.kept_dump();
     assert!(
@@ -376,6 +375,35 @@ async fn a_store_whose_checksum_and_bytes_are_both_wrong_fails_the_upload_and_ke
         bucket_keys(&minio).await.is_empty(),
         "an unproven object stayed"
     );
+}
+
+/// A proof the store does not answer (HEAD fails) says nothing of the
+/// object: the upload fails and keeps the dump, but deletes nothing and
+/// counts nothing towards setting the dump aside.
+// The proxy serves from this runtime while the uploader runs as a blocking child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proof_the_store_does_not_answer_deletes_nothing_and_counts_nothing() {
+    let minio = Minio::start();
+    create_bucket(&minio).await;
+    let proxy = FaultProxy::start(&minio.endpoint, faultproxy::fail_heads()).await;
+    let staging = Staging::new();
+    stage(&staging, &unrepeating(6 * 1024 * 1024, 5));
+    for _ in 0..3 {
+        let line = failed_upload(&minio, &staging, &through(&proxy));
+        assert!(line.contains("cannot confirm the upload of "), "{line}");
+        assert!(
+            !line.contains("unproven object") && !line.contains("stuck"),
+            "{line}"
+        );
+    }
+    assert_eq!(bucket_keys(&minio).await.len(), 3, "an object was deleted");
+    let counted = staging.dumps().into_iter().any(|p| {
+        p.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(".unproven-")
+    });
+    assert!(!counted, "{:?}", staging.dumps());
 }
 
 /// A dump the store never proves (its bytes read back wrong) does not stop

@@ -257,7 +257,11 @@ impl Multipart {
             .send()
             .await
             .map_err(|e| super::put::classify(e, &t.key))?;
-        Ok(Written { size, proof })
+        Ok(Written {
+            size,
+            proof,
+            exclusive: conditional,
+        })
     }
 
     /// Stops the parts in flight and aborts the upload; whether the store

@@ -14,6 +14,9 @@ use md5::{Digest as _, Md5};
 pub struct Written {
     pub size: u64,
     pub proof: Proof,
+    /// Written with `If-None-Match: *`: the key held nothing, so the object
+    /// under it is ours (no other upload can have replaced it).
+    pub exclusive: bool,
 }
 
 /// What the store must report for the object we sent.
@@ -100,6 +103,26 @@ pub enum Proven {
     ReadBack(String),
 }
 
+/// Why an upload is not proven: the object differs from what we sent
+/// (`differs`), or the check itself could not be made (the store did not
+/// answer, a read broke off), which says nothing of the object.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Unproven {
+    pub why: String,
+    pub differs: bool,
+}
+
+fn differs(why: String) -> Unproven {
+    Unproven { why, differs: true }
+}
+
+fn inconclusive(why: String) -> Unproven {
+    Unproven {
+        why,
+        differs: false,
+    }
+}
+
 /// Confirms the object is there with the size and the ETag or full-object
 /// checksum we computed locally; where the store's CRC64/NVME is missing or
 /// wrong, by reading the object back and computing it ourselves.
@@ -109,21 +132,23 @@ pub async fn verify(
     key: &str,
     written: &Written,
     sse: &Sse,
-) -> Result<Proven, String> {
+) -> Result<Proven, Unproven> {
     let mut head = super::store::head(client, bucket, key, sse);
     if matches!(written.proof, Proof::Crc64Nvme(_)) {
         head = head.checksum_mode(ChecksumMode::Enabled);
     }
-    let head = head
-        .send()
-        .await
-        .map_err(|e| format!("cannot confirm the upload of {key}: {}", describe(&e)))?;
+    let head = head.send().await.map_err(|e| {
+        inconclusive(format!(
+            "cannot confirm the upload of {key}: {}",
+            describe(&e)
+        ))
+    })?;
     let size = head.content_length().unwrap_or(-1);
     if size != written.size as i64 {
-        return Err(format!(
+        return Err(differs(format!(
             "upload of {key} not confirmed: the store holds {size} bytes, expected {}",
             written.size
-        ));
+        )));
     }
     match &written.proof {
         Proof::ETag(expected) => {
@@ -131,9 +156,9 @@ pub async fn verify(
             // Where the ETag is no MD5, size and the per-part Content-MD5 checks the
             // store made on receipt are the proof.
             if md5_style(etag) && etag != expected {
-                return Err(format!(
+                return Err(differs(format!(
                     "upload of {key} not confirmed: ETag {etag} differs from the expected {expected}"
-                ));
+                )));
             }
             Ok(Proven::ByStore)
         }
@@ -146,20 +171,37 @@ pub async fn verify(
             tracing::warn!(%key, "{why}; reading the object back to prove it");
             let read = read_back(client, bucket, key, head.e_tag(), sse).await?;
             if read != *expected {
-                return Err(format!(
+                return Err(differs(format!(
                     "upload of {key} not confirmed: {why}, and the object read back has {read}"
-                ));
+                )));
             }
             Ok(Proven::ReadBack(why))
         }
     }
 }
 
-/// An object whose proof failed is no backup: it is deleted, so that
-/// neither retention nor `latest` nor a drill ever counts it; the dump stays
-/// staged for the next run. Returns `why`, saying what became of it.
-pub async fn discard_unproven(client: &Client, bucket: &str, key: &str, why: String) -> String {
-    match client.delete_object().bucket(bucket).key(key).send().await {
+/// An object that differs from what we sent is no backup: it is deleted,
+/// so that neither retention nor `latest` nor a drill ever counts it; the
+/// dump stays staged for the next run. Only an object written exclusively
+/// (`If-None-Match`) is surely ours to delete; `deleter` is the client that
+/// may delete (retention's). Returns the reason, saying what became of it.
+pub async fn discard_unproven(
+    deleter: &Client,
+    bucket: &str,
+    key: &str,
+    written: &Written,
+    unproven: Unproven,
+) -> String {
+    let why = unproven.why;
+    if !unproven.differs {
+        return why;
+    }
+    if !written.exclusive {
+        return format!(
+            "{why}; the unproven object stays (the store takes no conditional writes, so it may be another upload's)"
+        );
+    }
+    match deleter.delete_object().bucket(bucket).key(key).send().await {
         Ok(_) => format!("{why}; the unproven object was deleted"),
         Err(e) => format!(
             "{why}; the unproven object could not be deleted ({}) and stays",
@@ -176,9 +218,13 @@ async fn read_back(
     key: &str,
     etag: Option<&str>,
     sse: &Sse,
-) -> Result<String, String> {
+) -> Result<String, Unproven> {
     use super::store::WithSse as _;
-    let broke = |e: String| format!("upload of {key} not confirmed: reading it back failed: {e}");
+    let broke = |e: String| {
+        inconclusive(format!(
+            "upload of {key} not confirmed: reading it back failed: {e}"
+        ))
+    };
     let mut get = client.get_object().bucket(bucket).key(key).with_sse(sse);
     if let Some(etag) = etag {
         get = get.if_match(etag);

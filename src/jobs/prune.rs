@@ -53,18 +53,10 @@ pub(super) async fn prune(
     if doomed.is_empty() {
         return vec![];
     }
-    let keys = args
-        .prune_access_key_id
-        .as_ref()
-        .zip(args.prune_secret_access_key.as_ref())
-        .map(|(id, secret)| (id.0.clone(), secret.0.clone()));
-    let with_own_keys = keys.is_some();
-    let pruner = match keys {
-        Some(keys) => match args.store.client_with(Some(keys)).await {
-            Ok(c) => c,
-            Err(e) => return vec![log(format!("retention skipped: {e}"))],
-        },
-        None => client.clone(),
+    let with_own_keys = args.prune_access_key_id.is_some();
+    let pruner = match deleter(client, args).await {
+        Ok(c) => c,
+        Err(e) => return vec![log(format!("retention skipped: {e}"))],
     };
     let bucket = &args.store.bucket;
     let outcomes = match args.object_lock_mode {
@@ -89,4 +81,21 @@ pub(super) async fn prune(
             Err(e) => log(format!("retention cannot prune {key}: {e}")),
         })
         .collect()
+}
+
+/// The client that may delete: retention's own credentials where the
+/// upload's may only write (spec.bucket.pruneSecretRef), else the upload's.
+pub(super) async fn deleter(
+    client: &aws_sdk_s3::Client,
+    args: &UploadArgs,
+) -> Result<aws_sdk_s3::Client, String> {
+    let keys = args
+        .prune_access_key_id
+        .as_ref()
+        .zip(args.prune_secret_access_key.as_ref())
+        .map(|(id, secret)| (id.0.clone(), secret.0.clone()));
+    match keys {
+        Some(keys) => args.store.client_with(Some(keys)).await,
+        None => Ok(client.clone()),
+    }
 }

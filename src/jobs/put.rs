@@ -178,6 +178,7 @@ async fn put_single(put: &Put<'_>, file: Arc<std::fs::File>) -> Result<Written, 
     Ok(Written {
         size: put.size,
         proof: crc.map_or_else(|| Proof::ETag(hex(&md5)), Proof::Crc64Nvme),
+        exclusive: put.conditional,
     })
 }
 

@@ -78,16 +78,29 @@ fn finish_sent(
 /// Tries each stuck dump once more: a proof that holds now sends it (and
 /// deletes it); one that fails again leaves it aside and says so. Neither
 /// holds back the newer dump.
-async fn retry_stuck(
+pub(super) async fn retry_stuck(
     client: &aws_sdk_s3::Client,
     args: &UploadArgs,
     sse: &store::Sse,
     staging: &Staging,
     sent: &mut Vec<JobResult>,
 ) {
+    let bucket = &args.store.bucket;
     for stuck in staging.stuck().unwrap_or_default() {
         info!(file = %stuck.path.display(), "trying the stuck dump again");
-        match send(client, args, sse, staging, &stuck).await {
+        // A retry killed between the store's proof and the deletion left
+        // its own marker: then only the deletion is left to do.
+        let confirmed = match staging.sent_key(&stuck) {
+            Some(key) if store::object_exists(client, bucket, &key, sse).await == Ok(true) => {
+                Some(key)
+            }
+            _ => None,
+        };
+        let outcome = match confirmed {
+            Some(key) => finish_sent(staging, args.time_zone, &stuck, key),
+            None => send(client, args, sse, staging, &stuck).await,
+        };
+        match outcome {
             Ok(r) => sent.push(r),
             Err(e) => {
                 let id = staging::dump_id(stuck.finished);

@@ -169,6 +169,8 @@ async fn upload(args: &UploadArgs) -> Result<JobResult, String> {
                         None => client.insert(args.store.client().await?),
                     };
                     if let Some(r) = follow::follow(client, args, &sse, &staging, dump).await? {
+                        // As after any new dump: the stuck ones get a try.
+                        staged::retry_stuck(client, args, &sse, &staging, &mut sent).await;
                         sent.push(r);
                         break;
                     }
@@ -225,9 +227,20 @@ pub(super) async fn confirm(
     let bucket = &args.store.bucket;
     let proven = match proof::verify(client, bucket, &key, &written, sse).await {
         Ok(proven) => proven,
-        Err(why) => {
-            let why = proof::discard_unproven(client, bucket, &key, why).await;
-            return Err(staged::set_aside(staging, claimed, why));
+        Err(unproven) => {
+            let counts = unproven.differs;
+            let why = match prune::deleter(client, args).await {
+                Ok(deleter) => {
+                    proof::discard_unproven(&deleter, bucket, &key, &written, unproven).await
+                }
+                Err(e) => format!("{}; the unproven object stays: {e}", unproven.why),
+            };
+            // Only an object that differs counts towards setting the dump
+            // aside: a store that did not answer said nothing of it.
+            return Err(match counts {
+                true => staged::set_aside(staging, claimed, why),
+                false => why,
+            });
         }
     };
     // Only now is the dump safe to drop: exactly the file this run claimed.

@@ -314,6 +314,15 @@ pub fn wrong_checksum_and_bytes(flip: Arc<std::sync::Mutex<Option<String>>>) -> 
     })
 }
 
+/// Answers 500 to every HEAD of an object: a store that cannot say what
+/// it holds.
+pub fn fail_heads() -> Rule {
+    Arc::new(|parts| {
+        (parts.method == http::Method::HEAD && names_object(parts))
+            .then_some((StatusCode::INTERNAL_SERVER_ERROR, "InternalError"))
+    })
+}
+
 /// Answers 500 to every upload of multipart part `n`.
 pub fn fail_part(n: u32) -> Rule {
     Arc::new(move |parts| {

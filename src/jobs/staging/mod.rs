@@ -288,13 +288,13 @@ impl Staging {
     }
 
     /// The key a killed upload recorded for `claimed`, if it got that far.
-    /// Only a claim a killed upload left can have one: a fresh claim's dump
-    /// was never sent.
+    /// Only a claim a killed upload left, or a stuck dump (whose marker is
+    /// its own), can have one: a fresh claim's dump was never sent.
     pub fn sent_key(&self, claimed: &Claimed) -> Option<String> {
-        if !claimed.left_over {
+        if !claimed.left_over && !claimed.stuck {
             return None;
         }
-        std::fs::read_to_string(self.sent_marker(claimed.name))
+        std::fs::read_to_string(self.marker_of(claimed))
             .ok()
             .filter(|k| !k.is_empty())
     }

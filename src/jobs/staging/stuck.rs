@@ -27,9 +27,14 @@ impl Staging {
             .unwrap_or(0)
             + 1;
         if count < STUCK_AFTER {
-            let mut f = File::create(&counter)?;
+            // Whole or not at all: a counter cut short would read as 0.
+            let next = self
+                .dumps()
+                .join(format!("{UNPROVEN}next-{}", claimed.name));
+            let mut f = File::create(&next)?;
             write!(f, "{count}")?;
             f.sync_all()?;
+            std::fs::rename(&next, &counter)?;
             File::open(self.dumps())?.sync_all()?;
             return Ok(None);
         }
