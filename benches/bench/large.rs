@@ -241,6 +241,16 @@ fn sample(b: &Bed, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Peaks> {
     })
 }
 
+/// A wall time alone: for steps of ours that run in pods, whose memory the
+/// sampler keeps.
+fn since(t: Instant) -> Run {
+    Run {
+        secs: t.elapsed().as_secs_f64(),
+        rss_mib: 0.0,
+        cpu_secs: 0.0,
+    }
+}
+
 /// One engine's round; appends its table and goals.
 async fn one_engine(engine: Engine, gib: u64, report: &mut String, goals: &mut Goals) {
     let b = bed(engine).await;
@@ -320,14 +330,7 @@ async fn one_engine(engine: Engine, gib: u64, report: &mut String, goals: &mut G
         status_of(&b).await.last_upload_key
     })
     .await;
-    step(
-        "backup (ours)",
-        Run {
-            secs: t.elapsed().as_secs_f64(),
-            rss_mib: 0.0,
-            cpu_secs: 0.0,
-        },
-    );
+    step("backup (ours)", since(t));
     let t = Instant::now();
     let drilled = wait_for("the drill", STEP_TIMEOUT, || async {
         status_of(&b)
@@ -337,14 +340,7 @@ async fn one_engine(engine: Engine, gib: u64, report: &mut String, goals: &mut G
     })
     .await;
     assert!(drilled.passed, "the drill failed: {drilled:?}");
-    step(
-        "drill (ours)",
-        Run {
-            secs: t.elapsed().as_secs_f64(),
-            rss_mib: 0.0,
-            cpu_secs: 0.0,
-        },
-    );
+    step("drill (ours)", since(t));
     step(
         "mc cp of our object down",
         timed(
@@ -373,14 +369,7 @@ async fn one_engine(engine: Engine, gib: u64, report: &mut String, goals: &mut G
     })
     .await;
     assert_eq!(status.phase, Some(RestorePhase::Succeeded), "{status:?}");
-    step(
-        "restore (ours)",
-        Run {
-            secs: t.elapsed().as_secs_f64(),
-            rss_mib: 0.0,
-            cpu_secs: 0.0,
-        },
-    );
+    step("restore (ours)", since(t));
     assert_eq!(count(&b.db, "restored"), count(&b.db, "shop"));
     drop_database(&b.db, "restored");
     stop.store(true, Ordering::Relaxed);

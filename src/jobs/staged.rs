@@ -34,24 +34,30 @@ pub(super) async fn send_staged(
             // A new dump to send: the stuck ones get a try first, in order.
             retry_stuck(client, args, sse, staging, sent).await;
         }
-        let confirmed = match staging.sent_key(&claimed) {
-            Some(key) if store::object_exists(client, &args.store.bucket, &key, sse).await? => {
-                Some(key)
-            }
-            _ => None,
-        };
-        let result = match confirmed {
-            // The killed upload got the store's confirmation: only the
-            // deletion was left to do.
-            Some(key) => finish_sent(staging, args.time_zone, &claimed, key)?,
-            None => send(client, args, sse, staging, &claimed).await?,
-        };
-        sent.push(result);
+        sent.push(resend(client, args, sse, staging, &claimed).await?);
         if !left_over {
             return Ok(true);
         }
     }
     Ok(false)
+}
+
+/// Sends `claimed`, unless a killed upload got the store's confirmation
+/// for it (its marker names an object the store holds): then only the
+/// deletion was left to do.
+async fn resend(
+    client: &aws_sdk_s3::Client,
+    args: &UploadArgs,
+    sse: &store::Sse,
+    staging: &Staging,
+    claimed: &Claimed,
+) -> Result<JobResult, String> {
+    if let Some(key) = staging.sent_key(claimed)
+        && store::object_exists(client, &args.store.bucket, &key, sse).await?
+    {
+        return finish_sent(staging, args.time_zone, claimed, key);
+    }
+    send(client, args, sse, staging, claimed).await
 }
 
 /// Deletes a claimed dump a killed upload already sent as `key`, and says so.
@@ -85,22 +91,9 @@ pub(super) async fn retry_stuck(
     staging: &Staging,
     sent: &mut Vec<JobResult>,
 ) {
-    let bucket = &args.store.bucket;
     for stuck in staging.stuck().unwrap_or_default() {
         info!(file = %stuck.path.display(), "trying the stuck dump again");
-        // A retry killed between the store's proof and the deletion left
-        // its own marker: then only the deletion is left to do.
-        let confirmed = match staging.sent_key(&stuck) {
-            Some(key) if store::object_exists(client, bucket, &key, sse).await == Ok(true) => {
-                Some(key)
-            }
-            _ => None,
-        };
-        let outcome = match confirmed {
-            Some(key) => finish_sent(staging, args.time_zone, &stuck, key),
-            None => send(client, args, sse, staging, &stuck).await,
-        };
-        match outcome {
+        match resend(client, args, sse, staging, &stuck).await {
             Ok(r) => sent.push(r),
             Err(e) => {
                 let id = staging::dump_id(stuck.finished);
