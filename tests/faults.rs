@@ -396,7 +396,13 @@ async fn a_proof_the_store_does_not_answer_deletes_nothing_and_counts_nothing() 
             "{line}"
         );
     }
-    assert_eq!(bucket_keys(&minio).await.len(), 3, "an object was deleted");
+    // Each object stays, marked unproven beside it.
+    let keys = bucket_keys(&minio).await;
+    let objects: Vec<_> = keys.iter().filter(|k| !k.ends_with(".unproven")).collect();
+    assert_eq!(objects.len(), 3, "an object was deleted: {keys:?}");
+    for key in objects {
+        assert!(keys.contains(&format!("{key}.unproven")), "{keys:?}");
+    }
     let counted = staging.dumps().into_iter().any(|p| {
         p.file_name()
             .unwrap()
@@ -404,6 +410,63 @@ async fn a_proof_the_store_does_not_answer_deletes_nothing_and_counts_nothing() 
             .starts_with(".unproven-")
     });
     assert!(!counted, "{:?}", staging.dumps());
+}
+
+/// An unproven object is no backup: with `keepLast: 2`, two objects the
+/// store never proved (marked unproven), newer than the last proven dump,
+/// neither count nor push it out; retention leaves them alone.
+// The proxy serves from this runtime while the uploader runs as a blocking child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_last_counts_no_unproven_object_and_keeps_the_proven_dump() {
+    let minio = Minio::start();
+    create_bucket(&minio).await;
+    let keep_two = |mut opts: UploadOpts| {
+        opts.extra_args.push("--keep-last=2".into());
+        opts
+    };
+    let staging = Staging::new();
+    let first = unrepeating(6 * 1024 * 1024, 21);
+    stage(&staging, &first);
+    let run = run_upload(&minio, &staging, &keep_two(UploadOpts::default()));
+    assert!(run.succeeded(), "{}", run.text());
+    let proven = run.result.unwrap().key.unwrap();
+
+    let proxy = FaultProxy::start(&minio.endpoint, faultproxy::fail_heads()).await;
+    let second = unrepeating(6 * 1024 * 1024, 22);
+    stage(&staging, &second);
+    for _ in 0..2 {
+        let line = failed_upload(&minio, &staging, &keep_two(through(&proxy)));
+        assert!(
+            line.contains(".unproven, and counts as no backup"),
+            "{line}"
+        );
+    }
+    let unproven: Vec<String> = bucket_keys(&minio)
+        .await
+        .into_iter()
+        .filter(|k| *k != proven && !k.ends_with(".unproven"))
+        .collect();
+    assert_eq!(unproven.len(), 2, "{unproven:?}");
+
+    // The store answers again: the same dump is sent and proven, and
+    // retention keeps the two proven dumps.
+    let run = run_upload(&minio, &staging, &keep_two(UploadOpts::default()));
+    assert!(run.succeeded(), "{}", run.text());
+    let newest = run.result.unwrap().key.unwrap();
+    let left = bucket_keys(&minio).await;
+    assert!(
+        left.contains(&proven),
+        "the proven dump was pruned: {left:?}"
+    );
+    assert_eq!(get_object(&minio, &proven).await, first);
+    assert_eq!(get_object(&minio, &newest).await, second);
+    for key in &unproven {
+        assert!(
+            left.contains(key),
+            "retention pruned an unproven object: {left:?}"
+        );
+    }
+    assert_eq!(left.len(), 2 + 2 * unproven.len(), "{left:?}");
 }
 
 /// A dump the store never proves (its bytes read back wrong) does not stop

@@ -8,7 +8,7 @@ use std::process::Output;
 use support::Database;
 use support::bed::*;
 use support::k8s::*;
-use support::minio::get_object;
+use support::minio::{get_object, put_object};
 
 use dbbackup_operator::api::Engine;
 
@@ -59,7 +59,20 @@ async fn every_subcommand_works_on_a_compressed_backup() {
     assert!(out.contains(",file successfully uploaded\n"), "{out}");
     assert!(out.ends_with(&format!("uploaded {key}\n")), "{out}");
 
+    // A newer object an upload could not prove, marked so: no backup.
+    let (folder, _) = key.rsplit_once('/').unwrap();
+    let unproven = format!("{folder}/datadump9.sql.zst");
+    put_object(&b.minio, &unproven, b"not proven".to_vec()).await;
+    put_object(&b.minio, &format!("{unproven}.unproven"), b"why".to_vec()).await;
+
     let out = plugin_ok(&b, &["list", "orders"]).await;
+    let last = out
+        .lines()
+        .last()
+        .unwrap()
+        .split_whitespace()
+        .collect::<Vec<_>>();
+    assert_eq!((last[0], last[3]), (unproven.as_str(), "unproven"), "{out}");
     let row = out
         .lines()
         .find(|l| l.starts_with(&key))
@@ -90,7 +103,7 @@ async fn every_subcommand_works_on_a_compressed_backup() {
         downloaded == tool.stdout,
         "the download differs from the dump"
     );
-    // "latest" is the same dump.
+    // "latest" is the same dump, not the newer unproven object.
     let latest = b.dir().join("latest.sql");
     plugin_ok(
         &b,

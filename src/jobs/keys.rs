@@ -19,6 +19,17 @@ pub fn dump_index(folder: &str, key: &str) -> Option<u64> {
     n.parse().ok()
 }
 
+/// The suffix of the marker beside an object the upload could not prove
+/// (`unproven.rs`): `<key>.unproven`.
+pub const UNPROVEN: &str = ".unproven";
+
+/// The dumps' keys `keys` marks unproven.
+pub fn marked_unproven<'a>(
+    keys: impl Iterator<Item = &'a str>,
+) -> std::collections::HashSet<&'a str> {
+    keys.filter_map(|k| k.strip_suffix(UNPROVEN)).collect()
+}
+
 /// The key after every existing dump of that date: one above the highest index,
 /// so a gap (a pruned object) is never filled with a different dump.
 pub fn next_object_key<'a>(

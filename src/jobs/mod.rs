@@ -25,6 +25,7 @@ pub mod store;
 pub mod stream;
 pub mod throwaway;
 pub mod tool;
+mod unproven;
 pub mod upload;
 pub mod verify;
 pub mod webidentity;

@@ -180,36 +180,6 @@ pub async fn verify(
     }
 }
 
-/// An object that differs from what we sent is no backup: it is deleted,
-/// so that neither retention nor `latest` nor a drill ever counts it; the
-/// dump stays staged for the next run. Only an object written exclusively
-/// (`If-None-Match`) is surely ours to delete; `deleter` is the client that
-/// may delete (retention's). Returns the reason, saying what became of it.
-pub async fn discard_unproven(
-    deleter: &Client,
-    bucket: &str,
-    key: &str,
-    written: &Written,
-    unproven: Unproven,
-) -> String {
-    let why = unproven.why;
-    if !unproven.differs {
-        return why;
-    }
-    if !written.exclusive {
-        return format!(
-            "{why}; the unproven object stays (the store takes no conditional writes, so it may be another upload's)"
-        );
-    }
-    match deleter.delete_object().bucket(bucket).key(key).send().await {
-        Ok(_) => format!("{why}; the unproven object was deleted"),
-        Err(e) => format!(
-            "{why}; the unproven object could not be deleted ({}) and stays",
-            describe(&e)
-        ),
-    }
-}
-
 /// The CRC64/NVME of the object as it reads back now (of the version HEAD
 /// saw), computed here over every byte, base64 as S3 writes it.
 async fn read_back(

@@ -97,10 +97,14 @@ pub fn dump_position(prefix: &str, key: &str) -> Option<(NaiveDate, u64)> {
     Some((date, index))
 }
 
-/// Our dumps under `prefix`, newest first (by date, then index).
+/// Our dumps under `prefix`, newest first (by date, then index). An object
+/// marked unproven is no backup: it is not among them, so no rule counts it,
+/// `latest` never picks it and retention never prunes it.
 pub fn newest_first<'a>(prefix: &str, objects: &'a [Listed]) -> Vec<(&'a Listed, NaiveDate)> {
+    let unproven = keys::marked_unproven(objects.iter().map(|o| o.key.as_str()));
     let mut ours: Vec<_> = objects
         .iter()
+        .filter(|o| !unproven.contains(o.key.as_str()))
         .filter_map(|o| dump_position(prefix, &o.key).map(|p| (o, p)))
         .collect();
     ours.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.key.cmp(&a.0.key)));
@@ -212,6 +216,31 @@ mod tests {
         );
         // The original layout (empty prefix) sees no resource's prefixed keys.
         assert!(newest_first("", &objects).is_empty());
+    }
+
+    #[test]
+    fn an_object_marked_unproven_is_neither_counted_nor_pruned() {
+        let mut objects = bucket();
+        for key in ["p/2026-11-26/datadump1.sql", "p/2026-11-26/datadump2.sql"] {
+            objects.push(listed(key, None));
+            objects.push(listed(&format!("{key}.unproven"), None));
+        }
+        let policy = Policy {
+            keep_last: Some(2),
+            ..Policy::default()
+        };
+        let keep = "p/2026-11-25/datadump1.sql";
+        let prune = to_prune("p/", &objects, policy, now(), chrono_tz::UTC, &[keep]);
+        assert_eq!(
+            prune,
+            [
+                "p/2026-11-21/datadump1.sql",
+                "p/2026-11-23/datadump1.sql",
+                "p/2026-11-23/datadump2.sql.gz"
+            ]
+        );
+        let newest = newest_first("p/", &objects);
+        assert_eq!(newest[0].0.key, keep);
     }
 
     #[test]

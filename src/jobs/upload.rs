@@ -9,7 +9,7 @@
 
 use super::proof::{self, Proven, Written};
 use super::staging::{self, Claimed, Lock, Staging};
-use super::{follow, keys, pending, prune, put, retention, staged, store};
+use super::{follow, keys, pending, prune, put, retention, staged, store, unproven};
 use crate::jobresult::{JobResult, Outcome, Step};
 use crate::logline;
 use chrono::{DateTime, Utc};
@@ -229,12 +229,9 @@ pub(super) async fn confirm(
         Ok(proven) => proven,
         Err(unproven) => {
             let counts = unproven.differs;
-            let why = match prune::deleter(client, args).await {
-                Ok(deleter) => {
-                    proof::discard_unproven(&deleter, bucket, &key, &written, unproven).await
-                }
-                Err(e) => format!("{}; the unproven object stays: {e}", unproven.why),
-            };
+            let deleter = prune::deleter(client, args).await;
+            let why =
+                unproven::discard(client, deleter, sse, bucket, &key, &written, unproven).await;
             // Only an object that differs counts towards setting the dump
             // aside: a store that did not answer said nothing of it.
             return Err(match counts {

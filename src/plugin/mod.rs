@@ -166,14 +166,23 @@ async fn list(client: &Client, db: &DatabaseBackup) -> anyhow::Result<()> {
         "DATE".into(),
         "VERIFIED".into(),
     ]];
-    for (o, _) in retention::newest_first(&prefix, &objects) {
-        rows.push([
+    let row = |o: &retention::Listed, verified: &str| {
+        [
             o.key.clone(),
             o.size.map_or("-".into(), |s| s.to_string()),
             o.last_modified
                 .map_or("-".into(), |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string()),
-            verified(&status, &o.key).into(),
-        ]);
+            verified.into(),
+        ]
+    };
+    for (o, _) in retention::newest_first(&prefix, &objects) {
+        rows.push(row(o, verified(&status, &o.key)));
+    }
+    // Objects the upload could not prove are no backups, but are listed
+    // (last) so that a person sees them.
+    let unproven = crate::jobs::keys::marked_unproven(objects.iter().map(|o| o.key.as_str()));
+    for o in objects.iter().filter(|o| unproven.contains(o.key.as_str())) {
+        rows.push(row(o, "unproven"));
     }
     print_table(&rows);
     Ok(())
