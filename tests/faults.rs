@@ -13,6 +13,7 @@ use support::faultproxy::{self, FaultProxy};
 use support::minio::*;
 use support::process::free_port;
 use support::steps::*;
+use support::stores::Server;
 use support::*;
 
 fn source(engine: Engine) -> (Database, Source) {
@@ -412,13 +413,15 @@ async fn a_proof_the_store_does_not_answer_deletes_nothing_and_counts_nothing() 
     assert!(!counted, "{:?}", staging.dumps());
 }
 
-/// An unproven object is no backup: with `keepLast: 2`, two objects the
-/// store never proved (marked unproven), newer than the last proven dump,
-/// neither count nor push it out; retention leaves them alone.
-// The proxy serves from this runtime while the uploader runs as a blocking child.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keep_last_counts_no_unproven_object_and_keeps_the_proven_dump() {
-    let minio = Minio::start();
+per_store!(
+    /// An unproven object is no backup: with `keepLast: 2`, two objects the
+    /// store never proved (marked unproven), newer than the last proven dump,
+    /// neither count nor push it out; retention leaves them alone.
+    keep_last_counts_no_unproven_object_and_keeps_the_proven_dump,
+    keep_last_beside_unproven
+);
+async fn keep_last_beside_unproven(store: Server) {
+    let minio = Minio::start_server(store);
     create_bucket(&minio).await;
     let keep_two = |mut opts: UploadOpts| {
         opts.extra_args.push("--keep-last=2".into());
@@ -621,19 +624,6 @@ async fn the_uploader_logs_no_credential_even_at_trace_level() {
     );
 }
 
-/// Runs `fetch` of `key` from `minio`; its exit status and result.
-fn fetch(minio: &Minio, key: &str, dir: &Path) -> (bool, JobResult) {
-    let (out, termlog) = (dir.join("restore.sql"), dir.join("termination-log"));
-    let run = store_command(minio, "fetch")
-        .arg(format!("--key={key}"))
-        .arg(format!("--out={}", out.display()))
-        .arg(format!("--termination-log={}", termlog.display()))
-        .output()
-        .unwrap();
-    let result = JobResult::parse(&std::fs::read_to_string(&termlog).unwrap()).unwrap();
-    (run.status.success(), result)
-}
-
 /// `fetch` refuses a zstd object cut inside a frame (which zstd's own stream
 /// reader takes for whole), and a part-size metadata value S3 cannot have
 /// (0 once looped for ever), each with its reason.
@@ -666,20 +656,20 @@ async fn fetch_refuses_a_truncated_zstd_object_and_an_impossible_part_size() {
             .await
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let (ok, r) = fetch(&minio, "2026-11-25/datadump3.sql", dir.path());
+        let (ok, r) = run_fetch(&minio, "2026-11-25/datadump3.sql", dir.path());
         assert!(!ok);
         assert_eq!(r.reason.as_deref(), Some("CorruptDump"), "{r:?}");
         assert!(r.log.contains("not between 5 MiB and 5 GiB"), "{}", r.log);
     }
     let dir = tempfile::tempdir().unwrap();
-    let (ok, r) = fetch(&minio, "2026-11-25/datadump1.sql.zst", dir.path());
+    let (ok, r) = run_fetch(&minio, "2026-11-25/datadump1.sql.zst", dir.path());
     assert!(!ok, "{r:?}");
     assert!(r.log.contains("truncated"), "{}", r.log);
     assert!(
         !dir.path().join("restore.sql").exists(),
         "no file is left behind"
     );
-    let (ok, r) = fetch(&minio, "2026-11-25/datadump2.sql.zst", dir.path());
+    let (ok, r) = run_fetch(&minio, "2026-11-25/datadump2.sql.zst", dir.path());
     assert!(ok, "{r:?}");
     assert_eq!(std::fs::read(dir.path().join("restore.sql")).unwrap(), sql);
 }

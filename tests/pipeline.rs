@@ -8,6 +8,7 @@ use dbbackup_operator::jobresult::Outcome;
 use std::time::Duration;
 use support::minio::*;
 use support::steps::*;
+use support::stores::Server;
 use support::*;
 
 fn dump_ok(src: &Source, staging: &Staging, compression: Compression) {
@@ -187,9 +188,9 @@ async fn contract_4_no_dump_logs_and_does_nothing_postgres() {
     nothing_to_upload(Engine::Postgres).await;
 }
 
-async fn round_trip(engine: Engine, compression: Compression) {
+async fn round_trip(engine: Engine, compression: Compression, store: Server) {
     let server = Database::with_shop(engine);
-    let minio = Minio::start();
+    let minio = Minio::start_server(store);
     create_bucket(&minio).await;
     let staging = Staging::new();
     dump_ok(&server.source("shop"), &staging, compression);
@@ -231,6 +232,14 @@ async fn round_trip(engine: Engine, compression: Compression) {
             out.stdout
         }
     };
+    // The fetch step gives back the same SQL, its checksum verified.
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, fetched) = run_fetch(&minio, &key, dir.path());
+    assert!(ok, "{fetched:?}");
+    assert!(
+        std::fs::read(dir.path().join("restore.sql")).unwrap() == sql,
+        "the fetched SQL differs"
+    );
     server.restore("restored", &sql);
     let source = server.fingerprint("shop");
     assert_eq!(server.fingerprint("restored"), source);
@@ -243,28 +252,31 @@ async fn round_trip(engine: Engine, compression: Compression) {
 
 #[tokio::test]
 async fn round_trip_restores_identical_data_mariadb() {
-    round_trip(Engine::Mariadb, Compression::None).await;
+    round_trip(Engine::Mariadb, Compression::None, Server::Minio).await;
 }
 
 #[tokio::test]
 async fn round_trip_restores_identical_data_postgres() {
-    round_trip(Engine::Postgres, Compression::None).await;
+    round_trip(Engine::Postgres, Compression::None, Server::Minio).await;
 }
 
 #[tokio::test]
 async fn round_trip_with_gzip_mariadb() {
-    round_trip(Engine::Mariadb, Compression::Gzip).await;
+    round_trip(Engine::Mariadb, Compression::Gzip, Server::Minio).await;
 }
 
-#[tokio::test]
-async fn round_trip_with_zstd_postgres() {
-    round_trip(Engine::Postgres, Compression::Zstd).await;
+per_store!(round_trip_with_zstd_postgres, round_trip_zstd_postgres);
+async fn round_trip_zstd_postgres(store: Server) {
+    round_trip(Engine::Postgres, Compression::Zstd, store).await;
 }
 
-#[tokio::test]
-async fn three_dumps_on_one_date_get_three_indices_and_nothing_is_overwritten() {
+per_store!(
+    three_dumps_on_one_date_get_three_indices_and_nothing_is_overwritten,
+    three_dumps
+);
+async fn three_dumps(store: Server) {
     let server = Database::with_shop(Engine::Mariadb);
-    let minio = Minio::start();
+    let minio = Minio::start_server(store);
     create_bucket(&minio).await;
     let staging = Staging::new();
     let mut contents = vec![];
@@ -325,9 +337,12 @@ async fn next_index_counts_past_the_first_thousand_keys() {
 
 use futures::StreamExt;
 
-#[tokio::test]
-async fn two_concurrent_uploaders_write_two_distinct_objects() {
-    let minio = Minio::start();
+per_store!(
+    two_concurrent_uploaders_write_two_distinct_objects,
+    two_concurrent_uploaders
+);
+async fn two_concurrent_uploaders(store: Server) {
+    let minio = Minio::start_server(store);
     create_bucket(&minio).await;
     for round in 0..3 {
         let a = Staging::new();
@@ -338,8 +353,9 @@ async fn two_concurrent_uploaders_write_two_distinct_objects() {
         }
         let (mut ca, ta) = upload_command(&minio, &a, &UploadOpts::default());
         let (mut cb, tb) = upload_command(&minio, &b, &UploadOpts::default());
-        let pa = ca.spawn().unwrap();
-        let pb = cb.spawn().unwrap();
+        let piped = std::process::Stdio::piped;
+        let pa = ca.stdout(piped()).stderr(piped()).spawn().unwrap();
+        let pb = cb.stdout(piped()).stderr(piped()).spawn().unwrap();
         let (oa, ob) = (
             pa.wait_with_output().unwrap(),
             pb.wait_with_output().unwrap(),
@@ -354,6 +370,17 @@ async fn two_concurrent_uploaders_write_two_distinct_objects() {
             "{}",
             String::from_utf8_lossy(&ob.stderr)
         );
+        // The store's own conditional writes kept them apart, not the
+        // fallback's HEAD before each write.
+        for out in [&oa, &ob] {
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(text.contains("uploading"), "no output read: {text}");
+            assert!(!text.contains("store refuses If-None-Match"), "{text}");
+        }
         let _ = (std::fs::remove_file(ta), std::fs::remove_file(tb));
         let keys = bucket_keys(&minio).await;
         assert_eq!(keys.len(), 2 * (round + 1), "{keys:?}");
@@ -575,13 +602,16 @@ async fn a_one_gib_upload_keeps_flat_memory_whatever_the_part_size_and_concurren
     assert_eq!(bucket_keys(&minio).await.len(), 2);
 }
 
-/// MinIO, like S3, keeps a full-object CRC64/NVME of a multipart upload when
-/// asked; the uploader sends each part's and the whole object's, and the
-/// store's figure is the one a download can check.
-#[tokio::test]
-async fn a_multipart_upload_carries_the_full_object_crc64nvme() {
+per_store!(
+    /// MinIO, like S3, keeps a full-object CRC64/NVME of a multipart upload when
+    /// asked; the uploader sends each part's and the whole object's, and the
+    /// store's figure is the one a download can check.
+    a_multipart_upload_carries_the_full_object_crc64nvme,
+    multipart_crc64nvme
+);
+async fn multipart_crc64nvme(store: Server) {
     use aws_sdk_s3::types::{ChecksumMode, ChecksumType};
-    let minio = Minio::start();
+    let minio = Minio::start_server(store);
     create_bucket(&minio).await;
     let staging = Staging::new();
     let dump = staging.staged_dump();
@@ -622,12 +652,15 @@ async fn a_multipart_upload_carries_the_full_object_crc64nvme() {
     );
 }
 
-/// Forty daily dumps, 2025-01-01 to 2025-02-09, each uploaded by the real
-/// upload step with a calendar policy; what stays is exactly the union of the
-/// tiers. (The dump's modification time names its date folder.)
-#[tokio::test]
-async fn gfs_retention_over_40_days_of_dumps_keeps_exactly_the_daily_weekly_and_monthly_ones() {
-    let minio = Minio::start();
+per_store!(
+    /// Forty daily dumps, 2025-01-01 to 2025-02-09, each uploaded by the real
+    /// upload step with a calendar policy; what stays is exactly the union of the
+    /// tiers. (The dump's modification time names its date folder.)
+    gfs_retention_over_40_days_of_dumps_keeps_exactly_the_daily_weekly_and_monthly_ones,
+    gfs_retention
+);
+async fn gfs_retention(store: Server) {
+    let minio = Minio::start_server(store);
     create_bucket(&minio).await;
     let opts = UploadOpts {
         prefix: "p/".into(),

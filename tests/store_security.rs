@@ -9,6 +9,7 @@ mod support;
 use aws_sdk_s3::types::ServerSideEncryption;
 use support::minio::*;
 use support::steps::*;
+use support::stores::Server;
 
 /// A dump's text with a row no encrypted byte may show.
 const ROW: &[u8] = b"INSERT INTO orders VALUES (1, 'secret-row-4711@example.com');\n";
@@ -209,11 +210,14 @@ fn upload_one(minio: &Minio, args: &[String], env: &[(&str, &str)]) -> (String, 
     (uploaded_key(&run), staging.log_lines())
 }
 
-#[tokio::test]
-async fn a_locked_dump_survives_retention_and_a_direct_delete_and_is_pruned_once_unlocked() {
+per_store!(
+    a_locked_dump_survives_retention_and_a_direct_delete_and_is_pruned_once_unlocked,
+    locked_dump
+);
+async fn locked_dump(store: Server) {
     use aws_sdk_s3::primitives::DateTime;
     use aws_sdk_s3::types::{ObjectLockMode, ObjectLockRetention, ObjectLockRetentionMode};
-    let minio = Minio::start();
+    let minio = Minio::start_server(store);
     let s3 = minio.s3_client().await;
     s3.create_bucket()
         .bucket(BUCKET)

@@ -9,27 +9,38 @@ use support::databases::Database;
 use support::minio::{Minio, create_bucket, put_object};
 use support::process::wait_for;
 use support::steps::{Staging, run_dump, run_verify};
+use support::stores::Server;
 
 /// A MinIO holding a dump of the shop data, made by the dump step, at `key`.
 async fn shop_dump(engine: Engine, key: &str) -> Minio {
+    shop_dump_on(engine, key, Server::Minio).await
+}
+
+/// As `shop_dump`, on `server`.
+async fn shop_dump_on(engine: Engine, key: &str, server: Server) -> Minio {
     let staging = Staging::new();
     let db = Database::with_shop(engine);
     let run = run_dump(&db.source("shop"), &staging, Default::default());
     assert!(run.succeeded(), "{}", run.text());
-    store(key, &std::fs::read(staging.staged_dump()).unwrap()).await
+    store_on(key, &std::fs::read(staging.staged_dump()).unwrap(), server).await
 }
 
 /// A MinIO holding `data` at `key`.
 async fn store(key: &str, data: &[u8]) -> Minio {
-    let minio = Minio::start();
+    store_on(key, data, Server::Minio).await
+}
+
+/// `server` holding `data` at `key`.
+async fn store_on(key: &str, data: &[u8], server: Server) -> Minio {
+    let minio = Minio::start_server(server);
     create_bucket(&minio).await;
     put_object(&minio, key, data.to_vec()).await;
     minio
 }
 
-async fn a_good_dump_is_verified_with_its_tables_and_checks(engine: Engine) {
+async fn a_good_dump_is_verified_with_its_tables_and_checks(engine: Engine, server: Server) {
     let key = "shop/2026-11-26/datadump1.sql";
-    let minio = shop_dump(engine, key).await;
+    let minio = shop_dump_on(engine, key, server).await;
     let run = run_verify(
         engine,
         &minio,
@@ -55,12 +66,12 @@ async fn a_good_dump_is_verified_with_its_tables_and_checks(engine: Engine) {
 
 #[tokio::test]
 async fn a_good_dump_is_verified_mariadb() {
-    a_good_dump_is_verified_with_its_tables_and_checks(Engine::Mariadb).await;
+    a_good_dump_is_verified_with_its_tables_and_checks(Engine::Mariadb, Server::Minio).await;
 }
 
-#[tokio::test]
-async fn a_good_dump_is_verified_postgres() {
-    a_good_dump_is_verified_with_its_tables_and_checks(Engine::Postgres).await;
+per_store!(a_good_dump_is_verified_postgres, verified_postgres);
+async fn verified_postgres(server: Server) {
+    a_good_dump_is_verified_with_its_tables_and_checks(Engine::Postgres, server).await;
 }
 
 async fn sql_that_fails_midway_is_not_restorable(engine: Engine) {

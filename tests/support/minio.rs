@@ -2,6 +2,7 @@
 //! the steps write to.
 
 use super::process::{ServerProcess, bin, free_port, wait_until};
+use super::stores::{self, Server};
 use std::process::Command;
 use std::time::Duration;
 use tempfile::TempDir;
@@ -19,6 +20,9 @@ pub struct MinioOpts {
     pub env: Vec<(String, String)>,
     /// A PEM CA it trusts as a client (an OpenID provider's).
     pub trust: Option<String>,
+    /// Another S3 server in MinIO's place (`stores.rs`): no TLS, KMS or
+    /// `mc` then.
+    pub server: Server,
 }
 
 /// The name of the built-in KMS key of a server started with `kms`.
@@ -99,6 +103,14 @@ impl Minio {
         Self::start_opts(parent, host, access_key, secret_key, MinioOpts::default())
     }
 
+    /// `server` on loopback, with random credentials.
+    pub fn start_server(server: Server) -> Minio {
+        Self::start_with_opts(MinioOpts {
+            server,
+            ..Default::default()
+        })
+    }
+
     /// A loopback server with random credentials, started as `opts` say.
     pub fn start_with_opts(opts: MinioOpts) -> Minio {
         Self::start_opts_on("127.0.0.1", opts)
@@ -147,7 +159,7 @@ impl Minio {
         let mut process = spawn.run();
         let scheme = if opts.tls { "https" } else { "http" };
         let endpoint = format!("{scheme}://{host}:{port}");
-        wait_live(&mut process, host, port, ca_pem.as_deref());
+        spawn.wait_live(&mut process, ca_pem.as_deref());
         Minio {
             process,
             opts,
@@ -170,7 +182,7 @@ impl Minio {
     pub fn restart(&mut self) {
         self.process.kill();
         let data = self.dir.path().join("data");
-        self.process = Spawn {
+        let spawn = Spawn {
             dir: self.dir.path(),
             data: &data,
             host: &self.host,
@@ -178,14 +190,9 @@ impl Minio {
             access_key: &self.access_key,
             secret_key: &self.secret_key,
             opts: &self.opts,
-        }
-        .run();
-        wait_live(
-            &mut self.process,
-            &self.host,
-            self.port,
-            self.ca_pem.as_deref(),
-        );
+        };
+        self.process = spawn.run();
+        spawn.wait_live(&mut self.process, self.ca_pem.as_deref());
     }
 
     /// `mc` against this server as its root user; panics with its output on failure.
@@ -302,22 +309,21 @@ impl Minio {
     /// A client with the SDK's default settings (request checksums included)
     /// and this server's credentials, sent to `endpoint`.
     pub fn s3_client_at(&self, endpoint: &str) -> aws_sdk_s3::Client {
-        let creds = aws_sdk_s3::config::Credentials::new(
-            &self.access_key,
-            &self.secret_key,
-            None,
-            None,
-            "testenv",
-        );
-        let config = aws_sdk_s3::Config::builder()
-            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-            .region(aws_sdk_s3::config::Region::new("us-east-1"))
-            .endpoint_url(endpoint)
-            .force_path_style(true)
-            .credentials_provider(creds)
-            .build();
-        aws_sdk_s3::Client::from_conf(config)
+        client_at(endpoint, &self.access_key, &self.secret_key)
     }
+}
+
+/// A client with the SDK's default settings and these keys, sent to `endpoint`.
+pub fn client_at(endpoint: &str, access_key: &str, secret_key: &str) -> aws_sdk_s3::Client {
+    let creds = aws_sdk_s3::config::Credentials::new(access_key, secret_key, None, None, "testenv");
+    let config = aws_sdk_s3::Config::builder()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .force_path_style(true)
+        .credentials_provider(creds)
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
 }
 
 /// One start of the server process.
@@ -333,6 +339,21 @@ struct Spawn<'a> {
 
 impl Spawn<'_> {
     fn run(&self) -> ServerProcess {
+        if self.opts.server != Server::Minio {
+            assert!(
+                !self.opts.tls && !self.opts.kms,
+                "TLS and KMS are MinIO's here"
+            );
+            let (dir, server) = (self.dir, self.opts.server);
+            return stores::spawn(
+                server,
+                dir,
+                self.host,
+                self.port,
+                self.access_key,
+                self.secret_key,
+            );
+        }
         let mut cmd = Command::new(bin("minio"));
         cmd.arg("server")
             .arg(self.data)
@@ -385,15 +406,25 @@ fn write_certs(dir: &std::path::Path, host: &str) -> String {
     ca_cert.pem()
 }
 
-/// Waits for the health endpoint; over https, for a listing through the CA.
-fn wait_live(process: &mut ServerProcess, host: &str, port: u16, ca: Option<&str>) {
-    wait_until("MinIO to report live", Duration::from_secs(60), || {
-        process.assert_running();
-        match ca {
-            None => health_ok(host, port),
-            Some(ca) => tls_health_ok(host, port, ca),
-        }
-    });
+impl Spawn<'_> {
+    /// Waits for the health endpoint; over https, for a listing through the
+    /// CA; for another server, until it stores and serves an object.
+    fn wait_live(&self, process: &mut ServerProcess, ca: Option<&str>) {
+        let (host, port) = (self.host, self.port);
+        let what = format!("{} to serve", self.opts.server.name());
+        wait_until(&what, Duration::from_secs(90), || {
+            process.assert_running();
+            match (self.opts.server, ca) {
+                (Server::Minio, None) => health_ok(host, port),
+                (Server::Minio, Some(ca)) => tls_health_ok(host, port, ca),
+                _ => stores::serves(
+                    &format!("http://{host}:{port}"),
+                    self.access_key,
+                    self.secret_key,
+                ),
+            }
+        });
+    }
 }
 
 /// The live endpoint over https, with the operator's own store client setup.

@@ -21,6 +21,7 @@ pub mod postgres;
 pub mod process;
 pub mod receiver;
 pub mod steps;
+pub mod stores;
 pub mod tcpstall;
 
 pub use cluster::Cluster;

@@ -341,3 +341,17 @@ pub fn run_verify(engine: Engine, minio: &Minio, key: &str, checks: &[&str]) -> 
     super::process::as_server_user(&mut cmd);
     finish(cmd, &termlog)
 }
+
+/// Runs the `fetch` step of `key` from `minio` into `dir`/restore.sql;
+/// its exit status and result.
+pub fn run_fetch(minio: &Minio, key: &str, dir: &Path) -> (bool, JobResult) {
+    let (out, termlog) = (dir.join("restore.sql"), dir.join("termination-log"));
+    let run = store_command(minio, "fetch")
+        .arg(format!("--key={key}"))
+        .arg(format!("--out={}", out.display()))
+        .arg(format!("--termination-log={}", termlog.display()))
+        .output()
+        .unwrap();
+    let result = JobResult::parse(&std::fs::read_to_string(&termlog).unwrap()).unwrap();
+    (run.status.success(), result)
+}

