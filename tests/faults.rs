@@ -305,6 +305,125 @@ async fn a_store_that_rejects_checksums_still_gets_the_dump() {
         assert_eq!(proxy.rejected(), refusals, "{size} bytes: {}", run.text());
     }
     assert_eq!(bucket_keys(&minio).await.len(), 2);
+
+    // With `profile: b2` nothing asks for a checksum the store refuses:
+    // Content-MD5 and the MD5 ETag prove each upload.
+    for size in [1024, 20 * 1024 * 1024] {
+        let staging = Staging::new();
+        let body = unrepeating(size, size as u64);
+        stage(&staging, &body);
+        let before = proxy.rejected();
+        let mut opts = through(&proxy);
+        opts.extra_args.push("--profile=b2".into());
+        let run = run_upload(&minio, &staging, &opts);
+        assert!(run.succeeded(), "{size} bytes: {}", run.text());
+        assert_eq!(proxy.rejected(), before, "{size} bytes: {}", run.text());
+        let result = run.result.unwrap();
+        assert!(
+            result.checksum.as_deref().unwrap().starts_with("etag:"),
+            "{result:?}"
+        );
+        assert_eq!(get_object(&minio, &result.key.unwrap()).await, body);
+    }
+}
+
+/// Cloudflare R2 refuses a part's CRC64/NVME (emulated): the upload fails
+/// naming that and the profile to set, and keeps the dump; with
+/// `profile: r2` the parts carry Content-MD5 and the MD5 ETag proves it.
+// The proxy serves from this runtime while the uploader runs as a blocking child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_refusing_part_checksums_names_the_r2_profile_which_proves_by_md5() {
+    let minio = Minio::start();
+    create_bucket(&minio).await;
+    let proxy = FaultProxy::start(&minio.endpoint, faultproxy::refuse_part_checksums()).await;
+    let staging = Staging::new();
+    let body = unrepeating(12 * 1024 * 1024, 31);
+    stage(&staging, &body);
+    let line = failed_upload(&minio, &staging, &through(&proxy));
+    assert!(
+        line.contains("the store refuses a part's CRC64/NVME header, as Cloudflare R2 does: set spec.bucket.profile: r2"),
+        "{line}"
+    );
+    assert!(bucket_keys(&minio).await.is_empty());
+
+    let mut opts = through(&proxy);
+    opts.extra_args.push("--profile=r2".into());
+    let before = proxy.rejected();
+    let run = run_upload(&minio, &staging, &opts);
+    assert!(run.succeeded(), "{}", run.text());
+    assert_eq!(proxy.rejected(), before, "{}", run.text());
+    let result = run.result.unwrap();
+    assert!(
+        result.checksum.as_deref().unwrap().starts_with("etag:"),
+        "{result:?}"
+    );
+    assert!(
+        result.checksum.as_deref().unwrap().ends_with("-3"),
+        "{result:?}"
+    );
+    assert_eq!(result.read_back, None, "{result:?}");
+    assert_eq!(get_object(&minio, &result.key.unwrap()).await, body);
+}
+
+/// A store whose ETag is no MD5 (versitygw with data-integrity ETags, as
+/// some stores have) proves nothing by it: where no CRC64/NVME is asked for
+/// (`profile: b2`), the upload reads the object back, in one part and in
+/// several, and says so.
+#[tokio::test]
+async fn a_store_whose_etag_is_no_md5_gets_the_dump_proven_by_reading_it_back() {
+    let store = Minio::start_with_opts(MinioOpts {
+        server: Server::Versitygw,
+        env: vec![("VGW_DATA_INTEGRITY_ETAG".into(), "true".into())],
+        ..Default::default()
+    });
+    create_bucket(&store).await;
+    for size in [1024, 12 * 1024 * 1024] {
+        let staging = Staging::new();
+        let body = unrepeating(size, size as u64 + 7);
+        stage(&staging, &body);
+        let opts = UploadOpts {
+            extra_args: vec!["--part-size-mib=5".into(), "--profile=b2".into()],
+            ..Default::default()
+        };
+        let run = run_upload(&store, &staging, &opts);
+        assert!(run.succeeded(), "{size} bytes: {}", run.text());
+        let result = run.result.unwrap();
+        let why = result.read_back.clone().unwrap_or_default();
+        assert!(why.contains("is no MD5 of the object"), "{result:?}");
+        assert!(
+            result
+                .more_log
+                .iter()
+                .any(|l| l.contains(",proven by reading it back: ")),
+            "{result:?}"
+        );
+        assert_eq!(get_object(&store, &result.key.unwrap()).await, body);
+    }
+}
+
+/// OVH and Scality refuse `aws-chunked` bodies with a trailing checksum
+/// (emulated): no upload of ours sends one, in one part or many, whatever
+/// the profile of a store with an endpoint.
+// The proxy serves from this runtime while the uploader runs as a blocking child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_refusing_trailers_gets_every_checksum_as_a_header() {
+    let minio = Minio::start();
+    create_bucket(&minio).await;
+    let proxy = FaultProxy::start(&minio.endpoint, faultproxy::refuse_trailers()).await;
+    for profile in ["generic", "minio", "r2", "b2", "ceph", "seaweedfs"] {
+        for size in [1024, 12 * 1024 * 1024] {
+            let staging = Staging::new();
+            let body = unrepeating(size, size as u64 + 1);
+            stage(&staging, &body);
+            let mut opts = through(&proxy);
+            opts.extra_args.push(format!("--profile={profile}"));
+            let run = run_upload(&minio, &staging, &opts);
+            assert!(run.succeeded(), "{profile}, {size} bytes: {}", run.text());
+            let key = run.result.unwrap().key.unwrap();
+            assert_eq!(get_object(&minio, &key).await, body, "{profile}");
+        }
+    }
+    assert_eq!(proxy.rejected(), 0);
 }
 
 /// A store that keeps a wrong CRC64/NVME for the right bytes (moto's server

@@ -181,6 +181,13 @@ pub struct BucketSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub force_path_style: Option<bool>,
 
+    /// The kind of store, which sets how uploads are proven there: aws,
+    /// minio, r2, b2, gcs, ceph, seaweedfs or generic. Unset: aws without an
+    /// endpoint, generic with one (CRC64/NVME per part and whole, the
+    /// store's If-None-Match checked on a probe object each upload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<super::StoreProfile>,
+
     /// Secret with a PEM CA bundle added to the system roots, for stores with a private CA.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_bundle: Option<CaBundleRef>,

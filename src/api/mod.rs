@@ -8,11 +8,13 @@
 mod backup;
 mod common;
 mod notify;
+mod profile;
 mod restore;
 mod verify;
 
 pub use backup::*;
 pub use common::*;
 pub use notify::*;
+pub use profile::*;
 pub use restore::*;
 pub use verify::*;

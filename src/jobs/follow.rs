@@ -275,6 +275,7 @@ fn request<'a>(
         conditional: true,
         sse,
         lock: args.lock(),
+        checksums: args.store.profile().checksums(),
     }
 }
 

@@ -129,7 +129,7 @@ impl Target {
             .disable_payload_signing()
             .send()
             .await
-            .map_err(|e| PutError::Failed(format!("part {number}: {}", describe(&e))))?;
+            .map_err(|e| PutError::Failed(part_refused(number, crc.is_some(), &e)))?;
         Ok(CompletedPart::builder()
             .part_number(number)
             .set_e_tag(out.e_tag().map(str::to_string))
@@ -261,6 +261,7 @@ impl Multipart {
             size,
             proof,
             exclusive: conditional,
+            crc64nvme: crc64nvme_base64(self.crc.unwrap_or(0)),
         })
     }
 
@@ -271,6 +272,26 @@ impl Multipart {
         while self.in_flight.join_next().await.is_some() {}
         let t = &self.target;
         abort(&t.client, &t.bucket, &t.key, &t.upload_id).await
+    }
+}
+
+/// Why part `number` failed; where the store refused the part's CRC64/NVME
+/// header outright, the profile that sends none.
+fn part_refused<E>(
+    number: i32,
+    crc: bool,
+    e: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> String
+where
+    E: std::error::Error + aws_sdk_s3::error::ProvideErrorMetadata + 'static,
+{
+    let said = describe(e);
+    let refused = matches!(super::store::http_status(e), Some(400 | 501));
+    match crc && refused {
+        true => format!(
+            "part {number}: {said}; the store refuses a part's CRC64/NVME header, as Cloudflare R2 does: set spec.bucket.profile: r2 (parts then carry Content-MD5)"
+        ),
+        false => format!("part {number}: {said}"),
     }
 }
 

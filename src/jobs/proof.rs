@@ -17,6 +17,9 @@ pub struct Written {
     /// Written with `If-None-Match: *`: the key held nothing, so the object
     /// under it is ours (no other upload can have replaced it).
     pub exclusive: bool,
+    /// The CRC64/NVME of the bytes sent, base64, whatever the store keeps:
+    /// what an object read back must have.
+    pub crc64nvme: String,
 }
 
 /// What the store must report for the object we sent.
@@ -153,14 +156,24 @@ pub async fn verify(
     match &written.proof {
         Proof::ETag(expected) => {
             let etag = head.e_tag().unwrap_or_default().trim_matches('"');
-            // Where the ETag is no MD5, size and the per-part Content-MD5 checks the
-            // store made on receipt are the proof.
-            if md5_style(etag) && etag != expected {
+            if md5_style(etag) {
+                if etag != expected {
+                    return Err(differs(format!(
+                        "upload of {key} not confirmed: ETag {etag} differs from the expected {expected}"
+                    )));
+                }
+                return Ok(Proven::ByStore);
+            }
+            // An ETag that is no MD5 proves nothing: the bytes read back do.
+            let why = format!("the store's ETag {etag} is no MD5 of the object");
+            let read = read_back(client, bucket, key, head.e_tag(), sse).await?;
+            if read != written.crc64nvme {
                 return Err(differs(format!(
-                    "upload of {key} not confirmed: ETag {etag} differs from the expected {expected}"
+                    "upload of {key} not confirmed: {why}, and the object read back has CRC64/NVME {read}, not {}",
+                    written.crc64nvme
                 )));
             }
-            Ok(Proven::ByStore)
+            Ok(Proven::ReadBack(why))
         }
         Proof::Crc64Nvme(expected) => {
             let why = match head.checksum_crc64_nvme() {

@@ -5,6 +5,7 @@
 use super::multipart::{Multipart, Target, body, checksum_part, content_md5};
 use super::proof::{Proof, Written, crc64nvme_base64, hex};
 use super::store::{MAX_PARTS, MIB, PART_SIZE_META, Sse, WithSse, abort, describe, http_status};
+use crate::api::Checksums;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumType};
@@ -72,6 +73,8 @@ pub struct Put<'a> {
     pub sse: &'a Sse,
     /// Object Lock retention the new object gets.
     pub lock: Option<Lock>,
+    /// Which checksum headers the store takes (its profile).
+    pub checksums: Checksums,
 }
 
 /// An Object Lock retention: no one deletes or replaces the object's
@@ -164,6 +167,9 @@ async fn put_single(put: &Put<'_>, file: Arc<std::fs::File>) -> Result<Written, 
         .sse
         .hides_md5()
         .then(|| crc64nvme_base64(part.crc64nvme));
+    if crc.is_some() && put.checksums == Checksums::Md5Only {
+        return Err(no_proof_under_sse());
+    }
     if let Some(crc) = &crc {
         request = request.checksum_crc64_nvme(crc);
     }
@@ -179,6 +185,7 @@ async fn put_single(put: &Put<'_>, file: Arc<std::fs::File>) -> Result<Written, 
         size: put.size,
         proof: crc.map_or_else(|| Proof::ETag(hex(&md5)), Proof::Crc64Nvme),
         exclusive: put.conditional,
+        crc64nvme: crc64nvme_base64(part.crc64nvme),
     })
 }
 
@@ -194,12 +201,17 @@ pub(super) async fn start_multipart(put: &Put<'_>, part_size: u64) -> Result<Mul
             .with_sse(put.sse);
         locked!(create, put.lock)
     };
-    let created = match create()
-        .checksum_algorithm(ChecksumAlgorithm::Crc64Nvme)
-        .checksum_type(ChecksumType::FullObject)
-        .send()
-        .await
-    {
+    let asked = match put.checksums {
+        Checksums::Md5Only => create().send().await,
+        Checksums::PerPartAndWhole => {
+            create()
+                .checksum_algorithm(ChecksumAlgorithm::Crc64Nvme)
+                .checksum_type(ChecksumType::FullObject)
+                .send()
+                .await
+        }
+    };
+    let created = match asked {
         Ok(created) => created,
         // Some S3-compatible stores refuse any checksum header outright.
         Err(e) if matches!(http_status(&e), Some(400 | 501)) => {
@@ -216,9 +228,7 @@ pub(super) async fn start_multipart(put: &Put<'_>, part_size: u64) -> Result<Mul
         // Its ETag proves nothing under KMS or SSE-C, and no dump goes
         // without a proof.
         abort(put.client, put.bucket, put.key, upload_id).await;
-        return Err(PutError::Failed(
-            "the store keeps no CRC64/NVME checksum, the only proof of an upload under SSE-KMS or SSE-C".into(),
-        ));
+        return Err(no_proof_under_sse());
     }
     let target = Target {
         client: put.client.clone(),
@@ -232,6 +242,13 @@ pub(super) async fn start_multipart(put: &Put<'_>, part_size: u64) -> Result<Mul
         path: put.path.to_path_buf(),
     };
     Ok(Multipart::new(target, part_size, put.tuning.concurrency))
+}
+
+fn no_proof_under_sse() -> PutError {
+    PutError::Failed(
+        "the store keeps no CRC64/NVME checksum, the only proof of an upload under SSE-KMS or SSE-C"
+            .into(),
+    )
 }
 
 #[cfg(test)]

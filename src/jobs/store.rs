@@ -53,6 +53,9 @@ pub struct StoreArgs {
     /// PEM CA bundle added to the system roots.
     #[arg(long)]
     pub ca_bundle: Option<std::path::PathBuf>,
+    /// The kind of store (`spec.bucket.profile`); unset, from the endpoint.
+    #[arg(long = "profile")]
+    pub store_profile: Option<crate::api::StoreProfile>,
     /// Server-side encryption the store applies to each dump.
     #[arg(long)]
     pub sse: Option<crate::api::SseType>,
@@ -171,6 +174,13 @@ with_sse!(reads:
 );
 
 impl StoreArgs {
+    /// The kind of store: as set, else AWS without an endpoint, generic with one.
+    pub fn profile(&self) -> crate::api::StoreProfile {
+        let endpoint = self.endpoint.as_deref().filter(|e| !e.is_empty());
+        self.store_profile
+            .unwrap_or_else(|| crate::api::StoreProfile::default_for(endpoint))
+    }
+
     /// The server-side encryption the flags ask for.
     pub fn sse(&self) -> Result<Sse, String> {
         use crate::api::SseType;

@@ -325,6 +325,7 @@ async fn put_under_free_key(
             conditional,
             sse,
             lock: args.lock(),
+            checksums: args.store.profile().checksums(),
         };
         let result = put::put_file(&request, &record_upload).await;
         pending::clear(&dumps);

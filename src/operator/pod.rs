@@ -411,6 +411,9 @@ pub(crate) fn store_args(bucket: &BucketSpec) -> Vec<String> {
     if let Some(path_style) = bucket.force_path_style {
         args.push(format!("--force-path-style={path_style}"));
     }
+    if let Some(profile) = bucket.profile {
+        args.push(format!("--profile={}", profile.as_str()));
+    }
     if let Some(ca) = &bucket.ca_bundle {
         args.push(format!("--ca-bundle={CA_MOUNT}/{}", ca.key));
     }

@@ -284,6 +284,35 @@ pub fn reject_checksums() -> Rule {
     })
 }
 
+/// Whether the request uploads a multipart part (`?partNumber=`).
+fn is_part(parts: &http::request::Parts) -> bool {
+    let query = parts.uri.query().unwrap_or_default();
+    parts.method == http::Method::PUT && query.split('&').any(|kv| kv.starts_with("partNumber="))
+}
+
+/// Refuses a part that carries a CRC64/NVME header, as Cloudflare R2 does
+/// (it takes CRC64/NVME for the whole object only).
+pub fn refuse_part_checksums() -> Rule {
+    Arc::new(|parts| {
+        let crc = parts.headers.contains_key("x-amz-checksum-crc64nvme");
+        (is_part(parts) && crc).then_some((StatusCode::NOT_IMPLEMENTED, "NotImplemented"))
+    })
+}
+
+/// Refuses a body sent `aws-chunked` with a trailing checksum, as OVH and
+/// Scality do.
+pub fn refuse_trailers() -> Rule {
+    Arc::new(|parts| {
+        let chunked = parts
+            .headers
+            .get("content-encoding")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("aws-chunked"));
+        let trailer = parts.headers.contains_key("x-amz-trailer");
+        (chunked || trailer).then_some((StatusCode::BAD_REQUEST, "InvalidArgument"))
+    })
+}
+
 /// Whether the request names an object (path style: `/<bucket>/<key>`),
 /// not a bucket (listings, multipart uploads in progress).
 fn names_object(parts: &http::request::Parts) -> bool {

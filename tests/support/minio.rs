@@ -352,6 +352,7 @@ impl Spawn<'_> {
                 self.port,
                 self.access_key,
                 self.secret_key,
+                &self.opts.env,
             );
         }
         let mut cmd = Command::new(bin("minio"));

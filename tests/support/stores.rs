@@ -61,6 +61,7 @@ pub(super) fn spawn(
     port: u16,
     access_key: &str,
     secret_key: &str,
+    env: &[(String, String)],
 ) -> ServerProcess {
     let data = dir.join("data");
     std::fs::create_dir_all(&data).unwrap();
@@ -73,6 +74,7 @@ pub(super) fn spawn(
                 .arg(format!("{host}:{port}"))
                 .env("ROOT_ACCESS_KEY", access_key)
                 .env("ROOT_SECRET_KEY", secret_key)
+                .envs(env.iter().map(|(k, v)| (k, v)))
                 .arg("posix")
                 // Versions, which Object Lock keeps (S3 locks a version).
                 .arg("--versioning-dir")
@@ -110,7 +112,8 @@ pub(super) fn spawn(
                 .arg("-master.volumeSizeLimitMB=256")
                 .arg("-volume.max=16")
                 .arg("-master.telemetry=false")
-                .env("HOME", dir);
+                .env("HOME", dir)
+                .envs(env.iter().map(|(k, v)| (k, v)));
             ServerProcess::spawn("weed", cmd, dir, libc::SIGTERM)
         }
     }
