@@ -401,6 +401,57 @@ async fn a_store_whose_etag_is_no_md5_gets_the_dump_proven_by_reading_it_back() 
     }
 }
 
+/// A store that ignores `If-None-Match` (emulated: a conditional write
+/// replaces what was there) is found out by the probe object, said in a
+/// warning, and every key is checked before it is written instead; with a
+/// profile that trusts the store (`minio`) no probe is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_ignoring_if_none_match_is_found_out_and_each_key_checked_first() {
+    let minio = Minio::start();
+    create_bucket(&minio).await;
+    let rule = faultproxy::ignore_if_none_match(minio.s3_client().await);
+    let proxy = FaultProxy::start(&minio.endpoint, rule).await;
+    let mut bodies = vec![];
+    for round in 0..2 {
+        let staging = Staging::new();
+        let body = unrepeating(6 * 1024 * 1024 + round, 41 + round as u64);
+        stage(&staging, &body);
+        let run = run_upload(&minio, &staging, &through(&proxy));
+        assert!(run.succeeded(), "{}", run.text());
+        assert!(
+            run.text()
+                .contains("the store ignores If-None-Match (a conditional write replaced "),
+            "{}",
+            run.text()
+        );
+        bodies.push((run.result.unwrap().key.unwrap(), body));
+    }
+    for (key, body) in &bodies {
+        assert_eq!(
+            &get_object(&minio, key).await,
+            body,
+            "{key} was overwritten"
+        );
+    }
+    let probe = dbbackup_operator::jobs::conditional::PROBE;
+    let all = all_bucket_keys(&minio).await;
+    assert_eq!(all.len(), 3, "{all:?}");
+    assert!(all.iter().any(|k| k.ends_with(probe)), "{all:?}");
+
+    // A profile that trusts the store writes no probe and checks nothing.
+    let other = Minio::start();
+    create_bucket(&other).await;
+    let staging = Staging::new();
+    stage(&staging, b"select 1;\n");
+    let opts = UploadOpts {
+        extra_args: vec!["--profile=minio".into()],
+        ..Default::default()
+    };
+    let run = run_upload(&other, &staging, &opts);
+    assert!(run.succeeded(), "{}", run.text());
+    assert_eq!(all_bucket_keys(&other).await.len(), 1);
+}
+
 /// OVH and Scality refuse `aws-chunked` bodies with a trailing checksum
 /// (emulated): no upload of ours sends one, in one part or many, whatever
 /// the profile of a store with an endpoint.

@@ -193,7 +193,7 @@ pub(super) async fn follow(
     };
     let ours = std::fs::metadata(&claimed.path).is_ok_and(|m| identity(&m) == id);
     let finished = match (started, ours) {
-        (Some(s), true) => finish(client, args, staging, &dump, &file, &claimed, s).await?,
+        (Some(s), true) => finish(client, args, sse, staging, &dump, &file, &claimed, s).await?,
         // Small enough for one part, or replaced just before the claim.
         (started, _) => {
             drop_started(staging, started).await;
@@ -282,9 +282,11 @@ fn request<'a>(
 /// Sends the rest of the claimed file and completes the object, once the
 /// bytes sent are proven to be the dump's. `None`: the object cannot be
 /// finished this way (aborted), and the file is to be sent whole.
+#[allow(clippy::too_many_arguments)]
 async fn finish(
     client: &aws_sdk_s3::Client,
     args: &UploadArgs,
+    sse: &store::Sse,
     staging: &Staging,
     dump: &Writing,
     file: &Arc<File>,
@@ -320,7 +322,13 @@ async fn finish(
     }
     let key = upload.key().to_string();
     let upload_id = upload.upload_id().to_string();
-    let completed = upload.complete(size, true).await;
+    let conditional = super::conditional::trusted(client, args, sse).await;
+    if !conditional && store::object_exists(client, &args.store.bucket, &key, sse).await? {
+        info!(%key, "key taken meanwhile; sending the dump from its file under another key");
+        drop_started(staging, Some(Started { upload, date })).await;
+        return Ok(None);
+    }
+    let completed = upload.complete(size, conditional).await;
     let pending =
         completed.is_ok() || store::abort(client, &args.store.bucket, &key, &upload_id).await;
     if pending {

@@ -5,6 +5,7 @@
 //! (`staging`). Nothing here talks to the Kubernetes API.
 
 mod compress;
+pub mod conditional;
 pub mod download;
 pub mod dump;
 pub mod feed;

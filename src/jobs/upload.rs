@@ -9,7 +9,7 @@
 
 use super::proof::{self, Proven, Written};
 use super::staging::{self, Claimed, Lock, Staging};
-use super::{follow, keys, pending, prune, put, retention, staged, store, unproven};
+use super::{conditional, follow, keys, pending, prune, put, retention, staged, store, unproven};
 use crate::jobresult::{JobResult, Outcome, Step};
 use crate::logline;
 use chrono::{DateTime, Utc};
@@ -303,7 +303,7 @@ async fn put_under_free_key(
     let folder = keys::date_folder(&args.prefix, date);
     let bucket = &args.store.bucket;
     let dumps = staging.dumps();
-    let mut conditional = true;
+    let mut conditional = conditional::trusted(client, args, sse).await;
     for _ in 0..MAX_KEY_ATTEMPTS {
         let existing = store::list_keys(client, bucket, &folder).await?;
         let key = keys::next_object_key(&folder, existing.iter().map(String::as_str), claimed.name);

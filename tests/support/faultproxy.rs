@@ -313,6 +313,33 @@ pub fn refuse_trailers() -> Rule {
     })
 }
 
+/// A store that ignores `If-None-Match: *` (emulated): before a write
+/// that carries it goes on, the object under its key is deleted (with
+/// `client`, as the store's own), so the write replaces what was there.
+/// The header is signed, so the proxy cannot drop it instead.
+pub fn ignore_if_none_match(client: aws_sdk_s3::Client) -> Rule {
+    Arc::new(move |parts| {
+        let query = parts.uri.query().unwrap_or_default();
+        let completes = parts.method == http::Method::POST && query.contains("uploadId=");
+        let puts = parts.method == http::Method::PUT && !is_part(parts);
+        if parts.headers.contains_key("if-none-match") && (puts || completes) {
+            let path = parts.uri.path().trim_start_matches('/');
+            if let Some((bucket, key)) = path.split_once('/') {
+                let delete = client.delete_object().bucket(bucket).key(key);
+                tokio::task::block_in_place(|| {
+                    tokio::runtime::Handle::current().block_on(async {
+                        delete
+                            .send()
+                            .await
+                            .expect("the emulated overwrite's delete");
+                    })
+                });
+            }
+        }
+        None
+    })
+}
+
 /// Whether the request names an object (path style: `/<bucket>/<key>`),
 /// not a bucket (listings, multipart uploads in progress).
 fn names_object(parts: &http::request::Parts) -> bool {

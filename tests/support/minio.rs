@@ -473,8 +473,17 @@ fn health_ok(host: &str, port: u16) -> bool {
     String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200")
 }
 
-/// Every key in the bucket, sorted.
+/// Every key in the bucket but the uploads' If-None-Match probe
+/// (`jobs::conditional::PROBE`), sorted.
 pub async fn bucket_keys(minio: &Minio) -> Vec<String> {
+    let probe = dbbackup_operator::jobs::conditional::PROBE;
+    let mut keys = all_bucket_keys(minio).await;
+    keys.retain(|k| !k.ends_with(probe));
+    keys
+}
+
+/// Every key in the bucket, sorted.
+pub async fn all_bucket_keys(minio: &Minio) -> Vec<String> {
     let s3 = minio.s3_client().await;
     let mut keys = vec![];
     let mut pages = s3.list_objects_v2().bucket(BUCKET).into_paginator().send();
