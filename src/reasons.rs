@@ -35,6 +35,8 @@ pub const PROVEN_BY_READ_BACK: &str = "ProvenByReadBack";
 /// A dump whose uploads were sent but never proven, moved aside so that
 /// newer dumps are sent (the UploadSucceeded reason, an Event).
 pub const DUMP_STUCK: &str = "DumpStuck";
+/// No dump is kept back unproven (the DumpsProven reason).
+pub const ALL_PROVEN: &str = "AllProven";
 pub const UPLOAD_FAILED: &str = "UploadFailed";
 /// A pod of the step cannot start by itself: its image cannot be pulled.
 pub const IMAGE_PULL_FAILED: &str = "ImagePullFailed";

@@ -407,36 +407,38 @@ async fn a_store_whose_etag_is_no_md5_gets_the_dump_proven_by_reading_it_back() 
 /// profile that trusts the store (`minio`) no probe is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_ignoring_if_none_match_is_found_out_and_each_key_checked_first() {
-    let minio = Minio::start();
-    create_bucket(&minio).await;
-    let rule = faultproxy::ignore_if_none_match(minio.s3_client().await);
-    let proxy = FaultProxy::start(&minio.endpoint, rule).await;
-    let mut bodies = vec![];
-    for round in 0..2 {
-        let staging = Staging::new();
-        let body = unrepeating(6 * 1024 * 1024 + round, 41 + round as u64);
-        stage(&staging, &body);
-        let run = run_upload(&minio, &staging, &through(&proxy));
-        assert!(run.succeeded(), "{}", run.text());
-        assert!(
-            run.text()
-                .contains("the store ignores If-None-Match (a conditional write replaced "),
-            "{}",
-            run.text()
-        );
-        bodies.push((run.result.unwrap().key.unwrap(), body));
+    for (on_put, what) in [(true, "PutObject"), (false, "CompleteMultipartUpload")] {
+        let minio = Minio::start();
+        create_bucket(&minio).await;
+        let rule = faultproxy::ignore_if_none_match(minio.s3_client().await, on_put);
+        let proxy = FaultProxy::start(&minio.endpoint, rule).await;
+        let mut bodies = vec![];
+        for round in 0..2 {
+            let staging = Staging::new();
+            let body = unrepeating(6 * 1024 * 1024 + round, 41 + round as u64);
+            stage(&staging, &body);
+            let run = run_upload(&minio, &staging, &through(&proxy));
+            assert!(run.succeeded(), "{}", run.text());
+            let said =
+                format!("the store ignores If-None-Match on {what} (a conditional write replaced ");
+            assert!(run.text().contains(&said), "{}", run.text());
+            let checked = "the key is free (checked: the store's If-None-Match is not relied on)";
+            assert!(run.text().contains(checked), "{}", run.text());
+            bodies.push((run.result.unwrap().key.unwrap(), body));
+        }
+        for (key, body) in &bodies {
+            assert_eq!(
+                &get_object(&minio, key).await,
+                body,
+                "{key} was overwritten"
+            );
+        }
+        let probe = dbbackup_operator::jobs::conditional::PROBE;
+        let all = all_bucket_keys(&minio).await;
+        assert_eq!(all.len(), 3, "{all:?}");
+        assert!(all.iter().any(|k| k.ends_with(probe)), "{all:?}");
+        assert_no_pending_uploads(&minio).await;
     }
-    for (key, body) in &bodies {
-        assert_eq!(
-            &get_object(&minio, key).await,
-            body,
-            "{key} was overwritten"
-        );
-    }
-    let probe = dbbackup_operator::jobs::conditional::PROBE;
-    let all = all_bucket_keys(&minio).await;
-    assert_eq!(all.len(), 3, "{all:?}");
-    assert!(all.iter().any(|k| k.ends_with(probe)), "{all:?}");
 
     // A profile that trusts the store writes no probe and checks nothing.
     let other = Minio::start();

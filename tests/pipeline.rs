@@ -198,6 +198,18 @@ async fn round_trip(engine: Engine, compression: Compression, store: Server) {
         prefix: "team/shop/".into(),
         ..Default::default()
     };
+    let dumped: Vec<Vec<u8>> = std::fs::read_dir(staging.path().join("dumps"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("datadump")
+        })
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    assert_eq!(dumped.len(), 1);
     let key = upload_ok(&minio, &staging, &opts);
     let ext = match compression {
         Compression::None => "",
@@ -207,6 +219,7 @@ async fn round_trip(engine: Engine, compression: Compression, store: Server) {
     assert_eq!(key, format!("team/shop/{}/datadump1.sql{ext}", today()));
 
     let object = get_object(&minio, &key).await;
+    assert!(object == dumped[0], "{key} is not the dump");
     let sql = match compression {
         Compression::None => object,
         Compression::Gzip | Compression::Zstd => {
@@ -380,6 +393,8 @@ async fn two_concurrent_uploaders(store: Server) {
             );
             assert!(text.contains("uploading"), "no output read: {text}");
             assert!(!text.contains("store refuses If-None-Match"), "{text}");
+            // The probe found it honoured, on PutObject and on completion.
+            assert!(!text.contains("If-None-Match on"), "{text}");
         }
         let _ = (std::fs::remove_file(ta), std::fs::remove_file(tb));
         let keys = bucket_keys(&minio).await;
@@ -696,4 +711,9 @@ async fn gfs_retention(store: Server) {
     let mut expected = kept.clone();
     expected.sort();
     assert_eq!(bucket_keys(&minio).await, expected);
+    for key in &kept {
+        let day = &key["p/".len()..key.len() - "/datadump1.sql".len()];
+        let body = get_object(&minio, key).await;
+        assert_eq!(body, format!("-- dump of {day}\n").into_bytes(), "{key}");
+    }
 }

@@ -321,7 +321,7 @@ pub struct DatabaseBackupStatus {
     /// The spec generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Ready, DumpSucceeded, UploadSucceeded, Stale and Verified.
+    /// Ready, DumpSucceeded, UploadSucceeded, DumpsProven, Stale and Verified.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// Object key of the last confirmed upload.

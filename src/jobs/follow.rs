@@ -323,10 +323,13 @@ async fn finish(
     let key = upload.key().to_string();
     let upload_id = upload.upload_id().to_string();
     let conditional = super::conditional::trusted(client, args, sse).await;
-    if !conditional && store::object_exists(client, &args.store.bucket, &key, sse).await? {
-        info!(%key, "key taken meanwhile; sending the dump from its file under another key");
-        drop_started(staging, Some(Started { upload, date })).await;
-        return Ok(None);
+    if !conditional {
+        let taken = store::object_exists(client, &args.store.bucket, &key, sse).await;
+        if !matches!(taken, Ok(false)) {
+            info!(%key, "key taken meanwhile, or not known to be free; sending the dump from its file");
+            drop_started(staging, Some(Started { upload, date })).await;
+            return taken.map(|_| None);
+        }
     }
     let completed = upload.complete(size, conditional).await;
     let pending =

@@ -37,9 +37,11 @@ pub fn next_object_key<'a>(
     existing: impl IntoIterator<Item = &'a str>,
     staged_name: &str,
 ) -> String {
+    // A marker counts as its object: were the object gone, its index is
+    // still not taken again (a new dump under it would read as unproven).
     let next = existing
         .into_iter()
-        .filter_map(|k| dump_index(folder, k))
+        .filter_map(|k| dump_index(folder, k.strip_suffix(UNPROVEN).unwrap_or(k)))
         .max()
         .unwrap_or(0)
         + 1;
@@ -101,6 +103,19 @@ mod tests {
             Some(13)
         );
         assert_eq!(dump_index(&folder, "p/2026-11-25/datadump14.age"), None);
+    }
+
+    #[test]
+    fn an_unproven_marker_keeps_its_index_taken() {
+        let folder = date_folder("", day());
+        let existing = [
+            "2026-11-25/datadump1.sql",
+            "2026-11-25/datadump2.sql.unproven",
+        ];
+        assert_eq!(
+            next_object_key(&folder, existing, "datadump.sql"),
+            "2026-11-25/datadump3.sql"
+        );
     }
 
     #[test]

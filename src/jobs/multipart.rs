@@ -286,7 +286,13 @@ where
     E: std::error::Error + aws_sdk_s3::error::ProvideErrorMetadata + 'static,
 {
     let said = describe(e);
-    let refused = matches!(super::store::http_status(e), Some(400 | 501));
+    // 400 is also a timeout or a bad digest: only a refusal that names the
+    // checksum, or a 501, is the header's.
+    let refused = match super::store::http_status(e) {
+        Some(501) => true,
+        Some(400) => said.to_ascii_lowercase().contains("checksum"),
+        _ => false,
+    };
     match crc && refused {
         true => format!(
             "part {number}: {said}; the store refuses a part's CRC64/NVME header, as Cloudflare R2 does: set spec.bucket.profile: r2 (parts then carry Content-MD5)"

@@ -156,16 +156,14 @@ pub async fn verify(
     match &written.proof {
         Proof::ETag(expected) => {
             let etag = head.e_tag().unwrap_or_default().trim_matches('"');
-            if md5_style(etag) {
-                if etag != expected {
-                    return Err(differs(format!(
-                        "upload of {key} not confirmed: ETag {etag} differs from the expected {expected}"
-                    )));
-                }
-                return Ok(Proven::ByStore);
-            }
-            // An ETag that is no MD5 proves nothing: the bytes read back do.
-            let why = format!("the store's ETag {etag} is no MD5 of the object");
+            let why = match (md5_style(etag), etag == expected) {
+                (true, true) => return Ok(Proven::ByStore),
+                // Some stores compute a multipart ETag otherwise: the
+                // bytes read back decide.
+                (true, false) => format!("the store's ETag {etag} is not the expected {expected}"),
+                // An ETag that is no MD5 proves nothing: the bytes do.
+                (false, _) => format!("the store's ETag {etag} is no MD5 of the object"),
+            };
             let read = read_back(client, bucket, key, head.e_tag(), sse).await?;
             if read != written.crc64nvme {
                 return Err(differs(format!(

@@ -223,7 +223,10 @@ pub(super) async fn start_multipart(put: &Put<'_>, part_size: u64) -> Result<Mul
     let upload_id = created
         .upload_id()
         .ok_or_else(|| PutError::Failed("store returned no upload id".into()))?;
-    let crc = created.checksum_algorithm() == Some(&ChecksumAlgorithm::Crc64Nvme);
+    // A store that echoes the algorithm though none was asked for keeps
+    // Content-MD5 parts: the profile says the store refuses CRC headers.
+    let crc = created.checksum_algorithm() == Some(&ChecksumAlgorithm::Crc64Nvme)
+        && put.checksums == Checksums::PerPartAndWhole;
     if !crc && put.sse.hides_md5() {
         // Its ETag proves nothing under KMS or SSE-C, and no dump goes
         // without a proof.

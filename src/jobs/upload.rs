@@ -307,8 +307,11 @@ async fn put_under_free_key(
     for _ in 0..MAX_KEY_ATTEMPTS {
         let existing = store::list_keys(client, bucket, &folder).await?;
         let key = keys::next_object_key(&folder, existing.iter().map(String::as_str), claimed.name);
-        if !conditional && store::object_exists(client, bucket, &key, sse).await? {
-            continue;
+        if !conditional {
+            if store::object_exists(client, bucket, &key, sse).await? {
+                continue;
+            }
+            info!(%key, "the key is free (checked: the store's If-None-Match is not relied on)");
         }
         let record_upload = |upload_id: &str| pending::record(&dumps, bucket, &key, upload_id);
         info!(%key, "uploading");

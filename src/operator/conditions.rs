@@ -6,6 +6,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 pub const READY: &str = "Ready";
 pub const DUMP_SUCCEEDED: &str = "DumpSucceeded";
 pub const UPLOAD_SUCCEEDED: &str = "UploadSucceeded";
+/// False while a dump the store never proved is kept back on the staging
+/// volume (`DumpStuck`, naming it), though newer dumps are sent.
+pub const DUMPS_PROVEN: &str = "DumpsProven";
 pub const STALE: &str = "Stale";
 /// Whether the last restore drill proved the dump it drilled restorable.
 pub const VERIFIED: &str = "Verified";

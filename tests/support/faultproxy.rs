@@ -316,12 +316,13 @@ pub fn refuse_trailers() -> Rule {
 /// A store that ignores `If-None-Match: *` (emulated): before a write
 /// that carries it goes on, the object under its key is deleted (with
 /// `client`, as the store's own), so the write replaces what was there.
-/// The header is signed, so the proxy cannot drop it instead.
-pub fn ignore_if_none_match(client: aws_sdk_s3::Client) -> Rule {
+/// The header is signed, so the proxy cannot drop it instead. `on_put`:
+/// on PutObject too, else on CompleteMultipartUpload only (as moto did).
+pub fn ignore_if_none_match(client: aws_sdk_s3::Client, on_put: bool) -> Rule {
     Arc::new(move |parts| {
         let query = parts.uri.query().unwrap_or_default();
         let completes = parts.method == http::Method::POST && query.contains("uploadId=");
-        let puts = parts.method == http::Method::PUT && !is_part(parts);
+        let puts = on_put && parts.method == http::Method::PUT && !is_part(parts);
         if parts.headers.contains_key("if-none-match") && (puts || completes) {
             let path = parts.uri.path().trim_start_matches('/');
             if let Some((bucket, key)) = path.split_once('/') {

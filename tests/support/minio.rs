@@ -431,31 +431,23 @@ impl Spawn<'_> {
 /// The live endpoint over https, with the operator's own store client setup.
 fn tls_health_ok(host: &str, port: u16, ca: &str) -> bool {
     let (host, ca) = (host.to_string(), ca.as_bytes().to_vec());
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+    super::process::on_own_runtime(move || async move {
+        let settings = dbbackup_operator::jobs::store::StoreSettings {
+            endpoint: Some(format!("https://{host}:{port}")),
+            region: "us-east-1".into(),
+            ca_bundle: Some(ca),
+            keys: Some(("probe".into(), "probe-secret".into())),
+            ..Default::default()
+        };
+        let client = dbbackup_operator::jobs::store::client(&settings)
+            .await
             .unwrap();
-        rt.block_on(async {
-            let settings = dbbackup_operator::jobs::store::StoreSettings {
-                endpoint: Some(format!("https://{host}:{port}")),
-                region: "us-east-1".into(),
-                ca_bundle: Some(ca),
-                keys: Some(("probe".into(), "probe-secret".into())),
-                ..Default::default()
-            };
-            let client = dbbackup_operator::jobs::store::client(&settings)
-                .await
-                .unwrap();
-            // Any HTTP answer (here: a refusal of the unknown key) is a live server.
-            match client.list_buckets().send().await {
-                Ok(_) => true,
-                Err(e) => e.raw_response().is_some(),
-            }
-        })
+        // Any HTTP answer (here: a refusal of the unknown key) is a live server.
+        match client.list_buckets().send().await {
+            Ok(_) => true,
+            Err(e) => e.raw_response().is_some(),
+        }
     })
-    .join()
-    .unwrap()
 }
 
 fn health_ok(host: &str, port: u16) -> bool {

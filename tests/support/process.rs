@@ -244,6 +244,25 @@ where
 
 /// `wait_for` for code outside a runtime: servers start from plain
 /// `#[test]`s, and within async tests they block as the rest of their start does.
+/// Runs the future `f` makes to its end on a thread and runtime of its own:
+/// a synchronous check (`wait_until`) may then ask an async client, whatever
+/// runtime its caller is in.
+pub fn on_own_runtime<T, F>(f: impl FnOnce() -> F + Send + 'static) -> T
+where
+    F: Future<Output = T>,
+    T: Send + 'static,
+{
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f())
+    })
+    .join()
+    .unwrap()
+}
+
 pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {

@@ -128,38 +128,30 @@ pub(super) fn serves(endpoint: &str, access_key: &str, secret_key: &str) -> bool
         access_key.to_string(),
         secret_key.to_string(),
     );
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let client = super::minio::client_at(&endpoint, &ak, &sk);
-            let (bucket, key) = ("dbbackup-ready", "probe");
-            let made = client.create_bucket().bucket(bucket).send().await;
-            if made.is_err() && client.head_bucket().bucket(bucket).send().await.is_err() {
-                return false;
-            }
-            let put = client
-                .put_object()
-                .bucket(bucket)
-                .key(key)
-                .body(b"ready".to_vec().into())
-                .send()
-                .await;
-            if put.is_err() {
-                return false;
-            }
-            let Ok(got) = client.get_object().bucket(bucket).key(key).send().await else {
-                return false;
-            };
-            if got.body.collect().await.map(|b| b.to_vec()).ok().as_deref() != Some(b"ready") {
-                return false;
-            }
-            let _ = client.delete_object().bucket(bucket).key(key).send().await;
-            client.delete_bucket().bucket(bucket).send().await.is_ok()
-        })
+    super::process::on_own_runtime(move || async move {
+        let client = super::minio::client_at(&endpoint, &ak, &sk);
+        let (bucket, key) = ("dbbackup-ready", "probe");
+        let made = client.create_bucket().bucket(bucket).send().await;
+        if made.is_err() && client.head_bucket().bucket(bucket).send().await.is_err() {
+            return false;
+        }
+        let put = client
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(b"ready".to_vec().into())
+            .send()
+            .await;
+        if put.is_err() {
+            return false;
+        }
+        let Ok(got) = client.get_object().bucket(bucket).key(key).send().await else {
+            return false;
+        };
+        if got.body.collect().await.map(|b| b.to_vec()).ok().as_deref() != Some(b"ready") {
+            return false;
+        }
+        let _ = client.delete_object().bucket(bucket).key(key).send().await;
+        client.delete_bucket().bucket(bucket).send().await.is_ok()
     })
-    .join()
-    .unwrap()
 }

@@ -6,7 +6,7 @@ use crate::api::NotifyEvent;
 use crate::api::{CatalogEntry, DatabaseBackupStatus, RECENT_KEPT, Verification};
 use crate::jobresult::{Outcome, Step};
 use crate::operator::conditions::{
-    DUMP_SUCCEEDED, Note, Observed, STALE, UPLOAD_SUCCEEDED, VERIFIED, set_condition,
+    DUMP_SUCCEEDED, DUMPS_PROVEN, Note, Observed, STALE, UPLOAD_SUCCEEDED, VERIFIED, set_condition,
 };
 use crate::operator::notify::Notice;
 use crate::operator::results::to_chrono;
@@ -87,6 +87,9 @@ pub fn record_reports(
                 time: r.finished.clone(),
             });
         }
+        if let Some(proven) = dumps_proven(&r) {
+            set_condition(&mut status.conditions, &proven, generation, now);
+        }
         if let Some(observed) = observed(&r, status) {
             set_condition(&mut status.conditions, &observed, generation, now);
             if let Some(event) = notify_event(&observed) {
@@ -109,6 +112,34 @@ pub fn record_reports(
     let excess = status.log.len().saturating_sub(LOG_LINES_KEPT);
     status.log.drain(..excess);
     (notes, notices)
+}
+
+/// The standing word on stuck dumps an upload's report gives: False while
+/// one is kept back (set aside now, or still), True once an upload found
+/// none; a failed upload that says nothing of them changes nothing.
+fn dumps_proven(r: &PodReport) -> Option<Observed> {
+    if r.step != Step::Upload {
+        return None;
+    }
+    let message = r.result.message();
+    let set_aside = (r.result.outcome == Outcome::Failed
+        && message.contains(crate::logline::STUCK))
+    .then_some(message);
+    match (r.result.stuck.clone().or(set_aside), r.result.outcome) {
+        (Some(stuck), _) => Some(Observed::new(
+            DUMPS_PROVEN,
+            false,
+            reasons::DUMP_STUCK,
+            stuck,
+        )),
+        (None, Outcome::Succeeded) => Some(Observed::new(
+            DUMPS_PROVEN,
+            true,
+            reasons::ALL_PROVEN,
+            "no dump is kept back unproven",
+        )),
+        (None, _) => None,
+    }
 }
 
 /// What a report's condition tells the notification targets, if anything.

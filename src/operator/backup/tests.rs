@@ -748,6 +748,33 @@ fn a_stuck_dump_is_reported_when_set_aside_and_while_it_stays() {
         status.last_upload_key.as_deref(),
         Some("2026-11-26/datadump1.sql")
     );
+    // The standing condition names the stuck dump until an upload finds none.
+    let proven = |status: &DatabaseBackupStatus| {
+        let c = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "DumpsProven")
+            .unwrap();
+        (c.status.clone(), c.reason.clone(), c.message.clone())
+    };
+    let (state, reason, message) = proven(&status);
+    assert_eq!((state.as_str(), reason.as_str()), ("False", "DumpStuck"));
+    assert!(
+        message.contains("finished 2026-11-25T03:00:00Z"),
+        "{message}"
+    );
+    let all_sent = pod(
+        "p4",
+        "upload",
+        "Succeeded",
+        0,
+        r#"{"step":"upload","outcome":"succeeded","key":"2026-11-27/datadump1.sql","size":10,"log":"2026-11-27,03:01:00,file successfully uploaded"}"#,
+        13,
+    );
+    let (r, present) = reports(&[all_sent]);
+    record_reports(&mut status, r, &present, None, &at(14));
+    let (state, reason, _) = proven(&status);
+    assert_eq!((state.as_str(), reason.as_str()), ("True", "AllProven"));
 }
 
 /// A dump that ran out of staging space says, in its condition, what size
