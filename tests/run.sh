@@ -13,7 +13,7 @@ export DBBACKUP_TESTENV_BIN=$CACHE/bin
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/target}
 
 # Process names as the kernel keeps them (15 characters: kube-controller-manager is cut).
-servers=(etcd kube-apiserver kube-controller minio postgres mariadbd
+servers=(etcd kube-apiserver kube-controller minio weed versitygw postgres mariadbd
   containerd containerd-shim kubelet kube-scheduler kube-proxy coredns pause)
 server_pids() { for s in "${servers[@]}"; do pgrep -x "$s" || true; done; }
 before=" $(server_pids | tr '\n' ' ') "
