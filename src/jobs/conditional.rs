@@ -89,13 +89,7 @@ async fn put_if_absent(
     key: &str,
     sse: &Sse,
 ) -> Result<(), PutError> {
-    client
-        .put_object()
-        .bucket(bucket)
-        .key(key)
-        .content_md5(body_md5())
-        .body(BODY.to_vec().into())
-        .with_sse(sse)
+    super::put::small(client, bucket, key, BODY, sse)
         .if_none_match("*")
         .send()
         .await

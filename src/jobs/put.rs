@@ -247,6 +247,25 @@ pub(super) async fn start_multipart(put: &Put<'_>, part_size: u64) -> Result<Mul
     Ok(Multipart::new(target, part_size, put.tuning.concurrency))
 }
 
+/// A PUT of a small object of our own (a marker, a probe), with the
+/// Content-MD5 a bucket with Object Lock requires of every write.
+pub(super) fn small(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    body: &[u8],
+    sse: &Sse,
+) -> aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder {
+    use md5::Digest as _;
+    client
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .content_md5(content_md5(&md5::Md5::digest(body).into()))
+        .body(body.to_vec().into())
+        .with_sse(sse)
+}
+
 fn no_proof_under_sse() -> PutError {
     PutError::Failed(
         "the store keeps no CRC64/NVME checksum, the only proof of an upload under SSE-KMS or SSE-C"

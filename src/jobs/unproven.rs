@@ -6,9 +6,8 @@
 
 use super::keys;
 use super::proof::{Unproven, Written};
-use super::store::{Sse, WithSse as _, describe};
+use super::store::{Sse, describe};
 use aws_sdk_s3::Client;
-use md5::{Digest as _, Md5};
 
 /// Deletes or marks `key`, and returns the reason, saying which.
 /// `deleter` is the client that may delete (retention's), `writer` the
@@ -51,20 +50,8 @@ async fn mark(
     why: &str,
 ) -> Result<String, String> {
     let marker = format!("{key}{}", keys::UNPROVEN);
-    let body = why.as_bytes().to_vec();
-    // Content-MD5: a bucket with Object Lock takes no PUT without it.
-    let md5 = base64::Engine::encode(
-        &base64::engine::general_purpose::STANDARD,
-        Md5::digest(&body),
-    );
-    client
-        .put_object()
-        .bucket(bucket)
-        .key(&marker)
-        .content_md5(md5)
+    super::put::small(client, bucket, &marker, why.as_bytes(), sse)
         .content_type("text/plain")
-        .body(body.into())
-        .with_sse(sse)
         .send()
         .await
         .map_err(|e| describe(&e))?;
