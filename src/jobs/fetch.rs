@@ -12,7 +12,7 @@ use super::{retention, store, stream};
 use crate::jobresult::{Failure, JobResult, Outcome, Step, fail};
 use crate::logline::LogLine;
 use crate::reasons;
-use std::io::{Read, Write};
+use std::io::{BufRead as _, Write};
 use std::path::{Path, PathBuf};
 use tracing::{error, info};
 
@@ -107,24 +107,21 @@ pub async fn download(
     })?
 }
 
-/// Writes the whole SQL into `out` and syncs it.
+/// Writes the whole SQL into `out` and syncs it, straight from the
+/// reader's own buffer (a plain dump's chunks as they arrived).
 fn save(sql: &mut stream::Sql, out: &Path) -> Result<(), Failure> {
-    let file = std::fs::File::create(out).map_err(|e| cannot_write(out, e))?;
-    let mut file = std::io::BufWriter::with_capacity(1 << 20, file);
-    let mut buf = vec![0u8; 1 << 17];
+    let mut file = std::fs::File::create(out).map_err(|e| cannot_write(out, e))?;
     loop {
-        let n = match sql.reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
+        let chunk = match sql.reader.fill_buf() {
+            Ok([]) => break,
+            Ok(chunk) => chunk,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(sql.failure(&e)),
         };
-        file.write_all(&buf[..n])
-            .map_err(|e| cannot_write(out, e))?;
+        file.write_all(chunk).map_err(|e| cannot_write(out, e))?;
+        let n = chunk.len();
+        sql.reader.consume(n);
     }
-    let file = file
-        .into_inner()
-        .map_err(|e| cannot_write(out, e.into_error()))?;
     file.sync_all().map_err(|e| cannot_write(out, e))
 }
 

@@ -14,7 +14,7 @@ use crate::api::Compression;
 use crate::jobresult::{Failure, fail};
 use crate::reasons;
 use bytes::{Buf as _, Bytes};
-use std::io::{self, Read};
+use std::io::{self, BufRead, BufReader, Read};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
@@ -22,6 +22,9 @@ use tokio::sync::mpsc;
 /// chunks reach hundreds of KiB: 64 of them cost 20 MiB of peak memory
 /// for nothing, 8 keep the reader fed.
 pub(super) const QUEUE: usize = 8;
+
+/// The buffer a decoder writes the SQL into.
+const DECODED: usize = 1 << 17;
 
 /// A whole object that checked out: its size, and the checksum that held
 /// (None where the store gave nothing to check against).
@@ -121,9 +124,24 @@ impl Raw {
 
 impl Read for Raw {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = {
+            let current = self.fill_buf()?;
+            let n = buf.len().min(current.len());
+            buf[..n].copy_from_slice(&current[..n]);
+            n
+        };
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+/// The chunks as the client received them: a reader that writes them on
+/// (`fetch` into its file) copies nothing in between.
+impl BufRead for Raw {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
         while self.current.is_empty() {
             if self.proven {
-                return Ok(0);
+                return Ok(&[]);
             }
             match self.rx.blocking_recv() {
                 Some(Piece::Data(bytes)) => self.current = bytes,
@@ -139,17 +157,18 @@ impl Read for Raw {
                 None => return Err(io::Error::other("the download stopped")),
             }
         }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current[..n]);
+        Ok(&self.current)
+    }
+
+    fn consume(&mut self, n: usize) {
         self.current.advance(n);
-        Ok(n)
     }
 }
 
 /// The dump's SQL as it downloads: read `reader` to its end, then ask
 /// `proven` (reading blocks, so this lives off the async runtime).
 pub struct Sql {
-    pub reader: Box<dyn Read + Send>,
+    pub reader: Box<dyn BufRead + Send>,
     key: String,
     verdict: Verdict,
 }
@@ -160,17 +179,28 @@ impl Sql {
     /// identity never shows in a message; a wrong one is named as such.
     pub fn open(raw: Raw, key: &str, identity: Option<&Hidden>) -> Result<Sql, Failure> {
         let verdict = raw.verdict.clone();
-        let (inner, inner_key): (Box<dyn Read + Send>, _) = match key.strip_suffix(".age") {
-            Some(inner_key) => (Box::new(decrypt(raw, key, identity)?), inner_key),
-            None => (Box::new(raw), key),
-        };
-        let reader: Box<dyn Read + Send> = match Compression::of_name(inner_key) {
-            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(inner)),
-            Compression::Zstd => Box::new(
-                zstd::stream::read::Decoder::new(inner)
-                    .map_err(|e| fail(reasons::CORRUPT_DUMP, format!("{key}: {e}")))?,
-            ),
-            Compression::None => inner,
+        let inner_key = key.strip_suffix(".age");
+        let compression = Compression::of_name(inner_key.unwrap_or(key));
+        // A plain dump is read as its download's own chunks; anything
+        // decoded through one buffer the decoder writes into.
+        let reader: Box<dyn BufRead + Send> = if inner_key.is_none()
+            && compression == Compression::None
+        {
+            Box::new(raw)
+        } else {
+            let inner: Box<dyn Read + Send> = match inner_key {
+                Some(_) => Box::new(decrypt(raw, key, identity)?),
+                None => Box::new(raw),
+            };
+            let decoded: Box<dyn Read + Send> = match compression {
+                Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(inner)),
+                Compression::Zstd => Box::new(
+                    zstd::stream::read::Decoder::new(inner)
+                        .map_err(|e| fail(reasons::CORRUPT_DUMP, format!("{key}: {e}")))?,
+                ),
+                Compression::None => inner,
+            };
+            Box::new(BufReader::with_capacity(DECODED, decoded))
         };
         Ok(Sql {
             reader,
@@ -353,6 +383,23 @@ mod tests {
             let mut out = vec![];
             assert!(sql.reader.read_to_end(&mut out).is_err(), "{key}");
         }
+    }
+
+    /// A plain dump reaches its reader as the chunks the client received,
+    /// not copied into a buffer of ours; the end comes after the proof.
+    #[test]
+    fn a_plain_dump_is_read_as_the_downloaded_chunks() {
+        let chunk = Bytes::from(b"INSERT INTO t VALUES (1);\n".repeat(100));
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tx.blocking_send(Piece::Data(chunk.clone())).unwrap();
+        tx.blocking_send(Piece::End(proven(chunk.len()))).unwrap();
+        let mut sql = Sql::open(Raw::new(rx), "a.sql", None).unwrap();
+        let got = sql.reader.fill_buf().unwrap();
+        assert_eq!(got.as_ptr(), chunk.as_ptr(), "the chunk was copied");
+        assert_eq!(got.len(), chunk.len());
+        sql.reader.consume(chunk.len());
+        assert!(sql.reader.fill_buf().unwrap().is_empty());
+        assert!(sql.proven().is_ok());
     }
 
     #[test]
