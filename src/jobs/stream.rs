@@ -179,34 +179,30 @@ impl Sql {
     /// identity never shows in a message; a wrong one is named as such.
     pub fn open(raw: Raw, key: &str, identity: Option<&Hidden>) -> Result<Sql, Failure> {
         let verdict = raw.verdict.clone();
-        let inner_key = key.strip_suffix(".age");
-        let compression = Compression::of_name(inner_key.unwrap_or(key));
-        // A plain dump is read as its download's own chunks; anything
-        // decoded through one buffer the decoder writes into.
-        let reader: Box<dyn BufRead + Send> = if inner_key.is_none()
-            && compression == Compression::None
-        {
-            Box::new(raw)
-        } else {
-            let inner: Box<dyn Read + Send> = match inner_key {
-                Some(_) => Box::new(decrypt(raw, key, identity)?),
-                None => Box::new(raw),
-            };
-            let decoded: Box<dyn Read + Send> = match compression {
-                Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(inner)),
-                Compression::Zstd => Box::new(
-                    zstd::stream::read::Decoder::new(inner)
-                        .map_err(|e| fail(reasons::CORRUPT_DUMP, format!("{key}: {e}")))?,
-                ),
-                Compression::None => inner,
-            };
-            Box::new(BufReader::with_capacity(DECODED, decoded))
-        };
-        Ok(Sql {
+        let sql = |reader| Sql {
             reader,
             key: key.to_string(),
-            verdict,
-        })
+            verdict: verdict.clone(),
+        };
+        let sealed = key.strip_suffix(".age");
+        let compression = Compression::of_name(sealed.unwrap_or(key));
+        if sealed.is_none() && compression == Compression::None {
+            // Read as the download's own chunks.
+            return Ok(sql(Box::new(raw)));
+        }
+        let inner: Box<dyn Read + Send> = match sealed {
+            Some(_) => Box::new(decrypt(raw, key, identity)?),
+            None => Box::new(raw),
+        };
+        let decoded: Box<dyn Read + Send> = match compression {
+            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(inner)),
+            Compression::Zstd => Box::new(
+                zstd::stream::read::Decoder::new(inner)
+                    .map_err(|e| fail(reasons::CORRUPT_DUMP, format!("{key}: {e}")))?,
+            ),
+            Compression::None => inner,
+        };
+        Ok(sql(Box::new(BufReader::with_capacity(DECODED, decoded))))
     }
 
     /// Why reading stopped with `e`: the download's own failure if it had
