@@ -949,7 +949,6 @@ fn read_object(
 /// the download runs fails it ("changed") instead of splicing two versions.
 #[tokio::test]
 async fn a_ranged_download_comes_whole_retries_a_range_and_never_splices_two_objects() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
     let minio = Minio::start();
     create_bucket(&minio).await;
     let s3 = minio.s3_client().await;
@@ -965,15 +964,19 @@ async fn a_ranged_download_comes_whole_retries_a_range_and_never_splices_two_obj
     let first = unrepeating(100 << 20, 1);
     put(key, first.clone()).await.unwrap();
 
-    // The first response for the range at 16 MiB is cut halfway; its retry passes.
-    let failed = Arc::new(AtomicUsize::new(0));
-    let counted = failed.clone();
+    // The first response for the range at 16 MiB is cut halfway; its retry
+    // asks for the rest of that range only, and passes.
+    let asked = Arc::new(std::sync::Mutex::new(Vec::<(u64, u64)>::new()));
+    let seen = asked.clone();
     let rule: faultproxy::Rule = Arc::new(move |req| {
-        let third = req
+        let (start, end) = req
             .headers
             .get("range")
-            .is_some_and(|r| r.as_bytes().starts_with(b"bytes=16777216-"));
-        (third && counted.fetch_add(1, Ordering::SeqCst) == 0)
+            .and_then(|r| r.to_str().ok()?.strip_prefix("bytes=")?.split_once('-'))
+            .map(|(a, b)| (a.parse::<u64>().unwrap(), b.parse::<u64>().unwrap()))?;
+        let mut seen = seen.lock().unwrap();
+        seen.push((start, end));
+        (start == 16 << 20 && seen.iter().filter(|r| r.0 == 16 << 20).count() == 1)
             .then_some((http::StatusCode::OK, faultproxy::CUT_BODY))
     });
     let proxy = FaultProxy::start(&minio.endpoint, rule).await;
@@ -981,10 +984,13 @@ async fn a_ranged_download_comes_whole_retries_a_range_and_never_splices_two_obj
     let (got, line) = whole.await.unwrap().unwrap();
     assert!(got == first, "the object came back changed");
     assert!(line.contains("CRC64/NVME checksum verified"), "{line}");
-    assert_eq!(
-        failed.load(Ordering::SeqCst),
-        2,
-        "the range was not retried"
+    let asked = asked.lock().unwrap().clone();
+    let cut_end = asked.iter().find(|r| r.0 == 16 << 20).unwrap().1;
+    let tries: Vec<_> = asked.iter().filter(|r| r.1 == cut_end).collect();
+    assert_eq!(tries.len(), 2, "the range was not retried once: {asked:?}");
+    assert!(
+        tries[1].0 > 16 << 20,
+        "the retry asked again for bytes it had: {asked:?}"
     );
 
     // Replaced after the first byte was read: later ranges must not come

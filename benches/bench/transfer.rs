@@ -142,7 +142,7 @@ pub async fn bench_transfer(report: &mut String, goals: &mut Goals) {
          wrote, `mc cp` of that object down; medians; peak RSS is the largest over the runs; CPU is user + system time \
          (`/usr/bin/time`); MinIO CPU from `/proc/<pid>/stat`. Ours with its defaults: upload in 8 MiB parts, 3 in flight, \
          each part's CRC64/NVME sent and the object's full CRC64/NVME confirmed by HEAD before the file is deleted; fetch in \
-         ranged GETs of 4 MiB, 3 in flight, the object's CRC64/NVME recomputed, the file synced before it is named. \
+         ranged GETs of 8 MiB (the one being read handed on as it arrives, one more ahead), the object's CRC64/NVME recomputed, the file synced before it is named. \
          `mc` with its defaults (it neither syncs the file nor checks a checksum on the way down). \
          Before each run, as much memory as the object is written and freed on tmpfs: this machine's freed memory goes \
          back to its host (virtio free page reporting), and the first tool to write fresh memory would pay the host's faults.\n\n\

@@ -1,4 +1,5 @@
-//! The download of one object: ranged GETs in parallel, delivered in order,
+//! The download of one object: ranged GETs in parallel, delivered in order
+//! (the range being read as its bytes arrive, the ranges ahead held), and
 //! every byte checked against the store's own checksum off the reader's
 //! thread. The object's full CRC64/NVME is preferred (cheap to compute); the
 //! MD5 ETag is recomputed only where the store has no such CRC.
@@ -11,18 +12,19 @@ use crate::reasons;
 use aws_sdk_s3::operation::head_object::HeadObjectOutput;
 use aws_sdk_s3::types::ChecksumMode;
 use bytes::Bytes;
-use futures::StreamExt as _;
+use std::collections::VecDeque;
 use std::ops::Range;
 use tokio::sync::mpsc;
 
-/// The size of one ranged GET. Ranges downloaded ahead of the reader are
-/// held until it takes them, so memory is about `RANGE × AHEAD` whatever
-/// the object (measured: 44–48 MiB peak for a 4 GiB fetch, 20 MiB of it the
-/// process itself).
-const RANGE: u64 = 4 * 1024 * 1024;
-/// Ranged GETs in flight at once: more did not download faster from a
-/// loopback MinIO on 2 cores, and cost 4 MiB each.
-const AHEAD: usize = 3;
+/// The size of one ranged GET. The range being read is handed on as its
+/// bytes arrive; the ranges ahead are downloaded whole and held, so a slow
+/// reader holds at most `RANGE × (AHEAD + 1)`. A ranged GET costs a
+/// loopback MinIO about 1.2 ms of CPU besides its bytes: 8 MiB ranges
+/// halve that against 4 MiB (bench/results.md).
+const RANGE: u64 = 8 * 1024 * 1024;
+/// Ranges downloading ahead of the one being read: one more connection.
+/// Two ahead read 1 GiB about 7 % faster here but held 58 MiB, not 43.
+const AHEAD: usize = 1;
 /// Attempts at one range before the download fails: a connection dropped
 /// halfway through a large object costs one range, not the restore.
 const ATTEMPTS: usize = 3;
@@ -73,7 +75,7 @@ struct Object {
 
 /// A range's task, stopped when its download is dropped (the reader gave up
 /// or another range failed), so that nothing downloads for no one.
-struct RangeTask(tokio::task::JoinHandle<Result<Vec<Bytes>, String>>);
+struct RangeTask(tokio::task::JoinHandle<()>);
 
 impl Drop for RangeTask {
     fn drop(&mut self) {
@@ -81,56 +83,94 @@ impl Drop for RangeTask {
     }
 }
 
+/// One range on its way: its length, and its bytes as they arrive (or why
+/// it failed), from its own task.
+struct InFlight {
+    len: u64,
+    chunks: mpsc::UnboundedReceiver<Result<Bytes, String>>,
+    _task: RangeTask,
+}
+
+fn start_range(object: &Object, range: Range<u64>) -> InFlight {
+    let (tx, chunks) = mpsc::unbounded_channel();
+    let len = range.end - range.start;
+    let task = RangeTask(tokio::spawn(fetch(object.clone(), range, tx)));
+    InFlight {
+        len,
+        chunks,
+        _task: task,
+    }
+}
+
 async fn pump(object: Object, ranges: Vec<Range<u64>>, mut check: Check, tx: mpsc::Sender<Piece>) {
     let key = object.key.clone();
-    // Each range is its own task, so ranges ahead keep downloading while the
-    // reader is slow; `buffered` hands them over in order.
-    let mut bodies = futures::stream::iter(ranges.into_iter().map(|range| {
-        let object = object.clone();
-        async move {
-            let mut task = RangeTask(tokio::spawn(fetch(object, range)));
-            (&mut task.0)
-                .await
-                .unwrap_or_else(|e| Err(format!("the download task died: {e}")))
+    let failed = |e: String| {
+        Piece::End(Err(fail(
+            reasons::DOWNLOAD_FAILED,
+            format!("download of {key} broke off: {e}"),
+        )))
+    };
+    let mut ranges = ranges.into_iter();
+    let mut ahead: VecDeque<InFlight> = ranges
+        .by_ref()
+        .take(AHEAD)
+        .map(|r| start_range(&object, r))
+        .collect();
+    while let Some(mut head) = ahead.pop_front() {
+        // The next range starts as this one is read, so AHEAD stay ahead.
+        if let Some(range) = ranges.next() {
+            ahead.push_back(start_range(&object, range));
         }
-    }))
-    .buffered(AHEAD);
-    while let Some(body) = bodies.next().await {
-        let chunks = match body {
-            Ok(chunks) => chunks,
-            Err(e) => {
-                let failure = fail(
-                    reasons::DOWNLOAD_FAILED,
-                    format!("download of {key} broke off: {e}"),
-                );
-                let _ = tx.send(Piece::End(Err(failure))).await;
-                return;
-            }
-        };
-        for chunk in chunks {
+        let mut got = 0;
+        while let Some(chunk) = head.chunks.recv().await {
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    let _ = tx.send(failed(e)).await;
+                    return;
+                }
+            };
+            got += chunk.len() as u64;
             check.update(&chunk);
             if tx.send(Piece::Data(chunk)).await.is_err() {
                 // The reader stopped: nothing waits for the rest.
                 return;
             }
         }
+        if got != head.len {
+            let _ = tx.send(failed("the download task died".into())).await;
+            return;
+        }
     }
     let _ = tx.send(Piece::End(check.verify(&key))).await;
 }
 
-/// One range, whole, retried where the connection broke.
-async fn fetch(object: Object, range: Range<u64>) -> Result<Vec<Bytes>, String> {
+/// One range, whole and in order, retried where the connection broke: a
+/// retry asks for the bytes not yet handed on.
+async fn fetch(
+    object: Object,
+    range: Range<u64>,
+    tx: mpsc::UnboundedSender<Result<Bytes, String>>,
+) {
+    let mut sent = 0;
     let mut last = String::new();
     for attempt in 1..=ATTEMPTS {
-        match fetch_once(&object, &range).await {
-            Ok(chunks) => return Ok(chunks),
-            Err(Fetch::Final(e)) => return Err(e),
+        if range.start + sent == range.end {
+            // Every byte came before the connection failed.
+            return;
+        }
+        match fetch_once(&object, range.start + sent..range.end, &tx, &mut sent).await {
+            Ok(()) => return,
+            Err(Fetch::Final(e)) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
             Err(Fetch::Retry(e)) => last = e,
         }
         // A store restarting gets a moment before the next attempt.
         tokio::time::sleep(std::time::Duration::from_millis(200 * attempt as u64)).await;
     }
-    Err(last)
+    let _ = tx.send(Err(last));
 }
 
 enum Fetch {
@@ -140,7 +180,13 @@ enum Fetch {
     Retry(String),
 }
 
-async fn fetch_once(object: &Object, range: &Range<u64>) -> Result<Vec<Bytes>, Fetch> {
+/// Asks for `range` and hands its bytes on, counting them in `sent`.
+async fn fetch_once(
+    object: &Object,
+    range: Range<u64>,
+    tx: &mpsc::UnboundedSender<Result<Bytes, String>>,
+    sent: &mut u64,
+) -> Result<(), Fetch> {
     let mut get = object
         .client
         .get_object()
@@ -174,27 +220,36 @@ async fn fetch_once(object: &Object, range: &Range<u64>) -> Result<Vec<Bytes>, F
     }
     let want = range.end - range.start;
     let mut body = got.body;
-    let (mut chunks, mut len) = (vec![], 0u64);
+    let mut len = 0u64;
     while let Some(chunk) = body
         .try_next()
         .await
         .map_err(|e| Fetch::Retry(e.to_string()))?
     {
         len += chunk.len() as u64;
+        // More than asked would shift every byte after it.
         if len > want {
-            break;
+            return Err(Fetch::Final(format!(
+                "bytes {}-{} came as more than {want} bytes",
+                range.start,
+                range.end - 1
+            )));
         }
-        chunks.push(chunk);
+        *sent += chunk.len() as u64;
+        if tx.send(Ok(chunk)).is_err() {
+            // The download was dropped.
+            return Ok(());
+        }
     }
-    // A range cut short (or grown) would shift every byte after it.
-    if len != range.end - range.start {
+    // Cut short: the next attempt asks for the rest.
+    if len != want {
         return Err(Fetch::Retry(format!(
             "bytes {}-{} came as {len} bytes",
             range.start,
             range.end - 1
         )));
     }
-    Ok(chunks)
+    Ok(())
 }
 
 async fn head(
