@@ -52,14 +52,26 @@ pub fn bin(name: &str) -> PathBuf {
 /// the kernel's ephemeral range, which the outgoing connections of the tests
 /// draw from (an apiserver client once took etcd's port between this check
 /// and etcd's bind), and this process never hands out one port twice.
+/// `DBBACKUP_TEST_PORTS=FIRST-LAST` narrows the range: tests/run.sh gives
+/// each of the test lanes it runs at once a range of its own, so no two
+/// processes check and bind one port at the same moment.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
-    const FIRST: u32 = 10_000;
     let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
         .unwrap_or(32_768);
-    let span = ephemeral.saturating_sub(FIRST).max(1_000);
+    let (first, last) = match std::env::var("DBBACKUP_TEST_PORTS") {
+        Ok(range) => range
+            .split_once('-')
+            .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)))
+            .filter(|(a, b)| a < b && *b < ephemeral)
+            .unwrap_or_else(|| {
+                panic!("DBBACKUP_TEST_PORTS={range}: want FIRST-LAST below {ephemeral}")
+            }),
+        Err(_) => (10_000, ephemeral - 1),
+    };
+    let span = (last + 1).saturating_sub(first).max(1);
     // Test binaries running at once start at different places.
     static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
     let _ = NEXT.compare_exchange(
@@ -69,12 +81,12 @@ pub fn free_port() -> u16 {
         Ordering::SeqCst,
     );
     for _ in 0..span {
-        let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % span) as u16;
+        let port = (first + NEXT.fetch_add(1, Ordering::SeqCst) % span) as u16;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
-    panic!("no free loopback port between {FIRST} and {ephemeral}");
+    panic!("no free loopback port between {first} and {last}");
 }
 
 /// Forks `cmd` from one thread that lives as long as the test process.
