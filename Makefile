@@ -14,10 +14,12 @@ crds:
 testenv:
 	bash tests/testenv/install.sh
 
-# Try it without Docker: a single-node cluster on this machine (root, Linux),
-# the chart, MinIO, a sample MariaDB, a backup and a restore. Stays up.
+# Try it without Docker: a cluster on this machine (root, Linux), of one
+# node or NODES (`make demo NODES=2`), the chart, MinIO, a sample MariaDB, a
+# backup and a restore. Stays up.
+NODES ?= 1
 demo:
-	bash scripts/demo.sh
+	NODES=$(NODES) bash scripts/demo.sh
 
 # Remove the demo cluster and everything it added to the host.
 demo-down:

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Try dbbackup-operator on this machine, without Docker: a single-node cluster
-# (the test bed's real kubelet, containerd and control plane), the chart
+# (the test bed's real kubelet, containerd and control plane; NODES=2 for two
+# nodes, each in a network namespace of its own), the chart
 # installed with the locally built image, MinIO and a MariaDB with sample
 # data, one backup run now, and a restore of it into a new database whose row
 # counts are compared with the source. Needs Linux, root, and the packages and
 # Go modules tests/testenv/install.sh installs. `make demo-down` removes it all.
 #
-#   scripts/demo.sh        bring it up and run the demo
+#   scripts/demo.sh        bring it up and run the demo (NODES=2: two nodes)
 #   scripts/demo.sh down   remove the cluster and everything it added
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,7 +47,7 @@ cargo build --release --locked --bin dbbackup-operator
 cargo build --locked --example demo-cluster
 bash tests/testenv/images/build.sh operator "$CARGO_TARGET_DIR/release/dbbackup-operator"
 
-echo "== starting the single-node cluster"
+echo "== starting the cluster (${NODES:-1} node(s))"
 mkdir -p "$STATE"
 setsid nohup "$CARGO_TARGET_DIR/debug/examples/demo-cluster" "$STATE" "$NS" >"$STATE/cluster.log" 2>&1 &
 echo $! >"$STATE/pid"
@@ -100,7 +101,11 @@ count_rows() {
   for t in customers addresses products orders order_items payments; do
     sql+="${sql:+ UNION ALL }SELECT '$t', COUNT(*) FROM $t"
   done
-  MYSQL_PWD=demo-backup-password mariadb --no-defaults -h "$db_host" -u backup -N -B "$1" -e "$sql"
+  # The Service's address is kube-proxy's: on the host with one node, in
+  # each node's own network namespace with several.
+  local on_node=()
+  [ "${NODES:-1}" = 1 ] || on_node=(ip netns exec dbbackup-node-a)
+  MYSQL_PWD=demo-backup-password "${on_node[@]}" mariadb --no-defaults -h "$db_host" -u backup -N -B "$1" -e "$sql"
 }
 count_rows shop >"$STATE/shop.counts"
 count_rows shop_restored >"$STATE/restored.counts"
@@ -111,6 +116,9 @@ else
   echo "row counts differ" >&2
   exit 1
 fi
+
+echo "== where the pods ran (the dump and upload where the staging volume is)"
+kubectl -n "$NS" get pods -o wide
 
 echo
 echo "The cluster stays up. Use it with:"

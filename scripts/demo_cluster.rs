@@ -46,7 +46,13 @@ async fn main() {
     std::fs::create_dir_all(&state).unwrap();
     let _ = std::fs::remove_file(state.join("ready"));
 
-    let cluster = Cluster::start().await;
+    // NODES=2 (make demo NODES=2): nodes of their own network namespaces.
+    let nodes = std::env::var("NODES").map_or(Ok(1), |n| n.parse::<usize>());
+    let nodes = match nodes {
+        Ok(n @ 1..=9) => n,
+        _ => panic!("NODES is a number of nodes from 1 to 9"),
+    };
+    let cluster = Cluster::start_nodes(nodes).await;
     let client = cluster.client().await;
     let minio = Minio::start_with(&state, NODE_IP, S3_ACCESS_KEY, S3_SECRET_KEY);
     let db = Database::with_shop_on(dbbackup_operator::api::Engine::Mariadb, NODE_IP);
@@ -61,8 +67,10 @@ async fn main() {
     service(&client, &ns, "minio", 9000, minio.port).await;
     service(&client, &ns, "mariadb", 3306, db.port).await;
     // The bed's operator image is built from the release binary; the staging
-    // volume of backup "shop" is a local PersistentVolume on the node.
-    cluster.node.volume_for(&client, &ns, "shop-staging").await;
+    // volume of backup "shop" is a local PersistentVolume on the last node,
+    // where its dump and upload pods then run.
+    let last = cluster.nodes.last().unwrap();
+    last.volume_for(&client, &ns, "shop-staging").await;
 
     std::fs::copy(&cluster.cp.kubeconfig, state.join("kubeconfig")).unwrap();
     std::fs::write(state.join("ready"), format!("{}\n", std::process::id())).unwrap();

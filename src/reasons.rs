@@ -43,6 +43,11 @@ pub const IMAGE_PULL_FAILED: &str = "ImagePullFailed";
 /// A pod of the step cannot start by itself: the runtime cannot create its container.
 pub const CONTAINER_NOT_STARTED: &str = "ContainerNotStarted";
 
+// StagingNodeReady, and its Events: the node the staging volume is bound to.
+pub const NODE_READY: &str = "NodeReady";
+/// Dumps and uploads wait: the node is not Ready, or gone.
+pub const NODE_NOT_READY: &str = "NodeNotReady";
+
 // Stale, and the Events of a backup's life.
 pub const UPLOADS_CURRENT: &str = "UploadsCurrent";
 pub const NO_RECENT_UPLOAD: &str = "NoRecentUpload";

@@ -214,7 +214,7 @@ async fn helm_install_and_upgrade_create_the_expected_objects() {
         ("service", "dbb-dbbackup-operator-metrics"),
         ("clusterrole", "dbb-dbbackup-operator"),
         ("clusterrolebinding", "dbb-dbbackup-operator"),
-        ("clusterrole", "dbb-dbbackup-operator-storageclasses"),
+        ("clusterrole", "dbb-dbbackup-operator-cluster-reads"),
     ] {
         kubectl_ok(&cp, &[&["get", kind, name][..], &ns[..]].concat());
     }
@@ -309,6 +309,8 @@ async fn rbac_allows_exactly_what_the_controller_needs() {
         &["get", "secrets", "-n", "shop"],
         &["create", "events.events.k8s.io", "-n", "shop"],
         &["get", "storageclasses.storage.k8s.io"],
+        &["get", "persistentvolumes"],
+        &["get", "nodes"],
         &["update", "leases.coordination.k8s.io", "-n", RELEASE_NS],
     ];
     let denied: &[&[&str]] = &[

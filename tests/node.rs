@@ -22,7 +22,7 @@ async fn a_restricted_pod_runs_as_999_and_writes_a_local_volume_through_fs_group
     let cluster = Cluster::shared();
     let client = cluster.client().await;
     let ns = cluster.namespace("node").await;
-    let dir = cluster.node.volume_for(&client, &ns, "data").await;
+    let dir = cluster.node().volume_for(&client, &ns, "data").await;
     let pvc: PersistentVolumeClaim = serde_json::from_value(serde_json::json!({
         "metadata": { "name": "data" },
         "spec": {
@@ -448,7 +448,7 @@ async fn awkward_names_round_trip(engine: Engine) {
         create_named(&b.db, name);
         let backup = format!("n{i}");
         let claim = format!("{backup}-staging");
-        volumes.push(b.cluster.node.volume_for(&b.client, &b.ns, &claim).await);
+        volumes.push(b.cluster.node().volume_for(&b.client, &b.ns, &claim).await);
         let manifest = serde_json::json!({
             "apiVersion": "dbbackup.io/v1alpha1",
             "kind": "DatabaseBackup",

@@ -119,7 +119,7 @@ fn watch_scratch(
                 .uid()
         })
         .await;
-        let dirs = cluster.node.empty_dirs(&uid);
+        let dirs = cluster.node().empty_dirs(&uid);
         let (scratch, binary) = (AtomicU64::new(0), AtomicU64::new(0));
         while !stop.load(Ordering::Relaxed) {
             for volume in std::fs::read_dir(&dirs).into_iter().flatten().flatten() {

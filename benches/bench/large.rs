@@ -219,7 +219,7 @@ fn sample(b: &Bed, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Peaks> {
                                 .then(|| "restore".into())
                         })
                         .unwrap_or_else(|| pod.name_any());
-                    let dirs = cluster.node.empty_dirs(&pod.uid().unwrap_or_default());
+                    let dirs = cluster.node().empty_dirs(&pod.uid().unwrap_or_default());
                     let (mut used, mut outside) = (0, 0);
                     for v in std::fs::read_dir(&dirs).into_iter().flatten().flatten() {
                         if v.file_name() == "dbbackup-binary" {

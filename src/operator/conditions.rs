@@ -9,6 +9,9 @@ pub const UPLOAD_SUCCEEDED: &str = "UploadSucceeded";
 /// False while a dump the store never proved is kept back on the staging
 /// volume (`DumpStuck`, naming it), though newer dumps are sent.
 pub const DUMPS_PROVEN: &str = "DumpsProven";
+/// Whether the node the staging volume is bound to (a local volume) is
+/// Ready: set only for such a volume, and False names the node.
+pub const STAGING_NODE_READY: &str = "StagingNodeReady";
 pub const STALE: &str = "Stale";
 /// Whether the last restore drill proved the dump it drilled restorable.
 pub const VERIFIED: &str = "Verified";

@@ -27,6 +27,8 @@ pub struct Bed {
     pub client: Client,
     pub minio: Minio,
     pub db: Database,
+    /// The database's address, as pods reach it.
+    pub db_host: String,
     pub engine: Engine,
     /// The host directory behind the backup's staging volume.
     pub staging: PathBuf,
@@ -74,7 +76,28 @@ pub async fn bed_with_minio(engine: Engine, opts: impl FnOnce(&Cluster) -> Minio
     let cluster = Cluster::shared();
     let share = Share::With(cluster.share().await);
     let opts = opts(&cluster);
-    make_bed_with(cluster, share, engine, &[], opts).await
+    make_bed_with(cluster, share, engine, &[], opts, Where::default()).await
+}
+
+/// Where a bed's parts are on a cluster of several nodes (node indices).
+#[derive(Default)]
+pub struct Where {
+    /// The node whose local volume backs the staging claim.
+    pub staging: usize,
+    /// The node the database runs on (its network); None: the host.
+    pub database: Option<usize>,
+    /// The test stops nodes: no other test uses the cluster meanwhile.
+    pub alone: bool,
+}
+
+/// A bed on the binary's shared two-node cluster, its parts `at` nodes.
+pub async fn bed_on_nodes(engine: Engine, at: Where) -> Bed {
+    let cluster = Cluster::shared_of(2);
+    let share = match at.alone {
+        true => Share::Alone(cluster.exclusive().await),
+        false => Share::With(cluster.share().await),
+    };
+    make_bed_with(cluster, share, engine, &[], MinioOpts::default(), at).await
 }
 
 async fn make_bed(
@@ -83,7 +106,15 @@ async fn make_bed(
     engine: Engine,
     labels: &[(&str, &str)],
 ) -> Bed {
-    make_bed_with(cluster, share, engine, labels, MinioOpts::default()).await
+    make_bed_with(
+        cluster,
+        share,
+        engine,
+        labels,
+        MinioOpts::default(),
+        Where::default(),
+    )
+    .await
 }
 
 async fn make_bed_with(
@@ -92,16 +123,19 @@ async fn make_bed_with(
     engine: Engine,
     labels: &[(&str, &str)],
     opts: MinioOpts,
+    at: Where,
 ) -> Bed {
     let client = cluster.client().await;
     let ns = cluster.namespace_with("shop", labels).await;
-    let staging = cluster
-        .node
+    let staging = cluster.nodes[at.staging]
         .volume_for(&client, &ns, "orders-staging")
         .await;
     let minio = Minio::start_for_pods_with(opts);
     create_bucket(&minio).await;
-    let db = Database::with_shop_on(engine, NODE_IP);
+    let db_host = at
+        .database
+        .map_or(NODE_IP.to_string(), |i| cluster.nodes[i].spec.ip.clone());
+    let db = Database::with_shop_on(engine, &db_host);
     let (_, user, password) = db.login();
     create_secret(
         &client,
@@ -128,6 +162,7 @@ async fn make_bed_with(
         client,
         minio,
         db,
+        db_host,
         engine,
         staging,
         _share: share,
@@ -174,7 +209,7 @@ metadata:
 spec:
   database:
     engine: {engine}
-    host: {NODE_IP}
+    host: {host}
     port: {port}
     image: {image}
     name: shop
@@ -190,6 +225,7 @@ spec:
     prefix: ""
 {more_spec}"#,
         ns = b.ns,
+        host = b.db_host,
         engine = b.engine.as_str(),
         image = b.db.image(),
     );
@@ -401,7 +437,7 @@ spec:
             true => "",
             false => "  key: latest\n",
         },
-        host = NODE_IP,
+        host = b.db_host,
         image = b.db.image(),
         engine = b.engine.as_str()
     );

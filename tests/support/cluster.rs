@@ -1,27 +1,34 @@
-//! A single-node cluster: the host network, a control plane with the
-//! controller manager serving on the node's address, and the real node.
-//! One is started per test binary, on first use, and shared by its tests,
-//! each in namespaces of its own; it is torn down when the binary exits.
+//! A cluster of real nodes: the host network, a control plane with the
+//! controller manager serving on the test network's bridge, the scheduler
+//! and CoreDNS, and one node or several (`node_net.rs`). One is started per
+//! test binary, on first use, and shared by its tests, each in namespaces of
+//! its own; it is torn down when the binary exits.
 
 use super::controlplane::{ControlPlane, Options};
 use super::k8s::{create_namespace, setup_with};
 use super::minio::random_token;
-use super::node::{HostNetwork, Node};
+use super::node::{ClusterServices, HostNetwork, Node, NodeSpec};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
 
 pub struct Cluster {
-    // Field order is drop order: the node, then the control plane, then what
-    // the node changed on the host.
-    pub node: Node,
+    // Field order is drop order: the nodes, the cluster's services, the
+    // control plane, then what the nodes changed on the host.
+    pub nodes: Vec<Node>,
+    pub services: ClusterServices,
     pub cp: ControlPlane,
     _host: HostNetwork,
     users: Arc<RwLock<()>>,
 }
 
 impl Cluster {
-    /// A cluster of its own, with the CRDs installed.
+    /// A single-node cluster of its own, with the CRDs installed.
     pub async fn start() -> Cluster {
+        Cluster::start_nodes(1).await
+    }
+
+    /// A cluster of `n` nodes (the single node when 1), with the CRDs installed.
+    pub async fn start_nodes(n: usize) -> Cluster {
         let host = HostNetwork::up();
         let (cp, _) = setup_with(
             Options {
@@ -31,21 +38,44 @@ impl Cluster {
             &[],
         )
         .await;
-        let node = Node::start(&cp).await;
+        let services = ClusterServices::start(&cp).await;
+        let mut nodes = vec![];
+        for i in 0..n {
+            let spec = match n {
+                1 => NodeSpec::single(),
+                _ => NodeSpec::of_many(i, n),
+            };
+            nodes.push(Node::start(&cp, spec).await);
+        }
         Cluster {
-            node,
+            nodes,
+            services,
             cp,
             _host: host,
             users: Arc::new(RwLock::new(())),
         }
     }
 
-    /// The test binary's cluster, started by the first test that asks. If
-    /// it cannot start, every test that asks fails at once, saying so.
+    /// The first (for the single-node cluster, the only) node.
+    pub fn node(&self) -> &Node {
+        &self.nodes[0]
+    }
+
+    /// The test binary's single-node cluster, started by the first test
+    /// that asks. If it cannot start, every test that asks fails at once,
+    /// saying so.
     pub fn shared() -> Arc<Cluster> {
+        Cluster::shared_of(1)
+    }
+
+    /// As `shared`, of `n` nodes: every test of a binary asks for one size.
+    pub fn shared_of(n: usize) -> Arc<Cluster> {
         let mut slot = SHARED.lock().unwrap_or_else(|e| e.into_inner());
         match &*slot {
-            Some(Ok(cluster)) => return cluster.clone(),
+            Some(Ok(cluster)) => {
+                assert_eq!(cluster.nodes.len(), n, "one cluster size per test binary");
+                return cluster.clone();
+            }
             Some(Err(())) => {
                 panic!("the shared test cluster did not start: see the first failing test")
             }
@@ -53,10 +83,10 @@ impl Cluster {
         }
         *slot = Some(Err(()));
         // On a runtime of its own: the asking test's runtime is blocked here.
-        let cluster = std::thread::spawn(|| {
+        let cluster = std::thread::spawn(move || {
             tokio::runtime::Runtime::new()
                 .unwrap()
-                .block_on(Cluster::start())
+                .block_on(Cluster::start_nodes(n))
         })
         .join()
         .unwrap_or_else(|_| panic!("the shared test cluster did not start (see above)"));

@@ -145,7 +145,7 @@ fn sysctl_path(name: &str) -> PathBuf {
 }
 
 /// Runs a host command, panicking with its output when it fails.
-fn sh(args: &[&str]) -> String {
+pub(crate) fn sh(args: &[&str]) -> String {
     let out = Command::new(args[0])
         .args(&args[1..])
         .output()
@@ -159,15 +159,17 @@ fn sh(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Every process in our cgroups, and every containerd shim serving a node of
-/// ours (`containerd_dir`, or any when None), killed; then the cgroups, the
-/// iptables chains and the bridge removed.
-pub(crate) fn sweep(containerd_dir: Option<&Path>) {
-    let marker = containerd_dir
-        .map(|d| d.display().to_string())
-        .unwrap_or_else(|| "/dbbackup-node-".into());
+/// Every process in a node's cgroups, and every containerd shim serving it,
+/// killed; then its cgroups and the iptables chains removed. `node` is its
+/// containerd directory and cgroup root; None sweeps every node of ours, the
+/// bridge and the several-node networks too.
+pub(crate) fn sweep(node: Option<(&Path, &str)>) {
+    let (marker, cgroup_root) = match node {
+        Some((dir, root)) => (dir.display().to_string(), root),
+        None => ("/dbbackup-node-".into(), CGROUP_ROOT),
+    };
     for _ in 0..100 {
-        let mut pids = cgroup_pids();
+        let mut pids = cgroup_pids(cgroup_root);
         pids.extend(shim_pids(&marker));
         if pids.is_empty() {
             break;
@@ -178,9 +180,10 @@ pub(crate) fn sweep(containerd_dir: Option<&Path>) {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    remove_cgroups();
+    remove_cgroups(cgroup_root);
     remove_iptables_chains();
-    if containerd_dir.is_none() {
+    if node.is_none() {
+        super::node::sweep_networks();
         let _ = Command::new("ip").args(["link", "del", BRIDGE]).output();
         let mut delete = vec!["-w", "-D"];
         delete.extend(FORWARD_RULE);
@@ -211,10 +214,10 @@ pub(crate) fn cgroup_hierarchies() -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-fn cgroup_pids() -> Vec<i32> {
+fn cgroup_pids(cgroup_root: &str) -> Vec<i32> {
     let mut pids = vec![];
     for h in cgroup_hierarchies() {
-        let root = h.join(CGROUP_ROOT);
+        let root = h.join(cgroup_root);
         if root.is_dir() {
             walk_dirs(&root, &mut |d| {
                 let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
@@ -263,9 +266,9 @@ pub(crate) fn shim_pids(marker: &str) -> Vec<i32> {
     pids
 }
 
-fn remove_cgroups() {
+fn remove_cgroups(cgroup_root: &str) {
     for h in cgroup_hierarchies() {
-        let root = h.join(CGROUP_ROOT);
+        let root = h.join(cgroup_root);
         if root.is_dir() {
             walk_dirs(&root, &mut |d| {
                 // A cgroup is removed with rmdir; its files go with it.
@@ -322,8 +325,15 @@ fn remove_iptables_chains() {
 /// Everything of ours still on the host, as the suite's final check reads it.
 pub fn leftovers() -> Vec<String> {
     let mut left = vec![];
-    if Path::new("/sys/class/net").join(BRIDGE).exists() {
-        left.push(format!("bridge {BRIDGE}"));
+    for e in std::fs::read_dir("/sys/class/net")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name == BRIDGE || name.starts_with("dbbv-") {
+            left.push(format!("link {name}"));
+        }
     }
     for h in cgroup_hierarchies() {
         if h.join(CGROUP_ROOT).exists() {
@@ -356,20 +366,24 @@ pub fn leftovers() -> Vec<String> {
     left
 }
 
-/// The kubelet's cgroupRoot in every v1 hierarchy; cpuset needs its cpus and
-/// mems before any task can join. (cgroup v2 is not supported here yet: its
-/// root would need its controllers enabled in the parent's subtree_control.)
-pub(crate) fn create_cgroup_root() {
+/// A kubelet's cgroupRoot (`a/b`: each level) in every v1 hierarchy; cpuset
+/// needs its cpus and mems before any task can join. (cgroup v2 is not
+/// supported here: see README, "Testing".)
+pub(crate) fn create_cgroup_root(cgroup_root: &str) {
     for h in cgroup_hierarchies() {
         if !h.join("cgroup.procs").exists() {
             continue;
         }
-        let root = h.join(CGROUP_ROOT);
-        std::fs::create_dir_all(&root).unwrap();
-        for f in ["cpuset.cpus", "cpuset.mems"] {
-            if let Ok(v) = std::fs::read_to_string(h.join(f)) {
-                std::fs::write(root.join(f), v.trim()).unwrap();
+        let mut parent = h.clone();
+        for level in cgroup_root.split('/') {
+            let dir = parent.join(level);
+            std::fs::create_dir_all(&dir).unwrap();
+            for f in ["cpuset.cpus", "cpuset.mems"] {
+                if let Ok(v) = std::fs::read_to_string(parent.join(f)) {
+                    std::fs::write(dir.join(f), v.trim()).unwrap();
+                }
             }
+            parent = dir;
         }
     }
 }

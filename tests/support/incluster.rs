@@ -24,6 +24,12 @@ impl HelmOperator {
     /// Installs the chart into `ns`, watching `ns`, with `sets` (helm's
     /// `--set`), and waits until its pods are Ready.
     pub fn install(cluster: &Arc<Cluster>, ns: &str, sets: &[&str]) -> HelmOperator {
+        let args: Vec<&str> = sets.iter().flat_map(|s| ["--set", s]).collect();
+        HelmOperator::install_with(cluster, ns, &args)
+    }
+
+    /// As `install`, with any of helm's value arguments (`--set-json`, say).
+    pub fn install_with(cluster: &Arc<Cluster>, ns: &str, args: &[&str]) -> HelmOperator {
         let (repository, tag) = OPERATOR_IMAGE.rsplit_once(':').unwrap();
         // Release names are per test: the chart's ClusterRoles carry them.
         let release = format!("dbb-{}", ns.rsplit('-').next().unwrap());
@@ -33,10 +39,8 @@ impl HelmOperator {
             .args(["--set", &format!("image.repository={repository}")])
             .args(["--set", &format!("image.tag={tag}")])
             .args(["--set", &format!("watchNamespace={ns}")])
-            .args(["--set", "logFormat=text"]);
-        for s in sets {
-            helm.args(["--set", s]);
-        }
+            .args(["--set", "logFormat=text"])
+            .args(args);
         run_ok(&mut helm);
         HelmOperator {
             cluster: cluster.clone(),

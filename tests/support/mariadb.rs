@@ -102,7 +102,8 @@ impl MariaDb {
             .arg("--character-set-server=utf8mb4")
             .arg("--innodb-flush-log-at-trx-commit=0")
             .arg("--innodb-buffer-pool-size=64M");
-        ServerProcess::spawn("mariadbd", cmd, dir, libc::SIGTERM)
+        let netns = crate::support::node::netns_of(host);
+        ServerProcess::spawn_in("mariadbd", cmd, dir, libc::SIGTERM, netns)
     }
 
     /// Runs SQL as root over the server's socket (root has no network login).

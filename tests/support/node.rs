@@ -12,15 +12,18 @@
 //!   127.0.0.1, so servers that pods use listen on `NODE_IP`. A FORWARD rule
 //!   drops what pods send beyond the bridge, so no pod packet leaves the
 //!   machine, and image pulls go to a proxy that is not there.
-//! - one node on the machine at a time (a lock file). Starting one first
-//!   sweeps what a killed run left; dropping it removes every process,
-//!   cgroup, iptables chain, the bridge, and restores the sysctls the kubelet
-//!   sets.
+//! - one cluster on the machine at a time (a lock file), of one node or
+//!   several (`node_net.rs`). Starting one first sweeps what a killed run
+//!   left; dropping it removes every process, cgroup, iptables chain,
+//!   network namespace, veth and the bridge, and restores the sysctls the
+//!   kubelet sets.
 
 use super::controlplane::ControlPlane;
 pub use super::host::{HostNetwork, leftovers};
 use services::build_operator_image;
 
+#[path = "node_net.rs"]
+mod net;
 #[path = "node_services.rs"]
 mod services;
 use super::host::{create_cgroup_root, sweep};
@@ -28,20 +31,28 @@ use super::process::{ServerProcess, bin, bin_dir, free_port, poll, port_open_on,
 use k8s_openapi::api::core::v1::{Node as KubeNode, PersistentVolume, ServiceAccount};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, PostParams};
+pub use net::{NodeSpec, netns_of, node_name, sweep_networks};
+pub use services::{ClusterServices, build_operator_image as build_image};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
+/// The single node's name.
 pub const NODE_NAME: &str = "dbbackup-node";
-/// The CNI bridge; its address is the node's, and where pods find the host.
+/// The test network's bridge. Its address is where pods find the host (the
+/// control plane, MinIO, the databases); it is the single node's address
+/// and the CNI bridge of its pods too.
 pub const BRIDGE: &str = "dbb0";
 pub const NODE_IP: &str = "10.88.0.1";
-const POD_SUBNET: &str = "10.88.0.0/16";
-/// The kubelet's cgroupRoot, in every cgroup v1 hierarchy.
+/// Every pod address, of one node or several (kube-proxy's clusterCIDR).
+const PODS_CIDR: &str = "10.88.0.0/15";
+/// The kubelets' cgroupRoot, in every cgroup v1 hierarchy (a node of
+/// several has its own below it).
 pub const CGROUP_ROOT: &str = "dbbackup-node";
 /// The default StorageClass: local PersistentVolumes, bound once a pod is scheduled.
 pub const STORAGE_CLASS: &str = "local";
@@ -61,20 +72,25 @@ pub(crate) const HIDDEN_PATHS: &[&str] = &[
 ];
 
 pub struct Node {
-    // Field order is drop order: the kubelet first, containerd last.
-    kubelet: Option<ServerProcess>,
-    proxy: Option<ServerProcess>,
-    scheduler: Option<ServerProcess>,
-    dns: Option<ServerProcess>,
-    containerd: Option<ServerProcess>,
+    procs: Mutex<Procs>,
     kubeconfig: PathBuf,
+    pub spec: NodeSpec,
     dir: TempDir,
 }
 
+/// A node's processes: none while it is stopped.
+#[derive(Default)]
+struct Procs {
+    // Field order is drop order: the kubelet first, containerd last.
+    kubelet: Option<ServerProcess>,
+    proxy: Option<ServerProcess>,
+    containerd: Option<ServerProcess>,
+}
+
 impl Node {
-    /// Starts the node against `cp` (started `for_node`) and waits until it is
-    /// Ready, its images are in containerd, and the default StorageClass exists.
-    pub async fn start(cp: &ControlPlane) -> Node {
+    /// Starts the node against `cp` (started `for_node`, its cluster's
+    /// services up) and waits until it is Ready with its images in containerd.
+    pub async fn start(cp: &ControlPlane, spec: NodeSpec) -> Node {
         let dir = tempfile::Builder::new()
             .prefix("dbbackup-node-")
             .tempdir()
@@ -91,25 +107,80 @@ impl Node {
             std::fs::create_dir_all(d.join(sub)).unwrap();
         }
         std::fs::write(d.join("resolv.conf"), "").unwrap();
-        create_cgroup_root();
-        let mut node = Node {
-            kubelet: None,
-            proxy: None,
-            scheduler: None,
-            dns: None,
-            containerd: None,
+        spec.network_up();
+        create_cgroup_root(&spec.cgroup_root);
+        let node = Node {
+            procs: Mutex::default(),
             kubeconfig: cp.kubeconfig.clone(),
+            spec,
             dir,
         };
-        node.containerd = Some(node.start_containerd());
-        build_operator_image();
-        node.import_images();
-        node.scheduler = Some(node.start_scheduler(cp));
-        node.proxy = Some(node.start_proxy());
-        node.dns = Some(node.start_dns());
-        node.kubelet = Some(node.start_kubelet(cp));
+        node.start_processes(cp, true);
         node.wait_ready(cp).await;
         node
+    }
+
+    /// containerd (its images imported when `import`), kube-proxy, the kubelet.
+    fn start_processes(&self, cp: &ControlPlane, import: bool) {
+        let containerd = self.start_containerd();
+        if import {
+            self.import_images();
+        }
+        let pid = containerd.pid();
+        let mut procs = self.procs.lock().unwrap();
+        procs.containerd = Some(containerd);
+        procs.proxy = Some(self.start_proxy(pid));
+        procs.kubelet = Some(self.start_kubelet(cp, pid));
+    }
+
+    /// The node's machine lost: its kubelet, kube-proxy, containerd and
+    /// every container killed at once, nothing told. Its disk (the local
+    /// volumes, containerd's images) and its network stay, as a machine's
+    /// that lost power.
+    pub fn stop_hard(&self) {
+        let mut guard = self.procs.lock().unwrap();
+        let procs = &mut *guard;
+        for p in [&mut procs.kubelet, &mut procs.proxy, &mut procs.containerd] {
+            if let Some(mut p) = p.take() {
+                p.kill();
+            }
+        }
+        let containerd_dir = self.dir.path().join("containerd");
+        sweep(Some((&containerd_dir, &self.spec.cgroup_root)));
+    }
+
+    /// A stopped node back: its processes started again on what it kept,
+    /// and Ready.
+    pub async fn start_again(&self, cp: &ControlPlane) {
+        create_cgroup_root(&self.spec.cgroup_root);
+        self.start_processes(cp, false);
+        self.wait_ready(cp).await;
+    }
+
+    /// The network and mount namespaces of this node's containerd (`pid`),
+    /// for a process of the node to join before it execs: it then sees the
+    /// node's address and the mounts containerd's shims see.
+    fn join_node(&self, cmd: &mut Command, pid: u32, mount: bool) {
+        let mut kinds = vec![("net", libc::CLONE_NEWNET)];
+        if mount {
+            kinds.push(("mnt", libc::CLONE_NEWNS));
+        }
+        let files: Vec<(File, libc::c_int)> = kinds
+            .into_iter()
+            .map(|(ns, kind)| (File::open(format!("/proc/{pid}/ns/{ns}")).unwrap(), kind))
+            .collect();
+        // SAFETY: setns(2) on fds opened before the fork, kept open by the
+        // closure, which the Command owns until it has spawned.
+        unsafe {
+            cmd.pre_exec(move || {
+                for (file, kind) in &files {
+                    if libc::setns(file.as_raw_fd(), *kind) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
     }
 
     /// An empty resolv.conf: for the node's own processes and, as the
@@ -129,14 +200,14 @@ impl Node {
     }
 
     // Long for the kubelet's configuration file, which it reads whole.
-    fn start_kubelet(&self, cp: &ControlPlane) -> ServerProcess {
+    fn start_kubelet(&self, cp: &ControlPlane, containerd: u32) -> ServerProcess {
         let d = self.dir.path();
         let config = self.write(
             "kubelet.yaml",
             &format!(
                 r#"apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
-address: {NODE_IP}
+address: {ip}
 port: {port}
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
@@ -152,7 +223,7 @@ authorization:
   mode: AlwaysAllow
 containerRuntimeEndpoint: unix://{sock}
 cgroupDriver: cgroupfs
-cgroupRoot: /{CGROUP_ROOT}
+cgroupRoot: /{cgroup_root}
 failCgroupV1: false
 failSwapOn: false
 clusterDNS: [{NODE_IP}]
@@ -176,6 +247,8 @@ evictionHard:
                 sock = self.sock().display(),
                 resolv = self.resolv_conf().display(),
                 d = d.display(),
+                ip = self.spec.ip,
+                cgroup_root = self.spec.cgroup_root,
             ),
         );
         let mut cmd = Command::new(bin("kubelet"));
@@ -184,42 +257,28 @@ evictionHard:
             .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
             .arg(format!("--root-dir={}", d.join("kubelet").display()))
             .arg(format!("--cert-dir={}", d.join("kubelet/pki").display()))
-            .arg(format!("--hostname-override={NODE_NAME}"))
-            .arg(format!("--node-ip={NODE_IP}"))
+            .arg(format!("--hostname-override={}", self.spec.name))
+            .arg(format!("--node-ip={}", self.spec.ip))
             .arg("--v=0");
-        // The kubelet mounts volumes where containerd's shims see them: in
-        // containerd's mount namespace.
-        let ns = File::open(format!(
-            "/proc/{}/ns/mnt",
-            self.containerd.as_ref().unwrap().pid()
-        ))
-        .unwrap();
-        let fd = ns.as_raw_fd();
-        // SAFETY: setns(2) on an fd opened before the fork; kept open by `ns`.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNS) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let p = ServerProcess::spawn("kubelet", cmd, self.dir.path(), libc::SIGTERM);
-        drop(ns);
-        p
+        // The kubelet mounts volumes where containerd's shims see them.
+        self.join_node(&mut cmd, containerd, true);
+        ServerProcess::spawn("kubelet", cmd, self.dir.path(), libc::SIGTERM)
     }
 
-    async fn wait_ready(&mut self, cp: &ControlPlane) {
-        let client = cp.client().await;
-        let nodes: Api<KubeNode> = Api::all(client.clone());
-        let processes = [&mut self.kubelet, &mut self.proxy, &mut self.scheduler];
-        let mut processes: Vec<&mut ServerProcess> = processes.into_iter().flatten().collect();
+    async fn wait_ready(&self, cp: &ControlPlane) {
+        let nodes: Api<KubeNode> = Api::all(cp.client().await);
+        let name = &self.spec.name;
         let ready = poll(Duration::from_millis(200), Duration::from_secs(120), || {
-            processes.iter_mut().for_each(|p| p.assert_running());
+            let mut guard = self.procs.lock().unwrap();
+            let procs = &mut *guard;
+            for p in [&mut procs.kubelet, &mut procs.proxy, &mut procs.containerd] {
+                p.as_mut().unwrap().assert_running();
+            }
+            drop(guard);
             let nodes = &nodes;
             async move {
                 // Ready, and schedulable: the not-ready taint lifted.
-                let n = nodes.get_opt(NODE_NAME).await.ok().flatten()?;
+                let n = nodes.get_opt(name).await.ok().flatten()?;
                 let taints = n.spec.and_then(|s| s.taints).unwrap_or_default();
                 let conditions = n.status.and_then(|s| s.conditions).unwrap_or_default();
                 let ready = conditions
@@ -231,35 +290,15 @@ evictionHard:
         .await;
         assert!(
             ready.is_some(),
-            "node {NODE_NAME} not Ready after 120s; kubelet:\n{}",
-            self.kubelet.as_ref().unwrap().log_tail()
+            "node {name} not Ready after 120s; kubelet:\n{}",
+            self.procs
+                .lock()
+                .unwrap()
+                .kubelet
+                .as_ref()
+                .unwrap()
+                .log_tail()
         );
-        let classes: Api<StorageClass> = Api::all(client.clone());
-        let class: StorageClass = serde_json::from_value(serde_json::json!({
-            "apiVersion": "storage.k8s.io/v1",
-            "kind": "StorageClass",
-            "metadata": {
-                "name": STORAGE_CLASS,
-                "annotations": { "storageclass.kubernetes.io/is-default-class": "true" }
-            },
-            "provisioner": "kubernetes.io/no-provisioner",
-            // hostPath volumes ignore fsGroup; local ones, bound at scheduling, do not.
-            "volumeBindingMode": "WaitForFirstConsumer",
-            "reclaimPolicy": "Retain"
-        }))
-        .unwrap();
-        classes
-            .create(&PostParams::default(), &class)
-            .await
-            .unwrap();
-        // Pods cannot be created in a namespace before its default ServiceAccount.
-        let sas: Api<ServiceAccount> = Api::namespaced(client, "default");
-        super::process::wait_for(
-            "the default ServiceAccount",
-            Duration::from_secs(60),
-            || async { sas.get_opt("default").await.ok().flatten() },
-        )
-        .await;
     }
 
     /// A local PersistentVolume reserved for claim `ns/claim`, and its host directory.
@@ -279,7 +318,7 @@ evictionHard:
                 "claimRef": { "namespace": ns, "name": claim },
                 "local": { "path": path },
                 "nodeAffinity": { "required": { "nodeSelectorTerms": [{ "matchExpressions": [{
-                    "key": "kubernetes.io/hostname", "operator": "In", "values": [NODE_NAME]
+                    "key": "kubernetes.io/hostname", "operator": "In", "values": [self.spec.name]
                 }]}]}}
             }
         }))
@@ -301,41 +340,36 @@ evictionHard:
     }
 
     pub fn kubelet_log(&self) -> String {
-        self.kubelet.as_ref().map(|k| k.log()).unwrap_or_default()
+        let procs = self.procs.lock().unwrap();
+        procs.kubelet.as_ref().map(|k| k.log()).unwrap_or_default()
     }
 
     pub fn pids(&self) -> Vec<u32> {
-        [
-            &self.kubelet,
-            &self.proxy,
-            &self.scheduler,
-            &self.dns,
-            &self.containerd,
-        ]
-        .into_iter()
-        .flatten()
-        .map(|p| p.pid())
-        .collect()
+        let procs = self.procs.lock().unwrap();
+        [&procs.kubelet, &procs.proxy, &procs.containerd]
+            .into_iter()
+            .flatten()
+            .map(|p| p.pid())
+            .collect()
     }
 }
 
 impl Drop for Node {
     fn drop(&mut self) {
+        let procs = self.procs.get_mut().unwrap_or_else(|e| e.into_inner());
         // The kubelet first, so that it restarts nothing we then kill.
-        for p in [
-            &mut self.kubelet,
-            &mut self.scheduler,
-            &mut self.proxy,
-            &mut self.dns,
-        ] {
-            drop(p.take());
-        }
-        let containerd_dir = self.dir.path().join("containerd");
+        drop(procs.kubelet.take());
+        drop(procs.proxy.take());
+        let node = (self.dir.path().join("containerd"), &self.spec.cgroup_root);
         // Containers and their shims, then containerd itself.
-        sweep(Some(&containerd_dir));
-        drop(self.containerd.take());
-        let _ = Command::new(bin("kube-proxy")).arg("--cleanup").output();
-        sweep(Some(&containerd_dir));
+        sweep(Some((&node.0, node.1)));
+        drop(procs.containerd.take());
+        if self.spec.netns.is_none() {
+            // Its rules are the host's; a node of several takes them with its namespace.
+            let _ = Command::new(bin("kube-proxy")).arg("--cleanup").output();
+        }
+        sweep(Some((&node.0, node.1)));
+        self.spec.network_down();
     }
 }
 

@@ -1,9 +1,14 @@
-//! What runs on the node beside the kubelet: containerd and the images it
-//! serves to pods, the scheduler, kube-proxy and CoreDNS.
+//! What runs on a node beside the kubelet (containerd and the images it
+//! serves to pods, kube-proxy), and once per cluster on the host (the
+//! scheduler, CoreDNS, the default StorageClass).
 
-use super::{BRIDGE, HIDDEN_PATHS, NODE_IP, NODE_NAME, Node, PAUSE_IMAGE, POD_SUBNET, node_env};
+use super::{HIDDEN_PATHS, NODE_IP, Node, PAUSE_IMAGE, PODS_CIDR, STORAGE_CLASS, node_env};
 use crate::support::controlplane::ControlPlane;
 use crate::support::process::{ServerProcess, bin, bin_dir, free_port, wait_until};
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::{Api, PostParams};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,6 +20,7 @@ impl Node {
     // the mount namespace set up before exec hides, and both must agree.
     pub(super) fn start_containerd(&self) -> ServerProcess {
         let d = self.dir.path();
+        let spec = &self.spec;
         self.write(
             "cni/net.d/10-dbbackup.conflist",
             &serde_json::json!({
@@ -22,15 +28,17 @@ impl Node {
                 "name": "dbbackup",
                 "plugins": [{
                     "type": "bridge",
-                    "bridge": BRIDGE,
-                    // The bridge already has NODE_IP; no gateway setup and
-                    // so no IP forwarding switched on by the plugin.
-                    "isGateway": false,
+                    "bridge": spec.bridge,
+                    // The single node's bridge already has NODE_IP: no
+                    // gateway setup, and so no IP forwarding switched on by
+                    // the plugin on the host. A node of several routes its
+                    // pods from a bridge of its own namespace.
+                    "isGateway": spec.netns.is_some(),
                     "ipMasq": false,
                     "hairpinMode": true,
                     "ipam": {
                         "type": "host-local",
-                        "ranges": [[{ "subnet": POD_SUBNET, "gateway": NODE_IP }]],
+                        "ranges": [[{ "subnet": spec.pod_subnet, "gateway": spec.pod_gateway() }]],
                         "routes": [{ "dst": "0.0.0.0/0" }],
                         "dataDir": d.join("cni/ipam"),
                     }
@@ -83,10 +91,14 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             .collect();
         // No name server for containerd and the kubelet either.
         let resolv = std::ffi::CString::new(self.resolv_conf().to_str().unwrap()).unwrap();
+        let netns = self.spec.netns_file();
         // SAFETY: between fork and exec only async-signal-safe syscalls, on
-        // strings allocated before the fork.
+        // strings and a file opened before the fork.
         unsafe {
             cmd.pre_exec(move || {
+                if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 if libc::unshare(libc::CLONE_NEWNS) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -161,17 +173,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         }
     }
 
-    pub(super) fn start_scheduler(&self, cp: &ControlPlane) -> ServerProcess {
-        let mut cmd = Command::new(bin("kube-scheduler"));
-        cmd.args(cp.component_kubeconfigs())
-            .arg("--leader-elect=false")
-            .arg("--bind-address=127.0.0.1")
-            .arg(format!("--secure-port={}", free_port()))
-            .arg("--v=0");
-        ServerProcess::spawn("kube-scheduler", cmd, self.dir.path(), libc::SIGTERM)
-    }
-
-    pub(super) fn start_proxy(&self) -> ServerProcess {
+    pub(super) fn start_proxy(&self, containerd: u32) -> ServerProcess {
         let config = self.write(
             "kube-proxy.yaml",
             &format!(
@@ -180,12 +182,12 @@ kind: KubeProxyConfiguration
 mode: iptables
 clientConnection:
   kubeconfig: {kc}
-hostnameOverride: {NODE_NAME}
-bindAddress: {NODE_IP}
+hostnameOverride: {name}
+bindAddress: {ip}
 healthzBindAddress: 127.0.0.1:{healthz}
 metricsBindAddress: 127.0.0.1:{metrics}
-clusterCIDR: {POD_SUBNET}
-nodePortAddresses: ["{NODE_IP}/32"]
+clusterCIDR: {PODS_CIDR}
+nodePortAddresses: ["{ip}/32"]
 # Leave the host's sysctls alone: no localhost NodePorts, no conntrack tuning.
 iptables:
   localhostNodePorts: false
@@ -199,22 +201,92 @@ oomScoreAdj: 0
                 kc = self.kubeconfig.display(),
                 healthz = free_port(),
                 metrics = free_port(),
+                name = self.spec.name,
+                ip = self.spec.ip,
             ),
         );
         let mut cmd = Command::new(bin("kube-proxy"));
         cmd.arg(format!("--config={}", config.display()))
             .arg("--v=0");
+        // Its rules go where the node's pods' packets pass.
+        self.join_node(&mut cmd, containerd, false);
         ServerProcess::spawn("kube-proxy", cmd, self.dir.path(), libc::SIGTERM)
     }
+}
 
-    /// CoreDNS on the node's address, answering for cluster.local only:
-    /// no name outside the cluster resolves in a pod.
-    pub(super) fn start_dns(&self) -> ServerProcess {
-        let ready = free_port();
-        let corefile = self.write(
-            "Corefile",
-            &format!(
-                r#".:53 {{
+/// What a cluster runs once, on the host, for all its nodes.
+pub struct ClusterServices {
+    scheduler: ServerProcess,
+    dns: ServerProcess,
+}
+
+impl ClusterServices {
+    /// The scheduler and CoreDNS, the operator's image built, the default
+    /// StorageClass; waits for the default ServiceAccount.
+    pub async fn start(cp: &ControlPlane) -> ClusterServices {
+        build_operator_image();
+        let services = ClusterServices {
+            scheduler: start_scheduler(cp),
+            dns: start_dns(cp),
+        };
+        let client = cp.client().await;
+        let class: StorageClass = serde_json::from_value(serde_json::json!({
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "StorageClass",
+            "metadata": {
+                "name": STORAGE_CLASS,
+                "annotations": { "storageclass.kubernetes.io/is-default-class": "true" }
+            },
+            "provisioner": "kubernetes.io/no-provisioner",
+            // hostPath volumes ignore fsGroup; local ones, bound at scheduling, do not.
+            "volumeBindingMode": "WaitForFirstConsumer",
+            "reclaimPolicy": "Retain"
+        }))
+        .unwrap();
+        Api::<StorageClass>::all(client.clone())
+            .create(&PostParams::default(), &class)
+            .await
+            .unwrap();
+        // Pods cannot be created in a namespace before its default ServiceAccount.
+        let sas: Api<ServiceAccount> = Api::namespaced(client, "default");
+        crate::support::process::wait_for(
+            "the default ServiceAccount",
+            Duration::from_secs(60),
+            || async { sas.get_opt("default").await.ok().flatten() },
+        )
+        .await;
+        services
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        vec![self.scheduler.pid(), self.dns.pid()]
+    }
+
+    pub fn assert_running(&mut self) {
+        self.scheduler.assert_running();
+        self.dns.assert_running();
+    }
+}
+
+fn start_scheduler(cp: &ControlPlane) -> ServerProcess {
+    let mut cmd = Command::new(bin("kube-scheduler"));
+    cmd.args(cp.component_kubeconfigs())
+        .arg("--leader-elect=false")
+        .arg("--bind-address=127.0.0.1")
+        .arg(format!("--secure-port={}", free_port()))
+        .arg("--v=0");
+    ServerProcess::spawn("kube-scheduler", cmd, cp.dir(), libc::SIGTERM)
+}
+
+/// CoreDNS on the host's address on the test network, answering for
+/// cluster.local only: no name outside the cluster resolves in a pod.
+fn start_dns(cp: &ControlPlane) -> ServerProcess {
+    let ready = free_port();
+    let corefile = cp.dir().join("Corefile");
+    std::fs::write(
+        &corefile,
+        format!(
+            r#".:53 {{
     bind {NODE_IP}
     errors
     kubernetes cluster.local in-addr.arpa ip6.arpa {{
@@ -225,18 +297,18 @@ oomScoreAdj: 0
     ready 127.0.0.1:{ready}
 }}
 "#,
-                kc = self.kubeconfig.display()
-            ),
-        );
-        let mut cmd = Command::new(bin("coredns"));
-        cmd.arg("-conf").arg(&corefile);
-        let mut p = ServerProcess::spawn("coredns", cmd, self.dir.path(), libc::SIGTERM);
-        wait_until("CoreDNS to be ready", Duration::from_secs(60), || {
-            p.assert_running();
-            crate::support::process::http_get(ready, "/ready").is_some_and(|(code, _)| code == 200)
-        });
-        p
-    }
+            kc = cp.kubeconfig.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(bin("coredns"));
+    cmd.arg("-conf").arg(&corefile);
+    let mut p = ServerProcess::spawn("coredns", cmd, cp.dir(), libc::SIGTERM);
+    wait_until("CoreDNS to be ready", Duration::from_secs(60), || {
+        p.assert_running();
+        crate::support::process::http_get(ready, "/ready").is_some_and(|(code, _)| code == 200)
+    });
+    p
 }
 
 fn images_dir() -> PathBuf {

@@ -16,6 +16,8 @@ pub struct RanPod {
     pub exit_code: i32,
     /// The output of its init containers and its container, in that order.
     pub output: String,
+    /// The node it ran on.
+    pub node: String,
     /// When its termination was first seen in the apiserver.
     pub reported: Instant,
 }
@@ -123,6 +125,11 @@ impl Pods {
                 .unwrap_or_default(),
             exit_code,
             output,
+            node: pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default(),
             reported: Instant::now(),
         }
     }

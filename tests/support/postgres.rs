@@ -81,7 +81,8 @@ impl Postgres {
             .arg(format!("unix_socket_directories={}", socket_dir.display()))
             .args(["-c", "fsync=off", "-c", "full_page_writes=off"]);
         // SIGQUIT: immediate shutdown, the postmaster takes its backends down with it.
-        ServerProcess::spawn("postgres", cmd, dir, libc::SIGQUIT)
+        let netns = crate::support::node::netns_of(host);
+        ServerProcess::spawn_in("postgres", cmd, dir, libc::SIGQUIT, netns)
     }
 
     fn wait_ready(&mut self) {

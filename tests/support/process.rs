@@ -36,10 +36,32 @@ pub fn operator_bin() -> PathBuf {
     }
 }
 
+/// The Kubernetes version the tests run against: the test bed's default,
+/// or `DBBACKUP_K8S_VERSION` (tests/run.sh runs a subset against the
+/// oldest version the chart claims).
+pub fn k8s_version() -> String {
+    std::env::var("DBBACKUP_K8S_VERSION").unwrap_or_else(|_| DEFAULT_K8S_VERSION.into())
+}
+
+pub const DEFAULT_K8S_VERSION: &str = "v1.37.2";
+
+/// Kubernetes' own commands, built once per version (etcd is one for all).
+const K8S_COMMANDS: &[&str] = &[
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubelet",
+    "kube-proxy",
+];
+
 /// Path of one test-bed binary. A missing binary fails the test loudly: the
 /// test bed is part of the project, never optional.
 pub fn bin(name: &str) -> PathBuf {
-    let path = bin_dir().join(name);
+    let version = k8s_version();
+    let path = match K8S_COMMANDS.contains(&name) && version != DEFAULT_K8S_VERSION {
+        true => bin_dir().join(format!("k8s-{version}")).join(name),
+        false => bin_dir().join(name),
+    };
     assert!(
         path.exists(),
         "test-bed binary {} is missing: run `bash tests/testenv/install.sh` first",
@@ -92,18 +114,26 @@ pub fn free_port() -> u16 {
 /// Forks `cmd` from one thread that lives as long as the test process.
 /// PR_SET_PDEATHSIG fires when the thread that forked a child ends, and a
 /// test's thread ends before a server shared by the whole test binary should.
-fn spawn_from_keeper(cmd: Command) -> std::io::Result<Child> {
+/// With `netns`, the thread forks from inside that network namespace (and
+/// goes back to its own): setns(2) in the child would come after `uid`.
+fn spawn_from_keeper(cmd: Command, netns: Option<File>) -> std::io::Result<Child> {
     use std::sync::mpsc::{Sender, channel};
     use std::sync::{Mutex, OnceLock};
-    type Request = (Command, Sender<std::io::Result<Child>>);
+    type Request = (Command, Option<File>, Sender<std::io::Result<Child>>);
     static KEEPER: OnceLock<Mutex<Sender<Request>>> = OnceLock::new();
     let keeper = KEEPER.get_or_init(|| {
         let (tx, rx) = channel::<Request>();
         std::thread::Builder::new()
             .name("process-keeper".into())
             .spawn(move || {
-                for (mut cmd, reply) in rx {
-                    let _ = reply.send(cmd.spawn());
+                let own = File::open("/proc/thread-self/ns/net").expect("own network namespace");
+                for (mut cmd, netns, reply) in rx {
+                    let Some(netns) = netns else {
+                        let _ = reply.send(cmd.spawn());
+                        continue;
+                    };
+                    let _ = reply.send(set_netns(&netns).and_then(|_| cmd.spawn()));
+                    set_netns(&own).expect("back to the keeper's own network namespace");
                 }
             })
             .expect("start the process keeper thread");
@@ -113,9 +143,19 @@ fn spawn_from_keeper(cmd: Command) -> std::io::Result<Child> {
     keeper
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .send((cmd, tx))
+        .send((cmd, netns, tx))
         .expect("the process keeper thread runs");
     rx.recv().expect("the process keeper thread answers")
+}
+
+/// Moves the calling thread into network namespace `netns`.
+fn set_netns(netns: &File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setns(2) on an open namespace file; it changes this thread only.
+    match unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
 }
 
 /// A server process killed (and reaped) on drop, including when the test panics.
@@ -131,7 +171,18 @@ impl ServerProcess {
     /// Starts `cmd` with stdout and stderr sent to `<log_dir>/<name>.log`.
     /// `stop_signal` is what asks it to stop (SIGQUIT for PostgreSQL, so that the
     /// postmaster takes its backends down with it).
-    pub fn spawn(name: &str, mut cmd: Command, log_dir: &Path, stop_signal: i32) -> Self {
+    pub fn spawn(name: &str, cmd: Command, log_dir: &Path, stop_signal: i32) -> Self {
+        Self::spawn_in(name, cmd, log_dir, stop_signal, None)
+    }
+
+    /// As `spawn`, in network namespace `netns` (a node's, when None the test's).
+    pub fn spawn_in(
+        name: &str,
+        mut cmd: Command,
+        log_dir: &Path,
+        stop_signal: i32,
+        netns: Option<File>,
+    ) -> Self {
         let log_path = log_dir.join(format!("{name}.log"));
         let log = File::create(&log_path).expect("create server log file");
         cmd.stdin(Stdio::null())
@@ -147,7 +198,7 @@ impl ServerProcess {
             });
         }
         let program = cmd.get_program().to_owned();
-        let child = spawn_from_keeper(cmd)
+        let child = spawn_from_keeper(cmd, netns)
             .unwrap_or_else(|e| panic!("failed to start {name} ({program:?}): {e}"));
         ServerProcess {
             name: name.to_string(),

@@ -13,7 +13,8 @@ CACHE=${DBBACKUP_CACHE:-$HOME/.cache/dbbackup-operator}
 BIN=$CACHE/bin
 mkdir -p "$BIN"
 
-K8S_VERSION=v1.37.2
+# shellcheck source-path=SCRIPTDIR source=k8s-versions.sh
+. "$here/k8s-versions.sh"
 HELM_VERSION=v3.22.0
 # MinIO has no tagged Go module versions; this pseudo-version pins commit 7aac2a2c5b7c.
 MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
@@ -69,26 +70,42 @@ command -v go >/dev/null || { echo "go toolchain not found; it is required to bu
 # link NAME DIR: expose DIR/NAME as $BIN/NAME.
 link() { ln -sfn "$2/$1" "$BIN/$1"; }
 
-k8s_bins=(kube-apiserver kube-controller-manager etcd kubelet kube-scheduler kube-proxy)
-k8s_dir=$CACHE/kubernetes-$K8S_VERSION-$(cat "$here/go.sum" "$here"/cmd/*/*.go | sha256sum | cut -c1-12)
-missing=0
-for b in "${k8s_bins[@]}"; do [ -x "$k8s_dir/$b" ] || missing=1; done
-if [ "$missing" = 1 ]; then
-  log "building ${k8s_bins[*]} ($K8S_VERSION) into $k8s_dir"
-  minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
-  ldflags="-s -w"
-  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
-    ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
-  done
-  tmp=$k8s_dir.tmp
-  rm -rf "$tmp" && mkdir -p "$tmp"
-  (cd "$here" && go build -trimpath -ldflags "$ldflags" -o "$tmp/" ./cmd/...)
-  rm -rf "$k8s_dir" && mv "$tmp" "$k8s_dir"
-  # Builds of other versions or sources only take disk space.
-  for old in "$CACHE"/kubernetes-*; do [ "$old" = "$k8s_dir" ] || rm -rf "$old"; done
-fi
-for b in "${k8s_bins[@]}"; do link "$b" "$k8s_dir"; done
+# build_k8s VERSION MODULE_DIR: the module's ./cmd/... (Kubernetes' own
+# commands at VERSION) built into $CACHE/kubernetes-VERSION-<hash of its
+# sources>, once; prints that directory.
+build_k8s() {
+  local version=$1 module=$2 minor ldflags pkg dir c built=1
+  local cmds=("$module"/cmd/*)
+  dir=$CACHE/kubernetes-$version-$(cat "$module/go.sum" "$module"/cmd/*/*.go | sha256sum | cut -c1-12)
+  for c in "${cmds[@]}"; do [ -x "$dir/${c##*/}" ] || built=0; done
+  if [ "$built" = 0 ]; then
+    log "building ${cmds[*]##*/} ($version) into $dir" >&2
+    minor=${version#v1.}; minor=${minor%%.*}
+    ldflags="-s -w"
+    for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+      ldflags+=" -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+      ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+    done
+    rm -rf "$dir.tmp" && mkdir -p "$dir.tmp"
+    (cd "$module" && go build -trimpath -ldflags "$ldflags" -o "$dir.tmp/" ./cmd/...) >&2
+    rm -rf "$dir" && mv "$dir.tmp" "$dir"
+  fi
+  echo "$dir"
+}
+
+k8s_dir=$(build_k8s "$K8S_VERSION" "$here")
+for b in kube-apiserver kube-controller-manager etcd kubelet kube-scheduler kube-proxy; do link "$b" "$k8s_dir"; done
+# The oldest version the chart claims: tests/run.sh runs a subset against it
+# (DBBACKUP_K8S_VERSION), with these in $BIN/k8s-<version>/ and etcd as above.
+oldest_dir=$(build_k8s "$OLDEST_K8S_VERSION" "$here/oldest")
+mkdir -p "$BIN/k8s-$OLDEST_K8S_VERSION"
+for b in kube-apiserver kube-controller-manager kubelet kube-scheduler kube-proxy; do
+  ln -sfn "$oldest_dir/$b" "$BIN/k8s-$OLDEST_K8S_VERSION/$b"
+done
+# Builds of other versions or sources only take disk space.
+for old in "$CACHE"/kubernetes-*; do
+  [ "$old" = "$k8s_dir" ] || [ "$old" = "$oldest_dir" ] || rm -rf "$old"
+done
 
 # go_tool NAME VERSION PACKAGE [EXTRA_LDFLAGS]: `go install` of PACKAGE@VERSION
 # into $CACHE/NAME-VERSION once, linked as $BIN/NAME.
@@ -170,6 +187,7 @@ echo "kube-controller-manager: $("$BIN/kube-controller-manager" --version)"
 echo "kubelet: $("$BIN/kubelet" --version)"
 echo "kube-scheduler: $("$BIN/kube-scheduler" --version)"
 echo "kube-proxy: $("$BIN/kube-proxy" --version)"
+echo "oldest claimed: $("$BIN/k8s-$OLDEST_K8S_VERSION/kube-apiserver" --version), $("$BIN/k8s-$OLDEST_K8S_VERSION/kubelet" --version)"
 first_line "$BIN/coredns" -version
 first_line containerd --version
 first_line runc --version

@@ -7,6 +7,7 @@ mod drill;
 mod observe;
 mod pass;
 mod reports;
+mod staging;
 mod status;
 #[cfg(test)]
 mod tests;
@@ -38,6 +39,9 @@ use std::time::Duration;
 
 /// How often a healthy resource is looked at again without any event.
 const RESYNC: Duration = Duration::from_secs(15 * 60);
+/// How often a backup whose staging node is not Ready is looked at again:
+/// its return may show in no pod of ours.
+const NODE_RECHECK: Duration = Duration::from_secs(30);
 
 pub async fn reconcile(db: Arc<DatabaseBackup>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_started();
@@ -73,12 +77,17 @@ pub async fn reconcile(db: Arc<DatabaseBackup>, ctx: Arc<Context>) -> Result<Act
         next_drill = start_drill(&db, &ctx, &mut pass).await?;
     }
     pass.record_stuck(stuck_pods(&db, &ctx));
+    let node_down = pass.judge_staging_node(staging::staging_node(&db, &ctx).await);
     pass.notices.extend(started_dumps(&db, &ctx));
     publish_verification(&db, &ctx, &pass.status);
     publish_upload(&db, &ctx, &pass.status);
     let recheck = pass.judge_staleness(&db, &ctx, &old);
     let recheck = next_drill.map_or(recheck, |due| recheck.min(due));
     let recheck = follow_due.map_or(recheck, |due| recheck.min(due));
+    let recheck = match node_down {
+        true => recheck.min(NODE_RECHECK),
+        false => recheck,
+    };
     let urls = pass.judge_notifications(&db, &ctx).await;
     let notices = std::mem::take(&mut pass.notices);
     publish(&db, &ctx, &old, pass).await?;

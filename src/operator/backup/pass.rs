@@ -5,7 +5,7 @@ use super::RESYNC;
 use super::reports::PodReport;
 use super::status::{self, record_reports, staleness};
 use crate::api::{DatabaseBackup, DatabaseBackupStatus, NotifyEvent};
-use crate::operator::conditions::{self, NOTIFIED, Note, Observed, STALE};
+use crate::operator::conditions::{self, NOTIFIED, Note, Observed, STAGING_NODE_READY, STALE};
 use crate::operator::metrics::BackupId;
 use crate::operator::notify::Notice;
 use crate::operator::{Context, checks};
@@ -118,6 +118,27 @@ impl Pass {
                 );
             }
         }
+    }
+
+    /// Sets StagingNodeReady from `observed` (None: not known, left as it
+    /// was), with an Event when the node goes, and when it comes back.
+    /// True while the node is not Ready: the reconcile looks again soon.
+    pub(super) fn judge_staging_node(&mut self, observed: Option<Observed>) -> bool {
+        let Some(observed) = observed else {
+            return false;
+        };
+        let was = conditions::find(&self.status.conditions, STAGING_NODE_READY)
+            .map(|c| c.status == "True");
+        if was != Some(observed.status) && (was.is_some() || !observed.status) {
+            self.note(!observed.status, &observed.reason, observed.message.clone());
+        }
+        conditions::set_condition(
+            &mut self.status.conditions,
+            &observed,
+            self.generation,
+            &self.now,
+        );
+        !observed.status
     }
 
     /// Sets Stale and its metric; returns when to look again, at the latest
