@@ -697,3 +697,88 @@ async fn a_passed_drill_protects_its_dump_in_the_upload_started_with_it() {
     let cj = get_cronjob(&client, "shop", "orders-upload").await.unwrap();
     assert!(container(&cj).args.iter().flatten().any(|a| *a == flag));
 }
+
+/// Whether `stored` holds everything `sent` sets, value for value: an
+/// apiserver drops fields it does not know without an error.
+fn missing_in(sent: &serde_json::Value, stored: &serde_json::Value, path: &str) -> Vec<String> {
+    use serde_json::Value;
+    match (sent, stored) {
+        (Value::Object(s), Value::Object(t)) => s
+            .iter()
+            .flat_map(|(k, v)| match t.get(k) {
+                Some(w) => missing_in(v, w, &format!("{path}.{k}")),
+                None if v.is_null() => vec![],
+                None => vec![format!("{path}.{k}")],
+            })
+            .collect(),
+        (Value::Array(s), Value::Array(t)) if s.len() == t.len() => s
+            .iter()
+            .zip(t)
+            .enumerate()
+            .flat_map(|(i, (v, w))| missing_in(v, w, &format!("{path}[{i}]")))
+            .collect(),
+        _ if sent == stored => vec![],
+        _ => vec![format!("{path}: sent {sent}, stored {stored}")],
+    }
+}
+
+/// Every field the operator sets on its children (the staging claim, both
+/// CronJobs, a Job started from one) is what the apiserver stores: none is
+/// dropped as unknown. tests/run.sh also runs it against the oldest
+/// Kubernetes the chart claims, where newer fields would be.
+#[tokio::test]
+async fn the_apiserver_keeps_every_field_the_operator_sends() {
+    use dbbackup_operator::operator::backup::{
+        dump_cronjob, job_from_cronjob, staging_pvc, upload_cronjob,
+    };
+    use k8s_openapi::api::batch::v1::Job;
+    let (_cp, client) = setup("shop").await;
+    create_sample_secrets(&client, "shop").await;
+    let op = RunningOperator::start(&client);
+    let mut manifest = backup_manifest("orders", "postgres");
+    // The fields of the newest APIs the children use, set.
+    manifest["spec"]["timeZone"] = "Europe/Paris".into();
+    manifest["spec"]["verify"] = serde_json::json!({ "afterUpload": true });
+    manifest["spec"]["jobs"] = serde_json::json!({
+        "nodeSelector": { "kubernetes.io/os": "linux" },
+        "resources": { "limits": { "memory": "256Mi" } }
+    });
+    create_backup(&client, "shop", manifest).await;
+    let backups: Api<DatabaseBackup> = Api::namespaced(client.clone(), "shop");
+    let db = wait_ready(&backups, "orders", "True", "Reconciled").await;
+    let settings = &op.ctx.settings;
+    let dump = dump_cronjob(&db, settings);
+    let job = job_from_cronjob(&dump, "fields");
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "shop");
+    let created = jobs.create(&PostParams::default(), &job).await.unwrap();
+    let pairs = [
+        (
+            serde_json::to_value(staging_pvc(&db)).unwrap(),
+            serde_json::to_value(
+                Api::<PersistentVolumeClaim>::namespaced(client.clone(), "shop")
+                    .get("orders-staging")
+                    .await
+                    .unwrap(),
+            )
+            .unwrap(),
+        ),
+        (
+            serde_json::to_value(&dump).unwrap(),
+            serde_json::to_value(get_cronjob(&client, "shop", "orders-dump").await.unwrap())
+                .unwrap(),
+        ),
+        (
+            serde_json::to_value(upload_cronjob(&db, settings)).unwrap(),
+            serde_json::to_value(get_cronjob(&client, "shop", "orders-upload").await.unwrap())
+                .unwrap(),
+        ),
+        (
+            serde_json::to_value(&job).unwrap(),
+            serde_json::to_value(&created).unwrap(),
+        ),
+    ];
+    for (sent, stored) in pairs {
+        let missing = missing_in(&sent["spec"], &stored["spec"], "spec");
+        assert!(missing.is_empty(), "{} dropped: {missing:#?}", sent["kind"]);
+    }
+}

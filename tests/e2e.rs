@@ -115,6 +115,29 @@ async fn end_to_end_postgres() {
     end_to_end(Engine::Postgres).await;
 }
 
+/// The whole path once, with the operator installed by helm: a backup run
+/// now, its chained upload, the drill after it, and a DatabaseRestore of
+/// the dump into a new database on the node. tests/run.sh also runs it
+/// against the oldest Kubernetes the chart claims.
+#[tokio::test]
+async fn backup_chained_upload_drill_and_restore_postgres() {
+    use dbbackup_operator::api::RestorePhase;
+    let verify = "  verify:\n    afterUpload: true\n    checks: [{query: \"SELECT count(*) FROM orders\", atLeast: 1}]\n";
+    let (b, _op, mut pods) = ready_bed_in_cluster(Engine::Postgres, verify).await;
+    backup_now(&b, &mut pods, "first", &mut vec![]).await;
+    let key = format!("{}/datadump1.sql", today());
+    let drill = next_succeeded(&mut pods, "verify").await;
+    println!("drill:\n{}", drill.output);
+    let status = wait_orders(&b, "Verified", Some("True"), "Verified", POD_TIMEOUT).await;
+    assert_eq!(status.last_verified_key.as_deref(), Some(key.as_str()));
+
+    apply_restore(&b, "back", "restored", false);
+    let restore = run_restore(&b, &mut pods, "back").await;
+    assert_eq!(restore.phase, Some(RestorePhase::Succeeded), "{restore:?}");
+    assert_eq!(restore.key.as_deref(), Some(key.as_str()));
+    assert_eq!(b.db.fingerprint("restored"), b.db.fingerprint("shop"));
+}
+
 /// Pods that finish while the operator is down are reported once it is back,
 /// and a further restart repeats nothing.
 #[tokio::test]

@@ -55,7 +55,12 @@ fn node_of(pod: &Pod) -> String {
 }
 
 async fn lease_holder(b: &Bed) -> Option<String> {
-    Api::<Lease>::namespaced(b.client.clone(), &b.ns)
+    holder_of(&Api::namespaced(b.client.clone(), &b.ns)).await
+}
+
+/// Who holds the operator's Lease in `leases` now.
+async fn holder_of(leases: &Api<Lease>) -> Option<String> {
+    leases
         .get("dbbackup-operator")
         .await
         .ok()?
@@ -224,6 +229,7 @@ async fn a_staging_node_lost_mid_dump_is_named_and_the_next_run_after_it_returns
     // Into its dump: waiting on the lock.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
+    let jobs_before = dump_jobs(&b).await;
     b.cluster.nodes[B].stop_hard();
     let stopped = std::time::Instant::now();
     let status = wait_orders(
@@ -260,9 +266,9 @@ async fn a_staging_node_lost_mid_dump_is_named_and_the_next_run_after_it_returns
             .unwrap_or_default()
             .contains(&node_b)
     );
-    // While B is away: a minute of schedules, and no storm of Jobs.
-    let jobs_before = dump_jobs(&b).await;
-    tokio::time::sleep(Duration::from_secs(70)).await;
+    // While B is away: over a minute of schedules, and no storm of Jobs.
+    let away = Duration::from_secs(65);
+    tokio::time::sleep(away.saturating_sub(stopped.elapsed())).await;
     let jobs_away = dump_jobs(&b).await;
     assert!(
         jobs_away.len() <= jobs_before.len() + 1,
@@ -306,6 +312,26 @@ async fn a_staging_node_lost_mid_dump_is_named_and_the_next_run_after_it_returns
         1,
         "{:?}",
         status.log
+    );
+    // The lost run's pod never succeeded: another run's dump was sent.
+    let pods = Api::<Pod>::namespaced(b.client.clone(), &b.ns)
+        .list(&kube::api::ListParams::default().labels("dbbackup.io/step=dump"))
+        .await
+        .unwrap()
+        .items;
+    let phases: Vec<(String, String)> = pods
+        .iter()
+        .map(|p| {
+            let phase = p.status.as_ref().and_then(|s| s.phase.clone());
+            (p.name_any(), phase.unwrap_or_default())
+        })
+        .collect();
+    println!("dump pods: {phases:?}");
+    assert!(
+        phases
+            .iter()
+            .all(|(name, phase)| *name != lost.name_any() || phase != "Succeeded"),
+        "{phases:?}"
     );
 }
 
@@ -364,22 +390,25 @@ async fn the_leaders_node_lost_the_follower_takes_over_within_the_lease() {
     assert_eq!(lease_holder(&b).await.as_ref(), Some(&holders[1]));
 }
 
-/// The dumps waiting on the staging volume (not the upload's lock files).
+/// The files on the staging volume: dumps, claims and checksum records
+/// (not the empty lock files, which stay).
 fn staged(b: &Bed) -> Vec<String> {
-    std::fs::read_dir(b.staging.join("dumps"))
+    let mut names: Vec<String> = std::fs::read_dir(b.staging.join("dumps"))
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .filter(|n| !n.ends_with(".lock"))
                 .collect()
         })
-        .unwrap_or_default()
+        .unwrap_or_default();
+    names.sort();
+    names
 }
 
 /// Node B, holding the staging volume, is drained (`kubectl drain`) while
 /// the chained upload's PUT is held at the store: the evicted upload leaves
-/// the dump where it was; nothing runs while B is cordoned; once B is
-/// uncordoned the next upload sends that dump, once: one object, proven.
+/// its claim on the dump as it was; once B is uncordoned the next upload
+/// takes that claim and sends the dump, once: one object, and it restores.
 #[tokio::test]
 async fn a_drained_staging_node_keeps_the_dump_and_the_next_upload_sends_it_once() {
     use support::faultproxy::{self, FaultProxy};
@@ -409,8 +438,12 @@ async fn a_drained_staging_node_keeps_the_dump_and_the_next_upload_sends_it_once
         (proxy.held() > 0).then_some(())
     })
     .await;
+    // The upload holds its claim on the dump while its PUT waits.
     let dumped = staged(&b);
-    assert_eq!(dumped.len(), 1, "{dumped:?}");
+    assert!(
+        dumped.contains(&".uploading-datadump.sql".into()),
+        "{dumped:?}"
+    );
 
     kubectl(
         b.cp(),
@@ -558,4 +591,77 @@ impl Drop for RefuseFrom {
     fn drop(&mut self) {
         self.iptables("-D");
     }
+}
+
+/// Two replicas of the chart's Deployment on the real nodes: only the Lease
+/// holder reconciles, and when its pod is killed another takes over.
+#[tokio::test]
+async fn only_the_leader_reconciles_and_the_other_takes_over_when_it_dies() {
+    use dbbackup_operator::api::DatabaseBackup;
+    use support::incluster::kill_pod;
+    use support::operator::{backup_manifest, create_backup, create_sample_secrets};
+    let cluster = support::Cluster::shared_of(2);
+    let _share = cluster.share().await;
+    let client = cluster.client().await;
+    let ns = cluster.namespace("leader").await;
+    create_sample_secrets(&client, &ns).await;
+    let lease = Duration::from_secs(6);
+    let op = HelmOperator::install(
+        &cluster,
+        &ns,
+        &["replicas=2", "leaderElection.leaseDurationSeconds=6"],
+    );
+    let backups: Api<DatabaseBackup> = Api::namespaced(client.clone(), &ns);
+    create_backup(&client, &ns, backup_manifest("orders", "mariadb")).await;
+    wait_ready(&backups, "orders", "True", "Reconciled").await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let holder = || holder_of(&leases);
+    let leader_name = holder().await.expect("a Lease holder");
+    let (leader, follower): (Vec<_>, Vec<_>) = op
+        .pods(&client)
+        .await
+        .into_iter()
+        .partition(|p| p.name_any() == leader_name);
+    let (leader, follower) = (&leader[0], &follower[0]);
+
+    // While the leader lives, the follower does nothing, even with work to do.
+    create_backup(&client, &ns, backup_manifest("users", "mariadb")).await;
+    wait_ready(&backups, "users", "True", "Reconciled").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let reconciles = |pod| HelmOperator::metric(pod, "dbbackup_reconciles_total");
+    assert!(reconciles(leader).unwrap() >= 2);
+    assert_eq!(reconciles(follower), Some(0), "the follower reconciled");
+
+    // The leader's pod dies without releasing the lease.
+    kill_pod(&cluster, &ns, &leader_name);
+    wait_for(
+        "the leader's process to stop",
+        Duration::from_secs(60),
+        || async { reconciles(leader).is_none().then_some(()) },
+    )
+    .await;
+    let died = std::time::Instant::now();
+    create_backup(&client, &ns, backup_manifest("payments", "mariadb")).await;
+    wait_ready(&backups, "payments", "True", "Reconciled").await;
+    let takeover = died.elapsed();
+    println!("takeover after the leader's pod died: {takeover:?} (lease {lease:?})");
+    // The follower, or the pod the Deployment started in the leader's place:
+    // whichever took the Lease first reconciles now.
+    let new_leader = holder().await.expect("a Lease holder");
+    assert_ne!(new_leader, leader_name);
+    let pod = op
+        .pods(&client)
+        .await
+        .into_iter()
+        .find(|p| p.name_any() == new_leader)
+        .expect("the new leader's pod");
+    assert!(reconciles(&pod).unwrap() >= 1);
+    // The others retry every lease/3, so one holds the lease at most one
+    // retry period after it expired; reconciling takes well under a second.
+    assert!(
+        takeover < lease + lease / 3 + Duration::from_secs(5),
+        "takeover took {takeover:?}"
+    );
+    // Its pods stop with it; the cluster outlives the test.
+    op.kubectl(&["delete", "namespace", &ns, "--wait=false"]);
 }

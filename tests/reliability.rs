@@ -13,7 +13,6 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, ApiResource, DynamicObject, ObjectMeta, PostParams};
 use kube::{Client, ResourceExt};
 use std::time::{Duration, Instant};
-use support::incluster::{HelmOperator, kill_pod};
 use support::k8s::*;
 use support::operator::*;
 use support::process::wait_for;
@@ -240,76 +239,6 @@ async fn lease_holder(leases: &Api<Lease>) -> Option<String> {
         .ok()?
         .spec?
         .holder_identity
-}
-
-/// Two replicas of the chart's Deployment on the real node: only the Lease
-/// holder reconciles, and when its pod is killed another takes over.
-#[tokio::test]
-async fn only_the_leader_reconciles_and_the_other_takes_over_when_it_dies() {
-    let cluster = support::Cluster::shared();
-    let _share = cluster.share().await;
-    let client = cluster.client().await;
-    let ns = cluster.namespace("leader").await;
-    create_sample_secrets(&client, &ns).await;
-    let lease = Duration::from_secs(6);
-    let op = HelmOperator::install(
-        &cluster,
-        &ns,
-        &["replicas=2", "leaderElection.leaseDurationSeconds=6"],
-    );
-    let backups: Api<DatabaseBackup> = Api::namespaced(client.clone(), &ns);
-    create_backup(&client, &ns, backup_manifest("orders", "mariadb")).await;
-    wait_ready(&backups, "orders", "True", "Reconciled").await;
-    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
-    let holder = || lease_holder(&leases);
-    let leader_name = holder().await.expect("a Lease holder");
-    let (leader, follower): (Vec<_>, Vec<_>) = op
-        .pods(&client)
-        .await
-        .into_iter()
-        .partition(|p| p.name_any() == leader_name);
-    let (leader, follower) = (&leader[0], &follower[0]);
-
-    // While the leader lives, the follower does nothing, even with work to do.
-    create_backup(&client, &ns, backup_manifest("users", "mariadb")).await;
-    wait_ready(&backups, "users", "True", "Reconciled").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let reconciles = |pod| HelmOperator::metric(pod, "dbbackup_reconciles_total");
-    assert!(reconciles(leader).unwrap() >= 2);
-    assert_eq!(reconciles(follower), Some(0), "the follower reconciled");
-
-    // The leader's pod dies without releasing the lease.
-    kill_pod(&cluster, &ns, &leader_name);
-    wait_for(
-        "the leader's process to stop",
-        Duration::from_secs(60),
-        || async { reconciles(leader).is_none().then_some(()) },
-    )
-    .await;
-    let died = Instant::now();
-    create_backup(&client, &ns, backup_manifest("payments", "mariadb")).await;
-    wait_ready(&backups, "payments", "True", "Reconciled").await;
-    let takeover = died.elapsed();
-    println!("takeover after the leader's pod died: {takeover:?} (lease {lease:?})");
-    // The follower, or the pod the Deployment started in the leader's place:
-    // whichever took the Lease first reconciles now.
-    let new_leader = holder().await.expect("a Lease holder");
-    assert_ne!(new_leader, leader_name);
-    let pod = op
-        .pods(&client)
-        .await
-        .into_iter()
-        .find(|p| p.name_any() == new_leader)
-        .expect("the new leader's pod");
-    assert!(reconciles(&pod).unwrap() >= 1);
-    // The others retry every lease/3, so one holds the lease at most one
-    // retry period after it expired; reconciling takes well under a second.
-    assert!(
-        takeover < lease + lease / 3 + Duration::from_secs(5),
-        "takeover took {takeover:?}"
-    );
-    // Its pods stop with it; the cluster outlives the test.
-    op.kubectl(&["delete", "namespace", &ns, "--wait=false"]);
 }
 
 /// Cross-namespace Secret references are impossible by construction: the

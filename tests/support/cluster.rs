@@ -34,6 +34,9 @@ impl Cluster {
             Options {
                 controller_manager: true,
                 for_node: true,
+                // The node-loss tests of several nodes wait for it: 20 s,
+                // two missed heartbeats (lease renewals, every 10 s).
+                node_grace: (n > 1).then_some(20),
             },
             &[],
         )

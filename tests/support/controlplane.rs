@@ -33,6 +33,9 @@ pub struct Options {
     /// reach, back the kubernetes Service, admit ServiceAccount tokens, and run
     /// the controllers Deployments and PersistentVolumes need.
     pub for_node: bool,
+    /// Seconds without a kubelet's heartbeat before its node is NotReady
+    /// (the controller manager's default, 50, when None).
+    pub node_grace: Option<u32>,
 }
 
 impl ControlPlane {
@@ -43,7 +46,7 @@ impl ControlPlane {
     pub async fn with_controller_manager() -> ControlPlane {
         Self::start_with(Options {
             controller_manager: true,
-            for_node: false,
+            ..Default::default()
         })
         .await
     }
@@ -132,6 +135,9 @@ impl ControlPlane {
             .arg("--use-service-account-credentials=false")
             .arg("--concurrent-gc-syncs=5")
             .arg("--v=0");
+        if let Some(grace) = opts.node_grace {
+            kcm.arg(format!("--node-monitor-grace-period={grace}s"));
+        }
         ServerProcess::spawn(
             "kube-controller-manager",
             kcm,

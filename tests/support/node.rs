@@ -279,6 +279,18 @@ evictionHard:
             async move {
                 // Ready, and schedulable: the not-ready taint lifted.
                 let n = nodes.get_opt(name).await.ok().flatten()?;
+                let kubelet = n
+                    .status
+                    .as_ref()?
+                    .node_info
+                    .as_ref()?
+                    .kubelet_version
+                    .clone();
+                assert_eq!(
+                    kubelet,
+                    super::process::k8s_version(),
+                    "the kubelet's version"
+                );
                 let taints = n.spec.and_then(|s| s.taints).unwrap_or_default();
                 let conditions = n.status.and_then(|s| s.conditions).unwrap_or_default();
                 let ready = conditions
