@@ -349,10 +349,18 @@ async fn restricted_namespace_accepts_the_children_without_warnings() {
 
 /// Creates `manifest` and returns the apiserver's refusal.
 async fn rejection(client: &Client, manifest: serde_json::Value) -> String {
+    rejection_of::<DatabaseBackup>(client, manifest).await
+}
+
+/// The apiserver's 422 message for creating `manifest`, a `K`.
+async fn rejection_of<K>(client: &Client, manifest: serde_json::Value) -> String
+where
+    K: kube::Resource<DynamicType = ()>,
+{
     let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
         client.clone(),
         "shop",
-        &kube::api::ApiResource::erase::<DatabaseBackup>(&()),
+        &kube::api::ApiResource::erase::<K>(&()),
     );
     let obj: kube::api::DynamicObject = serde_json::from_value(manifest).unwrap();
     match api.create(&PostParams::default(), &obj).await {
@@ -379,7 +387,7 @@ async fn admission_rejects_bad_input_and_names_the_field() {
     };
     // A table: one case a line reads better than rustfmt's five.
     #[rustfmt::skip]
-    let cases: [(&[&str], serde_json::Value, &str, &str); 27] = [
+    let cases: [(&[&str], serde_json::Value, &str, &str); 31] = [
         (&["schedule"], serde_json::json!("not a cron"), "spec.schedule", "5-field cron"),
         (&["schedule"], serde_json::json!("0 0 3 * * *"), "spec.schedule", "seconds are not supported"),
         (&["schedule"], serde_json::json!("CRON_TZ=UTC 0 3 * * *"), "spec.schedule", "CRON_TZ"),
@@ -393,6 +401,10 @@ async fn admission_rejects_bad_input_and_names_the_field() {
         (&["database", "name"], serde_json::json!(""), "spec.database.name", ""),
         (&["bucket", "name"], serde_json::json!("Not_A_Bucket"), "spec.bucket.name", "valid S3 bucket name"),
         (&["bucket", "prefix"], serde_json::json!("/abs/"), "spec.bucket.prefix", "must not start with '/'"),
+        (&["bucket", "prefix"], serde_json::json!("backups"), "spec.bucket.prefix", "must end with '/' (or be empty)"),
+        (&["bucket", "endpoint"], serde_json::json!("ftp://minio:9000"), "spec.bucket.endpoint", "must be an http:// or https:// URL"),
+        (&["retention"], serde_json::json!({"maxAge": "30 days"}), "spec.retention.maxAge", "must be an age in days, hours or minutes"),
+        (&["verify"], serde_json::json!({"checks": [{"query": "SELECT 1", "atLeast": 1, "equals": "1"}]}), "spec.verify.checks[0]", "set exactly one of atLeast and equals"),
         (&["staging"], serde_json::json!({"size": "lots"}), "spec.staging.size", "quantity"),
         (&["retention"], serde_json::json!({}), "spec.retention", "set at least one of keepLast, maxAge, keepDaily"),
         (&["retention"], serde_json::json!({"keepWeekly": 0}), "spec.retention.keepWeekly", "greater than or equal to 1"),
@@ -429,6 +441,79 @@ async fn admission_rejects_bad_input_and_names_the_field() {
             .await
             .contains("at most 63 characters")
     );
+}
+
+/// The DatabaseRestore's rules, each refused at admission and named: one
+/// source, a key that is a dump, a positive scratch size, the bucket's own
+/// rules, and no change once created.
+#[tokio::test]
+async fn restore_admission_rejects_bad_input_and_names_the_field() {
+    use dbbackup_operator::api::DatabaseRestore;
+    let (_cp, client) = setup("shop").await;
+    let restore = |spec: serde_json::Value| {
+        let mut m = serde_json::json!({
+            "apiVersion": "dbbackup.io/v1alpha1",
+            "kind": "DatabaseRestore",
+            "metadata": { "name": "bad" },
+            "spec": {
+                "key": "latest",
+                "target": {
+                    "engine": "mariadb", "host": "db", "name": "shop",
+                    "credentialsSecret": { "name": "db-creds" }
+                }
+            }
+        });
+        for (k, v) in spec.as_object().unwrap() {
+            m["spec"][k] = v.clone();
+        }
+        m
+    };
+    let bucket = |more: serde_json::Value| {
+        let mut b = serde_json::json!({ "secretRef": { "name": "s3-creds" } });
+        for (k, v) in more.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        serde_json::json!({ "bucket": b })
+    };
+    #[rustfmt::skip]
+    let cases = [
+        (restore(serde_json::json!({})), "spec", "set exactly one of backup and bucket"),
+        (restore(serde_json::json!({"backup": "orders", "bucket": {"secretRef": {"name": "s3-creds"}}})), "spec", "set exactly one of backup and bucket"),
+        (restore(serde_json::json!({"backup": "orders", "key": "2026-12-05/notes.txt"})), "spec.key", "must be \"latest\" or an object key ending in .sql"),
+        (restore(serde_json::json!({"backup": "orders", "scratchSize": "0"})), "spec.scratchSize", "must be a positive quantity"),
+        (restore(bucket(serde_json::json!({"name": "Not_A_Bucket"}))), "spec.bucket.name", "valid S3 bucket name"),
+        (restore(bucket(serde_json::json!({"prefix": "/abs/"}))), "spec.bucket.prefix", "must not start with '/'"),
+        (restore(bucket(serde_json::json!({"prefix": "abs"}))), "spec.bucket.prefix", "must end with '/'"),
+        (restore(bucket(serde_json::json!({"endpoint": "minio:9000"}))), "spec.bucket.endpoint", "must be an http:// or https:// URL"),
+        (restore(bucket(serde_json::json!({"serverSideEncryption": {"type": "SSE-C"}}))), "spec.bucket.serverSideEncryption", "type SSE-C needs customerKeySecret"),
+        (restore(bucket(serde_json::json!({"serverSideEncryption": {"type": "AES256", "kmsKeyId": "k"}}))), "spec.bucket.serverSideEncryption", "kmsKeyId is only for type aws:kms"),
+        (restore(bucket(serde_json::json!({"endpoint": "http://minio:9000", "serverSideEncryption": {"type": "SSE-C", "customerKeySecret": {"name": "k"}}}))), "spec.bucket", "SSE-C sends its key with every request"),
+        (restore(bucket(serde_json::json!({"endpoint": "http://minio:9000", "webIdentity": {"roleArn": "arn:aws:iam::1:role/r"}}))), "spec.bucket", "webIdentity sends the ServiceAccount token"),
+        (restore(bucket(serde_json::json!({"webIdentity": {"roleArn": "arn:aws:iam::1:role/r", "audience": "kubernetes.default.svc"}}))), "spec.bucket.webIdentity.audience", "must not be an audience of the Kubernetes API server"),
+    ];
+    for (manifest, field, text) in cases {
+        let message = rejection_of::<DatabaseRestore>(&client, manifest).await;
+        assert!(message.contains(field), "{field}: {message}");
+        assert!(message.contains(text), "{field}: {message}");
+    }
+    // Once created, a restore stays as it was asked for.
+    let api: Api<DatabaseRestore> = Api::namespaced(client.clone(), "shop");
+    let good: DatabaseRestore =
+        serde_json::from_value(restore(serde_json::json!({"backup": "orders"}))).unwrap();
+    api.create(&PostParams::default(), &good).await.unwrap();
+    let patch = serde_json::json!({"spec": {"key": "2026-12-05/datadump2.sql"}});
+    let changed = api
+        .patch("bad", &PatchParams::default(), &Patch::Merge(&patch))
+        .await;
+    match changed {
+        Err(kube::Error::Api(status)) => assert!(
+            status
+                .message
+                .contains("a restore cannot be changed once created"),
+            "{status:?}"
+        ),
+        other => panic!("a changed restore was accepted: {other:?}"),
+    }
 }
 
 #[tokio::test]

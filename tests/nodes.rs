@@ -38,6 +38,15 @@ fn install_operator(b: &Bed) -> HelmOperator {
     )
 }
 
+/// A PostgreSQL bed on the two nodes, its parts `at` them, with the chart
+/// installed (2 replicas, one per node) and its leader on node A.
+async fn bed_with_leader_on_a(at: Where) -> (Bed, HelmOperator, String) {
+    let b = bed_on_nodes(Engine::Postgres, at).await;
+    let op = install_operator(&b);
+    let leader = leader_on(&b, &op, A).await;
+    (b, op, leader)
+}
+
 /// The node each of the operator's pods runs on, by pod name.
 async fn operator_nodes(b: &Bed, op: &HelmOperator) -> Vec<(String, String)> {
     op.pods(&b.client)
@@ -55,17 +64,7 @@ fn node_of(pod: &Pod) -> String {
 }
 
 async fn lease_holder(b: &Bed) -> Option<String> {
-    holder_of(&Api::namespaced(b.client.clone(), &b.ns)).await
-}
-
-/// Who holds the operator's Lease in `leases` now.
-async fn holder_of(leases: &Api<Lease>) -> Option<String> {
-    leases
-        .get("dbbackup-operator")
-        .await
-        .ok()?
-        .spec?
-        .holder_identity
+    support::incluster::lease_holder(&Api::namespaced(b.client.clone(), &b.ns)).await
 }
 
 /// Makes the replica on node `i` the leader: the other, if it leads, is
@@ -97,20 +96,16 @@ async fn leader_on(b: &Bed, op: &HelmOperator, i: usize) -> String {
 /// and mounts no staging volume, runs on either; and the backup succeeds.
 #[tokio::test]
 async fn every_pod_with_the_staging_volume_runs_on_its_node_and_the_backup_succeeds() {
-    let b = bed_on_nodes(
-        Engine::Postgres,
-        Where {
-            staging: B,
-            database: Some(A),
-            alone: false,
-        },
-    )
+    let (b, op, leader) = bed_with_leader_on_a(Where {
+        staging: B,
+        database: Some(A),
+        alone: false,
+    })
     .await;
     let (node_a, node_b) = (
         b.cluster.nodes[A].spec.name.clone(),
         b.cluster.nodes[B].spec.name.clone(),
     );
-    let op = install_operator(&b);
     let mut on: Vec<String> = operator_nodes(&b, &op)
         .await
         .into_iter()
@@ -118,7 +113,6 @@ async fn every_pod_with_the_staging_volume_runs_on_its_node_and_the_backup_succe
         .collect();
     on.sort();
     assert_eq!(on, [node_a.clone(), node_b.clone()], "one replica per node");
-    let leader = leader_on(&b, &op, A).await;
     println!("leader {leader} on {node_a}");
 
     apply_backup_with(
@@ -199,18 +193,13 @@ async fn dump_jobs(b: &Bed) -> Vec<String> {
 #[tokio::test]
 async fn a_staging_node_lost_mid_dump_is_named_and_the_next_run_after_it_returns_succeeds() {
     use support::k8s::{EventFilter, wait_events};
-    let b = bed_on_nodes(
-        Engine::Postgres,
-        Where {
-            staging: B,
-            database: None,
-            alone: true,
-        },
-    )
+    let (b, _op, _) = bed_with_leader_on_a(Where {
+        staging: B,
+        database: None,
+        alone: true,
+    })
     .await;
     let node_b = b.cluster.nodes[B].spec.name.clone();
-    let op = install_operator(&b);
-    leader_on(&b, &op, A).await;
     let lock = TableLock::take(&b.db);
     apply_backup(&b);
     wait_ready(&b.backups(), "orders", "True", "Reconciled").await;
@@ -342,17 +331,12 @@ async fn a_staging_node_lost_mid_dump_is_named_and_the_next_run_after_it_returns
 #[tokio::test]
 async fn the_leaders_node_lost_the_follower_takes_over_within_the_lease() {
     use support::operator::{backup_manifest, create_backup};
-    let b = bed_on_nodes(
-        Engine::Postgres,
-        Where {
-            staging: B,
-            database: None,
-            alone: true,
-        },
-    )
+    let (b, _op, leader) = bed_with_leader_on_a(Where {
+        staging: B,
+        database: None,
+        alone: true,
+    })
     .await;
-    let op = install_operator(&b);
-    let leader = leader_on(&b, &op, A).await;
     let leases = Api::<Lease>::namespaced(b.client.clone(), &b.ns);
     let transitions = |l: &Lease| {
         l.spec
@@ -413,18 +397,13 @@ fn staged(b: &Bed) -> Vec<String> {
 async fn a_drained_staging_node_keeps_the_dump_and_the_next_upload_sends_it_once() {
     use support::faultproxy::{self, FaultProxy};
     use support::minio::{BUCKET, get_object};
-    let b = bed_on_nodes(
-        Engine::Postgres,
-        Where {
-            staging: B,
-            database: None,
-            alone: true,
-        },
-    )
+    let (b, _op, _) = bed_with_leader_on_a(Where {
+        staging: B,
+        database: None,
+        alone: true,
+    })
     .await;
     let node_b = b.cluster.nodes[B].spec.name.clone();
-    let op = install_operator(&b);
-    leader_on(&b, &op, A).await;
     let proxy = FaultProxy::start(&b.minio.endpoint, faultproxy::refuse_nothing()).await;
     apply_bucket_secret(&b, BUCKET, &b.minio.secret_key, &proxy.endpoint);
     proxy.hold_puts();
@@ -615,7 +594,7 @@ async fn only_the_leader_reconciles_and_the_other_takes_over_when_it_dies() {
     create_backup(&client, &ns, backup_manifest("orders", "mariadb")).await;
     wait_ready(&backups, "orders", "True", "Reconciled").await;
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
-    let holder = || holder_of(&leases);
+    let holder = || support::incluster::lease_holder(&leases);
     let leader_name = holder().await.expect("a Lease holder");
     let (leader, follower): (Vec<_>, Vec<_>) = op
         .pods(&client)

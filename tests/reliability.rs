@@ -13,6 +13,7 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, ApiResource, DynamicObject, ObjectMeta, PostParams};
 use kube::{Client, ResourceExt};
 use std::time::{Duration, Instant};
+use support::incluster::lease_holder;
 use support::k8s::*;
 use support::operator::*;
 use support::process::wait_for;
@@ -229,16 +230,6 @@ async fn a_broken_resource_is_retried_with_backoff_not_in_a_loop() {
     // Nothing in between: status and Events are written once per change.
     let warnings = events(&client, "shop", EventFilter::reason("SecretNotFound")).await;
     assert_eq!(warnings.len(), 1, "{warnings:?}");
-}
-
-/// Who holds the operator's Lease now.
-async fn lease_holder(leases: &Api<Lease>) -> Option<String> {
-    leases
-        .get("dbbackup-operator")
-        .await
-        .ok()?
-        .spec?
-        .holder_identity
 }
 
 /// Cross-namespace Secret references are impossible by construction: the

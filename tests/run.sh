@@ -55,6 +55,7 @@ loopback_lane() {
   cargo test --locked --lib --bins --examples --benches $(tests_args "${loopback_tests[@]}") &&
     oldest testbed apiserver_reports_its_version_and_serves_namespaces &&
     oldest controller admission_rejects_bad_input_and_names_the_field &&
+    oldest controller restore_admission_rejects_bad_input_and_names_the_field &&
     oldest controller the_apiserver_keeps_every_field_the_operator_sends
 }
 # shellcheck disable=SC2046

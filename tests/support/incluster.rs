@@ -118,6 +118,18 @@ impl HelmOperator {
     }
 }
 
+/// Who holds the operator's Lease in `leases` now.
+pub async fn lease_holder(
+    leases: &Api<k8s_openapi::api::coordination::v1::Lease>,
+) -> Option<String> {
+    leases
+        .get("dbbackup-operator")
+        .await
+        .ok()?
+        .spec?
+        .holder_identity
+}
+
 pub fn ready(pod: &Pod) -> bool {
     pod.status
         .as_ref()

@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034 # read by the scripts that source it
 # The Kubernetes versions of the test bed, read by install.sh and tests/run.sh.
 # The default: every test runs against it.
 K8S_VERSION=v1.37.2
