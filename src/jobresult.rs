@@ -85,6 +85,30 @@ pub struct JobResult {
     /// The dumps an upload left aside as stuck (upload only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stuck: Option<String>,
+    /// Why the restored key was chosen (fetch and restore).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chosen: Option<String>,
+    /// Each database's end, in a backup of several (dump and upload).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub databases: Vec<DatabaseResult>,
+}
+
+/// One database's dump or upload in a run of several.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatabaseResult {
+    pub name: String,
+    pub outcome: Outcome,
+    /// The object key written (upload only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// Names the dump as `JobResult::dumped` does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dumped: Option<String>,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// A restore step's failure: the Restored condition's reason, and what happened.
@@ -134,6 +158,8 @@ impl JobResult {
             replaced: None,
             read_back: None,
             stuck: None,
+            chosen: None,
+            databases: vec![],
         }
     }
 
@@ -162,6 +188,32 @@ impl JobResult {
         if !self.fits() {
             self.fit_checks();
         }
+        if !self.fits() {
+            self.fit_databases();
+        }
+    }
+
+    /// Shortens the databases' errors, then drops the entries that
+    /// succeeded, then the rest: the log file on the volume names them all.
+    fn fit_databases(&mut self) {
+        for limit in [256, 128, 64] {
+            for d in &mut self.databases {
+                if let Some(e) = d.error.as_mut().filter(|e| e.len() > limit) {
+                    let cut = (0..=limit)
+                        .rev()
+                        .find(|i| e.is_char_boundary(*i))
+                        .unwrap_or(0);
+                    e.truncate(cut);
+                    e.push('…');
+                }
+            }
+            if self.fits() {
+                return;
+            }
+        }
+        self.databases
+            .sort_by_key(|d| d.outcome == Outcome::Succeeded);
+        while !self.fits() && self.databases.pop().is_some() {}
     }
 
     fn fits(&self) -> bool {
@@ -272,9 +324,48 @@ mod tests {
             replaced: None,
             read_back: Some("the store reports no CRC64/NVME checksum for it".into()),
             stuck: Some("1 unproven dump(s) kept on the staging volume".into()),
+            chosen: None,
+            databases: vec![DatabaseResult {
+                name: "shop".into(),
+                outcome: Outcome::Succeeded,
+                key: Some("shop/2026-11-25/datadump1.sql".into()),
+                size: Some(10),
+                dumped: None,
+                error: None,
+            }],
         };
         let text = serde_json::to_string(&r).unwrap();
         assert_eq!(JobResult::parse(&text), Some(r));
+    }
+
+    /// Thirty databases with long errors: the errors are cut, the failed
+    /// ones stay named first, and the JSON fits.
+    #[test]
+    fn many_databases_fit_in_a_termination_message() {
+        let mut r = JobResult::new(Step::Dump, Outcome::Failed, "2026-11-25,03:05:00,x".into());
+        r.databases = (0..300)
+            .map(|i| DatabaseResult {
+                name: format!("database_with_a_long_name_{i}"),
+                outcome: if i % 3 == 0 {
+                    Outcome::Failed
+                } else {
+                    Outcome::Succeeded
+                },
+                key: None,
+                size: Some(1 << 30),
+                dumped: Some("2026-11-25T03:05:00.123456789Z".into()),
+                error: (i % 3 == 0).then(|| "é".repeat(400)),
+            })
+            .collect();
+        r.fit();
+        assert!(serde_json::to_string(&r).unwrap().len() <= MAX_BYTES);
+        assert!(r.databases.len() > 5);
+        assert!(r.databases.iter().all(|d| d.outcome == Outcome::Failed));
+        assert!(
+            r.databases
+                .iter()
+                .all(|d| d.error.as_ref().unwrap().len() <= 68)
+        );
     }
 
     #[test]
@@ -298,6 +389,8 @@ mod tests {
             replaced: None,
             read_back: None,
             stuck: None,
+            chosen: None,
+            databases: vec![],
         };
         r.fit();
         let text = serde_json::to_string(&r).unwrap();

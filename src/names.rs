@@ -149,9 +149,72 @@ pub fn upload_cronjob_name(owner: &str) -> String {
     child_name(owner, "upload", CRONJOB_NAME_MAX)
 }
 
+/// The key segment (and staging folder) of a database of several: its name
+/// with every byte but `A-Z a-z 0-9 _ - .` as `%XX`, and a leading `.` too,
+/// so that any name is one segment, never `.` or `..`, and no name meets
+/// the roles' segment.
+pub fn database_segment(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for (i, b) in name.bytes().enumerate() {
+        let plain = b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || (b == b'.' && i > 0);
+        match plain {
+            true => out.push(b as char),
+            false => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// The database a segment names: `database_segment` undone.
+pub fn segment_database(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The segment of the roles a postgres backup of several databases stores.
+pub const ROLES_SEGMENT: &str = ".roles";
+
+/// The prefix of one database's series: `<prefix><segment>/`.
+pub fn database_prefix(prefix: &str, name: &str) -> String {
+    format!("{prefix}{}/", database_segment(name))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn any_database_name_is_one_safe_segment() {
+        assert_eq!(database_segment("shop"), "shop");
+        assert_eq!(database_segment("a.b-c_1"), "a.b-c_1");
+        assert_eq!(database_segment("."), "%2E");
+        assert_eq!(database_segment(".."), "%2E.");
+        assert_eq!(database_segment(".roles"), "%2Eroles");
+        assert_eq!(database_segment("a/b c%"), "a%2Fb%20c%25");
+        assert_eq!(database_segment("é"), "%C3%A9");
+        assert_eq!(database_prefix("p/", "x y"), "p/x%20y/");
+        assert_ne!(database_segment(".roles"), ROLES_SEGMENT);
+        for name in ["shop", ".", "a/b c%", "é", "%41"] {
+            assert_eq!(segment_database(&database_segment(name)), name);
+        }
+    }
 
     #[test]
     fn short_names_are_plain() {

@@ -26,6 +26,8 @@ pub const STORAGE_CLASS_NOT_FOUND: &str = "StorageClassNotFound";
 // DumpSucceeded and UploadSucceeded, and their Events.
 pub const DUMP_COMPLETED: &str = "DumpCompleted";
 pub const DUMP_FAILED: &str = "DumpFailed";
+/// Some databases of a backup of several failed to dump; the others did.
+pub const SOME_DUMPS_FAILED: &str = "SomeDumpsFailed";
 /// A finished dump replaced one that was not uploaded yet (an Event).
 pub const DUMP_REPLACED: &str = "DumpReplaced";
 pub const UPLOADED: &str = "Uploaded";
@@ -69,6 +71,8 @@ pub const RUNNING: &str = "Running";
 pub const RESTORED: &str = "Restored";
 pub const RESTORE_STARTED: &str = "RestoreStarted";
 pub const BACKUP_NOT_FOUND: &str = "BackupNotFound";
+/// A restore of "latest" from a backup of several databases names none.
+pub const DATABASE_NOT_CHOSEN: &str = "DatabaseNotChosen";
 pub const NO_SOURCE: &str = "NoSource";
 pub const JOB_FAILED: &str = "JobFailed";
 pub const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";

@@ -387,7 +387,7 @@ async fn admission_rejects_bad_input_and_names_the_field() {
     };
     // A table: one case a line reads better than rustfmt's five.
     #[rustfmt::skip]
-    let cases: [(&[&str], serde_json::Value, &str, &str); 31] = [
+    let cases: [(&[&str], serde_json::Value, &str, &str); 38] = [
         (&["schedule"], serde_json::json!("not a cron"), "spec.schedule", "5-field cron"),
         (&["schedule"], serde_json::json!("0 0 3 * * *"), "spec.schedule", "seconds are not supported"),
         (&["schedule"], serde_json::json!("CRON_TZ=UTC 0 3 * * *"), "spec.schedule", "CRON_TZ"),
@@ -399,6 +399,13 @@ async fn admission_rejects_bad_input_and_names_the_field() {
         (&["database", "port"], serde_json::json!(0), "spec.database.port", "greater than or equal to 1"),
         (&["database", "port"], serde_json::json!(70000), "spec.database.port", "less than or equal to 65535"),
         (&["database", "name"], serde_json::json!(""), "spec.database.name", ""),
+        (&["database", "names"], serde_json::json!(["orders"]), "spec.database", "set exactly one of name, names and all: true"),
+        (&["database", "all"], serde_json::json!(true), "spec.database", "set exactly one of name, names and all: true"),
+        (&["database", "names"], serde_json::json!([]), "spec.database.names", "at least 1 items"),
+        (&["database", "names"], serde_json::json!(["a", "a"]), "spec.database.names[1]", "Duplicate value"),
+        (&["database", "names"], serde_json::json!([""]), "spec.database.names[0]", "at least 1 chars long"),
+        (&["database", "exclude"], serde_json::json!(["*_test"]), "spec.database", "exclude applies only with all: true"),
+        (&["database", "rolePasswords"], serde_json::json!(true), "spec.database", "rolePasswords applies only to a postgres backup of names or all: true"),
         (&["bucket", "name"], serde_json::json!("Not_A_Bucket"), "spec.bucket.name", "valid S3 bucket name"),
         (&["bucket", "prefix"], serde_json::json!("/abs/"), "spec.bucket.prefix", "must not start with '/'"),
         (&["bucket", "prefix"], serde_json::json!("backups"), "spec.bucket.prefix", "must end with '/' (or be empty)"),
@@ -481,6 +488,11 @@ async fn restore_admission_rejects_bad_input_and_names_the_field() {
         (restore(serde_json::json!({"backup": "orders", "bucket": {"secretRef": {"name": "s3-creds"}}})), "spec", "set exactly one of backup and bucket"),
         (restore(serde_json::json!({"backup": "orders", "key": "2026-12-05/notes.txt"})), "spec.key", "must be \"latest\" or an object key ending in .sql"),
         (restore(serde_json::json!({"backup": "orders", "scratchSize": "0"})), "spec.scratchSize", "must be a positive quantity"),
+        (restore(serde_json::json!({"backup": "orders", "before": "yesterday"})), "spec.before", "must be an RFC 3339 time with a zone"),
+        (restore(serde_json::json!({"backup": "orders", "before": "2026-03-01T23:00:00"})), "spec.before", "must be an RFC 3339 time with a zone"),
+        (restore(serde_json::json!({"backup": "orders", "before": "2026-03-01T23:00:00Z", "key": "2026-03-01/datadump1.sql"})), "spec", "before picks among the dumps: set it only with key \"latest\""),
+        (restore(serde_json::json!({"backup": "orders", "database": "shop", "key": "2026-03-01/datadump1.sql"})), "spec", "database picks a series: set it only with key \"latest\""),
+        (restore(serde_json::json!({"backup": "orders", "database": ""})), "spec.database", "at least 1 chars long"),
         (restore(bucket(serde_json::json!({"name": "Not_A_Bucket"}))), "spec.bucket.name", "valid S3 bucket name"),
         (restore(bucket(serde_json::json!({"prefix": "/abs/"}))), "spec.bucket.prefix", "must not start with '/'"),
         (restore(bucket(serde_json::json!({"prefix": "abs"}))), "spec.bucket.prefix", "must end with '/'"),

@@ -1,6 +1,7 @@
 //! The `DatabaseBackup` resource: what to dump, when, and where to keep it.
 
 use super::common::*;
+use super::databases::BackupDatabaseSpec;
 use super::notify::NotifyTarget;
 use super::verify::{Verification, VerifySpec};
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
@@ -64,8 +65,8 @@ use std::collections::BTreeMap;
     "restore drills (spec.verify) of encrypted dumps need spec.encryption.identitySecret"
 )])))]
 pub struct DatabaseBackupSpec {
-    /// The database to dump.
-    pub database: DatabaseSpec,
+    /// The server and the database (or databases) to dump.
+    pub database: BackupDatabaseSpec,
 
     /// When to dump, in standard 5-field cron syntax (for example "0 3 * * *"),
     /// interpreted in spec.timeZone.
@@ -362,10 +363,33 @@ pub struct DatabaseBackupStatus {
     /// When the operator last started a drill on spec.verify.schedule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scheduled_drill: Option<Time>,
+    /// With spec.database.names or all: each database's last dump and upload,
+    /// by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub databases: Vec<DatabaseState>,
     /// UIDs of finished pods (and their Jobs) already reflected in this status, so
     /// that an operator restart neither repeats nor loses log lines.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub processed_pods: Vec<String>,
+}
+
+/// One database of a backup of several.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseState {
+    pub name: String,
+    /// When its last successful dump finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_dump_time: Option<Time>,
+    /// Why its last dump failed; cleared by the next one that succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<String>,
+    /// Object key of its last confirmed upload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_upload_key: Option<String>,
+    /// When that upload was confirmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_upload_time: Option<Time>,
 }
 
 /// One confirmed upload.

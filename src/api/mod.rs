@@ -7,6 +7,7 @@
 
 mod backup;
 mod common;
+mod databases;
 mod notify;
 mod profile;
 mod restore;
@@ -14,6 +15,7 @@ mod verify;
 
 pub use backup::*;
 pub use common::*;
+pub use databases::*;
 pub use notify::*;
 pub use profile::*;
 pub use restore::*;

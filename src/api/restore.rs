@@ -43,6 +43,8 @@ pub const LATEST: &str = "latest";
 #[schemars(extend("x-kubernetes-validations" = cel(&[
     ("has(self.backup) != has(self.bucket)", "set exactly one of backup and bucket"),
     ("self == oldSelf", "a restore cannot be changed once created; create a new one"),
+    ("!has(self.before) || self.key == 'latest'", "before picks among the dumps: set it only with key \"latest\""),
+    ("!has(self.database) || self.key == 'latest'", "database picks a series: set it only with key \"latest\" (a key names its database already)"),
 ])))]
 pub struct DatabaseRestoreSpec {
     /// Name of a DatabaseBackup in this namespace: its bucket, credentials and
@@ -69,6 +71,24 @@ pub struct DatabaseRestoreSpec {
         "must be \"latest\" or an object key ending in .sql, .sql.gz or .sql.zst, encrypted or not (.age)"
     )])))]
     pub key: String,
+
+    /// With key "latest", from a backup of several databases
+    /// (spec.database.names or all): which one's dumps to take, those under
+    /// `<prefix><database>/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
+    pub database: Option<String>,
+
+    /// With key "latest": take the newest dump taken at or before this time
+    /// (RFC 3339, such as 2026-03-01T23:00:00+09:00), by the dump time each
+    /// upload records on its object, not by the key's date.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    #[schemars(extend("x-kubernetes-validations" = cel(&[(
+        "self.matches('^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\\\.[0-9]+)?(Z|z|[+-][0-9]{2}:[0-9]{2})$') && timestamp(self) > timestamp('1970-01-01T00:00:00Z')",
+        "must be an RFC 3339 time with a zone, such as 2026-03-01T23:00:00+09:00 or 2026-03-01T14:00:00Z"
+    )])))]
+    pub before: Option<String>,
 
     /// The database to restore into; it may differ from the dumped one, and is
     /// created when missing.
@@ -144,6 +164,10 @@ pub struct DatabaseRestoreStatus {
     /// The object key restored (what "latest" resolved to).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// Why that key: named in the spec, the newest dump, or the newest one
+    /// taken at or before spec.before (and when it was taken).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_reason: Option<String>,
     /// Size in bytes of the downloaded object.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<i64>,

@@ -43,6 +43,22 @@ pub struct DumpArgs {
     /// staging volume never holds plaintext.
     #[arg(long, env = crate::names::AGE_RECIPIENTS_ENV, value_parser = parse_recipients, hide_env_values = true)]
     pub encrypt_to: Option<Recipients>,
+    /// Dump these databases in turn, each to a staging of its own
+    /// (`databases`), instead of --database.
+    #[arg(long, allow_hyphen_values = true, conflicts_with_all = ["all_databases", "database"])]
+    pub each: Vec<String>,
+    /// Dump every database on the server but the system ones.
+    #[arg(long, conflicts_with = "database")]
+    pub all_databases: bool,
+    /// With --all-databases: leave out names matching these patterns (`*`, `?`).
+    #[arg(long, requires = "all_databases")]
+    pub exclude: Vec<String>,
+    /// postgres, several databases: the roles keep their password hashes.
+    #[arg(long)]
+    pub role_passwords: bool,
+    /// This dump is of the roles, not of --database (set by `databases`).
+    #[arg(skip)]
+    pub roles: bool,
 }
 
 /// Name of the finished dump in the staging `dumps/` directory: `.age` after
@@ -54,7 +70,7 @@ pub fn dump_file_name(compression: Compression, encrypted: bool) -> String {
 
 /// Where a run is, as the SIGTERM handler needs to know it.
 #[derive(Debug)]
-enum Phase {
+pub(super) enum Phase {
     Starting,
     Dumping {
         tool: Option<u32>,
@@ -74,17 +90,39 @@ pub async fn run(args: DumpArgs) -> i32 {
     unsafe {
         libc::umask(0o007);
     }
+    if super::databases::several(&args) {
+        return super::databases::run(args).await;
+    }
+    if args.db.database.is_empty() {
+        let staging = Staging::new(&args.staging_dir);
+        return finish(&args, &staging, Err("no database named".into()));
+    }
     let staging = Staging::new(&args.staging_dir);
     let phase = Arc::new(Mutex::new(Phase::Starting));
+    let outcome = until_stopped(phase, {
+        let args = args.clone();
+        move |phase| dump(&args, &Staging::new(&args.staging_dir), phase)
+    })
+    .await;
+    finish(&args, &staging, outcome)
+}
+
+/// Runs `work` on a blocking thread until it ends or a SIGTERM comes: then
+/// the running tool is killed and its partial file removed, unless the dump
+/// is going into place, which is waited for.
+pub(super) async fn until_stopped<T: Send + 'static>(
+    phase: Arc<Mutex<Phase>>,
+    work: impl FnOnce(&Mutex<Phase>) -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(term) => term,
-        Err(e) => return finish(&args, &staging, Err(format!("cannot handle SIGTERM: {e}"))),
+        Err(e) => return Err(format!("cannot handle SIGTERM: {e}")),
     };
     let mut work = tokio::task::spawn_blocking({
-        let (args, phase) = (args.clone(), phase.clone());
-        move || dump(&args, &Staging::new(&args.staging_dir), &phase)
+        let phase = phase.clone();
+        move || work(&phase)
     });
-    let outcome = loop {
+    loop {
         tokio::select! {
             done = &mut work => break done.unwrap_or_else(|e| Err(format!("the dump failed: {e}"))),
             _ = term.recv() => {
@@ -104,8 +142,7 @@ pub async fn run(args: DumpArgs) -> i32 {
                 break Err(STOPPED.to_string());
             }
         }
-    };
-    finish(&args, &staging, outcome)
+    }
 }
 
 /// Logs the outcome, writes the result, and returns the exit code.
@@ -146,13 +183,17 @@ fn finish(args: &DumpArgs, staging: &Staging, outcome: Result<Dumped, String>) -
 }
 
 /// A dump in place: its size, and what putting it there replaced.
-struct Dumped {
-    size: u64,
-    published: Published,
+pub(super) struct Dumped {
+    pub size: u64,
+    pub published: Published,
 }
 
 /// The dump itself, on a blocking thread.
-fn dump(args: &DumpArgs, staging: &Staging, phase: &Mutex<Phase>) -> Result<Dumped, String> {
+pub(super) fn dump(
+    args: &DumpArgs,
+    staging: &Staging,
+    phase: &Mutex<Phase>,
+) -> Result<Dumped, String> {
     let dumps = staging.dumps();
     staging
         .create()
@@ -192,7 +233,7 @@ fn dump(args: &DumpArgs, staging: &Staging, phase: &Mutex<Phase>) -> Result<Dump
 }
 
 /// Moves the run to its next phase, unless a SIGTERM stopped it.
-fn set(phase: &Mutex<Phase>, next: impl FnOnce(&Phase) -> Phase) -> Result<(), String> {
+pub(super) fn set(phase: &Mutex<Phase>, next: impl FnOnce(&Phase) -> Phase) -> Result<(), String> {
     let mut p = phase.lock().unwrap();
     if matches!(*p, Phase::Stopped) {
         return Err(STOPPED.to_string());
@@ -204,7 +245,10 @@ fn set(phase: &Mutex<Phase>, next: impl FnOnce(&Phase) -> Phase) -> Result<(), S
 /// Runs the dump tool into `partial`, compressed and synced.
 fn write_dump(args: &DumpArgs, partial: &Path, phase: &Mutex<Phase>) -> Result<Settled, String> {
     let server = Server::from_env(args.db.engine, &args.db.host, args.db.port)?;
-    let (program, argv) = server.dump_argv(&args.db.database);
+    let (program, argv) = match args.roles {
+        true => server.roles_argv(args.role_passwords),
+        false => server.dump_argv(&args.db.database),
+    };
     let file = File::options()
         .write(true)
         .create_new(true)

@@ -12,6 +12,7 @@ use super::{retention, store, stream};
 use crate::jobresult::{Failure, JobResult, Outcome, Step, fail};
 use crate::logline::LogLine;
 use crate::reasons;
+use chrono::{DateTime, Utc};
 use std::io::{BufRead as _, Write};
 use std::path::{Path, PathBuf};
 use tracing::{error, info};
@@ -130,6 +131,72 @@ fn cannot_write(out: &Path, e: std::io::Error) -> Failure {
         reasons::DOWNLOAD_FAILED,
         format!("cannot write {}: {e}", out.display()),
     )
+}
+
+/// The newest of our dumps under `prefix` taken at or before `before`, and
+/// when it was taken: by the time its upload recorded (`DUMPED_AT_META`),
+/// else by when it was uploaded, which is later than its dump. Read newest
+/// key first; a folder whose date ended before the best time found (in any
+/// zone) can hold no better one.
+pub async fn newest_before(
+    client: &aws_sdk_s3::Client,
+    sse: &store::Sse,
+    bucket: &str,
+    prefix: &str,
+    before: DateTime<Utc>,
+) -> Result<(String, DateTime<Utc>), Failure> {
+    let cannot = |e: String| {
+        fail(
+            reasons::DOWNLOAD_FAILED,
+            format!("cannot list {prefix:?}: {e}"),
+        )
+    };
+    let objects = store::list_objects(client, bucket, prefix)
+        .await
+        .map_err(cannot)?;
+    let mut best: Option<(String, DateTime<Utc>)> = None;
+    for (o, date) in retention::newest_first(prefix, &objects) {
+        if best
+            .as_ref()
+            .is_some_and(|(_, at)| latest_in_folder(date) < *at)
+        {
+            break;
+        }
+        let head = store::head(client, bucket, &o.key, sse)
+            .send()
+            .await
+            .map_err(|e| cannot(store::describe(&e)))?;
+        let recorded = head
+            .metadata()
+            .and_then(|m| m.get(store::DUMPED_AT_META))
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.to_utc());
+        let Some(at) = recorded.or(o.last_modified) else {
+            continue;
+        };
+        if at <= before && best.as_ref().is_none_or(|(_, b)| at > *b) {
+            best = Some((o.key.clone(), at));
+        }
+    }
+    best.ok_or_else(|| {
+        fail(
+            reasons::NO_DUMP_FOUND,
+            format!(
+                "no dump under prefix {prefix:?} in bucket {bucket} was taken at or before {before}"
+            ),
+        )
+    })
+}
+
+/// The latest moment a dump in the folder of `date` can have been taken:
+/// the end of that date in the zone furthest west (UTC-12).
+fn latest_in_folder(date: chrono::NaiveDate) -> DateTime<Utc> {
+    let end = date
+        .succ_opt()
+        .unwrap_or(date)
+        .and_time(chrono::NaiveTime::MIN)
+        .and_utc();
+    end + chrono::Duration::hours(12)
 }
 
 /// The newest of our dumps under `prefix`.

@@ -234,7 +234,9 @@ async fn start(
     let existing = store::list_keys(client, bucket, &folder).await?;
     let key = keys::next_object_key(&folder, existing.iter().map(String::as_str), dump.name);
     let fd = fd_path(file);
-    let request = request(client, args, sse, &key, &fd, part_size);
+    // Its start: the dump is not finished when the upload begins.
+    let started = super::staging::partial_started(&dump.partial);
+    let request = request(client, args, sse, &key, &fd, part_size, started);
     let upload = put::start_multipart(&request, part_size)
         .await
         .map_err(|e| e.to_string())?;
@@ -259,6 +261,7 @@ fn request<'a>(
     key: &'a str,
     path: &'a Path,
     part_size: u64,
+    dumped_at: Option<std::time::SystemTime>,
 ) -> Put<'a> {
     Put {
         client,
@@ -276,6 +279,7 @@ fn request<'a>(
         sse,
         lock: args.lock(),
         checksums: args.store.profile().checksums(),
+        dumped_at,
     }
 }
 

@@ -1,6 +1,9 @@
-//! Object key naming: `<prefix>YYYY-MM-DD/datadumpN.sql[.gz|.zst][.age]`.
+//! Object key naming: `<prefix>YYYY-MM-DD/datadumpN.sql[.gz|.zst][.age]`,
+//! and for a backup of several databases `<prefix><database>/YYYY-MM-DD/…`.
 
 use chrono::NaiveDate;
+
+pub use crate::names::{ROLES_SEGMENT, database_prefix, database_segment, segment_database};
 
 /// `<prefix>YYYY-MM-DD/`: the folder for one date.
 pub fn date_folder(prefix: &str, date: NaiveDate) -> String {

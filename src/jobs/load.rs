@@ -45,6 +45,8 @@ pub struct LoadArgs {
 struct Restored {
     key: String,
     proven: Proven,
+    /// Why that key.
+    chosen: String,
 }
 
 /// Runs one restore; returns the process exit code.
@@ -56,7 +58,11 @@ pub async fn run(args: LoadArgs) -> i32 {
     super::tool::keep_secrets_from_the_client();
     let now = || chrono::Utc::now().with_timezone(&args.time_zone);
     let (mut result, code) = match restore(&args).await {
-        Ok(Restored { key, proven }) => {
+        Ok(Restored {
+            key,
+            proven,
+            chosen,
+        }) => {
             let downloaded = proven.downloaded(&key);
             let mut r = JobResult::new(
                 Step::Restore,
@@ -64,6 +70,7 @@ pub async fn run(args: LoadArgs) -> i32 {
                 LogLine::at(&now(), &downloaded).to_string(),
             );
             r.more_log = vec![LogLine::at(&now(), "database restore completed").to_string()];
+            r.chosen = Some(chosen);
             r.key = Some(key);
             r.size = Some(proven.size);
             r.checksum = proven.proof.map(|p| p.to_string());
@@ -98,7 +105,7 @@ async fn restore(args: &LoadArgs) -> Result<Restored, Failure> {
         .map_err(|e| fail(reasons::RESTORE_FAILED, e))?;
     let db = args.db.database.clone();
     let overwrite = args.overwrite;
-    let (client, sse, key) = stream::locate(&args.object).await?;
+    let (client, sse, key, chosen) = stream::locate_why(&args.object).await?;
     let raw = super::download::start(&client, &sse, &args.object.store.bucket, &key).await?;
     let identity = args.object.identity.clone();
     tokio::task::spawn_blocking(move || {
@@ -106,7 +113,11 @@ async fn restore(args: &LoadArgs) -> Result<Restored, Failure> {
         let mut sql = Sql::open(raw, &key, identity.as_ref())?;
         let target = prepare(&server, &db, overwrite)?;
         let proven = load(&server, &db, target, &mut sql)?;
-        Ok(Restored { key, proven })
+        Ok(Restored {
+            key,
+            proven,
+            chosen,
+        })
     })
     .await
     .map_err(|e| fail(reasons::RESTORE_FAILED, format!("the load stopped: {e}")))?

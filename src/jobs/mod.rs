@@ -6,6 +6,7 @@
 
 mod compress;
 pub mod conditional;
+pub mod databases;
 pub mod download;
 pub mod dump;
 pub mod feed;
@@ -28,6 +29,7 @@ pub mod throwaway;
 pub mod tool;
 mod unproven;
 pub mod upload;
+mod upload_each;
 pub mod verify;
 pub mod webidentity;
 
@@ -43,8 +45,9 @@ pub struct DatabaseArgs {
     pub host: String,
     #[arg(long)]
     pub port: u16,
-    /// The database, taken as a name whatever it contains.
-    #[arg(long, allow_hyphen_values = true)]
+    /// The database, taken as a name whatever it contains ("" for a dump of
+    /// several, which names them with --each or --all-databases).
+    #[arg(long, allow_hyphen_values = true, default_value = "")]
     pub database: String,
 }
 

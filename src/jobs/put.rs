@@ -4,7 +4,9 @@
 
 use super::multipart::{Multipart, Target, body, checksum_part, content_md5};
 use super::proof::{Proof, Written, crc64nvme_base64, hex};
-use super::store::{MAX_PARTS, MIB, PART_SIZE_META, Sse, WithSse, abort, describe, http_status};
+use super::store::{
+    DUMPED_AT_META, MAX_PARTS, MIB, PART_SIZE_META, Sse, WithSse, abort, describe, http_status,
+};
 use crate::api::Checksums;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
@@ -75,6 +77,15 @@ pub struct Put<'a> {
     pub lock: Option<Lock>,
     /// Which checksum headers the store takes (its profile).
     pub checksums: Checksums,
+    /// When the dump was taken (`DUMPED_AT_META`).
+    pub dumped_at: Option<std::time::SystemTime>,
+}
+
+impl Put<'_> {
+    /// The user metadata every object of ours gets.
+    fn dumped_at(&self) -> Option<String> {
+        self.dumped_at.map(crate::jobs::staging::dump_id)
+    }
 }
 
 /// An Object Lock retention: no one deletes or replaces the object's
@@ -156,6 +167,10 @@ async fn put_single(put: &Put<'_>, file: Arc<std::fs::File>) -> Result<Written, 
         .content_md5(content_md5(&md5))
         .content_length(part.len as i64)
         .body(body(put.path, &part).await?)
+        .set_metadata(
+            put.dumped_at()
+                .map(|t| [(DUMPED_AT_META.to_string(), t)].into()),
+        )
         .with_sse(put.sse);
     let mut request = locked!(request, put.lock);
     if put.conditional {
@@ -197,7 +212,11 @@ pub(super) async fn start_multipart(put: &Put<'_>, part_size: u64) -> Result<Mul
             .create_multipart_upload()
             .bucket(put.bucket)
             .key(put.key)
-            .metadata(PART_SIZE_META, part_size.to_string())
+            .set_metadata(Some(
+                std::iter::once((PART_SIZE_META.to_string(), part_size.to_string()))
+                    .chain(put.dumped_at().map(|t| (DUMPED_AT_META.to_string(), t)))
+                    .collect(),
+            ))
             .with_sse(put.sse);
         locked!(create, put.lock)
     };

@@ -57,28 +57,61 @@ pub struct ObjectArgs {
     /// Key prefix searched for "latest", ending in '/' or empty.
     #[arg(long, default_value = "")]
     pub prefix: String,
+    /// With "latest": the newest dump taken at or before this time (RFC 3339).
+    #[arg(long, value_parser = parse_time)]
+    pub before: Option<chrono::DateTime<chrono::Utc>>,
     /// The age identity (AGE-SECRET-KEY-1…) that decrypts a `.age` dump, from
     /// the restore's identity Secret.
     #[arg(long, env = crate::names::AGE_IDENTITY_ENV, hide_env_values = true)]
     pub identity: Option<Hidden>,
 }
 
+fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.to_utc())
+        .map_err(|e| format!("not an RFC 3339 time ({e})"))
+}
+
 /// The store's client and encryption, and the key resolved ("latest": the
-/// newest dump under the prefix).
+/// newest dump under the prefix, or the newest taken by --before).
 pub async fn locate(
     object: &ObjectArgs,
 ) -> Result<(aws_sdk_s3::Client, store::Sse, String), Failure> {
+    let (client, sse, key, _) = locate_why(object).await?;
+    Ok((client, sse, key))
+}
+
+/// `locate`, and why that key: a line for the log and the restore's status.
+pub async fn locate_why(
+    object: &ObjectArgs,
+) -> Result<(aws_sdk_s3::Client, store::Sse, String, String), Failure> {
     let (store, prefix) = (&object.store, object.prefix.as_str());
     let client = store
         .client()
         .await
         .map_err(|e| fail(reasons::DOWNLOAD_FAILED, e))?;
     let sse = store.sse().map_err(|e| fail(reasons::DOWNLOAD_FAILED, e))?;
-    let key = match object.key.as_str() {
-        crate::api::LATEST => super::fetch::latest(&client, &store.bucket, prefix).await?,
-        key => key.to_string(),
+    let (key, why) = match (object.key.as_str(), object.before) {
+        (crate::api::LATEST, None) => {
+            let key = super::fetch::latest(&client, &store.bucket, prefix).await?;
+            (key, format!("the newest dump under {prefix:?}"))
+        }
+        (crate::api::LATEST, Some(before)) => {
+            let (key, at) =
+                super::fetch::newest_before(&client, &sse, &store.bucket, prefix, before).await?;
+            let stamp = |t: chrono::DateTime<chrono::Utc>| {
+                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            };
+            let why = format!(
+                "the newest dump under {prefix:?} taken at or before {}: taken at {}",
+                stamp(before),
+                stamp(at)
+            );
+            (key, why)
+        }
+        (key, _) => (key.to_string(), "named in the spec".to_string()),
     };
-    Ok((client, sse, key))
+    Ok((client, sse, key, why))
 }
 
 pub(super) enum Piece {

@@ -117,6 +117,17 @@ impl Server {
         }
     }
 
+    /// postgres: the roles (and tablespaces) as SQL, `pg_dumpall
+    /// --globals-only`, without their password hashes unless `passwords`.
+    pub fn roles_argv(&self, passwords: bool) -> (String, Vec<String>) {
+        let mut args = vec!["--no-password".to_string(), "--globals-only".to_string()];
+        if !passwords {
+            args.push("--no-role-passwords".into());
+        }
+        args.push(format!("--dbname={}", self.conninfo("postgres")));
+        ("pg_dumpall".into(), args)
+    }
+
     /// The SQL client's argv, connected to `database`, reading SQL from
     /// stdin or from further arguments, stopping at the first error.
     pub fn client_argv(&self, database: &str) -> (String, Vec<String>) {

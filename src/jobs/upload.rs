@@ -43,6 +43,10 @@ pub struct UploadArgs {
     /// Create the bucket when it does not exist.
     #[arg(long)]
     pub create_bucket: bool,
+    /// The volume holds several databases' stagings (`databases`): send
+    /// each one's dumps under `<prefix><database>/`.
+    #[arg(long)]
+    pub databases: bool,
     /// Smallest multipart part, in MiB.
     #[arg(long, default_value_t = 8, hide = true)]
     pub part_size_mib: u64,
@@ -108,8 +112,16 @@ pub async fn run(args: UploadArgs) -> i32 {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024);
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
-    let (mut result, code) = match upload(&args).await {
-        Ok(result) => (result, 0),
+    let sent = match args.databases {
+        true => super::upload_each::upload_each(&args).await,
+        false => upload(&args, &Staging::new(&args.staging_dir), follow::GRACE).await,
+    };
+    let (mut result, code) = match sent {
+        // Some databases of several failed: said in the result, and by the exit.
+        Ok(result) => {
+            let code = (result.outcome == Outcome::Failed).into();
+            (result, code)
+        }
         Err(message) => {
             let line = Staging::new(&args.staging_dir)
                 .log(args.time_zone, &format!("upload failed: {message}"));
@@ -126,21 +138,42 @@ pub async fn run(args: UploadArgs) -> i32 {
     code
 }
 
-async fn upload(args: &UploadArgs) -> Result<JobResult, String> {
-    let tz = args.time_zone;
-    let staging = Staging::new(&args.staging_dir);
+/// Sends what `staging` holds, as one result.
+async fn upload(
+    args: &UploadArgs,
+    staging: &Staging,
+    grace: std::time::Duration,
+) -> Result<JobResult, String> {
+    let mut sent = send_all(args, staging, grace).await?;
+    let Some(last) = sent.pop() else {
+        return Ok(nothing(args, staging));
+    };
+    let mut result = last.after(sent);
+    result.stuck = staged::stuck_note(staging);
+    Ok(result)
+}
+
+/// The original pipeline's line when there is nothing to send.
+pub(super) fn nothing(args: &UploadArgs, staging: &Staging) -> JobResult {
+    let line = staging.log(args.time_zone, logline::NOTHING_TO_UPLOAD);
+    info!("{line}");
+    JobResult::new(Step::Upload, Outcome::Nothing, line.to_string())
+}
+
+/// Sends what `staging` holds, oldest first; chained to a dump
+/// (--follow-dump), waits up to `grace` for one to start.
+pub(super) async fn send_all(
+    args: &UploadArgs,
+    staging: &Staging,
+    grace: std::time::Duration,
+) -> Result<Vec<JobResult>, String> {
     let dumps = staging.dumps();
     let cannot = |e: std::io::Error| format!("cannot read {}: {e}", dumps.display());
-    let nothing = || {
-        let line = staging.log(tz, logline::NOTHING_TO_UPLOAD);
-        info!("{line}");
-        JobResult::new(Step::Upload, Outcome::Nothing, line.to_string())
-    };
     if args.follow_dump {
         // Its dump may not have made the folders yet.
         staging.create().map_err(cannot)?;
     } else if !dumps.exists() {
-        return Ok(nothing());
+        return Ok(vec![]);
     }
     let _lock = staging
         .lock(Lock::Upload, || {
@@ -150,17 +183,17 @@ async fn upload(args: &UploadArgs) -> Result<JobResult, String> {
     let sse = args.store.sse()?;
     let mut client = None;
     let mut sent: Vec<JobResult> = vec![];
-    let fresh = staged::send_staged(args, &staging, &sse, &mut client, &mut sent).await?;
+    let fresh = staged::send_staged(args, staging, &sse, &mut client, &mut sent).await?;
     // Chained to a running dump, and nothing fresh was staged: send the dump
     // as it is written. One fresh dump a run, so that its result is reported
     // at once; a dump after it has an upload of its own.
     if args.follow_dump && !fresh {
-        let mut grace = follow::GRACE;
+        let mut grace = grace;
         loop {
-            match follow::next(&staging, grace).await.map_err(cannot)? {
+            match follow::next(staging, grace).await.map_err(cannot)? {
                 follow::Next::Quiet => break,
                 follow::Next::Staged => {
-                    staged::send_staged(args, &staging, &sse, &mut client, &mut sent).await?;
+                    staged::send_staged(args, staging, &sse, &mut client, &mut sent).await?;
                     break;
                 }
                 follow::Next::Writing(dump) => {
@@ -168,9 +201,9 @@ async fn upload(args: &UploadArgs) -> Result<JobResult, String> {
                         Some(c) => c,
                         None => client.insert(args.store.client().await?),
                     };
-                    if let Some(r) = follow::follow(client, args, &sse, &staging, dump).await? {
+                    if let Some(r) = follow::follow(client, args, &sse, staging, dump).await? {
                         // As after any new dump: the stuck ones get a try.
-                        staged::retry_stuck(client, args, &sse, &staging, &mut sent).await;
+                        staged::retry_stuck(client, args, &sse, staging, &mut sent).await;
                         sent.push(r);
                         break;
                     }
@@ -180,12 +213,7 @@ async fn upload(args: &UploadArgs) -> Result<JobResult, String> {
             grace = std::time::Duration::ZERO;
         }
     }
-    let Some(last) = sent.pop() else {
-        return Ok(nothing());
-    };
-    let mut result = last.after(sent);
-    result.stuck = staged::stuck_note(&staging);
-    Ok(result)
+    Ok(sent)
 }
 
 /// Uploads one claimed dump under a fresh key, verifies it, deletes it, and
@@ -329,6 +357,7 @@ async fn put_under_free_key(
             sse,
             lock: args.lock(),
             checksums: args.store.profile().checksums(),
+            dumped_at: Some(claimed.finished),
         };
         let result = put::put_file(&request, &record_upload).await;
         pending::clear(&dumps);

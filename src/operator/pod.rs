@@ -374,14 +374,18 @@ pub(crate) fn binary_copy(
     (init, volume, mount)
 }
 
-/// `--engine=… --host=… --port=… --database=…`: where a step's database is.
+/// `--engine=… --host=… --port=… --database=…`: where a step's database
+/// is (no `--database` for a dump that picks its databases itself).
 fn database_args(db: &DatabaseSpec) -> Vec<String> {
-    vec![
+    let mut args = vec![
         format!("--engine={}", db.engine.as_str()),
         format!("--host={}", db.host),
         format!("--port={}", database_port(db)),
-        format!("--database={}", db.name),
-    ]
+    ];
+    if !db.name.is_empty() {
+        args.push(format!("--database={}", db.name));
+    }
+    args
 }
 
 /// A step that downloads a dump from the database image (restore, drill):

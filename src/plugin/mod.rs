@@ -62,6 +62,12 @@ enum Command {
         /// Drop what the target database holds first.
         #[arg(long)]
         overwrite: bool,
+        /// Of a backup of several databases: whose dumps to take.
+        #[arg(long)]
+        database: Option<String>,
+        /// The newest dump taken at or before this RFC 3339 time.
+        #[arg(long)]
+        before: Option<String>,
         #[arg(long)]
         wait: bool,
         /// How long --wait waits, in seconds.
@@ -131,6 +137,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             to_database,
             key,
             overwrite,
+            database,
+            before,
             wait,
             timeout,
         } => {
@@ -140,6 +148,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 to_database,
                 key,
                 overwrite,
+                database,
+                before,
             };
             restore(&restores, &db, spec, wait, timeout).await
         }
@@ -247,6 +257,8 @@ struct RestoreRequest {
     to_database: String,
     key: String,
     overwrite: bool,
+    database: Option<String>,
+    before: Option<String>,
 }
 
 /// Creates a DatabaseRestore of `db`'s dump into another database of its
@@ -258,14 +270,18 @@ async fn restore(
     wait: bool,
     timeout: u64,
 ) -> anyhow::Result<()> {
-    if request.to_database == db.spec.database.name {
+    let source = request.database.as_ref().or(db.spec.database.name.as_ref());
+    if source == Some(&request.to_database) {
         bail!(
-            "{:?} is the database this backup dumps; restore into another database \
+            "{:?} is the database these dumps are of; restore into another database \
              (to replace it, create a DatabaseRestore with overwrite: true yourself)",
-            db.spec.database.name
+            request.to_database
         );
     }
-    let mut target = db.spec.database.clone();
+    if db.spec.database.is_several() && request.database.is_none() && request.key == LATEST {
+        bail!("this backup dumps several databases: name one with --database");
+    }
+    let mut target = db.spec.database.server();
     target.name = request.to_database;
     let identity = db
         .spec
@@ -278,6 +294,8 @@ async fn restore(
         "target": target,
         "overwrite": request.overwrite,
         "identitySecret": identity,
+        "database": request.database,
+        "before": request.before,
     }))?;
     let name = format!(
         "{}-{}",

@@ -58,6 +58,8 @@ const RECORD: &str = ".crc64nvme";
 
 pub struct Staging {
     root: PathBuf,
+    /// Where the log lines go: the volume's one `logs/`.
+    logs: PathBuf,
 }
 
 /// Which of the two locks.
@@ -82,6 +84,14 @@ pub fn dump_id(finished: SystemTime) -> String {
     chrono::DateTime::<Utc>::from(finished).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
 }
 
+/// When the dump writing `partial` started, from its name
+/// (`.partial-<pid>-<epoch nanos>-<n>-<name>`).
+pub fn partial_started(partial: &Path) -> Option<SystemTime> {
+    let name = partial.file_name()?.to_str()?.strip_prefix(PARTIAL)?;
+    let nanos: u64 = name.split('-').nth(1)?.parse().ok()?;
+    Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(nanos))
+}
+
 /// A dump an upload claimed: only this upload reads or deletes it.
 #[derive(Debug)]
 pub struct Claimed {
@@ -98,7 +108,20 @@ pub struct Claimed {
 
 impl Staging {
     pub fn new(root: impl Into<PathBuf>) -> Staging {
-        Staging { root: root.into() }
+        let root = root.into();
+        Staging {
+            logs: root.join("logs"),
+            root,
+        }
+    }
+
+    /// The staging of one database of several on the volume at `volume`
+    /// (`databases/<segment>/`), which logs into the volume's log.
+    pub fn of_database(volume: &Path, segment: &str) -> Staging {
+        Staging {
+            root: volume.join(super::databases::DATABASES).join(segment),
+            logs: volume.join("logs"),
+        }
     }
 
     pub fn dumps(&self) -> PathBuf {
@@ -108,15 +131,15 @@ impl Staging {
     /// Creates `dumps/` and `logs/`.
     pub fn create(&self) -> io::Result<()> {
         std::fs::create_dir_all(self.dumps())?;
-        std::fs::create_dir_all(self.root.join("logs"))
+        std::fs::create_dir_all(&self.logs)
     }
 
     /// Appends `message` to today's log file (in `tz`) and returns the line; a
     /// log file that cannot be written does not fail the step.
     pub fn log(&self, tz: Tz, message: &str) -> LogLine {
         let line = LogLine::at(&Utc::now().with_timezone(&tz), message);
-        let dir = self.root.join("logs");
-        let written = std::fs::create_dir_all(&dir).and_then(|_| {
+        let dir = &self.logs;
+        let written = std::fs::create_dir_all(dir).and_then(|_| {
             let mut f = OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -153,9 +176,10 @@ impl Staging {
     /// A partial file name for this run alone. Call with the dump lock held.
     pub fn partial(&self, name: &str) -> PathBuf {
         static RUNS: AtomicU32 = AtomicU32::new(0);
+        // When the dump started, which an upload following it records.
         let nanos = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
+            .map_or(0, |d| d.as_nanos());
         let run = RUNS.fetch_add(1, Ordering::Relaxed);
         self.dumps().join(format!(
             "{PARTIAL}{}-{nanos}-{run}-{name}",

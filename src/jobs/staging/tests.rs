@@ -114,8 +114,12 @@ fn a_dump_claimed_before_the_next_is_published_was_not_replaced() {
 #[test]
 fn partials_are_unique_per_run_and_swept_under_the_lock() {
     let (_d, s) = staging();
+    let before = std::time::SystemTime::now();
     let (a, b) = (s.partial("datadump.sql"), s.partial("datadump.sql"));
     assert_ne!(a, b);
+    // Its name says when its dump started, for the upload that follows it.
+    let started = super::partial_started(&a).unwrap();
+    assert!(started >= before && started <= std::time::SystemTime::now());
     std::fs::write(&a, "x").unwrap();
     let _lock = s.lock(Lock::Dump, || panic!("free")).unwrap();
     s.remove_partials().unwrap();

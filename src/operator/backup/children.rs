@@ -154,16 +154,18 @@ fn cronjob(db: &DatabaseBackup, step: Step, name: String, schedule: &str, pod: P
 pub fn dump_cronjob(db: &DatabaseBackup, settings: &Settings) -> CronJob {
     let spec = &db.spec;
     let (mut volumes, mounts) = volumes(db, false);
+    let mut flags = vec![
+        format!("--compression={}", spec.compression.as_str()),
+        format!("--staging-dir={STAGING_MOUNT}"),
+        format!("--termination-log={TERMINATION_LOG}"),
+        format!("--time-zone={}", spec.time_zone),
+    ];
+    flags.extend(selection_flags(&spec.database));
     let (copy, mut dump, binary) = DatabaseStep {
         name: "dump",
         subcommand: "dump",
-        db: &spec.database,
-        flags: vec![
-            format!("--compression={}", spec.compression.as_str()),
-            format!("--staging-dir={STAGING_MOUNT}"),
-            format!("--termination-log={TERMINATION_LOG}"),
-            format!("--time-zone={}", spec.time_zone),
-        ],
+        db: &spec.database.server(),
+        flags,
         mounts,
         resources: spec.jobs.resources.clone(),
     }
@@ -179,6 +181,22 @@ pub fn dump_cronjob(db: &DatabaseBackup, settings: &Settings) -> CronJob {
     cronjob(db, Step::Dump, name, &spec.schedule, pod)
 }
 
+/// Which databases the dump step takes, when not the one `--database`.
+fn selection_flags(database: &crate::api::BackupDatabaseSpec) -> Vec<String> {
+    use crate::api::Selection;
+    let mut flags = match database.selection() {
+        Selection::One(_) => vec![],
+        Selection::Names(names) => names.iter().map(|n| format!("--each={n}")).collect(),
+        Selection::All { exclude } => std::iter::once("--all-databases".to_string())
+            .chain(exclude.iter().map(|p| format!("--exclude={p}")))
+            .collect(),
+    };
+    if database.role_passwords == Some(true) {
+        flags.push("--role-passwords".into());
+    }
+    flags
+}
+
 pub fn upload_cronjob(db: &DatabaseBackup, settings: &Settings) -> CronJob {
     let spec = &db.spec;
     let bucket = &spec.bucket;
@@ -192,6 +210,9 @@ pub fn upload_cronjob(db: &DatabaseBackup, settings: &Settings) -> CronJob {
     args.extend(pod::store_args(bucket));
     if bucket.create_bucket {
         args.push("--create-bucket".into());
+    }
+    if spec.database.is_several() {
+        args.push("--databases".into());
     }
     if let Some(retention) = &spec.retention {
         if let Some(n) = retention.keep_last {

@@ -107,15 +107,25 @@ fn default_prefix_is_namespace_and_name() {
 #[test]
 fn ports_default_per_engine() {
     assert_eq!(
-        database_port(&fixture("postgres", serde_json::json!({})).spec.database),
+        database_port(
+            &fixture("postgres", serde_json::json!({}))
+                .spec
+                .database
+                .server()
+        ),
         5432
     );
     assert_eq!(
-        database_port(&fixture("mysql", serde_json::json!({})).spec.database),
+        database_port(
+            &fixture("mysql", serde_json::json!({}))
+                .spec
+                .database
+                .server()
+        ),
         3306
     );
     let custom = fixture("postgres", serde_json::json!({"database": {"port": 6432}}));
-    assert_eq!(database_port(&custom.spec.database), 6432);
+    assert_eq!(database_port(&custom.spec.database.server()), 6432);
 }
 
 #[test]

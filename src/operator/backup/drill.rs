@@ -62,7 +62,7 @@ pub fn verify_job(db: &DatabaseBackup, settings: &Settings, key: &str, run: &str
         image: verify
             .image
             .clone()
-            .unwrap_or_else(|| pod::database_image(&spec.database)),
+            .unwrap_or_else(|| pod::database_image(&spec.database.server())),
         command: Some(BINARY),
         args,
         env,

@@ -7,6 +7,7 @@ mod drill;
 mod observe;
 mod pass;
 mod reports;
+mod several;
 mod staging;
 mod status;
 #[cfg(test)]

@@ -87,6 +87,10 @@ pub fn record_reports(
                 time: r.finished.clone(),
             });
         }
+        super::several::record(status, &r);
+        for (key, size) in super::several::uploaded(&r) {
+            catalog(status, key, size, &r);
+        }
         if let Some(proven) = dumps_proven(&r) {
             set_condition(&mut status.conditions, &proven, generation, now);
         }
@@ -155,7 +159,7 @@ fn notify_event(observed: &Observed) -> Option<NotifyEvent> {
 /// The condition a report sets (its Event says the same), and the last dump
 /// or upload it records. An upload that found nothing sets no condition.
 fn observed(r: &PodReport, status: &mut DatabaseBackupStatus) -> Option<Observed> {
-    let message = r.result.message();
+    let message = super::several::summary(r).unwrap_or_else(|| r.result.message());
     let (type_, succeeded, reason, message) = match (r.step, r.result.outcome) {
         (Step::Dump, Outcome::Succeeded) => {
             status.last_dump_time = Some(r.finished.clone());
@@ -166,20 +170,23 @@ fn observed(r: &PodReport, status: &mut DatabaseBackupStatus) -> Option<Observed
                 true => format!("{message}. {}", staging_hint(status.last_upload_size)),
                 false => message,
             };
-            (DUMP_SUCCEEDED, false, reasons::DUMP_FAILED, message)
+            let reason = match r.result.reason.as_deref() {
+                Some(reasons::SOME_DUMPS_FAILED) => reasons::SOME_DUMPS_FAILED,
+                _ => reasons::DUMP_FAILED,
+            };
+            (DUMP_SUCCEEDED, false, reason, message)
         }
         (Step::Upload, Outcome::Succeeded) => {
             status.last_upload_key = r.result.key.clone();
             status.last_upload_time = Some(r.finished.clone());
             status.last_upload_size = r.result.size.map(|s| s as i64);
             let key = r.result.key.clone().unwrap_or_default();
-            catalog(status, &key, r);
-            (
-                UPLOAD_SUCCEEDED,
-                true,
-                reasons::UPLOADED,
-                format!("uploaded {key}"),
-            )
+            catalog(status, &key, r.result.size, r);
+            let message = match r.result.databases.is_empty() {
+                true => format!("uploaded {key}"),
+                false => message,
+            };
+            (UPLOAD_SUCCEEDED, true, reasons::UPLOADED, message)
         }
         (Step::Upload, Outcome::Failed) => {
             let reason = match message.contains(crate::logline::STUCK) {
@@ -209,15 +216,20 @@ pub fn staging_hint(last_dump: Option<i64>) -> String {
 }
 
 /// Puts a confirmed upload first in `recent`, once, and keeps it bounded.
-fn catalog(status: &mut DatabaseBackupStatus, key: &str, r: &PodReport) {
+fn catalog(status: &mut DatabaseBackupStatus, key: &str, size: Option<u64>, r: &PodReport) {
     status.recent.retain(|e| e.key != key);
     status.recent.insert(
         0,
         CatalogEntry {
             key: key.to_string(),
-            size: r.result.size.map(|s| s as i64),
+            size: size.map(|s| s as i64),
             time: Some(r.finished.clone()),
-            checksum: r.result.checksum.clone(),
+            // The result's checksum is its last object's.
+            checksum: r
+                .result
+                .checksum
+                .clone()
+                .filter(|_| r.result.key.as_deref() == Some(key)),
             verified: None,
         },
     );

@@ -58,6 +58,7 @@ pub fn restore_job(r: &DatabaseRestore, source: &Source, settings: &Settings) ->
         format!("--prefix={}", source.prefix),
         format!("--termination-log={TERMINATION_LOG}"),
     ];
+    flags.extend(spec.before.as_ref().map(|t| format!("--before={t}")));
     flags.extend(pod::download_args(&source.bucket));
     flags.extend(spec.overwrite.then(|| "--overwrite".to_string()));
     let (copy, mut load, binary) = DatabaseStep {

@@ -15,7 +15,7 @@ use super::apiserver::{backoff_after, create_job, labelled_owner, write_status};
 use super::checks::{self, CheckError, Problem};
 use super::conditions::{self, Observed, RESTORED};
 use super::{Context, Error, backup};
-use crate::api::{DatabaseBackup, DatabaseRestore, DatabaseRestoreStatus, RestorePhase};
+use crate::api::{DatabaseBackup, DatabaseRestore, DatabaseRestoreStatus, LATEST, RestorePhase};
 use crate::{names, reasons};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
@@ -164,8 +164,20 @@ async fn resolve_source(r: &DatabaseRestore, ctx: &Context) -> Result<Source, Ch
                     format!("spec.backup: DatabaseBackup {name:?} not found in namespace {ns:?}"),
                 )
             })?;
+            if backup.spec.database.is_several()
+                && r.spec.database.is_none()
+                && r.spec.key == LATEST
+            {
+                return Err(Problem::new(
+                    reasons::DATABASE_NOT_CHOSEN,
+                    format!(
+                        "spec.database: DatabaseBackup {name:?} dumps several databases; name the one to restore"
+                    ),
+                )
+                .into());
+            }
             Source {
-                prefix: backup::key_prefix(&backup),
+                prefix: database_prefix(backup::key_prefix(&backup), r),
                 service_account: r
                     .spec
                     .service_account_name
@@ -175,7 +187,7 @@ async fn resolve_source(r: &DatabaseRestore, ctx: &Context) -> Result<Source, Ch
             }
         }
         (None, Some(bucket)) => Source {
-            prefix: bucket.prefix.clone().unwrap_or_default(),
+            prefix: database_prefix(bucket.prefix.clone().unwrap_or_default(), r),
             bucket: bucket.clone(),
             service_account: r.spec.service_account_name.clone(),
         },
@@ -190,6 +202,15 @@ async fn resolve_source(r: &DatabaseRestore, ctx: &Context) -> Result<Source, Ch
     }
     checks::check_credentials(&ctx.client, &ns, &r.spec.target.credentials_secret).await?;
     Ok(source)
+}
+
+/// The prefix "latest" searches: the backup's, or with spec.database that
+/// database's series in it.
+fn database_prefix(prefix: String, r: &DatabaseRestore) -> String {
+    match &r.spec.database {
+        Some(database) => names::database_prefix(&prefix, database),
+        None => prefix,
+    }
 }
 
 /// The newest pod of this restore's own Job (by UID): only it speaks for the restore.

@@ -60,6 +60,7 @@ pub fn observe(
         .rfind(|(r, _)| r.outcome == Outcome::Succeeded && r.key.is_some())
     {
         s.key = r.key.clone();
+        s.key_reason = r.chosen.clone();
         s.size = r.size.map(|n| n as i64);
     }
     let observed = finished(&mut s, job, fetched, loaded).unwrap_or_else(|| {
