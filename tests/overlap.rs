@@ -232,6 +232,97 @@ async fn an_upload_follows_its_dump_and_completes_once_the_dump_is_in_place() {
     staging.assert_log_format();
 }
 
+/// A run of two databases (`dump --each`) and one upload chained to it
+/// (`upload --databases --follow-dump`), as real concurrent processes: the
+/// upload follows the first database's dump while it is held midway, then
+/// sends the second's once it is in place, each under its own series, and
+/// ends only after the run ended.
+#[tokio::test]
+async fn an_upload_follows_a_run_of_several_databases_each_to_its_series() {
+    let bench = Bench::new().await;
+    let Bench { db, minio, staging } = &bench;
+    db.create_database("second");
+    db.query(
+        "second",
+        "CREATE TABLE t (v INT); INSERT INTO t VALUES (7);",
+    );
+    let lock = lock_held(db);
+    let (mut cmd, termlog) = dump_command(&db.source(""), staging, Compression::None);
+    cmd.args(["--each=held", "--each=second"]);
+    let mut dump = Running::start((cmd, termlog));
+    let upload = Running::start(upload_command(
+        minio,
+        staging,
+        &UploadOpts {
+            extra_args: ["--databases", "--follow-dump", "--part-size-mib=5"]
+                .map(String::from)
+                .to_vec(),
+            ..Default::default()
+        },
+    ));
+    let parts = parts_in_flight(minio).await;
+    dump_held(db).await;
+    assert!(
+        dump.still_running(),
+        "the run ended before its upload followed it"
+    );
+    let mut held = Held {
+        lock,
+        dump,
+        upload,
+        parts,
+    };
+    held.release();
+    let dumped = held.dump.finish().await;
+    assert!(dumped.succeeded(), "dump failed: {}", dumped.text());
+    let uploaded = held.upload.finish().await;
+    assert!(uploaded.succeeded(), "upload failed: {}", uploaded.text());
+    assert!(
+        uploaded
+            .text()
+            .contains("uploading while the dump is written"),
+        "{}",
+        uploaded.text()
+    );
+    let (d, u) = (dumped.result.unwrap(), uploaded.result.unwrap());
+    let day = today();
+    assert_eq!(
+        bucket_keys(minio).await,
+        [
+            format!("held/{day}/datadump1.sql"),
+            format!("second/{day}/datadump1.sql")
+        ]
+    );
+    // Each database's upload names its dump, as one database's does.
+    for name in ["held", "second"] {
+        let made = d.databases.iter().find(|x| x.name == name).unwrap();
+        let sent = u.databases.iter().find(|x| x.name == name).unwrap();
+        assert_eq!(
+            (sent.outcome, &sent.dumped),
+            (Outcome::Succeeded, &made.dumped),
+            "{name}"
+        );
+        let object = get_object(minio, sent.key.as_deref().unwrap()).await;
+        assert_eq!(Some(object.len() as u64), made.size, "{name}");
+    }
+    let held_object = get_object(minio, &format!("held/{day}/datadump1.sql")).await;
+    assert!(
+        held_object
+            .windows(24)
+            .any(|w| w == b"INSERT INTO `z_held` VAL")
+    );
+    for name in ["held", "second"] {
+        let left = std::fs::read_dir(staging.path().join("databases").join(name).join("dumps"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| !n.ends_with(".lock"))
+            .collect::<Vec<_>>();
+        assert!(left.is_empty(), "{name}: {left:?}");
+    }
+    assert_no_pending_uploads(minio).await;
+    staging.assert_log_format();
+}
+
 #[tokio::test]
 async fn a_dump_that_fails_midway_leaves_nothing_in_the_store() {
     let bench = Bench::new().await;

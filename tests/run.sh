@@ -29,7 +29,7 @@ cargo test --all-targets --locked --no-run
 # Two lanes at once. Only one node runs on a machine (a lock), so the test
 # binaries that start one run in turn; the others (loopback servers only)
 # run beside them, niced, each lane with ports of its own (free_port).
-node_tests=(e2e node nodes notify plugin protection recovery streaming verify)
+node_tests=(databases e2e node nodes notify plugin protection recovery streaming verify)
 loopback_tests=(chart controller crd encryption faults overlap pipeline races reliability store_security testbed)
 for f in tests/*.rs; do
   t=$(basename "$f" .rs)

@@ -124,7 +124,8 @@ fn listed(server: &Server) -> Result<Vec<String>, String> {
     let (database, sql) = match server.engine {
         Engine::Postgres => (
             "postgres",
-            "SELECT encode(convert_to(datname, 'UTF8'), 'hex') FROM pg_database WHERE datallowconn ORDER BY datname",
+            // Those that take no connections too: such a database fails, said.
+            "SELECT encode(convert_to(datname, 'UTF8'), 'hex') FROM pg_database ORDER BY datname",
         ),
         Engine::Mariadb | Engine::Mysql => (
             "",

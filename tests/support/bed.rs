@@ -199,6 +199,12 @@ pub fn apply_backup(b: &Bed) {
 
 /// As `apply_backup`, with more spec fields (YAML indented as under `spec:`).
 pub fn apply_backup_with(b: &Bed, more_spec: &str) {
+    apply_backup_of(b, "    name: shop\n", more_spec);
+}
+
+/// As `apply_backup_with`, the databases chosen by `selection` (YAML
+/// indented as under `spec.database:`) instead of `name: shop`.
+pub fn apply_backup_of(b: &Bed, selection: &str, more_spec: &str) {
     let (port, _, _) = b.db.login();
     let manifest = format!(
         r#"apiVersion: dbbackup.io/v1alpha1
@@ -212,8 +218,7 @@ spec:
     host: {host}
     port: {port}
     image: {image}
-    name: shop
-    credentialsSecret:
+{selection}    credentialsSecret:
       name: db-creds
   # The kube-controller-manager runs the CronJobs here: schedules that never
   # fire during a test (the upload's default, every 5 minutes, would add a pod).

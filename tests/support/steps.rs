@@ -212,7 +212,7 @@ pub fn dump_command(
         .arg(format!("--engine={}", src.engine.as_str()))
         .arg("--host=127.0.0.1")
         .arg(format!("--port={}", src.port))
-        .arg(format!("--database={}", src.database))
+        .args((!src.database.is_empty()).then(|| format!("--database={}", src.database)))
         .arg(format!("--compression={}", compression.as_str()))
         .arg(format!("--staging-dir={}", staging.path().display()))
         .arg(format!("--termination-log={}", termlog.display()))

@@ -180,7 +180,7 @@ fn uploads_to_chain(
         .iter()
         .filter(|r| {
             r.step == Step::Dump
-                && r.result.outcome == Outcome::Succeeded
+                && (r.result.outcome == Outcome::Succeeded || !dumps_of(r).is_empty())
                 && !status.processed_pods.contains(&r.uid)
                 && !upload_started_since(db, ctx, &r.uid, &r.finished)
         })
@@ -195,14 +195,32 @@ fn uploads_to_chain(
         .collect()
 }
 
-/// Whether an upload's result names the dump of `dump`.
+/// The dumps a report names as made (dump) or sent (upload): its own, or
+/// with several databases each one's that went well. A run of several in
+/// which some failed still made the others'.
+fn dumps_of(r: &PodReport) -> Vec<&String> {
+    let own = r
+        .result
+        .dumped
+        .iter()
+        .filter(|_| r.result.outcome == Outcome::Succeeded);
+    let each = r
+        .result
+        .databases
+        .iter()
+        .filter(|d| d.outcome == Outcome::Succeeded);
+    own.chain(each.filter_map(|d| d.dumped.as_ref())).collect()
+}
+
+/// Whether uploads' results name every dump of `dump`.
 fn sent(reports: &[PodReport], dump: &PodReport) -> bool {
-    reports.iter().any(|r| {
-        r.step == Step::Upload
-            && r.result.outcome == Outcome::Succeeded
-            && r.result.dumped.is_some()
-            && r.result.dumped == dump.result.dumped
-    })
+    let uploaded: Vec<&String> = reports
+        .iter()
+        .filter(|r| r.step == Step::Upload)
+        .flat_map(dumps_of)
+        .collect();
+    let made = dumps_of(dump);
+    !made.is_empty() && made.iter().all(|d| uploaded.contains(d))
 }
 
 /// Whether the upload that followed the dump pod of `dump` still runs: it
