@@ -8,7 +8,8 @@ test:
 crds:
 	cargo run -q -- crd databasebackups > crds/databasebackups.yaml
 	cargo run -q -- crd databaserestores > crds/databaserestores.yaml
-	cp crds/databasebackups.yaml crds/databaserestores.yaml charts/dbbackup-operator/crds/
+	cargo run -q -- crd databaserestoregrants > crds/databaserestoregrants.yaml
+	cp crds/databasebackups.yaml crds/databaserestores.yaml crds/databaserestoregrants.yaml charts/dbbackup-operator/crds/
 
 # Install (or check) the test-bed binaries.
 testenv:

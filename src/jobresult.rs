@@ -88,9 +88,32 @@ pub struct JobResult {
     /// Why the restored key was chosen (fetch and restore).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chosen: Option<String>,
+    /// The object a cross-namespace restore may read, as time-limited URLs
+    /// (locate only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presigned: Option<Presigned>,
     /// Each database's end, in a backup of several (dump and upload).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub databases: Vec<DatabaseResult>,
+}
+
+/// One object, readable without the store's keys until the URLs expire:
+/// what a `locate` Job in a backup's namespace hands a restore in another.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presigned {
+    pub bucket: String,
+    pub key: String,
+    /// A HEAD of the object, asking for its checksum.
+    pub head: String,
+    /// A GET of the object; the Range and If-Match headers are not signed.
+    pub get: String,
+}
+
+impl std::fmt::Debug for Presigned {
+    // The URLs are bearer credentials for the object: never in a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Presigned({}/{})", self.bucket, self.key)
+    }
 }
 
 /// One database's dump or upload in a run of several.
@@ -159,6 +182,7 @@ impl JobResult {
             read_back: None,
             stuck: None,
             chosen: None,
+            presigned: None,
             databases: vec![],
         }
     }
@@ -325,6 +349,7 @@ mod tests {
             read_back: Some("the store reports no CRC64/NVME checksum for it".into()),
             stuck: Some("1 unproven dump(s) kept on the staging volume".into()),
             chosen: None,
+            presigned: None,
             databases: vec![DatabaseResult {
                 name: "shop".into(),
                 outcome: Outcome::Succeeded,
@@ -390,6 +415,7 @@ mod tests {
             read_back: None,
             stuck: None,
             chosen: None,
+            presigned: None,
             databases: vec![],
         };
         r.fit();

@@ -25,6 +25,11 @@ pub fn restore_crd_yaml() -> String {
     yaml_of(&api::restore_crd(), "databaserestores")
 }
 
+/// The DatabaseRestoreGrant CRD as YAML, exactly as checked in under `crds/`.
+pub fn grant_crd_yaml() -> String {
+    yaml_of(&api::grant_crd(), "databaserestoregrants")
+}
+
 fn yaml_of(
     crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
     plural: &str,

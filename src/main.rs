@@ -26,6 +26,7 @@ struct Cli {
 enum CrdName {
     Databasebackups,
     Databaserestores,
+    Databaserestoregrants,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -77,6 +78,8 @@ enum Command {
     Dump(dbbackup_operator::jobs::dump::DumpArgs),
     /// Download a dump and load it into the target database as it arrives (run in the database image by the restore Job).
     Load(dbbackup_operator::jobs::load::LoadArgs),
+    /// Pick a dump and sign URLs of it for a restore in another namespace (run by its locate Job).
+    Locate(dbbackup_operator::jobs::locate::LocateArgs),
     /// Stream a dump into a throwaway server and run the checks (run in the database image by a verify Job).
     Verify(dbbackup_operator::jobs::verify::VerifyArgs),
     /// Copy this binary to a path, for a Job's database-image container to run.
@@ -110,6 +113,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Crd {
             name: CrdName::Databaserestores,
         } => print!("{}", dbbackup_operator::restore_crd_yaml()),
+        Command::Crd {
+            name: CrdName::Databaserestoregrants,
+        } => print!("{}", dbbackup_operator::grant_crd_yaml()),
         Command::Fetch(args) => {
             init_tracing(LogFormat::Text);
             let code = dbbackup_operator::jobs::fetch::run(args).await;
@@ -123,6 +129,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Verify(args) => {
             init_tracing(LogFormat::Text);
             std::process::exit(dbbackup_operator::jobs::verify::run(args).await);
+        }
+        Command::Locate(args) => {
+            init_tracing(LogFormat::Text);
+            std::process::exit(dbbackup_operator::jobs::locate::run(args).await);
         }
         Command::Load(args) => {
             init_tracing(LogFormat::Text);

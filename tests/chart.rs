@@ -79,7 +79,11 @@ fn without_leader_election_an_upgrade_never_runs_two_operators() {
 #[test]
 fn chart_ships_the_generated_crd() {
     let root = env!("CARGO_MANIFEST_DIR");
-    for name in ["databasebackups", "databaserestores"] {
+    for name in [
+        "databasebackups",
+        "databaserestores",
+        "databaserestoregrants",
+    ] {
         let top = std::fs::read_to_string(format!("{root}/crds/{name}.yaml")).unwrap();
         let chart = std::fs::read_to_string(format!("{CHART}/crds/{name}.yaml")).unwrap();
         assert!(
@@ -297,6 +301,7 @@ async fn rbac_allows_exactly_what_the_controller_needs() {
             "-n",
             "shop",
         ],
+        &["list", "databaserestoregrants.dbbackup.io", "-n", "shop"],
         &["create", "cronjobs.batch", "-n", "shop"],
         &["patch", "cronjobs.batch", "-n", "shop"],
         &["watch", "cronjobs.batch", "-A"],
@@ -327,6 +332,7 @@ async fn rbac_allows_exactly_what_the_controller_needs() {
         &["patch", "databasebackups.dbbackup.io", "-n", "shop"],
         &["delete", "databasebackups.dbbackup.io", "-n", "shop"],
         &["patch", "databaserestores.dbbackup.io", "-n", "shop"],
+        &["create", "databaserestoregrants.dbbackup.io", "-n", "shop"],
         &["create", "configmaps", "-n", "shop"],
         &["patch", "deployments.apps", "-n", RELEASE_NS],
         &["create", "clusterrolebindings.rbac.authorization.k8s.io"],

@@ -4,7 +4,11 @@ use std::process::Command;
 
 #[test]
 fn checked_in_crds_match_the_crd_subcommand() {
-    for name in ["databasebackups", "databaserestores"] {
+    for name in [
+        "databasebackups",
+        "databaserestores",
+        "databaserestoregrants",
+    ] {
         let out = Command::new(env!("CARGO_BIN_EXE_dbbackup-operator"))
             .args(["crd", name])
             .output()

@@ -8,6 +8,7 @@
 mod backup;
 mod common;
 mod databases;
+mod grant;
 mod notify;
 mod profile;
 mod restore;
@@ -16,6 +17,7 @@ mod verify;
 pub use backup::*;
 pub use common::*;
 pub use databases::*;
+pub use grant::*;
 pub use notify::*;
 pub use profile::*;
 pub use restore::*;

@@ -44,6 +44,7 @@ pub const LATEST: &str = "latest";
     ("has(self.backup) != has(self.bucket)", "set exactly one of backup and bucket"),
     ("self == oldSelf", "a restore cannot be changed once created; create a new one"),
     ("!has(self.before) || self.key == 'latest'", "before picks among the dumps: set it only with key \"latest\""),
+    ("!has(self.backupNamespace) || has(self.backup)", "backupNamespace names the namespace of spec.backup: set backup too"),
     ("!has(self.database) || self.key == 'latest'", "database picks a series: set it only with key \"latest\" (a key names its database already)"),
 ])))]
 pub struct DatabaseRestoreSpec {
@@ -52,6 +53,14 @@ pub struct DatabaseRestoreSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub backup: Option<String>,
+
+    /// The namespace of spec.backup, when it is another one: a
+    /// DatabaseRestoreGrant there must let restores of this namespace use
+    /// that backup. The restore pod then gets a time-limited URL of the one
+    /// object chosen, never that namespace's credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub backup_namespace: Option<String>,
 
     /// A bucket named directly, as in DatabaseBackup.spec.bucket, for dumps
     /// whose DatabaseBackup is gone. Its prefix defaults to "" (the bucket root).

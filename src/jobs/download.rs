@@ -38,7 +38,34 @@ pub async fn start(
     bucket: &str,
     key: &str,
 ) -> Result<Raw, Failure> {
-    let head = head(client, bucket, key, sse).await?;
+    start_with(client, sse, bucket, key, None).await
+}
+
+/// `start` through presigned URLs (`presigned`), with a client that has no
+/// credentials of its own.
+pub async fn start_presigned(
+    client: &aws_sdk_s3::Client,
+    p: &crate::jobresult::Presigned,
+) -> Result<Raw, Failure> {
+    let p = std::sync::Arc::new(p.clone());
+    start_with(
+        client,
+        &store::Sse::None,
+        &p.bucket,
+        &p.key,
+        Some(p.clone()),
+    )
+    .await
+}
+
+async fn start_with(
+    client: &aws_sdk_s3::Client,
+    sse: &store::Sse,
+    bucket: &str,
+    key: &str,
+    presigned: Option<std::sync::Arc<crate::jobresult::Presigned>>,
+) -> Result<Raw, Failure> {
+    let head = head(client, bucket, key, sse, presigned.as_deref()).await?;
     let check = Check::of(&head, sse, key)?;
     let object = Object {
         client: client.clone(),
@@ -47,6 +74,7 @@ pub async fn start(
         key: key.to_string(),
         etag: head.e_tag().map(str::to_string),
         size: u64::try_from(head.content_length().unwrap_or(0)).unwrap_or(0),
+        presigned,
     };
     let size = object.size;
     let (tx, rx) = mpsc::channel(super::stream::QUEUE);
@@ -71,6 +99,8 @@ struct Object {
     etag: Option<String>,
     /// The object's size at HEAD, which every Content-Range must name.
     size: u64,
+    /// Read through these URLs, not with credentials.
+    presigned: Option<std::sync::Arc<crate::jobresult::Presigned>>,
 }
 
 /// A range's task, stopped when its download is dropped (the reader gave up
@@ -197,7 +227,17 @@ async fn fetch_once(
     if let Some(etag) = &object.etag {
         get = get.if_match(etag);
     }
-    let got = get.send().await.map_err(|e| {
+    let got = match &object.presigned {
+        Some(p) => {
+            let url = p.get.clone();
+            get.customize()
+                .mutate_request(move |r| super::presigned::to_url(r, &url))
+                .send()
+                .await
+        }
+        None => get.send().await,
+    };
+    let got = got.map_err(|e| {
         let status = e.raw_response().map(|r| r.status().as_u16());
         let why = store::describe(&e);
         match status {
@@ -257,10 +297,21 @@ async fn head(
     bucket: &str,
     key: &str,
     sse: &store::Sse,
+    presigned: Option<&crate::jobresult::Presigned>,
 ) -> Result<HeadObjectOutput, Failure> {
     // Checksum mode: the store reports the object's CRC64/NVME where it has one.
     let head = store::head(client, bucket, key, sse).checksum_mode(ChecksumMode::Enabled);
-    head.send().await.map_err(|e| {
+    let sent = match presigned {
+        Some(p) => {
+            let url = p.head.clone();
+            head.customize()
+                .mutate_request(move |r| super::presigned::to_url(r, &url))
+                .send()
+                .await
+        }
+        None => head.send().await,
+    };
+    sent.map_err(|e| {
         if e.as_service_error().is_some_and(|s| s.is_not_found()) {
             fail(
                 reasons::OBJECT_NOT_FOUND,

@@ -59,15 +59,11 @@ pub async fn run(args: FetchArgs) -> i32 {
 async fn fetch(args: &FetchArgs) -> Result<JobResult, Failure> {
     let (client, sse, key) = stream::locate(&args.object).await?;
     info!(%key, "downloading");
-    let proven = download(
-        &client,
-        &sse,
-        &args.object.store.bucket,
-        &key,
-        &args.out,
-        args.object.identity.as_ref(),
-    )
-    .await?;
+    let raw = match &args.object.presigned {
+        Some(p) => super::download::start_presigned(&client, p).await?,
+        None => super::download::start(&client, &sse, &args.object.store.bucket, &key).await?,
+    };
+    let proven = save_raw(raw, &key, &args.out, args.object.identity.as_ref()).await?;
     let log = line(&proven.downloaded(&key));
     info!("{log}");
     Ok(JobResult {
@@ -93,6 +89,16 @@ pub async fn download(
     identity: Option<&Hidden>,
 ) -> Result<stream::Proven, Failure> {
     let raw = super::download::start(client, sse, bucket, key).await?;
+    save_raw(raw, key, out, identity).await
+}
+
+/// Saves the SQL of a download as `download` does.
+async fn save_raw(
+    raw: stream::Raw,
+    key: &str,
+    out: &Path,
+    identity: Option<&Hidden>,
+) -> Result<stream::Proven, Failure> {
     let (key, out, identity) = (key.to_string(), out.to_path_buf(), identity.cloned());
     tokio::task::spawn_blocking(move || {
         let mut sql = stream::Sql::open(raw, &key, identity.as_ref())?;

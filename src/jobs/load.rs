@@ -106,7 +106,10 @@ async fn restore(args: &LoadArgs) -> Result<Restored, Failure> {
     let db = args.db.database.clone();
     let overwrite = args.overwrite;
     let (client, sse, key, chosen) = stream::locate_why(&args.object).await?;
-    let raw = super::download::start(&client, &sse, &args.object.store.bucket, &key).await?;
+    let raw = match &args.object.presigned {
+        Some(p) => super::download::start_presigned(&client, p).await?,
+        None => super::download::start(&client, &sse, &args.object.store.bucket, &key).await?,
+    };
     let identity = args.object.identity.clone();
     tokio::task::spawn_blocking(move || {
         // An identity that cannot decrypt is named before the target is touched.

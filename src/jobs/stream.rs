@@ -60,10 +60,21 @@ pub struct ObjectArgs {
     /// With "latest": the newest dump taken at or before this time (RFC 3339).
     #[arg(long, value_parser = parse_time)]
     pub before: Option<chrono::DateTime<chrono::Utc>>,
+    /// A restore across namespaces: the object as presigned URLs (JSON),
+    /// read without credentials.
+    #[arg(long, env = super::presigned::PRESIGNED_ENV, hide_env_values = true, value_parser = parse_presigned)]
+    pub presigned: Option<crate::jobresult::Presigned>,
+    /// Why the presigned object was chosen, as its locate Job said.
+    #[arg(long, hide = true)]
+    pub chosen: Option<String>,
     /// The age identity (AGE-SECRET-KEY-1…) that decrypts a `.age` dump, from
     /// the restore's identity Secret.
     #[arg(long, env = crate::names::AGE_IDENTITY_ENV, hide_env_values = true)]
     pub identity: Option<Hidden>,
+}
+
+fn parse_presigned(text: &str) -> Result<crate::jobresult::Presigned, String> {
+    serde_json::from_str(text).map_err(|_| "not the presigned URLs of an object".to_string())
 }
 
 fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
@@ -85,6 +96,11 @@ pub async fn locate(
 pub async fn locate_why(
     object: &ObjectArgs,
 ) -> Result<(aws_sdk_s3::Client, store::Sse, String, String), Failure> {
+    if let Some(p) = &object.presigned {
+        let client = super::presigned::client(p).map_err(|e| fail(reasons::DOWNLOAD_FAILED, e))?;
+        let why = object.chosen.clone().unwrap_or_default();
+        return Ok((client, store::Sse::None, p.key.clone(), why));
+    }
     let (store, prefix) = (&object.store, object.prefix.as_str());
     let client = store
         .client()

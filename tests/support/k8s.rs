@@ -36,7 +36,11 @@ pub async fn setup(ns: &str) -> (ControlPlane, Client) {
 /// Installs the checked-in CRDs from `crds/`, as `kubectl apply -f crds/` would, and
 /// waits until they are established.
 pub async fn install_crd(client: &Client) {
-    for file in ["databasebackups.yaml", "databaserestores.yaml"] {
+    for file in [
+        "databasebackups.yaml",
+        "databaserestores.yaml",
+        "databaserestoregrants.yaml",
+    ] {
         let path = format!("{}/crds/{file}", env!("CARGO_MANIFEST_DIR"));
         let yaml = std::fs::read_to_string(path).unwrap();
         let crd: CustomResourceDefinition = serde_yaml::from_str(&yaml).unwrap();

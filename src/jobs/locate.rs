@@ -1,0 +1,82 @@
+//! The locate step (`dbbackup-operator locate`) of a restore across
+//! namespaces, run in the backup's namespace with its credentials: it picks
+//! the key as any restore does ("latest", `--before`, a database's series),
+//! checks the object is there, and hands back presigned URLs of it and
+//! nothing else, for the restore pod in the other namespace.
+
+use super::{presigned, store, stream};
+use crate::jobresult::{JobResult, MAX_BYTES, Outcome, Step};
+use crate::logline::LogLine;
+use crate::reasons;
+use tracing::{error, info};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct LocateArgs {
+    #[command(flatten)]
+    pub object: stream::ObjectArgs,
+    /// How long the URLs stay valid: the restore's deadline.
+    #[arg(long, default_value_t = 21600)]
+    pub expires_seconds: u64,
+    #[arg(long, default_value = "/dev/termination-log")]
+    pub termination_log: std::path::PathBuf,
+}
+
+/// Runs one locate; returns the process exit code.
+pub async fn run(args: LocateArgs) -> i32 {
+    let (mut result, code) = match locate(&args).await {
+        Ok(r) => (r, 0),
+        Err(f) => {
+            let line = LogLine::at(
+                &chrono::Utc::now(),
+                &format!("cannot locate the dump: {}", f.message),
+            );
+            error!("{line}");
+            let mut r = JobResult::new(Step::Fetch, Outcome::Failed, line.to_string());
+            r.reason = Some(f.reason.into());
+            (r, 1)
+        }
+    };
+    if let Err(e) = result.write_to(&args.termination_log) {
+        error!(error = %e, "cannot write the termination log");
+    }
+    code
+}
+
+async fn locate(args: &LocateArgs) -> Result<JobResult, crate::jobresult::Failure> {
+    use crate::jobresult::fail;
+    let (client, sse, key, chosen) = stream::locate_why(&args.object).await?;
+    if !matches!(sse, store::Sse::None | store::Sse::S3 | store::Sse::Kms(_)) {
+        return Err(fail(
+            reasons::DOWNLOAD_FAILED,
+            "an SSE-C object cannot be read through a URL: its key would travel with it",
+        ));
+    }
+    let bucket = &args.object.store.bucket;
+    if !store::object_exists(&client, bucket, &key, &sse)
+        .await
+        .map_err(|e| fail(reasons::DOWNLOAD_FAILED, e))?
+    {
+        return Err(fail(
+            reasons::OBJECT_NOT_FOUND,
+            format!("object {key} not found in bucket {bucket}"),
+        ));
+    }
+    let expires = std::time::Duration::from_secs(args.expires_seconds.clamp(60, 7 * 24 * 3600));
+    let urls = presigned::presign(&client, bucket, &key, expires)
+        .await
+        .map_err(|e| fail(reasons::DOWNLOAD_FAILED, e))?;
+    let line = LogLine::at(&chrono::Utc::now(), &format!("located {key}: {chosen}"));
+    info!("{line}");
+    let mut r = JobResult::new(Step::Fetch, Outcome::Succeeded, line.to_string());
+    r.key = Some(key);
+    r.chosen = Some(chosen);
+    r.presigned = Some(urls);
+    // Cut, the URLs would be useless: say so instead.
+    if serde_json::to_string(&r).map_or(true, |s| s.len() > MAX_BYTES) {
+        return Err(fail(
+            reasons::DOWNLOAD_FAILED,
+            "the object's URLs do not fit in a termination message (a session token makes them long)",
+        ));
+    }
+    Ok(r)
+}

@@ -1,0 +1,111 @@
+//! A restore across namespaces reads its object through presigned URLs: a
+//! `locate` Job in the backup's namespace, with that namespace's
+//! credentials, picks the key and signs a HEAD and a GET of it
+//! (`presign`); the restore pod, without any credentials, sends the SDK's
+//! own requests to those URLs (`client`, `to_url`), so the download, its
+//! ranges and its proof are the ones every restore uses.
+
+use crate::jobresult::Presigned;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::presigning::PresigningConfig;
+use aws_sdk_s3::types::ChecksumMode;
+use std::time::Duration;
+
+/// The environment variable the restore pod gets the URLs in (JSON).
+pub const PRESIGNED_ENV: &str = "DBBACKUP_PRESIGNED";
+
+/// Signs a HEAD and a GET of `key`, valid for `expires`.
+pub async fn presign(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    expires: Duration,
+) -> Result<Presigned, String> {
+    let config = PresigningConfig::expires_in(expires).map_err(|e| e.to_string())?;
+    let head = client
+        .head_object()
+        .bucket(bucket)
+        .key(key)
+        .checksum_mode(ChecksumMode::Enabled)
+        .presigned(config.clone())
+        .await
+        .map_err(|e| format!("cannot sign a HEAD of {key}: {e}"))?;
+    let get = client
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .presigned(config)
+        .await
+        .map_err(|e| format!("cannot sign a GET of {key}: {e}"))?;
+    Ok(Presigned {
+        bucket: bucket.to_string(),
+        key: key.to_string(),
+        head: head.uri().to_string(),
+        get: get.uri().to_string(),
+    })
+}
+
+/// A client with no credentials, for the URLs' store: each request it
+/// sends is pointed at its URL by `to_url`.
+pub fn client(p: &Presigned) -> Result<Client, String> {
+    let url: http::Uri = p.get.parse().map_err(|e| format!("not a URL: {e}"))?;
+    let (Some(scheme), Some(authority)) = (url.scheme_str(), url.authority()) else {
+        return Err("the presigned URL names no store".into());
+    };
+    let origin = format!("{scheme}://{authority}");
+    let config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(origin)
+        .force_path_style(true)
+        .allow_no_auth()
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+        .build();
+    Ok(Client::from_conf(config))
+}
+
+/// Points a request at `url`, keeping only the `x-amz-` headers the URL
+/// signed (S3 refuses a presigned request with others), and the checksum
+/// mode: the SDK's presigner signs only `host`, and the store reports the
+/// object's CRC64/NVME, the proof, only when asked.
+pub fn to_url(request: &mut aws_sdk_s3::config::http::HttpRequest, url: &str) {
+    let signed: Vec<String> = url
+        .split_once('?')
+        .map_or("", |(_, q)| q)
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("X-Amz-SignedHeaders="))
+        .map(|v| v.replace("%3B", ";").replace("%3b", ";"))
+        .unwrap_or_default()
+        .split(';')
+        .map(str::to_string)
+        .collect();
+    let unsigned: Vec<String> = request
+        .headers()
+        .iter()
+        .map(|(name, _)| name.to_ascii_lowercase())
+        .filter(|n| n.starts_with("x-amz-") && n != "x-amz-checksum-mode" && !signed.contains(n))
+        .collect();
+    for name in unsigned {
+        request.headers_mut().remove(name);
+    }
+    let _ = request.set_uri(url);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The Debug form names the object and never shows a URL.
+    #[test]
+    fn urls_never_show_in_debug() {
+        let p = Presigned {
+            bucket: "b".into(),
+            key: "k".into(),
+            head: "https://s/b/k?X-Amz-Signature=secret".into(),
+            get: "https://s/b/k?X-Amz-Signature=secret".into(),
+        };
+        assert_eq!(format!("{p:?}"), "Presigned(b/k)");
+    }
+}
