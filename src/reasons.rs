@@ -71,6 +71,12 @@ pub const RUNNING: &str = "Running";
 pub const RESTORED: &str = "Restored";
 pub const RESTORE_STARTED: &str = "RestoreStarted";
 pub const BACKUP_NOT_FOUND: &str = "BackupNotFound";
+/// A restore of a backup in another namespace that no DatabaseRestoreGrant there allows.
+pub const GRANT_MISSING: &str = "GrantMissing";
+/// A backup whose store cannot be read through a URL, restored across namespaces.
+pub const NOT_ACROSS_NAMESPACES: &str = "NotAcrossNamespaces";
+/// A restore across namespaces waits for its locate Job there.
+pub const LOCATING: &str = "Locating";
 /// A restore of "latest" from a backup of several databases names none.
 pub const DATABASE_NOT_CHOSEN: &str = "DatabaseNotChosen";
 pub const NO_SOURCE: &str = "NoSource";

@@ -281,3 +281,135 @@ async fn restore_before_picks_the_newest_dump_taken_by_then_across_a_zone_bounda
         assert_eq!(b.db.query(&target, "SELECT v FROM marker"), marker);
     }
 }
+
+/// A restore in one namespace of a backup in another: refused while no
+/// DatabaseRestoreGrant there allows it (its condition names the grant it
+/// needs), run once one does, through URLs a locate Job signed there (the
+/// restore pod holds none of that namespace's credentials), and refused
+/// again for the next restore once the grant is deleted.
+#[tokio::test]
+async fn a_restore_across_namespaces_needs_a_grant_there() {
+    use dbbackup_operator::api::DatabaseRestoreGrant;
+    use kube::api::{DeleteParams, PostParams};
+    let b = bed_alone(Engine::Postgres).await;
+    let _op = RunningOperator::start_everywhere(&b.client);
+    apply_backup(&b);
+    wait_ready(&b.backups(), "orders", "True", "Reconciled").await;
+    let mut pods = Pods::new(&b.client, &b.ns);
+    backup_now(&b, &mut pods, "first", &mut vec![]).await;
+    let key = format!("{}/datadump1.sql", today());
+
+    let other = b.cluster.namespace("other").await;
+    let (_, user, password) = b.db.login();
+    create_secret(
+        &b.client,
+        &other,
+        "db-creds",
+        &[("username", &user), ("password", &password)],
+    )
+    .await;
+    let restores: Api<DatabaseRestore> = Api::namespaced(b.client.clone(), &other);
+    let restore = |name: &str, target: &str| {
+        let (port, _, _) = b.db.login();
+        let manifest = format!(
+            "apiVersion: dbbackup.io/v1alpha1\nkind: DatabaseRestore\nmetadata:\n  name: {name}\n  namespace: {other}\n\
+             spec:\n  backup: orders\n  backupNamespace: {from}\n  target:\n    engine: postgres\n    host: {host}\n    \
+             port: {port}\n    image: {image}\n    name: {target}\n    credentialsSecret:\n      name: db-creds\n",
+            from = b.ns,
+            host = b.db_host,
+            image = b.db.image(),
+        );
+        let path = b.dir().join(format!("{name}.yaml"));
+        std::fs::write(&path, manifest).unwrap();
+        kubectl(b.cp(), &["apply", "-f", path.to_str().unwrap()]);
+    };
+    let refused = |name: &'static str| {
+        let restores = restores.clone();
+        async move {
+            let r = wait_condition(
+                &restores,
+                name,
+                "Restored",
+                Some("False"),
+                "GrantMissing",
+                POD_TIMEOUT,
+            )
+            .await;
+            let c = r
+                .status
+                .unwrap()
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Restored")
+                .unwrap();
+            c.message
+        }
+    };
+
+    restore("across", "across_copy");
+    let message = refused("across").await;
+    assert!(
+        message.contains(&format!(
+            "no DatabaseRestoreGrant in namespace \"{}\"",
+            b.ns
+        )) && message.contains(&format!(
+            "from: [{{namespace: {other}}}] and to: [{{backup: orders}}]"
+        )),
+        "{message}"
+    );
+
+    let grants: Api<DatabaseRestoreGrant> = Api::namespaced(b.client.clone(), &b.ns);
+    let grant: DatabaseRestoreGrant = serde_json::from_value(serde_json::json!({
+        "apiVersion": "dbbackup.io/v1alpha1",
+        "kind": "DatabaseRestoreGrant",
+        "metadata": { "name": "let-other-restore" },
+        "spec": { "from": [{ "namespace": other }], "to": [{ "backup": "orders" }] }
+    }))
+    .unwrap();
+    grants.create(&PostParams::default(), &grant).await.unwrap();
+    let mut other_pods = Pods::new(&b.client, &other);
+    let ran = other_pods.finished(1, POD_TIMEOUT).await.remove(0);
+    println!("restore pod:\n{}", ran.output);
+    assert_eq!(
+        (ran.step.as_str(), ran.exit_code),
+        ("restore", 0),
+        "{}",
+        ran.output
+    );
+    let status = wait_condition(
+        &restores,
+        "across",
+        "Restored",
+        Some("True"),
+        "Restored",
+        POD_TIMEOUT,
+    )
+    .await
+    .status
+    .unwrap();
+    assert_eq!(status.key.as_deref(), Some(key.as_str()));
+    assert_eq!(
+        status.key_reason.as_deref(),
+        Some("the newest dump under \"\"")
+    );
+    assert_eq!(b.db.fingerprint("across_copy"), b.db.fingerprint("shop"));
+    // The restore pod got no Secret of the backup's namespace, and no key.
+    let job = kubectl(b.cp(), &["get", "jobs", "-n", &other, "-o", "json"]);
+    assert!(
+        !job.contains("s3-creds") && !job.contains("AWS_SECRET_ACCESS_KEY"),
+        "{job}"
+    );
+    assert!(
+        !job.contains(&b.minio.secret_key),
+        "the store's key reached the other namespace"
+    );
+
+    grants
+        .delete("let-other-restore", &DeleteParams::default())
+        .await
+        .unwrap();
+    restore("again", "again_copy");
+    let message = refused("again").await;
+    assert!(message.contains("no DatabaseRestoreGrant"), "{message}");
+    kubectl(b.cp(), &["delete", "namespace", &other, "--wait=false"]);
+}

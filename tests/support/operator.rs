@@ -30,6 +30,12 @@ impl RunningOperator {
         Self::start_settings(client, None, UPLOADER_IMAGE, Allowed::new(allowed))
     }
 
+    /// One that watches every namespace, its jobs in the node's image: a
+    /// test that runs it holds the cluster alone (`bed_alone`).
+    pub fn start_everywhere(client: &Client) -> RunningOperator {
+        Self::start_with(client, None, super::node::OPERATOR_IMAGE)
+    }
+
     /// One watching `namespace` only, as tests sharing a cluster need, whose
     /// upload pods run the real node's operator image.
     pub fn start_in(client: &Client, namespace: &str) -> RunningOperator {

@@ -23,6 +23,26 @@ pub struct Source {
     pub prefix: String,
     /// The restore's ServiceAccount, or else its backup's.
     pub service_account: Option<String>,
+    /// A backup in another namespace (`across`).
+    pub across: Option<Across>,
+    /// There, the object its locate Job chose, once it did.
+    pub located: Option<Located>,
+}
+
+/// Where the locate Job of a restore across namespaces runs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Across {
+    pub namespace: String,
+    pub backup: String,
+    /// The backup's jobs' ServiceAccount, for keyless credentials.
+    pub service_account: Option<String>,
+}
+
+/// The object a locate Job chose, its URLs, and why it chose it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Located {
+    pub presigned: crate::jobresult::Presigned,
+    pub chosen: String,
 }
 
 /// The restore's Job name (`names::restore_job_name`).
@@ -50,16 +70,26 @@ pub fn restore_job(r: &DatabaseRestore, source: &Source, settings: &Settings) ->
     // No copy of the dump: the scratch is the client's /tmp, bounded by scratchSize.
     let mut volumes = vec![pod::empty_dir("tmp", spec.scratch_size.clone())];
     let mut mounts = vec![pod::mount("tmp", "/tmp")];
-    let (store_volumes, store_mounts) = pod::store_volumes(&source.bucket);
-    volumes.extend(store_volumes);
-    mounts.extend(store_mounts);
-    let mut flags = vec![
-        format!("--key={}", spec.key),
-        format!("--prefix={}", source.prefix),
-        format!("--termination-log={TERMINATION_LOG}"),
-    ];
-    flags.extend(spec.before.as_ref().map(|t| format!("--before={t}")));
-    flags.extend(pod::download_args(&source.bucket));
+    let mut flags = vec![format!("--termination-log={TERMINATION_LOG}")];
+    match &source.located {
+        // Chosen in the backup's namespace: the pod reads that one object
+        // through its URLs, and gets nothing else of that namespace.
+        Some(located) => flags.extend([
+            format!("--key={}", located.presigned.key),
+            format!("--chosen={}", located.chosen),
+        ]),
+        None => {
+            let (store_volumes, store_mounts) = pod::store_volumes(&source.bucket);
+            volumes.extend(store_volumes);
+            mounts.extend(store_mounts);
+            flags.extend([
+                format!("--key={}", spec.key),
+                format!("--prefix={}", source.prefix),
+            ]);
+            flags.extend(spec.before.as_ref().map(|t| format!("--before={t}")));
+            flags.extend(pod::download_args(&source.bucket));
+        }
+    }
     flags.extend(spec.overwrite.then(|| "--overwrite".to_string()));
     let (copy, mut load, binary) = DatabaseStep {
         name: "restore",
@@ -71,13 +101,15 @@ pub fn restore_job(r: &DatabaseRestore, source: &Source, settings: &Settings) ->
     }
     .build(settings);
     volumes.push(binary);
-    load.env
-        .get_or_insert_with(Vec::new)
-        .extend(pod::download_env(
+    let env = match &source.located {
+        Some(located) => super::across::presigned_env(located, spec.identity_secret.as_ref()),
+        None => pod::download_env(
             &source.bucket,
             source.service_account.is_some(),
             spec.identity_secret.as_ref(),
-        ));
+        ),
+    };
+    load.env.get_or_insert_with(Vec::new).extend(env);
     let placement = Placement {
         node_selector: spec.node_selector.clone(),
         tolerations: spec.tolerations.clone(),
@@ -139,6 +171,8 @@ mod tests {
             bucket: serde_json::from_value(bucket).unwrap(),
             prefix: "shop/orders/".into(),
             service_account: None,
+            across: None,
+            located: None,
         }
     }
 

@@ -5,6 +5,7 @@
 //! seen (deleted, a TTL, while the operator was down) ends the restore as
 //! Failed instead of loading the dump a second time over what came since.
 
+mod across;
 mod job;
 mod status;
 
@@ -39,9 +40,21 @@ pub async fn reconcile(r: Arc<DatabaseRestore>, ctx: Arc<Context>) -> Result<Act
             None => return vanished(&r, &ctx, &old).await,
         },
         None => match start(&r, &ctx, &old).await? {
-            Some(job) => Some(job),
+            Started::Job(Some(job)) => Some(job),
             // Its name was taken, and the Job is gone again: it may have run.
-            None => return vanished(&r, &ctx, &old).await,
+            Started::Job(None) => return vanished(&r, &ctx, &old).await,
+            Started::Locating(namespace) => {
+                let mut new = old.clone();
+                new.phase = Some(RestorePhase::Pending);
+                let message = format!("a locate job in namespace {namespace:?} picks the dump");
+                let observed = Observed::new(RESTORED, false, reasons::LOCATING, message);
+                publish(&r, &ctx, &old, new, observed).await?;
+                return Ok(Action::requeue(Duration::from_secs(2)));
+            }
+            Started::LocateFailed(result) => {
+                let (new, observed) = status::located_failure(&old, &result);
+                return publish(&r, &ctx, &old, new, observed).await;
+            }
         },
     };
     ctx.restore_failures
@@ -73,6 +86,16 @@ fn existing_job(r: &DatabaseRestore, ctx: &Context) -> Option<Arc<Job>> {
         .or_else(|| ctx.jobs.get(&legacy).filter(|j| ours(j)))
 }
 
+/// How far `start` got.
+enum Started {
+    /// The Job, or None when its name was taken and it is gone again.
+    Job(Option<Arc<Job>>),
+    /// A backup in this other namespace: its locate Job runs there.
+    Locating(String),
+    /// That locate Job failed, saying why.
+    LocateFailed(Box<crate::jobresult::JobResult>),
+}
+
 /// Creates the Job. The source is looked up once, for this: a Job that runs
 /// needs nothing more from it, even if the Secrets change meanwhile. A source
 /// that cannot be resolved leaves the restore Pending, with the reason.
@@ -80,8 +103,8 @@ async fn start(
     r: &DatabaseRestore,
     ctx: &Context,
     old: &DatabaseRestoreStatus,
-) -> Result<Option<Arc<Job>>, Error> {
-    let source = match resolve_source(r, ctx).await {
+) -> Result<Started, Error> {
+    let mut source = match resolve_source(r, ctx).await {
         Ok(source) => source,
         Err(CheckError::Kube(e)) => return Err(Error::Kube(e)),
         Err(CheckError::Problem(p)) => {
@@ -103,15 +126,22 @@ async fn start(
             return Err(Error::Invalid(p));
         }
     };
+    if let Some(across) = source.across.clone() {
+        match across::locate(r, ctx, &source, &across).await? {
+            across::Locating::Found(located) => source.located = Some(located),
+            across::Locating::Waiting => return Ok(Started::Locating(across.namespace)),
+            across::Locating::Failed(result) => return Ok(Started::LocateFailed(result)),
+        }
+    }
     let desired = restore_job(r, &source, &ctx.settings);
     // Said before the Job exists: from here on the restore never starts again.
     let mut starting = old.clone();
     starting.phase = Some(RestorePhase::Running);
     write_status(r, ctx, &starting).await?;
     match create_job(ctx, &desired, "restore job").await {
-        Ok(Some(created)) => Ok(Some(Arc::new(created))),
+        Ok(Some(created)) => Ok(Started::Job(Some(Arc::new(created)))),
         // Created meanwhile (our cache lags): the apiserver has it.
-        Ok(None) => live_job(r, ctx).await,
+        Ok(None) => live_job(r, ctx).await.map(Started::Job),
         Err(e) => {
             // Not created: the restore has not started after all.
             if live_job(r, ctx).await.ok().flatten().is_none() {
@@ -157,11 +187,19 @@ async fn resolve_source(r: &DatabaseRestore, ctx: &Context) -> Result<Source, Ch
     let ns = r.namespace().unwrap_or_default();
     let source = match (&r.spec.backup, &r.spec.bucket) {
         (Some(name), _) => {
-            let backups: Api<DatabaseBackup> = Api::namespaced(ctx.client.clone(), &ns);
+            let from = r
+                .spec
+                .backup_namespace
+                .clone()
+                .unwrap_or_else(|| ns.clone());
+            if from != ns {
+                across::check_grant(ctx, &ns, &from, name).await?;
+            }
+            let backups: Api<DatabaseBackup> = Api::namespaced(ctx.client.clone(), &from);
             let backup = backups.get_opt(name).await?.ok_or_else(|| {
                 Problem::new(
                     reasons::BACKUP_NOT_FOUND,
-                    format!("spec.backup: DatabaseBackup {name:?} not found in namespace {ns:?}"),
+                    format!("spec.backup: DatabaseBackup {name:?} not found in namespace {from:?}"),
                 )
             })?;
             if backup.spec.database.is_several()
@@ -176,27 +214,37 @@ async fn resolve_source(r: &DatabaseRestore, ctx: &Context) -> Result<Source, Ch
                 )
                 .into());
             }
-            Source {
-                prefix: database_prefix(backup::key_prefix(&backup), r),
-                service_account: r
-                    .spec
-                    .service_account_name
-                    .clone()
-                    .or(backup.spec.jobs.service_account_name),
-                bucket: backup.spec.bucket,
+            if from != ns {
+                across::source(r, &backup, ctx).await?
+            } else {
+                Source {
+                    prefix: database_prefix(backup::key_prefix(&backup), r),
+                    service_account: r
+                        .spec
+                        .service_account_name
+                        .clone()
+                        .or(backup.spec.jobs.service_account_name),
+                    bucket: backup.spec.bucket,
+                    across: None,
+                    located: None,
+                }
             }
         }
         (None, Some(bucket)) => Source {
             prefix: database_prefix(bucket.prefix.clone().unwrap_or_default(), r),
             bucket: bucket.clone(),
             service_account: r.spec.service_account_name.clone(),
+            across: None,
+            located: None,
         },
         (None, None) => {
             return Err(Problem::new(reasons::NO_SOURCE, "set spec.backup or spec.bucket").into());
         }
     };
     let keys_optional = source.service_account.is_some();
-    checks::check_bucket(&ctx.client, &ns, &source.bucket, keys_optional).await?;
+    if source.across.is_none() {
+        checks::check_bucket(&ctx.client, &ns, &source.bucket, keys_optional).await?;
+    }
     if let Some(identity) = &r.spec.identity_secret {
         checks::check_age_identity(&ctx.client, &ns, identity).await?;
     }
@@ -206,7 +254,7 @@ async fn resolve_source(r: &DatabaseRestore, ctx: &Context) -> Result<Source, Ch
 
 /// The prefix "latest" searches: the backup's, or with spec.database that
 /// database's series in it.
-fn database_prefix(prefix: String, r: &DatabaseRestore) -> String {
+pub(super) fn database_prefix(prefix: String, r: &DatabaseRestore) -> String {
     match &r.spec.database {
         Some(database) => names::database_prefix(&prefix, database),
         None => prefix,

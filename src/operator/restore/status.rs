@@ -82,6 +82,23 @@ pub fn observe(
     (s, observed)
 }
 
+/// A restore whose locate Job (across namespaces) failed: Failed, as a
+/// failed download is, with that Job's lines.
+pub fn located_failure(
+    old: &DatabaseRestoreStatus,
+    r: &JobResult,
+) -> (DatabaseRestoreStatus, Observed) {
+    let mut s = old.clone();
+    s.log = std::iter::once(&r.log)
+        .chain(&r.more_log)
+        .cloned()
+        .collect();
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let observed = finished(&mut s, None, Some((r.clone(), Some(now))), None)
+        .expect("a failed step is an end");
+    (s, observed)
+}
+
 /// The restore's end, if it ended: loaded, or the first step that failed,
 /// or the Job's own failure (its deadline) when no step could say.
 fn finished(
