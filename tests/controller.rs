@@ -493,6 +493,7 @@ async fn restore_admission_rejects_bad_input_and_names_the_field() {
         (restore(serde_json::json!({"backup": "orders", "before": "2026-03-01T23:00:00Z", "key": "2026-03-01/datadump1.sql"})), "spec", "before picks among the dumps: set it only with key \"latest\""),
         (restore(serde_json::json!({"backup": "orders", "database": "shop", "key": "2026-03-01/datadump1.sql"})), "spec", "database picks a series: set it only with key \"latest\""),
         (restore(serde_json::json!({"backup": "orders", "database": ""})), "spec.database", "at least 1 chars long"),
+        (restore(serde_json::json!({"bucket": {"secretRef": {"name": "s3-creds"}}, "backupNamespace": "prod"})), "spec", "backupNamespace names the namespace of spec.backup: set backup too"),
         (restore(bucket(serde_json::json!({"name": "Not_A_Bucket"}))), "spec.bucket.name", "valid S3 bucket name"),
         (restore(bucket(serde_json::json!({"prefix": "/abs/"}))), "spec.bucket.prefix", "must not start with '/'"),
         (restore(bucket(serde_json::json!({"prefix": "abs"}))), "spec.bucket.prefix", "must end with '/'"),
@@ -505,6 +506,29 @@ async fn restore_admission_rejects_bad_input_and_names_the_field() {
     ];
     for (manifest, field, text) in cases {
         let message = rejection_of::<DatabaseRestore>(&client, manifest).await;
+        assert!(message.contains(field), "{field}: {message}");
+        assert!(message.contains(text), "{field}: {message}");
+    }
+    // The grant that lets restores of other namespaces use a backup here.
+    let grant = |spec: serde_json::Value| {
+        serde_json::json!({
+            "apiVersion": "dbbackup.io/v1alpha1",
+            "kind": "DatabaseRestoreGrant",
+            "metadata": { "name": "g" },
+            "spec": spec,
+        })
+    };
+    #[rustfmt::skip]
+    let cases = [
+        (grant(serde_json::json!({"from": [], "to": [{"backup": "orders"}]})), "spec.from", "at least 1 items"),
+        (grant(serde_json::json!({"from": [{"namespace": "staging"}], "to": []})), "spec.to", "at least 1 items"),
+        (grant(serde_json::json!({"from": [{"namespace": "Not_A_Namespace"}], "to": [{"backup": "orders"}]})), "spec.from[0].namespace", "must be a namespace name"),
+        (grant(serde_json::json!({"from": [{"namespace": "staging"}], "to": [{"backup": ""}]})), "spec.to[0].backup", "at least 1 chars long"),
+        (grant(serde_json::json!({"from": [{"namespace": "staging"}]})), "spec.to", "Required value"),
+    ];
+    for (manifest, field, text) in cases {
+        let message =
+            rejection_of::<dbbackup_operator::api::DatabaseRestoreGrant>(&client, manifest).await;
         assert!(message.contains(field), "{field}: {message}");
         assert!(message.contains(text), "{field}: {message}");
     }
