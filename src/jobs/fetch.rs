@@ -229,3 +229,17 @@ pub async fn latest(
             )
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A dump in the folder of March 1 was taken, in any zone, before
+    /// March 2 12:00 UTC (the end of March 1 at UTC-12).
+    #[test]
+    fn a_folder_bounds_when_its_dumps_were_taken() {
+        let date = chrono::NaiveDate::from_ymd_opt(2026, 3, 1).unwrap();
+        let bound: DateTime<Utc> = "2026-03-02T12:00:00Z".parse().unwrap();
+        assert_eq!(latest_in_folder(date), bound);
+    }
+}

@@ -97,6 +97,37 @@ pub fn to_url(request: &mut aws_sdk_s3::config::http::HttpRequest, url: &str) {
 mod tests {
     use super::*;
 
+    /// The request goes to the URL, without the x-amz- headers the URL did
+    /// not sign, but with its checksum mode and its Range.
+    #[test]
+    fn a_request_is_pointed_at_its_url_with_only_what_it_may_carry() {
+        let request = http::Request::builder()
+            .method("HEAD")
+            .uri("http://127.0.0.1:9000/b/k?x-id=HeadObject")
+            .header("x-amz-user-agent", "sdk")
+            .header("x-amz-checksum-mode", "ENABLED")
+            .header("x-amz-meta-signed", "1")
+            .header("range", "bytes=0-9")
+            .body(aws_sdk_s3::primitives::SdkBody::empty())
+            .unwrap();
+        let mut request = aws_sdk_s3::config::http::HttpRequest::try_from(request).unwrap();
+        let url = "http://127.0.0.1:9000/b/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-SignedHeaders=host%3Bx-amz-meta-signed&X-Amz-Signature=abc";
+        to_url(&mut request, url);
+        assert_eq!(request.uri(), url);
+        let names: Vec<_> = request
+            .headers()
+            .iter()
+            .map(|(n, _)| n.to_string())
+            .collect();
+        assert!(
+            !names.contains(&"x-amz-user-agent".to_string()),
+            "{names:?}"
+        );
+        for kept in ["x-amz-checksum-mode", "x-amz-meta-signed", "range"] {
+            assert!(names.contains(&kept.to_string()), "{kept}: {names:?}");
+        }
+    }
+
     /// The Debug form names the object and never shows a URL.
     #[test]
     fn urls_never_show_in_debug() {

@@ -247,6 +247,22 @@ fn status(db: &DatabaseBackup) {
     if let Some(key) = &status.last_verified_key {
         println!("last verified: {key}");
     }
+    if !status.databases.is_empty() {
+        let mut rows = vec![[
+            "DATABASE".to_string(),
+            "LAST UPLOAD".into(),
+            "LAST FAILURE".into(),
+        ]];
+        for d in &status.databases {
+            rows.push([
+                d.name.clone(),
+                d.last_upload_key.clone().unwrap_or_else(|| "-".into()),
+                d.last_failure.clone().unwrap_or_else(|| "-".into()),
+            ]);
+        }
+        println!();
+        print_table(&rows);
+    }
     println!("\nlog:");
     for line in &status.log {
         println!("{line}");

@@ -70,26 +70,35 @@ pub fn restore_job(r: &DatabaseRestore, source: &Source, settings: &Settings) ->
     // No copy of the dump: the scratch is the client's /tmp, bounded by scratchSize.
     let mut volumes = vec![pod::empty_dir("tmp", spec.scratch_size.clone())];
     let mut mounts = vec![pod::mount("tmp", "/tmp")];
-    let mut flags = vec![format!("--termination-log={TERMINATION_LOG}")];
-    match &source.located {
-        // Chosen in the backup's namespace: the pod reads that one object
-        // through its URLs, and gets nothing else of that namespace.
-        Some(located) => flags.extend([
-            format!("--key={}", located.presigned.key),
-            format!("--chosen={}", located.chosen),
-        ]),
+    // Chosen in the backup's namespace: the pod reads that one object
+    // through its URLs, and gets nothing else of that namespace.
+    let chosen = source.located.as_ref().map(|l| {
+        [
+            format!("--key={}", l.presigned.key),
+            format!("--termination-log={TERMINATION_LOG}"),
+            format!("--chosen={}", l.chosen),
+        ]
+    });
+    let flags_here = || {
+        let (store_volumes, store_mounts) = pod::store_volumes(&source.bucket);
+        let mut flags = vec![
+            format!("--key={}", spec.key),
+            format!("--prefix={}", source.prefix),
+            format!("--termination-log={TERMINATION_LOG}"),
+        ];
+        flags.extend(spec.before.as_ref().map(|t| format!("--before={t}")));
+        flags.extend(pod::download_args(&source.bucket));
+        (flags, store_volumes, store_mounts)
+    };
+    let mut flags = match chosen {
+        Some(chosen) => chosen.to_vec(),
         None => {
-            let (store_volumes, store_mounts) = pod::store_volumes(&source.bucket);
+            let (flags, store_volumes, store_mounts) = flags_here();
             volumes.extend(store_volumes);
             mounts.extend(store_mounts);
-            flags.extend([
-                format!("--key={}", spec.key),
-                format!("--prefix={}", source.prefix),
-            ]);
-            flags.extend(spec.before.as_ref().map(|t| format!("--before={t}")));
-            flags.extend(pod::download_args(&source.bucket));
+            flags
         }
-    }
+    };
     flags.extend(spec.overwrite.then(|| "--overwrite".to_string()));
     let (copy, mut load, binary) = DatabaseStep {
         name: "restore",
@@ -201,6 +210,48 @@ mod tests {
                 .flat_map(|c| c.env.iter().flatten())
                 .all(|e| e.name != "DBBACKUP_AGE_IDENTITY")
         );
+    }
+
+    /// Across namespaces the pod gets the URLs and the bucket's name, and no
+    /// Secret of the store, no CA volume and no search flags.
+    #[test]
+    fn a_located_restore_reads_through_its_urls_alone() {
+        let r = restore(serde_json::json!({ "backup": "orders", "backupNamespace": "prod" }));
+        let mut source = source(serde_json::json!({}));
+        source.located = Some(Located {
+            presigned: crate::jobresult::Presigned {
+                bucket: "backups".into(),
+                key: "prod/shop/2026-03-01/datadump1.sql".into(),
+                head: "https://s3/backups/k?X-Amz-Signature=h".into(),
+                get: "https://s3/backups/k?X-Amz-Signature=g".into(),
+            },
+            chosen: "the newest dump under \"prod/shop/\"".into(),
+        });
+        let job = restore_job(&r, &source, &settings());
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        let load = &pod.containers[0];
+        let args = load.args.clone().unwrap();
+        assert!(
+            args.contains(&"--key=prod/shop/2026-03-01/datadump1.sql".to_string()),
+            "{args:?}"
+        );
+        assert!(
+            !args
+                .iter()
+                .any(|a| a.starts_with("--prefix") || a.starts_with("--ca-bundle")),
+            "{args:?}"
+        );
+        let env = load.env.clone().unwrap();
+        // Only the target's own credentials come from a Secret.
+        let secrets: Vec<_> = env
+            .iter()
+            .filter_map(|e| e.value_from.as_ref()?.secret_key_ref.as_ref())
+            .map(|s| s.name.as_str())
+            .collect();
+        assert!(secrets.iter().all(|s| *s == "db-creds"), "{env:?}");
+        let urls = env.iter().find(|e| e.name == "DBBACKUP_PRESIGNED").unwrap();
+        assert!(urls.value.as_deref().unwrap().contains("X-Amz-Signature=g"));
+        assert!(pod.volumes.unwrap().iter().all(|v| v.secret.is_none()));
     }
 
     #[test]
