@@ -227,16 +227,7 @@ async fn fetch_once(
     if let Some(etag) = &object.etag {
         get = get.if_match(etag);
     }
-    let got = match &object.presigned {
-        Some(p) => {
-            let url = p.get.clone();
-            get.customize()
-                .mutate_request(move |r| super::presigned::to_url(r, &url))
-                .send()
-                .await
-        }
-        None => get.send().await,
-    };
+    let got = super::presigned::send_to!(get, object.presigned.as_ref().map(|p| &p.get));
     let got = got.map_err(|e| {
         let status = e.raw_response().map(|r| r.status().as_u16());
         let why = store::describe(&e);
@@ -301,16 +292,7 @@ async fn head(
 ) -> Result<HeadObjectOutput, Failure> {
     // Checksum mode: the store reports the object's CRC64/NVME where it has one.
     let head = store::head(client, bucket, key, sse).checksum_mode(ChecksumMode::Enabled);
-    let sent = match presigned {
-        Some(p) => {
-            let url = p.head.clone();
-            head.customize()
-                .mutate_request(move |r| super::presigned::to_url(r, &url))
-                .send()
-                .await
-        }
-        None => head.send().await,
-    };
+    let sent = super::presigned::send_to!(head, presigned.map(|p| &p.head));
     sent.map_err(|e| {
         if e.as_service_error().is_some_and(|s| s.is_not_found()) {
             fail(

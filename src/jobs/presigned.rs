@@ -66,6 +66,25 @@ pub fn client(p: &Presigned) -> Result<Client, String> {
     Ok(Client::from_conf(config))
 }
 
+/// Sends a fluent request of the SDK as it is, or, given `Some(url)`,
+/// pointed at that presigned URL (`to_url`).
+macro_rules! send_to {
+    ($request:expr, $url:expr) => {
+        match $url {
+            Some(url) => {
+                let url = url.to_string();
+                $request
+                    .customize()
+                    .mutate_request(move |r| $crate::jobs::presigned::to_url(r, &url))
+                    .send()
+                    .await
+            }
+            None => $request.send().await,
+        }
+    };
+}
+pub(crate) use send_to;
+
 /// Points a request at `url`, keeping only the `x-amz-` headers the URL
 /// signed (S3 refuses a presigned request with others), and the checksum
 /// mode: the SDK's presigner signs only `host`, and the store reports the
