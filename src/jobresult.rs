@@ -89,12 +89,21 @@ pub struct JobResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chosen: Option<String>,
     /// The object a cross-namespace restore may read, as time-limited URLs
-    /// (locate only).
+    /// (`Presigned`) sealed with age to the operator's key for this restore,
+    /// base64 (locate only): whoever reads the pod reads no URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub presigned: Option<Presigned>,
+    pub sealed: Option<String>,
     /// Each database's end, in a backup of several (dump and upload).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub databases: Vec<DatabaseResult>,
+    /// How many databases' entries did not fit in the message (their lines
+    /// are in the log file on the volume).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub databases_left_out: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// One object, readable without the store's keys until the URLs expire:
@@ -132,6 +141,9 @@ pub struct DatabaseResult {
     /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The unsent dump this one replaced, named as `dumped` (dump only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced: Option<String>,
 }
 
 /// A restore step's failure: the Restored condition's reason, and what happened.
@@ -182,8 +194,9 @@ impl JobResult {
             read_back: None,
             stuck: None,
             chosen: None,
-            presigned: None,
+            sealed: None,
             databases: vec![],
+            databases_left_out: 0,
         }
     }
 
@@ -237,7 +250,9 @@ impl JobResult {
         }
         self.databases
             .sort_by_key(|d| d.outcome == Outcome::Succeeded);
-        while !self.fits() && self.databases.pop().is_some() {}
+        while !self.fits() && self.databases.pop().is_some() {
+            self.databases_left_out += 1;
+        }
     }
 
     fn fits(&self) -> bool {
@@ -349,7 +364,7 @@ mod tests {
             read_back: Some("the store reports no CRC64/NVME checksum for it".into()),
             stuck: Some("1 unproven dump(s) kept on the staging volume".into()),
             chosen: None,
-            presigned: None,
+            sealed: None,
             databases: vec![DatabaseResult {
                 name: "shop".into(),
                 outcome: Outcome::Succeeded,
@@ -357,7 +372,9 @@ mod tests {
                 size: Some(10),
                 dumped: None,
                 error: None,
+                replaced: None,
             }],
+            databases_left_out: 0,
         };
         let text = serde_json::to_string(&r).unwrap();
         assert_eq!(JobResult::parse(&text), Some(r));
@@ -380,9 +397,11 @@ mod tests {
                 size: Some(1 << 30),
                 dumped: Some("2026-11-25T03:05:00.123456789Z".into()),
                 error: (i % 3 == 0).then(|| "é".repeat(400)),
+                replaced: None,
             })
             .collect();
         r.fit();
+        assert_eq!(r.databases.len() + r.databases_left_out, 300);
         assert!(serde_json::to_string(&r).unwrap().len() <= MAX_BYTES);
         assert!(r.databases.len() > 5);
         assert!(r.databases.iter().all(|d| d.outcome == Outcome::Failed));
@@ -415,8 +434,9 @@ mod tests {
             read_back: None,
             stuck: None,
             chosen: None,
-            presigned: None,
+            sealed: None,
             databases: vec![],
+            databases_left_out: 0,
         };
         r.fit();
         let text = serde_json::to_string(&r).unwrap();

@@ -124,6 +124,23 @@ pub fn restore_job_name(restore: &str, uid: &str) -> String {
     child_name(restore, &suffix, DNS_LABEL_MAX)
 }
 
+/// The locate Job of a restore across namespaces, in the backup's
+/// namespace: named by the restore's UID and the key its URLs are sealed
+/// to, so a new key (an operator restarted) makes a new Job.
+pub fn locate_job_name(restore: &str, uid: &str, key: &str) -> String {
+    let suffix = format!(
+        "locate-{}-{}",
+        &uid[..uid.len().min(8)],
+        &short_hash(key)[..6]
+    );
+    child_name(restore, &suffix, DNS_LABEL_MAX)
+}
+
+/// A short, stable label value for the key the URLs are sealed to.
+pub fn seal_label(key: &str) -> String {
+    short_hash(key)
+}
+
 /// The name the first release gave a restore's Job, still honoured for a
 /// restore that release started.
 pub fn legacy_restore_job_name(restore: &str) -> String {
@@ -188,6 +205,30 @@ pub fn segment_database(segment: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Whether `key` is one of our dumps under `prefix`:
+/// `<prefix>YYYY-MM-DD/datadumpN.sql[.gz|.zst][.age]`, or with `several`
+/// databases `<prefix><segment>/YYYY-MM-DD/…`. What a grant admits of a
+/// bucket: a backup's own dumps, never any object beside them.
+pub fn is_dump_key(prefix: &str, key: &str, several: bool) -> bool {
+    let Some(rest) = key.strip_prefix(prefix) else {
+        return false;
+    };
+    let parts: Vec<&str> = rest.split('/').collect();
+    let (date, file) = match (several, parts.as_slice()) {
+        (false, [date, file]) => (date, file),
+        (true, [segment, date, file]) if !segment.is_empty() => (date, file),
+        _ => return false,
+    };
+    let dated = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").is_ok() && date.len() == 10;
+    let Some(n) = file.strip_prefix("datadump") else {
+        return false;
+    };
+    let digits = n.len() - n.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+    let rest = &n[digits..];
+    let rest = rest.strip_suffix(".age").unwrap_or(rest);
+    dated && digits > 0 && matches!(rest, ".sql" | ".sql.gz" | ".sql.zst")
+}
+
 /// The segment of the roles a postgres backup of several databases stores.
 pub const ROLES_SEGMENT: &str = ".roles";
 
@@ -199,6 +240,29 @@ pub fn database_prefix(prefix: &str, name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_our_dumps_under_the_prefix_are_dump_keys() {
+        assert!(is_dump_key("p/", "p/2026-03-01/datadump1.sql", false));
+        assert!(is_dump_key("", "2026-03-01/datadump12.sql.zst.age", false));
+        assert!(is_dump_key(
+            "p/",
+            "p/shop/2026-03-01/datadump1.sql.gz",
+            true
+        ));
+        for (key, several) in [
+            ("q/2026-03-01/datadump1.sql", false),
+            ("p/elsewhere/2026-03-01/datadump1.sql", false),
+            ("p/2026-03-01/datadump1.sql", true),
+            ("p/2026-3-1/datadump1.sql", false),
+            ("p/2026-03-01/notes.sql", false),
+            ("p/2026-03-01/datadump.sql", false),
+            ("p/2026-03-01/datadump1.sql.bak", false),
+            ("p//2026-03-01/datadump1.sql", true),
+        ] {
+            assert!(!is_dump_key("p/", key, several), "{key} {several}");
+        }
+    }
 
     #[test]
     fn any_database_name_is_one_safe_segment() {

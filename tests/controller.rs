@@ -441,6 +441,19 @@ async fn admission_rejects_bad_input_and_names_the_field() {
         message.contains("need spec.encryption.identitySecret"),
         "{message}"
     );
+    // A drill takes one database's dumps; several have no drill yet.
+    let mut several = backup_manifest("bad", "postgres");
+    several["spec"]["database"]
+        .as_object_mut()
+        .unwrap()
+        .remove("name");
+    several["spec"]["database"]["all"] = true.into();
+    several["spec"]["verify"] = serde_json::json!({});
+    let message = rejection(&client, several).await;
+    assert!(
+        message.contains("drill one database's dumps: not yet with spec.database.names or all"),
+        "{message}"
+    );
     let mut long = backup_manifest(&"x".repeat(64), "mariadb");
     long["metadata"]["name"] = "x".repeat(64).into();
     assert!(

@@ -404,6 +404,40 @@ async fn a_restore_across_namespaces_needs_a_grant_there() {
         "the store's key reached the other namespace"
     );
 
+    // A key named outright must be one of this backup's dumps.
+    let outside = format!(
+        "apiVersion: dbbackup.io/v1alpha1\nkind: DatabaseRestore\nmetadata:\n  name: outside\n  namespace: {other}\n\
+         spec:\n  backup: orders\n  backupNamespace: {from}\n  key: elsewhere/2026-03-01/datadump1.sql\n  target:\n    \
+         engine: postgres\n    host: {host}\n    name: outside\n    credentialsSecret:\n      name: db-creds\n",
+        from = b.ns,
+        host = b.db_host,
+    );
+    let path = b.dir().join("outside.yaml");
+    std::fs::write(&path, outside).unwrap();
+    kubectl(b.cp(), &["apply", "-f", path.to_str().unwrap()]);
+    let r = wait_condition(
+        &restores,
+        "outside",
+        "Restored",
+        Some("False"),
+        "NotAcrossNamespaces",
+        POD_TIMEOUT,
+    )
+    .await;
+    let c = r
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Restored")
+        .unwrap();
+    assert!(
+        c.message
+            .contains("the grant admits the dumps of DatabaseBackup \"orders\" alone"),
+        "{}",
+        c.message
+    );
+
     grants
         .delete("let-other-restore", &DeleteParams::default())
         .await

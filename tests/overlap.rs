@@ -323,6 +323,49 @@ async fn an_upload_follows_a_run_of_several_databases_each_to_its_series() {
     staging.assert_log_format();
 }
 
+/// A SIGTERM (deadline, pod deleted) in the middle of a run of several
+/// stops the dump running, starts no other, removes its partial file, and
+/// still says what ended before it: the first database's dump, in place.
+#[tokio::test]
+async fn a_run_of_several_stopped_midway_says_what_ended_before() {
+    let bench = Bench::new().await;
+    let Bench { db, staging, .. } = &bench;
+    db.create_database("first");
+    db.query("first", "CREATE TABLE t (v INT); INSERT INTO t VALUES (1);");
+    db.create_database("third");
+    let lock = lock_held(db);
+    let (mut cmd, termlog) = dump_command(&db.source(""), staging, Compression::None);
+    cmd.args(["--each=first", "--each=held", "--each=third"]);
+    let dump = Running::start((cmd, termlog));
+    dump_held(db).await;
+    // SAFETY: signals the dump step we started.
+    unsafe { libc::kill(dump.child.id() as i32, libc::SIGTERM) };
+    let stopped = dump.finish().await;
+    let mut lock = lock;
+    let _ = lock.kill();
+    let _ = lock.wait();
+    assert!(!stopped.succeeded(), "{}", stopped.text());
+    let result = stopped.result.expect("a result even when stopped");
+    let names: Vec<(&str, Outcome)> = result
+        .databases
+        .iter()
+        .map(|d| (d.name.as_str(), d.outcome))
+        .collect();
+    assert_eq!(
+        names,
+        [("first", Outcome::Succeeded), ("held", Outcome::Failed)]
+    );
+    let staged = |name: &str| staging.path().join("databases").join(name).join("dumps");
+    assert!(staged("first").join("datadump.sql").exists());
+    let held: Vec<String> = std::fs::read_dir(staged("held"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| !n.ends_with(".lock"))
+        .collect();
+    assert!(held.is_empty(), "{held:?}");
+    assert!(!staging.path().join("databases/third").exists());
+}
+
 #[tokio::test]
 async fn a_dump_that_fails_midway_leaves_nothing_in_the_store() {
     let bench = Bench::new().await;

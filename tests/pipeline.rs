@@ -717,3 +717,45 @@ async fn gfs_retention(store: Server) {
         assert_eq!(body, format!("-- dump of {day}\n").into_bytes(), "{key}");
     }
 }
+
+/// A volume switched between one database and several loses no dump: an
+/// upload, with `--databases` or without, sends the dump in the volume's
+/// own folder under the prefix and each database's under its series.
+#[tokio::test]
+async fn a_volume_switched_between_one_and_several_databases_keeps_every_dump() {
+    let minio = Minio::start();
+    create_bucket(&minio).await;
+    let day = today();
+    for several in [false, true] {
+        let staging = Staging::new();
+        std::fs::write(staging.staged_dump(), "-- the one database\n").unwrap();
+        let shop = staging.path().join("databases/shop/dumps");
+        std::fs::create_dir_all(&shop).unwrap();
+        std::fs::write(shop.join("datadump.sql"), "-- shop\n").unwrap();
+        let prefix = format!("{several}/");
+        let opts = UploadOpts {
+            prefix: prefix.clone(),
+            extra_args: several
+                .then(|| "--databases".to_string())
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        };
+        let run = run_upload(&minio, &staging, &opts);
+        assert!(run.succeeded(), "{}", run.text());
+        let keys: Vec<String> = bucket_keys(&minio)
+            .await
+            .into_iter()
+            .filter(|k| k.starts_with(&prefix))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                format!("{prefix}{day}/datadump1.sql"),
+                format!("{prefix}shop/{day}/datadump1.sql")
+            ],
+            "--databases: {several}"
+        );
+        assert!(staging.dumps().is_empty() && !shop.join("datadump.sql").exists());
+    }
+}

@@ -422,8 +422,8 @@ async fn a_store_without_crc64nvme_gets_no_kms_dump_it_cannot_prove_and_the_dump
 /// A restore across namespaces reads through URLs its locate step signed:
 /// the fetch step, with no key, endpoint or Secret at all, downloads the
 /// object through them (a 12 MiB multipart object, ranged GETs) and proves
-/// it with the store's checksum as a fetch with the keys does; a URL whose
-/// signature is altered is refused by the store.
+/// it by its MD5 ETag; a URL whose signature is altered is refused by the
+/// store; a key outside the backup's prefix is never signed.
 #[tokio::test]
 async fn a_presigned_object_downloads_without_any_credentials_and_is_proven() {
     let minio = Minio::start();
@@ -440,14 +440,23 @@ async fn a_presigned_object_downloads_without_any_credentials_and_is_proven() {
     let dir = tempfile::tempdir().unwrap();
     let termlog = dir.path().join("locate-termlog");
     let mut cmd = store_command(&minio, "locate");
+    let operator = age::x25519::Identity::generate();
     cmd.args(["--key=latest", "--prefix=p/", "--expires-seconds=600"])
+        .arg(format!("--seal-to={}", operator.to_public()))
         .arg(format!("--termination-log={}", termlog.display()));
     let located = finish(cmd, &termlog);
     assert!(located.succeeded(), "{}", located.text());
+    // The termination message, which whoever reads the pod reads, holds
+    // the URLs sealed to the operator's key alone.
+    let message = serde_json::to_string(located.result.as_ref().unwrap()).unwrap();
+    assert!(
+        !message.contains("X-Amz-Signature") && !message.contains("http"),
+        "{message}"
+    );
     let located = located.result.unwrap();
     assert_eq!(located.key.as_deref(), Some(key.as_str()));
-    let urls = located.presigned.unwrap();
-    assert!(!located.log.contains("X-Amz-Signature"), "{}", located.log);
+    let sealed = located.sealed.unwrap();
+    let urls = dbbackup_operator::jobs::presigned::open(&sealed, &operator).unwrap();
 
     let fetch_with = |urls: &dbbackup_operator::jobresult::Presigned| {
         let (out, termlog) = (
@@ -476,11 +485,30 @@ async fn a_presigned_object_downloads_without_any_credentials_and_is_proven() {
         "{} bytes",
         sql.len()
     );
-    // The same proof a fetch with the store's keys makes.
-    let (keyed, _) = fetch(&minio, &key, &[], &[]);
-    assert!(keyed.succeeded(), "{}", keyed.text());
+    // Proven by the object's MD5 ETag, recomputed over every byte: no
+    // checksum mode is signed into the URLs, so the store reports no CRC.
+    let etag = head_object(&minio, &key)
+        .await
+        .e_tag()
+        .unwrap()
+        .trim_matches('"')
+        .to_string();
     let checksum = run.result.unwrap().checksum.unwrap();
-    assert_eq!(Some(checksum), keyed.result.unwrap().checksum);
+    assert_eq!(checksum, format!("etag:{etag}"));
+
+    // A key named outright must be one of the dumps under the prefix the
+    // grant admits.
+    let mut cmd = store_command(&minio, "locate");
+    cmd.args([&format!("--key={key}"), "--prefix=q/"])
+        .arg(format!("--seal-to={}", operator.to_public()))
+        .arg(format!("--termination-log={}", termlog.display()));
+    let outside = finish(cmd, &termlog);
+    assert!(!outside.succeeded(), "{}", outside.text());
+    assert!(
+        outside.text().contains("is not one of the backup's dumps"),
+        "{}",
+        outside.text()
+    );
 
     let mut forged = urls.clone();
     forged.get = forged.get.replace("X-Amz-Signature=", "X-Amz-Signature=0");

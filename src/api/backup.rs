@@ -60,10 +60,16 @@ use std::collections::BTreeMap;
     )
 )]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-validations" = cel(&[(
-    "!has(self.verify) || !has(self.encryption) || has(self.encryption.identitySecret)",
-    "restore drills (spec.verify) of encrypted dumps need spec.encryption.identitySecret"
-)])))]
+#[schemars(extend("x-kubernetes-validations" = cel(&[
+    (
+        "!has(self.verify) || !has(self.encryption) || has(self.encryption.identitySecret)",
+        "restore drills (spec.verify) of encrypted dumps need spec.encryption.identitySecret",
+    ),
+    (
+        "!has(self.verify) || has(self.database.name)",
+        "restore drills (spec.verify) drill one database's dumps: not yet with spec.database.names or all",
+    ),
+])))]
 pub struct DatabaseBackupSpec {
     /// The server and the database (or databases) to dump.
     pub database: BackupDatabaseSpec,
@@ -377,6 +383,7 @@ pub struct DatabaseBackupStatus {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseState {
+    /// The database's name on the server.
     pub name: String,
     /// When its last successful dump finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]

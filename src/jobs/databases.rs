@@ -263,7 +263,7 @@ fn finish(args: &DumpArgs, outcome: Result<Ran, String>) -> i32 {
                 if let Some(replaced) = published.replaced {
                     let at = chrono::DateTime::<chrono::Utc>::from(replaced).with_timezone(&tz);
                     let at = at.format("%Y-%m-%d %H:%M:%S");
-                    log(format!("{name}: {} {at}", logline::REPLACED), false);
+                    log(format!("{name}: {} {at}", logline::REPLACED), true);
                 }
                 databases.push(DatabaseResult {
                     name,
@@ -272,6 +272,7 @@ fn finish(args: &DumpArgs, outcome: Result<Ran, String>) -> i32 {
                     dumped: Some(dump_id(published.finished)),
                     key: None,
                     error: None,
+                    replaced: published.replaced.map(dump_id),
                 });
             }
             Err(message) => {
@@ -283,6 +284,7 @@ fn finish(args: &DumpArgs, outcome: Result<Ran, String>) -> i32 {
                     dumped: None,
                     key: None,
                     error: Some(message),
+                    replaced: None,
                 });
             }
         }

@@ -78,6 +78,8 @@ pub(super) enum Phase {
     },
     /// The dump is whole and going into place: a SIGTERM waits for it.
     Committing,
+    /// A SIGTERM came while a dump went into place: nothing starts after it.
+    StopAfterCommit,
     Stopped,
 }
 
@@ -126,20 +128,30 @@ pub(super) async fn until_stopped<T: Send + 'static>(
         tokio::select! {
             done = &mut work => break done.unwrap_or_else(|e| Err(format!("the dump failed: {e}"))),
             _ = term.recv() => {
-                let mut p = phase.lock().unwrap();
-                if matches!(*p, Phase::Committing) {
-                    info!("SIGTERM while the dump goes into place; finishing first");
-                    continue;
-                }
-                if let Phase::Dumping { tool, partial } = &*p {
-                    if let Some(pid) = tool {
-                        // SAFETY: kill only signals our own child.
-                        unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+                {
+                    let mut p = phase.lock().unwrap();
+                    if matches!(*p, Phase::Committing | Phase::StopAfterCommit) {
+                        info!("SIGTERM while the dump goes into place; finishing first");
+                        *p = Phase::StopAfterCommit;
+                        continue;
                     }
-                    let _ = std::fs::remove_file(partial);
+                    if let Phase::Dumping { tool, partial } = &*p {
+                        if let Some(pid) = tool {
+                            // SAFETY: kill only signals our own child.
+                            unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+                        }
+                        let _ = std::fs::remove_file(partial);
+                    }
+                    *p = Phase::Stopped;
                 }
-                *p = Phase::Stopped;
-                break Err(STOPPED.to_string());
+                // Its tool gone, the work ends at once: a run of several
+                // still says what ended before. One waiting for the lock
+                // does not end: it is given up.
+                let ended = tokio::time::timeout(std::time::Duration::from_secs(5), &mut work).await;
+                break match ended {
+                    Ok(Ok(Ok(done))) => Ok(done),
+                    _ => Err(STOPPED.to_string()),
+                };
             }
         }
     }
@@ -235,7 +247,7 @@ pub(super) fn dump(
 /// Moves the run to its next phase, unless a SIGTERM stopped it.
 pub(super) fn set(phase: &Mutex<Phase>, next: impl FnOnce(&Phase) -> Phase) -> Result<(), String> {
     let mut p = phase.lock().unwrap();
-    if matches!(*p, Phase::Stopped) {
+    if matches!(*p, Phase::Stopped | Phase::StopAfterCommit) {
         return Err(STOPPED.to_string());
     }
     *p = next(&p);

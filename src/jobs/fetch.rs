@@ -168,10 +168,12 @@ pub async fn newest_before(
         {
             break;
         }
-        let head = store::head(client, bucket, &o.key, sse)
-            .send()
-            .await
-            .map_err(|e| cannot(store::describe(&e)))?;
+        let head = match store::head(client, bucket, &o.key, sse).send().await {
+            Ok(head) => head,
+            // Pruned since the listing: no candidate.
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => continue,
+            Err(e) => return Err(cannot(store::describe(&e))),
+        };
         let recorded = head
             .metadata()
             .and_then(|m| m.get(store::DUMPED_AT_META))

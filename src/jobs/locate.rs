@@ -17,6 +17,10 @@ pub struct LocateArgs {
     /// How long the URLs stay valid: the restore's deadline.
     #[arg(long, default_value_t = 21600)]
     pub expires_seconds: u64,
+    /// The operator's age recipient for this restore: the URLs are sealed
+    /// to it, so the termination message shows none.
+    #[arg(long)]
+    pub seal_to: age::x25519::Recipient,
     #[arg(long, default_value = "/dev/termination-log")]
     pub termination_log: std::path::PathBuf,
 }
@@ -44,11 +48,21 @@ pub async fn run(args: LocateArgs) -> i32 {
 
 async fn locate(args: &LocateArgs) -> Result<JobResult, crate::jobresult::Failure> {
     use crate::jobresult::fail;
-    let (client, sse, key, chosen) = stream::locate_why(&args.object).await?;
-    if !matches!(sse, store::Sse::None | store::Sse::S3 | store::Sse::Kms(_)) {
+    // The grant admits this backup's dumps alone: a key named outright
+    // must be under its prefix, or any object of the bucket could be asked for.
+    let (prefix, key) = (&args.object.prefix, &args.object.key);
+    let ours = |several| crate::names::is_dump_key(prefix, key, several);
+    if key != crate::api::LATEST && !ours(false) && !ours(true) {
         return Err(fail(
-            reasons::DOWNLOAD_FAILED,
-            "an SSE-C object cannot be read through a URL: its key would travel with it",
+            reasons::NOT_ACROSS_NAMESPACES,
+            format!("key {key} is not one of the backup's dumps under {prefix:?}"),
+        ));
+    }
+    let (client, sse, key, chosen) = stream::locate_why(&args.object).await?;
+    if !matches!(sse, store::Sse::None | store::Sse::S3) {
+        return Err(fail(
+            reasons::NOT_ACROSS_NAMESPACES,
+            "an SSE-C or SSE-KMS object cannot be read and proven through a URL",
         ));
     }
     let bucket = &args.object.store.bucket;
@@ -70,7 +84,8 @@ async fn locate(args: &LocateArgs) -> Result<JobResult, crate::jobresult::Failur
     let mut r = JobResult::new(Step::Fetch, Outcome::Succeeded, line.to_string());
     r.key = Some(key);
     r.chosen = Some(chosen);
-    r.presigned = Some(urls);
+    r.sealed =
+        Some(presigned::seal(&urls, &args.seal_to).map_err(|e| fail(reasons::DOWNLOAD_FAILED, e))?);
     // Cut, the URLs would be useless: say so instead.
     if serde_json::to_string(&r).map_or(true, |s| s.len() > MAX_BYTES) {
         return Err(fail(

@@ -46,6 +46,25 @@ pub async fn presign(
     })
 }
 
+/// The URLs sealed to `to` with age, base64: only the holder of its
+/// identity, the operator that asked, can read them.
+pub fn seal(p: &Presigned, to: &age::x25519::Recipient) -> Result<String, String> {
+    use base64::Engine as _;
+    let json = serde_json::to_vec(p).map_err(|e| e.to_string())?;
+    let sealed = age::encrypt(to, &json).map_err(|e| format!("cannot seal the URLs: {e}"))?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(sealed))
+}
+
+/// The URLs `seal` sealed, for `identity`; None for anything else.
+pub fn open(sealed: &str, identity: &age::x25519::Identity) -> Option<Presigned> {
+    use base64::Engine as _;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(sealed)
+        .ok()?;
+    let json = age::decrypt(identity, &raw).ok()?;
+    serde_json::from_slice(&json).ok()
+}
+
 /// A client with no credentials, for the URLs' store: each request it
 /// sends is pointed at its URL by `to_url`.
 pub fn client(p: &Presigned) -> Result<Client, String> {
@@ -86,9 +105,10 @@ macro_rules! send_to {
 pub(crate) use send_to;
 
 /// Points a request at `url`, keeping only the `x-amz-` headers the URL
-/// signed (S3 refuses a presigned request with others), and the checksum
-/// mode: the SDK's presigner signs only `host`, and the store reports the
-/// object's CRC64/NVME, the proof, only when asked.
+/// signed: S3 refuses a presigned request with others. The SDK's presigner
+/// signs no checksum mode, so the store reports no CRC64/NVME, and the
+/// download proves the object by its MD5 ETag (which is why SSE-KMS, whose
+/// ETag is no MD5, is not restored across namespaces).
 pub fn to_url(request: &mut aws_sdk_s3::config::http::HttpRequest, url: &str) {
     let signed: Vec<String> = url
         .split_once('?')
@@ -104,7 +124,7 @@ pub fn to_url(request: &mut aws_sdk_s3::config::http::HttpRequest, url: &str) {
         .headers()
         .iter()
         .map(|(name, _)| name.to_ascii_lowercase())
-        .filter(|n| n.starts_with("x-amz-") && n != "x-amz-checksum-mode" && !signed.contains(n))
+        .filter(|n| n.starts_with("x-amz-") && !signed.contains(n))
         .collect();
     for name in unsigned {
         request.headers_mut().remove(name);
@@ -117,7 +137,7 @@ mod tests {
     use super::*;
 
     /// The request goes to the URL, without the x-amz- headers the URL did
-    /// not sign, but with its checksum mode and its Range.
+    /// not sign (the checksum mode too), but with its Range.
     #[test]
     fn a_request_is_pointed_at_its_url_with_only_what_it_may_carry() {
         let request = http::Request::builder()
@@ -138,13 +158,28 @@ mod tests {
             .iter()
             .map(|(n, _)| n.to_string())
             .collect();
-        assert!(
-            !names.contains(&"x-amz-user-agent".to_string()),
-            "{names:?}"
-        );
-        for kept in ["x-amz-checksum-mode", "x-amz-meta-signed", "range"] {
+        for gone in ["x-amz-user-agent", "x-amz-checksum-mode"] {
+            assert!(!names.contains(&gone.to_string()), "{gone}: {names:?}");
+        }
+        for kept in ["x-amz-meta-signed", "range"] {
             assert!(names.contains(&kept.to_string()), "{kept}: {names:?}");
         }
+    }
+
+    /// Sealed URLs open with the operator's identity alone.
+    #[test]
+    fn sealed_urls_open_for_their_identity_alone() {
+        let p = Presigned {
+            bucket: "b".into(),
+            key: "k".into(),
+            head: "https://s/b/k?X-Amz-Signature=h".into(),
+            get: "https://s/b/k?X-Amz-Signature=g".into(),
+        };
+        let ours = age::x25519::Identity::generate();
+        let sealed = seal(&p, &ours.to_public()).unwrap();
+        assert!(!sealed.contains("X-Amz") && !sealed.contains("https"));
+        assert_eq!(open(&sealed, &ours), Some(p));
+        assert_eq!(open(&sealed, &age::x25519::Identity::generate()), None);
     }
 
     /// The Debug form names the object and never shows a URL.

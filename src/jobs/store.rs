@@ -12,8 +12,9 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 /// download can recompute its ETag.
 pub const PART_SIZE_META: &str = "dbbackup-part-size";
 /// When the object's dump was taken, RFC 3339: its start where the upload
-/// followed it as it was written, else its finish; never before the moment
-/// its data is of. A restore's `before` picks by it.
+/// followed it as it was written (the tool takes its snapshot moments
+/// later), else its finish (after its snapshot). A restore's `before` picks
+/// by it.
 pub const DUMPED_AT_META: &str = "dbbackup-dumped-at";
 
 /// Smallest part we upload; boto3 and the AWS CLI default to it too.

@@ -112,7 +112,10 @@ pub async fn run(args: UploadArgs) -> i32 {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024);
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
-    let sent = match args.databases {
+    // A volume that held several databases' dumps keeps them sent, whatever
+    // the backup names now.
+    let several = args.databases || args.staging_dir.join(super::databases::DATABASES).exists();
+    let sent = match several {
         true => super::upload_each::upload_each(&args).await,
         false => upload(&args, &Staging::new(&args.staging_dir), follow::GRACE).await,
     };

@@ -1,7 +1,9 @@
-//! The upload of a backup of several databases (`upload --databases`): each
-//! database's staging (`databases`) is sent as one database's is, under
-//! `<prefix><database>/`, so each has its own series and retention. One
-//! database failing does not stop the others.
+//! The upload of a backup of several databases (`upload --databases`, or
+//! any upload of a volume that holds their stagings): each database's
+//! staging (`databases`) is sent as one database's is, under
+//! `<prefix><database>/`, so each has its own series and retention, and a
+//! dump in the volume's own folder under the prefix itself. One database
+//! failing does not stop the others.
 //!
 //! Chained to a dump run (--follow-dump), it goes round the databases while
 //! the run holds the volume's dump lock, following each dump as it is
@@ -28,11 +30,20 @@ pub(super) async fn upload_each(args: &UploadArgs) -> Result<JobResult, String> 
     let mut sent: Vec<JobResult> = vec![];
     let mut each: Vec<DatabaseResult> = vec![];
     let mut failed = HashSet::new();
+    // A dump staged in the volume's own folder (by a backup of one
+    // database, before or after it named several) goes under the prefix
+    // itself, as it would have; never followed here.
+    let plain = UploadArgs {
+        follow_dump: false,
+        ..args.clone()
+    };
     loop {
         // The lock first: a run that ends after this look has already put
         // its last dump in place for the round below.
         let running = args.follow_dump && root.dump_running().map_err(cannot)?;
-        let mut sent_now = false;
+        let own = send_all(&plain, &root, Duration::ZERO).await?;
+        let mut sent_now = !own.is_empty();
+        sent.extend(own);
         for segment in databases::segments(&args.staging_dir).map_err(cannot)? {
             if failed.contains(&segment) {
                 continue;
@@ -49,13 +60,15 @@ pub(super) async fn upload_each(args: &UploadArgs) -> Result<JobResult, String> 
             match send_all(&one, &staging, Duration::ZERO).await {
                 Ok(results) => {
                     sent_now |= !results.is_empty();
+                    // A stuck dump tried again may fail again: said as such.
                     each.extend(results.iter().map(|r| DatabaseResult {
                         name: name.clone(),
-                        outcome: Outcome::Succeeded,
+                        outcome: r.outcome,
                         key: r.key.clone(),
                         size: r.size,
                         dumped: r.dumped.clone(),
-                        error: None,
+                        error: (r.outcome == Outcome::Failed).then(|| r.message()),
+                        replaced: None,
                     }));
                     sent.extend(results);
                 }
@@ -75,6 +88,7 @@ pub(super) async fn upload_each(args: &UploadArgs) -> Result<JobResult, String> 
                         size: None,
                         dumped: None,
                         error: Some(message),
+                        replaced: None,
                     });
                     failed.insert(segment);
                 }

@@ -102,6 +102,9 @@ pub struct Context {
     /// Consecutive failures per resource, for exponential backoff.
     pub(crate) failures: Mutex<HashMap<ObjectRef<DatabaseBackup>, u32>>,
     pub(crate) restore_failures: Mutex<HashMap<ObjectRef<DatabaseRestore>, u32>>,
+    /// The age key each restore across namespaces has its URLs sealed to,
+    /// by restore UID, until they are read.
+    pub(crate) locate_keys: Mutex<HashMap<String, age::x25519::Identity>>,
 }
 
 struct Writers {
@@ -147,6 +150,7 @@ impl Context {
             notifier,
             failures: Mutex::new(HashMap::new()),
             restore_failures: Mutex::new(HashMap::new()),
+            locate_keys: Mutex::new(HashMap::new()),
         }
     }
 }

@@ -289,7 +289,7 @@ async fn restore(
     let source = request.database.as_ref().or(db.spec.database.name.as_ref());
     if source == Some(&request.to_database) {
         bail!(
-            "{:?} is the database these dumps are of; restore into another database \
+            "{:?} is the database this backup dumps; restore into another database \
              (to replace it, create a DatabaseRestore with overwrite: true yourself)",
             request.to_database
         );

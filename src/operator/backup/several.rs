@@ -29,6 +29,13 @@ pub fn record(status: &mut DatabaseBackupStatus, r: &PodReport) {
             (Step::Upload, Outcome::Succeeded) => {
                 state.last_upload_key = d.key.clone();
                 state.last_upload_time = Some(r.finished.clone());
+                if state
+                    .last_failure
+                    .as_deref()
+                    .is_some_and(|f| f.starts_with(UPLOAD))
+                {
+                    state.last_failure = None;
+                }
             }
             (Step::Upload, _) => {
                 state.last_failure = d.error.as_ref().map(|e| format!("upload: {e}"))
@@ -36,7 +43,27 @@ pub fn record(status: &mut DatabaseBackupStatus, r: &PodReport) {
             _ => {}
         }
     }
+    // A run that names every database it took says which are gone (left
+    // out of the spec or dropped from the server): their entries go.
+    if r.step == Step::Dump && !r.result.databases.is_empty() && r.result.databases_left_out == 0 {
+        status
+            .databases
+            .retain(|s| r.result.databases.iter().any(|d| d.name == s.name));
+    }
     status.databases.sort_by(|a, b| a.name.cmp(&b.name));
+}
+
+/// How `lastFailure` starts when an upload failed.
+const UPLOAD: &str = "upload: ";
+
+/// The unsent dumps a run of several replaced: (database, when finished).
+pub fn replaced(r: &PodReport) -> Vec<(&str, &str)> {
+    r.result
+        .databases
+        .iter()
+        .filter(|_| r.step == Step::Dump)
+        .filter_map(|d| Some((d.name.as_str(), d.replaced.as_deref()?)))
+        .collect()
 }
 
 /// The keys a report of several uploads confirmed, with their sizes.
@@ -65,7 +92,8 @@ pub fn summary(r: &PodReport) -> Option<String> {
         _ => ("dumped", "failed to dump"),
     };
     if failed.is_empty() {
-        let names: Vec<&str> = all.iter().map(|d| d.name.as_str()).collect();
+        let mut names: Vec<&str> = all.iter().map(|d| d.name.as_str()).collect();
+        names.dedup();
         return Some(format!("{} {did}: {}", plural(all.len()), names.join(", ")));
     }
     let causes: Vec<String> = failed
@@ -122,6 +150,7 @@ mod tests {
             size: Some(1),
             dumped: None,
             error: error.map(String::from),
+            replaced: None,
         }
     }
 
@@ -164,5 +193,25 @@ mod tests {
         assert_eq!(uploaded(&upload), [("p/shop/k", Some(1))]);
         assert_eq!(summary(&upload).unwrap(), "1 database uploaded: shop");
         assert_eq!(summary(&report(Step::Dump, vec![])), None);
+
+        // An upload that failed is said until one succeeds; a complete run
+        // that no longer names a database drops it.
+        let failed = report(
+            Step::Upload,
+            vec![db("shop", Outcome::Failed, Some("503"), None)],
+        );
+        record(&mut status, &failed);
+        assert_eq!(
+            status.databases[1].last_failure.as_deref(),
+            Some("upload: 503")
+        );
+        record(&mut status, &upload);
+        assert_eq!(status.databases[1].last_failure, None);
+        record(
+            &mut status,
+            &report(Step::Dump, vec![db("shop", Outcome::Succeeded, None, None)]),
+        );
+        let names: Vec<_> = status.databases.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["shop"]);
     }
 }

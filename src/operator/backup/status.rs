@@ -87,6 +87,15 @@ pub fn record_reports(
                 time: r.finished.clone(),
             });
         }
+        for (name, replaced) in super::several::replaced(&r) {
+            notes.push(Note {
+                warning: true,
+                reason: reasons::DUMP_REPLACED.into(),
+                message: format!(
+                    "a newer dump of {name} replaced its unsent dump finished at {replaced}; only the newer one is uploaded"
+                ),
+            });
+        }
         super::several::record(status, &r);
         for (key, size) in super::several::uploaded(&r) {
             catalog(status, key, size, &r);

@@ -4,12 +4,15 @@
 //! namespace and names the backup; checked when the restore starts. The
 //! store's credentials stay in their namespace: a locate Job runs there with
 //! the backup's own Secret refs, picks the object as any restore would, and
-//! reports presigned URLs of it alone, valid for the restore's deadline. The
-//! restore pod reads through them, with no credentials of that namespace.
+//! reports presigned URLs of it alone, valid for the restore's deadline,
+//! sealed to a key the operator holds in memory for this restore (so no
+//! reader of that pod gets them). The restore pod reads through them, with
+//! no credentials of that namespace.
 
 use super::job::{Across, Located, Source};
 use crate::api::{DatabaseBackup, DatabaseRestore, DatabaseRestoreGrant, IdentitySecretRef};
 use crate::jobresult::{JobResult, Outcome, Step};
+use crate::jobs::presigned;
 use crate::names;
 use crate::operator::checks::{self, CheckError, Problem};
 use crate::operator::pod::{self, Placement, StepContainer, TERMINATION_LOG, UPLOAD_UID};
@@ -23,6 +26,8 @@ use kube::{Api, ResourceExt};
 
 /// The label that ties a locate Job and its pod to their restore (its UID).
 const LABEL_LOCATE: &str = "dbbackup.io/locate";
+/// The label naming the key a locate Job seals its URLs to.
+const LABEL_SEAL: &str = "dbbackup.io/locate-key";
 /// How long a finished locate Job stays: its URLs are read once.
 const KEEP_FINISHED_SECONDS: i32 = 600;
 
@@ -63,19 +68,35 @@ pub async fn source(
             format!("spec.backupNamespace: {what}: restore it in its own namespace"),
         )
     };
-    if bucket
-        .server_side_encryption
-        .as_ref()
-        .is_some_and(|s| s.kind == crate::api::SseType::Customer)
-    {
-        return Err(refuse(
-            "an SSE-C dump cannot be read through a URL without its key travelling with it",
-        )
-        .into());
+    use crate::api::SseType;
+    match bucket.server_side_encryption.as_ref().map(|s| s.kind) {
+        Some(SseType::Customer) => {
+            return Err(refuse(
+                "an SSE-C dump cannot be read through a URL without its key travelling with it",
+            )
+            .into());
+        }
+        // The proof through a URL is the MD5 ETag, which SSE-KMS does not keep.
+        Some(SseType::AwsKms) => {
+            return Err(refuse("an SSE-KMS dump cannot be proven through a URL").into());
+        }
+        Some(SseType::Aes256) | None => {}
     }
     if bucket.ca_bundle.is_some() || bucket.web_identity.is_some() {
         return Err(refuse(
             "a store with a CA bundle or web identity is not yet reached through URLs",
+        )
+        .into());
+    }
+    let prefix = backup::key_prefix(backup);
+    let several = backup.spec.database.is_several();
+    if r.spec.key != crate::api::LATEST && !names::is_dump_key(&prefix, &r.spec.key, several) {
+        return Err(Problem::new(
+            reasons::NOT_ACROSS_NAMESPACES,
+            format!(
+                "spec.key: the grant admits the dumps of DatabaseBackup {:?} alone, under {prefix:?}; this is none of them",
+                backup.name_any()
+            ),
         )
         .into());
     }
@@ -114,10 +135,25 @@ pub async fn locate(
     across: &Across,
 ) -> Result<Locating, Error> {
     let uid = r.metadata.uid.clone().unwrap_or_default();
-    let selector = ListParams::default().labels(&format!("{LABEL_LOCATE}={uid}"));
+    // This operator's key for this restore: its locate Job seals the URLs
+    // to it. Kept in memory only; a restarted operator locates again.
+    let identity = ctx
+        .locate_keys
+        .lock()
+        .unwrap()
+        .entry(uid.clone())
+        .or_insert_with(age::x25519::Identity::generate)
+        .clone();
+    let recipient = identity.to_public().to_string();
+    let seal = names::seal_label(&recipient);
+    let selector =
+        ListParams::default().labels(&format!("{LABEL_LOCATE}={uid},{LABEL_SEAL}={seal}"));
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &across.namespace);
     for pod in pods.list(&selector).await?.items {
-        if let Some(found) = reported(&pod) {
+        if let Some(found) = reported(&pod, &identity) {
+            if !matches!(found, Locating::Waiting) {
+                ctx.locate_keys.lock().unwrap().remove(&uid);
+            }
             return Ok(found);
         }
     }
@@ -132,7 +168,7 @@ pub async fn locate(
         return Ok(Locating::Failed(Box::new(r)));
     }
     if existing.is_empty() {
-        let job = locate_job(r, source, across, &ctx.settings.uploader_image);
+        let job = locate_job(r, source, across, &ctx.settings.uploader_image, &recipient);
         match jobs.create(&PostParams::default(), &job).await {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 409 => {}
@@ -142,8 +178,8 @@ pub async fn locate(
     Ok(Locating::Waiting)
 }
 
-/// What a finished locate pod reported.
-fn reported(pod: &Pod) -> Option<Locating> {
+/// What a finished locate pod reported, its URLs opened with `identity`.
+fn reported(pod: &Pod, identity: &age::x25519::Identity) -> Option<Locating> {
     let t = pod
         .status
         .as_ref()?
@@ -160,13 +196,29 @@ fn reported(pod: &Pod) -> Option<Locating> {
         .and_then(JobResult::parse)
         .filter(|r| r.step == Step::Fetch);
     Some(match result {
-        Some(r) if r.outcome == Outcome::Succeeded => match (&r.presigned, &r.chosen) {
-            (Some(p), Some(chosen)) => Locating::Found(Located {
-                presigned: p.clone(),
-                chosen: chosen.clone(),
-            }),
-            _ => return None,
-        },
+        Some(r) if r.outcome == Outcome::Succeeded => {
+            let opened = r
+                .sealed
+                .as_deref()
+                .and_then(|s| presigned::open(s, identity));
+            match (opened, &r.chosen) {
+                (Some(presigned), Some(chosen)) => Locating::Found(Located {
+                    presigned,
+                    chosen: chosen.clone(),
+                }),
+                _ => {
+                    let cause = "the locate job's URLs cannot be opened with this restore's key";
+                    let when = t.finished_at.clone()?;
+                    let r = crate::operator::results::failure(
+                        Step::Fetch,
+                        &when,
+                        chrono_tz::UTC,
+                        cause,
+                    );
+                    Locating::Failed(Box::new(r))
+                }
+            }
+        }
         Some(r) => Locating::Failed(Box::new(r)),
         None => {
             let when = t.finished_at.clone()?;
@@ -180,7 +232,13 @@ fn reported(pod: &Pod) -> Option<Locating> {
 /// The locate Job: our image, the backup's bucket and Secret refs, in the
 /// backup's namespace, with no owner there (a restore is in another
 /// namespace): it removes itself once read.
-fn locate_job(r: &DatabaseRestore, source: &Source, across: &Across, image: &str) -> Job {
+fn locate_job(
+    r: &DatabaseRestore,
+    source: &Source,
+    across: &Across,
+    image: &str,
+    seal_to: &str,
+) -> Job {
     let spec = &r.spec;
     let uid = r.metadata.uid.clone().unwrap_or_default();
     let (volumes, mounts) = pod::store_volumes(&source.bucket);
@@ -191,6 +249,7 @@ fn locate_job(r: &DatabaseRestore, source: &Source, across: &Across, image: &str
         format!("--termination-log={TERMINATION_LOG}"),
         // Valid while the restore may run, and a little more for its start.
         format!("--expires-seconds={}", spec.active_deadline_seconds + 600),
+        format!("--seal-to={seal_to}"),
     ];
     args.extend(spec.before.as_ref().map(|t| format!("--before={t}")));
     args.extend(pod::store_args(&source.bucket));
@@ -218,17 +277,14 @@ fn locate_job(r: &DatabaseRestore, source: &Source, across: &Across, image: &str
         ),
         (names::LABEL_BACKUP.to_string(), across.backup.clone()),
         (LABEL_LOCATE.to_string(), uid.clone()),
+        (LABEL_SEAL.to_string(), names::seal_label(seal_to)),
     ]
     .into();
     let mut job_spec = pod::job_spec(labels.clone(), pod, 0, 600);
     job_spec.ttl_seconds_after_finished = Some(KEEP_FINISHED_SECONDS);
     Job {
         metadata: ObjectMeta {
-            name: Some(names::child_name(
-                &r.name_any(),
-                &format!("locate-{}", &uid[..uid.len().min(8)]),
-                names::DNS_LABEL_MAX,
-            )),
+            name: Some(names::locate_job_name(&r.name_any(), &uid, seal_to)),
             namespace: Some(across.namespace.clone()),
             labels: Some(labels),
             annotations: Some(
