@@ -309,11 +309,11 @@ async fn a_restore_across_namespaces_needs_a_grant_there() {
     )
     .await;
     let restores: Api<DatabaseRestore> = Api::namespaced(b.client.clone(), &other);
-    let restore = |name: &str, target: &str| {
+    let restore = |name: &str, target: &str, more: &str| {
         let (port, _, _) = b.db.login();
         let manifest = format!(
             "apiVersion: dbbackup.io/v1alpha1\nkind: DatabaseRestore\nmetadata:\n  name: {name}\n  namespace: {other}\n\
-             spec:\n  backup: orders\n  backupNamespace: {from}\n  target:\n    engine: postgres\n    host: {host}\n    \
+             spec:\n  backup: orders\n  backupNamespace: {from}\n{more}  target:\n    engine: postgres\n    host: {host}\n    \
              port: {port}\n    image: {image}\n    name: {target}\n    credentialsSecret:\n      name: db-creds\n",
             from = b.ns,
             host = b.db_host,
@@ -323,7 +323,7 @@ async fn a_restore_across_namespaces_needs_a_grant_there() {
         std::fs::write(&path, manifest).unwrap();
         kubectl(b.cp(), &["apply", "-f", path.to_str().unwrap()]);
     };
-    let refused = |name: &'static str| {
+    let refused = |name: &'static str, reason: &'static str| {
         let restores = restores.clone();
         async move {
             let r = wait_condition(
@@ -331,23 +331,20 @@ async fn a_restore_across_namespaces_needs_a_grant_there() {
                 name,
                 "Restored",
                 Some("False"),
-                "GrantMissing",
+                reason,
                 POD_TIMEOUT,
-            )
-            .await;
-            let c = r
-                .status
-                .unwrap()
+            );
+            let status = r.await.status.unwrap();
+            let c = status
                 .conditions
                 .into_iter()
-                .find(|c| c.type_ == "Restored")
-                .unwrap();
-            c.message
+                .find(|c| c.type_ == "Restored");
+            c.unwrap().message
         }
     };
 
-    restore("across", "across_copy");
-    let message = refused("across").await;
+    restore("across", "across_copy", "");
+    let message = refused("across", "GrantMissing").await;
     assert!(
         message.contains(&format!(
             "no DatabaseRestoreGrant in namespace \"{}\"",
@@ -405,45 +402,21 @@ async fn a_restore_across_namespaces_needs_a_grant_there() {
     );
 
     // A key named outright must be one of this backup's dumps.
-    let outside = format!(
-        "apiVersion: dbbackup.io/v1alpha1\nkind: DatabaseRestore\nmetadata:\n  name: outside\n  namespace: {other}\n\
-         spec:\n  backup: orders\n  backupNamespace: {from}\n  key: elsewhere/2026-03-01/datadump1.sql\n  target:\n    \
-         engine: postgres\n    host: {host}\n    name: outside\n    credentialsSecret:\n      name: db-creds\n",
-        from = b.ns,
-        host = b.db_host,
-    );
-    let path = b.dir().join("outside.yaml");
-    std::fs::write(&path, outside).unwrap();
-    kubectl(b.cp(), &["apply", "-f", path.to_str().unwrap()]);
-    let r = wait_condition(
-        &restores,
+    restore(
         "outside",
-        "Restored",
-        Some("False"),
-        "NotAcrossNamespaces",
-        POD_TIMEOUT,
-    )
-    .await;
-    let c = r
-        .status
-        .unwrap()
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == "Restored")
-        .unwrap();
-    assert!(
-        c.message
-            .contains("the grant admits the dumps of DatabaseBackup \"orders\" alone"),
-        "{}",
-        c.message
+        "outside",
+        "  key: elsewhere/2026-03-01/datadump1.sql\n",
     );
+    let message = refused("outside", "NotAcrossNamespaces").await;
+    let only = "the grant admits the dumps of DatabaseBackup \"orders\" alone";
+    assert!(message.contains(only), "{message}");
 
     grants
         .delete("let-other-restore", &DeleteParams::default())
         .await
         .unwrap();
-    restore("again", "again_copy");
-    let message = refused("again").await;
+    restore("again", "again_copy", "");
+    let message = refused("again", "GrantMissing").await;
     assert!(message.contains("no DatabaseRestoreGrant"), "{message}");
     kubectl(b.cp(), &["delete", "namespace", &other, "--wait=false"]);
 }
