@@ -405,7 +405,7 @@ async fn a_restore_across_namespaces_needs_a_grant_there() {
     restore(
         "outside",
         "outside",
-        "  key: elsewhere/2026-03-01/datadump1.sql\n",
+        "  key: shop/orders/2026-03-01/datadump1.sql\n",
     );
     let message = refused("outside", "NotAcrossNamespaces").await;
     let only = "the grant admits the dumps of DatabaseBackup \"orders\" alone";

@@ -325,7 +325,8 @@ async fn an_upload_follows_a_run_of_several_databases_each_to_its_series() {
 
 /// A SIGTERM (deadline, pod deleted) in the middle of a run of several
 /// stops the dump running, starts no other, removes its partial file, and
-/// still says what ended before it: the first database's dump, in place.
+/// still names every database: the first's dump in place, the others not
+/// dumped.
 #[tokio::test]
 async fn a_run_of_several_stopped_midway_says_what_ended_before() {
     let bench = Bench::new().await;
@@ -353,7 +354,20 @@ async fn a_run_of_several_stopped_midway_says_what_ended_before() {
         .collect();
     assert_eq!(
         names,
-        [("first", Outcome::Succeeded), ("held", Outcome::Failed)]
+        [
+            ("first", Outcome::Succeeded),
+            ("held", Outcome::Failed),
+            ("third", Outcome::Failed)
+        ]
+    );
+    let third = result.databases.iter().find(|d| d.name == "third").unwrap();
+    assert!(
+        third
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("stopped by SIGTERM"),
+        "{third:?}"
     );
     let staged = |name: &str| staging.path().join("databases").join(name).join("dumps");
     assert!(staged("first").join("datadump.sql").exists());

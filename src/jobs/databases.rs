@@ -95,7 +95,17 @@ fn dump_each(args: &DumpArgs, phase: &Mutex<Phase>) -> Result<Ran, String> {
     let appeared = appeared(&args.staging_dir, &names);
     let mut done = vec![];
     let roles = (args.db.engine == Engine::Postgres).then(|| ROLES.to_string());
+    let mut stopped = false;
     for name in names.iter().chain(&roles) {
+        // Stopped (SIGTERM): the rest are named as not dumped, so the
+        // result still lists every database of the run.
+        if stopped {
+            done.push(Done {
+                name: name.clone(),
+                outcome: Err(dump::STOPPED.to_string()),
+            });
+            continue;
+        }
         let segment = match name == ROLES {
             true => ROLES_SEGMENT.to_string(),
             false => database_segment(name),
@@ -106,14 +116,11 @@ fn dump_each(args: &DumpArgs, phase: &Mutex<Phase>) -> Result<Ran, String> {
         let staging = Staging::of_database(&args.staging_dir, &segment);
         let outcome = dump::dump(&one, &staging, phase);
         // Between two dumps a SIGTERM has nothing to wait for.
-        let stopped = dump::set(phase, |_| Phase::Starting).is_err();
+        stopped = dump::set(phase, |_| Phase::Starting).is_err();
         done.push(Done {
             name: name.clone(),
             outcome,
         });
-        if stopped {
-            break;
-        }
     }
     Ok(Ran { appeared, done })
 }

@@ -83,7 +83,7 @@ pub(super) enum Phase {
     Stopped,
 }
 
-const STOPPED: &str = "stopped by SIGTERM (deadline exceeded or pod deleted)";
+pub(super) const STOPPED: &str = "stopped by SIGTERM (deadline exceeded or pod deleted)";
 
 /// Runs one dump; returns the process exit code.
 pub async fn run(args: DumpArgs) -> i32 {

@@ -66,13 +66,25 @@ async fn locate(args: &LocateArgs) -> Result<JobResult, crate::jobresult::Failur
         ));
     }
     let bucket = &args.object.store.bucket;
-    if !store::object_exists(&client, bucket, &key, &sse)
-        .await
-        .map_err(|e| fail(reasons::DOWNLOAD_FAILED, e))?
+    let head = match store::head(&client, bucket, &key, &sse).send().await {
+        Ok(head) => head,
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => {
+            return Err(fail(
+                reasons::OBJECT_NOT_FOUND,
+                format!("object {key} not found in bucket {bucket}"),
+            ));
+        }
+        Err(e) => return Err(fail(reasons::DOWNLOAD_FAILED, store::describe(&e))),
+    };
+    // Encrypted by the bucket's own default key: its ETag is no MD5, and
+    // through a URL nothing else proves it.
+    if head
+        .server_side_encryption()
+        .is_some_and(|e| e.as_str().starts_with("aws:kms"))
     {
         return Err(fail(
-            reasons::OBJECT_NOT_FOUND,
-            format!("object {key} not found in bucket {bucket}"),
+            reasons::NOT_ACROSS_NAMESPACES,
+            format!("{key} is encrypted with SSE-KMS: it cannot be proven through a URL"),
         ));
     }
     let expires = std::time::Duration::from_secs(args.expires_seconds.clamp(60, 7 * 24 * 3600));

@@ -30,6 +30,7 @@ pub(super) async fn upload_each(args: &UploadArgs) -> Result<JobResult, String> 
     let mut sent: Vec<JobResult> = vec![];
     let mut each: Vec<DatabaseResult> = vec![];
     let mut failed = HashSet::new();
+    let mut root_failed = false;
     // A dump staged in the volume's own folder (by a backup of one
     // database, before or after it named several) goes under the prefix
     // itself, as it would have; never followed here.
@@ -41,9 +42,25 @@ pub(super) async fn upload_each(args: &UploadArgs) -> Result<JobResult, String> 
         // The lock first: a run that ends after this look has already put
         // its last dump in place for the round below.
         let running = args.follow_dump && root.dump_running().map_err(cannot)?;
-        let own = send_all(&plain, &root, Duration::ZERO).await?;
-        let mut sent_now = !own.is_empty();
-        sent.extend(own);
+        let mut sent_now = false;
+        if !root_failed {
+            match send_all(&plain, &root, Duration::ZERO).await {
+                Ok(own) => {
+                    sent_now = !own.is_empty();
+                    sent.extend(own);
+                }
+                Err(message) => {
+                    let line = root.log(args.time_zone, &format!("upload failed: {message}"));
+                    error!("{line}");
+                    sent.push(JobResult::new(
+                        Step::Upload,
+                        Outcome::Failed,
+                        line.to_string(),
+                    ));
+                    root_failed = true;
+                }
+            }
+        }
         for segment in databases::segments(&args.staging_dir).map_err(cannot)? {
             if failed.contains(&segment) {
                 continue;
@@ -114,9 +131,13 @@ pub(super) async fn upload_each(args: &UploadArgs) -> Result<JobResult, String> 
         })
         .collect();
     result.stuck = (!notes.is_empty()).then(|| notes.join("; "));
-    result.outcome = match failed.is_empty() {
-        true => Outcome::Succeeded,
-        false => Outcome::Failed,
+    // Failed when anything did: a database, the volume's own folder, or a
+    // stuck dump tried again.
+    let any_failed =
+        !failed.is_empty() || root_failed || each.iter().any(|d| d.outcome == Outcome::Failed);
+    result.outcome = match any_failed {
+        true => Outcome::Failed,
+        false => Outcome::Succeeded,
     };
     result.databases = each;
     Ok(result)

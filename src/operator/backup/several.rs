@@ -93,8 +93,13 @@ pub fn summary(r: &PodReport) -> Option<String> {
     };
     if failed.is_empty() {
         let mut names: Vec<&str> = all.iter().map(|d| d.name.as_str()).collect();
+        names.sort();
         names.dedup();
-        return Some(format!("{} {did}: {}", plural(all.len()), names.join(", ")));
+        return Some(format!(
+            "{} {did}: {}",
+            plural(names.len()),
+            names.join(", ")
+        ));
     }
     let causes: Vec<String> = failed
         .iter()

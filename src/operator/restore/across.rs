@@ -88,9 +88,11 @@ pub async fn source(
         )
         .into());
     }
+    // Either shape: a volume switched between one database and several
+    // holds dumps of both.
     let prefix = backup::key_prefix(backup);
-    let several = backup.spec.database.is_several();
-    if r.spec.key != crate::api::LATEST && !names::is_dump_key(&prefix, &r.spec.key, several) {
+    let ours = |several| names::is_dump_key(&prefix, &r.spec.key, several);
+    if r.spec.key != crate::api::LATEST && !ours(false) && !ours(true) {
         return Err(Problem::new(
             reasons::NOT_ACROSS_NAMESPACES,
             format!(
@@ -150,10 +152,9 @@ pub async fn locate(
         ListParams::default().labels(&format!("{LABEL_LOCATE}={uid},{LABEL_SEAL}={seal}"));
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &across.namespace);
     for pod in pods.list(&selector).await?.items {
+        // The key stays until the restore's Job exists or it ended
+        // (`forget`): a retry of the Job's creation reads this pod again.
         if let Some(found) = reported(&pod, &identity) {
-            if !matches!(found, Locating::Waiting) {
-                ctx.locate_keys.lock().unwrap().remove(&uid);
-            }
             return Ok(found);
         }
     }
@@ -176,6 +177,11 @@ pub async fn locate(
         }
     }
     Ok(Locating::Waiting)
+}
+
+/// Drops the key of restore `uid`: its Job exists, or it ended.
+pub fn forget(ctx: &Context, uid: &str) {
+    ctx.locate_keys.lock().unwrap().remove(uid);
 }
 
 /// What a finished locate pod reported, its URLs opened with `identity`.

@@ -30,7 +30,9 @@ use std::time::Duration;
 
 pub async fn reconcile(r: Arc<DatabaseRestore>, ctx: Arc<Context>) -> Result<Action, Error> {
     let old = r.status.clone().unwrap_or_default();
+    let uid = r.metadata.uid.clone().unwrap_or_default();
     if old.phase.is_some_and(RestorePhase::finished) {
+        across::forget(&ctx, &uid);
         return Ok(Action::await_change());
     }
     let job = match existing_job(&r, &ctx) {
@@ -61,6 +63,9 @@ pub async fn reconcile(r: Arc<DatabaseRestore>, ctx: Arc<Context>) -> Result<Act
         .lock()
         .unwrap()
         .remove(&ObjectRef::from_obj(&*r));
+    if job.is_some() {
+        across::forget(&ctx, &uid);
+    }
     let pod = job_pod(&r, &ctx, job.as_deref());
     let (new, observed) = observe(&old, job.as_deref(), pod.as_deref());
     publish(&r, &ctx, &old, new, observed).await
