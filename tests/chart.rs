@@ -49,6 +49,29 @@ fn helm_template(sets: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A digest that pins the image.
+const DIGEST_SET: &str =
+    "image.digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// A digest pins the operator's image and the one its Jobs run; a
+/// PriorityClass reaches the operator's pods.
+#[test]
+fn a_digest_pins_every_image_and_a_priority_class_is_set() {
+    let rendered = helm_template(&[DIGEST_SET, "priorityClassName=system-cluster-critical"]);
+    let pinned = "ghcr.io/dbbackup-operator/dbbackup-operator@sha256:0123456789abcdef";
+    assert_eq!(rendered.matches(pinned).count(), 2, "{rendered}");
+    assert!(!rendered.contains("dbbackup-operator:"), "{rendered}");
+    assert!(
+        rendered.contains("priorityClassName: \"system-cluster-critical\""),
+        "{rendered}"
+    );
+    let plain = helm_template(&[]);
+    assert!(
+        !plain.contains("priorityClassName") && !plain.contains('@'),
+        "{plain}"
+    );
+}
+
 /// The Deployment's update strategy type as rendered ("" for the default,
 /// RollingUpdate).
 fn strategy(rendered: &str) -> String {
@@ -159,6 +182,8 @@ async fn helm_template_applies_cleanly_with_each_documented_switch() {
         &["metrics.service.enabled=false"],
         &["serviceAccount.create=false,serviceAccount.name=existing"],
         &["logFormat=text,image.tag=1.2.3,image.pullPolicy=Always"],
+        &["priorityClassName=system-cluster-critical"],
+        &[DIGEST_SET],
     ];
     for set in switches {
         let mut helm = cp.helm();
