@@ -198,10 +198,7 @@ pub struct StagingSpec {
     /// Size of the staging volume; it must hold one dump (two while a new dump replaces an old one).
     #[serde(default = "default_staging_size")]
     #[schemars(length(min = 1, max = 64))]
-    #[schemars(extend("x-kubernetes-validations" = cel(&[(
-        "isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))",
-        "must be a positive quantity such as 10Gi"
-    )])))]
+    #[schemars(extend("x-kubernetes-validations" = cel(&[POSITIVE_QUANTITY])))]
     pub size: String,
 
     /// Storage class of the staging PVC; the cluster default when unset.

@@ -4,6 +4,12 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// The CEL rule of a size such as `10Gi`, and its message.
+pub(super) const POSITIVE_QUANTITY: (&str, &str) = (
+    "isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))",
+    "must be a positive quantity such as 10Gi",
+);
+
 /// `x-kubernetes-validations` for a schema node: `(rule, message)` pairs.
 pub(super) fn cel(rules: &[(&str, &str)]) -> serde_json::Value {
     rules

@@ -116,10 +116,7 @@ pub struct DatabaseRestoreSpec {
     /// the node, so a few hundred MiB do for any size of dump.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64))]
-    #[schemars(extend("x-kubernetes-validations" = cel(&[(
-        "isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))",
-        "must be a positive quantity such as 10Gi"
-    )])))]
+    #[schemars(extend("x-kubernetes-validations" = cel(&[POSITIVE_QUANTITY])))]
     pub scratch_size: Option<String>,
 
     /// Resources of the restore pod's containers.

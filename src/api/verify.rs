@@ -36,6 +36,16 @@ pub struct VerifySpec {
     /// loaded dump live on the pod's scratch volume and in its memory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Size of the drill's scratch volume, which holds the throwaway server's
+    /// data (about the size of the database loaded; the dump streams in and
+    /// is never copied). The pod requests it, so that the scheduler places
+    /// the drill on a node with the space, and the volume is bounded by it: a
+    /// drill that outgrows it is evicted and fails, naming the volume.
+    /// Unset: 1Gi is requested and the volume is not bounded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    #[schemars(extend("x-kubernetes-validations" = cel(&[POSITIVE_QUANTITY])))]
+    pub scratch_size: Option<String>,
     /// Seconds a drill may run before it is stopped (default 2 hours).
     #[serde(default = "default_drill_deadline")]
     #[schemars(range(min = 60, max = 604800))]

@@ -12,6 +12,7 @@ pub mod leader;
 pub mod metrics;
 pub mod notify;
 pub mod pod;
+mod requests;
 pub mod restore;
 pub mod results;
 pub mod server;

@@ -6,6 +6,7 @@
 //! database's image, the store's flags and Secret, the database's address).
 
 use super::Settings;
+use super::requests::Requests;
 use crate::api::{BucketSpec, DatabaseSpec, Engine};
 use crate::names;
 use k8s_openapi::api::batch::v1::JobSpec;
@@ -198,7 +199,8 @@ pub(crate) struct StepContainer {
     pub args: Vec<String>,
     pub env: Vec<EnvVar>,
     pub mounts: Vec<VolumeMount>,
-    pub resources: Option<ResourceRequirements>,
+    /// The spec's resources with our `requests` filled in.
+    pub resources: ResourceRequirements,
 }
 
 impl StepContainer {
@@ -210,7 +212,7 @@ impl StepContainer {
             args: Some(self.args),
             env: Some(self.env),
             volume_mounts: Some(self.mounts),
-            resources: self.resources,
+            resources: Some(self.resources),
             security_context: Some(container_security()),
             termination_message_path: Some(TERMINATION_LOG.into()),
             termination_message_policy: Some("FallbackToLogsOnError".into()),
@@ -220,9 +222,13 @@ impl StepContainer {
 }
 
 /// A drill pod's volumes (the scratch volume `work` for the throwaway
-/// server, a `/tmp`, and the `store_volumes`) and its container's mounts.
-pub(crate) fn drill_volumes(bucket: &BucketSpec) -> (Vec<Volume>, Vec<VolumeMount>) {
-    let mut volumes = vec![empty_dir("work", None), empty_dir("tmp", None)];
+/// server, bounded by `scratch`, a `/tmp`, and the `store_volumes`) and its
+/// container's mounts.
+pub(crate) fn drill_volumes(
+    bucket: &BucketSpec,
+    scratch: Option<String>,
+) -> (Vec<Volume>, Vec<VolumeMount>) {
+    let mut volumes = vec![empty_dir("work", scratch), empty_dir("tmp", None)];
     let mut mounts = vec![mount("work", "/work"), mount("tmp", "/tmp")];
     let (store, store_mounts) = store_volumes(bucket);
     volumes.extend(store);
@@ -316,14 +322,17 @@ pub(crate) struct DatabaseStep<'a> {
     pub db: &'a DatabaseSpec,
     pub flags: Vec<String>,
     pub mounts: Vec<VolumeMount>,
+    /// The spec's resources, if any.
     pub resources: Option<ResourceRequirements>,
+    /// What the step requests of what those leave unnamed.
+    pub requests: Requests,
 }
 
 impl DatabaseStep<'_> {
     /// The init container that copies our binary in, the step's container,
     /// and the volume that carries the binary between them.
     pub fn build(self, settings: &Settings) -> (Container, Container, Volume) {
-        let (copy, volume, binary_mount) = binary_copy(settings, self.resources.clone());
+        let (copy, volume, binary_mount) = binary_copy(settings, self.resources.as_ref());
         let mut mounts = self.mounts;
         mounts.push(binary_mount);
         let mut args = vec![self.subcommand.to_string()];
@@ -338,7 +347,7 @@ impl DatabaseStep<'_> {
             args,
             env,
             mounts,
-            resources: self.resources,
+            resources: self.requests.under(self.resources.as_ref()),
         }
         .build();
         (copy, container, volume)
@@ -350,7 +359,7 @@ impl DatabaseStep<'_> {
 /// load steps run in the database's image with its tools, and no shell.
 pub(crate) fn binary_copy(
     settings: &Settings,
-    resources: Option<ResourceRequirements>,
+    resources: Option<&ResourceRequirements>,
 ) -> (Container, Volume, VolumeMount) {
     let mount = VolumeMount {
         name: "dbbackup-binary".into(),
@@ -362,7 +371,7 @@ pub(crate) fn binary_copy(
         image: Some(settings.uploader_image.clone()),
         args: Some(vec!["copy-binary".into(), format!("--to={BINARY}")]),
         volume_mounts: Some(vec![mount.clone()]),
-        resources,
+        resources: Some(Requests::helper().under(resources)),
         security_context: Some(container_security()),
         ..Default::default()
     };

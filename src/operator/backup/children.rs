@@ -10,6 +10,7 @@ use crate::operator::Settings;
 use crate::operator::pod::{
     self, DUMP_UID, DatabaseStep, Placement, StepContainer, TERMINATION_LOG, UPLOAD_UID,
 };
+use crate::operator::requests::Requests;
 use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobTemplateSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
@@ -168,6 +169,7 @@ pub fn dump_cronjob(db: &DatabaseBackup, settings: &Settings) -> CronJob {
         flags,
         mounts,
         resources: spec.jobs.resources.clone(),
+        requests: Requests::database_step(),
     }
     .build(settings);
     if let Some(encryption) = &spec.encryption {
@@ -270,7 +272,7 @@ pub fn upload_cronjob(db: &DatabaseBackup, settings: &Settings) -> CronJob {
         args,
         env,
         mounts,
-        resources: spec.jobs.resources.clone(),
+        resources: Requests::step().under(spec.jobs.resources.as_ref()),
     }
     .build();
     let mut placement = placement(db);

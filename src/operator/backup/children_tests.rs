@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::operator::pod::{assert_golden, database_port, secret_source};
+use serde::Deserialize;
 
 fn fixture(engine: &str, extra: serde_json::Value) -> DatabaseBackup {
     let mut manifest = serde_json::json!({
@@ -342,5 +343,83 @@ fn a_drill_streams_the_dump_in_with_the_store_and_identity_and_keeps_no_copy() {
     assert_eq!(
         secret_source(verify, "AWS_ACCESS_KEY_ID").0,
         "s3-creds".to_string()
+    );
+}
+
+#[test]
+fn a_drill_requests_its_scratch_and_is_bounded_by_it() {
+    let ephemeral = |verify: serde_json::Value| {
+        let db = fixture("mariadb", serde_json::json!({ "verify": verify }));
+        let key = "shop/orders/2026-12-01/datadump1.sql";
+        let job = super::super::drill::verify_job(&db, &settings(), key, "run").unwrap();
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        let requests = pod.containers[0]
+            .resources
+            .clone()
+            .unwrap()
+            .requests
+            .unwrap();
+        let work = pod.volumes.unwrap().into_iter().find(|v| v.name == "work");
+        let bound = work.unwrap().empty_dir.unwrap().size_limit.map(|q| q.0);
+        (requests["ephemeral-storage"].0.clone(), bound)
+    };
+    assert_eq!(
+        ephemeral(serde_json::json!({ "scratchSize": "40Gi" })),
+        ("40Gi".to_string(), Some("40Gi".to_string()))
+    );
+    // Unset: the scheduler still sees a request; the volume is not bounded.
+    assert_eq!(ephemeral(serde_json::json!({})), ("1Gi".to_string(), None));
+}
+
+/// Every container of the golden pod specs requests CPU, memory and
+/// ephemeral storage, so a ResourceQuota on requests admits them, and the
+/// restore requests the scratch its spec bounds.
+#[test]
+fn every_golden_pod_requests_ephemeral_storage_and_the_restore_its_scratch() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden");
+    let mut seen = 0;
+    for file in [
+        "mariadb-children.yaml",
+        "postgres-children.yaml",
+        "restore-job.yaml",
+    ] {
+        let text = std::fs::read_to_string(format!("{dir}/{file}")).unwrap();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value = serde_yaml::Value::deserialize(doc).unwrap();
+            let template = match value["kind"].as_str() {
+                Some("CronJob") => &value["spec"]["jobTemplate"]["spec"]["template"]["spec"],
+                Some("Job") => &value["spec"]["template"]["spec"],
+                _ => continue,
+            };
+            let containers = [&template["initContainers"], &template["containers"]];
+            for c in containers
+                .into_iter()
+                .filter_map(|c| c.as_sequence())
+                .flatten()
+            {
+                let requests = &c["resources"]["requests"];
+                for resource in ["cpu", "memory", "ephemeral-storage"] {
+                    assert!(
+                        requests[resource].as_str().is_some(),
+                        "{file}: {} requests no {resource}",
+                        c["name"].as_str().unwrap()
+                    );
+                }
+                seen += 1;
+            }
+            if value["kind"] == "Job" {
+                let tmp = template["volumes"].as_sequence().unwrap().iter();
+                let bound =
+                    tmp.clone().find(|v| v["name"] == "tmp").unwrap()["emptyDir"]["sizeLimit"]
+                        .clone();
+                let load = &template["containers"][0]["resources"]["requests"];
+                assert_eq!(load["ephemeral-storage"], bound, "{file}");
+            }
+        }
+    }
+    assert_eq!(
+        seen,
+        2 * 3 + 2,
+        "dump, copy and upload twice; restore and copy"
     );
 }

@@ -12,6 +12,7 @@ use crate::jobresult::Step;
 use crate::names;
 use crate::operator::Settings;
 use crate::operator::pod::{self, BINARY, DUMP_UID, Placement, StepContainer, TERMINATION_LOG};
+use crate::operator::requests::Requests;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
@@ -27,8 +28,8 @@ pub fn verify_job(db: &DatabaseBackup, settings: &Settings, key: &str, run: &str
     let verify = db.spec.verify.as_ref()?;
     let spec = &db.spec;
     // The scratch holds the throwaway server's data only: the dump streams in.
-    let (mut volumes, mut mounts) = pod::drill_volumes(&spec.bucket);
-    let (copy, binary, binary_mount) = pod::binary_copy(settings, verify.resources.clone());
+    let (mut volumes, mut mounts) = pod::drill_volumes(&spec.bucket, verify.scratch_size.clone());
+    let (copy, binary, binary_mount) = pod::binary_copy(settings, verify.resources.as_ref());
     volumes.push(binary);
     let mut args = vec![
         "verify".to_string(),
@@ -67,7 +68,7 @@ pub fn verify_job(db: &DatabaseBackup, settings: &Settings, key: &str, run: &str
         args,
         env,
         mounts,
-        resources: verify.resources.clone(),
+        resources: Requests::drill(verify.scratch_size.as_deref()).under(verify.resources.as_ref()),
     }
     .build();
     let placement = Placement {

@@ -16,6 +16,7 @@ use crate::jobs::presigned;
 use crate::names;
 use crate::operator::checks::{self, CheckError, Problem};
 use crate::operator::pod::{self, Placement, StepContainer, TERMINATION_LOG, UPLOAD_UID};
+use crate::operator::requests::Requests;
 use crate::operator::{Context, Error, backup};
 use crate::reasons;
 use k8s_openapi::api::batch::v1::Job;
@@ -266,7 +267,7 @@ fn locate_job(
         args,
         env: pod::store_env(&source.bucket, across.service_account.is_some()),
         mounts,
-        resources: None,
+        resources: Requests::step().under(None),
     }
     .build();
     let placement = Placement {

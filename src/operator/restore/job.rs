@@ -11,6 +11,7 @@ use crate::jobresult::Step;
 use crate::names;
 use crate::operator::Settings;
 use crate::operator::pod::{self, DUMP_UID, DatabaseStep, Placement, TERMINATION_LOG};
+use crate::operator::requests::Requests;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
@@ -107,6 +108,7 @@ pub fn restore_job(r: &DatabaseRestore, source: &Source, settings: &Settings) ->
         flags,
         mounts,
         resources: spec.resources.clone(),
+        requests: Requests::restore(spec.scratch_size.as_deref()),
     }
     .build(settings);
     volumes.push(binary);
@@ -256,7 +258,9 @@ mod tests {
 
     #[test]
     fn golden_restore_job() {
-        let r = restore(serde_json::json!({ "backup": "orders", "overwrite": true }));
+        let r = restore(serde_json::json!({
+            "backup": "orders", "overwrite": true, "scratchSize": "2Gi"
+        }));
         let source = source(serde_json::json!({ "endpoint": "http://minio:9000" }));
         let job = restore_job(&r, &source, &settings());
         assert_golden("restore-job.yaml", &serde_yaml::to_string(&job).unwrap());
