@@ -40,6 +40,10 @@ pub const DUMP_STUCK: &str = "DumpStuck";
 /// No dump is kept back unproven (the DumpsProven reason).
 pub const ALL_PROVEN: &str = "AllProven";
 pub const UPLOAD_FAILED: &str = "UploadFailed";
+/// A Job of the step cannot create its pod: a ResourceQuota refuses it.
+pub const QUOTA_EXCEEDED: &str = "QuotaExceeded";
+/// A Job of the step cannot create its pod, refused for another reason.
+pub const PODS_NOT_CREATED: &str = "PodsNotCreated";
 /// A pod of the step cannot start by itself: its image cannot be pulled.
 pub const IMAGE_PULL_FAILED: &str = "ImagePullFailed";
 /// A pod of the step cannot start by itself: the runtime cannot create its container.

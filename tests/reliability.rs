@@ -8,7 +8,7 @@ use dbbackup_operator::api::DatabaseBackup;
 use dbbackup_operator::names;
 use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod, ResourceQuota};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, ApiResource, DynamicObject, ObjectMeta, PostParams};
 use kube::{Client, ResourceExt};
@@ -351,4 +351,171 @@ mod url_parts {
             })
         }
     }
+}
+
+/// Namespace "shop" on a control plane whose Job and quota controllers run.
+async fn setup_with_controllers() -> (support::ControlPlane, Client) {
+    let opts = support::controlplane::Options {
+        controller_manager: true,
+        ..Default::default()
+    };
+    setup_with(opts, &["shop"]).await
+}
+
+/// A ResourceQuota with `hard` in `ns`, once its controller has counted the
+/// namespace (before that, quota admission refuses every pod).
+async fn create_quota(client: &Client, ns: &str, name: &str, hard: serde_json::Value) {
+    let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), ns);
+    let quota = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": name }, "spec": { "hard": hard }
+    }))
+    .unwrap();
+    quotas.create(&PostParams::default(), &quota).await.unwrap();
+    wait_for(
+        "the quota to be counted",
+        Duration::from_secs(30),
+        || async {
+            let q = quotas.get(name).await.ok()?;
+            q.status?.used.map(|_| ())
+        },
+    )
+    .await;
+}
+
+/// Asks for a dump now, as `kubectl dbbackup backup` does.
+async fn run_now(client: &Client, ns: &str, name: &str) {
+    let backups: Api<DatabaseBackup> = Api::namespaced(client.clone(), ns);
+    let patch = serde_json::json!({ "metadata": { "annotations": { names::RUN_NOW: "now" } } });
+    backups
+        .patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+}
+
+/// Under a ResourceQuota on requests and no LimitRange, a pod whose
+/// containers request nothing is refused at creation. Ours request a little
+/// by default, so the Job controller creates the dump's pod.
+#[tokio::test]
+async fn a_quota_on_requests_admits_our_pods_without_a_limit_range() {
+    let (_cp, client) = setup_with_controllers().await;
+    create_sample_secrets(&client, "shop").await;
+    let hard = serde_json::json!({
+        "requests.cpu": "2", "requests.memory": "2Gi", "requests.ephemeral-storage": "10Gi"
+    });
+    create_quota(&client, "shop", "compute", hard).await;
+    let _op = RunningOperator::start(&client);
+    create_backup(&client, "shop", backup_manifest("orders", "mariadb")).await;
+    let backups: Api<DatabaseBackup> = Api::namespaced(client.clone(), "shop");
+    wait_ready(&backups, "orders", "True", "Reconciled").await;
+    run_now(&client, "shop", "orders").await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
+    let lp = kube::api::ListParams::default().labels("dbbackup.io/step=dump");
+    let pod = wait_for("the dump pod", Duration::from_secs(60), || async {
+        pods.list(&lp).await.ok()?.items.into_iter().next()
+    })
+    .await;
+    let spec = pod.spec.unwrap();
+    for c in spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+    {
+        let requests = c.resources.as_ref().and_then(|r| r.requests.clone());
+        assert_eq!(
+            requests.map(|r| r.into_keys().collect::<Vec<_>>()),
+            Some(vec![
+                "cpu".into(),
+                "ephemeral-storage".into(),
+                "memory".into()
+            ]),
+            "{}",
+            c.name
+        );
+    }
+    let failed = events(&client, "shop", EventFilter::reason("FailedCreate")).await;
+    assert!(failed.is_empty(), "{failed:?}");
+}
+
+/// A quota that refuses the dump's pod and the restore's: each says so
+/// within a minute, naming the quota, in its condition and a Warning Event,
+/// not hours later at the Job's deadline.
+#[tokio::test]
+async fn a_pod_refused_by_a_quota_is_said_naming_the_quota_within_a_minute() {
+    use dbbackup_operator::api::DatabaseRestore;
+    let (_cp, client) = setup_with_controllers().await;
+    create_sample_secrets(&client, "shop").await;
+    create_quota(
+        &client,
+        "shop",
+        "tight",
+        serde_json::json!({ "requests.memory": "1Mi" }),
+    )
+    .await;
+    let _op = RunningOperator::start(&client);
+    create_backup(&client, "shop", backup_manifest("orders", "mariadb")).await;
+    let backups: Api<DatabaseBackup> = Api::namespaced(client.clone(), "shop");
+    wait_ready(&backups, "orders", "True", "Reconciled").await;
+    run_now(&client, "shop", "orders").await;
+    let minute = Duration::from_secs(60);
+    let db = wait_condition(
+        &backups,
+        "orders",
+        "DumpSucceeded",
+        Some("False"),
+        "QuotaExceeded",
+        minute,
+    )
+    .await;
+    let condition = db
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "DumpSucceeded");
+    let message = condition.unwrap().message;
+    assert!(
+        message.contains(r#"cannot create its pod: ResourceQuota "tight" refuses it"#),
+        "{message}"
+    );
+    let event = warning_event(&client, "shop", "orders", "QuotaExceeded").await;
+    assert!(event.message.unwrap().contains(r#"ResourceQuota "tight""#));
+
+    let restore = serde_json::json!({
+        "apiVersion": "dbbackup.io/v1alpha1",
+        "kind": "DatabaseRestore",
+        "metadata": { "name": "back" },
+        "spec": {
+            "backup": "orders",
+            "target": {
+                "engine": "mariadb", "host": "db", "name": "shop",
+                "credentialsSecret": { "name": "db-creds" }
+            }
+        }
+    });
+    let restores: Api<DatabaseRestore> = Api::namespaced(client.clone(), "shop");
+    let restore: DatabaseRestore = serde_json::from_value(restore).unwrap();
+    restores
+        .create(&PostParams::default(), &restore)
+        .await
+        .unwrap();
+    let r = wait_condition(
+        &restores,
+        "back",
+        "Restored",
+        Some("False"),
+        "QuotaExceeded",
+        minute,
+    )
+    .await;
+    let message = &r.status.unwrap().conditions[0].message;
+    assert!(
+        message.contains(r#"ResourceQuota "tight" refuses it"#),
+        "{message}"
+    );
+    warning_event(&client, "shop", "back", "QuotaExceeded").await;
 }

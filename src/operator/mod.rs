@@ -12,6 +12,7 @@ pub mod leader;
 pub mod metrics;
 pub mod notify;
 pub mod pod;
+pub(crate) mod refused;
 mod requests;
 pub mod restore;
 pub mod results;
@@ -23,7 +24,7 @@ use apiserver::{api, labelled_owner, log_controller_error, watch};
 use checks::{CheckError, Problem};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod};
 use kube::api::PartialObjectMeta;
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::store::Writer;
@@ -96,6 +97,8 @@ pub struct Context {
     pub(crate) jobs: Store<Job>,
     pub(crate) cronjobs: Store<PartialObjectMeta<CronJob>>,
     pub(crate) pvcs: Store<PartialObjectMeta<PersistentVolumeClaim>>,
+    /// Jobs' `FailedCreate` Events: pods the API server refused (`refused`).
+    pub(crate) refusals: Store<Event>,
     writers: Mutex<Option<Writers>>,
     pub(crate) reporter: Reporter,
     /// Delivers notifications off the reconcile path.
@@ -113,6 +116,7 @@ struct Writers {
     jobs: Writer<Job>,
     cronjobs: Writer<PartialObjectMeta<CronJob>>,
     pvcs: Writer<PartialObjectMeta<PersistentVolumeClaim>>,
+    refusals: Writer<Event>,
     /// Backups whose notification outcome changed, to reconcile.
     notified: Option<futures::channel::mpsc::UnboundedReceiver<ObjectRef<DatabaseBackup>>>,
 }
@@ -127,6 +131,7 @@ impl Context {
         // `applied`), and whole CronJobs were most of the operator's memory.
         let (cronjobs, cronjob_writer) = reflector::store();
         let (pvcs, pvc_writer) = reflector::store();
+        let (refusals, refusal_writer) = reflector::store_shared(256);
         let (notifier, notified) =
             notify::Notifier::new(notify::Retry::default(), settings.notify_allowed.clone());
         Context {
@@ -137,11 +142,13 @@ impl Context {
             jobs,
             cronjobs,
             pvcs,
+            refusals,
             writers: Mutex::new(Some(Writers {
                 pods: pod_writer,
                 jobs: job_writer,
                 cronjobs: cronjob_writer,
                 pvcs: pvc_writer,
+                refusals: refusal_writer,
                 notified: Some(notified),
             })),
             reporter: Reporter {
@@ -203,7 +210,11 @@ fn ours() -> watcher::Config {
 /// all first lists.
 async fn drive_caches(client: &Client, ns: Option<&str>, writers: Writers) {
     let children = ours();
-    futures::future::join4(
+    // Not awaited before the controllers start: refusals only add a condition.
+    let refusals = watch(api::<Event>(client, ns), &refused::failed_create())
+        .reflect_shared(writers.refusals)
+        .for_each(|_| async {});
+    let children = futures::future::join4(
         watch(api::<Pod>(client, ns), &children)
             .reflect_shared(writers.pods)
             .for_each(|_| async {}),
@@ -219,8 +230,8 @@ async fn drive_caches(client: &Client, ns: Option<&str>, writers: Writers) {
         )
         .reflect(writers.pvcs)
         .for_each(|_| async {}),
-    )
-    .await;
+    );
+    futures::future::join(children, refusals).await;
 }
 
 fn backup_controller(
@@ -254,6 +265,9 @@ fn backup_controller(
     fn to_backup<K: Resource>(obj: Arc<K>) -> Option<ObjectRef<DatabaseBackup>> {
         labelled_owner(&*obj, names::LABEL_BACKUP)
     }
+    let jobs = ctx.jobs.clone();
+    let refused_backup =
+        move |e: Arc<Event>| labelled_owner(&*refused_job(&jobs, &e)?, names::LABEL_BACKUP);
     let sweep = sweep_forgotten(reader.clone(), ctx.metrics.clone(), ctx.notifier.clone());
     // Pods and Jobs of our CronJobs map back to their DatabaseBackup by label.
     let controller = Controller::for_stream(triggers, reader)
@@ -262,6 +276,7 @@ fn backup_controller(
         .owns(api::<PartialObjectMeta<PersistentVolumeClaim>>(client, ns), ours())
         .watches_shared_stream(writers.pods.subscribe().expect("a shared store"), to_backup::<Pod>)
         .watches_shared_stream(writers.jobs.subscribe().expect("a shared store"), to_backup::<Job>)
+        .watches_shared_stream(writers.refusals.subscribe().expect("a shared store"), refused_backup)
         .reconcile_on(notified)
         .shutdown_on_signal()
         .run(
@@ -312,10 +327,14 @@ fn restore_controller(
     fn to_restore<K: Resource>(obj: Arc<K>) -> Option<ObjectRef<DatabaseRestore>> {
         labelled_owner(&*obj, names::LABEL_RESTORE)
     }
+    let jobs = ctx.jobs.clone();
+    let refused_restore =
+        move |e: Arc<Event>| labelled_owner(&*refused_job(&jobs, &e)?, names::LABEL_RESTORE);
     Controller::new(api::<DatabaseRestore>(&ctx.client, ns), Default::default())
         .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
         .watches_shared_stream(writers.jobs.subscribe().expect("a shared store"), to_restore::<Job>)
         .watches_shared_stream(writers.pods.subscribe().expect("a shared store"), to_restore::<Pod>)
+        .watches_shared_stream(writers.refusals.subscribe().expect("a shared store"), refused_restore)
         .shutdown_on_signal()
         .run(
             |r, ctx| {
@@ -326,4 +345,11 @@ fn restore_controller(
             ctx.clone(),
         )
         .for_each(log_controller_error)
+}
+
+/// The Job of ours an Event of a refused pod is about.
+fn refused_job(jobs: &Store<Job>, event: &Event) -> Option<Arc<Job>> {
+    let o = &event.involved_object;
+    let job = jobs.get(&ObjectRef::new(o.name.as_deref()?).within(o.namespace.as_deref()?))?;
+    (job.metadata.uid == o.uid).then_some(job)
 }

@@ -100,6 +100,8 @@ impl ControlPlane {
             "job-controller",
             "serviceaccount-controller",
             "namespace-controller",
+            // Quota usage, without which quota admission refuses every pod.
+            "resourcequota-controller",
         ];
         if opts.for_node {
             controllers.extend([

@@ -224,13 +224,20 @@ fn running_since(pod: &Pod) -> Option<chrono::DateTime<chrono::Utc>> {
         .map(results::to_chrono)
 }
 
-/// Pods of this backup that cannot start, as the conditions of their steps.
+/// Pods of this backup that cannot start, and Jobs that cannot create
+/// theirs, as the conditions of their steps.
 pub(super) fn stuck_pods(db: &DatabaseBackup, ctx: &Context) -> Vec<(&'static str, Observed)> {
     let key = Some(ObjectRef::from_obj(db));
-    ctx.pods
-        .state()
+    let pods = ctx.pods.state();
+    let stuck = pods
         .iter()
         .filter(|p| labelled_owner(&***p, names::LABEL_BACKUP) == key)
-        .filter_map(|p| reports::stuck(p))
-        .collect()
+        .filter_map(|p| reports::stuck(p));
+    let events = ctx.refusals.state();
+    let jobs = ctx.jobs.state();
+    let refused = jobs
+        .iter()
+        .filter(|j| labelled_owner(&***j, names::LABEL_BACKUP) == key)
+        .filter_map(|j| reports::refused(j, events.iter().map(|e| &**e)));
+    stuck.chain(refused).collect()
 }

@@ -4,10 +4,11 @@
 use crate::jobresult::{JobResult, Outcome, Step};
 use crate::names;
 use crate::operator::conditions::{DUMP_SUCCEEDED, Observed, UPLOAD_SUCCEEDED, VERIFIED};
+use crate::operator::refused;
 use crate::operator::results::{exit_cause, failure, job_failure};
 use crate::reasons::{CONTAINER_NOT_STARTED, IMAGE_PULL_FAILED};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Event, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
@@ -190,13 +191,34 @@ pub fn stuck(pod: &Pod) -> Option<(&'static str, Observed)> {
                 detail.into_iter().flatten().collect::<Vec<_>>().join(": "),
             ))
         })?;
-    let type_ = match step {
+    let message = format!("pod {} waits: {what} ({detail})", pod.name_any());
+    Some((
+        reason,
+        Observed::new(condition_of(step), false, reason, message),
+    ))
+}
+
+/// Why a Job of ours that has not finished cannot create its pod (a quota,
+/// `refused::refusal`), as the condition of its step.
+pub fn refused<'a>(
+    job: &Job,
+    events: impl IntoIterator<Item = &'a Event>,
+) -> Option<(&'static str, Observed)> {
+    let step = step_of(job.labels())?;
+    let (reason, message) = refused::refusal(job, events)?;
+    Some((
+        reason,
+        Observed::new(condition_of(step), false, reason, message),
+    ))
+}
+
+/// The condition that says how the step's runs went.
+fn condition_of(step: Step) -> &'static str {
+    match step {
         Step::Upload => UPLOAD_SUCCEEDED,
         Step::Verify => VERIFIED,
         _ => DUMP_SUCCEEDED,
-    };
-    let message = format!("pod {} waits: {what} ({detail})", pod.name_any());
-    Some((reason, Observed::new(type_, false, reason, message)))
+    }
 }
 
 /// The backup step a pod or Job of ours runs, from its label.

@@ -15,6 +15,7 @@ pub use status::observe;
 use super::apiserver::{backoff_after, create_job, labelled_owner, write_status};
 use super::checks::{self, CheckError, Problem};
 use super::conditions::{self, Observed, RESTORED};
+use super::refused::refusal;
 use super::{Context, Error, backup};
 use crate::api::{DatabaseBackup, DatabaseRestore, DatabaseRestoreStatus, LATEST, RestorePhase};
 use crate::{names, reasons};
@@ -68,7 +69,31 @@ pub async fn reconcile(r: Arc<DatabaseRestore>, ctx: Arc<Context>) -> Result<Act
     }
     let pod = job_pod(&r, &ctx, job.as_deref());
     let (new, observed) = observe(&old, job.as_deref(), pod.as_deref());
+    let observed = match job.as_deref().filter(|_| pod.is_none()) {
+        Some(job) => refused(&r, &ctx, &old, job).await.unwrap_or(observed),
+        None => observed,
+    };
     publish(&r, &ctx, &old, new, observed).await
+}
+
+/// Why the restore's Job cannot create its pod (a quota), said in the
+/// Restored condition and, once, in a Warning Event.
+async fn refused(
+    r: &DatabaseRestore,
+    ctx: &Context,
+    old: &DatabaseRestoreStatus,
+    job: &Job,
+) -> Option<Observed> {
+    let events = ctx.refusals.state();
+    let (reason, message) = refusal(job, events.iter().map(|e| &**e))?;
+    let refused = Observed::new(RESTORED, false, reason, message);
+    let known = conditions::find(&old.conditions, RESTORED)
+        .is_some_and(|c| conditions::says_stuck(c, &refused));
+    if !known {
+        ctx.publish(r, EventType::Warning, reason, &refused.message)
+            .await;
+    }
+    Some(refused)
 }
 
 pub fn error_policy(r: Arc<DatabaseRestore>, error: &Error, ctx: Arc<Context>) -> Action {
