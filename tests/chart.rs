@@ -72,6 +72,54 @@ fn a_digest_pins_every_image_and_a_priority_class_is_set() {
     );
 }
 
+/// The rendered document of `kind`, if any.
+fn rendered_kind(rendered: &str, kind: &str) -> Option<serde_json::Value> {
+    let doc = rendered
+        .split("\n---")
+        .find(|d| d.contains(&format!("\nkind: {kind}\n")))?;
+    Some(serde_yaml::from_str(doc).unwrap())
+}
+
+/// Above one replica the operator's pods prefer different nodes and a
+/// PodDisruptionBudget lets a drain take one at a time; one replica has
+/// neither (a budget would block every drain), and both can be turned off.
+#[test]
+fn two_replicas_prefer_two_nodes_and_a_drain_takes_one_at_a_time() {
+    let two = helm_template(&["replicas=2"]);
+    let deployment = rendered_kind(&two, "Deployment").unwrap();
+    let affinity = &deployment["spec"]["template"]["spec"]["affinity"];
+    let term = &affinity["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0];
+    assert_eq!(
+        term["podAffinityTerm"]["topologyKey"],
+        "kubernetes.io/hostname"
+    );
+    assert_eq!(
+        term["podAffinityTerm"]["labelSelector"]["matchLabels"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
+    let budget = rendered_kind(&two, "PodDisruptionBudget").unwrap();
+    assert_eq!(budget["spec"]["maxUnavailable"], 1);
+    assert_eq!(budget["spec"]["selector"], deployment["spec"]["selector"]);
+
+    let one = helm_template(&[]);
+    assert!(rendered_kind(&one, "PodDisruptionBudget").is_none());
+    let deployment = rendered_kind(&one, "Deployment").unwrap();
+    assert!(deployment["spec"]["template"]["spec"]["affinity"].is_null());
+
+    let off = helm_template(&[
+        "replicas=2",
+        "spreadAcrossNodes=false",
+        "podDisruptionBudget.enabled=false",
+    ]);
+    assert!(rendered_kind(&off, "PodDisruptionBudget").is_none());
+    let deployment = rendered_kind(&off, "Deployment").unwrap();
+    assert!(deployment["spec"]["template"]["spec"]["affinity"].is_null());
+    // The user's own affinity replaces ours.
+    let own = helm_template(&["replicas=2", "affinity.nodeAffinity.x=1"]);
+    let deployment = rendered_kind(&own, "Deployment").unwrap();
+    assert!(deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"].is_null());
+}
+
 /// The Deployment's update strategy type as rendered ("" for the default,
 /// RollingUpdate).
 fn strategy(rendered: &str) -> String {
@@ -176,6 +224,7 @@ async fn helm_template_applies_cleanly_with_each_documented_switch() {
         &[],
         &["watchNamespace=shop"],
         &["replicas=2"],
+        &["replicas=3,spreadAcrossNodes=false,podDisruptionBudget.enabled=false"],
         &["leaderElection.enabled=true,leaderElection.leaseDurationSeconds=30"],
         &["metrics.serviceMonitor.enabled=true,metrics.prometheusRule.enabled=true"],
         &["metrics.dashboard.enabled=true"],
