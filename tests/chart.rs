@@ -3,6 +3,9 @@
 
 mod support;
 
+#[path = "chart/lint.rs"]
+mod lint;
+
 use dbbackup_operator::api::DatabaseBackup;
 use kube::api::Api;
 use std::path::{Path, PathBuf};

