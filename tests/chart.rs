@@ -533,6 +533,16 @@ async fn every_example_applies_with_server_dry_run() {
         "yaml",
     );
     assert!(examples.len() >= 5, "{examples:?}");
+    // Every pod an example runs meets the restricted Pod Security Standard:
+    // the apiserver warns of any that would not.
+    let out = output(cp.kubectl().args([
+        "label",
+        "namespace",
+        "shop",
+        "pod-security.kubernetes.io/warn=restricted",
+        "--overwrite",
+    ]));
+    assert!(out.status.success(), "{}", text(&out));
     for file in examples {
         let out = output(
             cp.kubectl()
