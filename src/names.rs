@@ -14,6 +14,9 @@ use sha2::{Digest, Sha256};
 /// of its Events. One name, since it is one idea.
 pub const MANAGER: &str = "dbbackup-operator";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// The recommended label of the resource a child belongs to: the
+/// DatabaseBackup's or DatabaseRestore's name, which tools group by.
+pub const LABEL_INSTANCE: &str = "app.kubernetes.io/instance";
 /// On a backup's children, Jobs and pods: the DatabaseBackup's name.
 pub const LABEL_BACKUP: &str = "dbbackup.io/backup";
 /// On a restore's Job and pod: the DatabaseRestore's name.

@@ -32,6 +32,7 @@ pub fn labels(owner: &str, step: Option<Step>) -> BTreeMap<String, String> {
             names::MANAGER.to_string(),
         ),
         (names::LABEL_BACKUP.to_string(), owner.to_string()),
+        (names::LABEL_INSTANCE.to_string(), owner.to_string()),
     ]);
     if let Some(step) = step {
         labels.insert(names::LABEL_STEP.to_string(), step.as_str().to_string());

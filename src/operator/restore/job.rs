@@ -58,6 +58,7 @@ fn labels(restore: &str) -> BTreeMap<String, String> {
             names::MANAGER.to_string(),
         ),
         (names::LABEL_RESTORE.to_string(), restore.to_string()),
+        (names::LABEL_INSTANCE.to_string(), restore.to_string()),
         (
             names::LABEL_STEP.to_string(),
             Step::Restore.as_str().to_string(),
