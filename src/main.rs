@@ -176,6 +176,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let settings = Settings {
         uploader_image: args.uploader_image,
         notify_allowed: operator::egress::Allowed::new(args.notify_allowed_networks),
+        limit_ranged: Default::default(),
     };
     let ctx = Arc::new(Context::new(client.clone(), settings, metrics));
     if !args.leader_election {

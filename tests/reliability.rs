@@ -441,6 +441,48 @@ async fn a_quota_on_requests_admits_our_pods_without_a_limit_range() {
     assert!(failed.is_empty(), "{failed:?}");
 }
 
+/// A LimitRange that defaults memory below our default request and sets a
+/// CPU minimum above ours: those two are left to it, as they were before our
+/// defaults, so the pod is admitted with its values; ephemeral storage, which
+/// it does not govern, keeps ours.
+#[tokio::test]
+async fn what_a_limit_range_governs_is_left_to_it_and_the_pod_is_admitted() {
+    use k8s_openapi::api::core::v1::LimitRange;
+    let (_cp, client) = setup_with_controllers().await;
+    create_sample_secrets(&client, "shop").await;
+    let ranges: Api<LimitRange> = Api::namespaced(client.clone(), "shop");
+    let range = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "small" },
+        "spec": { "limits": [{
+            "type": "Container",
+            "default": { "memory": "96Mi" },
+            "min": { "cpu": "200m" },
+            "defaultRequest": { "cpu": "200m" }
+        }] }
+    }))
+    .unwrap();
+    ranges.create(&PostParams::default(), &range).await.unwrap();
+    let _op = RunningOperator::start(&client);
+    create_backup(&client, "shop", backup_manifest("orders", "mariadb")).await;
+    let backups: Api<DatabaseBackup> = Api::namespaced(client.clone(), "shop");
+    wait_ready(&backups, "orders", "True", "Reconciled").await;
+    run_now(&client, "shop", "orders").await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
+    let lp = kube::api::ListParams::default().labels("dbbackup.io/step=dump");
+    let pod = wait_for("the dump pod", Duration::from_secs(60), || async {
+        pods.list(&lp).await.ok()?.items.into_iter().next()
+    })
+    .await;
+    let dump = &pod.spec.unwrap().containers[0];
+    let requests = dump.resources.clone().unwrap().requests.unwrap();
+    assert_eq!(
+        requests["memory"].0, "96Mi",
+        "the LimitRange's, not our 128Mi"
+    );
+    assert_eq!(requests["cpu"].0, "200m", "the LimitRange's, not our 100m");
+    assert_eq!(requests["ephemeral-storage"].0, "64Mi");
+}
+
 /// A quota that refuses the dump's pod and the restore's: each says so
 /// within a minute, naming the quota, in its condition and a Warning Event,
 /// not hours later at the Job's deadline.

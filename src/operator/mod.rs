@@ -24,7 +24,7 @@ use apiserver::{api, labelled_owner, log_controller_error, watch};
 use checks::{CheckError, Problem};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{Event, LimitRange, PersistentVolumeClaim, Pod};
 use kube::api::PartialObjectMeta;
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::store::Writer;
@@ -49,6 +49,9 @@ pub struct Settings {
     pub uploader_image: String,
     /// Internal networks notifications may still go to.
     pub notify_allowed: egress::Allowed,
+    /// The resources a LimitRange governs in the namespace of the objects
+    /// being built (`Context::settings_in`): our default requests leave them.
+    pub limit_ranged: std::collections::BTreeSet<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +102,7 @@ pub struct Context {
     pub(crate) pvcs: Store<PartialObjectMeta<PersistentVolumeClaim>>,
     /// Jobs' `FailedCreate` Events: pods the API server refused (`refused`).
     pub(crate) refusals: Store<Event>,
+    pub(crate) limit_ranges: Store<LimitRange>,
     writers: Mutex<Option<Writers>>,
     pub(crate) reporter: Reporter,
     /// Delivers notifications off the reconcile path.
@@ -111,12 +115,28 @@ pub struct Context {
     pub(crate) locate_keys: Mutex<HashMap<String, age::x25519::Identity>>,
 }
 
+impl Context {
+    /// The settings for objects in namespace `ns`: with the resources its
+    /// LimitRanges govern.
+    pub(crate) fn settings_in(&self, ns: &str) -> Settings {
+        let ranges = self.limit_ranges.state();
+        let here = ranges
+            .iter()
+            .filter(|r| r.namespace().as_deref() == Some(ns));
+        Settings {
+            limit_ranged: requests::governed_by(here.map(|r| &**r)),
+            ..self.settings.clone()
+        }
+    }
+}
+
 struct Writers {
     pods: Writer<Pod>,
     jobs: Writer<Job>,
     cronjobs: Writer<PartialObjectMeta<CronJob>>,
     pvcs: Writer<PartialObjectMeta<PersistentVolumeClaim>>,
     refusals: Writer<Event>,
+    limit_ranges: Writer<LimitRange>,
     /// Backups whose notification outcome changed, to reconcile.
     notified: Option<futures::channel::mpsc::UnboundedReceiver<ObjectRef<DatabaseBackup>>>,
 }
@@ -132,6 +152,7 @@ impl Context {
         let (cronjobs, cronjob_writer) = reflector::store();
         let (pvcs, pvc_writer) = reflector::store();
         let (refusals, refusal_writer) = reflector::store_shared(256);
+        let (limit_ranges, limit_range_writer) = reflector::store();
         let (notifier, notified) =
             notify::Notifier::new(notify::Retry::default(), settings.notify_allowed.clone());
         Context {
@@ -143,12 +164,14 @@ impl Context {
             cronjobs,
             pvcs,
             refusals,
+            limit_ranges,
             writers: Mutex::new(Some(Writers {
                 pods: pod_writer,
                 jobs: job_writer,
                 cronjobs: cronjob_writer,
                 pvcs: pvc_writer,
                 refusals: refusal_writer,
+                limit_ranges: limit_range_writer,
                 notified: Some(notified),
             })),
             reporter: Reporter {
@@ -185,12 +208,15 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
         ctx.jobs.clone(),
         ctx.cronjobs.clone(),
         ctx.pvcs.clone(),
+        ctx.limit_ranges.clone(),
     );
     let controllers = async move {
         let _ = stores.0.wait_until_ready().await;
         let _ = stores.1.wait_until_ready().await;
         let _ = stores.2.wait_until_ready().await;
         let _ = stores.3.wait_until_ready().await;
+        // Else the first reconciles would build pods without knowing them.
+        let _ = stores.4.wait_until_ready().await;
         futures::future::join(backups, restores).await
     };
     // The caches live exactly as long as the controllers.
@@ -211,9 +237,14 @@ fn ours() -> watcher::Config {
 async fn drive_caches(client: &Client, ns: Option<&str>, writers: Writers) {
     let children = ours();
     // Not awaited before the controllers start: refusals only add a condition.
-    let refusals = watch(api::<Event>(client, ns), &refused::failed_create())
-        .reflect_shared(writers.refusals)
-        .for_each(|_| async {});
+    let refusals = drive(
+        "FailedCreate events",
+        watch(api::<Event>(client, ns), &refused::failed_create()).reflect_shared(writers.refusals),
+    );
+    let limit_ranges = drive(
+        "limit ranges",
+        watch(api::<LimitRange>(client, ns), &Default::default()).reflect(writers.limit_ranges),
+    );
     let children = futures::future::join4(
         watch(api::<Pod>(client, ns), &children)
             .reflect_shared(writers.pods)
@@ -231,7 +262,22 @@ async fn drive_caches(client: &Client, ns: Option<&str>, writers: Writers) {
         .reflect(writers.pvcs)
         .for_each(|_| async {}),
     );
-    futures::future::join(children, refusals).await;
+    futures::future::join3(children, refusals, limit_ranges).await;
+}
+
+/// Drives a cache's watch, saying why it fails (RBAC, say), which would
+/// otherwise leave the cache empty without a word.
+async fn drive<T>(
+    what: &'static str,
+    watch: impl futures::Stream<Item = Result<T, watcher::Error>>,
+) {
+    watch
+        .for_each(|event| async move {
+            if let Err(e) = event {
+                tracing::warn!(cache = what, error = %e, "watch failed, retrying");
+            }
+        })
+        .await
 }
 
 fn backup_controller(

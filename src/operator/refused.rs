@@ -8,7 +8,7 @@
 
 use crate::reasons::{PODS_NOT_CREATED, QUOTA_EXCEEDED};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Event;
+use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::ResourceExt;
 use kube::runtime::watcher;
 
@@ -17,27 +17,37 @@ pub fn failed_create() -> watcher::Config {
     watcher::Config::default().fields("involvedObject.kind=Job,reason=FailedCreate")
 }
 
-/// Why `job` has no pod, from its newest `FailedCreate` Event among
-/// `events`: the reason, and a message that names the quota, if a quota
-/// refused it. None once the Job has a pod or has finished.
+/// Why `job` has no pod running, from its newest `FailedCreate` Event among
+/// `events` that is newer than its newest pod among `pods`: the reason, and
+/// a message that names the quota, if a quota refused it. None while a pod
+/// of it runs, and once it has finished. A Job that retries a failed pod
+/// (backoffLimit above 0) is refused again when its retry is.
 pub fn refusal<'a>(
     job: &Job,
     events: impl IntoIterator<Item = &'a Event>,
+    pods: impl IntoIterator<Item = &'a Pod>,
 ) -> Option<(&'static str, String)> {
     let status = job.status.as_ref();
-    let has_pods = status.is_some_and(|s| {
-        [s.active, s.succeeded, s.failed, s.ready]
+    let running = status.is_some_and(|s| {
+        [s.active, s.ready, s.terminating]
             .into_iter()
             .any(|n| n.unwrap_or(0) > 0)
     });
-    if has_pods || super::results::finished(job) {
+    if running || super::results::finished(job) {
         return None;
     }
     let uid = job.uid()?;
+    let newest_pod = pods
+        .into_iter()
+        .filter(|p| p.owner_references().iter().any(|o| o.uid == uid))
+        .filter_map(|p| p.metadata.creation_timestamp.as_ref())
+        .map(|t| t.0.as_nanosecond())
+        .max();
     let newest = events
         .into_iter()
         .filter(|e| e.involved_object.uid.as_deref() == Some(uid.as_str()))
         .filter(|e| e.reason.as_deref() == Some("FailedCreate"))
+        .filter(|e| newest_pod.is_none_or(|p| when(e).is_some_and(|t| t > p)))
         .max_by_key(|e| when(e))?;
     let detail = newest.message.clone().unwrap_or_default();
     let job_name = job.name_any();
@@ -115,13 +125,13 @@ mod tests {
             event("u1", "2026-12-05T10:00:05Z", EXCEEDED),
             event("other", "2026-12-05T10:00:09Z", "admission webhook denied"),
         ];
-        let (reason, message) = refusal(&job(serde_json::json!({})), &events).unwrap();
+        let (reason, message) = refusal(&job(serde_json::json!({})), &events, []).unwrap();
         assert_eq!(reason, QUOTA_EXCEEDED);
         assert!(
             message.starts_with(r#"job orders-dump-1 cannot create its pod: ResourceQuota "tight" refuses it (Error creating"#),
             "{message}"
         );
-        let (_, message) = refusal(&job(serde_json::json!({})), &events[..1]).unwrap();
+        let (_, message) = refusal(&job(serde_json::json!({})), &events[..1], []).unwrap();
         assert!(message.contains(r#"ResourceQuota "compute""#), "{message}");
     }
 
@@ -132,18 +142,52 @@ mod tests {
             "2026-12-05T10:00:00Z",
             "admission webhook \"x\" denied",
         );
-        let (reason, message) = refusal(&job(serde_json::json!({})), [&denied]).unwrap();
+        let (reason, message) = refusal(&job(serde_json::json!({})), [&denied], []).unwrap();
         assert_eq!(reason, PODS_NOT_CREATED);
         assert_eq!(
             message,
             "job orders-dump-1 cannot create its pod (admission webhook \"x\" denied)"
         );
         assert_eq!(
-            refusal(&job(serde_json::json!({"active": 1})), [&denied]),
+            refusal(&job(serde_json::json!({"active": 1})), [&denied], []),
             None
         );
         let done = serde_json::json!({"conditions": [{"type": "Failed", "status": "True"}]});
-        assert_eq!(refusal(&job(done), [&denied]), None);
-        assert_eq!(refusal(&job(serde_json::json!({})), []), None);
+        assert_eq!(refusal(&job(done), [&denied], []), None);
+        assert_eq!(refusal(&job(serde_json::json!({})), [], []), None);
+    }
+
+    fn pod(owner: &str, created: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "orders-dump-1-x", "creationTimestamp": created,
+                "ownerReferences": [{
+                    "apiVersion": "batch/v1", "kind": "Job", "name": "orders-dump-1", "uid": owner
+                }]
+            }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_retry_refused_after_a_failed_pod_is_said_and_an_older_refusal_is_not() {
+        let failed_once = job(serde_json::json!({"failed": 1}));
+        let first = pod("u1", "2026-12-05T10:00:02Z");
+        let before = event("u1", "2026-12-05T10:00:00Z", EXCEEDED);
+        // Refused, then created: the refusal is over.
+        assert_eq!(refusal(&failed_once, [&before], [&first]), None);
+        // That pod failed, and the quota refuses its retry.
+        let retry = event("u1", "2026-12-05T10:05:00Z", EXCEEDED);
+        let (reason, _) = refusal(&failed_once, [&before, &retry], [&first]).unwrap();
+        assert_eq!(reason, QUOTA_EXCEEDED);
+        // Another Job's pod says nothing of this one.
+        assert!(
+            refusal(
+                &failed_once,
+                [&before],
+                [&pod("u2", "2026-12-05T10:00:02Z")]
+            )
+            .is_some()
+        );
     }
 }

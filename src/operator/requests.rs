@@ -10,9 +10,36 @@
 //! Ephemeral storage is requested so that the scheduler places a pod where
 //! its scratch fits: the logs for most, the restore's and drill's scratch
 //! volumes for those two.
+//!
+//! A resource a LimitRange in the namespace speaks of is left to it, as
+//! before these defaults: it fills in its own defaults, and ours could sit
+//! above its default limit or below its minimum, and be refused.
 
-use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::api::core::v1::{LimitRange, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use std::collections::BTreeSet;
+
+/// The resources `ranges` (a namespace's LimitRanges) say anything of for
+/// containers or pods: their defaults, minimums, maximums or ratios.
+pub(crate) fn governed_by<'a>(
+    ranges: impl IntoIterator<Item = &'a LimitRange>,
+) -> BTreeSet<String> {
+    ranges
+        .into_iter()
+        .flat_map(|r| r.spec.iter().flat_map(|s| &s.limits))
+        .filter(|item| item.type_ == "Container" || item.type_ == "Pod")
+        .flat_map(|item| {
+            let maps = [
+                &item.default,
+                &item.default_request,
+                &item.min,
+                &item.max,
+                &item.max_limit_request_ratio,
+            ];
+            maps.into_iter().flatten().flat_map(|m| m.keys().cloned())
+        })
+        .collect()
+}
 
 /// The requests of one container.
 #[derive(Clone, Debug, PartialEq)]
@@ -65,8 +92,13 @@ impl Requests {
 
     /// `user`'s resources, with these requests added for each resource it
     /// names neither as a request nor as a limit (a limit alone is the
-    /// request too, and a default above it would be refused).
-    pub fn under(&self, user: Option<&ResourceRequirements>) -> ResourceRequirements {
+    /// request too, and a default above it would be refused), and that a
+    /// LimitRange does not govern (`limit_ranged`).
+    pub fn under(
+        &self,
+        user: Option<&ResourceRequirements>,
+        limit_ranged: &BTreeSet<String>,
+    ) -> ResourceRequirements {
         let mut resources = user.cloned().unwrap_or_default();
         let named = |r: &ResourceRequirements, name: &str| {
             [&r.requests, &r.limits]
@@ -80,7 +112,7 @@ impl Requests {
             ("ephemeral-storage", self.ephemeral.as_str()),
         ];
         for (name, value) in wanted {
-            if !named(&resources, name) {
+            if !named(&resources, name) && !limit_ranged.contains(name) {
                 resources
                     .requests
                     .get_or_insert_with(Default::default)
@@ -94,6 +126,7 @@ impl Requests {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde::Deserialize;
 
     fn requests(r: &ResourceRequirements) -> Vec<(String, String)> {
         let m = r.requests.clone().unwrap_or_default();
@@ -102,7 +135,7 @@ mod tests {
 
     #[test]
     fn without_resources_every_container_requests_a_little_and_limits_nothing() {
-        let r = Requests::step().under(None);
+        let r = Requests::step().under(None, &BTreeSet::new());
         assert_eq!(
             requests(&r),
             [
@@ -113,9 +146,9 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
         );
         assert_eq!(r.limits, None);
-        let drill = Requests::drill(Some("20Gi")).under(None);
+        let drill = Requests::drill(Some("20Gi")).under(None, &BTreeSet::new());
         assert_eq!(drill.requests.unwrap()["ephemeral-storage"].0, "20Gi");
-        let restore = Requests::restore(None).under(None);
+        let restore = Requests::restore(None).under(None, &BTreeSet::new());
         assert_eq!(restore.requests.unwrap()["ephemeral-storage"].0, "256Mi");
     }
 
@@ -126,7 +159,7 @@ mod tests {
             "limits": { "memory": "32Mi" }
         }))
         .unwrap();
-        let r = Requests::database_step().under(Some(&user));
+        let r = Requests::database_step().under(Some(&user), &BTreeSet::new());
         // A memory request of 128Mi above the 32Mi limit would be refused.
         assert_eq!(
             requests(&r),
@@ -134,5 +167,79 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
         );
         assert_eq!(r.limits, user.limits);
+    }
+
+    #[test]
+    fn what_a_limit_range_governs_is_left_to_it() {
+        let range: LimitRange = serde_json::from_value(serde_json::json!({
+            "spec": { "limits": [
+                { "type": "Container", "default": { "memory": "64Mi" }, "min": { "cpu": "200m" } },
+                { "type": "PersistentVolumeClaim", "min": { "storage": "1Gi" } }
+            ] }
+        }))
+        .unwrap();
+        let governed = governed_by([&range]);
+        assert_eq!(
+            governed,
+            BTreeSet::from(["cpu".to_string(), "memory".to_string()])
+        );
+        let r = Requests::database_step().under(None, &governed);
+        assert_eq!(
+            requests(&r),
+            [("ephemeral-storage".to_string(), "64Mi".to_string())]
+        );
+    }
+
+    /// Every container of the golden pod specs requests CPU, memory and
+    /// ephemeral storage, so a ResourceQuota on requests admits them, and the
+    /// restore requests the scratch its spec bounds.
+    #[test]
+    fn every_golden_pod_requests_ephemeral_storage_and_the_restore_its_scratch() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden");
+        let mut seen = 0;
+        for file in [
+            "mariadb-children.yaml",
+            "postgres-children.yaml",
+            "restore-job.yaml",
+        ] {
+            let text = std::fs::read_to_string(format!("{dir}/{file}")).unwrap();
+            for doc in serde_yaml::Deserializer::from_str(&text) {
+                let value = serde_yaml::Value::deserialize(doc).unwrap();
+                let template = match value["kind"].as_str() {
+                    Some("CronJob") => &value["spec"]["jobTemplate"]["spec"]["template"]["spec"],
+                    Some("Job") => &value["spec"]["template"]["spec"],
+                    _ => continue,
+                };
+                let containers = [&template["initContainers"], &template["containers"]];
+                for c in containers
+                    .into_iter()
+                    .filter_map(|c| c.as_sequence())
+                    .flatten()
+                {
+                    let requests = &c["resources"]["requests"];
+                    for resource in ["cpu", "memory", "ephemeral-storage"] {
+                        assert!(
+                            requests[resource].as_str().is_some(),
+                            "{file}: {} requests no {resource}",
+                            c["name"].as_str().unwrap()
+                        );
+                    }
+                    seen += 1;
+                }
+                if value["kind"] == "Job" {
+                    let tmp = template["volumes"].as_sequence().unwrap().iter();
+                    let bound =
+                        tmp.clone().find(|v| v["name"] == "tmp").unwrap()["emptyDir"]["sizeLimit"]
+                            .clone();
+                    let load = &template["containers"][0]["resources"]["requests"];
+                    assert_eq!(load["ephemeral-storage"], bound, "{file}");
+                }
+            }
+        }
+        assert_eq!(
+            seen,
+            2 * 3 + 2,
+            "dump, copy and upload twice; restore and copy"
+        );
     }
 }

@@ -86,8 +86,28 @@ fn checkov(source: &str, file: &Path) -> Vec<Finding> {
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("checkov on {source}: {e}: {}", text(&out)));
-    let failed = report["results"]["failed_checks"].as_array().unwrap();
-    failed
+    // One report, or a list of them (one per framework that ran).
+    let reports = match report {
+        serde_json::Value::Array(reports) => reports,
+        one => vec![one],
+    };
+    for r in &reports {
+        assert_eq!(
+            r["check_type"],
+            "kubernetes",
+            "checkov on {source} checked nothing as Kubernetes: {}",
+            text(&out)
+        );
+    }
+    reports
+        .iter()
+        .flat_map(|r| {
+            r["results"]["failed_checks"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect::<Vec<_>>()
         .iter()
         .map(|f| {
             // "Kind.namespace.name", and for a Pod check also its labels.

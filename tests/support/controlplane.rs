@@ -117,6 +117,9 @@ impl ControlPlane {
                 "pod-garbage-collector-controller",
                 // Lifts the not-ready taint the kubelet registers with.
                 "node-lifecycle-controller",
+                // The disruptions a PodDisruptionBudget allows, which a
+                // drain's evictions ask for (the chart's, above one replica).
+                "disruption-controller",
             ]);
         }
         let mut kcm = Command::new(bin("kube-controller-manager"));

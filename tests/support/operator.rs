@@ -73,6 +73,7 @@ impl RunningOperator {
             Settings {
                 uploader_image: uploader_image.into(),
                 notify_allowed,
+                limit_ranged: Default::default(),
             },
             metrics,
         ));

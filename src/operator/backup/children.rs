@@ -273,7 +273,7 @@ pub fn upload_cronjob(db: &DatabaseBackup, settings: &Settings) -> CronJob {
         args,
         env,
         mounts,
-        resources: Requests::step().under(spec.jobs.resources.as_ref()),
+        resources: Requests::step().under(spec.jobs.resources.as_ref(), &settings.limit_ranged),
     }
     .build();
     let mut placement = placement(db);
@@ -350,8 +350,16 @@ fn prefer_dump_node(owner: &str) -> Affinity {
                 WeightedPodAffinityTerm {
                     weight: 100,
                     pod_affinity_term: PodAffinityTerm {
+                        // Not the instance label, which dump pods of an
+                        // older release's template lack.
                         label_selector: Some(LabelSelector {
-                            match_labels: Some(labels(owner, Some(Step::Dump))),
+                            match_labels: Some(BTreeMap::from([
+                                (names::LABEL_BACKUP.to_string(), owner.to_string()),
+                                (
+                                    names::LABEL_STEP.to_string(),
+                                    Step::Dump.as_str().to_string(),
+                                ),
+                            ])),
                             ..Default::default()
                         }),
                         topology_key: "kubernetes.io/hostname".into(),

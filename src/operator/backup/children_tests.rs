@@ -2,7 +2,6 @@
 
 use super::*;
 use crate::operator::pod::{assert_golden, database_port, secret_source};
-use serde::Deserialize;
 
 fn fixture(engine: &str, extra: serde_json::Value) -> DatabaseBackup {
     let mut manifest = serde_json::json!({
@@ -55,6 +54,7 @@ fn settings() -> Settings {
     Settings {
         uploader_image: "ghcr.io/dbbackup-operator/dbbackup-operator:0.1.0".into(),
         notify_allowed: Default::default(),
+        limit_ranged: Default::default(),
     }
 }
 
@@ -369,57 +369,4 @@ fn a_drill_requests_its_scratch_and_is_bounded_by_it() {
     );
     // Unset: the scheduler still sees a request; the volume is not bounded.
     assert_eq!(ephemeral(serde_json::json!({})), ("1Gi".to_string(), None));
-}
-
-/// Every container of the golden pod specs requests CPU, memory and
-/// ephemeral storage, so a ResourceQuota on requests admits them, and the
-/// restore requests the scratch its spec bounds.
-#[test]
-fn every_golden_pod_requests_ephemeral_storage_and_the_restore_its_scratch() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden");
-    let mut seen = 0;
-    for file in [
-        "mariadb-children.yaml",
-        "postgres-children.yaml",
-        "restore-job.yaml",
-    ] {
-        let text = std::fs::read_to_string(format!("{dir}/{file}")).unwrap();
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let value = serde_yaml::Value::deserialize(doc).unwrap();
-            let template = match value["kind"].as_str() {
-                Some("CronJob") => &value["spec"]["jobTemplate"]["spec"]["template"]["spec"],
-                Some("Job") => &value["spec"]["template"]["spec"],
-                _ => continue,
-            };
-            let containers = [&template["initContainers"], &template["containers"]];
-            for c in containers
-                .into_iter()
-                .filter_map(|c| c.as_sequence())
-                .flatten()
-            {
-                let requests = &c["resources"]["requests"];
-                for resource in ["cpu", "memory", "ephemeral-storage"] {
-                    assert!(
-                        requests[resource].as_str().is_some(),
-                        "{file}: {} requests no {resource}",
-                        c["name"].as_str().unwrap()
-                    );
-                }
-                seen += 1;
-            }
-            if value["kind"] == "Job" {
-                let tmp = template["volumes"].as_sequence().unwrap().iter();
-                let bound =
-                    tmp.clone().find(|v| v["name"] == "tmp").unwrap()["emptyDir"]["sizeLimit"]
-                        .clone();
-                let load = &template["containers"][0]["resources"]["requests"];
-                assert_eq!(load["ephemeral-storage"], bound, "{file}");
-            }
-        }
-    }
-    assert_eq!(
-        seen,
-        2 * 3 + 2,
-        "dump, copy and upload twice; restore and copy"
-    );
 }

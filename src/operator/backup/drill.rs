@@ -68,7 +68,8 @@ pub fn verify_job(db: &DatabaseBackup, settings: &Settings, key: &str, run: &str
         args,
         env,
         mounts,
-        resources: Requests::drill(verify.scratch_size.as_deref()).under(verify.resources.as_ref()),
+        resources: Requests::drill(verify.scratch_size.as_deref())
+            .under(verify.resources.as_ref(), &settings.limit_ranged),
     }
     .build();
     let placement = Placement {

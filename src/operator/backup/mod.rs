@@ -19,7 +19,7 @@ pub use children::{
 pub use reports::{PodReport, job_report, pod_report, stuck};
 pub use status::{LOG_LINES_KEPT, record_reports, staleness};
 
-use observe::{follower, reports, running_dumps, started_dumps, stuck_pods, upload_started_since};
+use observe::{follower, reports, running_dumps, started_dumps, stuck_steps, upload_started_since};
 use pass::Pass;
 
 use super::apiserver::{apply, backoff_after, create_job, labelled_owner, write_status};
@@ -77,7 +77,7 @@ pub async fn reconcile(db: Arc<DatabaseBackup>, ctx: Arc<Context>) -> Result<Act
     if applied.is_ok() {
         next_drill = start_drill(&db, &ctx, &mut pass).await?;
     }
-    pass.record_stuck(stuck_pods(&db, &ctx));
+    pass.record_stuck(stuck_steps(&db, &ctx));
     let node_down = pass.judge_staging_node(staging::staging_node(&db, &ctx).await);
     pass.notices.extend(started_dumps(&db, &ctx));
     publish_verification(&db, &ctx, &pass.status);
@@ -121,7 +121,7 @@ async fn check_and_apply(db: &DatabaseBackup, ctx: &Context) -> Result<Children,
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
     let cronjobs: Api<CronJob> = Api::namespaced(ctx.client.clone(), &ns);
     apply(pvcs, &staging_pvc(db), &ctx.pvcs, false).await?;
-    let dump = dump_cronjob(db, &ctx.settings);
+    let dump = dump_cronjob(db, &ctx.settings_in(&db.namespace().unwrap_or_default()));
     Ok(Children {
         dump: apply(cronjobs, &dump, &ctx.cronjobs, true).await?,
         upload: apply_upload(db, ctx).await?,
@@ -238,7 +238,7 @@ fn following(db: &DatabaseBackup, ctx: &Context, dump: &PodReport) -> bool {
 async fn apply_upload(db: &DatabaseBackup, ctx: &Context) -> Result<CronJob, Error> {
     let cronjobs: Api<CronJob> =
         Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());
-    let upload = upload_cronjob(db, &ctx.settings);
+    let upload = upload_cronjob(db, &ctx.settings_in(&db.namespace().unwrap_or_default()));
     apply(cronjobs, &upload, &ctx.cronjobs, true).await
 }
 
@@ -281,7 +281,12 @@ async fn start_drill(
         true => format!("{key}@{}", chrono::Utc::now().timestamp()),
         false => key.clone(),
     };
-    if let Some(job) = drill::verify_job(db, &ctx.settings, &key, &run) {
+    if let Some(job) = drill::verify_job(
+        db,
+        &ctx.settings_in(&db.namespace().unwrap_or_default()),
+        &key,
+        &run,
+    ) {
         create_job(ctx, &job, "restore drill").await?;
     }
     if due {

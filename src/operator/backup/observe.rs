@@ -226,18 +226,20 @@ fn running_since(pod: &Pod) -> Option<chrono::DateTime<chrono::Utc>> {
 
 /// Pods of this backup that cannot start, and Jobs that cannot create
 /// theirs, as the conditions of their steps.
-pub(super) fn stuck_pods(db: &DatabaseBackup, ctx: &Context) -> Vec<(&'static str, Observed)> {
+pub(super) fn stuck_steps(db: &DatabaseBackup, ctx: &Context) -> Vec<(&'static str, Observed)> {
     let key = Some(ObjectRef::from_obj(db));
-    let pods = ctx.pods.state();
-    let stuck = pods
+    let all_pods = ctx.pods.state();
+    let pods: Vec<&Pod> = all_pods
         .iter()
-        .filter(|p| labelled_owner(&***p, names::LABEL_BACKUP) == key)
-        .filter_map(|p| reports::stuck(p));
+        .map(|p| &**p)
+        .filter(|p| labelled_owner(*p, names::LABEL_BACKUP) == key)
+        .collect();
+    let stuck = pods.iter().filter_map(|p| reports::stuck(p));
     let events = ctx.refusals.state();
     let jobs = ctx.jobs.state();
     let refused = jobs
         .iter()
         .filter(|j| labelled_owner(&***j, names::LABEL_BACKUP) == key)
-        .filter_map(|j| reports::refused(j, events.iter().map(|e| &**e)));
+        .filter_map(|j| reports::refused(j, events.iter().map(|e| &**e), pods.iter().copied()));
     stuck.chain(refused).collect()
 }

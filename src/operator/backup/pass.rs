@@ -104,7 +104,14 @@ impl Pass {
     }
 
     /// Pods that cannot start, each said once (not at every kubelet retry).
+    /// A step's refusal (a quota) that is over is dropped from its condition,
+    /// which its next result sets again: it no longer says the pod is refused
+    /// while that pod runs for hours.
     pub(super) fn record_stuck(&mut self, stuck: Vec<(&'static str, Observed)>) {
+        self.status.conditions.retain(|c| {
+            let refused = [reasons::QUOTA_EXCEEDED, reasons::PODS_NOT_CREATED];
+            !refused.contains(&c.reason.as_str()) || stuck.iter().any(|(_, s)| s.type_ == c.type_)
+        });
         for (reason, stuck) in stuck {
             let known = conditions::find(&self.status.conditions, stuck.type_)
                 .is_some_and(|c| conditions::says_stuck(c, &stuck));

@@ -203,9 +203,10 @@ pub fn stuck(pod: &Pod) -> Option<(&'static str, Observed)> {
 pub fn refused<'a>(
     job: &Job,
     events: impl IntoIterator<Item = &'a Event>,
+    pods: impl IntoIterator<Item = &'a Pod>,
 ) -> Option<(&'static str, Observed)> {
     let step = step_of(job.labels())?;
-    let (reason, message) = refused::refusal(job, events)?;
+    let (reason, message) = refused::refusal(job, events, pods)?;
     Some((
         reason,
         Observed::new(condition_of(step), false, reason, message),

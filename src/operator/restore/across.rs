@@ -17,7 +17,7 @@ use crate::names;
 use crate::operator::checks::{self, CheckError, Problem};
 use crate::operator::pod::{self, Placement, StepContainer, TERMINATION_LOG, UPLOAD_UID};
 use crate::operator::requests::Requests;
-use crate::operator::{Context, Error, backup};
+use crate::operator::{Context, Error, Settings, backup};
 use crate::reasons;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{EnvVar, Pod};
@@ -170,7 +170,8 @@ pub async fn locate(
         return Ok(Locating::Failed(Box::new(r)));
     }
     if existing.is_empty() {
-        let job = locate_job(r, source, across, &ctx.settings.uploader_image, &recipient);
+        let settings = ctx.settings_in(&across.namespace);
+        let job = locate_job(r, source, across, &settings, &recipient);
         match jobs.create(&PostParams::default(), &job).await {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 409 => {}
@@ -243,7 +244,7 @@ fn locate_job(
     r: &DatabaseRestore,
     source: &Source,
     across: &Across,
-    image: &str,
+    settings: &Settings,
     seal_to: &str,
 ) -> Job {
     let spec = &r.spec;
@@ -262,12 +263,12 @@ fn locate_job(
     args.extend(pod::store_args(&source.bucket));
     let container = StepContainer {
         name: "locate",
-        image: image.to_string(),
+        image: settings.uploader_image.clone(),
         command: None,
         args,
         env: pod::store_env(&source.bucket, across.service_account.is_some()),
         mounts,
-        resources: Requests::step().under(None),
+        resources: Requests::step().under(None, &settings.limit_ranged),
     }
     .build();
     let placement = Placement {

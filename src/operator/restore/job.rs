@@ -192,6 +192,7 @@ mod tests {
         Settings {
             uploader_image: "ghcr.io/dbbackup-operator/dbbackup-operator:0.1.0".into(),
             notify_allowed: Default::default(),
+            limit_ranged: Default::default(),
         }
     }
 

@@ -69,31 +69,36 @@ pub async fn reconcile(r: Arc<DatabaseRestore>, ctx: Arc<Context>) -> Result<Act
     }
     let pod = job_pod(&r, &ctx, job.as_deref());
     let (new, observed) = observe(&old, job.as_deref(), pod.as_deref());
-    let observed = match job.as_deref().filter(|_| pod.is_none()) {
-        Some(job) => refused(&r, &ctx, &old, job).await.unwrap_or(observed),
-        None => observed,
+    let refused = job
+        .as_deref()
+        .filter(|_| pod.is_none())
+        .and_then(|job| refused(&ctx, &old, job));
+    let Some((refused, new_refusal)) = refused else {
+        return publish(&r, &ctx, &old, new, observed).await;
     };
-    publish(&r, &ctx, &old, new, observed).await
-}
-
-/// Why the restore's Job cannot create its pod (a quota), said in the
-/// Restored condition and, once, in a Warning Event.
-async fn refused(
-    r: &DatabaseRestore,
-    ctx: &Context,
-    old: &DatabaseRestoreStatus,
-    job: &Job,
-) -> Option<Observed> {
-    let events = ctx.refusals.state();
-    let (reason, message) = refusal(job, events.iter().map(|e| &**e))?;
-    let refused = Observed::new(RESTORED, false, reason, message);
-    let known = conditions::find(&old.conditions, RESTORED)
-        .is_some_and(|c| conditions::says_stuck(c, &refused));
-    if !known {
-        ctx.publish(r, EventType::Warning, reason, &refused.message)
+    let action = publish(&r, &ctx, &old, new, refused.clone()).await?;
+    if new_refusal {
+        ctx.publish(&*r, EventType::Warning, &refused.reason, &refused.message)
             .await;
     }
-    Some(refused)
+    Ok(action)
+}
+
+/// Why the restore's Job cannot create its pod (a quota), as the Restored
+/// condition, and whether that is new (an Event says it once). A refusal
+/// already said keeps its words, though the quota's figures move.
+fn refused(ctx: &Context, old: &DatabaseRestoreStatus, job: &Job) -> Option<(Observed, bool)> {
+    let events = ctx.refusals.state();
+    let pods = ctx.pods.state();
+    let (reason, message) = refusal(job, events.iter().map(|e| &**e), pods.iter().map(|p| &**p))?;
+    let refused = Observed::new(RESTORED, false, reason, message);
+    match conditions::find(&old.conditions, RESTORED) {
+        Some(c) if conditions::says_stuck(c, &refused) => Some((
+            Observed::new(RESTORED, false, &c.reason, c.message.clone()),
+            false,
+        )),
+        _ => Some((refused, true)),
+    }
 }
 
 pub fn error_policy(r: Arc<DatabaseRestore>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -163,7 +168,11 @@ async fn start(
             across::Locating::Failed(result) => return Ok(Started::LocateFailed(result)),
         }
     }
-    let desired = restore_job(r, &source, &ctx.settings);
+    let desired = restore_job(
+        r,
+        &source,
+        &ctx.settings_in(&r.namespace().unwrap_or_default()),
+    );
     // Said before the Job exists: from here on the restore never starts again.
     let mut starting = old.clone();
     starting.phase = Some(RestorePhase::Running);
