@@ -382,6 +382,21 @@ async fn create_quota(client: &Client, ns: &str, name: &str, hard: serde_json::V
     .await;
 }
 
+/// Backup "orders" in "shop", a dump asked for now, and the pod the Job
+/// controller creates for it, once created.
+async fn dump_pod_of_a_run_now(client: &Client) -> Pod {
+    create_backup(client, "shop", backup_manifest("orders", "mariadb")).await;
+    let backups: Api<DatabaseBackup> = Api::namespaced(client.clone(), "shop");
+    wait_ready(&backups, "orders", "True", "Reconciled").await;
+    run_now(client, "shop", "orders").await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
+    let lp = kube::api::ListParams::default().labels("dbbackup.io/step=dump");
+    wait_for("the dump pod", Duration::from_secs(60), || async {
+        pods.list(&lp).await.ok()?.items.into_iter().next()
+    })
+    .await
+}
+
 /// Asks for a dump now, as `kubectl dbbackup backup` does.
 async fn run_now(client: &Client, ns: &str, name: &str) {
     let backups: Api<DatabaseBackup> = Api::namespaced(client.clone(), ns);
@@ -408,16 +423,7 @@ async fn a_quota_on_requests_admits_our_pods_without_a_limit_range() {
     });
     create_quota(&client, "shop", "compute", hard).await;
     let _op = RunningOperator::start(&client);
-    create_backup(&client, "shop", backup_manifest("orders", "mariadb")).await;
-    let backups: Api<DatabaseBackup> = Api::namespaced(client.clone(), "shop");
-    wait_ready(&backups, "orders", "True", "Reconciled").await;
-    run_now(&client, "shop", "orders").await;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
-    let lp = kube::api::ListParams::default().labels("dbbackup.io/step=dump");
-    let pod = wait_for("the dump pod", Duration::from_secs(60), || async {
-        pods.list(&lp).await.ok()?.items.into_iter().next()
-    })
-    .await;
+    let pod = dump_pod_of_a_run_now(&client).await;
     let spec = pod.spec.unwrap();
     for c in spec
         .init_containers
@@ -463,16 +469,7 @@ async fn what_a_limit_range_governs_is_left_to_it_and_the_pod_is_admitted() {
     .unwrap();
     ranges.create(&PostParams::default(), &range).await.unwrap();
     let _op = RunningOperator::start(&client);
-    create_backup(&client, "shop", backup_manifest("orders", "mariadb")).await;
-    let backups: Api<DatabaseBackup> = Api::namespaced(client.clone(), "shop");
-    wait_ready(&backups, "orders", "True", "Reconciled").await;
-    run_now(&client, "shop", "orders").await;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
-    let lp = kube::api::ListParams::default().labels("dbbackup.io/step=dump");
-    let pod = wait_for("the dump pod", Duration::from_secs(60), || async {
-        pods.list(&lp).await.ok()?.items.into_iter().next()
-    })
-    .await;
+    let pod = dump_pod_of_a_run_now(&client).await;
     let dump = &pod.spec.unwrap().containers[0];
     let requests = dump.resources.clone().unwrap().requests.unwrap();
     assert_eq!(
