@@ -8,6 +8,8 @@
 pub const RECONCILED: &str = "Reconciled";
 pub const API_ERROR: &str = "APIError";
 pub const APPLY_FAILED: &str = "ApplyFailed";
+/// A reconcile read a copy of the resource older than the last write.
+pub const STALE_READ: &str = "StaleRead";
 pub const INVALID_SCHEDULE: &str = "InvalidSchedule";
 pub const INVALID_TIME_ZONE: &str = "InvalidTimeZone";
 pub const INVALID_RETENTION: &str = "InvalidRetention";

@@ -916,3 +916,50 @@ async fn the_apiserver_keeps_every_field_the_operator_sends() {
         assert!(missing.is_empty(), "{} dropped: {missing:#?}", sent["kind"]);
     }
 }
+
+/// A status write from a copy older than the resource (a reconcile on a
+/// cache that lags the last write) is refused, so nothing it records (a log
+/// line, an Event) is recorded twice; from the current copy it is written.
+#[tokio::test]
+async fn a_status_write_from_a_stale_copy_is_refused() {
+    use dbbackup_operator::api::DatabaseBackupStatus;
+    use dbbackup_operator::operator::Error;
+    use dbbackup_operator::operator::apiserver::write_status_if_current;
+    let (_cp, client) = setup("shop").await;
+    create_sample_secrets(&client, "shop").await;
+    // A context, and no controller that would write the status meanwhile.
+    let settings = dbbackup_operator::operator::Settings {
+        uploader_image: UPLOADER_IMAGE.into(),
+        notify_allowed: Default::default(),
+        limit_ranged: Default::default(),
+    };
+    let metrics = std::sync::Arc::new(Default::default());
+    let ctx = dbbackup_operator::operator::Context::new(client.clone(), settings, metrics);
+    let backups: Api<DatabaseBackup> = Api::namespaced(client.clone(), "shop");
+    let stale = create_backup(&client, "shop", backup_manifest("orders", "mariadb")).await;
+    let patch = serde_json::json!({ "metadata": { "annotations": { "touched": "yes" } } });
+    backups
+        .patch("orders", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let status = DatabaseBackupStatus {
+        log: vec!["2026-12-05,10:00:00,database dump completed".into()],
+        ..Default::default()
+    };
+    let refused = write_status_if_current(&stale, &ctx, &status).await;
+    assert!(matches!(refused, Err(Error::Stale)), "{refused:?}");
+    assert!(
+        backups
+            .get("orders")
+            .await
+            .unwrap()
+            .status
+            .is_none_or(|s| s.log.is_empty())
+    );
+    let current = backups.get("orders").await.unwrap();
+    write_status_if_current(&current, &ctx, &status)
+        .await
+        .unwrap();
+    let written = backups.get("orders").await.unwrap().status.unwrap();
+    assert_eq!(written.log, status.log);
+}

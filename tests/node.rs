@@ -255,7 +255,11 @@ async fn a_dump_past_its_deadline_reports_once_and_leaves_nothing() {
         EventFilter::warning("orders", "DumpFailed"),
     )
     .await;
-    assert_eq!(warnings.len(), 1);
+    let said: Vec<_> = warnings
+        .iter()
+        .map(|e| (&e.message, e.count, &e.metadata.creation_timestamp))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{said:?}");
     assert_eq!(staged_files(&b), Vec::<String>::new());
 }
 

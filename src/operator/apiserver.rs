@@ -98,12 +98,50 @@ where
         + Clone
         + std::fmt::Debug,
 {
+    patch_status(obj, ctx, status, None).await
+}
+
+/// `write_status`, only while `obj` is as the reconcile read it (`Error::Stale`
+/// otherwise). A reconcile that ran on a copy older than our own last write
+/// (the cache lags it) would record, and say in Events, the same reports again.
+pub async fn write_status_if_current<K>(
+    obj: &K,
+    ctx: &Context,
+    status: &impl Serialize,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
+{
+    match patch_status(obj, ctx, status, obj.resource_version()).await {
+        Err(Error::Kube(kube::Error::Api(e))) if e.code == 409 => Err(Error::Stale),
+        other => other,
+    }
+}
+
+async fn patch_status<K>(
+    obj: &K,
+    ctx: &Context,
+    status: &impl Serialize,
+    resource_version: Option<String>,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
+{
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
-    let patch = serde_json::json!({
+    let mut patch = serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
         "status": status,
     });
+    if let Some(version) = resource_version {
+        patch["metadata"] = serde_json::json!({ "resourceVersion": version });
+    }
     api.patch_status(
         &obj.name_any(),
         &PatchParams::apply(MANAGER).force(),
@@ -168,6 +206,10 @@ pub(crate) fn backoff_after<K>(
 where
     K: Resource<DynamicType = ()>,
 {
+    if let Error::Stale = error {
+        // Not a failure: the watch brings the newer copy, and this runs again on it.
+        return Action::requeue(Duration::from_millis(500));
+    }
     ctx.metrics.reconcile_failed(error.reason());
     let mut failures = failures.lock().unwrap();
     let attempt = failures.entry(ObjectRef::from_obj(obj)).or_insert(0);

@@ -68,6 +68,9 @@ pub enum Error {
         name: String,
         source: kube::Error,
     },
+    /// The resource changed after the reconcile read it: reconciled again.
+    #[error("the resource changed since it was read")]
+    Stale,
 }
 
 impl From<CheckError> for Error {
@@ -86,6 +89,7 @@ impl Error {
             Error::Invalid(p) => p.reason,
             Error::Kube(_) => reasons::API_ERROR,
             Error::Apply { .. } => reasons::APPLY_FAILED,
+            Error::Stale => reasons::STALE_READ,
         }
     }
 }

@@ -22,7 +22,7 @@ pub use status::{LOG_LINES_KEPT, record_reports, staleness};
 use observe::{follower, reports, running_dumps, started_dumps, stuck_steps, upload_started_since};
 use pass::Pass;
 
-use super::apiserver::{apply, backoff_after, create_job, labelled_owner, write_status};
+use super::apiserver::{apply, backoff_after, create_job, labelled_owner, write_status_if_current};
 use super::conditions::{self, Observed, READY};
 use super::metrics::BackupId;
 use super::{Context, Error, checks, results};
@@ -396,7 +396,7 @@ async fn publish(
     if pass.status == *old {
         return Ok(());
     }
-    write_status(db, ctx, &pass.status).await?;
+    write_status_if_current(db, ctx, &pass.status).await?;
     let ready = pass.ready.clone();
     let was = conditions::find(&old.conditions, READY);
     if was.is_none_or(|c| c.reason != ready.reason || (c.status == "True") != ready.status) {
