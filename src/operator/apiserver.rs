@@ -86,53 +86,52 @@ where
     }
 }
 
-/// Writes `status` through the status subresource of `obj`, with our field manager.
-pub(crate) async fn write_status<K>(
-    obj: &K,
-    ctx: &Context,
-    status: &impl Serialize,
-) -> Result<(), Error>
-where
+/// A resource of ours whose status the operator writes: namespaced, typed.
+pub trait WithStatus:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + DeserializeOwned
+    + Clone
+    + std::fmt::Debug
+{
+}
+
+impl<K> WithStatus for K where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + DeserializeOwned
         + Clone
-        + std::fmt::Debug,
+        + std::fmt::Debug
 {
+}
+
+/// Writes `status` through the status subresource of `obj`, with our field manager.
+pub(crate) async fn write_status<K: WithStatus>(
+    obj: &K,
+    ctx: &Context,
+    status: &impl Serialize,
+) -> Result<(), Error> {
     patch_status(obj, ctx, status, None).await
 }
 
 /// `write_status`, only while `obj` is as the reconcile read it (`Error::Stale`
 /// otherwise). A reconcile that ran on a copy older than our own last write
 /// (the cache lags it) would record, and say in Events, the same reports again.
-pub async fn write_status_if_current<K>(
+pub async fn write_status_if_current<K: WithStatus>(
     obj: &K,
     ctx: &Context,
     status: &impl Serialize,
-) -> Result<(), Error>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + DeserializeOwned
-        + Clone
-        + std::fmt::Debug,
-{
+) -> Result<(), Error> {
     match patch_status(obj, ctx, status, obj.resource_version()).await {
         Err(Error::Kube(kube::Error::Api(e))) if e.code == 409 => Err(Error::Stale),
         other => other,
     }
 }
 
-async fn patch_status<K>(
+async fn patch_status<K: WithStatus>(
     obj: &K,
     ctx: &Context,
     status: &impl Serialize,
     resource_version: Option<String>,
-) -> Result<(), Error>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + DeserializeOwned
-        + Clone
-        + std::fmt::Debug,
-{
+) -> Result<(), Error> {
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
     let mut patch = serde_json::json!({
         "apiVersion": K::api_version(&()),
