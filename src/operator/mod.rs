@@ -120,6 +120,11 @@ pub struct Context {
 }
 
 impl Context {
+    /// The settings for the children of `owner`, in its namespace.
+    pub(crate) fn settings_for(&self, owner: &impl ResourceExt) -> Settings {
+        self.settings_in(&owner.namespace().unwrap_or_default())
+    }
+
     /// The settings for objects in namespace `ns`: with the resources its
     /// LimitRanges govern.
     pub(crate) fn settings_in(&self, ns: &str) -> Settings {

@@ -121,7 +121,7 @@ async fn check_and_apply(db: &DatabaseBackup, ctx: &Context) -> Result<Children,
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
     let cronjobs: Api<CronJob> = Api::namespaced(ctx.client.clone(), &ns);
     apply(pvcs, &staging_pvc(db), &ctx.pvcs, false).await?;
-    let dump = dump_cronjob(db, &ctx.settings_in(&db.namespace().unwrap_or_default()));
+    let dump = dump_cronjob(db, &ctx.settings_for(db));
     Ok(Children {
         dump: apply(cronjobs, &dump, &ctx.cronjobs, true).await?,
         upload: apply_upload(db, ctx).await?,
@@ -238,7 +238,7 @@ fn following(db: &DatabaseBackup, ctx: &Context, dump: &PodReport) -> bool {
 async fn apply_upload(db: &DatabaseBackup, ctx: &Context) -> Result<CronJob, Error> {
     let cronjobs: Api<CronJob> =
         Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());
-    let upload = upload_cronjob(db, &ctx.settings_in(&db.namespace().unwrap_or_default()));
+    let upload = upload_cronjob(db, &ctx.settings_for(db));
     apply(cronjobs, &upload, &ctx.cronjobs, true).await
 }
 
@@ -281,12 +281,7 @@ async fn start_drill(
         true => format!("{key}@{}", chrono::Utc::now().timestamp()),
         false => key.clone(),
     };
-    if let Some(job) = drill::verify_job(
-        db,
-        &ctx.settings_in(&db.namespace().unwrap_or_default()),
-        &key,
-        &run,
-    ) {
+    if let Some(job) = drill::verify_job(db, &ctx.settings_for(db), &key, &run) {
         create_job(ctx, &job, "restore drill").await?;
     }
     if due {

@@ -168,11 +168,7 @@ async fn start(
             across::Locating::Failed(result) => return Ok(Started::LocateFailed(result)),
         }
     }
-    let desired = restore_job(
-        r,
-        &source,
-        &ctx.settings_in(&r.namespace().unwrap_or_default()),
-    );
+    let desired = restore_job(r, &source, &ctx.settings_for(r));
     // Said before the Job exists: from here on the restore never starts again.
     let mut starting = old.clone();
     starting.phase = Some(RestorePhase::Running);
